@@ -1,0 +1,16 @@
+//! weft-agent: turns the controller's tables into this host's kernel datapath.
+//!
+//! - [`watch`] follows the controller (snapshot, then deltas) into [`agent::Agent`]'s tables;
+//! - [`desired`] computes the kernel state the tables call for, and the diff to the current one;
+//! - [`datapath`] applies it (bridge, VXLAN, veths, FDB) through [`netlink`], entering container
+//!   namespaces with [`netns`];
+//! - [`local_api`] serves weftctl; [`container`] resolves its CONTAINER references.
+
+pub mod agent;
+pub mod container;
+pub mod datapath;
+pub mod desired;
+pub mod local_api;
+pub mod netlink;
+pub mod netns;
+pub mod watch;

@@ -1,0 +1,167 @@
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, anyhow, bail};
+use clap::Parser;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing::info;
+use weft_agent::agent::Agent;
+use weft_agent::datapath::Datapath;
+use weft_agent::local_api::LocalApi;
+use weft_agent::netlink;
+use weft_agent::watch::follow_controller;
+use weft_proto::tables::DEFAULT_VNI;
+use weft_proto::v1::agent_server::AgentServer;
+
+/// VXLAN encapsulation over IPv4: outer IP (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+const VXLAN_OVERHEAD: u32 = 50;
+
+/// weft's per-host agent: programs this host's bridge/VXLAN datapath through netlink from the
+/// controller's tables, and serves weftctl on a unix socket.
+///
+/// Stopping the agent leaves the datapath in place: containers keep talking.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The controller's gRPC URL, e.g. http://192.0.2.1:6786.
+    #[arg(long, env = "WEFT_CONTROLLER")]
+    controller: String,
+    /// This host's peer name [default: the hostname].
+    #[arg(long)]
+    name: Option<String>,
+    /// The address other hosts send VXLAN traffic to [default: the source address of the route
+    /// to the controller].
+    #[arg(long)]
+    advertise_addr: Option<Ipv4Addr>,
+    /// The unix socket weftctl talks to.
+    #[arg(long, default_value = "/run/weft/agent.sock")]
+    socket: PathBuf,
+    /// VXLAN UDP port.
+    #[arg(long, default_value_t = 6784)]
+    port: u16,
+    /// MTU of the network: "auto" is the MTU of the interface holding the advertise address
+    /// minus the VXLAN overhead (50).
+    #[arg(long, default_value = "auto", value_parser = parse_mtu)]
+    mtu: Mtu,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Mtu {
+    Auto,
+    Fixed(u32),
+}
+
+fn parse_mtu(s: &str) -> Result<Mtu, String> {
+    if s == "auto" {
+        return Ok(Mtu::Auto);
+    }
+    match s.parse::<u32>() {
+        Ok(mtu) if (576..=65535).contains(&mtu) => Ok(Mtu::Fixed(mtu)),
+        _ => Err("expected \"auto\" or a number from 576 to 65535".into()),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    weft_proto::process::init_logging();
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let name = match args.name {
+        Some(name) => name,
+        None => nix::unistd::gethostname()
+            .context("cannot read the hostname; give --name")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let advertise_addr = match args.advertise_addr {
+        Some(addr) => addr,
+        None => source_addr_towards(&args.controller).await?,
+    };
+    let (connection, handle, _) = rtnetlink::new_connection().context("cannot open netlink")?;
+    tokio::spawn(connection);
+    let mtu = match args.mtu {
+        Mtu::Fixed(mtu) => mtu,
+        Mtu::Auto => {
+            netlink::mtu_of_address_holder(&handle, advertise_addr)
+                .await
+                .context("cannot detect the MTU; give --mtu")?
+                - VXLAN_OVERHEAD
+        }
+    };
+    let datapath = Datapath::new(handle, DEFAULT_VNI, args.port, advertise_addr, mtu);
+    datapath.ensure_devices().await?;
+    info!(%name, %advertise_addr, mtu, "datapath ready");
+
+    let agent = Arc::new(Agent::new(name, advertise_addr, args.controller, datapath)?);
+    let listener = bind_socket(&args.socket).await?;
+    let api = tonic::transport::Server::builder()
+        .add_service(AgentServer::new(LocalApi::new(agent.clone())))
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener),
+            weft_proto::process::shutdown_signal(),
+        );
+    info!(socket = %args.socket.display(), "serving weftctl");
+    let served = tokio::select! {
+        served = api => served.context("local API failed"),
+        _ = follow_controller(&agent) => unreachable!("the watch loop never ends"),
+        _ = agent.reconcile_loop() => unreachable!("the reconcile loop never ends"),
+    };
+    let _ = std::fs::remove_file(&args.socket);
+    info!("stopped; the datapath stays in place");
+    served
+}
+
+/// The address this host sends from towards the controller (a UDP connect sends nothing).
+async fn source_addr_towards(url: &str) -> anyhow::Result<Ipv4Addr> {
+    let uri: tonic::transport::Uri = url
+        .parse()
+        .map_err(|e| anyhow!("invalid controller URL {url}: {e}"))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| anyhow!("controller URL {url} has no host"))?;
+    let port = uri.port_u16().unwrap_or(6786);
+    let target = tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("cannot resolve controller host {host}"))?
+        .find(SocketAddr::is_ipv4)
+        .ok_or_else(|| anyhow!("controller host {host} has no IPv4 address"))?;
+    let socket = tokio::net::UdpSocket::bind("0.0.0.0:0")
+        .await
+        .context("cannot open a UDP socket")?;
+    socket.connect(target).await.with_context(|| {
+        format!("no route to the controller at {target}; give --advertise-addr")
+    })?;
+    match socket.local_addr()?.ip() {
+        std::net::IpAddr::V4(ip) => Ok(ip),
+        other => bail!("source address {other} towards the controller is not IPv4"),
+    }
+}
+
+/// Listens on the unix socket, root-only. A leftover socket file is replaced, but not one that
+/// another running agent still serves.
+async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if tokio::net::UnixStream::connect(path).await.is_ok() {
+        bail!("another weft-agent is serving {}", path.display());
+    }
+    let _ = std::fs::remove_file(path);
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    Ok(listener)
+}

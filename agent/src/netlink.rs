@@ -1,0 +1,461 @@
+//! Every kernel request the agent makes, through rtnetlink: links (bridge, VXLAN, veth),
+//! addresses, routes and FDB entries. Callers get plain values ([`Link`], [`FdbEntry`]) back.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context, anyhow};
+use futures::TryStreamExt;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::RouteScope;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use nix::errno::Errno;
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
+
+use crate::desired::{FdbEntry, Mac};
+
+/// What the agent needs to know of a kernel link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub up: bool,
+    pub controller: Option<u32>,
+    pub kind: Option<InfoKind>,
+    pub vxlan: Vec<InfoVxlan>,
+}
+
+impl Link {
+    fn from_message(msg: netlink_packet_route::link::LinkMessage) -> Link {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            mtu: 0,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            controller: None,
+            kind: None,
+            vxlan: Vec::new(),
+        };
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::IfName(name) => link.name = name,
+                LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+                LinkAttribute::Controller(index) => link.controller = Some(index),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            LinkInfo::Kind(kind) => link.kind = Some(kind),
+                            LinkInfo::Data(InfoData::Vxlan(data)) => link.vxlan = data,
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+/// The kernel's errno behind a netlink error, if there is one.
+fn errno(err: &rtnetlink::Error) -> Option<Errno> {
+    match err {
+        rtnetlink::Error::NetlinkError(msg) => msg.to_io().raw_os_error().map(Errno::from_raw),
+        _ => None,
+    }
+}
+
+/// A readable reason: the kernel's own words where it gave some.
+fn reason(err: rtnetlink::Error) -> anyhow::Error {
+    match &err {
+        rtnetlink::Error::NetlinkError(msg) => anyhow!("{}", msg.to_io()),
+        _ => anyhow!("{err}"),
+    }
+}
+
+/// Sends one request that the kernel answers with an ACK.
+async fn acked(
+    handle: &Handle,
+    msg: RouteNetlinkMessage,
+    flags: u16,
+) -> Result<(), rtnetlink::Error> {
+    let mut req = NetlinkMessage::from(msg);
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+    let mut response = handle.clone().request(req)?;
+    while let Some(msg) = futures::StreamExt::next(&mut response).await {
+        if let NetlinkPayload::Error(err) = msg.payload {
+            return Err(rtnetlink::Error::NetlinkError(err));
+        }
+    }
+    Ok(())
+}
+
+pub async fn link_by_name(handle: &Handle, name: &str) -> anyhow::Result<Option<Link>> {
+    match handle
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(msg) => Ok(msg.map(Link::from_message)),
+        Err(e) if errno(&e) == Some(Errno::ENODEV) => Ok(None),
+        Err(e) => Err(reason(e)).with_context(|| format!("cannot read link {name}")),
+    }
+}
+
+pub async fn links(handle: &Handle) -> anyhow::Result<Vec<Link>> {
+    handle
+        .link()
+        .get()
+        .execute()
+        .map_ok(Link::from_message)
+        .try_collect()
+        .await
+        .map_err(reason)
+        .context("cannot list links")
+}
+
+async fn add_link(
+    handle: &Handle,
+    name: &str,
+    msg: netlink_packet_route::link::LinkMessage,
+) -> anyhow::Result<Link> {
+    handle
+        .link()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(reason)
+        .with_context(|| format!("cannot create link {name}"))?;
+    link_by_name(handle, name)
+        .await?
+        .ok_or_else(|| anyhow!("link {name} vanished right after it was created"))
+}
+
+/// Sets MTU, controller (bridge) and up on a link, sending nothing when all are as wanted.
+async fn settle_link(
+    handle: &Handle,
+    link: &Link,
+    mtu: u32,
+    controller: Option<u32>,
+) -> anyhow::Result<()> {
+    let mut msg = LinkUnspec::new_with_index(link.index);
+    let mut changed = false;
+    if link.mtu != mtu {
+        msg = msg.mtu(mtu);
+        changed = true;
+    }
+    if let Some(bridge) = controller.filter(|b| link.controller != Some(*b)) {
+        msg = msg.controller(bridge);
+        changed = true;
+    }
+    if !link.up {
+        msg = msg.up();
+        changed = true;
+    }
+    if !changed {
+        return Ok(());
+    }
+    handle
+        .link()
+        .set(msg.build())
+        .execute()
+        .await
+        .map_err(reason)
+        .with_context(|| format!("cannot set up link {}", link.name))
+}
+
+pub async fn delete_link(handle: &Handle, link: &Link) -> anyhow::Result<()> {
+    match handle.link().del(link.index).execute().await {
+        Ok(()) => Ok(()),
+        // Gone already: what we wanted.
+        Err(e) if errno(&e) == Some(Errno::ENODEV) => Ok(()),
+        Err(e) => Err(reason(e)).with_context(|| format!("cannot delete link {}", link.name)),
+    }
+}
+
+/// Makes `name` a bridge that is up with `mtu`; keeps one that already is.
+pub async fn ensure_bridge(handle: &Handle, name: &str, mtu: u32) -> anyhow::Result<Link> {
+    let link = match link_by_name(handle, name).await? {
+        Some(link) if link.kind == Some(InfoKind::Bridge) => link,
+        Some(_) => anyhow::bail!("link {name} exists and is not a bridge"),
+        None => add_link(handle, name, LinkBridge::new(name).mtu(mtu).build()).await?,
+    };
+    settle_link(handle, &link, mtu, None).await?;
+    Ok(link)
+}
+
+/// The VXLAN device weft wants: one VNI, static FDB only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub vni: u32,
+    pub port: u16,
+    pub local: Ipv4Addr,
+    pub mtu: u32,
+}
+
+impl VxlanSpec {
+    fn matches(&self, link: &Link) -> bool {
+        let has = |want: &InfoVxlan| link.vxlan.contains(want);
+        link.kind == Some(InfoKind::Vxlan)
+            && has(&InfoVxlan::Id(self.vni))
+            && has(&InfoVxlan::Port(self.port))
+            && has(&InfoVxlan::Local(self.local))
+            && has(&InfoVxlan::Learning(false))
+    }
+}
+
+/// Makes `name` a VXLAN device as `spec` says, enslaved to `bridge` and up. One that already
+/// matches is kept as it is; one that does not (say, another local address) is replaced.
+pub async fn ensure_vxlan(
+    handle: &Handle,
+    name: &str,
+    spec: VxlanSpec,
+    bridge: &Link,
+) -> anyhow::Result<Link> {
+    let existing = link_by_name(handle, name).await?;
+    let link = match existing {
+        Some(link) if spec.matches(&link) => link,
+        other => {
+            if let Some(stale) = other {
+                tracing::warn!(
+                    link = name,
+                    "replacing a VXLAN device whose settings differ"
+                );
+                delete_link(handle, &stale).await?;
+            }
+            let msg = LinkVxlan::new(name, spec.vni)
+                .port(spec.port)
+                .local(spec.local)
+                .learning(false)
+                .mtu(spec.mtu)
+                .build();
+            add_link(handle, name, msg).await?
+        }
+    };
+    settle_link(handle, &link, spec.mtu, Some(bridge.index)).await?;
+    Ok(link)
+}
+
+/// Creates a veth pair in this namespace; returns both ends.
+pub async fn create_veth(
+    handle: &Handle,
+    name: &str,
+    peer: &str,
+    mtu: u32,
+) -> anyhow::Result<(Link, Link)> {
+    let host = add_link(handle, name, LinkVeth::new(name, peer).mtu(mtu).build()).await?;
+    let peer = link_by_name(handle, peer)
+        .await?
+        .ok_or_else(|| anyhow!("veth peer {peer} vanished right after it was created"))?;
+    Ok((host, peer))
+}
+
+/// Moves a link into the namespace open as `netns`.
+pub async fn move_to_netns(
+    handle: &Handle,
+    link: &Link,
+    netns: &std::fs::File,
+) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(link.index)
+                .setns_by_fd(netns.as_raw_fd())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(reason)
+        .with_context(|| format!("cannot move {} into the container namespace", link.name))
+}
+
+/// Enslaves a link to a bridge and brings it up.
+pub async fn attach_to_bridge(
+    handle: &Handle,
+    link: &Link,
+    bridge: &Link,
+    mtu: u32,
+) -> anyhow::Result<()> {
+    settle_link(handle, link, mtu, Some(bridge.index)).await
+}
+
+/// Renames a (down) link and gives it a MAC and MTU, then brings it up with its addresses and
+/// the multicast route.
+pub async fn configure_container_if(
+    handle: &Handle,
+    link: &Link,
+    name: &str,
+    mac: Mac,
+    mtu: u32,
+    cidrs: &[ipnetwork::Ipv4Network],
+) -> anyhow::Result<()> {
+    let msg: LinkMessageBuilder<LinkUnspec> = LinkUnspec::new_with_index(link.index)
+        .name(name.to_string())
+        .address(mac.0.to_vec())
+        .mtu(mtu);
+    handle
+        .link()
+        .set(msg.build())
+        .execute()
+        .await
+        .map_err(|e| match errno(&e) {
+            Some(Errno::EEXIST) => anyhow!("the container already has an interface {name}"),
+            _ => reason(e).context(format!("cannot configure {name}")),
+        })?;
+    for cidr in cidrs {
+        handle
+            .address()
+            .add(link.index, IpAddr::V4(cidr.ip()), cidr.prefix())
+            .execute()
+            .await
+            .map_err(reason)
+            .with_context(|| format!("cannot add address {cidr} to {name}"))?;
+    }
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(link.index).up().build())
+        .execute()
+        .await
+        .map_err(reason)
+        .with_context(|| format!("cannot bring {name} up"))?;
+    // Multicast goes out on the weft interface, as Weave does.
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(Ipv4Addr::new(224, 0, 0, 0), 4)
+        .output_interface(link.index)
+        .scope(RouteScope::Link)
+        .build();
+    handle
+        .route()
+        .add(route)
+        .execute()
+        .await
+        .map_err(reason)
+        .with_context(|| format!("cannot add the multicast route on {name}"))
+}
+
+fn fdb_message(vxlan: u32, entry: &FdbEntry) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Bridge;
+    msg.header.ifindex = vxlan;
+    msg.header.state = NeighbourState::Permanent;
+    // NTF_SELF: the entry belongs to the VXLAN device's own table, where `dst` means a VTEP.
+    msg.header.flags = NeighbourFlags::Own;
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(entry.mac.0.to_vec()));
+    msg.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+            entry.dst,
+        )));
+    msg
+}
+
+/// The VXLAN device's own FDB entries that have a destination VTEP.
+pub async fn fdb_entries(handle: &Handle, vxlan: u32) -> anyhow::Result<Vec<FdbEntry>> {
+    let msgs: Vec<NeighbourMessage> = handle
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Bridge)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(reason)
+        .context("cannot dump the FDB")?;
+    let mut entries = Vec::new();
+    for msg in msgs {
+        if msg.header.ifindex != vxlan || !msg.header.flags.contains(NeighbourFlags::Own) {
+            continue;
+        }
+        let mut mac = None;
+        let mut dst = None;
+        for attr in msg.attributes {
+            match attr {
+                NeighbourAttribute::LinkLayerAddress(bytes) => mac = Mac::from_slice(&bytes),
+                // Bridge-family dumps do not say the address family of NDA_DST: go by length.
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(ip),
+                NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                    dst = <[u8; 4]>::try_from(bytes.as_slice())
+                        .ok()
+                        .map(Ipv4Addr::from)
+                }
+                _ => {}
+            }
+        }
+        if let (Some(mac), Some(dst)) = (mac, dst) {
+            entries.push(FdbEntry { mac, dst });
+        }
+    }
+    Ok(entries)
+}
+
+/// Adds a permanent FDB entry. Flood entries (all-zero MAC) are appended, since there is one per
+/// remote peer under the same MAC; unicast entries replace any older destination of their MAC.
+pub async fn fdb_add(handle: &Handle, vxlan: u32, entry: &FdbEntry) -> anyhow::Result<()> {
+    let how = if entry.mac.is_zero() {
+        NLM_F_CREATE | NLM_F_APPEND
+    } else {
+        NLM_F_CREATE | NLM_F_REPLACE
+    };
+    acked(
+        handle,
+        RouteNetlinkMessage::NewNeighbour(fdb_message(vxlan, entry)),
+        how,
+    )
+    .await
+    .map_err(reason)
+    .with_context(|| format!("cannot add FDB entry {entry}"))
+}
+
+pub async fn fdb_del(handle: &Handle, vxlan: u32, entry: &FdbEntry) -> anyhow::Result<()> {
+    match handle
+        .neighbours()
+        .del(fdb_message(vxlan, entry))
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == Some(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(reason(e)).with_context(|| format!("cannot delete FDB entry {entry}")),
+    }
+}
+
+/// The MTU of the link that holds `addr`.
+pub async fn mtu_of_address_holder(handle: &Handle, addr: Ipv4Addr) -> anyhow::Result<u32> {
+    let holder = handle
+        .address()
+        .get()
+        .set_address_filter(IpAddr::V4(addr))
+        .execute()
+        .try_next()
+        .await
+        .map_err(reason)
+        .context("cannot list addresses")?
+        .ok_or_else(|| anyhow!("no interface holds the advertise address {addr}"))?;
+    let index = holder.header.index;
+    let link = handle
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_next()
+        .await
+        .map_err(reason)
+        .with_context(|| format!("cannot read link {index}"))?
+        .map(Link::from_message)
+        .ok_or_else(|| anyhow!("link {index} holding {addr} vanished"))?;
+    Ok(link.mtu)
+}

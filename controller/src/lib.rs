@@ -1,0 +1,6 @@
+//! weft-controller: the authority for peers, networks and endpoints. It keeps them in memory
+//! ([`rules`]), durable in redb ([`store`]), and serves them to agents over gRPC ([`service`]).
+
+pub mod rules;
+pub mod service;
+pub mod store;

@@ -1,0 +1,78 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use ipnetwork::Ipv4Network;
+use tracing::info;
+use weft_controller::rules::TableRules;
+use weft_controller::service::ControllerService;
+use weft_controller::store::Store;
+use weft_proto::v1::controller_server::ControllerServer;
+
+/// weft's controller: the authority for peers, networks, endpoints and addresses.
+///
+/// Agents register with it and watch its tables; it persists them under --data-dir.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address and port of the gRPC service agents connect to.
+    #[arg(long, default_value = "0.0.0.0:6786")]
+    listen: SocketAddr,
+    /// Directory of the embedded store.
+    #[arg(long, default_value = "/var/lib/weft/controller")]
+    data_dir: PathBuf,
+    /// Subnet of the default network (net:default).
+    #[arg(long, default_value = "10.32.0.0/12", value_parser = parse_range)]
+    ipalloc_range: Ipv4Network,
+}
+
+fn parse_range(s: &str) -> Result<Ipv4Network, String> {
+    let net: Ipv4Network = s.parse().map_err(|e| format!("not a CIDR: {e}"))?;
+    if net.ip() != net.network() {
+        return Err(format!(
+            "host bits set; the subnet is {}/{}",
+            net.network(),
+            net.prefix()
+        ));
+    }
+    Ok(net)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    weft_proto::process::init_logging();
+    match run(Args::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-controller: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let (store, tables) = Store::open(&args.data_dir)?;
+    info!(revision = tables.revision, data_dir = %args.data_dir.display(), "store loaded");
+    let service = ControllerService::new(store, tables);
+    let range = args.ipalloc_range;
+    service
+        .mutate(|t| Ok(((), t.ensure_default_network(range)?)))
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    info!(listen = %args.listen, "serving");
+    tonic::transport::Server::builder()
+        .add_service(ControllerServer::new(service))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            weft_proto::process::shutdown_signal(),
+        )
+        .await
+        .context("gRPC server failed")?;
+    info!("stopped");
+    Ok(())
+}

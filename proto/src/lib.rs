@@ -1,0 +1,11 @@
+//! weft's wire protocol: the gRPC messages and services shared by the controller, the agent and
+//! weftctl (generated from `proto/weft.proto`), and the address syntax they exchange as strings.
+
+pub mod addr;
+pub mod process;
+pub mod tables;
+
+/// Generated from `proto/weft.proto`, package `weft.v1`.
+pub mod v1 {
+    tonic::include_proto!("weft.v1");
+}
