@@ -30,9 +30,10 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Connect a container to the network with the given addresses; prints its IPs.
+    #[command(override_usage = "weftctl attach [ADDR...] CONTAINER")]
     Attach {
-        /// [ADDR...] CONTAINER
-        #[arg(required = true, value_name = "ADDR|CONTAINER")]
+        /// Addresses to give the container (IP/LEN or ip:IP/LEN), then the container.
+        #[arg(required = true, value_name = "ARG")]
         args: Vec<String>,
     },
     /// Disconnect a container from the network; prints the IPs released.
@@ -76,20 +77,17 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<String, Failure> {
     match cli.command {
-        Command::Attach { mut args } => {
-            let container = args.pop().expect("clap requires one argument");
+        Command::Attach { args: mut addrs } => {
+            let container = addrs.pop().expect("clap requires at least one argument");
             let what = format!("attach {container}");
             // Reject bad addresses here, before anything is asked of the agent.
-            for addr in &args {
+            for addr in &addrs {
                 addr.parse::<AddrSpec>()
                     .map_err(|e| Failure::new(&what, e.to_string()))?;
             }
             let mut agent = connect(&cli.socket).await?;
             let reply = agent
-                .attach(AttachRequest {
-                    container,
-                    addrs: args,
-                })
+                .attach(AttachRequest { container, addrs })
                 .await
                 .map_err(|s| Failure::new(&what, s.message()))?
                 .into_inner();
@@ -150,4 +148,33 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn attach_takes_the_container_last() {
+        let cli = Cli::try_parse_from([
+            "weftctl",
+            "attach",
+            "10.0.0.2/24",
+            "ip:10.0.0.3/24",
+            "netns:c1",
+        ])
+        .unwrap();
+        let Command::Attach { args } = cli.command else {
+            panic!("not an attach")
+        };
+        assert_eq!(args, ["10.0.0.2/24", "ip:10.0.0.3/24", "netns:c1"]);
+        let missing = Cli::try_parse_from(["weftctl", "attach"]).unwrap_err();
+        assert_eq!(missing.exit_code(), 2);
+    }
 }
