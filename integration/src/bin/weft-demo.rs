@@ -1,0 +1,105 @@
+//! `make demo`: the walkthrough an operator would do on two hosts, played in a throwaway world of
+//! network namespaces with the real weft binaries, each command printed with its output.
+
+use std::any::Any;
+use std::io::{self, Write};
+use std::panic;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use weft_integration::{VXLAN_DEV, World, exec, ping, wait_until};
+
+fn main() -> ExitCode {
+    // Every failed step panics with its reason; unwinding drops the world, which prints the
+    // processes' logs and cleans up, and the demo then exits 1.
+    panic::set_hook(Box::new(|info| {
+        // Not eprintln: a panic inside the hook would abort before the world is cleaned up.
+        let _ = writeln!(
+            io::stderr(),
+            "weft-demo: failed: {}",
+            reason(info.payload())
+        );
+    }));
+    match panic::catch_unwind(demo) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
+fn demo() {
+    note(
+        "building a world: an underlay bridge, weft-controller at 198.18.0.100, host1 at 198.18.0.1 and host2 at 198.18.0.2, one weft-agent on each",
+    );
+    let mut world = World::new(2);
+    let c1 = world.container(1, "c1");
+    let c2 = world.container(2, "c2");
+    note(&format!("containers: {c1} on host1, {c2} on host2"));
+
+    weftctl(
+        &world,
+        1,
+        &["attach", "192.168.0.2/24", &format!("netns:{c1}")],
+    );
+    weftctl(
+        &world,
+        2,
+        &["attach", "192.168.0.3/24", &format!("netns:{c2}")],
+    );
+
+    note("waiting for host2's endpoint to reach host1");
+    assert!(
+        wait_until(Duration::from_secs(10), || ping(&c1, "192.168.0.3")),
+        "c1 cannot reach 192.168.0.3"
+    );
+    shell("c1", &c1, &["ping", "-c", "3", "192.168.0.3"]);
+
+    weftctl(&world, 1, &["ps"]);
+    weftctl(&world, 2, &["ps"]);
+    shell(
+        "host1",
+        &world.host_ns(1),
+        &["bridge", "fdb", "show", "dev", VXLAN_DEV],
+    );
+
+    note("tearing the world down");
+    drop(world);
+    note("done");
+}
+
+fn note(text: &str) {
+    println!("\n# {text}");
+}
+
+/// Runs weftctl on host `host` as an operator there would, and shows what it printed.
+fn weftctl(world: &World, host: usize, args: &[&str]) {
+    println!("host{host}$ weftctl {}", args.join(" "));
+    let out = world.weftctl(host, args);
+    print!("{}", out.stdout);
+    assert!(
+        out.success(),
+        "weftctl {} on host{host}: {}",
+        args.join(" "),
+        out.stderr.trim()
+    );
+}
+
+/// Runs `argv` in namespace `ns`, shown at a prompt named `who`, and shows its output.
+fn shell(who: &str, ns: &str, argv: &[&str]) {
+    println!("{who}$ {}", argv.join(" "));
+    let out = exec(ns, argv);
+    print!("{}", out.stdout);
+    assert!(
+        out.success(),
+        "{} in {who}: {}",
+        argv.join(" "),
+        out.stderr.trim()
+    );
+}
+
+fn reason(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic")
+}

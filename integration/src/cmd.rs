@@ -1,0 +1,81 @@
+//! Running a short-lived command to completion with a time limit, so that a hung tool fails the
+//! test instead of hanging the whole CI run.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::thread::{self, JoinHandle, sleep};
+use std::time::{Duration, Instant};
+
+/// Longest any single command may take before the harness gives up on it.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a finished command left behind.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Exit status; `None` when the process was killed by a signal.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Runs `cmd` with no stdin, capturing its output. Panics if it cannot start or overruns
+/// [`COMMAND_TIMEOUT`]; a non-zero exit is reported, not treated as an error.
+pub fn run(mut cmd: Command) -> Output {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    // Drain both pipes concurrently so a chatty child cannot block on a full pipe.
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for a child process") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{shown} did not finish within {COMMAND_TIMEOUT:?}");
+        }
+        sleep(Duration::from_millis(10));
+    };
+    Output {
+        code: status.code(),
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// Runs `cmd` and panics, showing its stderr, unless it succeeds. For the harness's own setup
+/// steps, whose failure means the world is broken rather than the product.
+pub fn check(cmd: Command) -> Output {
+    let shown = format!("{cmd:?}");
+    let out = run(cmd);
+    assert!(
+        out.success(),
+        "{shown} failed ({:?}): {}",
+        out.code,
+        out.stderr.trim()
+    );
+    out
+}
+
+fn drain(pipe: Option<impl Read + Send + 'static>) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}

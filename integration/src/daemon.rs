@@ -1,0 +1,120 @@
+//! A long-running weft process (controller or agent) inside a namespace, with its output kept in
+//! a log file so a failed test can show what the process said.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, ExitStatus, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use nix::sys::prctl;
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+use crate::netns;
+
+/// How long a process gets to exit after SIGTERM before it is killed.
+const GRACE: Duration = Duration::from_secs(3);
+
+/// One weft process, started and restarted on demand. Its owner stops it explicitly (the world
+/// does so before deleting the namespaces it runs in), so there is no stop-on-drop here.
+pub struct Daemon {
+    ns: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Describes the process; nothing runs until [`Daemon::start`].
+    pub fn new(ns: &str, program: PathBuf, args: Vec<String>, log: PathBuf) -> Daemon {
+        Daemon {
+            ns: ns.to_owned(),
+            program,
+            args,
+            log,
+            child: None,
+        }
+    }
+
+    /// Starts the process; its stdout and stderr are appended to the log, so a restart keeps the
+    /// earlier run's lines.
+    pub fn start(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "{} is already running",
+            self.program.display()
+        );
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log.display()));
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let mut cmd = netns::in_netns(&self.ns, &self.program, &args);
+        cmd.env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("duplicating the log file"))
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            // The kernel kills the process if the spawning thread dies, e.g. when the test
+            // process is killed before any Drop runs.
+            cmd.pre_exec(|| prctl::set_pdeathsig(Signal::SIGKILL).map_err(Into::into));
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.program.display()));
+        self.child = Some(child);
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within [`GRACE`]. No-op when not running.
+    pub fn stop(&mut self) {
+        if self.running()
+            && let Some(child) = &self.child
+        {
+            // Only a child not yet reaped is signalled: after reaping, its pid may be reused.
+            let _ = signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + GRACE;
+            while self.running() && Instant::now() < deadline {
+                sleep(Duration::from_millis(20));
+            }
+        }
+        self.kill();
+    }
+
+    /// SIGKILL, as a crash would. No-op when not running.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// How the process ended, if it has; `None` while it runs or when it was never started.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// The last `n` lines of the process's log, headed by its command line.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+        format!(
+            "--- {} {} (in {}), last {n} lines of {}:\n{tail}",
+            self.program.display(),
+            self.args.join(" "),
+            self.ns,
+            self.log.display()
+        )
+    }
+
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}

@@ -1,0 +1,75 @@
+//! Reading kernel state (links, addresses, the bridge FDB) inside a namespace from the JSON that
+//! `ip -j` and `bridge -j` print, so tests check what the kernel really holds.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::cmd;
+
+/// One network interface as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub name: String,
+    pub mac: String,
+    pub mtu: u64,
+    /// The bridge it is enslaved to, if any.
+    pub master: Option<String>,
+    /// Its IPv4 addresses as `IP/LEN`.
+    pub addrs: Vec<String>,
+}
+
+/// Every interface in namespace `ns`.
+pub fn links(ns: &str) -> Vec<Link> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["-n", ns, "-j", "addr", "show"]);
+    json_array(&cmd::check(cmd).stdout)
+        .iter()
+        .map(|l| Link {
+            name: text(l, "ifname"),
+            mac: text(l, "address"),
+            mtu: l["mtu"].as_u64().unwrap_or_default(),
+            master: l["master"].as_str().map(str::to_owned),
+            addrs: l["addr_info"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|a| a["family"] == "inet")
+                .map(|a| format!("{}/{}", text(a, "local"), a["prefixlen"]))
+                .collect(),
+        })
+        .collect()
+}
+
+/// Interface `name` in namespace `ns`, if it exists.
+pub fn link(ns: &str, name: &str) -> Option<Link> {
+    links(ns).into_iter().find(|l| l.name == name)
+}
+
+/// The FDB entries of device `dev` in `ns` that point at a remote VTEP, as `(mac, dst)` pairs.
+/// Entries without a `dst` (the bridge's own local MACs) are not weft's and are left out.
+pub fn fdb(ns: &str, dev: &str) -> BTreeSet<(String, String)> {
+    let mut cmd = Command::new("bridge");
+    cmd.args(["-n", ns, "-j", "fdb", "show", "dev", dev]);
+    json_array(&cmd::check(cmd).stdout)
+        .iter()
+        .filter(|e| e["dst"].is_string())
+        .map(|e| (text(e, "mac"), text(e, "dst")))
+        .collect()
+}
+
+fn json_array(stdout: &str) -> Vec<Value> {
+    // iproute2 prints nothing at all, rather than `[]`, for an empty list.
+    if stdout.trim().is_empty() {
+        return Vec::new();
+    }
+    match serde_json::from_str(stdout) {
+        Ok(Value::Array(items)) => items,
+        _ => panic!("unexpected JSON from iproute2: {stdout}"),
+    }
+}
+
+fn text(v: &Value, key: &str) -> String {
+    v[key].as_str().unwrap_or_default().to_owned()
+}

@@ -1,0 +1,86 @@
+//! Creating, entering and deleting network namespaces through the `ip` command.
+
+use std::env;
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::Command;
+
+use crate::cmd::{self, Output};
+
+/// Tools the harness shells out to; `ss` (iproute2) tells when the controller listens.
+const TOOLS: [&str; 4] = ["ip", "bridge", "ping", "ss"];
+
+/// Fails loudly, rather than letting tests pass vacuously, when the machine cannot host a world.
+pub fn require_privileges_and_tools() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "weft integration tests need root (network namespaces, veth, bridge, vxlan); run them as root"
+    );
+    let path = env::var_os("PATH").unwrap_or_default();
+    for tool in TOOLS {
+        assert!(
+            env::split_paths(&path).any(|dir| dir.join(tool).is_file()),
+            "`{tool}` is not in PATH; install iproute2 and iputils-ping (`make test` does)"
+        );
+    }
+}
+
+/// Creates namespace `name` with its loopback up.
+pub fn add(name: &str) {
+    cmd::check(command(&["ip", "netns", "add", name]));
+    ip(name, &["link", "set", "lo", "up"]);
+}
+
+/// Deletes namespace `name`, which also destroys every interface inside it. Best effort, and
+/// silent on a closed stderr: it runs during cleanup, where it must neither mask the test's own
+/// result nor panic a second time.
+pub fn del(name: &str) {
+    let out = cmd::run(command(&["ip", "netns", "del", name]));
+    if !out.success() {
+        let _ = writeln!(
+            io::stderr(),
+            "weft-integration: cannot delete netns {name}: {}",
+            out.stderr.trim()
+        );
+    }
+}
+
+/// Runs `ip -n NS ARGS...` and panics unless it succeeds.
+pub fn ip(ns: &str, args: &[&str]) -> Output {
+    let mut cmd = command(&["ip", "-n", ns]);
+    cmd.args(args);
+    cmd::check(cmd)
+}
+
+/// Runs `args` inside namespace `ns` and reports how it ended.
+pub fn exec(ns: &str, args: &[&str]) -> Output {
+    cmd::run(in_netns(ns, args[0], &args[1..]))
+}
+
+/// A command that runs `program` inside `ns`. `ip netns exec` execs it in place, so the spawned
+/// pid is the program's own and signals reach it directly.
+pub fn in_netns(ns: &str, program: impl AsRef<Path>, args: &[&str]) -> Command {
+    let mut cmd = command(&["ip", "netns", "exec", ns]);
+    cmd.arg(program.as_ref()).args(args);
+    cmd
+}
+
+/// Whether one ping from `ns` to `ip` gets an answer within a second.
+pub fn ping(ns: &str, ip: &str) -> bool {
+    ping_n(ns, ip, 1).success()
+}
+
+/// Sends `count` pings from `ns` to `ip`, each waiting at most a second for its answer.
+pub fn ping_n(ns: &str, ip: &str, count: u32) -> Output {
+    let count = count.to_string();
+    exec(
+        ns,
+        &["ping", "-n", "-c", &count, "-i", "0.2", "-W", "1", ip],
+    )
+}
+
+fn command(argv: &[&str]) -> Command {
+    let mut cmd = Command::new(argv[0]);
+    cmd.args(&argv[1..]);
+    cmd
+}

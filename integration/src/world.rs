@@ -1,0 +1,339 @@
+//! The world: an underlay namespace holding a bridge, a controller namespace and N host
+//! namespaces wired to it by veths, the weft processes running in them, and the container
+//! namespaces a test asks for. Everything is undone on drop, also while a test panics.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::{self, sleep};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::bins::Bins;
+use crate::cmd::{self, Output};
+use crate::daemon::Daemon;
+use crate::netns;
+
+/// Where agents reach the controller, as passed to `weft-agent --controller`.
+pub const CONTROLLER_URL: &str = "http://198.18.0.100:6786";
+/// The agent's bridge for the default network.
+pub const BRIDGE: &str = "weave";
+/// The agent's VXLAN device for the default network.
+pub const VXLAN_DEV: &str = "vxlan-6784";
+
+const CONTROLLER_IP: &str = "198.18.0.100";
+const CONTROLLER_PORT: u16 = 6786;
+/// Name of the underlay-facing veth in every namespace plugged into the underlay.
+const UNDERLAY_IF: &str = "ul0";
+const UNDERLAY_BRIDGE: &str = "br0";
+/// How long a started process gets to become usable.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const LOG_TAIL_LINES: usize = 40;
+
+/// Distinguishes the worlds of one test process; the pid distinguishes test processes.
+static WORLDS: AtomicUsize = AtomicUsize::new(0);
+
+/// Underlay address of host `host` (1-based), which its agent advertises.
+pub fn host_addr(host: usize) -> String {
+    format!("198.18.0.{host}")
+}
+
+/// A running test world. Hosts are numbered from 1, as their names (`host1`, ...) are.
+pub struct World {
+    prefix: String,
+    dir: TempDir,
+    bins: Bins,
+    /// Every namespace made, in creation order, so drop can delete them all.
+    namespaces: Vec<String>,
+    controller: Daemon,
+    agents: Vec<Daemon>,
+    /// Container namespaces and the host each was made for, for failure reports.
+    containers: Vec<(String, usize)>,
+}
+
+impl World {
+    /// Builds the underlay, starts the controller and `hosts` agents, and returns once every
+    /// agent answers `weftctl ps`. Panics with the reason (and the processes' logs) otherwise.
+    pub fn new(hosts: usize) -> World {
+        netns::require_privileges_and_tools();
+        assert!(
+            (1..100).contains(&hosts),
+            "a world has 1 to 99 hosts, not {hosts}"
+        );
+        let bins = Bins::locate();
+        let prefix = format!(
+            "wft{}x{}",
+            process::id(),
+            WORLDS.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir()
+            .expect("creating the world's temp dir");
+        let ctl_ns = format!("{prefix}-ctl");
+        let controller = Daemon::new(
+            &ctl_ns,
+            bins.controller.clone(),
+            vec![
+                "--listen".into(),
+                format!("{CONTROLLER_IP}:{CONTROLLER_PORT}"),
+                "--data-dir".into(),
+                dir.path().join("controller").display().to_string(),
+            ],
+            dir.path().join("controller.log"),
+        );
+        // From here on a panic drops `world`, which undoes whatever was built so far.
+        let mut world = World {
+            prefix,
+            dir,
+            bins,
+            namespaces: Vec::new(),
+            controller,
+            agents: Vec::new(),
+            containers: Vec::new(),
+        };
+        let underlay = format!("{}-ul", world.prefix);
+        world.add_ns(&underlay);
+        netns::ip(
+            &underlay,
+            &["link", "add", UNDERLAY_BRIDGE, "type", "bridge"],
+        );
+        netns::ip(&underlay, &["link", "set", UNDERLAY_BRIDGE, "up"]);
+        world.add_ns(&ctl_ns);
+        world.plug(&ctl_ns, "ctl", CONTROLLER_IP);
+        world.start_controller();
+        for host in 1..=hosts {
+            world.add_host(host);
+        }
+        for host in 1..=hosts {
+            world.wait_agent_ready(host);
+        }
+        world
+    }
+
+    /// The prefix of every namespace name in this world, e.g. `wft1234x0`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The namespace of host `host`.
+    pub fn host_ns(&self, host: usize) -> String {
+        format!("{}-h{host}", self.prefix)
+    }
+
+    /// The agent socket of host `host`.
+    pub fn socket(&self, host: usize) -> PathBuf {
+        self.dir.path().join(format!("host{host}.sock"))
+    }
+
+    /// Makes an empty container namespace `<prefix>-<name>` (loopback up) to be attached on
+    /// host `host`, and returns its name; weftctl refers to it as `netns:<name>`.
+    pub fn container(&mut self, host: usize, name: &str) -> String {
+        self.check_host(host);
+        let ns = format!("{}-{name}", self.prefix);
+        self.add_ns(&ns);
+        self.containers.push((ns.clone(), host));
+        ns
+    }
+
+    /// Runs `weftctl --socket <host's socket> ARGS...` in host `host`'s namespace.
+    pub fn weftctl(&self, host: usize, args: &[&str]) -> Output {
+        self.weftctl_at(host, &self.socket(host), args)
+    }
+
+    /// Runs weftctl in host `host`'s namespace against an arbitrary agent socket.
+    pub fn weftctl_at(&self, host: usize, socket: &Path, args: &[&str]) -> Output {
+        let socket = socket.to_str().expect("socket path is UTF-8");
+        let mut argv = vec!["--socket", socket];
+        argv.extend_from_slice(args);
+        let mut cmd = netns::in_netns(&self.host_ns(host), &self.bins.ctl, &argv);
+        // weftctl's stderr is asserted on: keep the caller's log filter from adding lines to it.
+        cmd.env_remove("RUST_LOG");
+        cmd::run(cmd)
+    }
+
+    /// SIGKILLs the controller, as a crash would.
+    pub fn kill_controller(&mut self) {
+        self.controller.kill();
+    }
+
+    /// (Re)starts the controller and waits until it listens.
+    pub fn start_controller(&mut self) {
+        self.controller.start();
+        let ctl_ns = format!("{}-ctl", self.prefix);
+        let port = format!("sport = :{CONTROLLER_PORT}");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.controller.exited() {
+                panic!("weft-controller exited ({status}) before listening");
+            }
+            if !netns::exec(&ctl_ns, &["ss", "-Hltn", &port])
+                .stdout
+                .trim()
+                .is_empty()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weft-controller not listening on {CONTROLLER_IP}:{CONTROLLER_PORT} after {READY_TIMEOUT:?}"
+            );
+            sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops host `host`'s agent with SIGTERM (SIGKILL if it lingers).
+    pub fn stop_agent(&mut self, host: usize) {
+        self.agent(host).stop();
+    }
+
+    /// (Re)starts host `host`'s agent and waits until it is ready.
+    pub fn start_agent(&mut self, host: usize) {
+        self.agent(host).start();
+        self.wait_agent_ready(host);
+    }
+
+    fn agent(&mut self, host: usize) -> &mut Daemon {
+        self.check_host(host);
+        &mut self.agents[host - 1]
+    }
+
+    fn check_host(&self, host: usize) {
+        let count = self.agents.len();
+        assert!(
+            (1..=count).contains(&host),
+            "no host{host}: this world has {count} hosts"
+        );
+    }
+
+    fn add_ns(&mut self, ns: &str) {
+        netns::add(ns);
+        self.namespaces.push(ns.to_owned());
+    }
+
+    /// Links namespace `ns` to the underlay bridge through a veth (`port` on the bridge side,
+    /// `ul0` inside `ns`) and gives it `addr`/24. The veth is created inside the underlay
+    /// namespace, so the root namespace never holds any of it.
+    fn plug(&self, ns: &str, port: &str, addr: &str) {
+        let underlay = format!("{}-ul", self.prefix);
+        netns::ip(
+            &underlay,
+            &[
+                "link",
+                "add",
+                port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                UNDERLAY_IF,
+                "netns",
+                ns,
+            ],
+        );
+        netns::ip(
+            &underlay,
+            &["link", "set", port, "master", UNDERLAY_BRIDGE, "up"],
+        );
+        netns::ip(ns, &["link", "set", UNDERLAY_IF, "mtu", "1500", "up"]);
+        netns::ip(
+            ns,
+            &["addr", "add", &format!("{addr}/24"), "dev", UNDERLAY_IF],
+        );
+    }
+
+    fn add_host(&mut self, host: usize) {
+        let ns = self.host_ns(host);
+        self.add_ns(&ns);
+        self.plug(&ns, &format!("h{host}"), &host_addr(host));
+        let mut agent = Daemon::new(
+            &ns,
+            self.bins.agent.clone(),
+            vec![
+                "--controller".into(),
+                CONTROLLER_URL.into(),
+                "--name".into(),
+                format!("host{host}"),
+                "--socket".into(),
+                self.socket(host).display().to_string(),
+            ],
+            self.dir.path().join(format!("host{host}.log")),
+        );
+        agent.start();
+        self.agents.push(agent);
+    }
+
+    /// An agent is ready once `weftctl ps` succeeds: it fails until the agent has applied the
+    /// controller's first snapshot.
+    fn wait_agent_ready(&mut self, host: usize) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.agent(host).exited() {
+                panic!("weft-agent on host{host} exited ({status}) before it was ready");
+            }
+            let out = self.weftctl(host, &["ps"]);
+            if out.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "weft-agent on host{host} not ready after {READY_TIMEOUT:?}; `weftctl ps`: {}",
+                out.stderr.trim()
+            );
+            sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// What a failed test needs to see: each process's last log lines and each host's and
+    /// container's interfaces, plus the hosts' VXLAN FDB. Write errors are ignored: a closed
+    /// stderr must not turn this into a second panic, which would abort before the cleanup.
+    fn report(&self) {
+        let mut err = io::stderr().lock();
+        let _ = writeln!(err, "==== weft world {} failed; its state:", self.prefix);
+        for daemon in std::iter::once(&self.controller).chain(&self.agents) {
+            let _ = writeln!(err, "{}", daemon.log_tail(LOG_TAIL_LINES));
+        }
+        let hosts = (1..=self.agents.len()).map(|h| (format!("host{h}"), self.host_ns(h)));
+        for (label, ns) in hosts {
+            show(&mut err, &label, &ns, &["ip", "-br", "addr"]);
+            show(
+                &mut err,
+                &label,
+                &ns,
+                &["bridge", "fdb", "show", "dev", VXLAN_DEV],
+            );
+        }
+        for (ns, host) in &self.containers {
+            let label = format!("{ns} (container on host{host})");
+            show(&mut err, &label, ns, &["ip", "-br", "addr"]);
+        }
+    }
+}
+
+fn show(err: &mut impl Write, label: &str, ns: &str, argv: &[&str]) {
+    let out = netns::exec(ns, argv);
+    let _ = writeln!(
+        err,
+        "--- {label}$ {}\n{}{}",
+        argv.join(" "),
+        out.stdout,
+        out.stderr
+    );
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            self.report();
+        }
+        for agent in &mut self.agents {
+            agent.stop();
+        }
+        self.controller.stop();
+        for ns in self.namespaces.iter().rev() {
+            netns::del(ns);
+        }
+    }
+}
