@@ -1,19 +1,20 @@
 //! The agent's shared state: who it is, its controller clients, its datapath, and its copy of
 //! the controller's tables, which the watch feeds and the reconciler turns into kernel state.
 
-use std::sync::RwLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use tokio::sync::Notify;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{self, Channel};
 use tracing::{debug, info, warn};
-use weft_proto::tables::{DEFAULT_NETWORK, Tables};
+use weft_proto::tables::Tables;
 use weft_proto::v1::controller_client::ControllerClient;
-use weft_proto::v1::{Peer, WatchEvent, watch_event::Event};
+use weft_proto::v1::{DetachRequest, Endpoint, Peer, WatchEvent, watch_event::Event};
 
 use crate::datapath::Datapath;
-use crate::desired::vxlan_fdb;
+use crate::desired::host_networks;
 
 /// How long to wait for a TCP connection to the controller.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -34,6 +35,26 @@ pub struct Agent {
     /// The controller's tables as last received; `None` until the first snapshot.
     tables: RwLock<Option<Tables>>,
     changed: Notify,
+    /// Containers with an attach or detach under way, and how many.
+    busy: Mutex<HashMap<String, usize>>,
+}
+
+/// Marks a container busy while it lives: the reconciler leaves its endpoints alone.
+pub struct Busy<'a> {
+    agent: &'a Agent,
+    container_id: String,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.agent.busy.lock().expect("busy lock poisoned");
+        if let Some(n) = busy.get_mut(&self.container_id) {
+            *n -= 1;
+            if *n == 0 {
+                busy.remove(&self.container_id);
+            }
+        }
+    }
 }
 
 impl Agent {
@@ -43,7 +64,7 @@ impl Agent {
         controller_url: String,
         datapath: Datapath,
     ) -> anyhow::Result<Agent> {
-        let endpoint = Endpoint::from_shared(controller_url.clone())
+        let endpoint = transport::Endpoint::from_shared(controller_url.clone())
             .map_err(|e| anyhow!("invalid controller URL {controller_url}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT);
         Ok(Agent {
@@ -55,6 +76,7 @@ impl Agent {
             datapath,
             tables: RwLock::new(None),
             changed: Notify::new(),
+            busy: Mutex::new(HashMap::new()),
         })
     }
 
@@ -63,6 +85,27 @@ impl Agent {
             name: self.name.clone(),
             advertise_addr: self.advertise_addr.to_string(),
         }
+    }
+
+    /// Marks a container busy until the returned guard is dropped.
+    pub fn busy(&self, container_id: &str) -> Busy<'_> {
+        *self
+            .busy
+            .lock()
+            .expect("busy lock poisoned")
+            .entry(container_id.to_string())
+            .or_default() += 1;
+        Busy {
+            agent: self,
+            container_id: container_id.to_string(),
+        }
+    }
+
+    fn is_busy(&self, container_id: &str) -> bool {
+        self.busy
+            .lock()
+            .expect("busy lock poisoned")
+            .contains_key(container_id)
     }
 
     /// Reads the tables; `None` until the first snapshot has arrived.
@@ -118,25 +161,56 @@ impl Agent {
                 _ = self.changed.notified() => {}
                 _ = tokio::time::sleep(RESYNC_EVERY) => {}
             }
-            let Some(desired) = self.with_tables(|t| vxlan_fdb(t, &self.name, DEFAULT_NETWORK))
-            else {
-                continue;
-            };
-            match self.datapath.reconcile_fdb(&desired).await {
-                Ok(changes) if changes.added + changes.removed > 0 => {
-                    info!(
-                        added = changes.added,
-                        removed = changes.removed,
-                        "FDB reconciled"
-                    );
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!("reconcile failed, retrying: {e:#}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    self.changed.notify_one();
-                }
+            if let Err(e) = self.reconcile().await {
+                warn!("reconcile failed, retrying: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                self.changed.notify_one();
             }
         }
+    }
+
+    async fn reconcile(&self) -> anyhow::Result<()> {
+        let Some((networks, local)) = self.with_tables(|t| {
+            let local: Vec<Endpoint> = t
+                .endpoints
+                .values()
+                .filter(|ep| ep.peer == self.name)
+                .cloned()
+                .collect();
+            (host_networks(t, &self.name), local)
+        }) else {
+            return Ok(());
+        };
+        let changes = self.datapath.reconcile(&networks).await?;
+        if changes.added + changes.removed > 0 {
+            info!(
+                added = changes.added,
+                removed = changes.removed,
+                "FDB reconciled"
+            );
+        }
+        self.release_unplugged(&local).await
+    }
+
+    /// Gives back the addresses of local endpoints that have no veth: their container is gone,
+    /// or an attach never finished (the controller or the agent died half-way). An attach or
+    /// detach under way is left alone; checking that before the veth closes the race with it.
+    async fn release_unplugged(&self, local: &[Endpoint]) -> anyhow::Result<()> {
+        for ep in local {
+            if self.is_busy(&ep.container_id) || self.datapath.link_exists(&ep.host_ifname).await? {
+                continue;
+            }
+            warn!(container = %ep.container_id, network = %ep.network, veth = %ep.host_ifname,
+                "endpoint has no veth on this host; releasing its addresses");
+            let request = DetachRequest {
+                peer: self.name.clone(),
+                container_id: ep.container_id.clone(),
+                addrs: vec![format!("net:{}", ep.network)],
+            };
+            if let Err(status) = self.client.clone().detach(request).await {
+                warn!(container = %ep.container_id, "release failed: {}", status.message());
+            }
+        }
+        Ok(())
     }
 }

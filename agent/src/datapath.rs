@@ -1,29 +1,30 @@
-//! This host's datapath for the default network: the bridge, the VXLAN device enslaved to it,
-//! one veth pair per local container, and the VXLAN FDB that sends remote MACs to their hosts.
+//! This host's datapath: per network a bridge and a VXLAN device enslaved to it, one veth pair per
+//! local endpoint, and the VXLAN FDB that sends remote MACs to their hosts.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::net::Ipv4Addr;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
 use ipnetwork::Ipv4Network;
 use rtnetlink::Handle;
 use tracing::{info, warn};
+use weft_proto::names::{Mac, bridge_name, guest_tmp_ifname, vni_of_device, vxlan_name};
+use weft_proto::v1::Endpoint;
 
 use crate::container::Container;
-use crate::desired::{FdbEntry, Mac, diff, guest_tmp_ifname};
+use crate::desired::{FdbEntry, diff};
 use crate::netlink::{self, Link, VxlanSpec};
 use crate::netns;
 
-/// Name of the default network's bridge, as Weave named it.
-pub const BRIDGE: &str = "weave";
-/// Name of the container-side interface.
-pub const CONTAINER_IFNAME: &str = "ethwe";
-
 pub struct Datapath {
     handle: Handle,
-    vxlan_name: String,
-    spec: VxlanSpec,
+    port: u16,
+    local: Ipv4Addr,
+    mtu: u32,
+    /// Held by every change of devices and veths: a plug never meets a half-removed bridge, and
+    /// a reconcile never sees a half-plugged veth.
+    lock: tokio::sync::Mutex<()>,
 }
 
 /// How many FDB entries one reconcile added and removed.
@@ -33,85 +34,123 @@ pub struct FdbChanges {
     pub removed: usize,
 }
 
+fn parse_cidrs(cidrs: &[String]) -> anyhow::Result<Vec<Ipv4Network>> {
+    cidrs
+        .iter()
+        .map(|c| {
+            c.parse()
+                .map_err(|_| anyhow!("invalid address {c} in the tables"))
+        })
+        .collect()
+}
+
 impl Datapath {
-    pub fn new(handle: Handle, vni: u32, port: u16, local: Ipv4Addr, mtu: u32) -> Self {
+    pub fn new(handle: Handle, port: u16, local: Ipv4Addr, mtu: u32) -> Self {
         Datapath {
             handle,
-            vxlan_name: format!("vxlan-{port}"),
-            spec: VxlanSpec {
-                vni,
-                port,
-                local,
-                mtu,
-            },
+            port,
+            local,
+            mtu,
+            lock: tokio::sync::Mutex::new(()),
         }
     }
 
-    pub fn mtu(&self) -> u32 {
-        self.spec.mtu
+    /// Makes the bridge and VXLAN device of network `vni` exist as wanted, keeping what is
+    /// already right.
+    pub async fn ensure_devices(&self, vni: u32) -> anyhow::Result<(Link, Link)> {
+        let _lock = self.lock.lock().await;
+        self.ensure_devices_locked(vni).await
     }
 
-    /// Makes the bridge and VXLAN device exist as wanted, keeping what is already right.
-    pub async fn ensure_devices(&self) -> anyhow::Result<(Link, Link)> {
-        let bridge = netlink::ensure_bridge(&self.handle, BRIDGE, self.spec.mtu).await?;
+    async fn ensure_devices_locked(&self, vni: u32) -> anyhow::Result<(Link, Link)> {
+        let bridge = netlink::ensure_bridge(&self.handle, &bridge_name(vni), self.mtu).await?;
+        let spec = VxlanSpec {
+            vni,
+            port: self.port,
+            local: self.local,
+            mtu: self.mtu,
+        };
         let vxlan =
-            netlink::ensure_vxlan(&self.handle, &self.vxlan_name, self.spec, &bridge).await?;
+            netlink::ensure_vxlan(&self.handle, &vxlan_name(vni, self.port), spec, &bridge).await?;
         Ok((bridge, vxlan))
     }
 
-    /// Makes the VXLAN FDB equal `desired`, touching only entries that differ.
-    pub async fn reconcile_fdb(&self, desired: &BTreeSet<FdbEntry>) -> anyhow::Result<FdbChanges> {
-        let (_, vxlan) = self.ensure_devices().await?;
-        let current: BTreeSet<FdbEntry> = netlink::fdb_entries(&self.handle, vxlan.index)
-            .await?
-            .into_iter()
-            .collect();
-        let (add, remove) = diff(&current, desired);
-        for entry in &remove {
-            netlink::fdb_del(&self.handle, vxlan.index, entry).await?;
+    /// Makes the devices and FDBs of `networks` (VNI → FDB) as given, touching only entries
+    /// that differ, and removes the devices of networks this host no longer needs.
+    pub async fn reconcile(
+        &self,
+        networks: &BTreeMap<u32, BTreeSet<FdbEntry>>,
+    ) -> anyhow::Result<FdbChanges> {
+        let mut changes = FdbChanges::default();
+        let entries = netlink::fdb_entries(&self.handle).await?;
+        for (vni, desired) in networks {
+            let (_, vxlan) = self.ensure_devices(*vni).await?;
+            let current: BTreeSet<FdbEntry> = entries
+                .iter()
+                .filter(|(index, _)| *index == vxlan.index)
+                .map(|(_, entry)| *entry)
+                .collect();
+            let (add, remove) = diff(&current, desired);
+            for entry in &remove {
+                netlink::fdb_del(&self.handle, vxlan.index, entry).await?;
+            }
+            for entry in &add {
+                netlink::fdb_add(&self.handle, vxlan.index, entry).await?;
+            }
+            changes.added += add.len();
+            changes.removed += remove.len();
         }
-        for entry in &add {
-            netlink::fdb_add(&self.handle, vxlan.index, entry).await?;
+        for link in netlink::links(&self.handle).await? {
+            let stale = vni_of_device(&link.name, self.port)
+                .is_some_and(|vni| !networks.contains_key(&vni));
+            if stale {
+                info!(link = %link.name, "removing the device of a network this host left");
+                netlink::delete_link(&self.handle, &link).await?;
+            }
         }
-        Ok(FdbChanges {
-            added: add.len(),
-            removed: remove.len(),
-        })
+        Ok(changes)
     }
 
     pub async fn link_exists(&self, name: &str) -> anyhow::Result<bool> {
         Ok(netlink::link_by_name(&self.handle, name).await?.is_some())
     }
 
-    /// Connects a container to the bridge: veth `host_ifname` on the bridge, `ethwe` with `mac`,
-    /// the network MTU and `cidrs` in the container. On failure nothing of it is left behind.
-    pub async fn plug(
-        &self,
-        container: &Container,
-        host_ifname: &str,
-        mac: Mac,
-        cidrs: &[Ipv4Network],
-    ) -> anyhow::Result<()> {
-        let netns = File::open(&container.netns).with_context(|| {
+    /// Makes endpoint `ep` of network `vni` exist in the kernel: its veth on the network's bridge
+    /// and its interface in the container with the endpoint's MAC, the MTU and every address.
+    /// An endpoint already plugged only gets the addresses it lacks. A new veth that cannot be
+    /// set up completely is removed again.
+    pub async fn plug(&self, container: &Container, ep: &Endpoint, vni: u32) -> anyhow::Result<()> {
+        let _lock = self.lock.lock().await;
+        let cidrs = parse_cidrs(&ep.cidrs)?;
+        let inside = ep.container_ifname.clone();
+        if self.link_exists(&ep.host_ifname).await? {
+            return netns::run_in(&container.netns, move |handle| async move {
+                let link = netlink::link_by_name(&handle, &inside)
+                    .await?
+                    .with_context(|| format!("the container has no interface {inside}"))?;
+                netlink::add_addresses(&handle, &link, &cidrs).await
+            })
+            .await;
+        }
+        let netns_file = File::open(&container.netns).with_context(|| {
             format!(
                 "cannot open network namespace {}",
                 container.netns.display()
             )
         })?;
-        let (bridge, _) = self.ensure_devices().await?;
-        let mtu = self.spec.mtu;
-        let guest_name = guest_tmp_ifname(host_ifname);
+        let mac: Mac = ep.mac.parse().map_err(|e: String| anyhow!(e))?;
+        let (bridge, _) = self.ensure_devices_locked(vni).await?;
+        let mtu = self.mtu;
+        let guest_name = guest_tmp_ifname(&ep.host_ifname);
         let (host, guest) =
-            netlink::create_veth(&self.handle, host_ifname, &guest_name, mtu).await?;
+            netlink::create_veth(&self.handle, &ep.host_ifname, &guest_name, mtu).await?;
         let result = async {
-            netlink::move_to_netns(&self.handle, &guest, &netns).await?;
-            let cidrs = cidrs.to_vec();
+            netlink::move_to_netns(&self.handle, &guest, &netns_file).await?;
             netns::run_in(&container.netns, move |handle| async move {
                 let guest = netlink::link_by_name(&handle, &guest_name)
                     .await?
                     .with_context(|| format!("{guest_name} did not arrive in the container"))?;
-                netlink::configure_container_if(&handle, &guest, CONTAINER_IFNAME, mac, mtu, &cidrs)
-                    .await
+                netlink::configure_container_if(&handle, &guest, &inside, mac, mtu, &cidrs).await
             })
             .await?;
             netlink::attach_to_bridge(&self.handle, &host, &bridge, mtu).await
@@ -120,16 +159,36 @@ impl Datapath {
         if result.is_err() {
             // Deleting one end of a veth deletes both, wherever the other end is.
             if let Err(e) = netlink::delete_link(&self.handle, &host).await {
-                warn!("cleaning up {host_ifname} failed: {e:#}");
+                warn!("cleaning up {} failed: {e:#}", ep.host_ifname);
             }
         }
         result?;
-        info!(container = %container.id, veth = host_ifname, %mac, "plugged");
+        info!(container = %container.id, veth = %ep.host_ifname, %mac, "plugged");
         Ok(())
     }
 
-    /// Removes a container's veth pair (and so its `ethwe`); nothing to do if it is gone.
+    /// Removes `cidrs` from an endpoint's interface in the container; gone ones are fine.
+    pub async fn remove_addresses(
+        &self,
+        container: &Container,
+        ep: &Endpoint,
+        cidrs: &[String],
+    ) -> anyhow::Result<()> {
+        let cidrs = parse_cidrs(cidrs)?;
+        let inside = ep.container_ifname.clone();
+        netns::run_in(&container.netns, move |handle| async move {
+            match netlink::link_by_name(&handle, &inside).await? {
+                Some(link) => netlink::del_addresses(&handle, &link, &cidrs).await,
+                None => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// Removes an endpoint's veth pair (and so its interface in the container); nothing to do
+    /// if it is gone.
     pub async fn unplug(&self, host_ifname: &str) -> anyhow::Result<()> {
+        let _lock = self.lock.lock().await;
         if let Some(link) = netlink::link_by_name(&self.handle, host_ifname).await? {
             netlink::delete_link(&self.handle, &link).await?;
             info!(veth = host_ifname, "unplugged");

@@ -1,60 +1,12 @@
 //! From the controller's tables to the kernel state this host must hold, and the difference
 //! between that and what the kernel holds now. Pure functions: no kernel needed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
-use weft_proto::tables::Tables;
-
-/// An Ethernet address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl Mac {
-    /// The all-zero MAC: an FDB entry under it floods broadcast, multicast and unknown unicast.
-    pub const ZERO: Mac = Mac([0; 6]);
-
-    pub fn from_slice(bytes: &[u8]) -> Option<Mac> {
-        <[u8; 6]>::try_from(bytes).ok().map(Mac)
-    }
-
-    pub fn is_zero(&self) -> bool {
-        *self == Mac::ZERO
-    }
-
-    /// A random unicast, locally administered MAC, as the kernel gives a veth.
-    pub fn random() -> Mac {
-        let mut bytes: [u8; 6] = rand::random();
-        bytes[0] = (bytes[0] & 0xfe) | 0x02;
-        Mac(bytes)
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-impl FromStr for Mac {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bytes: Vec<u8> = s
-            .split(':')
-            .map(|part| u8::from_str_radix(part, 16))
-            .collect::<Result<_, _>>()
-            .map_err(|_| format!("\"{s}\" is not a MAC address"))?;
-        Mac::from_slice(&bytes).ok_or_else(|| format!("\"{s}\" is not a MAC address"))
-    }
-}
+use weft_proto::names::Mac;
+use weft_proto::tables::{DEFAULT_NETWORK, Tables};
 
 /// A permanent entry in a VXLAN device's FDB: frames for `mac` go to the VTEP `dst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -97,6 +49,23 @@ pub fn vxlan_fdb(tables: &Tables, me: &str, network: &str) -> BTreeSet<FdbEntry>
     fdb
 }
 
+/// The networks this host needs a bridge and VXLAN device for, by VNI, each with the FDB its
+/// VXLAN device must hold: the default network always, others while a local container is in it.
+pub fn host_networks(tables: &Tables, me: &str) -> BTreeMap<u32, BTreeSet<FdbEntry>> {
+    tables
+        .networks
+        .values()
+        .filter(|net| {
+            net.name == DEFAULT_NETWORK
+                || tables
+                    .endpoints
+                    .values()
+                    .any(|ep| ep.peer == me && ep.network == net.name)
+        })
+        .map(|net| (net.vni, vxlan_fdb(tables, me, &net.name)))
+        .collect()
+}
+
 /// What to add and what to remove to turn `current` into `desired`; entries in both are left
 /// alone, so a kernel that is already right sees no request at all.
 pub fn diff<T: Ord + Clone>(current: &BTreeSet<T>, desired: &BTreeSet<T>) -> (Vec<T>, Vec<T>) {
@@ -105,24 +74,10 @@ pub fn diff<T: Ord + Clone>(current: &BTreeSet<T>, desired: &BTreeSet<T>) -> (Ve
     (add, remove)
 }
 
-/// The host-side veth name of an endpoint: derived from its MAC so that it is known from the
-/// tables alone; 8 + 7 characters fits the kernel's 15.
-pub fn host_ifname(mac: Mac) -> String {
-    let b = mac.0;
-    let low = u32::from_be_bytes([b[2], b[3], b[4], b[5]]) & 0x0fff_ffff;
-    format!("vethwepl{low:07x}")
-}
-
-/// Name the container end has in the host namespace, before it moves into the container.
-pub fn guest_tmp_ifname(host_ifname: &str) -> String {
-    host_ifname.replacen("vethwepl", "vethwepg", 1)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_proto::tables::DEFAULT_NETWORK;
-    use weft_proto::v1::{Endpoint, Peer};
+    use weft_proto::v1::{Endpoint, Network, Peer};
 
     fn tables(endpoints: &[(&str, &str, &str)]) -> Tables {
         let mut t = Tables::default();
@@ -147,6 +102,7 @@ mod tests {
                 cidrs: vec![format!("192.168.0.{}/24", i + 2)],
                 peer: peer.to_string(),
                 host_ifname: String::new(),
+                container_ifname: "ethwe".into(),
             };
             t.endpoints.insert(weft_proto::tables::endpoint_id(&ep), ep);
         }
@@ -210,16 +166,44 @@ mod tests {
     }
 
     #[test]
-    fn macs_and_interface_names() {
-        let mac: Mac = "8a:b0:dd:a2:58:c5".parse().unwrap();
-        assert_eq!(mac.to_string(), "8a:b0:dd:a2:58:c5");
-        assert!("8a:b0:dd".parse::<Mac>().is_err());
-        assert_eq!(host_ifname(mac), "vethweplda258c5");
-        assert!(host_ifname(mac).len() <= 15);
-        assert_eq!(guest_tmp_ifname("vethweplda258c5"), "vethwepgda258c5");
-        for _ in 0..100 {
-            let m = Mac::random();
-            assert_eq!(m.0[0] & 0x03, 0x02, "unicast and locally administered");
+    fn devices_exist_for_the_default_network_and_networks_with_local_containers() {
+        let mut t = tables(&[
+            ("host1", "netns:a", "02:00:00:00:00:01"),
+            ("host2", "netns:b", "02:00:00:00:00:02"),
+        ]);
+        for (name, vni) in [(DEFAULT_NETWORK, 1), ("blue", 2), ("red", 3)] {
+            t.networks.insert(
+                name.into(),
+                Network {
+                    name: name.into(),
+                    subnet: String::new(),
+                    vni,
+                },
+            );
         }
+        let mut blue = t.endpoints.values().next().unwrap().clone();
+        blue.network = "blue".into();
+        blue.mac = "02:00:00:00:00:0b".into();
+        t.endpoints
+            .insert(weft_proto::tables::endpoint_id(&blue), blue);
+        let on_host1 = host_networks(&t, "host1");
+        assert_eq!(on_host1.keys().copied().collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(
+            on_host1[&1],
+            [
+                entry("00:00:00:00:00:00", "198.18.0.2"),
+                entry("02:00:00:00:00:02", "198.18.0.2")
+            ]
+            .into()
+        );
+        assert!(on_host1[&2].is_empty(), "blue has nothing remote");
+        // host2 has no container in blue, so no blue devices, although blue has one elsewhere.
+        assert_eq!(
+            host_networks(&t, "host2")
+                .keys()
+                .copied()
+                .collect::<Vec<_>>(),
+            [1]
+        );
     }
 }

@@ -1,28 +1,102 @@
-//! The API weftctl speaks to on the agent's unix socket: attach, detach, ps. Error messages are
-//! the "why" of weftctl's `weftctl: <what failed>: <why>` line, so each names the culprit.
+//! The API weftctl speaks to on the agent's unix socket. Error messages are the "why" of
+//! weftctl's `weftctl: <what failed>: <why>` line, so each names the culprit.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use ipnetwork::Ipv4Network;
 use tonic::{Code, Request, Response, Status};
 use tracing::warn;
 use weft_proto::addr::AddrSpec;
-use weft_proto::tables::DEFAULT_NETWORK;
+use weft_proto::subnet::pool_size;
+use weft_proto::tables::{DEFAULT_NETWORK, Tables};
 use weft_proto::v1::agent_server::Agent as AgentApi;
 use weft_proto::v1::{
-    AttachRequest, AttachResponse, CreateEndpointRequest, DeleteEndpointsRequest, DetachRequest,
-    DetachResponse, Endpoint, PsEntry, PsRequest, PsResponse,
+    AttachRequest, CreateNetworkRequest, CreateNetworkResponse, DeleteNetworkRequest,
+    DeleteNetworkResponse, DetachRequest, DetachResponse, IpamStatusRequest, IpamStatusResponse,
+    LocalAttachRequest, LocalAttachResponse, LocalDetachRequest, LocalDetachResponse, NetworkInfo,
+    NetworkListRequest, NetworkListResponse, PeerIpam, PsEntry, PsRequest, PsResponse,
+    RemovePeerRequest, RemovePeerResponse,
 };
 
 use crate::agent::Agent;
-use crate::container::{self, ContainerError};
-use crate::desired::{Mac, host_ifname};
-
-/// Tries at a MAC whose veth name is free on this host before giving up.
-const MAC_TRIES: usize = 8;
+use crate::container::{self, Container, ContainerError};
 
 pub struct LocalApi {
     agent: Arc<Agent>,
+}
+
+fn internal(e: anyhow::Error) -> Status {
+    Status::internal(format!("{e:#}"))
+}
+
+fn container_status(e: ContainerError) -> Status {
+    match e {
+        ContainerError::NoNamespace(_) | ContainerError::NoProcess(_) => {
+            Status::not_found(e.to_string())
+        }
+        ContainerError::Unsupported(_) => Status::invalid_argument(e.to_string()),
+    }
+}
+
+/// Checks the ADDR arguments here, so that a typo never reaches the controller.
+fn check_addrs(addrs: &[String]) -> Result<(), Status> {
+    for addr in addrs {
+        addr.parse::<AddrSpec>()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    }
+    Ok(())
+}
+
+fn ips_of(cidrs: &[String]) -> Vec<String> {
+    cidrs
+        .iter()
+        .map(|c| {
+            c.split_once('/')
+                .map_or(c.as_str(), |(ip, _)| ip)
+                .to_string()
+        })
+        .collect()
+}
+
+/// Each network with its endpoint count, pool size and addresses in use, in VNI order (so the
+/// default network comes first).
+fn network_infos(t: &Tables) -> Vec<NetworkInfo> {
+    let mut counts: HashMap<&str, (u32, u64)> = HashMap::new();
+    for ep in t.endpoints.values() {
+        let c = counts.entry(ep.network.as_str()).or_default();
+        c.0 += 1;
+        c.1 += ep.cidrs.len() as u64;
+    }
+    let mut nets: Vec<_> = t.networks.values().collect();
+    nets.sort_by_key(|net| net.vni);
+    nets.into_iter()
+        .map(|net| {
+            let (endpoints, used) = counts.get(net.name.as_str()).copied().unwrap_or_default();
+            NetworkInfo {
+                network: Some(net.clone()),
+                endpoints,
+                pool: net.subnet.parse().map(pool_size).unwrap_or_default(),
+                used,
+            }
+        })
+        .collect()
+}
+
+/// Addresses in use per (peer, network).
+fn peer_usage(t: &Tables) -> Vec<PeerIpam> {
+    let mut used: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    for ep in t.endpoints.values() {
+        *used
+            .entry((ep.peer.as_str(), ep.network.as_str()))
+            .or_default() += ep.cidrs.len() as u64;
+    }
+    used.into_iter()
+        .map(|((peer, network), used)| PeerIpam {
+            peer: peer.to_string(),
+            network: network.to_string(),
+            used,
+        })
+        .collect()
 }
 
 impl LocalApi {
@@ -44,193 +118,227 @@ impl LocalApi {
         }
     }
 
-    /// A MAC for a new container interface whose veth name no link on this host has.
-    async fn fresh_mac(&self) -> Result<(Mac, String), Status> {
-        for _ in 0..MAC_TRIES {
-            let mac = Mac::random();
-            let ifname = host_ifname(mac);
-            if !self
-                .agent
-                .datapath
-                .link_exists(&ifname)
-                .await
-                .map_err(internal)?
-            {
-                return Ok((mac, ifname));
+    fn read_tables<T>(&self, read: impl FnOnce(&Tables) -> T) -> Result<T, Status> {
+        self.agent.with_tables(read).ok_or_else(|| {
+            Status::unavailable(format!(
+                "no state from controller {} yet",
+                self.agent.controller_url
+            ))
+        })
+    }
+
+    async fn detach_at_controller(
+        &self,
+        container: &Container,
+        addrs: Vec<String>,
+    ) -> Result<DetachResponse, Status> {
+        let request = DetachRequest {
+            peer: self.agent.name.clone(),
+            container_id: container.id.clone(),
+            addrs,
+        };
+        Ok(self
+            .agent
+            .client
+            .clone()
+            .detach(request)
+            .await
+            .map_err(|s| self.controller_status(s))?
+            .into_inner())
+    }
+
+    /// Makes the kernel follow a detach: removed endpoints lose their veth, updated ones the
+    /// released addresses (if their container is still there).
+    async fn unplug_detached(
+        &self,
+        container: &Container,
+        done: &DetachResponse,
+    ) -> anyhow::Result<()> {
+        for ep in &done.removed {
+            self.agent.datapath.unplug(&ep.host_ifname).await?;
+        }
+        if container.netns.exists() {
+            for ep in &done.updated {
+                self.agent
+                    .datapath
+                    .remove_addresses(container, ep, &done.released)
+                    .await?;
             }
         }
-        Err(Status::resource_exhausted(
-            "no free vethwepl name found; too many links on this host",
-        ))
+        Ok(())
     }
-}
-
-fn internal(e: anyhow::Error) -> Status {
-    Status::internal(format!("{e:#}"))
-}
-
-fn container_status(e: ContainerError) -> Status {
-    match e {
-        ContainerError::NoNamespace(_) | ContainerError::NoProcess(_) => {
-            Status::not_found(e.to_string())
-        }
-        ContainerError::Unsupported(_) => Status::invalid_argument(e.to_string()),
-    }
-}
-
-/// The static addresses of an attach; allocation arrives with IPAM.
-fn static_addresses(addrs: &[String]) -> Result<Vec<Ipv4Network>, Status> {
-    if addrs.is_empty() {
-        return Err(Status::invalid_argument(
-            "no address given: give IP/LEN (allocation from net:default is not available yet)",
-        ));
-    }
-    addrs
-        .iter()
-        .map(|a| match a.parse::<AddrSpec>() {
-            Ok(AddrSpec::Static(net)) => Ok(net),
-            Ok(alloc @ AddrSpec::Allocate(_)) => Err(Status::unimplemented(format!(
-                "allocation ({alloc}) is not available yet: give IP/LEN"
-            ))),
-            Err(e) => Err(Status::invalid_argument(e.to_string())),
-        })
-        .collect()
-}
-
-fn ips_of(cidrs: &[String]) -> Vec<String> {
-    cidrs
-        .iter()
-        .map(|c| {
-            c.split_once('/')
-                .map_or(c.as_str(), |(ip, _)| ip)
-                .to_string()
-        })
-        .collect()
 }
 
 #[tonic::async_trait]
 impl AgentApi for LocalApi {
     async fn attach(
         &self,
-        request: Request<AttachRequest>,
-    ) -> Result<Response<AttachResponse>, Status> {
+        request: Request<LocalAttachRequest>,
+    ) -> Result<Response<LocalAttachResponse>, Status> {
         let req = request.into_inner();
-        let cidrs = static_addresses(&req.addrs)?;
+        check_addrs(&req.addrs)?;
         let container = container::resolve(&req.container).map_err(container_status)?;
-        let (mac, ifname) = self.fresh_mac().await?;
-        let endpoint = Endpoint {
-            network: DEFAULT_NETWORK.into(),
-            container_id: container.id.clone(),
-            mac: mac.to_string(),
-            cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
-            peer: self.agent.name.clone(),
-            host_ifname: ifname.clone(),
-        };
+        let _busy = self.agent.busy(&container.id);
         // The controller claims the addresses first, so no two hosts can plug the same one.
-        let created = self
+        let done = self
             .agent
             .client
             .clone()
-            .create_endpoint(CreateEndpointRequest {
-                endpoint: Some(endpoint),
+            .attach(AttachRequest {
+                peer: self.agent.name.clone(),
+                container_id: container.id.clone(),
+                addrs: req.addrs,
             })
             .await
             .map_err(|s| self.controller_status(s))?
-            .into_inner()
-            .endpoint
-            .ok_or_else(|| Status::internal("controller returned no endpoint"))?;
-        if let Err(e) = self
-            .agent
-            .datapath
-            .plug(&container, &ifname, mac, &cidrs)
-            .await
-        {
-            // Give the addresses back: a failed attach must leave nothing claimed.
-            let release = DeleteEndpointsRequest {
-                peer: self.agent.name.clone(),
-                container_id: container.id.clone(),
-            };
-            if let Err(s) = self.agent.client.clone().delete_endpoints(release).await {
-                warn!(container = %container.id, "releasing the addresses of a failed attach failed: {}", s.message());
+            .into_inner();
+        let vnis: HashMap<&str, u32> = done
+            .networks
+            .iter()
+            .map(|n| (n.name.as_str(), n.vni))
+            .collect();
+        for ep in &done.endpoints {
+            let vni = vnis.get(ep.network.as_str()).copied().ok_or_else(|| {
+                Status::internal(format!(
+                    "controller sent no network {} with the attach",
+                    ep.network
+                ))
+            })?;
+            if let Err(e) = self.agent.datapath.plug(&container, ep, vni).await {
+                // Give back what this attach took: a failed attach must leave nothing claimed.
+                match self
+                    .detach_at_controller(&container, done.added.clone())
+                    .await
+                {
+                    Ok(undone) => {
+                        if let Err(e) = self.unplug_detached(&container, &undone).await {
+                            warn!(container = %container.id, "undoing a failed attach: {e:#}");
+                        }
+                    }
+                    Err(s) => warn!(container = %container.id,
+                        "releasing the addresses of a failed attach failed: {}", s.message()),
+                }
+                return Err(internal(e));
             }
-            return Err(internal(e));
         }
-        Ok(Response::new(AttachResponse {
-            ips: ips_of(&created.cidrs),
+        Ok(Response::new(LocalAttachResponse {
+            ips: ips_of(&done.cidrs),
         }))
     }
 
     async fn detach(
         &self,
-        request: Request<DetachRequest>,
-    ) -> Result<Response<DetachResponse>, Status> {
+        request: Request<LocalDetachRequest>,
+    ) -> Result<Response<LocalDetachResponse>, Status> {
         let req = request.into_inner();
+        check_addrs(&req.addrs)?;
         let container = container::parse(&req.container).map_err(container_status)?;
-        let removed = self
-            .agent
-            .client
-            .clone()
-            .delete_endpoints(DeleteEndpointsRequest {
-                peer: self.agent.name.clone(),
-                container_id: container.id.clone(),
-            })
+        let _busy = self.agent.busy(&container.id);
+        let done = self.detach_at_controller(&container, req.addrs).await?;
+        self.unplug_detached(&container, &done)
             .await
-            .map_err(|s| self.controller_status(s))?
-            .into_inner()
-            .removed;
-        let mut ips = Vec::new();
-        for ep in &removed {
-            self.agent
-                .datapath
-                .unplug(&ep.host_ifname)
-                .await
-                .map_err(internal)?;
-            ips.extend(ips_of(&ep.cidrs));
-        }
-        Ok(Response::new(DetachResponse { ips }))
+            .map_err(internal)?;
+        Ok(Response::new(LocalDetachResponse {
+            ips: ips_of(&done.released),
+        }))
     }
 
     async fn ps(&self, _request: Request<PsRequest>) -> Result<Response<PsResponse>, Status> {
         let me = &self.agent.name;
-        let entries = self
-            .agent
-            .with_tables(|t| {
-                t.endpoints
-                    .values()
-                    .filter(|ep| &ep.peer == me)
-                    .map(|ep| PsEntry {
-                        container_id: ep.container_id.clone(),
-                        mac: ep.mac.clone(),
-                        cidrs: ep.cidrs.clone(),
-                    })
-                    .collect()
-            })
-            .ok_or_else(|| {
-                Status::unavailable(format!(
-                    "no state from controller {} yet",
-                    self.agent.controller_url
-                ))
-            })?;
+        let entries = self.read_tables(|t| {
+            t.endpoints
+                .values()
+                .filter(|ep| &ep.peer == me)
+                .map(|ep| PsEntry {
+                    container_id: ep.container_id.clone(),
+                    mac: ep.mac.clone(),
+                    cidrs: ep.cidrs.clone(),
+                })
+                .collect()
+        })?;
         Ok(Response::new(PsResponse { entries }))
+    }
+
+    async fn create_network(
+        &self,
+        request: Request<CreateNetworkRequest>,
+    ) -> Result<Response<CreateNetworkResponse>, Status> {
+        let created = self
+            .agent
+            .client
+            .clone()
+            .create_network(request.into_inner())
+            .await
+            .map_err(|s| self.controller_status(s))?;
+        Ok(created)
+    }
+
+    async fn delete_network(
+        &self,
+        request: Request<DeleteNetworkRequest>,
+    ) -> Result<Response<DeleteNetworkResponse>, Status> {
+        self.agent
+            .client
+            .clone()
+            .delete_network(request.into_inner())
+            .await
+            .map_err(|s| self.controller_status(s))
+    }
+
+    async fn list_networks(
+        &self,
+        _request: Request<NetworkListRequest>,
+    ) -> Result<Response<NetworkListResponse>, Status> {
+        let networks = self.read_tables(network_infos)?;
+        Ok(Response::new(NetworkListResponse { networks }))
+    }
+
+    async fn ipam_status(
+        &self,
+        _request: Request<IpamStatusRequest>,
+    ) -> Result<Response<IpamStatusResponse>, Status> {
+        let (range, networks, peers) = self.read_tables(|t| {
+            let range = t
+                .networks
+                .get(DEFAULT_NETWORK)
+                .map(|n| n.subnet.clone())
+                .unwrap_or_default();
+            (range, network_infos(t), peer_usage(t))
+        })?;
+        Ok(Response::new(IpamStatusResponse {
+            range,
+            networks,
+            peers,
+        }))
+    }
+
+    async fn remove_peer(
+        &self,
+        request: Request<RemovePeerRequest>,
+    ) -> Result<Response<RemovePeerResponse>, Status> {
+        self.agent
+            .client
+            .clone()
+            .remove_peer(request.into_inner())
+            .await
+            .map_err(|s| self.controller_status(s))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_proto::v1::{Endpoint, Network};
 
     #[test]
-    fn attach_takes_static_addresses_and_names_the_bad_one() {
-        let ok = static_addresses(&["192.168.0.2/24".into(), "ip:10.0.0.2/8".into()]).unwrap();
-        assert_eq!(ok.len(), 2);
-        let bad = static_addresses(&["192.168.0.300/24".into()]).unwrap_err();
+    fn bad_addresses_are_named() {
+        assert!(check_addrs(&["192.168.0.2/24".into(), "net:default".into()]).is_ok());
+        let bad = check_addrs(&["192.168.0.300/24".into()]).unwrap_err();
         assert_eq!(bad.code(), Code::InvalidArgument);
         assert_eq!(
             bad.message(),
             "invalid address \"192.168.0.300/24\": \"192.168.0.300\" is not an IPv4 address"
         );
-        let alloc = static_addresses(&["net:default".into()]).unwrap_err();
-        assert_eq!(alloc.code(), Code::Unimplemented);
     }
 
     #[test]
@@ -238,6 +346,65 @@ mod tests {
         assert_eq!(
             ips_of(&["192.168.0.2/24".into(), "10.0.0.1/8".into()]),
             vec!["192.168.0.2", "10.0.0.1"]
+        );
+    }
+
+    #[test]
+    fn usage_is_counted_per_network_and_peer() {
+        let mut t = Tables::default();
+        for (name, subnet, vni) in [("default", "10.32.0.0/12", 1), ("blue", "10.9.0.0/24", 2)] {
+            t.networks.insert(
+                name.into(),
+                Network {
+                    name: name.into(),
+                    subnet: subnet.into(),
+                    vni,
+                },
+            );
+        }
+        for (peer, network, container, cidrs) in [
+            (
+                "host1",
+                "default",
+                "c1",
+                vec!["10.32.0.2/12", "10.32.0.3/12"],
+            ),
+            ("host2", "default", "c2", vec!["10.32.0.4/12"]),
+            ("host2", "blue", "c2", vec!["10.9.0.2/24"]),
+        ] {
+            let ep = Endpoint {
+                network: network.into(),
+                container_id: container.into(),
+                peer: peer.into(),
+                cidrs: cidrs.into_iter().map(String::from).collect(),
+                ..Endpoint::default()
+            };
+            t.endpoints.insert(weft_proto::tables::endpoint_id(&ep), ep);
+        }
+        let infos = network_infos(&t);
+        let summary: Vec<_> = infos
+            .iter()
+            .map(|i| {
+                (
+                    i.network.as_ref().unwrap().name.as_str(),
+                    i.endpoints,
+                    i.pool,
+                    i.used,
+                )
+            })
+            .collect();
+        assert_eq!(summary, [("default", 2, 1_048_573, 3), ("blue", 1, 253, 1)]);
+        let peers: Vec<_> = peer_usage(&t)
+            .into_iter()
+            .map(|p| (p.peer, p.network, p.used))
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                ("host1".into(), "default".into(), 2),
+                ("host2".into(), "blue".into(), 1),
+                ("host2".into(), "default".into(), 1)
+            ]
         );
     }
 }

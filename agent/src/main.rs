@@ -100,8 +100,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 - VXLAN_OVERHEAD
         }
     };
-    let datapath = Datapath::new(handle, DEFAULT_VNI, args.port, advertise_addr, mtu);
-    datapath.ensure_devices().await?;
+    let datapath = Datapath::new(handle, args.port, advertise_addr, mtu);
+    datapath.ensure_devices(DEFAULT_VNI).await?;
     info!(%name, %advertise_addr, mtu, "datapath ready");
 
     let agent = Arc::new(Agent::new(name, advertise_addr, args.controller, datapath)?);

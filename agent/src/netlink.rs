@@ -9,6 +9,7 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
     NetlinkPayload,
 };
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
 };
@@ -22,7 +23,8 @@ use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
 };
 
-use crate::desired::{FdbEntry, Mac};
+use crate::desired::FdbEntry;
+use weft_proto::names::Mac;
 
 /// What the agent needs to know of a kernel link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,15 +319,9 @@ pub async fn configure_container_if(
             Some(Errno::EEXIST) => anyhow!("the container already has an interface {name}"),
             _ => reason(e).context(format!("cannot configure {name}")),
         })?;
-    for cidr in cidrs {
-        handle
-            .address()
-            .add(link.index, IpAddr::V4(cidr.ip()), cidr.prefix())
-            .execute()
-            .await
-            .map_err(reason)
-            .with_context(|| format!("cannot add address {cidr} to {name}"))?;
-    }
+    add_addresses(handle, link, cidrs)
+        .await
+        .with_context(|| format!("cannot set up {name}"))?;
     handle
         .link()
         .set(LinkUnspec::new_with_index(link.index).up().build())
@@ -348,6 +344,61 @@ pub async fn configure_container_if(
         .with_context(|| format!("cannot add the multicast route on {name}"))
 }
 
+/// Adds addresses to a link; ones it already has are fine.
+pub async fn add_addresses(
+    handle: &Handle,
+    link: &Link,
+    cidrs: &[ipnetwork::Ipv4Network],
+) -> anyhow::Result<()> {
+    for cidr in cidrs {
+        match handle
+            .address()
+            .add(link.index, IpAddr::V4(cidr.ip()), cidr.prefix())
+            .execute()
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if errno(&e) == Some(Errno::EEXIST) => {}
+            Err(e) => return Err(reason(e)).with_context(|| format!("cannot add address {cidr}")),
+        }
+    }
+    Ok(())
+}
+
+/// Removes addresses from a link; ones it does not have are fine.
+pub async fn del_addresses(
+    handle: &Handle,
+    link: &Link,
+    cidrs: &[ipnetwork::Ipv4Network],
+) -> anyhow::Result<()> {
+    let held: Vec<AddressMessage> = handle
+        .address()
+        .get()
+        .set_link_index_filter(link.index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(reason)
+        .with_context(|| format!("cannot list the addresses of {}", link.name))?;
+    for msg in held {
+        let prefix = msg.header.prefix_len;
+        let listed = msg.attributes.iter().any(|attr| {
+            matches!(attr, AddressAttribute::Address(IpAddr::V4(ip))
+                if cidrs.iter().any(|c| c.ip() == *ip && c.prefix() == prefix))
+        });
+        if listed {
+            handle
+                .address()
+                .del(msg)
+                .execute()
+                .await
+                .map_err(reason)
+                .with_context(|| format!("cannot remove an address of {}", link.name))?;
+        }
+    }
+    Ok(())
+}
+
 fn fdb_message(vxlan: u32, entry: &FdbEntry) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.family = AddressFamily::Bridge;
@@ -364,8 +415,9 @@ fn fdb_message(vxlan: u32, entry: &FdbEntry) -> NeighbourMessage {
     msg
 }
 
-/// The VXLAN device's own FDB entries that have a destination VTEP.
-pub async fn fdb_entries(handle: &Handle, vxlan: u32) -> anyhow::Result<Vec<FdbEntry>> {
+/// Every device's own FDB entries that have a destination VTEP (VXLAN devices'), with the
+/// device's index: one dump serves every network.
+pub async fn fdb_entries(handle: &Handle) -> anyhow::Result<Vec<(u32, FdbEntry)>> {
     let msgs: Vec<NeighbourMessage> = handle
         .neighbours()
         .get()
@@ -377,9 +429,10 @@ pub async fn fdb_entries(handle: &Handle, vxlan: u32) -> anyhow::Result<Vec<FdbE
         .context("cannot dump the FDB")?;
     let mut entries = Vec::new();
     for msg in msgs {
-        if msg.header.ifindex != vxlan || !msg.header.flags.contains(NeighbourFlags::Own) {
+        if !msg.header.flags.contains(NeighbourFlags::Own) {
             continue;
         }
+        let index = msg.header.ifindex;
         let mut mac = None;
         let mut dst = None;
         for attr in msg.attributes {
@@ -396,7 +449,7 @@ pub async fn fdb_entries(handle: &Handle, vxlan: u32) -> anyhow::Result<Vec<FdbE
             }
         }
         if let (Some(mac), Some(dst)) = (mac, dst) {
-            entries.push(FdbEntry { mac, dst });
+            entries.push((index, FdbEntry { mac, dst }));
         }
     }
     Ok(entries)

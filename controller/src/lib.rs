@@ -1,6 +1,8 @@
-//! weft-controller: the authority for peers, networks and endpoints. It keeps them in memory
+//! weft-controller: the authority for peers, networks, endpoints and addresses ([`ipam`]). It
+//! keeps them in memory
 //! ([`rules`]), durable in redb ([`store`]), and serves them to agents over gRPC ([`service`]).
 
+pub mod ipam;
 pub mod rules;
 pub mod service;
 pub mod store;

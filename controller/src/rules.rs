@@ -2,12 +2,23 @@
 //! and turned into a list of changes, which the caller persists and only then applies, so a
 //! failed write changes nothing.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use weft_proto::addr::parse_cidr;
+use weft_proto::addr::{AddrSpec, NetRef, parse_cidr, parse_subnet};
+use weft_proto::names::{Mac, container_ifname, host_ifname};
+use weft_proto::subnet::{PREFIX_RANGE, canonical};
 use weft_proto::tables::{DEFAULT_NETWORK, DEFAULT_VNI, Tables, endpoint_id};
 use weft_proto::v1::{Endpoint, EndpointKey, Network, Peer, delta::Change};
+
+use crate::ipam::{IpamError, Pool};
+
+/// Largest VNI VXLAN has (24 bits).
+const MAX_VNI: u32 = (1 << 24) - 1;
+/// Tries at a MAC (and so a veth name) no other endpoint has.
+const MAC_TRIES: usize = 16;
+const MAX_NETWORK_NAME: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TableError {
@@ -17,45 +28,255 @@ pub enum TableError {
     UnknownPeer(String),
     #[error("unknown network {0}")]
     UnknownNetwork(String),
-    #[error("address {ip} already in use by {container} on {peer}")]
-    AddressInUse {
-        ip: Ipv4Addr,
-        container: String,
-        peer: String,
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error("network {name} already exists ({subnet})")]
+    NetworkExists { name: String, subnet: String },
+    #[error("subnet {subnet} overlaps network {other} ({other_subnet})")]
+    Overlap {
+        subnet: String,
+        other: String,
+        other_subnet: String,
     },
-    #[error("MAC {mac} already in use by {container} on {peer}")]
-    MacInUse {
-        mac: String,
-        container: String,
-        peer: String,
-    },
-    #[error("{container} is already attached on {peer} with {cidrs}")]
-    AlreadyAttached {
-        container: String,
-        peer: String,
-        cidrs: String,
+    #[error("network {name} still has {count} endpoint(s), e.g. {example}")]
+    NetworkInUse {
+        name: String,
+        count: usize,
+        example: String,
     },
     #[error("{container} is not attached on {peer}")]
     NotAttached { container: String, peer: String },
+    #[error("{what} is not held by {container} on {peer}")]
+    NotHeld {
+        what: String,
+        container: String,
+        peer: String,
+    },
+    #[error("peer {0} is connected: only a peer whose agent is gone can be removed")]
+    PeerConnected(String),
+    #[error("no free MAC address found after {MAC_TRIES} tries")]
+    NoFreeMac,
+}
+
+/// What an attach did: the container's endpoints in the networks it touched (and those
+/// networks), every address it asked for (with prefix), and which of them are new.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attached {
+    pub endpoints: Vec<Endpoint>,
+    pub networks: Vec<Network>,
+    pub cidrs: Vec<String>,
+    pub added: Vec<String>,
+}
+
+/// What a detach did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Detached {
+    pub updated: Vec<Endpoint>,
+    pub removed: Vec<Endpoint>,
+    pub released: Vec<String>,
 }
 
 /// Checks requests against the tables and plans the changes they make.
 pub trait TableRules {
+    /// Makes the default network exist with `range`; refuses to move a stored one.
     fn ensure_default_network(&self, range: Ipv4Network) -> Result<Vec<Change>, TableError>;
+    /// Adds or updates a peer; nothing changes when it is already known as it is.
     fn register_peer(&self, peer: Peer) -> Result<Vec<Change>, TableError>;
-    fn create_endpoint(&self, ep: Endpoint) -> Result<Vec<Change>, TableError>;
-    fn delete_endpoints(
+    /// Claims or allocates `addrs` (none: one from the default network) for a container.
+    fn attach(
         &self,
         peer: &str,
         container_id: &str,
-    ) -> Result<(Vec<Endpoint>, Vec<Change>), TableError>;
+        addrs: &[AddrSpec],
+        new_mac: &mut dyn FnMut() -> Mac,
+    ) -> Result<(Attached, Vec<Change>), TableError>;
+    /// Releases `addrs` (none: all) of a container.
+    fn detach(
+        &self,
+        peer: &str,
+        container_id: &str,
+        addrs: &[AddrSpec],
+    ) -> Result<(Detached, Vec<Change>), TableError>;
+    fn create_network(
+        &self,
+        name: &str,
+        subnet: &str,
+    ) -> Result<(Network, Vec<Change>), TableError>;
+    fn delete_network(&self, name: &str) -> Result<Vec<Change>, TableError>;
+    /// Forgets a peer that is not `connected`, releasing its endpoints.
+    fn remove_peer(
+        &self,
+        name: &str,
+        connected: bool,
+    ) -> Result<(Vec<String>, Vec<Change>), TableError>;
+}
+
+fn check_prefix(subnet: Ipv4Network) -> Result<(), TableError> {
+    if PREFIX_RANGE.contains(&subnet.prefix()) {
+        return Ok(());
+    }
+    Err(TableError::Invalid(format!(
+        "prefix /{} of {} is outside /{}../{}",
+        subnet.prefix(),
+        canonical(subnet),
+        PREFIX_RANGE.start(),
+        PREFIX_RANGE.end()
+    )))
+}
+
+fn network_subnet(net: &Network) -> Result<Ipv4Network, TableError> {
+    net.subnet.parse().map_err(|_| {
+        TableError::Invalid(format!(
+            "network {} has a corrupt subnet \"{}\"",
+            net.name, net.subnet
+        ))
+    })
+}
+
+fn cidr_of(cidr: &str) -> Result<Ipv4Network, TableError> {
+    parse_cidr(cidr, cidr).map_err(|e| TableError::Invalid(e.to_string()))
+}
+
+fn validate_network_name(name: &str) -> Result<(), TableError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "._-/".contains(c);
+    if name.is_empty()
+        || name.len() > MAX_NETWORK_NAME
+        || name.starts_with('-')
+        || !name.chars().all(ok_char)
+    {
+        return Err(TableError::Invalid(format!(
+            "invalid network name \"{name}\": use 1 to {MAX_NETWORK_NAME} letters, digits, '.', '_', '-' or '/'"
+        )));
+    }
+    Ok(())
+}
+
+/// The tables as a request sees them while it is planned: networks it creates and addresses it
+/// takes count at once, so two parts of one request cannot take the same thing.
+struct Planner<'a> {
+    tables: &'a Tables,
+    networks: BTreeMap<String, Network>,
+    pools: BTreeMap<String, Pool>,
+    changes: Vec<Change>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(tables: &'a Tables) -> Self {
+        Planner {
+            tables,
+            networks: tables.networks.clone(),
+            pools: BTreeMap::new(),
+            changes: Vec::new(),
+        }
+    }
+
+    /// The network whose subnet is `subnet`. With `create`, one is made (named by the subnet)
+    /// when no network has it; a network that overlaps without being equal is an error.
+    fn network_for_subnet(
+        &mut self,
+        subnet: Ipv4Network,
+        create: bool,
+    ) -> Result<Option<String>, TableError> {
+        check_prefix(subnet)?;
+        let wanted = canonical(subnet);
+        for net in self.networks.values() {
+            let theirs = network_subnet(net)?;
+            if theirs == subnet {
+                return Ok(Some(net.name.clone()));
+            }
+            if theirs.overlaps(subnet) {
+                return Err(TableError::Overlap {
+                    subnet: wanted,
+                    other: net.name.clone(),
+                    other_subnet: net.subnet.clone(),
+                });
+            }
+        }
+        if !create {
+            return Ok(None);
+        }
+        self.add_network(&wanted, subnet)?;
+        Ok(Some(wanted))
+    }
+
+    fn add_network(&mut self, name: &str, subnet: Ipv4Network) -> Result<Network, TableError> {
+        let vni = self
+            .networks
+            .values()
+            .map(|n| n.vni)
+            .max()
+            .unwrap_or(DEFAULT_VNI)
+            + 1;
+        if vni > MAX_VNI {
+            return Err(TableError::Invalid("no VNI left for a new network".into()));
+        }
+        let net = Network {
+            name: name.to_string(),
+            subnet: canonical(subnet),
+            vni,
+        };
+        self.networks.insert(net.name.clone(), net.clone());
+        self.changes.push(Change::NetworkPut(net.clone()));
+        Ok(net)
+    }
+
+    fn network_by_ref(&mut self, r: &NetRef) -> Result<String, TableError> {
+        match r {
+            NetRef::Default => Ok(DEFAULT_NETWORK.to_string()),
+            NetRef::Subnet(subnet) => Ok(self
+                .network_for_subnet(*subnet, true)?
+                .expect("created when missing")),
+            NetRef::Name(name) if self.networks.contains_key(name) => Ok(name.clone()),
+            NetRef::Name(name) => Err(TableError::UnknownNetwork(name.clone())),
+        }
+    }
+
+    /// The network's addresses as the tables hold them, built on first use.
+    fn pool(&mut self, network: &str) -> Result<&mut Pool, TableError> {
+        if !self.pools.contains_key(network) {
+            let net = self
+                .networks
+                .get(network)
+                .ok_or_else(|| TableError::UnknownNetwork(network.to_string()))?;
+            let mut pool = Pool::new(network, network_subnet(net)?);
+            for ep in self
+                .tables
+                .endpoints
+                .values()
+                .filter(|ep| ep.network == network)
+            {
+                for cidr in &ep.cidrs {
+                    pool.note_held(
+                        cidr_of(cidr)?.ip(),
+                        (ep.container_id.clone(), ep.peer.clone()),
+                    );
+                }
+            }
+            self.pools.insert(network.to_string(), pool);
+        }
+        Ok(self.pools.get_mut(network).expect("just inserted"))
+    }
+
+    /// The network a detach's `net:` argument means, which must exist.
+    fn existing_network(&self, r: &NetRef) -> Result<String, TableError> {
+        match r {
+            NetRef::Default => Ok(DEFAULT_NETWORK.to_string()),
+            NetRef::Name(name) if self.networks.contains_key(name) => Ok(name.clone()),
+            NetRef::Name(name) => Err(TableError::UnknownNetwork(name.clone())),
+            NetRef::Subnet(subnet) => self
+                .networks
+                .values()
+                .find(|n| n.subnet == canonical(*subnet))
+                .map(|n| n.name.clone())
+                .ok_or_else(|| TableError::UnknownNetwork(canonical(*subnet))),
+        }
+    }
 }
 
 impl TableRules for Tables {
-    /// The change that makes the default network exist with `range`, or an error if the stored
-    /// one has another subnet (the range of allocated addresses cannot silently move).
     fn ensure_default_network(&self, range: Ipv4Network) -> Result<Vec<Change>, TableError> {
-        let subnet = format!("{}/{}", range.network(), range.prefix());
+        check_prefix(range)?;
+        let subnet = canonical(range);
         match self.networks.get(DEFAULT_NETWORK) {
             Some(net) if net.subnet == subnet => Ok(vec![]),
             Some(net) => Err(TableError::Invalid(format!(
@@ -70,7 +291,6 @@ impl TableRules for Tables {
         }
     }
 
-    /// Adds or updates a peer; nothing changes when it is already known as it is.
     fn register_peer(&self, peer: Peer) -> Result<Vec<Change>, TableError> {
         if peer.name.is_empty() {
             return Err(TableError::Invalid("peer name is empty".into()));
@@ -87,91 +307,284 @@ impl TableRules for Tables {
         Ok(vec![Change::PeerPut(peer)])
     }
 
-    /// Records a new endpoint after checking that its peer and network exist, that the
-    /// container has no endpoint there yet, and that no other endpoint holds its MAC or addresses.
-    fn create_endpoint(&self, ep: Endpoint) -> Result<Vec<Change>, TableError> {
-        if !self.peers.contains_key(&ep.peer) {
-            return Err(TableError::UnknownPeer(ep.peer));
-        }
-        if !self.networks.contains_key(&ep.network) {
-            return Err(TableError::UnknownNetwork(ep.network));
-        }
-        if ep.container_id.is_empty() {
-            return Err(TableError::Invalid("container id is empty".into()));
-        }
-        if ep.cidrs.is_empty() {
-            return Err(TableError::Invalid("no address given".into()));
-        }
-        if let Some(held) = self.endpoints.get(&endpoint_id(&ep)) {
-            return Err(TableError::AlreadyAttached {
-                container: ep.container_id,
-                peer: ep.peer,
-                cidrs: held.cidrs.join(" "),
-            });
-        }
-        let mut ips = Vec::with_capacity(ep.cidrs.len());
-        for cidr in &ep.cidrs {
-            let net = parse_cidr(cidr, cidr).map_err(|e| TableError::Invalid(e.to_string()))?;
-            if ips.contains(&net.ip()) {
-                return Err(TableError::Invalid(format!(
-                    "address {} is given twice",
-                    net.ip()
-                )));
-            }
-            ips.push(net.ip());
-        }
-        for other in self.endpoints.values() {
-            if other.mac == ep.mac {
-                return Err(TableError::MacInUse {
-                    mac: ep.mac,
-                    container: other.container_id.clone(),
-                    peer: other.peer.clone(),
-                });
-            }
-            for cidr in &other.cidrs {
-                let held =
-                    parse_cidr(cidr, cidr).map_err(|e| TableError::Invalid(e.to_string()))?;
-                if ips.contains(&held.ip()) {
-                    return Err(TableError::AddressInUse {
-                        ip: held.ip(),
-                        container: other.container_id.clone(),
-                        peer: other.peer.clone(),
-                    });
-                }
-            }
-        }
-        Ok(vec![Change::EndpointPut(ep)])
-    }
-
-    /// Removes every endpoint of a container on a peer; returns them with the changes.
-    fn delete_endpoints(
+    fn attach(
         &self,
         peer: &str,
         container_id: &str,
-    ) -> Result<(Vec<Endpoint>, Vec<Change>), TableError> {
-        let removed: Vec<Endpoint> = self
+        addrs: &[AddrSpec],
+        new_mac: &mut dyn FnMut() -> Mac,
+    ) -> Result<(Attached, Vec<Change>), TableError> {
+        if !self.peers.contains_key(peer) {
+            return Err(TableError::UnknownPeer(peer.to_string()));
+        }
+        if container_id.is_empty() {
+            return Err(TableError::Invalid("container id is empty".into()));
+        }
+        let default = [AddrSpec::Allocate(NetRef::Default)];
+        let addrs = if addrs.is_empty() {
+            &default[..]
+        } else {
+            addrs
+        };
+        let holder = (container_id.to_string(), peer.to_string());
+        let mut plan = Planner::new(self);
+        // Network → the addresses this attach gives the container there, in request order.
+        let mut wanted: BTreeMap<String, Vec<Ipv4Network>> = BTreeMap::new();
+        let (mut cidrs, mut added) = (Vec::new(), Vec::new());
+        for addr in addrs {
+            let (network, cidr) = match addr {
+                AddrSpec::Static(cidr) => {
+                    let subnet = Ipv4Network::new(cidr.network(), cidr.prefix())
+                        .expect("a prefix that parsed is valid");
+                    let network = plan
+                        .network_for_subnet(subnet, true)?
+                        .expect("created when missing");
+                    let pool = plan.pool(&network)?;
+                    if pool.holder(cidr.ip()) != Some(&holder) {
+                        added.push(cidr.to_string());
+                    }
+                    pool.claim(cidr.ip(), &holder)?;
+                    (network, *cidr)
+                }
+                AddrSpec::Allocate(r) => {
+                    let network = plan.network_by_ref(r)?;
+                    let pool = plan.pool(&network)?;
+                    let ip = pool.allocate(&holder)?;
+                    let cidr = Ipv4Network::new(ip, pool.subnet.prefix()).expect("valid prefix");
+                    added.push(cidr.to_string());
+                    (network, cidr)
+                }
+            };
+            cidrs.push(cidr.to_string());
+            wanted.entry(network).or_default().push(cidr);
+        }
+
+        let mut macs: BTreeSet<String> = self.endpoints.values().map(|ep| ep.mac.clone()).collect();
+        let mine = |ep: &&Endpoint| ep.peer == peer && ep.container_id == container_id;
+        let mut host_ifnames: BTreeSet<String> = self
+            .endpoints
+            .values()
+            .filter(|ep| ep.peer == peer)
+            .map(|ep| ep.host_ifname.clone())
+            .collect();
+        let mut container_ifnames: BTreeSet<String> = self
+            .endpoints
+            .values()
+            .filter(mine)
+            .map(|ep| ep.container_ifname.clone())
+            .collect();
+        let mut endpoints = Vec::new();
+        for (network, new_cidrs) in wanted {
+            let id = (peer.to_string(), network.clone(), container_id.to_string());
+            let ep = match self.endpoints.get(&id) {
+                Some(existing) => {
+                    let mut ep = existing.clone();
+                    for cidr in new_cidrs.iter().map(|c| c.to_string()) {
+                        if !ep.cidrs.contains(&cidr) {
+                            ep.cidrs.push(cidr);
+                        }
+                    }
+                    ep
+                }
+                None => {
+                    let (mac, ifname) = (0..MAC_TRIES)
+                        .map(|_| new_mac())
+                        .map(|mac| (mac, host_ifname(mac)))
+                        .find(|(mac, ifname)| {
+                            !macs.contains(&mac.to_string()) && !host_ifnames.contains(ifname)
+                        })
+                        .ok_or(TableError::NoFreeMac)?;
+                    macs.insert(mac.to_string());
+                    host_ifnames.insert(ifname.clone());
+                    let cname = (0..)
+                        .map(container_ifname)
+                        .find(|n| !container_ifnames.contains(n))
+                        .expect("unbounded");
+                    container_ifnames.insert(cname.clone());
+                    let mut dedup: Vec<String> = Vec::new();
+                    for cidr in new_cidrs.iter().map(|c| c.to_string()) {
+                        if !dedup.contains(&cidr) {
+                            dedup.push(cidr);
+                        }
+                    }
+                    Endpoint {
+                        network,
+                        container_id: container_id.to_string(),
+                        mac: mac.to_string(),
+                        cidrs: dedup,
+                        peer: peer.to_string(),
+                        host_ifname: ifname,
+                        container_ifname: cname,
+                    }
+                }
+            };
+            if self.endpoints.get(&endpoint_id(&ep)) != Some(&ep) {
+                plan.changes.push(Change::EndpointPut(ep.clone()));
+            }
+            endpoints.push(ep);
+        }
+        let networks = endpoints
+            .iter()
+            .map(|ep| plan.networks[&ep.network].clone())
+            .collect();
+        Ok((
+            Attached {
+                endpoints,
+                networks,
+                cidrs,
+                added,
+            },
+            plan.changes,
+        ))
+    }
+
+    fn detach(
+        &self,
+        peer: &str,
+        container_id: &str,
+        addrs: &[AddrSpec],
+    ) -> Result<(Detached, Vec<Change>), TableError> {
+        let mut current: BTreeMap<String, Endpoint> = self
             .endpoints
             .values()
             .filter(|ep| ep.peer == peer && ep.container_id == container_id)
-            .cloned()
+            .map(|ep| (ep.network.clone(), ep.clone()))
             .collect();
-        if removed.is_empty() {
+        if current.is_empty() {
             return Err(TableError::NotAttached {
-                container: container_id.into(),
-                peer: peer.into(),
+                container: container_id.to_string(),
+                peer: peer.to_string(),
             });
         }
-        let changes = removed
-            .iter()
-            .map(|ep| {
-                Change::EndpointDeleted(EndpointKey {
+        let not_held = |what: String| TableError::NotHeld {
+            what,
+            container: container_id.to_string(),
+            peer: peer.to_string(),
+        };
+        let plan = Planner::new(self);
+        let mut released = Vec::new();
+        if addrs.is_empty() {
+            for ep in current.values_mut() {
+                released.append(&mut ep.cidrs);
+            }
+        }
+        for addr in addrs {
+            match addr {
+                AddrSpec::Static(cidr) => {
+                    let held = current.values_mut().find_map(|ep| {
+                        let at = ep
+                            .cidrs
+                            .iter()
+                            .position(|c| cidr_of(c).map(|c| c.ip()) == Ok(cidr.ip()))?;
+                        Some(ep.cidrs.remove(at))
+                    });
+                    released.push(held.ok_or_else(|| not_held(format!("address {}", cidr.ip())))?);
+                }
+                AddrSpec::Allocate(r) => {
+                    let network = plan.existing_network(r)?;
+                    let ep = current
+                        .get_mut(&network)
+                        .filter(|ep| !ep.cidrs.is_empty())
+                        .ok_or_else(|| not_held(format!("an address in network {network}")))?;
+                    released.append(&mut ep.cidrs);
+                }
+            }
+        }
+        let mut done = Detached {
+            released,
+            ..Detached::default()
+        };
+        let mut changes = Vec::new();
+        for ep in current.into_values() {
+            let before = &self.endpoints[&endpoint_id(&ep)];
+            if ep.cidrs.is_empty() {
+                changes.push(Change::EndpointDeleted(EndpointKey {
                     peer: ep.peer.clone(),
                     container_id: ep.container_id.clone(),
                     network: ep.network.clone(),
-                })
-            })
+                }));
+                done.removed.push(ep);
+            } else if *before != ep {
+                changes.push(Change::EndpointPut(ep.clone()));
+                done.updated.push(ep);
+            }
+        }
+        Ok((done, changes))
+    }
+
+    fn create_network(
+        &self,
+        name: &str,
+        subnet: &str,
+    ) -> Result<(Network, Vec<Change>), TableError> {
+        validate_network_name(name)?;
+        let parsed = parse_subnet(subnet, subnet).map_err(|e| {
+            TableError::Invalid(format!("invalid subnet \"{subnet}\": {}", e.reason))
+        })?;
+        if let Some(net) = self.networks.get(name) {
+            return Err(TableError::NetworkExists {
+                name: name.to_string(),
+                subnet: net.subnet.clone(),
+            });
+        }
+        let mut plan = Planner::new(self);
+        if let Some(other) = plan.network_for_subnet(parsed, false)? {
+            return Err(TableError::Invalid(format!(
+                "subnet {} is already network {other}",
+                canonical(parsed)
+            )));
+        }
+        let net = plan.add_network(name, parsed)?;
+        Ok((net, plan.changes))
+    }
+
+    fn delete_network(&self, name: &str) -> Result<Vec<Change>, TableError> {
+        if name == DEFAULT_NETWORK {
+            return Err(TableError::Invalid(
+                "the default network cannot be removed".into(),
+            ));
+        }
+        if !self.networks.contains_key(name) {
+            return Err(TableError::UnknownNetwork(name.to_string()));
+        }
+        let members: Vec<&Endpoint> = self
+            .endpoints
+            .values()
+            .filter(|ep| ep.network == name)
             .collect();
-        Ok((removed, changes))
+        if let Some(first) = members.first() {
+            return Err(TableError::NetworkInUse {
+                name: name.to_string(),
+                count: members.len(),
+                example: format!("{} on {}", first.container_id, first.peer),
+            });
+        }
+        Ok(vec![Change::NetworkDeleted(name.to_string())])
+    }
+
+    fn remove_peer(
+        &self,
+        name: &str,
+        connected: bool,
+    ) -> Result<(Vec<String>, Vec<Change>), TableError> {
+        if !self.peers.contains_key(name) {
+            return Err(TableError::UnknownPeer(name.to_string()));
+        }
+        if connected {
+            return Err(TableError::PeerConnected(name.to_string()));
+        }
+        let mut released = Vec::new();
+        let mut changes = Vec::new();
+        for ep in self.endpoints.values().filter(|ep| ep.peer == name) {
+            released.extend(ep.cidrs.iter().cloned());
+            changes.push(Change::EndpointDeleted(EndpointKey {
+                peer: ep.peer.clone(),
+                container_id: ep.container_id.clone(),
+                network: ep.network.clone(),
+            }));
+        }
+        changes.push(Change::PeerDeleted(name.to_string()));
+        Ok((released, changes))
     }
 }
 
@@ -186,17 +599,6 @@ mod tests {
         }
     }
 
-    fn endpoint(peer: &str, container: &str, mac: &str, cidrs: &[&str]) -> Endpoint {
-        Endpoint {
-            network: DEFAULT_NETWORK.into(),
-            container_id: container.into(),
-            mac: mac.into(),
-            cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
-            peer: peer.into(),
-            host_ifname: "vethwepl1".into(),
-        }
-    }
-
     fn apply_all(t: &mut Tables, changes: Vec<Change>) {
         for c in &changes {
             t.apply(c);
@@ -205,14 +607,67 @@ mod tests {
 
     fn two_hosts() -> Tables {
         let mut t = Tables::default();
-        let range = "10.32.0.0/12".parse().unwrap();
-        let changes = t.ensure_default_network(range).unwrap();
+        let changes = t
+            .ensure_default_network("10.32.0.0/12".parse().unwrap())
+            .unwrap();
         apply_all(&mut t, changes);
-        let changes = t.register_peer(peer("host1", "198.18.0.1")).unwrap();
-        apply_all(&mut t, changes);
-        let changes = t.register_peer(peer("host2", "198.18.0.2")).unwrap();
-        apply_all(&mut t, changes);
+        for (name, addr) in [("host1", "198.18.0.1"), ("host2", "198.18.0.2")] {
+            let changes = t.register_peer(peer(name, addr)).unwrap();
+            apply_all(&mut t, changes);
+        }
         t
+    }
+
+    /// MACs 02:00:00:00:00:01, :02, ... in turn.
+    fn macs() -> impl FnMut() -> Mac {
+        let mut n = 0u8;
+        move || {
+            n += 1;
+            Mac([2, 0, 0, 0, 0, n])
+        }
+    }
+
+    fn specs(addrs: &[&str]) -> Vec<AddrSpec> {
+        addrs.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    /// Attaches and applies; returns the addresses the attach gave.
+    fn attach(
+        t: &mut Tables,
+        peer: &str,
+        container: &str,
+        addrs: &[&str],
+    ) -> Result<Vec<String>, String> {
+        let (done, changes) = t
+            .attach(peer, container, &specs(addrs), &mut macs_from(t))
+            .map_err(|e| e.to_string())?;
+        apply_all(t, changes);
+        Ok(done.cidrs)
+    }
+
+    /// A MAC source that skips MACs the tables already hold.
+    fn macs_from(t: &Tables) -> impl FnMut() -> Mac + use<> {
+        let held: BTreeSet<String> = t.endpoints.values().map(|e| e.mac.clone()).collect();
+        let mut next = macs();
+        move || loop {
+            let mac = next();
+            if !held.contains(&mac.to_string()) {
+                return mac;
+            }
+        }
+    }
+
+    fn detach(
+        t: &mut Tables,
+        peer: &str,
+        container: &str,
+        addrs: &[&str],
+    ) -> Result<Vec<String>, String> {
+        let (done, changes) = t
+            .detach(peer, container, &specs(addrs))
+            .map_err(|e| e.to_string())?;
+        apply_all(t, changes);
+        Ok(done.released)
     }
 
     #[test]
@@ -220,28 +675,23 @@ mod tests {
         let t = two_hosts();
         assert_eq!(t.networks[DEFAULT_NETWORK].subnet, "10.32.0.0/12");
         assert_eq!(t.networks[DEFAULT_NETWORK].vni, DEFAULT_VNI);
-        let same = "10.32.0.0/12".parse().unwrap();
-        assert_eq!(t.ensure_default_network(same), Ok(vec![]));
-        let other = "10.40.0.0/16".parse().unwrap();
         assert_eq!(
-            t.ensure_default_network(other).unwrap_err().to_string(),
+            t.ensure_default_network("10.32.0.0/12".parse().unwrap()),
+            Ok(vec![])
+        );
+        assert_eq!(
+            t.ensure_default_network("10.40.0.0/16".parse().unwrap())
+                .unwrap_err()
+                .to_string(),
             "the stored default network is 10.32.0.0/12 but --ipalloc-range is 10.40.0.0/16"
         );
     }
 
     #[test]
-    fn every_change_is_one_revision() {
+    fn peers_register_once_and_bad_addresses_are_refused() {
         let t = two_hosts();
         assert_eq!(t.revision, 3);
-        // Registering a peer as it already is changes nothing.
         assert_eq!(t.register_peer(peer("host1", "198.18.0.1")), Ok(vec![]));
-        let moved = t.register_peer(peer("host1", "198.18.0.9")).unwrap();
-        assert_eq!(moved, vec![Change::PeerPut(peer("host1", "198.18.0.9"))]);
-    }
-
-    #[test]
-    fn bad_peer_address_is_refused() {
-        let t = Tables::default();
         assert_eq!(
             t.register_peer(peer("host1", "nope"))
                 .unwrap_err()
@@ -251,98 +701,244 @@ mod tests {
     }
 
     #[test]
-    fn an_address_in_use_names_its_holder() {
+    fn static_addresses_create_their_network_and_name_holders() {
         let mut t = two_hosts();
-        let c1 = endpoint(
-            "host1",
-            "netns:c1",
-            "02:00:00:00:00:01",
-            &["192.168.0.2/24"],
+        assert_eq!(
+            attach(&mut t, "host1", "c1", &["192.168.0.2/24"]),
+            Ok(vec!["192.168.0.2/24".into()])
         );
-        let changes = t.create_endpoint(c1).unwrap();
-        apply_all(&mut t, changes);
-        let c2 = endpoint(
-            "host2",
-            "netns:c2",
-            "02:00:00:00:00:02",
-            &["192.168.0.2/24"],
+        let net = &t.networks["192.168.0.0/24"];
+        assert_eq!((net.subnet.as_str(), net.vni), ("192.168.0.0/24", 2));
+        let ep = &t.endpoints[&("host1".into(), "192.168.0.0/24".into(), "c1".into())];
+        assert_eq!(ep.mac, "02:00:00:00:00:01");
+        assert_eq!(ep.host_ifname, "vethwepl0000001");
+        assert_eq!(ep.container_ifname, "ethwe");
+        assert_eq!(
+            attach(&mut t, "host2", "c2", &["192.168.0.2/24"]),
+            Err("address 192.168.0.2 already in use by c1 on host1".into())
+        );
+        // A retried attach of what the container already holds is harmless, and adds nothing.
+        let (again, changes) = t
+            .attach("host1", "c1", &specs(&["192.168.0.2/24"]), &mut macs())
+            .unwrap();
+        assert_eq!((again.added.len(), changes.len()), (0, 0));
+        assert_eq!(again.networks[0].name, "192.168.0.0/24");
+        let rev = t.revision;
+        assert_eq!(
+            attach(&mut t, "host1", "c1", &["192.168.0.2/24"]),
+            Ok(vec!["192.168.0.2/24".into()])
+        );
+        assert_eq!(t.revision, rev);
+        // A second network gets the next VNI and the container its next interface.
+        assert_eq!(
+            attach(&mut t, "host1", "c1", &["192.168.10.10/24"]),
+            Ok(vec!["192.168.10.10/24".into()])
+        );
+        assert_eq!(t.networks["192.168.10.0/24"].vni, 3);
+        let ep2 = &t.endpoints[&("host1".into(), "192.168.10.0/24".into(), "c1".into())];
+        assert_eq!(ep2.container_ifname, "ethwe1");
+    }
+
+    #[test]
+    fn attach_without_addresses_allocates_from_the_default_network() {
+        let mut t = two_hosts();
+        assert_eq!(
+            attach(&mut t, "host1", "c1", &[]),
+            Ok(vec!["10.32.0.2/12".into()])
         );
         assert_eq!(
-            t.create_endpoint(c2).unwrap_err().to_string(),
-            "address 192.168.0.2 already in use by netns:c1 on host1"
+            attach(&mut t, "host2", "c2", &["net:default"]),
+            Ok(vec!["10.32.0.3/12".into()])
+        );
+        assert_eq!(
+            attach(&mut t, "host1", "c3", &["net:default", "net:default"]),
+            Ok(vec!["10.32.0.4/12".into(), "10.32.0.5/12".into()])
+        );
+        let ep = &t.endpoints[&("host1".into(), DEFAULT_NETWORK.into(), "c3".into())];
+        assert_eq!(ep.cidrs, ["10.32.0.4/12", "10.32.0.5/12"]);
+    }
+
+    #[test]
+    fn net_cidr_and_net_name_allocate_in_their_network() {
+        let mut t = two_hosts();
+        assert_eq!(
+            attach(&mut t, "host1", "c1", &["net:10.2.0.0/30"]),
+            Ok(vec!["10.2.0.2/30".into()])
+        );
+        assert_eq!(
+            attach(&mut t, "host1", "c2", &["net:10.2.0.0/30"]),
+            Err("network 10.2.0.0/30 (10.2.0.0/30) has no free address: all 1 are in use".into())
+        );
+        let (blue, changes) = t.create_network("blue", "10.9.0.0/24").unwrap();
+        apply_all(&mut t, changes);
+        assert_eq!(blue.vni, 3);
+        assert_eq!(
+            attach(&mut t, "host2", "c3", &["net:blue"]),
+            Ok(vec!["10.9.0.2/24".into()])
+        );
+        assert_eq!(
+            attach(&mut t, "host2", "c3", &["net:red"]),
+            Err("unknown network red".into())
         );
     }
 
     #[test]
-    fn endpoints_are_refused_for_unknown_peers_and_twice_attached_containers() {
+    fn failed_attaches_change_nothing() {
         let mut t = two_hosts();
-        let stranger = endpoint(
-            "host9",
-            "netns:c1",
-            "02:00:00:00:00:01",
-            &["192.168.0.2/24"],
-        );
+        attach(&mut t, "host1", "c1", &["192.168.0.2/24"]).unwrap();
+        let before = t.clone();
+        for (addrs, why) in [
+            (
+                &["192.168.0.3/24", "192.168.0.2/24"][..],
+                "address 192.168.0.2 already in use by c1 on host1",
+            ),
+            (
+                &["192.168.0.0/24"],
+                "address 192.168.0.0 is the network address of 192.168.0.0/24",
+            ),
+            (
+                &["192.168.0.255/24"],
+                "address 192.168.0.255 is the broadcast address of 192.168.0.0/24",
+            ),
+            (
+                &["192.168.0.1/24"],
+                "address 192.168.0.1 is the gateway address, kept for the host of 192.168.0.0/24",
+            ),
+            (
+                &["192.168.0.9/23"],
+                "subnet 192.168.0.0/23 overlaps network 192.168.0.0/24 (192.168.0.0/24)",
+            ),
+            (
+                &["10.33.0.9/16"],
+                "subnet 10.33.0.0/16 overlaps network default (10.32.0.0/12)",
+            ),
+            (
+                &["10.0.0.2/31"],
+                "prefix /31 of 10.0.0.2/31 is outside /8../30",
+            ),
+            (
+                &["10.0.0.2/7"],
+                "prefix /7 of 10.0.0.0/7 is outside /8../30",
+            ),
+        ] {
+            assert_eq!(attach(&mut t, "host2", "c2", addrs), Err(why.to_string()));
+            assert_eq!(t, before, "state after {addrs:?}");
+        }
         assert_eq!(
-            t.create_endpoint(stranger).unwrap_err().to_string(),
-            "peer host9 is not registered with the controller"
-        );
-        let c1 = endpoint(
-            "host1",
-            "netns:c1",
-            "02:00:00:00:00:01",
-            &["192.168.0.2/24"],
-        );
-        let changes = t.create_endpoint(c1).unwrap();
-        apply_all(&mut t, changes);
-        let again = endpoint(
-            "host1",
-            "netns:c1",
-            "02:00:00:00:00:03",
-            &["192.168.0.4/24"],
-        );
-        assert_eq!(
-            t.create_endpoint(again).unwrap_err().to_string(),
-            "netns:c1 is already attached on host1 with 192.168.0.2/24"
-        );
-        let same_mac = endpoint(
-            "host2",
-            "netns:c2",
-            "02:00:00:00:00:01",
-            &["192.168.0.5/24"],
-        );
-        assert_eq!(
-            t.create_endpoint(same_mac).unwrap_err().to_string(),
-            "MAC 02:00:00:00:00:01 already in use by netns:c1 on host1"
+            attach(&mut t, "host9", "c2", &[]),
+            Err("peer host9 is not registered with the controller".into())
         );
     }
 
     #[test]
-    fn deleting_releases_the_addresses() {
+    fn detach_releases_what_it_names_and_removes_empty_endpoints() {
         let mut t = two_hosts();
-        let c1 = endpoint(
+        attach(
+            &mut t,
             "host1",
-            "netns:c1",
-            "02:00:00:00:00:01",
-            &["192.168.0.2/24"],
-        );
-        let changes = t.create_endpoint(c1.clone()).unwrap();
-        apply_all(&mut t, changes);
-        let (removed, changes) = t.delete_endpoints("host1", "netns:c1").unwrap();
-        assert_eq!(removed, vec![c1]);
-        apply_all(&mut t, changes);
-        assert!(t.endpoints.is_empty());
+            "c1",
+            &["192.168.0.2/24", "192.168.0.3/24", "192.168.10.2/24"],
+        )
+        .unwrap();
         assert_eq!(
-            t.delete_endpoints("host1", "netns:c1")
+            detach(&mut t, "host1", "c1", &["192.168.0.3/24"]),
+            Ok(vec!["192.168.0.3/24".into()])
+        );
+        assert_eq!(
+            detach(&mut t, "host1", "c1", &["192.168.0.3/24"]),
+            Err("address 192.168.0.3 is not held by c1 on host1".into())
+        );
+        assert_eq!(
+            detach(&mut t, "host1", "c1", &["net:192.168.10.0/24"]),
+            Ok(vec!["192.168.10.2/24".into()])
+        );
+        assert_eq!(t.endpoints.len(), 1, "the emptied endpoint is gone");
+        // Released addresses are free again.
+        assert!(attach(&mut t, "host2", "c2", &["192.168.0.3/24"]).is_ok());
+        assert_eq!(
+            detach(&mut t, "host1", "c1", &[]),
+            Ok(vec!["192.168.0.2/24".into()])
+        );
+        assert_eq!(
+            detach(&mut t, "host1", "c1", &[]),
+            Err("c1 is not attached on host1".into())
+        );
+    }
+
+    #[test]
+    fn networks_are_created_checked_and_removed() {
+        let mut t = two_hosts();
+        let create = |t: &Tables, name: &str, subnet: &str| {
+            t.create_network(name, subnet)
+                .map(|(n, _)| n)
+                .map_err(|e| e.to_string())
+        };
+        let (net, changes) = t.create_network("blue", "10.9.0.0/24").unwrap();
+        apply_all(&mut t, changes);
+        assert_eq!(
+            (net.name.as_str(), net.subnet.as_str(), net.vni),
+            ("blue", "10.9.0.0/24", 2)
+        );
+        assert_eq!(
+            create(&t, "blue", "10.8.0.0/24"),
+            Err("network blue already exists (10.9.0.0/24)".into())
+        );
+        assert_eq!(
+            create(&t, "red", "10.9.0.0/24"),
+            Err("subnet 10.9.0.0/24 is already network blue".into())
+        );
+        assert_eq!(
+            create(&t, "red", "10.9.0.0/16"),
+            Err("subnet 10.9.0.0/16 overlaps network blue (10.9.0.0/24)".into())
+        );
+        assert_eq!(
+            create(&t, "red", "10.9.1.1/24"),
+            Err("invalid subnet \"10.9.1.1/24\": host bits set; the subnet is 10.9.1.0/24".into())
+        );
+        assert_eq!(
+            create(&t, "red", "10.9.1.0/31"),
+            Err("prefix /31 of 10.9.1.0/31 is outside /8../30".into())
+        );
+        assert_eq!(
+            create(&t, "red", "banana"),
+            Err("invalid subnet \"banana\": expected IP/LEN, e.g. 192.168.0.2/24".into())
+        );
+        assert!(
+            create(&t, "a b", "10.7.0.0/24")
                 .unwrap_err()
-                .to_string(),
-            "netns:c1 is not attached on host1"
+                .starts_with("invalid network name \"a b\"")
         );
-        let c2 = endpoint(
-            "host2",
-            "netns:c2",
-            "02:00:00:00:00:02",
-            &["192.168.0.2/24"],
+        attach(&mut t, "host1", "c1", &["net:blue"]).unwrap();
+        assert_eq!(
+            t.delete_network("blue").unwrap_err().to_string(),
+            "network blue still has 1 endpoint(s), e.g. c1 on host1"
         );
-        assert!(t.create_endpoint(c2).is_ok());
+        assert_eq!(
+            t.delete_network("default").unwrap_err().to_string(),
+            "the default network cannot be removed"
+        );
+        assert_eq!(
+            t.delete_network("green").unwrap_err().to_string(),
+            "unknown network green"
+        );
+        detach(&mut t, "host1", "c1", &[]).unwrap();
+        let changes = t.delete_network("blue").unwrap();
+        apply_all(&mut t, changes);
+        assert!(!t.networks.contains_key("blue"));
+    }
+
+    #[test]
+    fn removing_a_dead_peer_frees_its_addresses() {
+        let mut t = two_hosts();
+        attach(&mut t, "host2", "c2", &["192.168.0.2/24"]).unwrap();
+        assert_eq!(
+            t.remove_peer("host2", true).unwrap_err().to_string(),
+            "peer host2 is connected: only a peer whose agent is gone can be removed"
+        );
+        let (released, changes) = t.remove_peer("host2", false).unwrap();
+        assert_eq!(released, ["192.168.0.2/24"]);
+        apply_all(&mut t, changes);
+        assert!(!t.peers.contains_key("host2"));
+        assert!(attach(&mut t, "host1", "c1", &["192.168.0.2/24"]).is_ok());
     }
 }

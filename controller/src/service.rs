@@ -1,22 +1,27 @@
 //! The Controller gRPC service: checks each request against the tables, persists the changes,
 //! applies them, and fans them out to every watching agent as revisioned deltas.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
+use weft_proto::addr::{AddrError, AddrSpec};
+use weft_proto::names::Mac;
+use weft_proto::tables::Tables;
 use weft_proto::v1::controller_server::Controller;
 use weft_proto::v1::{
-    CreateEndpointRequest, CreateEndpointResponse, DeleteEndpointsRequest, DeleteEndpointsResponse,
-    Delta, RegisterRequest, RegisterResponse, WatchEvent, WatchRequest, delta::Change,
-    watch_event::Event,
+    AttachRequest, AttachResponse, CreateNetworkRequest, CreateNetworkResponse,
+    DeleteNetworkRequest, DeleteNetworkResponse, Delta, DetachRequest, DetachResponse,
+    RegisterRequest, RegisterResponse, RemovePeerRequest, RemovePeerResponse, WatchEvent,
+    WatchRequest, delta::Change, watch_event::Event,
 };
 
+use crate::ipam::IpamError;
 use crate::rules::{TableError, TableRules};
 use crate::store::Store;
-use weft_proto::tables::Tables;
 
 /// Deltas kept for watchers that fall behind; one that falls further gets a new snapshot.
 const EVENT_BUFFER: usize = 4096;
@@ -31,6 +36,8 @@ struct State {
 struct Inner {
     state: Mutex<State>,
     events: broadcast::Sender<WatchEvent>,
+    /// Open watch streams per peer: a peer with one is alive.
+    watchers: Mutex<HashMap<String, usize>>,
 }
 
 #[derive(Clone)]
@@ -41,13 +48,34 @@ pub struct ControllerService {
 fn status_of(err: TableError) -> Status {
     let msg = err.to_string();
     match err {
-        TableError::Invalid(_) => Status::invalid_argument(msg),
-        TableError::UnknownPeer(_) => Status::failed_precondition(msg),
-        TableError::UnknownNetwork(_) | TableError::NotAttached { .. } => Status::not_found(msg),
-        TableError::AddressInUse { .. }
-        | TableError::MacInUse { .. }
-        | TableError::AlreadyAttached { .. } => Status::already_exists(msg),
+        TableError::Invalid(_)
+        | TableError::Overlap { .. }
+        | TableError::Ipam(IpamError::Outside { .. } | IpamError::Reserved { .. }) => {
+            Status::invalid_argument(msg)
+        }
+        TableError::UnknownPeer(_)
+        | TableError::NetworkInUse { .. }
+        | TableError::PeerConnected(_) => Status::failed_precondition(msg),
+        TableError::UnknownNetwork(_)
+        | TableError::NotAttached { .. }
+        | TableError::NotHeld { .. } => Status::not_found(msg),
+        TableError::Ipam(IpamError::InUse { .. }) | TableError::NetworkExists { .. } => {
+            Status::already_exists(msg)
+        }
+        TableError::Ipam(IpamError::Exhausted { .. }) | TableError::NoFreeMac => {
+            Status::resource_exhausted(msg)
+        }
     }
+}
+
+fn parse_addrs(addrs: &[String]) -> Result<Vec<AddrSpec>, Status> {
+    addrs
+        .iter()
+        .map(|a| {
+            a.parse()
+                .map_err(|e: AddrError| Status::invalid_argument(e.to_string()))
+        })
+        .collect()
 }
 
 impl ControllerService {
@@ -57,6 +85,7 @@ impl ControllerService {
             inner: Arc::new(Inner {
                 state: Mutex::new(State { tables, store }),
                 events,
+                watchers: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -118,7 +147,25 @@ impl ControllerService {
         (snapshot, self.inner.events.subscribe())
     }
 
+    fn is_connected(&self, peer: &str) -> bool {
+        let watchers = self.inner.watchers.lock().expect("watchers lock poisoned");
+        watchers.get(peer).is_some_and(|n| *n > 0)
+    }
+
+    fn count_watcher(&self, peer: &str, delta: isize) {
+        let mut watchers = self.inner.watchers.lock().expect("watchers lock poisoned");
+        let n = watchers.entry(peer.to_string()).or_default();
+        *n = n.saturating_add_signed(delta);
+    }
+
     async fn feed_watcher(self, peer: String, tx: mpsc::Sender<Result<WatchEvent, Status>>) {
+        self.count_watcher(&peer, 1);
+        self.stream_events(&peer, tx).await;
+        self.count_watcher(&peer, -1);
+        info!(%peer, "watch ended");
+    }
+
+    async fn stream_events(&self, peer: &str, tx: mpsc::Sender<Result<WatchEvent, Status>>) {
         let (snapshot, mut events) = self.subscribe();
         let mut sent = snapshot.revision;
         if tx.send(Ok(snapshot)).await.is_err() {
@@ -150,7 +197,6 @@ impl ControllerService {
                 Err(broadcast::error::RecvError::Closed) => break,
             }
         }
-        info!(%peer, "watch ended");
     }
 }
 
@@ -183,34 +229,98 @@ impl Controller for ControllerService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn create_endpoint(
+    async fn attach(
         &self,
-        request: Request<CreateEndpointRequest>,
-    ) -> Result<Response<CreateEndpointResponse>, Status> {
-        let ep = request
-            .into_inner()
-            .endpoint
-            .ok_or_else(|| Status::invalid_argument("create endpoint: no endpoint given"))?;
-        let created = self
-            .mutate_async(move |t| Ok((ep.clone(), t.create_endpoint(ep)?)))
-            .await?;
-        info!(container = %created.container_id, peer = %created.peer, cidrs = ?created.cidrs, "endpoint created");
-        Ok(Response::new(CreateEndpointResponse {
-            endpoint: Some(created),
+        request: Request<AttachRequest>,
+    ) -> Result<Response<AttachResponse>, Status> {
+        let AttachRequest {
+            peer,
+            container_id,
+            addrs,
+        } = request.into_inner();
+        let specs = parse_addrs(&addrs)?;
+        let (done, container) = (
+            self.mutate_async({
+                let (peer, container_id) = (peer.clone(), container_id.clone());
+                move |t| t.attach(&peer, &container_id, &specs, &mut Mac::random)
+            })
+            .await?,
+            container_id,
+        );
+        info!(%container, %peer, cidrs = ?done.cidrs, "attached");
+        Ok(Response::new(AttachResponse {
+            endpoints: done.endpoints,
+            cidrs: done.cidrs,
+            added: done.added,
+            networks: done.networks,
         }))
     }
 
-    async fn delete_endpoints(
+    async fn detach(
         &self,
-        request: Request<DeleteEndpointsRequest>,
-    ) -> Result<Response<DeleteEndpointsResponse>, Status> {
-        let DeleteEndpointsRequest { peer, container_id } = request.into_inner();
-        let removed = self
-            .mutate_async(move |t| t.delete_endpoints(&peer, &container_id))
+        request: Request<DetachRequest>,
+    ) -> Result<Response<DetachResponse>, Status> {
+        let DetachRequest {
+            peer,
+            container_id,
+            addrs,
+        } = request.into_inner();
+        let specs = parse_addrs(&addrs)?;
+        let done = self
+            .mutate_async({
+                let (peer, container_id) = (peer.clone(), container_id.clone());
+                move |t| t.detach(&peer, &container_id, &specs)
+            })
             .await?;
-        for ep in &removed {
-            info!(container = %ep.container_id, peer = %ep.peer, "endpoint deleted");
-        }
-        Ok(Response::new(DeleteEndpointsResponse { removed }))
+        info!(container = %container_id, %peer, released = ?done.released, "detached");
+        Ok(Response::new(DetachResponse {
+            updated: done.updated,
+            removed: done.removed,
+            released: done.released,
+        }))
+    }
+
+    async fn create_network(
+        &self,
+        request: Request<CreateNetworkRequest>,
+    ) -> Result<Response<CreateNetworkResponse>, Status> {
+        let CreateNetworkRequest { name, subnet } = request.into_inner();
+        let network = self
+            .mutate_async(move |t| t.create_network(&name, &subnet))
+            .await?;
+        info!(name = %network.name, subnet = %network.subnet, vni = network.vni, "network created");
+        Ok(Response::new(CreateNetworkResponse {
+            network: Some(network),
+        }))
+    }
+
+    async fn delete_network(
+        &self,
+        request: Request<DeleteNetworkRequest>,
+    ) -> Result<Response<DeleteNetworkResponse>, Status> {
+        let name = request.into_inner().name;
+        self.mutate_async({
+            let name = name.clone();
+            move |t| Ok(((), t.delete_network(&name)?))
+        })
+        .await?;
+        info!(%name, "network removed");
+        Ok(Response::new(DeleteNetworkResponse {}))
+    }
+
+    async fn remove_peer(
+        &self,
+        request: Request<RemovePeerRequest>,
+    ) -> Result<Response<RemovePeerResponse>, Status> {
+        let name = request.into_inner().name;
+        let connected = self.is_connected(&name);
+        let released = self
+            .mutate_async({
+                let name = name.clone();
+                move |t| t.remove_peer(&name, connected)
+            })
+            .await?;
+        info!(peer = %name, released = released.len(), "peer removed");
+        Ok(Response::new(RemovePeerResponse { released }))
     }
 }

@@ -165,6 +165,7 @@ mod tests {
             cidrs: vec!["192.168.0.2/24".into()],
             peer: "host1".into(),
             host_ifname: "vethwepl1".into(),
+            container_ifname: "ethwe".into(),
         }
     }
 

@@ -1,3 +1,5 @@
+mod table;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -6,12 +8,16 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 use weft_proto::addr::AddrSpec;
 use weft_proto::v1::agent_client::AgentClient;
-use weft_proto::v1::{AttachRequest, DetachRequest, PsRequest};
+use weft_proto::v1::{
+    CreateNetworkRequest, DeleteNetworkRequest, IpamStatusRequest, LocalAttachRequest,
+    LocalDetachRequest, NetworkInfo, NetworkListRequest, PsRequest, RemovePeerRequest,
+};
 
 /// weftctl: the operator's CLI for weft. It talks to the weft-agent on this host.
 ///
 /// CONTAINER is netns:NAME (/var/run/netns/NAME), pid:PID, or the path of a network namespace.
-/// ADDR is IP/LEN or ip:IP/LEN.
+/// ADDR is IP/LEN or ip:IP/LEN (that address), net:CIDR or net:NAME (a free address of that
+/// network), or net:default (a free address of the default network; what no ADDR means).
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Cli {
@@ -29,20 +35,58 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Connect a container to the network with the given addresses; prints its IPs.
+    /// Connect a container to networks with the given addresses; prints its IPs.
     #[command(override_usage = "weftctl attach [ADDR...] CONTAINER")]
     Attach {
-        /// Addresses to give the container (IP/LEN or ip:IP/LEN), then the container.
+        /// Addresses to give the container, then the container.
         #[arg(required = true, value_name = "ARG")]
         args: Vec<String>,
     },
-    /// Disconnect a container from the network; prints the IPs released.
+    /// Release addresses of a container (all, if none are given); prints the IPs released.
+    #[command(override_usage = "weftctl detach [ADDR...] CONTAINER")]
     Detach {
-        #[arg(value_name = "CONTAINER")]
-        container: String,
+        /// Addresses to release, then the container.
+        #[arg(required = true, value_name = "ARG")]
+        args: Vec<String>,
     },
     /// List the containers attached on this host: id, MAC, addresses.
     Ps,
+    /// Create, list and remove networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Show the state of the network.
+    #[command(subcommand)]
+    Status(StatusCommand),
+    /// Forget a peer whose agent is gone; its addresses return to the pool.
+    Rmpeer {
+        #[arg(value_name = "PEER")]
+        peer: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NetworkCommand {
+    /// Create a network with its own VNI; prints NAME SUBNET vni=N.
+    Create {
+        name: String,
+        #[arg(long, value_name = "CIDR")]
+        subnet: String,
+    },
+    /// List networks: NAME SUBNET VNI ENDPOINTS.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a network that has no endpoints.
+    Rm { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum StatusCommand {
+    /// Address use: range, and used and free addresses per network and per peer.
+    Ipam,
+    /// Networks with their endpoints and used and free addresses.
+    Networks,
 }
 
 /// A failure to report as `weftctl: <what>: <why>`.
@@ -75,46 +119,187 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Splits `[ADDR...] CONTAINER` and checks the addresses before anything is asked of the agent.
+fn addrs_and_container(
+    mut args: Vec<String>,
+    verb: &str,
+) -> Result<(Vec<String>, String, String), Failure> {
+    let container = args.pop().expect("clap requires at least one argument");
+    let what = format!("{verb} {container}");
+    for addr in &args {
+        addr.parse::<AddrSpec>()
+            .map_err(|e| Failure::new(&what, e.to_string()))?;
+    }
+    Ok((args, container, what))
+}
+
+fn free(info: &NetworkInfo) -> u64 {
+    info.pool.saturating_sub(info.used)
+}
+
 async fn run(cli: Cli) -> Result<String, Failure> {
+    // Bad input is reported as such, also when the agent is down.
+    match &cli.command {
+        Command::Attach { args } => drop(addrs_and_container(args.clone(), "attach")?),
+        Command::Detach { args } => drop(addrs_and_container(args.clone(), "detach")?),
+        _ => {}
+    }
+    let mut agent = connect(&cli.socket).await?;
+    let fail = |what: &str| {
+        let what = what.to_string();
+        move |s: tonic::Status| Failure::new(what, s.message())
+    };
     match cli.command {
-        Command::Attach { args: mut addrs } => {
-            let container = addrs.pop().expect("clap requires at least one argument");
-            let what = format!("attach {container}");
-            // Reject bad addresses here, before anything is asked of the agent.
-            for addr in &addrs {
-                addr.parse::<AddrSpec>()
-                    .map_err(|e| Failure::new(&what, e.to_string()))?;
-            }
-            let mut agent = connect(&cli.socket).await?;
+        Command::Attach { args } => {
+            let (addrs, container, what) = addrs_and_container(args, "attach")?;
             let reply = agent
-                .attach(AttachRequest { container, addrs })
+                .attach(LocalAttachRequest { container, addrs })
                 .await
-                .map_err(|s| Failure::new(&what, s.message()))?
+                .map_err(fail(&what))?
                 .into_inner();
             Ok(format!("{}\n", reply.ips.join(" ")))
         }
-        Command::Detach { container } => {
-            let what = format!("detach {container}");
-            let mut agent = connect(&cli.socket).await?;
+        Command::Detach { args } => {
+            let (addrs, container, what) = addrs_and_container(args, "detach")?;
             let reply = agent
-                .detach(DetachRequest { container })
+                .detach(LocalDetachRequest { container, addrs })
                 .await
-                .map_err(|s| Failure::new(&what, s.message()))?
+                .map_err(fail(&what))?
                 .into_inner();
             Ok(format!("{}\n", reply.ips.join(" ")))
         }
         Command::Ps => {
-            let mut agent = connect(&cli.socket).await?;
             let reply = agent
                 .ps(PsRequest {})
                 .await
-                .map_err(|s| Failure::new("ps", s.message()))?
+                .map_err(fail("ps"))?
                 .into_inner();
             Ok(reply
                 .entries
                 .iter()
                 .map(|e| format!("{} {} {}\n", e.container_id, e.mac, e.cidrs.join(" ")))
                 .collect())
+        }
+        Command::Network(NetworkCommand::Create { name, subnet }) => {
+            let what = format!("network create {name}");
+            let net = agent
+                .create_network(CreateNetworkRequest { name, subnet })
+                .await
+                .map_err(fail(&what))?
+                .into_inner()
+                .network
+                .ok_or_else(|| Failure::new(&what, "the agent returned no network"))?;
+            Ok(format!("{} {} vni={}\n", net.name, net.subnet, net.vni))
+        }
+        Command::Network(NetworkCommand::Ls { json }) => {
+            let reply = agent
+                .list_networks(NetworkListRequest {})
+                .await
+                .map_err(fail("network ls"))?
+                .into_inner();
+            let nets = reply
+                .networks
+                .iter()
+                .filter_map(|i| Some((i.network.as_ref()?, i)));
+            if json {
+                let list: Vec<_> = nets
+                    .map(|(n, i)| {
+                        serde_json::json!({
+                            "name": n.name, "subnet": n.subnet, "vni": n.vni, "endpoints": i.endpoints,
+                        })
+                    })
+                    .collect();
+                return Ok(format!("{}\n", serde_json::Value::Array(list)));
+            }
+            let rows: Vec<Vec<String>> = nets
+                .map(|(n, i)| {
+                    vec![
+                        n.name.clone(),
+                        n.subnet.clone(),
+                        n.vni.to_string(),
+                        i.endpoints.to_string(),
+                    ]
+                })
+                .collect();
+            Ok(table::render(
+                &["NAME", "SUBNET", "VNI", "ENDPOINTS"],
+                &rows,
+            ))
+        }
+        Command::Network(NetworkCommand::Rm { name }) => {
+            let what = format!("network rm {name}");
+            agent
+                .delete_network(DeleteNetworkRequest { name })
+                .await
+                .map_err(fail(&what))?;
+            Ok(String::new())
+        }
+        Command::Status(which) => {
+            let reply = agent
+                .ipam_status(IpamStatusRequest {})
+                .await
+                .map_err(fail("status"))?
+                .into_inner();
+            let nets = reply
+                .networks
+                .iter()
+                .filter_map(|i| Some((i.network.as_ref()?, i)));
+            match which {
+                StatusCommand::Networks => {
+                    let rows: Vec<Vec<String>> = nets
+                        .map(|(n, i)| {
+                            vec![
+                                n.name.clone(),
+                                n.subnet.clone(),
+                                n.vni.to_string(),
+                                i.endpoints.to_string(),
+                                i.used.to_string(),
+                                free(i).to_string(),
+                            ]
+                        })
+                        .collect();
+                    Ok(table::render(
+                        &["NAME", "SUBNET", "VNI", "ENDPOINTS", "USED", "FREE"],
+                        &rows,
+                    ))
+                }
+                StatusCommand::Ipam => {
+                    let rows: Vec<Vec<String>> = nets
+                        .map(|(n, i)| {
+                            vec![
+                                n.name.clone(),
+                                n.subnet.clone(),
+                                i.pool.to_string(),
+                                i.used.to_string(),
+                                free(i).to_string(),
+                            ]
+                        })
+                        .collect();
+                    let peers: Vec<Vec<String>> = reply
+                        .peers
+                        .iter()
+                        .map(|p| vec![p.peer.clone(), p.network.clone(), p.used.to_string()])
+                        .collect();
+                    Ok(format!(
+                        "Range: {}\n\n{}\n{}",
+                        reply.range,
+                        table::render(&["NETWORK", "SUBNET", "POOL", "USED", "FREE"], &rows),
+                        table::render(&["PEER", "NETWORK", "USED"], &peers)
+                    ))
+                }
+            }
+        }
+        Command::Rmpeer { peer } => {
+            let what = format!("rmpeer {peer}");
+            let reply = agent
+                .remove_peer(RemovePeerRequest { name: peer.clone() })
+                .await
+                .map_err(fail(&what))?
+                .into_inner();
+            Ok(format!(
+                "{peer}: {} address(es) released\n",
+                reply.released.len()
+            ))
         }
     }
 }
@@ -166,15 +351,36 @@ mod tests {
             "weftctl",
             "attach",
             "10.0.0.2/24",
-            "ip:10.0.0.3/24",
+            "net:default",
             "netns:c1",
         ])
         .unwrap();
         let Command::Attach { args } = cli.command else {
             panic!("not an attach")
         };
-        assert_eq!(args, ["10.0.0.2/24", "ip:10.0.0.3/24", "netns:c1"]);
+        let (addrs, container, what) = addrs_and_container(args, "attach").ok().unwrap();
+        assert_eq!(
+            (addrs.as_slice(), container.as_str(), what.as_str()),
+            (
+                &["10.0.0.2/24".to_string(), "net:default".to_string()][..],
+                "netns:c1",
+                "attach netns:c1"
+            )
+        );
         let missing = Cli::try_parse_from(["weftctl", "attach"]).unwrap_err();
         assert_eq!(missing.exit_code(), 2);
+    }
+
+    #[test]
+    fn a_bad_address_names_the_command_and_the_address() {
+        let Err(f) = addrs_and_container(vec!["10.0.0.300/24".into(), "netns:c1".into()], "detach")
+        else {
+            panic!("accepted a bad address")
+        };
+        assert_eq!(f.what, "detach netns:c1");
+        assert_eq!(
+            f.why,
+            "invalid address \"10.0.0.300/24\": \"10.0.0.300\" is not an IPv4 address"
+        );
     }
 }

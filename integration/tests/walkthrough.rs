@@ -1,5 +1,7 @@
 //! The seeds' walkthrough on two hosts: attach a container on each, ping across, check the
 //! kernel datapath weft programmed, list, detach, and check everything it made is gone again.
+//! 192.168.0.0/24 is no network yet, so the first attach creates one with its own VNI, and its
+//! own bridge and VXLAN device on both hosts.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -8,6 +10,35 @@ use weft_integration::{
     BRIDGE, Link, VXLAN_DEV, World, fdb, host_addr, link, links, ping, ping_n, wait_until,
 };
 
+/// The bridge and VXLAN device of a network other than the default one.
+struct Devices {
+    bridge: String,
+    vxlan: String,
+}
+
+/// The devices of the network with `subnet`, by its VNI as `weftctl network ls --json` says.
+fn devices_of(world: &World, subnet: &str) -> Devices {
+    let out = world.weftctl(1, &["network", "ls", "--json"]);
+    assert!(out.success(), "network ls: {}", out.stderr);
+    let nets: serde_json::Value = serde_json::from_str(&out.stdout).expect("network ls --json");
+    let net = nets
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .find(|n| n["subnet"] == subnet)
+        .unwrap_or_else(|| panic!("no network {subnet} in {}", out.stdout));
+    assert_eq!(
+        net["name"], subnet,
+        "a network made by an attach is named by its subnet"
+    );
+    let vni = net["vni"].as_u64().expect("vni");
+    assert_ne!(vni, 1, "{subnet} must not share the default network's VNI");
+    Devices {
+        bridge: format!("weave-{vni}"),
+        vxlan: format!("vx-{vni}"),
+    }
+}
+
 const FLOOD_MAC: &str = "00:00:00:00:00:00";
 const CONVERGE: Duration = Duration::from_secs(5);
 
@@ -15,10 +46,10 @@ fn ethwe(ns: &str) -> Link {
     link(ns, "ethwe").unwrap_or_else(|| panic!("no ethwe in {ns}"))
 }
 
-fn veths_on_bridge(host_ns: &str) -> Vec<Link> {
+fn veths_on_bridge(host_ns: &str, bridge: &str) -> Vec<Link> {
     links(host_ns)
         .into_iter()
-        .filter(|l| l.name.starts_with("vethwepl") && l.master.as_deref() == Some(BRIDGE))
+        .filter(|l| l.name.starts_with("vethwepl") && l.master.as_deref() == Some(bridge))
         .collect()
 }
 
@@ -30,18 +61,29 @@ fn one_remote(mac: &str, peer: usize) -> BTreeSet<(String, String)> {
         .collect()
 }
 
-/// Checks the container's interface as an attach must leave it: the address, the bridge's MTU.
-fn assert_attached(world: &World, host: usize, container: &str, cidr: &str) -> Link {
+/// Checks the container's interface as an attach must leave it: the address, the bridge's MTU,
+/// its veth on the network's bridge and not on the default one.
+fn assert_attached(world: &World, host: usize, container: &str, cidr: &str, dev: &Devices) -> Link {
     let eth = ethwe(container);
     assert_eq!(eth.addrs, [cidr], "addresses of ethwe in {container}");
-    let bridge = link(&world.host_ns(host), BRIDGE).expect("bridge weave on the host");
+    let ns = world.host_ns(host);
+    let bridge = link(&ns, &dev.bridge).expect("the network's bridge on the host");
     assert_eq!(
         eth.mtu, bridge.mtu,
-        "ethwe MTU in {container} vs host{host}'s {BRIDGE}"
+        "ethwe MTU in {container} vs host{host}'s {}",
+        dev.bridge
+    );
+    let vxlan = link(&ns, &dev.vxlan).expect("the network's VXLAN device on the host");
+    assert_eq!(vxlan.master.as_deref(), Some(dev.bridge.as_str()));
+    assert_eq!(
+        veths_on_bridge(&ns, &dev.bridge).len(),
+        1,
+        "vethwepl* on host{host}'s {}",
+        dev.bridge
     );
     assert_eq!(
-        veths_on_bridge(&world.host_ns(host)).len(),
-        1,
+        veths_on_bridge(&ns, BRIDGE),
+        [],
         "vethwepl* on host{host}'s {BRIDGE}"
     );
     eth
@@ -75,18 +117,24 @@ fn attach_ping_list_detach_on_two_hosts() {
     assert!(out.success(), "attach c2: {}", out.stderr);
     assert_eq!(out.stdout, "192.168.0.3\n");
 
-    let mac1 = assert_attached(&world, 1, &c1, "192.168.0.2/24").mac;
-    let mac2 = assert_attached(&world, 2, &c2, "192.168.0.3/24").mac;
+    let dev = devices_of(&world, "192.168.0.0/24");
+    let mac1 = assert_attached(&world, 1, &c1, "192.168.0.2/24", &dev).mac;
+    let mac2 = assert_attached(&world, 2, &c2, "192.168.0.3/24", &dev).mac;
 
     assert_reaches(&c1, "192.168.0.3");
     assert_reaches(&c2, "192.168.0.2");
 
     let (want1, want2) = (one_remote(&mac2, 2), one_remote(&mac1, 1));
-    wait_until(CONVERGE, || {
-        fdb(&h1, VXLAN_DEV) == want1 && fdb(&h2, VXLAN_DEV) == want2
-    });
-    assert_eq!(fdb(&h1, VXLAN_DEV), want1, "host1's {VXLAN_DEV} FDB");
-    assert_eq!(fdb(&h2, VXLAN_DEV), want2, "host2's {VXLAN_DEV} FDB");
+    let vx = dev.vxlan.as_str();
+    wait_until(CONVERGE, || fdb(&h1, vx) == want1 && fdb(&h2, vx) == want2);
+    assert_eq!(fdb(&h1, vx), want1, "host1's {vx} FDB");
+    assert_eq!(fdb(&h2, vx), want2, "host2's {vx} FDB");
+    // The default network has no endpoint: nothing in its FDB.
+    assert_eq!(
+        fdb(&h1, VXLAN_DEV),
+        BTreeSet::new(),
+        "host1's {VXLAN_DEV} FDB"
+    );
 
     let out = world.weftctl(1, &["ps"]);
     assert!(out.success(), "ps: {}", out.stderr);
@@ -102,13 +150,28 @@ fn attach_ping_list_detach_on_two_hosts() {
             .iter()
             .all(|(mac, dst)| *mac != mac1 && !(mac == FLOOD_MAC && *dst == host_addr(1)))
     };
-    wait_until(CONVERGE, || host1_gone(fdb(&h2, VXLAN_DEV)));
+    wait_until(CONVERGE, || host1_gone(fdb(&h2, vx)));
     assert!(
-        host1_gone(fdb(&h2, VXLAN_DEV)),
+        host1_gone(fdb(&h2, vx)),
         "host2's FDB still points at c1/host1: {:?}",
-        fdb(&h2, VXLAN_DEV)
+        fdb(&h2, vx)
     );
-    assert_eq!(veths_on_bridge(&h1), [], "vethwepl* left on host1");
+    assert_eq!(
+        veths_on_bridge(&h1, &dev.bridge),
+        [],
+        "vethwepl* left on host1"
+    );
+    // host1 has no container left in the network, so its devices go too; host2 keeps them.
+    assert!(
+        wait_until(CONVERGE, || link(&h1, &dev.bridge).is_none()
+            && link(&h1, vx).is_none()),
+        "host1 still has {} or {vx}",
+        dev.bridge
+    );
+    assert!(
+        link(&h2, vx).is_some(),
+        "host2 lost {vx} while c2 is attached"
+    );
     assert_eq!(link(&c1, "ethwe"), None, "ethwe left in c1");
     assert!(
         !ping(&c2, "192.168.0.2"),

@@ -53,8 +53,9 @@ pub fn parse_cidr(input: &str, whole: &str) -> Result<Ipv4Network, AddrError> {
     Ipv4Network::new(ip, len).map_err(|_| invalid(whole, "prefix length must be 0 to 32"))
 }
 
-/// Parses `IP/LEN` as a subnet: the host bits must be zero.
-fn parse_subnet(input: &str, whole: &str) -> Result<Ipv4Network, AddrError> {
+/// Parses `IP/LEN` as a subnet: the host bits must be zero. `whole` is the argument to name in
+/// the error.
+pub fn parse_subnet(input: &str, whole: &str) -> Result<Ipv4Network, AddrError> {
     let net = parse_cidr(input, whole)?;
     if net.ip() != net.network() {
         return Err(invalid(

@@ -2,7 +2,9 @@
 //! weftctl (generated from `proto/weft.proto`), and the address syntax they exchange as strings.
 
 pub mod addr;
+pub mod names;
 pub mod process;
+pub mod subnet;
 pub mod tables;
 
 /// Generated from `proto/weft.proto`, package `weft.v1`.

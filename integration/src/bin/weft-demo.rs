@@ -7,7 +7,7 @@ use std::panic;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use weft_integration::{VXLAN_DEV, World, exec, ping, wait_until};
+use weft_integration::{World, exec, ping, wait_until};
 
 fn main() -> ExitCode {
     // Every failed step panics with its reason; unwinding drops the world, which prints the
@@ -33,7 +33,10 @@ fn demo() {
     let mut world = World::new(2);
     let c1 = world.container(1, "c1");
     let c2 = world.container(2, "c2");
-    note(&format!("containers: {c1} on host1, {c2} on host2"));
+    let c3 = world.container(2, "c3");
+    note(&format!(
+        "containers: {c1} on host1, {c2} and {c3} on host2"
+    ));
 
     weftctl(
         &world,
@@ -53,12 +56,18 @@ fn demo() {
     );
     shell("c1", &c1, &["ping", "-c", "3", "192.168.0.3"]);
 
+    note("no address given: one is allocated in the default network (--ipalloc-range)");
+    weftctl(&world, 2, &["attach", &format!("netns:{c3}")]);
+
     weftctl(&world, 1, &["ps"]);
     weftctl(&world, 2, &["ps"]);
+    weftctl(&world, 1, &["network", "ls"]);
+    weftctl(&world, 1, &["status", "ipam"]);
+    note("192.168.0.0/24 became a network of its own, VNI 2: bridge weave-2, VXLAN device vx-2");
     shell(
         "host1",
         &world.host_ns(1),
-        &["bridge", "fdb", "show", "dev", VXLAN_DEV],
+        &["bridge", "fdb", "show", "dev", "vx-2"],
     );
 
     note("tearing the world down");

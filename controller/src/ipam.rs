@@ -1,0 +1,281 @@
+//! IP address management within one network: which addresses are held, claiming a given one,
+//! and allocating the lowest free one. The tables are the only record of what is held, so an
+//! address is free exactly when no endpoint lists it.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use weft_proto::subnet::{pool_bounds, pool_size, reserved_reason};
+
+/// Who holds an address: (container id, peer).
+pub type Holder = (String, String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IpamError {
+    #[error("address {ip} is outside network {network} ({subnet})")]
+    Outside {
+        ip: Ipv4Addr,
+        network: String,
+        subnet: Ipv4Network,
+    },
+    #[error("address {ip} {reason} of {subnet}")]
+    Reserved {
+        ip: Ipv4Addr,
+        reason: &'static str,
+        subnet: Ipv4Network,
+    },
+    #[error("address {ip} already in use by {} on {}", .holder.0, .holder.1)]
+    InUse { ip: Ipv4Addr, holder: Holder },
+    #[error("network {network} ({subnet}) has no free address: all {pool} are in use")]
+    Exhausted {
+        network: String,
+        subnet: Ipv4Network,
+        pool: u64,
+    },
+}
+
+/// The held addresses of one network.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub network: String,
+    pub subnet: Ipv4Network,
+    held: BTreeMap<Ipv4Addr, Holder>,
+}
+
+impl Pool {
+    pub fn new(network: &str, subnet: Ipv4Network) -> Pool {
+        Pool {
+            network: network.to_string(),
+            subnet,
+            held: BTreeMap::new(),
+        }
+    }
+
+    /// Records an address as held, as the tables say it is (no checks: they were made when it
+    /// was claimed).
+    pub fn note_held(&mut self, ip: Ipv4Addr, holder: Holder) {
+        self.held.insert(ip, holder);
+    }
+
+    pub fn used(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn holder(&self, ip: Ipv4Addr) -> Option<&Holder> {
+        self.held.get(&ip)
+    }
+
+    /// Claims `ip` for `holder`. Claiming an address the same holder already has succeeds and
+    /// changes nothing, so a retried attach is harmless.
+    pub fn claim(&mut self, ip: Ipv4Addr, holder: &Holder) -> Result<(), IpamError> {
+        if !self.subnet.contains(ip) {
+            return Err(IpamError::Outside {
+                ip,
+                network: self.network.clone(),
+                subnet: self.subnet,
+            });
+        }
+        if let Some(reason) = reserved_reason(self.subnet, ip) {
+            return Err(IpamError::Reserved {
+                ip,
+                reason,
+                subnet: self.subnet,
+            });
+        }
+        match self.held.get(&ip) {
+            Some(h) if h == holder => Ok(()),
+            Some(h) => Err(IpamError::InUse {
+                ip,
+                holder: h.clone(),
+            }),
+            None => {
+                self.held.insert(ip, holder.clone());
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes the lowest free address for `holder`.
+    pub fn allocate(&mut self, holder: &Holder) -> Result<Ipv4Addr, IpamError> {
+        let (first, last) = pool_bounds(self.subnet);
+        // Held addresses in order: the first gap after `first` is the lowest free address.
+        let mut candidate = first;
+        for ip in self
+            .held
+            .range(Ipv4Addr::from(first)..=Ipv4Addr::from(last))
+            .map(|(ip, _)| u32::from(*ip))
+        {
+            if ip != candidate {
+                break;
+            }
+            candidate += 1;
+        }
+        if candidate > last {
+            return Err(IpamError::Exhausted {
+                network: self.network.clone(),
+                subnet: self.subnet,
+                pool: pool_size(self.subnet),
+            });
+        }
+        let ip = Ipv4Addr::from(candidate);
+        self.held.insert(ip, holder.clone());
+        Ok(ip)
+    }
+
+    pub fn release(&mut self, ip: Ipv4Addr) {
+        self.held.remove(&ip);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn holder(n: usize) -> Holder {
+        (format!("c{n}"), "host1".to_string())
+    }
+
+    fn pool(subnet: &str) -> Pool {
+        Pool::new("net", subnet.parse().unwrap())
+    }
+
+    #[test]
+    fn claims_are_checked_and_name_the_problem() {
+        let mut p = pool("192.168.0.0/24");
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        assert_eq!(p.claim(ip("192.168.0.2"), &holder(1)), Ok(()));
+        assert_eq!(
+            p.claim(ip("192.168.0.2"), &holder(1)),
+            Ok(()),
+            "same holder again"
+        );
+        assert_eq!(
+            p.claim(ip("192.168.0.2"), &holder(2))
+                .unwrap_err()
+                .to_string(),
+            "address 192.168.0.2 already in use by c1 on host1"
+        );
+        assert_eq!(
+            p.claim(ip("192.168.1.2"), &holder(2))
+                .unwrap_err()
+                .to_string(),
+            "address 192.168.1.2 is outside network net (192.168.0.0/24)"
+        );
+        assert_eq!(
+            p.claim(ip("192.168.0.255"), &holder(2))
+                .unwrap_err()
+                .to_string(),
+            "address 192.168.0.255 is the broadcast address of 192.168.0.0/24"
+        );
+        assert_eq!(
+            p.claim(ip("192.168.0.0"), &holder(2))
+                .unwrap_err()
+                .to_string(),
+            "address 192.168.0.0 is the network address of 192.168.0.0/24"
+        );
+        assert_eq!(
+            p.claim(ip("192.168.0.1"), &holder(2))
+                .unwrap_err()
+                .to_string(),
+            "address 192.168.0.1 is the gateway address, kept for the host of 192.168.0.0/24"
+        );
+    }
+
+    #[test]
+    fn allocation_takes_the_lowest_free_address_and_fills_gaps() {
+        let mut p = pool("10.0.0.0/29");
+        let got: Vec<_> = (0..5)
+            .map(|n| p.allocate(&holder(n)).unwrap().to_string())
+            .collect();
+        assert_eq!(
+            got,
+            ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
+        );
+        assert_eq!(
+            p.allocate(&holder(9)).unwrap_err().to_string(),
+            "network net (10.0.0.0/29) has no free address: all 5 are in use"
+        );
+        p.release("10.0.0.4".parse().unwrap());
+        assert_eq!(p.allocate(&holder(9)).unwrap().to_string(), "10.0.0.4");
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Allocate(usize),
+        Claim(usize, u8),
+        Release(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..40usize).prop_map(Op::Allocate),
+            (0..40usize, any::<u8>()).prop_map(|(h, last)| Op::Claim(h, last)),
+            (0..40usize).prop_map(Op::Release),
+        ]
+    }
+
+    proptest! {
+        /// Random allocate/claim/release sequences on a /27 (29 addresses): no address is ever
+        /// held twice, nothing reserved is handed out, released addresses are reusable, and
+        /// exhaustion is reported exactly when the pool is full.
+        #[test]
+        fn never_twice_and_exhausted_exactly_at_pool_size(ops in prop::collection::vec(op(), 1..300)) {
+            let subnet: Ipv4Network = "10.1.0.32/27".parse().unwrap();
+            let mut p = Pool::new("net", subnet);
+            let pool = pool_size(subnet) as usize;
+            // The model: which holder has which addresses.
+            let mut model: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Allocate(h) => match p.allocate(&holder(h)) {
+                        Ok(ip) => {
+                            prop_assert!(!model.contains_key(&ip), "{ip} handed out twice");
+                            prop_assert_eq!(reserved_reason(subnet, ip), None);
+                            prop_assert!(subnet.contains(ip));
+                            model.insert(ip, h);
+                        }
+                        Err(IpamError::Exhausted { pool: size, .. }) => {
+                            prop_assert_eq!(model.len(), pool, "exhausted before the pool was full");
+                            prop_assert_eq!(size as usize, pool);
+                        }
+                        Err(e) => prop_assert!(false, "unexpected {e}"),
+                    },
+                    Op::Claim(h, last) => {
+                        let ip = Ipv4Addr::new(10, 1, 0, last);
+                        let result = p.claim(ip, &holder(h));
+                        let expect_ok = subnet.contains(ip)
+                            && reserved_reason(subnet, ip).is_none()
+                            && model.get(&ip).is_none_or(|held| *held == h);
+                        prop_assert_eq!(result.is_ok(), expect_ok, "claim {} by {}: {:?}", ip, h, result);
+                        if expect_ok {
+                            model.insert(ip, h);
+                        }
+                    }
+                    Op::Release(h) => {
+                        let mine: Vec<Ipv4Addr> = model.iter().filter(|(_, held)| **held == h).map(|(ip, _)| *ip).collect();
+                        for ip in mine {
+                            p.release(ip);
+                            model.remove(&ip);
+                        }
+                    }
+                }
+                prop_assert_eq!(p.used(), model.len());
+                let held: BTreeSet<_> = model.keys().collect();
+                prop_assert_eq!(held.len(), model.len());
+            }
+            // Everything released is reusable: after releasing all, the whole pool allocates.
+            for ip in model.keys() {
+                p.release(*ip);
+            }
+            for n in 0..pool {
+                prop_assert!(p.allocate(&holder(n)).is_ok());
+            }
+            prop_assert!(p.allocate(&holder(0)).is_err());
+        }
+    }
+}

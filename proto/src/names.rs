@@ -1,0 +1,155 @@
+//! Names and addresses weft gives kernel objects. The controller picks them when it creates an
+//! endpoint, and the agent creates the objects, so both must agree.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::tables::DEFAULT_VNI;
+
+/// An Ethernet address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// The all-zero MAC: an FDB entry under it floods broadcast, multicast and unknown unicast.
+    pub const ZERO: Mac = Mac([0; 6]);
+
+    pub fn from_slice(bytes: &[u8]) -> Option<Mac> {
+        <[u8; 6]>::try_from(bytes).ok().map(Mac)
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == Mac::ZERO
+    }
+
+    /// A random unicast, locally administered MAC, as the kernel gives a veth.
+    pub fn random() -> Mac {
+        let mut bytes: [u8; 6] = rand::random();
+        bytes[0] = (bytes[0] & 0xfe) | 0x02;
+        Mac(bytes)
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl FromStr for Mac {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bytes: Vec<u8> = s
+            .split(':')
+            .map(|part| u8::from_str_radix(part, 16))
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("\"{s}\" is not a MAC address"))?;
+        Mac::from_slice(&bytes).ok_or_else(|| format!("\"{s}\" is not a MAC address"))
+    }
+}
+
+/// The host-side veth name of an endpoint: derived from its MAC so that it is known from the
+/// tables alone; 8 + 7 characters fits the kernel's 15.
+pub fn host_ifname(mac: Mac) -> String {
+    let b = mac.0;
+    let low = u32::from_be_bytes([b[2], b[3], b[4], b[5]]) & 0x0fff_ffff;
+    format!("vethwepl{low:07x}")
+}
+
+/// Name the container end has in the host namespace, before it moves into the container.
+pub fn guest_tmp_ifname(host_ifname: &str) -> String {
+    host_ifname.replacen("vethwepl", "vethwepg", 1)
+}
+
+/// The container-side interface of a container's `index`-th network: ethwe, ethwe1, ethwe2, ...
+pub fn container_ifname(index: usize) -> String {
+    match index {
+        0 => "ethwe".to_string(),
+        n => format!("ethwe{n}"),
+    }
+}
+
+/// The bridge of the network with `vni`: `weave` for the default network, as Weave named it.
+pub fn bridge_name(vni: u32) -> String {
+    if vni == DEFAULT_VNI {
+        "weave".to_string()
+    } else {
+        format!("weave-{vni}")
+    }
+}
+
+/// The VXLAN device of the network with `vni`: `vxlan-<port>` for the default network, `vx-<vni>`
+/// for others (all share the UDP port; at most 11 characters, within the kernel's 15).
+pub fn vxlan_name(vni: u32, port: u16) -> String {
+    if vni == DEFAULT_VNI {
+        format!("vxlan-{port}")
+    } else {
+        format!("vx-{vni}")
+    }
+}
+
+/// The VNI of a device weft named with [`bridge_name`] or [`vxlan_name`]; `None` for any other.
+pub fn vni_of_device(name: &str, port: u16) -> Option<u32> {
+    if name == "weave" || name == format!("vxlan-{port}") {
+        return Some(DEFAULT_VNI);
+    }
+    let vni: u32 = name
+        .strip_prefix("weave-")
+        .or_else(|| name.strip_prefix("vx-"))?
+        .parse()
+        .ok()?;
+    // Only the names weft gives: "weave-01" or "vx-1" are someone else's.
+    ((vni != DEFAULT_VNI && bridge_name(vni) == name) || vxlan_name(vni, port) == name)
+        .then_some(vni)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_and_interface_names() {
+        let mac: Mac = "8a:b0:dd:a2:58:c5".parse().unwrap();
+        assert_eq!(mac.to_string(), "8a:b0:dd:a2:58:c5");
+        assert!("8a:b0:dd".parse::<Mac>().is_err());
+        assert_eq!(host_ifname(mac), "vethweplda258c5");
+        assert!(host_ifname(mac).len() <= 15);
+        assert_eq!(guest_tmp_ifname("vethweplda258c5"), "vethwepgda258c5");
+        for _ in 0..100 {
+            let m = Mac::random();
+            assert_eq!(m.0[0] & 0x03, 0x02, "unicast and locally administered");
+        }
+    }
+
+    #[test]
+    fn device_names_fit_the_kernel() {
+        assert_eq!(bridge_name(DEFAULT_VNI), "weave");
+        assert_eq!(vxlan_name(DEFAULT_VNI, 6784), "vxlan-6784");
+        assert_eq!(bridge_name(2), "weave-2");
+        assert_eq!(vxlan_name(2, 6784), "vx-2");
+        assert!(bridge_name(16_777_215).len() <= 15);
+        assert!(vxlan_name(16_777_215, 6784).len() <= 15);
+        assert_eq!(vni_of_device("weave", 6784), Some(DEFAULT_VNI));
+        assert_eq!(vni_of_device("vxlan-6784", 6784), Some(DEFAULT_VNI));
+        assert_eq!(vni_of_device("weave-7", 6784), Some(7));
+        assert_eq!(vni_of_device("vx-7", 6784), Some(7));
+        for other in [
+            "vxlan-6785",
+            "weave-01",
+            "vx-1",
+            "weave-x",
+            "eth0",
+            "vethwepl0000001",
+        ] {
+            assert_eq!(vni_of_device(other, 6784), None, "{other}");
+        }
+        assert_eq!(container_ifname(0), "ethwe");
+        assert_eq!(container_ifname(2), "ethwe2");
+    }
+}
