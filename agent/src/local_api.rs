@@ -13,9 +13,9 @@ use weft_proto::v1::agent_server::Agent as AgentApi;
 use weft_proto::v1::{
     AttachRequest, CreateNetworkRequest, CreateNetworkResponse, DeleteNetworkRequest,
     DeleteNetworkResponse, DetachRequest, DetachResponse, IpamStatusRequest, IpamStatusResponse,
-    LocalAttachRequest, LocalAttachResponse, LocalDetachRequest, LocalDetachResponse, NetworkInfo,
-    NetworkListRequest, NetworkListResponse, PeerIpam, PsEntry, PsRequest, PsResponse,
-    RemovePeerRequest, RemovePeerResponse,
+    ListPeersRequest, ListPeersResponse, LocalAttachRequest, LocalAttachResponse,
+    LocalDetachRequest, LocalDetachResponse, NetworkInfo, NetworkListRequest, NetworkListResponse,
+    PeerIpam, PsEntry, PsRequest, PsResponse, RemovePeerRequest, RemovePeerResponse,
 };
 
 use crate::agent::Agent;
@@ -310,6 +310,18 @@ impl AgentApi for LocalApi {
             networks,
             peers,
         }))
+    }
+
+    async fn list_peers(
+        &self,
+        request: Request<ListPeersRequest>,
+    ) -> Result<Response<ListPeersResponse>, Status> {
+        self.agent
+            .client
+            .clone()
+            .list_peers(request.into_inner())
+            .await
+            .map_err(|s| self.controller_status(s))
     }
 
     async fn remove_peer(

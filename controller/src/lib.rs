@@ -3,6 +3,7 @@
 //! ([`rules`]), durable in redb ([`store`]), and serves them to agents over gRPC ([`service`]).
 
 pub mod ipam;
+pub mod liveness;
 pub mod rules;
 pub mod service;
 pub mod store;

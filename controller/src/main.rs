@@ -1,6 +1,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -26,6 +27,24 @@ struct Args {
     /// Subnet of the default network (net:default).
     #[arg(long, default_value = "10.32.0.0/12", value_parser = parse_range)]
     ipalloc_range: Ipv4Network,
+    /// How long a peer's agent may be gone before the peer is shown as unreachable: seconds, or
+    /// a number with s, m or h.
+    #[arg(long, default_value = "3m", value_parser = parse_duration)]
+    peer_lease: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a duration like 90s, 3m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("\"{s}\" is not a duration like 90s, 3m or 1h")),
+    };
+    Ok(Duration::from_secs(secs))
 }
 
 fn parse_range(s: &str) -> Result<Ipv4Network, String> {
@@ -55,7 +74,7 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let (store, tables) = Store::open(&args.data_dir)?;
     info!(revision = tables.revision, data_dir = %args.data_dir.display(), "store loaded");
-    let service = ControllerService::new(store, tables);
+    let service = ControllerService::new(store, tables, args.peer_lease);
     let range = args.ipalloc_range;
     service
         .mutate(|t| Ok(((), t.ensure_default_network(range)?)))

@@ -1,8 +1,8 @@
 //! The Controller gRPC service: checks each request against the tables, persists the changes,
 //! applies them, and fans them out to every watching agent as revisioned deltas.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -15,11 +15,13 @@ use weft_proto::v1::controller_server::Controller;
 use weft_proto::v1::{
     AttachRequest, AttachResponse, CreateNetworkRequest, CreateNetworkResponse,
     DeleteNetworkRequest, DeleteNetworkResponse, Delta, DetachRequest, DetachResponse,
-    RegisterRequest, RegisterResponse, RemovePeerRequest, RemovePeerResponse, WatchEvent,
-    WatchRequest, delta::Change, watch_event::Event,
+    ListPeersRequest, ListPeersResponse, PeerStatus, RegisterRequest, RegisterResponse,
+    RemovePeerRequest, RemovePeerResponse, WatchEvent, WatchRequest, delta::Change,
+    watch_event::Event,
 };
 
 use crate::ipam::IpamError;
+use crate::liveness::Liveness;
 use crate::rules::{TableError, TableRules};
 use crate::store::Store;
 
@@ -36,8 +38,7 @@ struct State {
 struct Inner {
     state: Mutex<State>,
     events: broadcast::Sender<WatchEvent>,
-    /// Open watch streams per peer: a peer with one is alive.
-    watchers: Mutex<HashMap<String, usize>>,
+    liveness: Mutex<Liveness>,
 }
 
 #[derive(Clone)]
@@ -79,13 +80,14 @@ fn parse_addrs(addrs: &[String]) -> Result<Vec<AddrSpec>, Status> {
 }
 
 impl ControllerService {
-    pub fn new(store: Store, tables: Tables) -> Self {
+    /// `peer_lease`: how long a peer may be gone before it is shown as unreachable.
+    pub fn new(store: Store, tables: Tables, peer_lease: Duration) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         ControllerService {
             inner: Arc::new(Inner {
                 state: Mutex::new(State { tables, store }),
                 events,
-                watchers: Mutex::new(HashMap::new()),
+                liveness: Mutex::new(Liveness::new(peer_lease, Instant::now())),
             }),
         }
     }
@@ -147,21 +149,14 @@ impl ControllerService {
         (snapshot, self.inner.events.subscribe())
     }
 
-    fn is_connected(&self, peer: &str) -> bool {
-        let watchers = self.inner.watchers.lock().expect("watchers lock poisoned");
-        watchers.get(peer).is_some_and(|n| *n > 0)
-    }
-
-    fn count_watcher(&self, peer: &str, delta: isize) {
-        let mut watchers = self.inner.watchers.lock().expect("watchers lock poisoned");
-        let n = watchers.entry(peer.to_string()).or_default();
-        *n = n.saturating_add_signed(delta);
+    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
+        self.inner.liveness.lock().expect("liveness lock poisoned")
     }
 
     async fn feed_watcher(self, peer: String, tx: mpsc::Sender<Result<WatchEvent, Status>>) {
-        self.count_watcher(&peer, 1);
+        self.liveness().connect(&peer, Instant::now());
         self.stream_events(&peer, tx).await;
-        self.count_watcher(&peer, -1);
+        self.liveness().disconnect(&peer, Instant::now());
         info!(%peer, "watch ended");
     }
 
@@ -313,7 +308,7 @@ impl Controller for ControllerService {
         request: Request<RemovePeerRequest>,
     ) -> Result<Response<RemovePeerResponse>, Status> {
         let name = request.into_inner().name;
-        let connected = self.is_connected(&name);
+        let connected = self.liveness().is_connected(&name);
         let released = self
             .mutate_async({
                 let name = name.clone();
@@ -322,5 +317,48 @@ impl Controller for ControllerService {
             .await?;
         info!(peer = %name, released = released.len(), "peer removed");
         Ok(Response::new(RemovePeerResponse { released }))
+    }
+
+    async fn list_peers(
+        &self,
+        _request: Request<ListPeersRequest>,
+    ) -> Result<Response<ListPeersResponse>, Status> {
+        let tables: Vec<_> = {
+            let state = self
+                .inner
+                .state
+                .lock()
+                .expect("controller state lock poisoned");
+            state
+                .tables
+                .peers
+                .values()
+                .map(|p| {
+                    let endpoints = state
+                        .tables
+                        .endpoints
+                        .values()
+                        .filter(|ep| ep.peer == p.name)
+                        .count();
+                    (p.clone(), endpoints as u32)
+                })
+                .collect()
+        };
+        let liveness = self.liveness();
+        let now = Instant::now();
+        let peers = tables
+            .into_iter()
+            .map(|(peer, endpoints)| {
+                let presence = liveness.presence(&peer.name, now);
+                PeerStatus {
+                    peer: Some(peer),
+                    connected: presence.connected,
+                    reachable: presence.reachable,
+                    for_secs: presence.for_.as_secs(),
+                    endpoints,
+                }
+            })
+            .collect();
+        Ok(Response::new(ListPeersResponse { peers }))
     }
 }

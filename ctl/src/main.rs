@@ -9,8 +9,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use weft_proto::addr::AddrSpec;
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{
-    CreateNetworkRequest, DeleteNetworkRequest, IpamStatusRequest, LocalAttachRequest,
-    LocalDetachRequest, NetworkInfo, NetworkListRequest, PsRequest, RemovePeerRequest,
+    CreateNetworkRequest, DeleteNetworkRequest, IpamStatusRequest, IpamStatusResponse,
+    ListPeersRequest, LocalAttachRequest, LocalDetachRequest, Network, NetworkInfo,
+    NetworkListRequest, PsRequest, RemovePeerRequest,
 };
 
 /// weftctl: the operator's CLI for weft. It talks to the weft-agent on this host.
@@ -87,6 +88,8 @@ enum StatusCommand {
     Ipam,
     /// Networks with their endpoints and used and free addresses.
     Networks,
+    /// Peers: address, whether their agent is connected (or since when it is gone), endpoints.
+    Peers,
 }
 
 /// A failure to report as `weftctl: <what>: <why>`.
@@ -131,6 +134,31 @@ fn addrs_and_container(
             .map_err(|e| Failure::new(&what, e.to_string()))?;
     }
     Ok((args, container, what))
+}
+
+async fn ipam_status(
+    agent: &mut AgentClient<Channel>,
+    what: &str,
+) -> Result<IpamStatusResponse, Failure> {
+    Ok(agent
+        .ipam_status(IpamStatusRequest {})
+        .await
+        .map_err(|s| Failure::new(what, s.message()))?
+        .into_inner())
+}
+
+/// Each network with its usage.
+fn networks_of(infos: &[NetworkInfo]) -> impl Iterator<Item = (&Network, &NetworkInfo)> {
+    infos.iter().filter_map(|i| Some((i.network.as_ref()?, i)))
+}
+
+/// A duration as people say it: 42s, 5m12s, 3h4m.
+fn human(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        _ => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+    }
 }
 
 fn free(info: &NetworkInfo) -> u64 {
@@ -197,10 +225,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .await
                 .map_err(fail("network ls"))?
                 .into_inner();
-            let nets = reply
-                .networks
-                .iter()
-                .filter_map(|i| Some((i.network.as_ref()?, i)));
+            let nets = networks_of(&reply.networks);
             if json {
                 let list: Vec<_> = nets
                     .map(|(n, i)| {
@@ -234,60 +259,78 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .map_err(fail(&what))?;
             Ok(String::new())
         }
-        Command::Status(which) => {
+        Command::Status(StatusCommand::Peers) => {
             let reply = agent
-                .ipam_status(IpamStatusRequest {})
+                .list_peers(ListPeersRequest {})
                 .await
-                .map_err(fail("status"))?
+                .map_err(fail("status peers"))?
                 .into_inner();
-            let nets = reply
-                .networks
+            let rows: Vec<Vec<String>> = reply
+                .peers
                 .iter()
-                .filter_map(|i| Some((i.network.as_ref()?, i)));
-            match which {
-                StatusCommand::Networks => {
-                    let rows: Vec<Vec<String>> = nets
-                        .map(|(n, i)| {
-                            vec![
-                                n.name.clone(),
-                                n.subnet.clone(),
-                                n.vni.to_string(),
-                                i.endpoints.to_string(),
-                                i.used.to_string(),
-                                free(i).to_string(),
-                            ]
-                        })
-                        .collect();
-                    Ok(table::render(
-                        &["NAME", "SUBNET", "VNI", "ENDPOINTS", "USED", "FREE"],
-                        &rows,
-                    ))
-                }
-                StatusCommand::Ipam => {
-                    let rows: Vec<Vec<String>> = nets
-                        .map(|(n, i)| {
-                            vec![
-                                n.name.clone(),
-                                n.subnet.clone(),
-                                i.pool.to_string(),
-                                i.used.to_string(),
-                                free(i).to_string(),
-                            ]
-                        })
-                        .collect();
-                    let peers: Vec<Vec<String>> = reply
-                        .peers
-                        .iter()
-                        .map(|p| vec![p.peer.clone(), p.network.clone(), p.used.to_string()])
-                        .collect();
-                    Ok(format!(
-                        "Range: {}\n\n{}\n{}",
-                        reply.range,
-                        table::render(&["NETWORK", "SUBNET", "POOL", "USED", "FREE"], &rows),
-                        table::render(&["PEER", "NETWORK", "USED"], &peers)
-                    ))
-                }
-            }
+                .filter_map(|p| {
+                    let peer = p.peer.as_ref()?;
+                    let state = match (p.connected, p.reachable) {
+                        (true, _) => "connected".to_string(),
+                        (false, true) => format!("disconnected {} ago", human(p.for_secs)),
+                        (false, false) => format!("unreachable, gone {}", human(p.for_secs)),
+                    };
+                    Some(vec![
+                        peer.name.clone(),
+                        peer.advertise_addr.clone(),
+                        state,
+                        p.endpoints.to_string(),
+                    ])
+                })
+                .collect();
+            Ok(table::render(
+                &["NAME", "ADDRESS", "STATE", "ENDPOINTS"],
+                &rows,
+            ))
+        }
+        Command::Status(StatusCommand::Networks) => {
+            let reply = ipam_status(&mut agent, "status networks").await?;
+            let rows: Vec<Vec<String>> = networks_of(&reply.networks)
+                .map(|(n, i)| {
+                    vec![
+                        n.name.clone(),
+                        n.subnet.clone(),
+                        n.vni.to_string(),
+                        i.endpoints.to_string(),
+                        i.used.to_string(),
+                        free(i).to_string(),
+                    ]
+                })
+                .collect();
+            Ok(table::render(
+                &["NAME", "SUBNET", "VNI", "ENDPOINTS", "USED", "FREE"],
+                &rows,
+            ))
+        }
+        Command::Status(StatusCommand::Ipam) => {
+            let reply = ipam_status(&mut agent, "status ipam").await?;
+            let rows: Vec<Vec<String>> = networks_of(&reply.networks)
+                .map(|(n, i)| {
+                    vec![
+                        n.name.clone(),
+                        n.subnet.clone(),
+                        i.pool.to_string(),
+                        i.used.to_string(),
+                        free(i).to_string(),
+                    ]
+                })
+                .collect();
+            let peers: Vec<Vec<String>> = reply
+                .peers
+                .iter()
+                .map(|p| vec![p.peer.clone(), p.network.clone(), p.used.to_string()])
+                .collect();
+            Ok(format!(
+                "Range: {}\n\n{}\n{}",
+                reply.range,
+                table::render(&["NETWORK", "SUBNET", "POOL", "USED", "FREE"], &rows),
+                table::render(&["PEER", "NETWORK", "USED"], &peers)
+            ))
         }
         Command::Rmpeer { peer } => {
             let what = format!("rmpeer {peer}");
@@ -369,6 +412,13 @@ mod tests {
         );
         let missing = Cli::try_parse_from(["weftctl", "attach"]).unwrap_err();
         assert_eq!(missing.exit_code(), 2);
+    }
+
+    #[test]
+    fn durations_read_like_people_say_them() {
+        assert_eq!(human(42), "42s");
+        assert_eq!(human(312), "5m12s");
+        assert_eq!(human(11_040), "3h4m");
     }
 
     #[test]
