@@ -87,6 +87,11 @@ impl Agent {
         }
     }
 
+    /// Asks the reconciler for a pass, e.g. after a detach emptied a network on this host.
+    pub fn request_reconcile(&self) {
+        self.changed.notify_one();
+    }
+
     /// Marks a container busy until the returned guard is dropped.
     pub fn busy(&self, container_id: &str) -> Busy<'_> {
         *self

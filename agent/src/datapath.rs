@@ -6,6 +6,7 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, anyhow};
+use futures::{StreamExt, TryStreamExt, stream};
 use ipnetwork::Ipv4Network;
 use rtnetlink::Handle;
 use tracing::{info, warn};
@@ -16,6 +17,9 @@ use crate::container::Container;
 use crate::desired::{FdbEntry, diff};
 use crate::netlink::{self, Link, VxlanSpec};
 use crate::netns;
+
+/// Netlink requests kept in flight at once when programming many entries.
+const NETLINK_PIPELINE: usize = 64;
 
 pub struct Datapath {
     handle: Handle,
@@ -81,34 +85,67 @@ impl Datapath {
         &self,
         networks: &BTreeMap<u32, BTreeSet<FdbEntry>>,
     ) -> anyhow::Result<FdbChanges> {
+        let _lock = self.lock.lock().await;
         let mut changes = FdbChanges::default();
         let entries = netlink::fdb_entries(&self.handle).await?;
         for (vni, desired) in networks {
-            let (_, vxlan) = self.ensure_devices(*vni).await?;
+            let (_, vxlan) = self.ensure_devices_locked(*vni).await?;
             let current: BTreeSet<FdbEntry> = entries
                 .iter()
                 .filter(|(index, _)| *index == vxlan.index)
                 .map(|(_, entry)| *entry)
                 .collect();
             let (add, remove) = diff(&current, desired);
-            for entry in &remove {
-                netlink::fdb_del(&self.handle, vxlan.index, entry).await?;
-            }
-            for entry in &add {
-                netlink::fdb_add(&self.handle, vxlan.index, entry).await?;
-            }
+            // Many requests in flight at once: one round trip each would make a host joining a
+            // large network wait for thousands of them in turn.
+            stream::iter(&remove)
+                .map(|entry| netlink::fdb_del(&self.handle, vxlan.index, entry))
+                .buffer_unordered(NETLINK_PIPELINE)
+                .try_collect::<()>()
+                .await?;
+            stream::iter(&add)
+                .map(|entry| netlink::fdb_add(&self.handle, vxlan.index, entry))
+                .buffer_unordered(NETLINK_PIPELINE)
+                .try_collect::<()>()
+                .await?;
             changes.added += add.len();
             changes.removed += remove.len();
         }
-        for link in netlink::links(&self.handle).await? {
-            let stale = vni_of_device(&link.name, self.port)
-                .is_some_and(|vni| !networks.contains_key(&vni));
-            if stale {
-                info!(link = %link.name, "removing the device of a network this host left");
-                netlink::delete_link(&self.handle, &link).await?;
+        self.remove_left_networks(networks).await?;
+        Ok(changes)
+    }
+
+    /// Removes the bridge and VXLAN device of networks not in `networks`, unless a veth is still
+    /// on the bridge: the tables may not yet show the endpoint an attach just plugged.
+    async fn remove_left_networks(
+        &self,
+        networks: &BTreeMap<u32, BTreeSet<FdbEntry>>,
+    ) -> anyhow::Result<()> {
+        let links = netlink::links(&self.handle).await?;
+        let mut left: BTreeMap<u32, Vec<&Link>> = BTreeMap::new();
+        for link in &links {
+            if let Some(vni) =
+                vni_of_device(&link.name, self.port).filter(|v| !networks.contains_key(v))
+            {
+                left.entry(vni).or_default().push(link);
             }
         }
-        Ok(changes)
+        for (vni, devices) in left {
+            let in_use = devices.iter().any(|dev| {
+                links.iter().any(|l| {
+                    l.controller == Some(dev.index)
+                        && vni_of_device(&l.name, self.port) != Some(vni)
+                })
+            });
+            if in_use {
+                continue;
+            }
+            for dev in devices {
+                info!(link = %dev.name, "removing the device of a network this host left");
+                netlink::delete_link(&self.handle, dev).await?;
+            }
+        }
+        Ok(())
     }
 
     pub async fn link_exists(&self, name: &str) -> anyhow::Result<bool> {

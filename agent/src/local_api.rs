@@ -12,10 +12,11 @@ use weft_proto::tables::{DEFAULT_NETWORK, Tables};
 use weft_proto::v1::agent_server::Agent as AgentApi;
 use weft_proto::v1::{
     AttachRequest, CreateNetworkRequest, CreateNetworkResponse, DeleteNetworkRequest,
-    DeleteNetworkResponse, DetachRequest, DetachResponse, IpamStatusRequest, IpamStatusResponse,
-    ListPeersRequest, ListPeersResponse, LocalAttachRequest, LocalAttachResponse,
-    LocalDetachRequest, LocalDetachResponse, NetworkInfo, NetworkListRequest, NetworkListResponse,
-    PeerIpam, PsEntry, PsRequest, PsResponse, RemovePeerRequest, RemovePeerResponse,
+    DeleteNetworkResponse, DetachRequest, DetachResponse, Endpoint, IpamStatusRequest,
+    IpamStatusResponse, ListPeersRequest, ListPeersResponse, LocalAttachRequest,
+    LocalAttachResponse, LocalDetachRequest, LocalDetachResponse, NetworkInfo, NetworkListRequest,
+    NetworkListResponse, PeerIpam, PsEntry, PsRequest, PsResponse, RemovePeerRequest,
+    RemovePeerResponse,
 };
 
 use crate::agent::Agent;
@@ -77,6 +78,27 @@ fn network_infos(t: &Tables) -> Vec<NetworkInfo> {
                 endpoints,
                 pool: net.subnet.parse().map(pool_size).unwrap_or_default(),
                 used,
+            }
+        })
+        .collect()
+}
+
+/// One entry per container on `me`, as `weave ps` has it: the MAC of its first interface
+/// (`ethwe`) and every address it holds, interface by interface.
+fn ps_entries(t: &Tables, me: &str) -> Vec<PsEntry> {
+    let mut by_container: BTreeMap<&str, Vec<&Endpoint>> = BTreeMap::new();
+    for ep in t.endpoints.values().filter(|ep| ep.peer == me) {
+        by_container.entry(&ep.container_id).or_default().push(ep);
+    }
+    by_container
+        .into_iter()
+        .map(|(container, mut eps)| {
+            // ethwe, ethwe1, ..., ethwe10: by length, then by name.
+            eps.sort_by_key(|ep| (ep.container_ifname.len(), ep.container_ifname.clone()));
+            PsEntry {
+                container_id: container.to_string(),
+                mac: eps[0].mac.clone(),
+                cidrs: eps.iter().flat_map(|ep| ep.cidrs.iter().cloned()).collect(),
             }
         })
         .collect()
@@ -156,6 +178,11 @@ impl LocalApi {
     ) -> anyhow::Result<()> {
         for ep in &done.removed {
             self.agent.datapath.unplug(&ep.host_ifname).await?;
+        }
+        // The delta of this detach may have been reconciled before the veth was gone, when its
+        // network's devices still looked in use: look again.
+        if !done.removed.is_empty() {
+            self.agent.request_reconcile();
         }
         if container.netns.exists() {
             for ep in &done.updated {
@@ -244,18 +271,7 @@ impl AgentApi for LocalApi {
     }
 
     async fn ps(&self, _request: Request<PsRequest>) -> Result<Response<PsResponse>, Status> {
-        let me = &self.agent.name;
-        let entries = self.read_tables(|t| {
-            t.endpoints
-                .values()
-                .filter(|ep| &ep.peer == me)
-                .map(|ep| PsEntry {
-                    container_id: ep.container_id.clone(),
-                    mac: ep.mac.clone(),
-                    cidrs: ep.cidrs.clone(),
-                })
-                .collect()
-        })?;
+        let entries = self.read_tables(|t| ps_entries(t, &self.agent.name))?;
         Ok(Response::new(PsResponse { entries }))
     }
 
@@ -340,7 +356,7 @@ impl AgentApi for LocalApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_proto::v1::{Endpoint, Network};
+    use weft_proto::v1::Network;
 
     #[test]
     fn bad_addresses_are_named() {
@@ -385,6 +401,7 @@ mod tests {
             ("host2", "blue", "c2", vec!["10.9.0.2/24"]),
         ] {
             let ep = Endpoint {
+                container_ifname: if network == "blue" { "ethwe1" } else { "ethwe" }.into(),
                 network: network.into(),
                 container_id: container.into(),
                 peer: peer.into(),
@@ -393,6 +410,17 @@ mod tests {
             };
             t.endpoints.insert(weft_proto::tables::endpoint_id(&ep), ep);
         }
+        let ps: Vec<_> = ps_entries(&t, "host2")
+            .into_iter()
+            .map(|e| (e.container_id, e.cidrs))
+            .collect();
+        assert_eq!(
+            ps,
+            [(
+                "c2".to_string(),
+                vec!["10.32.0.4/12".to_string(), "10.9.0.2/24".to_string()]
+            )]
+        );
         let infos = network_infos(&t);
         let summary: Vec<_> = infos
             .iter()

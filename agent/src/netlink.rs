@@ -329,19 +329,20 @@ pub async fn configure_container_if(
         .await
         .map_err(reason)
         .with_context(|| format!("cannot bring {name} up"))?;
-    // Multicast goes out on the weft interface, as Weave does.
+    // Multicast goes out on the weft interface, as Weave does. A container in several networks
+    // keeps it on the interface that got it first.
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(Ipv4Addr::new(224, 0, 0, 0), 4)
         .output_interface(link.index)
         .scope(RouteScope::Link)
         .build();
-    handle
-        .route()
-        .add(route)
-        .execute()
-        .await
-        .map_err(reason)
-        .with_context(|| format!("cannot add the multicast route on {name}"))
+    match handle.route().add(route).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == Some(Errno::EEXIST) => Ok(()),
+        Err(e) => {
+            Err(reason(e)).with_context(|| format!("cannot add the multicast route on {name}"))
+        }
+    }
 }
 
 /// Adds addresses to a link; ones it already has are fine.

@@ -47,6 +47,19 @@ pub fn link(ns: &str, name: &str) -> Option<Link> {
     links(ns).into_iter().find(|l| l.name == name)
 }
 
+/// How many packets interface `dev` in `ns` has received, from the kernel's 64-bit counters.
+/// Every frame a bridge delivers to a container shows up here, whatever its protocol, so an
+/// unchanged count proves nothing arrived.
+pub fn rx_packets(ns: &str, dev: &str) -> u64 {
+    let mut cmd = Command::new("ip");
+    cmd.args(["-n", ns, "-s", "-j", "link", "show", "dev", dev]);
+    let out = cmd::check(cmd).stdout;
+    json_array(&out)
+        .first()
+        .and_then(|l| l["stats64"]["rx"]["packets"].as_u64())
+        .unwrap_or_else(|| panic!("no RX packet count for {dev} in {ns}: {out}"))
+}
+
 /// The FDB entries of device `dev` in `ns` that point at a remote VTEP, as `(mac, dst)` pairs.
 /// Entries without a `dst` (the bridge's own local MACs) are not weft's and are left out.
 pub fn fdb(ns: &str, dev: &str) -> BTreeSet<(String, String)> {

@@ -15,9 +15,27 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 pub use cmd::Output;
-pub use kernel::{Link, fdb, link, links};
-pub use netns::{exec, ping, ping_n};
+pub use kernel::{Link, fdb, link, links, rx_packets};
+pub use netns::{disable_ipv6, exec, ping, ping_n};
 pub use world::{BRIDGE, CONTROLLER_URL, VXLAN_DEV, World, host_addr};
+
+/// Checks the shape every weftctl error shares (exit status 1, one stderr line starting
+/// `weftctl: `) and that the line contains `needle`, the culprit the message must name.
+pub fn assert_rejected(out: &Output, needle: &str) {
+    assert_eq!(
+        out.code,
+        Some(1),
+        "exit status; stdout {:?} stderr {:?}",
+        out.stdout,
+        out.stderr
+    );
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert!(
+        lines.len() == 1 && lines[0].starts_with("weftctl: ") && lines[0].contains(needle),
+        "stderr must be one `weftctl: ` line containing {needle:?}, not {:?}",
+        out.stderr
+    );
+}
 
 /// Polls `check` every 100 ms until it returns true or `timeout` has passed; returns whether it
 /// did. Convergence across hosts is asynchronous, so assertions about it must poll.

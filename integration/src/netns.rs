@@ -45,6 +45,16 @@ pub fn del(name: &str) {
     }
 }
 
+/// Turns IPv6 off in namespace `ns`, for the interfaces there and those created later. Without
+/// it every new interface sends router solicitations and MLD reports for a while, frames a test
+/// counting what reaches an interface would mistake for leaks. `/proc/sys/net` shows the
+/// namespace of the process that opens it, so the machine's own settings are untouched; the
+/// shell writes it because `sysctl` (procps) is not among the tools a world needs.
+pub fn disable_ipv6(ns: &str) {
+    let script = "for s in all default; do echo 1 > /proc/sys/net/ipv6/conf/$s/disable_ipv6; done";
+    cmd::check(in_netns(ns, "sh", &["-c", script]));
+}
+
 /// Runs `ip -n NS ARGS...` and panics unless it succeeds.
 pub fn ip(ns: &str, args: &[&str]) -> Output {
     let mut cmd = command(&["ip", "-n", ns]);

@@ -6,6 +6,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::thread::{self, sleep};
 use std::time::{Duration, Instant};
 
@@ -47,7 +48,9 @@ pub struct World {
     bins: Bins,
     /// Every namespace made, in creation order, so drop can delete them all.
     namespaces: Vec<String>,
-    controller: Daemon,
+    /// Behind a lock so a test can crash and restart it through `&World` while other threads
+    /// run weftctl against the same world.
+    controller: Mutex<Daemon>,
     agents: Vec<Daemon>,
     /// Container namespaces and the host each was made for, for failure reports.
     containers: Vec<(String, usize)>,
@@ -90,7 +93,7 @@ impl World {
             dir,
             bins,
             namespaces: Vec::new(),
-            controller,
+            controller: Mutex::new(controller),
             agents: Vec::new(),
             containers: Vec::new(),
         };
@@ -155,18 +158,18 @@ impl World {
     }
 
     /// SIGKILLs the controller, as a crash would.
-    pub fn kill_controller(&mut self) {
-        self.controller.kill();
+    pub fn kill_controller(&self) {
+        self.controller().kill();
     }
 
     /// (Re)starts the controller and waits until it listens.
-    pub fn start_controller(&mut self) {
-        self.controller.start();
+    pub fn start_controller(&self) {
+        self.controller().start();
         let ctl_ns = format!("{}-ctl", self.prefix);
         let port = format!("sport = :{CONTROLLER_PORT}");
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(status) = self.controller.exited() {
+            if let Some(status) = self.controller().exited() {
                 panic!("weft-controller exited ({status}) before listening");
             }
             if !netns::exec(&ctl_ns, &["ss", "-Hltn", &port])
@@ -193,6 +196,14 @@ impl World {
     pub fn start_agent(&mut self, host: usize) {
         self.agent(host).start();
         self.wait_agent_ready(host);
+    }
+
+    /// The controller's daemon. A panic while the lock was held (a failed start) does not make
+    /// it unusable: drop must still stop the process and report its log.
+    fn controller(&self) -> MutexGuard<'_, Daemon> {
+        self.controller
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn agent(&mut self, host: usize) -> &mut Daemon {
@@ -292,7 +303,8 @@ impl World {
     fn report(&self) {
         let mut err = io::stderr().lock();
         let _ = writeln!(err, "==== weft world {} failed; its state:", self.prefix);
-        for daemon in std::iter::once(&self.controller).chain(&self.agents) {
+        let _ = writeln!(err, "{}", self.controller().log_tail(LOG_TAIL_LINES));
+        for daemon in &self.agents {
             let _ = writeln!(err, "{}", daemon.log_tail(LOG_TAIL_LINES));
         }
         let hosts = (1..=self.agents.len()).map(|h| (format!("host{h}"), self.host_ns(h)));
@@ -331,7 +343,7 @@ impl Drop for World {
         for agent in &mut self.agents {
             agent.stop();
         }
-        self.controller.stop();
+        self.controller().stop();
         for ns in self.namespaces.iter().rev() {
             netns::del(ns);
         }

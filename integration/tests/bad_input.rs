@@ -4,30 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use weft_integration::{Output, World, link, links, wait_until};
-
-/// Checks the failure shape every weftctl error shares, and that the message names the culprit.
-fn assert_rejected(out: &Output, needle: &str) {
-    assert_eq!(
-        out.code,
-        Some(1),
-        "exit status; stdout {:?} stderr {:?}",
-        out.stdout,
-        out.stderr
-    );
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "stderr must be one line: {:?}", out.stderr);
-    assert!(
-        lines[0].starts_with("weftctl: "),
-        "stderr: {:?}",
-        out.stderr
-    );
-    assert!(
-        lines[0].contains(needle),
-        "stderr {:?} lacks {needle:?}",
-        out.stderr
-    );
-}
+use weft_integration::{World, assert_rejected, link, links, wait_until};
 
 /// The failed attach created no host veth on `host` and no interface in `container`.
 fn assert_untouched(world: &World, host: usize, container: &str) {
