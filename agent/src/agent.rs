@@ -2,19 +2,23 @@
 //! the controller's tables, which the watch feeds and the reconciler turns into kernel state.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
+use futures::StreamExt;
 use tokio::sync::Notify;
 use tonic::transport::{self, Channel};
 use tracing::{debug, info, warn};
+use weft_proto::names::{EXPOSE_ID, HOST_IFNAME_PREFIX, vni_of_device};
 use weft_proto::tables::Tables;
 use weft_proto::v1::controller_client::ControllerClient;
 use weft_proto::v1::{DetachRequest, Endpoint, Peer, WatchEvent, watch_event::Event};
 
 use crate::datapath::Datapath;
 use crate::desired::host_networks;
+use crate::netlink::{self, LinkEvent};
 
 /// How long to wait for a TCP connection to the controller.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,6 +41,9 @@ pub struct Agent {
     changed: Notify,
     /// Containers with an attach or detach under way, and how many.
     busy: Mutex<HashMap<String, usize>>,
+    /// Set by a reset: the agent changes nothing more and stops.
+    stopping: AtomicBool,
+    stopped: Notify,
 }
 
 /// Marks a container busy while it lives: the reconciler leaves its endpoints alone.
@@ -77,6 +84,8 @@ impl Agent {
             tables: RwLock::new(None),
             changed: Notify::new(),
             busy: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+            stopped: Notify::new(),
         })
     }
 
@@ -85,6 +94,20 @@ impl Agent {
             name: self.name.clone(),
             advertise_addr: self.advertise_addr.to_string(),
         }
+    }
+
+    /// Stops reconciling; `stopped` resolves once `finish_stop` is called.
+    pub fn begin_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn finish_stop(&self) {
+        self.stopped.notify_one();
+    }
+
+    /// Resolves when a reset has finished and the agent should exit.
+    pub async fn stopped(&self) {
+        self.stopped.notified().await
     }
 
     /// Asks the reconciler for a pass, e.g. after a detach emptied a network on this host.
@@ -175,26 +198,50 @@ impl Agent {
     }
 
     async fn reconcile(&self) -> anyhow::Result<()> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let Some((networks, local)) = self.with_tables(|t| {
             let local: Vec<Endpoint> = t
                 .endpoints
                 .values()
-                .filter(|ep| ep.peer == self.name)
+                .filter(|ep| ep.peer == self.name && ep.container_id != EXPOSE_ID)
                 .cloned()
                 .collect();
             (host_networks(t, &self.name), local)
         }) else {
             return Ok(());
         };
-        let changes = self.datapath.reconcile(&networks).await?;
-        if changes.added + changes.removed > 0 {
+        let started = Instant::now();
+        let report = self.datapath.reconcile(&networks).await?;
+        if report.changed() {
             info!(
-                added = changes.added,
-                removed = changes.removed,
-                "FDB reconciled"
+                fdb_added = report.fdb_added,
+                fdb_removed = report.fdb_removed,
+                neigh_added = report.neigh_added,
+                neigh_removed = report.neigh_removed,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "datapath reconciled"
             );
         }
         self.release_unplugged(&local).await
+    }
+
+    /// Reconciles as soon as one of weft's devices changes or goes away behind its back (say,
+    /// `ip link del vxlan-6784`), rather than at the next periodic pass.
+    pub async fn follow_link_events(&self, port: u16) -> anyhow::Result<()> {
+        let mut events = std::pin::pin!(netlink::link_events()?);
+        while let Some(event) = events.next().await {
+            let (LinkEvent::Changed(link) | LinkEvent::Removed(link)) = &event;
+            let ours = vni_of_device(&link.name, port).is_some()
+                || (matches!(event, LinkEvent::Removed(_))
+                    && link.name.starts_with(HOST_IFNAME_PREFIX));
+            if ours {
+                debug!(link = %link.name, "link event");
+                self.request_reconcile();
+            }
+        }
+        bail!("link notifications ended")
     }
 
     /// Gives back the addresses of local endpoints that have no veth: their container is gone,

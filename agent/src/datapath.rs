@@ -10,11 +10,13 @@ use futures::{StreamExt, TryStreamExt, stream};
 use ipnetwork::Ipv4Network;
 use rtnetlink::Handle;
 use tracing::{info, warn};
-use weft_proto::names::{Mac, bridge_name, guest_tmp_ifname, vni_of_device, vxlan_name};
+use weft_proto::names::{
+    HOST_IFNAME_PREFIX, Mac, bridge_name, guest_tmp_ifname, vni_of_device, vxlan_name,
+};
 use weft_proto::v1::Endpoint;
 
 use crate::container::Container;
-use crate::desired::{FdbEntry, diff};
+use crate::desired::{Exposed, NetworkState, diff};
 use crate::netlink::{self, Link, VxlanSpec};
 use crate::netns;
 
@@ -31,11 +33,62 @@ pub struct Datapath {
     lock: tokio::sync::Mutex<()>,
 }
 
-/// How many FDB entries one reconcile added and removed.
+/// How many table entries one reconcile changed.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct FdbChanges {
-    pub added: usize,
-    pub removed: usize,
+pub struct Report {
+    pub fdb_added: usize,
+    pub fdb_removed: usize,
+    pub neigh_added: usize,
+    pub neigh_removed: usize,
+}
+
+impl Report {
+    pub fn changed(&self) -> bool {
+        self.fdb_added + self.fdb_removed + self.neigh_added + self.neigh_removed > 0
+    }
+}
+
+/// Removes every link weft made in this namespace: veths (their container ends go with them),
+/// VXLAN devices and bridges, and with them every FDB and neighbour entry and exposed address.
+/// Links that are not weft's are left alone. Returns the names removed.
+pub async fn remove_all(handle: &Handle, port: u16) -> anyhow::Result<Vec<String>> {
+    let ours = |name: &str| {
+        vni_of_device(name, port).is_some()
+            || name.starts_with(HOST_IFNAME_PREFIX)
+            || name.starts_with(&guest_tmp_ifname(HOST_IFNAME_PREFIX))
+    };
+    let mut removed = Vec::new();
+    for link in netlink::links(handle).await? {
+        if ours(&link.name) {
+            netlink::delete_link(handle, &link).await?;
+            info!(link = %link.name, "removed");
+            removed.push(link.name);
+        }
+    }
+    Ok(removed)
+}
+
+/// The entries of one link out of a dump of all links' entries.
+fn on_link<T: Copy + Ord>(entries: &[(u32, T)], index: u32) -> BTreeSet<T> {
+    entries
+        .iter()
+        .filter(|(i, _)| *i == index)
+        .map(|(_, e)| *e)
+        .collect()
+}
+
+/// Runs `request` for every item with many in flight at once: one round trip at a time would
+/// make a host joining a large network wait for thousands of them in turn.
+async fn pipelined<'a, T, F, Fut>(items: &'a [T], request: F) -> anyhow::Result<()>
+where
+    F: Fn(&'a T) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    stream::iter(items)
+        .map(request)
+        .buffer_unordered(NETLINK_PIPELINE)
+        .try_collect()
+        .await
 }
 
 fn parse_cidrs(cidrs: &[String]) -> anyhow::Result<Vec<Ipv4Network>> {
@@ -79,51 +132,80 @@ impl Datapath {
         Ok((bridge, vxlan))
     }
 
-    /// Makes the devices and FDBs of `networks` (VNI → FDB) as given, touching only entries
-    /// that differ, and removes the devices of networks this host no longer needs.
+    /// Makes this host's devices and their tables as `networks` (VNI → state) says, touching
+    /// only what differs, and removes the devices of networks this host no longer needs.
     pub async fn reconcile(
         &self,
-        networks: &BTreeMap<u32, BTreeSet<FdbEntry>>,
-    ) -> anyhow::Result<FdbChanges> {
+        networks: &BTreeMap<u32, NetworkState>,
+    ) -> anyhow::Result<Report> {
         let _lock = self.lock.lock().await;
-        let mut changes = FdbChanges::default();
-        let entries = netlink::fdb_entries(&self.handle).await?;
-        for (vni, desired) in networks {
-            let (_, vxlan) = self.ensure_devices_locked(*vni).await?;
-            let current: BTreeSet<FdbEntry> = entries
-                .iter()
-                .filter(|(index, _)| *index == vxlan.index)
-                .map(|(_, entry)| *entry)
-                .collect();
-            let (add, remove) = diff(&current, desired);
-            // Many requests in flight at once: one round trip each would make a host joining a
-            // large network wait for thousands of them in turn.
-            stream::iter(&remove)
-                .map(|entry| netlink::fdb_del(&self.handle, vxlan.index, entry))
-                .buffer_unordered(NETLINK_PIPELINE)
-                .try_collect::<()>()
-                .await?;
-            stream::iter(&add)
-                .map(|entry| netlink::fdb_add(&self.handle, vxlan.index, entry))
-                .buffer_unordered(NETLINK_PIPELINE)
-                .try_collect::<()>()
-                .await?;
-            changes.added += add.len();
-            changes.removed += remove.len();
+        let mut report = Report::default();
+        let fdb = netlink::fdb_entries(&self.handle).await?;
+        let neighbours = netlink::neighbours(&self.handle).await?;
+        let mut bridges = BTreeMap::new();
+        for (vni, state) in networks {
+            let (bridge, vxlan) = self.ensure_devices_locked(*vni).await?;
+            let (add, remove) = diff(&on_link(&fdb, vxlan.index), &state.fdb);
+            pipelined(&remove, |e| netlink::fdb_del(&self.handle, vxlan.index, e)).await?;
+            pipelined(&add, |e| netlink::fdb_add(&self.handle, vxlan.index, e)).await?;
+            report.fdb_added += add.len();
+            report.fdb_removed += remove.len();
+            let (add, remove) = diff(&on_link(&neighbours, vxlan.index), &state.neighbours);
+            pipelined(&remove, |n| {
+                netlink::neigh_del(&self.handle, vxlan.index, n)
+            })
+            .await?;
+            pipelined(&add, |n| netlink::neigh_add(&self.handle, vxlan.index, n)).await?;
+            report.neigh_added += add.len();
+            report.neigh_removed += remove.len();
+            self.settle_exposed(&bridge, state.exposed.as_ref()).await?;
+            bridges.insert(*vni, bridge);
         }
-        self.remove_left_networks(networks).await?;
-        Ok(changes)
+        let links = netlink::links(&self.handle).await?;
+        for (vni, state) in networks {
+            // A port knocked off its bridge (say, the bridge was deleted and made anew) goes back.
+            for link in links.iter().filter(|l| state.ports.contains(&l.name)) {
+                netlink::attach_to_bridge(&self.handle, link, &bridges[vni], self.mtu).await?;
+            }
+        }
+        self.remove_left_networks(&links, networks).await?;
+        Ok(report)
+    }
+
+    /// Makes the host's place on network `vni`'s bridge as `exposed` says (none: hidden).
+    pub async fn expose(&self, vni: u32, exposed: Option<&Exposed>) -> anyhow::Result<()> {
+        let _lock = self.lock.lock().await;
+        let (bridge, _) = self.ensure_devices_locked(vni).await?;
+        self.settle_exposed(&bridge, exposed).await
+    }
+
+    /// Removes every kernel object weft made on this host; returns their names.
+    pub async fn reset(&self) -> anyhow::Result<Vec<String>> {
+        let _lock = self.lock.lock().await;
+        remove_all(&self.handle, self.port).await
+    }
+
+    /// Gives the bridge the host's exposed MAC and exactly the exposed IPv4 addresses.
+    async fn settle_exposed(&self, bridge: &Link, exposed: Option<&Exposed>) -> anyhow::Result<()> {
+        let held = netlink::ipv4_addresses(&self.handle, bridge).await?;
+        let wanted: BTreeSet<Ipv4Network> = exposed.map(|e| e.cidrs.clone()).unwrap_or_default();
+        let (add, remove) = diff(&held, &wanted);
+        if let Some(e) = exposed.filter(|e| bridge.mac != Some(e.mac)) {
+            netlink::set_mac(&self.handle, bridge, e.mac).await?;
+        }
+        netlink::del_addresses(&self.handle, bridge, &remove).await?;
+        netlink::add_addresses(&self.handle, bridge, &add).await
     }
 
     /// Removes the bridge and VXLAN device of networks not in `networks`, unless a veth is still
     /// on the bridge: the tables may not yet show the endpoint an attach just plugged.
     async fn remove_left_networks(
         &self,
-        networks: &BTreeMap<u32, BTreeSet<FdbEntry>>,
+        links: &[Link],
+        networks: &BTreeMap<u32, NetworkState>,
     ) -> anyhow::Result<()> {
-        let links = netlink::links(&self.handle).await?;
         let mut left: BTreeMap<u32, Vec<&Link>> = BTreeMap::new();
-        for link in &links {
+        for link in links {
             if let Some(vni) =
                 vni_of_device(&link.name, self.port).filter(|v| !networks.contains_key(v))
             {

@@ -5,8 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use weft_proto::names::Mac;
+use ipnetwork::Ipv4Network;
+use weft_proto::names::{EXPOSE_ID, Mac};
 use weft_proto::tables::{DEFAULT_NETWORK, Tables};
+use weft_proto::v1::Endpoint;
 
 /// A permanent entry in a VXLAN device's FDB: frames for `mac` go to the VTEP `dst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -21,14 +23,61 @@ impl fmt::Display for FdbEntry {
     }
 }
 
-/// The FDB of `network`'s VXLAN device on peer `me`: one entry per remote endpoint's MAC and one
-/// flood entry per remote peer that has endpoints in the network.
-pub fn vxlan_fdb(tables: &Tables, me: &str, network: &str) -> BTreeSet<FdbEntry> {
-    let mut fdb = BTreeSet::new();
-    for ep in tables.endpoints.values() {
-        if ep.network != network || ep.peer == me {
-            continue;
+/// An ARP answer a VXLAN device gives itself (`proxy`): `ip` is at `mac`. Answering locally
+/// spares every other host a broadcast for each container that looks up a remote one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Neighbour {
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+}
+
+/// What one network's devices on this host must be and hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkState {
+    /// One entry per remote endpoint's MAC and one flood entry per remote peer with endpoints.
+    pub fdb: BTreeSet<FdbEntry>,
+    /// One per address of a remote endpoint.
+    pub neighbours: BTreeSet<Neighbour>,
+    /// Host-side veths of local containers, which belong on the bridge.
+    pub ports: BTreeSet<String>,
+    /// The host's own place on the bridge (`weftctl expose`): the bridge's MAC and addresses.
+    pub exposed: Option<Exposed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exposed {
+    pub mac: Mac,
+    pub cidrs: BTreeSet<Ipv4Network>,
+}
+
+impl Exposed {
+    /// The host's place on a bridge as its endpoint in the tables says; `None` if the endpoint's
+    /// MAC is unreadable.
+    pub fn of(ep: &Endpoint) -> Option<Exposed> {
+        Some(Exposed {
+            mac: ep.mac.parse().ok()?,
+            cidrs: ep.cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
+        })
+    }
+}
+
+/// The networks this host needs a bridge and VXLAN device for, by VNI, with what each VXLAN
+/// device must hold: the default network always, others while something local is in them.
+pub fn host_networks(tables: &Tables, me: &str) -> BTreeMap<u32, NetworkState> {
+    let mut needed: BTreeMap<&str, NetworkState> = BTreeMap::new();
+    needed.insert(DEFAULT_NETWORK, NetworkState::default());
+    for ep in tables.endpoints.values().filter(|ep| ep.peer == me) {
+        let state = needed.entry(&ep.network).or_default();
+        if ep.container_id == EXPOSE_ID {
+            state.exposed = Exposed::of(ep);
+        } else {
+            state.ports.insert(ep.host_ifname.clone());
         }
+    }
+    for ep in tables.endpoints.values().filter(|ep| ep.peer != me) {
+        let Some(state) = needed.get_mut(ep.network.as_str()) else {
+            continue;
+        };
         // An endpoint whose peer or MAC we cannot read cannot be reached; skip it, not the rest.
         let Some(dst) = tables
             .peers
@@ -40,29 +89,21 @@ pub fn vxlan_fdb(tables: &Tables, me: &str, network: &str) -> BTreeSet<FdbEntry>
         let Ok(mac) = ep.mac.parse::<Mac>() else {
             continue;
         };
-        fdb.insert(FdbEntry { mac, dst });
-        fdb.insert(FdbEntry {
+        state.fdb.insert(FdbEntry { mac, dst });
+        state.fdb.insert(FdbEntry {
             mac: Mac::ZERO,
             dst,
         });
+        for cidr in &ep.cidrs {
+            if let Ok(net) = cidr.parse::<Ipv4Network>() {
+                state.neighbours.insert(Neighbour { ip: net.ip(), mac });
+            }
+        }
     }
-    fdb
-}
-
-/// The networks this host needs a bridge and VXLAN device for, by VNI, each with the FDB its
-/// VXLAN device must hold: the default network always, others while a local container is in it.
-pub fn host_networks(tables: &Tables, me: &str) -> BTreeMap<u32, BTreeSet<FdbEntry>> {
     tables
         .networks
         .values()
-        .filter(|net| {
-            net.name == DEFAULT_NETWORK
-                || tables
-                    .endpoints
-                    .values()
-                    .any(|ep| ep.peer == me && ep.network == net.name)
-        })
-        .map(|net| (net.vni, vxlan_fdb(tables, me, &net.name)))
+        .filter_map(|net| Some((net.vni, needed.remove(net.name.as_str())?)))
         .collect()
 }
 
@@ -77,7 +118,7 @@ pub fn diff<T: Ord + Clone>(current: &BTreeSet<T>, desired: &BTreeSet<T>) -> (Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_proto::v1::{Endpoint, Network, Peer};
+    use weft_proto::v1::{Network, Peer};
 
     fn tables(endpoints: &[(&str, &str, &str)]) -> Tables {
         let mut t = Tables::default();
@@ -94,6 +135,14 @@ mod tests {
                 },
             );
         }
+        t.networks.insert(
+            DEFAULT_NETWORK.into(),
+            Network {
+                name: DEFAULT_NETWORK.into(),
+                subnet: "192.168.0.0/24".into(),
+                vni: 1,
+            },
+        );
         for (i, (peer, container, mac)) in endpoints.iter().enumerate() {
             let ep = Endpoint {
                 network: DEFAULT_NETWORK.into(),
@@ -101,7 +150,7 @@ mod tests {
                 mac: mac.to_string(),
                 cidrs: vec![format!("192.168.0.{}/24", i + 2)],
                 peer: peer.to_string(),
-                host_ifname: String::new(),
+                host_ifname: format!("vethwepl{i}"),
                 container_ifname: "ethwe".into(),
             };
             t.endpoints.insert(weft_proto::tables::endpoint_id(&ep), ep);
@@ -124,7 +173,7 @@ mod tests {
             ("host2", "netns:c", "02:00:00:00:00:03"),
             ("host3", "netns:d", "02:00:00:00:00:04"),
         ]);
-        let fdb = vxlan_fdb(&t, "host1", DEFAULT_NETWORK);
+        let fdb = host_networks(&t, "host1").remove(&1).unwrap().fdb;
         let want: BTreeSet<_> = [
             entry("02:00:00:00:00:02", "198.18.0.2"),
             entry("02:00:00:00:00:03", "198.18.0.2"),
@@ -134,8 +183,24 @@ mod tests {
         ]
         .into();
         assert_eq!(fdb, want);
-        // The local endpoint never appears; a network with nothing remote needs nothing.
-        assert!(vxlan_fdb(&t, "host1", "other").is_empty());
+    }
+
+    #[test]
+    fn remote_addresses_are_answered_locally() {
+        let t = tables(&[
+            ("host1", "netns:a", "02:00:00:00:00:01"),
+            ("host2", "netns:b", "02:00:00:00:00:02"),
+        ]);
+        let neighbours = host_networks(&t, "host1").remove(&1).unwrap().neighbours;
+        let want: BTreeSet<_> = [Neighbour {
+            ip: "192.168.0.3".parse().unwrap(),
+            mac: "02:00:00:00:00:02".parse().unwrap(),
+        }]
+        .into();
+        assert_eq!(
+            neighbours, want,
+            "only the remote endpoint, by each of its addresses"
+        );
     }
 
     #[test]
@@ -144,7 +209,13 @@ mod tests {
             ("host1", "netns:a", "02:00:00:00:00:01"),
             ("host9", "netns:x", "02:00:00:00:00:09"),
         ]);
-        assert!(vxlan_fdb(&t, "host1", DEFAULT_NETWORK).is_empty());
+        let state = &host_networks(&t, "host1")[&1];
+        assert!(state.fdb.is_empty() && state.neighbours.is_empty());
+        assert_eq!(
+            state.ports,
+            ["vethwepl0".to_string()].into(),
+            "the local veth"
+        );
     }
 
     #[test]
@@ -189,14 +260,15 @@ mod tests {
         let on_host1 = host_networks(&t, "host1");
         assert_eq!(on_host1.keys().copied().collect::<Vec<_>>(), [1, 2]);
         assert_eq!(
-            on_host1[&1],
+            on_host1[&1].fdb,
             [
                 entry("00:00:00:00:00:00", "198.18.0.2"),
                 entry("02:00:00:00:00:02", "198.18.0.2")
             ]
             .into()
         );
-        assert!(on_host1[&2].is_empty(), "blue has nothing remote");
+        assert!(on_host1[&2].fdb.is_empty(), "blue has nothing remote");
+        assert_eq!(on_host1[&2].ports, ["vethwepl0".to_string()].into());
         // host2 has no container in blue, so no blue devices, although blue has one elsewhere.
         assert_eq!(
             host_networks(&t, "host2")

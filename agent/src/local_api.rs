@@ -1,26 +1,28 @@
 //! The API weftctl speaks to on the agent's unix socket. Error messages are the "why" of
 //! weftctl's `weftctl: <what failed>: <why>` line, so each names the culprit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tonic::{Code, Request, Response, Status};
 use tracing::warn;
 use weft_proto::addr::AddrSpec;
+use weft_proto::names::EXPOSE_ID;
 use weft_proto::subnet::pool_size;
 use weft_proto::tables::{DEFAULT_NETWORK, Tables};
 use weft_proto::v1::agent_server::Agent as AgentApi;
 use weft_proto::v1::{
     AttachRequest, CreateNetworkRequest, CreateNetworkResponse, DeleteNetworkRequest,
-    DeleteNetworkResponse, DetachRequest, DetachResponse, Endpoint, IpamStatusRequest,
-    IpamStatusResponse, ListPeersRequest, ListPeersResponse, LocalAttachRequest,
-    LocalAttachResponse, LocalDetachRequest, LocalDetachResponse, NetworkInfo, NetworkListRequest,
-    NetworkListResponse, PeerIpam, PsEntry, PsRequest, PsResponse, RemovePeerRequest,
-    RemovePeerResponse,
+    DeleteNetworkResponse, DetachRequest, DetachResponse, Endpoint, ExposeRequest, ExposeResponse,
+    HideRequest, HideResponse, IpamStatusRequest, IpamStatusResponse, ListPeersRequest,
+    ListPeersResponse, LocalAttachRequest, LocalAttachResponse, LocalDetachRequest,
+    LocalDetachResponse, NetworkInfo, NetworkListRequest, NetworkListResponse, PeerIpam, PsEntry,
+    PsRequest, PsResponse, RemovePeerRequest, RemovePeerResponse, ResetRequest, ResetResponse,
 };
 
 use crate::agent::Agent;
 use crate::container::{self, Container, ContainerError};
+use crate::desired::Exposed;
 
 pub struct LocalApi {
     agent: Arc<Agent>,
@@ -90,7 +92,10 @@ fn ps_entries(t: &Tables, me: &str) -> Vec<PsEntry> {
     for ep in t.endpoints.values().filter(|ep| ep.peer == me) {
         by_container.entry(&ep.container_id).or_default().push(ep);
     }
-    by_container
+    // The host itself first, as `weave ps` shows it.
+    let mut order: Vec<_> = by_container.into_iter().collect();
+    order.sort_by_key(|(container, _)| *container != EXPOSE_ID);
+    order
         .into_iter()
         .map(|(container, mut eps)| {
             // ethwe, ethwe1, ..., ethwe10: by length, then by name.
@@ -151,12 +156,12 @@ impl LocalApi {
 
     async fn detach_at_controller(
         &self,
-        container: &Container,
+        container_id: &str,
         addrs: Vec<String>,
     ) -> Result<DetachResponse, Status> {
         let request = DetachRequest {
             peer: self.agent.name.clone(),
-            container_id: container.id.clone(),
+            container_id: container_id.to_string(),
             addrs,
         };
         Ok(self
@@ -196,8 +201,124 @@ impl LocalApi {
     }
 }
 
+/// The VNI of a network the tables know.
+fn vni_of(t: &Tables, network: &str) -> Option<u32> {
+    t.networks.get(network).map(|n| n.vni)
+}
+
 #[tonic::async_trait]
 impl AgentApi for LocalApi {
+    async fn expose(
+        &self,
+        request: Request<ExposeRequest>,
+    ) -> Result<Response<ExposeResponse>, Status> {
+        let addrs = request.into_inner().addrs;
+        check_addrs(&addrs)?;
+        let _busy = self.agent.busy(EXPOSE_ID);
+        let done = self
+            .agent
+            .client
+            .clone()
+            .attach(AttachRequest {
+                peer: self.agent.name.clone(),
+                container_id: EXPOSE_ID.to_string(),
+                addrs,
+            })
+            .await
+            .map_err(|s| self.controller_status(s))?
+            .into_inner();
+        for ep in &done.endpoints {
+            let vni = done
+                .networks
+                .iter()
+                .find(|n| n.name == ep.network)
+                .map(|n| n.vni);
+            let exposed = Exposed::of(ep);
+            let result = match (vni, exposed) {
+                (Some(vni), Some(exposed)) => self.agent.datapath.expose(vni, Some(&exposed)).await,
+                _ => Err(anyhow::anyhow!(
+                    "controller sent an unusable endpoint for {}",
+                    ep.network
+                )),
+            };
+            if let Err(e) = result {
+                if let Err(s) = self
+                    .detach_at_controller(EXPOSE_ID, done.added.clone())
+                    .await
+                {
+                    warn!(
+                        "releasing the addresses of a failed expose failed: {}",
+                        s.message()
+                    );
+                }
+                self.agent.request_reconcile();
+                return Err(internal(e));
+            }
+        }
+        Ok(Response::new(ExposeResponse {
+            ips: ips_of(&done.cidrs),
+        }))
+    }
+
+    async fn hide(&self, request: Request<HideRequest>) -> Result<Response<HideResponse>, Status> {
+        let addrs = request.into_inner().addrs;
+        check_addrs(&addrs)?;
+        let _busy = self.agent.busy(EXPOSE_ID);
+        let done = self.detach_at_controller(EXPOSE_ID, addrs).await?;
+        let left = done.removed.iter().map(|ep| (ep, None));
+        let kept = done.updated.iter().map(|ep| (ep, Exposed::of(ep)));
+        for (ep, exposed) in left.chain(kept) {
+            // A network the tables do not know yet has no bridge here to take addresses from.
+            if let Some(vni) = self.agent.with_tables(|t| vni_of(t, &ep.network)).flatten() {
+                self.agent
+                    .datapath
+                    .expose(vni, exposed.as_ref())
+                    .await
+                    .map_err(internal)?;
+            }
+        }
+        self.agent.request_reconcile();
+        Ok(Response::new(HideResponse {
+            ips: ips_of(&done.released),
+        }))
+    }
+
+    async fn reset(
+        &self,
+        _request: Request<ResetRequest>,
+    ) -> Result<Response<ResetResponse>, Status> {
+        self.agent.begin_stop();
+        let me = &self.agent.name;
+        let containers: BTreeSet<String> = self
+            .agent
+            .with_tables(|t| {
+                t.endpoints
+                    .values()
+                    .filter(|ep| &ep.peer == me)
+                    .map(|ep| ep.container_id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (mut released, mut release_error) = (Vec::new(), String::new());
+        for id in &containers {
+            match self.detach_at_controller(id, Vec::new()).await {
+                Ok(done) => released.extend(ips_of(&done.released)),
+                Err(s) if s.code() == Code::NotFound => {}
+                Err(s) => {
+                    release_error = s.message().to_string();
+                    break;
+                }
+            }
+        }
+        let removed = self.agent.datapath.reset().await.map_err(internal);
+        self.agent.finish_stop();
+        Ok(Response::new(ResetResponse {
+            removed: removed?,
+            released,
+            release_error,
+        }))
+    }
+
     async fn attach(
         &self,
         request: Request<LocalAttachRequest>,
@@ -234,7 +355,7 @@ impl AgentApi for LocalApi {
             if let Err(e) = self.agent.datapath.plug(&container, ep, vni).await {
                 // Give back what this attach took: a failed attach must leave nothing claimed.
                 match self
-                    .detach_at_controller(&container, done.added.clone())
+                    .detach_at_controller(&container.id, done.added.clone())
                     .await
                 {
                     Ok(undone) => {
@@ -261,7 +382,7 @@ impl AgentApi for LocalApi {
         check_addrs(&req.addrs)?;
         let container = container::parse(&req.container).map_err(container_status)?;
         let _busy = self.agent.busy(&container.id);
-        let done = self.detach_at_controller(&container, req.addrs).await?;
+        let done = self.detach_at_controller(&container.id, req.addrs).await?;
         self.unplug_detached(&container, &done)
             .await
             .map_err(internal)?;

@@ -10,7 +10,7 @@ use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
 use weft_agent::agent::Agent;
-use weft_agent::datapath::Datapath;
+use weft_agent::datapath::{Datapath, remove_all};
 use weft_agent::local_api::LocalApi;
 use weft_agent::netlink;
 use weft_agent::watch::follow_controller;
@@ -28,8 +28,8 @@ const VXLAN_OVERHEAD: u32 = 50;
 #[command(version)]
 struct Args {
     /// The controller's gRPC URL, e.g. http://192.0.2.1:6786.
-    #[arg(long, env = "WEFT_CONTROLLER")]
-    controller: String,
+    #[arg(long, env = "WEFT_CONTROLLER", required_unless_present = "reset")]
+    controller: Option<String>,
     /// This host's peer name [default: the hostname].
     #[arg(long)]
     name: Option<String>,
@@ -47,6 +47,10 @@ struct Args {
     /// minus the VXLAN overhead (50).
     #[arg(long, default_value = "auto", value_parser = parse_mtu)]
     mtu: Mtu,
+    /// Remove every kernel object weft made on this host, then exit. Use `weftctl reset` while
+    /// the agent runs: it also gives the addresses back to the controller.
+    #[arg(long)]
+    reset: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +82,19 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let (connection, handle, _) = rtnetlink::new_connection().context("cannot open netlink")?;
+    tokio::spawn(connection);
+    if args.reset {
+        let removed = remove_all(&handle, args.port).await?;
+        info!(
+            removed = removed.len(),
+            "reset: every link weft made on this host is gone"
+        );
+        return Ok(());
+    }
+    let controller = args
+        .controller
+        .expect("clap requires --controller without --reset");
     let name = match args.name {
         Some(name) => name,
         None => nix::unistd::gethostname()
@@ -87,10 +104,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let advertise_addr = match args.advertise_addr {
         Some(addr) => addr,
-        None => source_addr_towards(&args.controller).await?,
+        None => source_addr_towards(&controller).await?,
     };
-    let (connection, handle, _) = rtnetlink::new_connection().context("cannot open netlink")?;
-    tokio::spawn(connection);
     let mtu = match args.mtu {
         Mtu::Fixed(mtu) => mtu,
         Mtu::Auto => {
@@ -104,19 +119,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     datapath.ensure_devices(DEFAULT_VNI).await?;
     info!(%name, %advertise_addr, mtu, "datapath ready");
 
-    let agent = Arc::new(Agent::new(name, advertise_addr, args.controller, datapath)?);
+    let agent = Arc::new(Agent::new(name, advertise_addr, controller, datapath)?);
     let listener = bind_socket(&args.socket).await?;
     let api = tonic::transport::Server::builder()
         .add_service(AgentServer::new(LocalApi::new(agent.clone())))
-        .serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener),
-            weft_proto::process::shutdown_signal(),
-        );
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            // A reset stops the agent too, once its answer is on its way.
+            tokio::select! {
+                _ = weft_proto::process::shutdown_signal() => {}
+                _ = agent.stopped() => {}
+            }
+        });
     info!(socket = %args.socket.display(), "serving weftctl");
     let served = tokio::select! {
         served = api => served.context("local API failed"),
         _ = follow_controller(&agent) => unreachable!("the watch loop never ends"),
         _ = agent.reconcile_loop() => unreachable!("the reconcile loop never ends"),
+        watched = agent.follow_link_events(args.port) => watched,
     };
     let _ = std::fs::remove_file(&args.socket);
     info!("stopped; the datapath stays in place");

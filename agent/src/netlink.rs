@@ -23,7 +23,7 @@ use rtnetlink::{
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
 };
 
-use crate::desired::FdbEntry;
+use crate::desired::{FdbEntry, Neighbour};
 use weft_proto::names::Mac;
 
 /// What the agent needs to know of a kernel link.
@@ -31,6 +31,7 @@ use weft_proto::names::Mac;
 pub struct Link {
     pub index: u32,
     pub name: String,
+    pub mac: Option<Mac>,
     pub mtu: u32,
     pub up: bool,
     pub controller: Option<u32>,
@@ -43,6 +44,7 @@ impl Link {
         let mut link = Link {
             index: msg.header.index,
             name: String::new(),
+            mac: None,
             mtu: 0,
             up: msg.header.flags.contains(LinkFlags::Up),
             controller: None,
@@ -52,6 +54,7 @@ impl Link {
         for attr in msg.attributes {
             match attr {
                 LinkAttribute::IfName(name) => link.name = name,
+                LinkAttribute::Address(bytes) => link.mac = Mac::from_slice(&bytes),
                 LinkAttribute::Mtu(mtu) => link.mtu = mtu,
                 LinkAttribute::Controller(index) => link.controller = Some(index),
                 LinkAttribute::LinkInfo(infos) => {
@@ -217,6 +220,7 @@ impl VxlanSpec {
             && has(&InfoVxlan::Port(self.port))
             && has(&InfoVxlan::Local(self.local))
             && has(&InfoVxlan::Learning(false))
+            && has(&InfoVxlan::Proxy(true))
     }
 }
 
@@ -243,6 +247,8 @@ pub async fn ensure_vxlan(
                 .port(spec.port)
                 .local(spec.local)
                 .learning(false)
+                // ARP for remote endpoints is answered from the neighbour table, not flooded.
+                .proxy(true)
                 .mtu(spec.mtu)
                 .build();
             add_link(handle, name, msg).await?
@@ -366,6 +372,48 @@ pub async fn add_addresses(
     Ok(())
 }
 
+/// The IPv4 addresses a link holds, with their prefixes.
+pub async fn ipv4_addresses(
+    handle: &Handle,
+    link: &Link,
+) -> anyhow::Result<std::collections::BTreeSet<ipnetwork::Ipv4Network>> {
+    let held: Vec<AddressMessage> = handle
+        .address()
+        .get()
+        .set_link_index_filter(link.index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(reason)
+        .with_context(|| format!("cannot list the addresses of {}", link.name))?;
+    Ok(held
+        .iter()
+        .flat_map(|msg| {
+            msg.attributes.iter().filter_map(|attr| match attr {
+                AddressAttribute::Address(IpAddr::V4(ip)) => {
+                    ipnetwork::Ipv4Network::new(*ip, msg.header.prefix_len).ok()
+                }
+                _ => None,
+            })
+        })
+        .collect())
+}
+
+/// Gives a link a MAC address.
+pub async fn set_mac(handle: &Handle, link: &Link, mac: Mac) -> anyhow::Result<()> {
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(link.index)
+                .address(mac.0.to_vec())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(reason)
+        .with_context(|| format!("cannot set the MAC of {} to {mac}", link.name))
+}
+
 /// Removes addresses from a link; ones it does not have are fine.
 pub async fn del_addresses(
     handle: &Handle,
@@ -485,6 +533,96 @@ pub async fn fdb_del(handle: &Handle, vxlan: u32, entry: &FdbEntry) -> anyhow::R
         Err(e) if errno(&e) == Some(Errno::ENOENT) => Ok(()),
         Err(e) => Err(reason(e)).with_context(|| format!("cannot delete FDB entry {entry}")),
     }
+}
+
+/// Every permanent IPv4 neighbour entry with its link's index: the VXLAN devices' ARP answers.
+pub async fn neighbours(handle: &Handle) -> anyhow::Result<Vec<(u32, Neighbour)>> {
+    let msgs: Vec<NeighbourMessage> = handle
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Inet)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(reason)
+        .context("cannot dump the neighbour table")?;
+    let mut entries = Vec::new();
+    for msg in msgs {
+        if msg.header.state != NeighbourState::Permanent {
+            continue;
+        }
+        let index = msg.header.ifindex;
+        let mut mac = None;
+        let mut ip = None;
+        for attr in msg.attributes {
+            match attr {
+                NeighbourAttribute::LinkLayerAddress(bytes) => mac = Mac::from_slice(&bytes),
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)) => ip = Some(addr),
+                _ => {}
+            }
+        }
+        if let (Some(ip), Some(mac)) = (ip, mac) {
+            entries.push((index, Neighbour { ip, mac }));
+        }
+    }
+    Ok(entries)
+}
+
+/// Adds (or corrects) a permanent neighbour entry.
+pub async fn neigh_add(handle: &Handle, index: u32, n: &Neighbour) -> anyhow::Result<()> {
+    handle
+        .neighbours()
+        .add(index, IpAddr::V4(n.ip))
+        .link_layer_address(&n.mac.0)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .map_err(reason)
+        .with_context(|| format!("cannot add neighbour {} lladdr {}", n.ip, n.mac))
+}
+
+pub async fn neigh_del(handle: &Handle, index: u32, n: &Neighbour) -> anyhow::Result<()> {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.ifindex = index;
+    msg.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+            n.ip,
+        )));
+    match handle.neighbours().del(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == Some(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(reason(e)).with_context(|| format!("cannot delete neighbour {}", n.ip)),
+    }
+}
+
+/// A link appeared, changed or went away.
+pub enum LinkEvent {
+    Changed(Link),
+    Removed(Link),
+}
+
+/// The kernel's link notifications (what `ip monitor link` shows), on their own socket.
+pub fn link_events() -> anyhow::Result<impl futures::Stream<Item = LinkEvent>> {
+    let (connection, _, messages) =
+        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])
+            .context("cannot subscribe to link notifications")?;
+    tokio::spawn(connection);
+    Ok(futures::StreamExt::filter_map(
+        messages,
+        |(msg, _)| async move {
+            match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
+                    Some(LinkEvent::Changed(Link::from_message(link)))
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
+                    Some(LinkEvent::Removed(Link::from_message(link)))
+                }
+                _ => None,
+            }
+        },
+    ))
 }
 
 /// The MTU of the link that holds `addr`.

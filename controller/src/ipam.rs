@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use weft_proto::subnet::{pool_bounds, pool_size, reserved_reason};
+use weft_proto::names::EXPOSE_ID;
+use weft_proto::subnet::{gateway, pool_bounds, pool_size, reserved_reason};
 
 /// Who holds an address: (container id, peer).
 pub type Holder = (String, String);
@@ -67,7 +68,7 @@ impl Pool {
     }
 
     /// Claims `ip` for `holder`. Claiming an address the same holder already has succeeds and
-    /// changes nothing, so a retried attach is harmless.
+    /// changes nothing, so a retried attach is harmless. The gateway address is a host's only.
     pub fn claim(&mut self, ip: Ipv4Addr, holder: &Holder) -> Result<(), IpamError> {
         if !self.subnet.contains(ip) {
             return Err(IpamError::Outside {
@@ -76,7 +77,8 @@ impl Pool {
                 subnet: self.subnet,
             });
         }
-        if let Some(reason) = reserved_reason(self.subnet, ip) {
+        let host_at_gateway = holder.0 == EXPOSE_ID && ip == gateway(self.subnet);
+        if let Some(reason) = reserved_reason(self.subnet, ip).filter(|_| !host_at_gateway) {
             return Err(IpamError::Reserved {
                 ip,
                 reason,
@@ -96,8 +98,14 @@ impl Pool {
         }
     }
 
-    /// Takes the lowest free address for `holder`.
+    /// Takes the lowest free address for `holder`; a host exposing itself gets the gateway
+    /// address while it is free.
     pub fn allocate(&mut self, holder: &Holder) -> Result<Ipv4Addr, IpamError> {
+        let gw = gateway(self.subnet);
+        if holder.0 == EXPOSE_ID && !self.held.contains_key(&gw) {
+            self.held.insert(gw, holder.clone());
+            return Ok(gw);
+        }
         let (first, last) = pool_bounds(self.subnet);
         // Held addresses in order: the first gap after `first` is the lowest free address.
         let mut candidate = first;
@@ -184,6 +192,25 @@ mod tests {
                 .to_string(),
             "address 192.168.0.1 is the gateway address, kept for the host of 192.168.0.0/24"
         );
+    }
+
+    #[test]
+    fn the_gateway_address_goes_to_the_first_host_that_exposes_itself() {
+        let mut p = pool("192.168.0.0/24");
+        let host = |peer: &str| (EXPOSE_ID.to_string(), peer.to_string());
+        let gw: Ipv4Addr = "192.168.0.1".parse().unwrap();
+        assert_eq!(p.allocate(&host("host1")), Ok(gw));
+        assert_eq!(
+            p.allocate(&host("host2")).unwrap().to_string(),
+            "192.168.0.2"
+        );
+        assert_eq!(
+            p.claim(gw, &host("host3")).unwrap_err().to_string(),
+            "address 192.168.0.1 already in use by weft:expose on host1"
+        );
+        p.release(gw);
+        assert_eq!(p.claim(gw, &host("host3")), Ok(()));
+        assert!(p.claim(gw, &holder(1)).is_err(), "never a container's");
     }
 
     #[test]

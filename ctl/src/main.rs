@@ -9,9 +9,9 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use weft_proto::addr::AddrSpec;
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{
-    CreateNetworkRequest, DeleteNetworkRequest, IpamStatusRequest, IpamStatusResponse,
-    ListPeersRequest, LocalAttachRequest, LocalDetachRequest, Network, NetworkInfo,
-    NetworkListRequest, PsRequest, RemovePeerRequest,
+    CreateNetworkRequest, DeleteNetworkRequest, ExposeRequest, HideRequest, IpamStatusRequest,
+    IpamStatusResponse, ListPeersRequest, LocalAttachRequest, LocalDetachRequest, Network,
+    NetworkInfo, NetworkListRequest, PsRequest, RemovePeerRequest, ResetRequest,
 };
 
 /// weftctl: the operator's CLI for weft. It talks to the weft-agent on this host.
@@ -50,8 +50,23 @@ enum Command {
         #[arg(required = true, value_name = "ARG")]
         args: Vec<String>,
     },
-    /// List the containers attached on this host: id, MAC, addresses.
+    /// List the containers attached on this host: id, MAC, addresses (the host first, if exposed).
     Ps,
+    /// Give this host addresses on networks' bridges (net:default if none), so it reaches their
+    /// containers on every host; prints the IPs.
+    #[command(override_usage = "weftctl expose [ADDR...]")]
+    Expose {
+        #[arg(value_name = "ADDR")]
+        addrs: Vec<String>,
+    },
+    /// Take exposed addresses off the bridges (all, if none are given); prints the IPs removed.
+    #[command(override_usage = "weftctl hide [ADDR...]")]
+    Hide {
+        #[arg(value_name = "ADDR")]
+        addrs: Vec<String>,
+    },
+    /// Detach everything on this host, remove every kernel object weft made here, stop the agent.
+    Reset,
     /// Create, list and remove networks.
     #[command(subcommand)]
     Network(NetworkCommand),
@@ -129,11 +144,16 @@ fn addrs_and_container(
 ) -> Result<(Vec<String>, String, String), Failure> {
     let container = args.pop().expect("clap requires at least one argument");
     let what = format!("{verb} {container}");
-    for addr in &args {
-        addr.parse::<AddrSpec>()
-            .map_err(|e| Failure::new(&what, e.to_string()))?;
-    }
+    check_addrs(&args, &what)?;
     Ok((args, container, what))
+}
+
+fn check_addrs(addrs: &[String], what: &str) -> Result<(), Failure> {
+    for addr in addrs {
+        addr.parse::<AddrSpec>()
+            .map_err(|e| Failure::new(what, e.to_string()))?;
+    }
+    Ok(())
 }
 
 async fn ipam_status(
@@ -170,6 +190,8 @@ async fn run(cli: Cli) -> Result<String, Failure> {
     match &cli.command {
         Command::Attach { args } => drop(addrs_and_container(args.clone(), "attach")?),
         Command::Detach { args } => drop(addrs_and_container(args.clone(), "detach")?),
+        Command::Expose { addrs } => check_addrs(addrs, "expose")?,
+        Command::Hide { addrs } => check_addrs(addrs, "hide")?,
         _ => {}
     }
     let mut agent = connect(&cli.socket).await?;
@@ -330,6 +352,45 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 reply.range,
                 table::render(&["NETWORK", "SUBNET", "POOL", "USED", "FREE"], &rows),
                 table::render(&["PEER", "NETWORK", "USED"], &peers)
+            ))
+        }
+        Command::Expose { addrs } => {
+            let reply = agent
+                .expose(ExposeRequest { addrs })
+                .await
+                .map_err(fail("expose"))?
+                .into_inner();
+            Ok(format!("{}\n", reply.ips.join(" ")))
+        }
+        Command::Hide { addrs } => {
+            let reply = agent
+                .hide(HideRequest { addrs })
+                .await
+                .map_err(fail("hide"))?
+                .into_inner();
+            Ok(format!("{}\n", reply.ips.join(" ")))
+        }
+        Command::Reset => {
+            let reply = agent
+                .reset(ResetRequest {})
+                .await
+                .map_err(fail("reset"))?
+                .into_inner();
+            if !reply.release_error.is_empty() {
+                return Err(Failure::new(
+                    "reset",
+                    format!(
+                        "removed {} links, but the addresses could not be given back ({}); \
+                         run `weftctl rmpeer` for this host from another one",
+                        reply.removed.len(),
+                        reply.release_error
+                    ),
+                ));
+            }
+            Ok(format!(
+                "removed {} links, released {} addresses; the agent has stopped\n",
+                reply.removed.len(),
+                reply.released.len()
             ))
         }
         Command::Rmpeer { peer } => {

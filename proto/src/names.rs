@@ -54,12 +54,19 @@ impl FromStr for Mac {
     }
 }
 
+/// The container id of a host's own endpoints (`weftctl expose`): its place on a network's
+/// bridge. As `weave ps` shows it.
+pub const EXPOSE_ID: &str = "weft:expose";
+
+/// What every host-side veth name starts with.
+pub const HOST_IFNAME_PREFIX: &str = "vethwepl";
+
 /// The host-side veth name of an endpoint: derived from its MAC so that it is known from the
 /// tables alone; 8 + 7 characters fits the kernel's 15.
 pub fn host_ifname(mac: Mac) -> String {
     let b = mac.0;
     let low = u32::from_be_bytes([b[2], b[3], b[4], b[5]]) & 0x0fff_ffff;
-    format!("vethwepl{low:07x}")
+    format!("{HOST_IFNAME_PREFIX}{low:07x}")
 }
 
 /// Name the container end has in the host namespace, before it moves into the container.
