@@ -1,31 +1,26 @@
 //! The agent's shared state: who it is, its controller clients, its datapath, and its copy of
-//! the controller's tables, which the watch feeds and the reconciler turns into kernel state.
+//! the controller's tables, which the watch feeds and the reconciler (`reconcile.rs`) turns into
+//! kernel state.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail};
-use futures::StreamExt;
 use tokio::sync::Notify;
 use tonic::transport::{self, Channel};
-use tracing::{debug, info, warn};
-use weft_proto::names::{EXPOSE_ID, HOST_IFNAME_PREFIX, vni_of_device};
+use tracing::{debug, info};
 use weft_proto::tables::Tables;
 use weft_proto::v1::controller_client::ControllerClient;
-use weft_proto::v1::{DetachRequest, Endpoint, Peer, WatchEvent, watch_event::Event};
+use weft_proto::v1::{Peer, WatchEvent, watch_event::Event};
 
 use crate::datapath::Datapath;
-use crate::desired::host_networks;
-use crate::netlink::{self, LinkEvent};
 
 /// How long to wait for a TCP connection to the controller.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one unary request to the controller may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// A full reconcile runs this often even when nothing changed, to repair what was missed.
-const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
 pub struct Agent {
     pub name: String,
@@ -38,11 +33,11 @@ pub struct Agent {
     pub datapath: Datapath,
     /// The controller's tables as last received; `None` until the first snapshot.
     tables: RwLock<Option<Tables>>,
-    changed: Notify,
+    pub(crate) changed: Notify,
     /// Containers with an attach or detach under way, and how many.
-    busy: Mutex<HashMap<String, usize>>,
+    pub(crate) busy: Mutex<HashMap<String, usize>>,
     /// Set by a reset: the agent changes nothing more and stops.
-    stopping: AtomicBool,
+    pub(crate) stopping: AtomicBool,
     stopped: Notify,
 }
 
@@ -129,7 +124,7 @@ impl Agent {
         }
     }
 
-    fn is_busy(&self, container_id: &str) -> bool {
+    pub(crate) fn is_busy(&self, container_id: &str) -> bool {
         self.busy
             .lock()
             .expect("busy lock poisoned")
@@ -179,90 +174,6 @@ impl Agent {
             ),
         }
         self.changed.notify_one();
-        Ok(())
-    }
-
-    /// Brings the kernel in line with the tables whenever they change, and every RESYNC_EVERY.
-    pub async fn reconcile_loop(&self) {
-        loop {
-            tokio::select! {
-                _ = self.changed.notified() => {}
-                _ = tokio::time::sleep(RESYNC_EVERY) => {}
-            }
-            if let Err(e) = self.reconcile().await {
-                warn!("reconcile failed, retrying: {e:#}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                self.changed.notify_one();
-            }
-        }
-    }
-
-    async fn reconcile(&self) -> anyhow::Result<()> {
-        if self.stopping.load(Ordering::SeqCst) {
-            return Ok(());
-        }
-        let Some((networks, local)) = self.with_tables(|t| {
-            let local: Vec<Endpoint> = t
-                .endpoints
-                .values()
-                .filter(|ep| ep.peer == self.name && ep.container_id != EXPOSE_ID)
-                .cloned()
-                .collect();
-            (host_networks(t, &self.name), local)
-        }) else {
-            return Ok(());
-        };
-        let started = Instant::now();
-        let report = self.datapath.reconcile(&networks).await?;
-        if report.changed() {
-            info!(
-                fdb_added = report.fdb_added,
-                fdb_removed = report.fdb_removed,
-                neigh_added = report.neigh_added,
-                neigh_removed = report.neigh_removed,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "datapath reconciled"
-            );
-        }
-        self.release_unplugged(&local).await
-    }
-
-    /// Reconciles as soon as one of weft's devices changes or goes away behind its back (say,
-    /// `ip link del vxlan-6784`), rather than at the next periodic pass.
-    pub async fn follow_link_events(&self, port: u16) -> anyhow::Result<()> {
-        let mut events = std::pin::pin!(netlink::link_events()?);
-        while let Some(event) = events.next().await {
-            let (LinkEvent::Changed(link) | LinkEvent::Removed(link)) = &event;
-            let ours = vni_of_device(&link.name, port).is_some()
-                || (matches!(event, LinkEvent::Removed(_))
-                    && link.name.starts_with(HOST_IFNAME_PREFIX));
-            if ours {
-                debug!(link = %link.name, "link event");
-                self.request_reconcile();
-            }
-        }
-        bail!("link notifications ended")
-    }
-
-    /// Gives back the addresses of local endpoints that have no veth: their container is gone,
-    /// or an attach never finished (the controller or the agent died half-way). An attach or
-    /// detach under way is left alone; checking that before the veth closes the race with it.
-    async fn release_unplugged(&self, local: &[Endpoint]) -> anyhow::Result<()> {
-        for ep in local {
-            if self.is_busy(&ep.container_id) || self.datapath.link_exists(&ep.host_ifname).await? {
-                continue;
-            }
-            warn!(container = %ep.container_id, network = %ep.network, veth = %ep.host_ifname,
-                "endpoint has no veth on this host; releasing its addresses");
-            let request = DetachRequest {
-                peer: self.name.clone(),
-                container_id: ep.container_id.clone(),
-                addrs: vec![format!("net:{}", ep.network)],
-            };
-            if let Err(status) = self.client.clone().detach(request).await {
-                warn!(container = %ep.container_id, "release failed: {}", status.message());
-            }
-        }
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`watch`] follows the controller (snapshot, then deltas) into [`agent::Agent`]'s tables;
 //! - [`desired`] computes the kernel state the tables call for, and the diff to the current one;
+//! - [`reconcile`] runs the loop that applies it whenever something changed;
 //! - [`datapath`] applies it (bridge, VXLAN, veths, FDB) through [`netlink`], entering container
 //!   namespaces with [`netns`];
 //! - [`local_api`] serves weftctl; [`container`] resolves its CONTAINER references.
@@ -13,4 +14,5 @@ pub mod desired;
 pub mod local_api;
 pub mod netlink;
 pub mod netns;
+pub mod reconcile;
 pub mod watch;
