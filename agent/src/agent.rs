@@ -8,9 +8,9 @@ use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tonic::transport::{self, Channel};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use weft_proto::tables::Tables;
 use weft_proto::v1::controller_client::ControllerClient;
 use weft_proto::v1::{Peer, WatchEvent, watch_event::Event};
@@ -21,6 +21,8 @@ use crate::datapath::Datapath;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one unary request to the controller may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a local command waits for its own change to come back through the watch.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Agent {
     pub name: String,
@@ -33,6 +35,8 @@ pub struct Agent {
     pub datapath: Datapath,
     /// The controller's tables as last received; `None` until the first snapshot.
     tables: RwLock<Option<Tables>>,
+    /// The revision of `tables`, for those waiting for a change of theirs to arrive.
+    revision: watch::Sender<u64>,
     pub(crate) changed: Notify,
     /// Containers with an attach or detach under way, and how many.
     pub(crate) busy: Mutex<HashMap<String, usize>>,
@@ -77,6 +81,7 @@ impl Agent {
             controller_url,
             datapath,
             tables: RwLock::new(None),
+            revision: watch::Sender::new(0),
             changed: Notify::new(),
             busy: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
@@ -173,7 +178,24 @@ impl Agent {
                 event.revision
             ),
         }
+        if let Some(current) = tables.as_ref() {
+            self.revision.send_replace(current.revision);
+        }
         self.changed.notify_one();
         Ok(())
+    }
+
+    /// Waits until the tables hold `revision`, the controller's answer to a change this agent
+    /// asked for: what the agent does and shows next then includes that change, and no
+    /// reconcile from older tables undoes it. Gives up (with a warning) after CATCH_UP_TIMEOUT.
+    pub async fn caught_up(&self, revision: u64) {
+        let mut seen = self.revision.subscribe();
+        let wait = seen.wait_for(|have| *have >= revision);
+        if tokio::time::timeout(CATCH_UP_TIMEOUT, wait).await.is_err() {
+            warn!(
+                revision,
+                "the controller's change has not arrived through the watch yet"
+            );
+        }
     }
 }

@@ -40,6 +40,8 @@ pub struct Report {
     pub fdb_removed: usize,
     pub neigh_added: usize,
     pub neigh_removed: usize,
+    /// From reading the kernel to the last change made.
+    pub elapsed: std::time::Duration,
 }
 
 impl Report {
@@ -134,11 +136,19 @@ impl Datapath {
 
     /// Makes this host's devices and their tables as `networks` (VNI → state) says, touching
     /// only what differs, and removes the devices of networks this host no longer needs.
+    ///
+    /// `desired` is read only once the datapath is this reconcile's alone: an expose or attach
+    /// that finished while it waited is then in the tables it reads, and is not undone.
     pub async fn reconcile(
         &self,
-        networks: &BTreeMap<u32, NetworkState>,
-    ) -> anyhow::Result<Report> {
+        desired: impl FnOnce() -> Option<BTreeMap<u32, NetworkState>>,
+    ) -> anyhow::Result<Option<Report>> {
         let _lock = self.lock.lock().await;
+        let Some(networks) = desired() else {
+            return Ok(None);
+        };
+        let networks = &networks;
+        let started = std::time::Instant::now();
         let mut report = Report::default();
         let fdb = netlink::fdb_entries(&self.handle).await?;
         let neighbours = netlink::neighbours(&self.handle).await?;
@@ -169,7 +179,8 @@ impl Datapath {
             }
         }
         self.remove_left_networks(&links, networks).await?;
-        Ok(report)
+        report.elapsed = started.elapsed();
+        Ok(Some(report))
     }
 
     /// Makes the host's place on network `vni`'s bridge as `exposed` says (none: hidden).

@@ -12,12 +12,13 @@ use weft_proto::subnet::pool_size;
 use weft_proto::tables::{DEFAULT_NETWORK, Tables};
 use weft_proto::v1::agent_server::Agent as AgentApi;
 use weft_proto::v1::{
-    AttachRequest, CreateNetworkRequest, CreateNetworkResponse, DeleteNetworkRequest,
-    DeleteNetworkResponse, DetachRequest, DetachResponse, Endpoint, ExposeRequest, ExposeResponse,
-    HideRequest, HideResponse, IpamStatusRequest, IpamStatusResponse, ListPeersRequest,
-    ListPeersResponse, LocalAttachRequest, LocalAttachResponse, LocalDetachRequest,
-    LocalDetachResponse, NetworkInfo, NetworkListRequest, NetworkListResponse, PeerIpam, PsEntry,
-    PsRequest, PsResponse, RemovePeerRequest, RemovePeerResponse, ResetRequest, ResetResponse,
+    AttachRequest, AttachResponse, CreateNetworkRequest, CreateNetworkResponse,
+    DeleteNetworkRequest, DeleteNetworkResponse, DetachRequest, DetachResponse, Endpoint,
+    ExposeRequest, ExposeResponse, HideRequest, HideResponse, IpamStatusRequest,
+    IpamStatusResponse, ListPeersRequest, ListPeersResponse, LocalAttachRequest,
+    LocalAttachResponse, LocalDetachRequest, LocalDetachResponse, NetworkInfo, NetworkListRequest,
+    NetworkListResponse, PeerIpam, PsEntry, PsRequest, PsResponse, RemovePeerRequest,
+    RemovePeerResponse, ResetRequest, ResetResponse,
 };
 
 use crate::agent::Agent;
@@ -164,14 +165,39 @@ impl LocalApi {
             container_id: container_id.to_string(),
             addrs,
         };
-        Ok(self
+        let done = self
             .agent
             .client
             .clone()
             .detach(request)
             .await
             .map_err(|s| self.controller_status(s))?
-            .into_inner())
+            .into_inner();
+        self.agent.caught_up(done.revision).await;
+        Ok(done)
+    }
+
+    /// Has the controller claim or allocate `addrs` for a container of this host.
+    async fn attach_at_controller(
+        &self,
+        container_id: &str,
+        addrs: Vec<String>,
+    ) -> Result<AttachResponse, Status> {
+        let request = AttachRequest {
+            peer: self.agent.name.clone(),
+            container_id: container_id.to_string(),
+            addrs,
+        };
+        let done = self
+            .agent
+            .client
+            .clone()
+            .attach(request)
+            .await
+            .map_err(|s| self.controller_status(s))?
+            .into_inner();
+        self.agent.caught_up(done.revision).await;
+        Ok(done)
     }
 
     /// Makes the kernel follow a detach: removed endpoints lose their veth, updated ones the
@@ -215,18 +241,7 @@ impl AgentApi for LocalApi {
         let addrs = request.into_inner().addrs;
         check_addrs(&addrs)?;
         let _busy = self.agent.busy(EXPOSE_ID);
-        let done = self
-            .agent
-            .client
-            .clone()
-            .attach(AttachRequest {
-                peer: self.agent.name.clone(),
-                container_id: EXPOSE_ID.to_string(),
-                addrs,
-            })
-            .await
-            .map_err(|s| self.controller_status(s))?
-            .into_inner();
+        let done = self.attach_at_controller(EXPOSE_ID, addrs).await?;
         for ep in &done.endpoints {
             let vni = done
                 .networks
@@ -277,7 +292,6 @@ impl AgentApi for LocalApi {
                     .map_err(internal)?;
             }
         }
-        self.agent.request_reconcile();
         Ok(Response::new(HideResponse {
             ips: ips_of(&done.released),
         }))
@@ -328,18 +342,7 @@ impl AgentApi for LocalApi {
         let container = container::resolve(&req.container).map_err(container_status)?;
         let _busy = self.agent.busy(&container.id);
         // The controller claims the addresses first, so no two hosts can plug the same one.
-        let done = self
-            .agent
-            .client
-            .clone()
-            .attach(AttachRequest {
-                peer: self.agent.name.clone(),
-                container_id: container.id.clone(),
-                addrs: req.addrs,
-            })
-            .await
-            .map_err(|s| self.controller_status(s))?
-            .into_inner();
+        let done = self.attach_at_controller(&container.id, req.addrs).await?;
         let vnis: HashMap<&str, u32> = done
             .networks
             .iter()
@@ -407,6 +410,7 @@ impl AgentApi for LocalApi {
             .create_network(request.into_inner())
             .await
             .map_err(|s| self.controller_status(s))?;
+        self.agent.caught_up(created.get_ref().revision).await;
         Ok(created)
     }
 
@@ -414,12 +418,15 @@ impl AgentApi for LocalApi {
         &self,
         request: Request<DeleteNetworkRequest>,
     ) -> Result<Response<DeleteNetworkResponse>, Status> {
-        self.agent
+        let deleted = self
+            .agent
             .client
             .clone()
             .delete_network(request.into_inner())
             .await
-            .map_err(|s| self.controller_status(s))
+            .map_err(|s| self.controller_status(s))?;
+        self.agent.caught_up(deleted.get_ref().revision).await;
+        Ok(deleted)
     }
 
     async fn list_networks(
@@ -465,12 +472,15 @@ impl AgentApi for LocalApi {
         &self,
         request: Request<RemovePeerRequest>,
     ) -> Result<Response<RemovePeerResponse>, Status> {
-        self.agent
+        let removed = self
+            .agent
             .client
             .clone()
             .remove_peer(request.into_inner())
             .await
-            .map_err(|s| self.controller_status(s))
+            .map_err(|s| self.controller_status(s))?;
+        self.agent.caught_up(removed.get_ref().revision).await;
+        Ok(removed)
     }
 }
 

@@ -3,7 +3,7 @@
 //! fix: see `Datapath::reconcile`), and give back addresses of endpoints that lost their veth.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::bail;
 use futures::StreamExt;
@@ -38,29 +38,29 @@ impl Agent {
         if self.stopping.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let Some((networks, local)) = self.with_tables(|t| {
-            let local: Vec<Endpoint> = t
-                .endpoints
-                .values()
-                .filter(|ep| ep.peer == self.name && ep.container_id != EXPOSE_ID)
-                .cloned()
-                .collect();
-            (host_networks(t, &self.name), local)
-        }) else {
+        let networks = || self.with_tables(|t| host_networks(t, &self.name));
+        let Some(report) = self.datapath.reconcile(networks).await? else {
             return Ok(());
         };
-        let started = Instant::now();
-        let report = self.datapath.reconcile(&networks).await?;
         if report.changed() {
             info!(
                 fdb_added = report.fdb_added,
                 fdb_removed = report.fdb_removed,
                 neigh_added = report.neigh_added,
                 neigh_removed = report.neigh_removed,
-                elapsed_ms = started.elapsed().as_millis() as u64,
+                elapsed_ms = report.elapsed.as_millis() as u64,
                 "datapath reconciled"
             );
         }
+        let local: Vec<Endpoint> = self
+            .with_tables(|t| {
+                t.endpoints
+                    .values()
+                    .filter(|ep| ep.peer == self.name && ep.container_id != EXPOSE_ID)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
         self.release_unplugged(&local).await
     }
 

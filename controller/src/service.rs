@@ -92,12 +92,13 @@ impl ControllerService {
         }
     }
 
-    /// Runs `plan` against the tables; persists and publishes the changes it returns.
+    /// Runs `plan` against the tables; persists and publishes the changes it returns. Returns
+    /// the plan's result and the revision the tables are at afterwards.
     /// Blocking (the store fsyncs): call it from `spawn_blocking`.
     pub fn mutate<T>(
         &self,
         plan: impl FnOnce(&Tables) -> Result<(T, Vec<Change>), TableError>,
-    ) -> Result<T, Status> {
+    ) -> Result<(T, u64), Status> {
         let mut state = self
             .inner
             .state
@@ -105,7 +106,7 @@ impl ControllerService {
             .expect("controller state lock poisoned");
         let (out, changes) = plan(&state.tables).map_err(status_of)?;
         if changes.is_empty() {
-            return Ok(out);
+            return Ok((out, state.tables.revision));
         }
         let revision = state.tables.revision + changes.len() as u64;
         state.store.commit(&changes, revision).map_err(|e| {
@@ -122,13 +123,13 @@ impl ControllerService {
                 })),
             });
         }
-        Ok(out)
+        Ok((out, state.tables.revision))
     }
 
     async fn mutate_async<T: Send + 'static>(
         &self,
         plan: impl FnOnce(&Tables) -> Result<(T, Vec<Change>), TableError> + Send + 'static,
-    ) -> Result<T, Status> {
+    ) -> Result<(T, u64), Status> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.mutate(plan))
             .await
@@ -234,20 +235,19 @@ impl Controller for ControllerService {
             addrs,
         } = request.into_inner();
         let specs = parse_addrs(&addrs)?;
-        let (done, container) = (
-            self.mutate_async({
+        let (done, revision) = self
+            .mutate_async({
                 let (peer, container_id) = (peer.clone(), container_id.clone());
                 move |t| t.attach(&peer, &container_id, &specs, &mut Mac::random)
             })
-            .await?,
-            container_id,
-        );
-        info!(%container, %peer, cidrs = ?done.cidrs, "attached");
+            .await?;
+        info!(container = %container_id, %peer, cidrs = ?done.cidrs, "attached");
         Ok(Response::new(AttachResponse {
             endpoints: done.endpoints,
             cidrs: done.cidrs,
             added: done.added,
             networks: done.networks,
+            revision,
         }))
     }
 
@@ -261,7 +261,7 @@ impl Controller for ControllerService {
             addrs,
         } = request.into_inner();
         let specs = parse_addrs(&addrs)?;
-        let done = self
+        let (done, revision) = self
             .mutate_async({
                 let (peer, container_id) = (peer.clone(), container_id.clone());
                 move |t| t.detach(&peer, &container_id, &specs)
@@ -272,6 +272,7 @@ impl Controller for ControllerService {
             updated: done.updated,
             removed: done.removed,
             released: done.released,
+            revision,
         }))
     }
 
@@ -280,12 +281,13 @@ impl Controller for ControllerService {
         request: Request<CreateNetworkRequest>,
     ) -> Result<Response<CreateNetworkResponse>, Status> {
         let CreateNetworkRequest { name, subnet } = request.into_inner();
-        let network = self
+        let (network, revision) = self
             .mutate_async(move |t| t.create_network(&name, &subnet))
             .await?;
         info!(name = %network.name, subnet = %network.subnet, vni = network.vni, "network created");
         Ok(Response::new(CreateNetworkResponse {
             network: Some(network),
+            revision,
         }))
     }
 
@@ -294,13 +296,14 @@ impl Controller for ControllerService {
         request: Request<DeleteNetworkRequest>,
     ) -> Result<Response<DeleteNetworkResponse>, Status> {
         let name = request.into_inner().name;
-        self.mutate_async({
-            let name = name.clone();
-            move |t| Ok(((), t.delete_network(&name)?))
-        })
-        .await?;
+        let ((), revision) = self
+            .mutate_async({
+                let name = name.clone();
+                move |t| Ok(((), t.delete_network(&name)?))
+            })
+            .await?;
         info!(%name, "network removed");
-        Ok(Response::new(DeleteNetworkResponse {}))
+        Ok(Response::new(DeleteNetworkResponse { revision }))
     }
 
     async fn remove_peer(
@@ -309,14 +312,14 @@ impl Controller for ControllerService {
     ) -> Result<Response<RemovePeerResponse>, Status> {
         let name = request.into_inner().name;
         let connected = self.liveness().is_connected(&name);
-        let released = self
+        let (released, revision) = self
             .mutate_async({
                 let name = name.clone();
                 move |t| t.remove_peer(&name, connected)
             })
             .await?;
         info!(peer = %name, released = released.len(), "peer removed");
-        Ok(Response::new(RemovePeerResponse { released }))
+        Ok(Response::new(RemovePeerResponse { released, revision }))
     }
 
     async fn list_peers(

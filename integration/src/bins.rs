@@ -16,16 +16,26 @@ impl Bins {
     /// From `$WEFT_BIN_DIR`, else the profile dir of the running executable (target/debug for
     /// both target/debug/deps/<test> and target/debug/weft-demo). Panics naming the fix if absent.
     pub fn locate() -> Bins {
-        let dir = match env::var_os("WEFT_BIN_DIR") {
-            Some(dir) => PathBuf::from(dir),
-            None => profile_dir(),
-        };
+        let dir = bin_dir();
         Bins {
             controller: find(&dir, "weft-controller"),
             agent: find(&dir, "weft-agent"),
             ctl: find(&dir, "weftctl"),
         }
     }
+}
+
+/// Where the weft programs are: `$WEFT_BIN_DIR`, else the profile dir of the running executable.
+pub fn bin_dir() -> PathBuf {
+    match env::var_os("WEFT_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => profile_dir(),
+    }
+}
+
+/// Another program built alongside them, e.g. `weft-load`. Panics naming the fix if absent.
+pub fn locate_bin(name: &str) -> PathBuf {
+    find(&bin_dir(), name)
 }
 
 fn profile_dir() -> PathBuf {

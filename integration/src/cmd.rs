@@ -26,7 +26,12 @@ impl Output {
 
 /// Runs `cmd` with no stdin, capturing its output. Panics if it cannot start or overruns
 /// [`COMMAND_TIMEOUT`]; a non-zero exit is reported, not treated as an error.
-pub fn run(mut cmd: Command) -> Output {
+pub fn run(cmd: Command) -> Output {
+    run_for(cmd, COMMAND_TIMEOUT)
+}
+
+/// [`run`] with a time limit of the caller's, for the rare command known to take longer.
+pub fn run_for(mut cmd: Command, timeout: Duration) -> Output {
     let shown = format!("{cmd:?}");
     let mut child = cmd
         .stdin(Stdio::null())
@@ -37,7 +42,7 @@ pub fn run(mut cmd: Command) -> Output {
     // Drain both pipes concurrently so a chatty child cannot block on a full pipe.
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().expect("waiting for a child process") {
             break status;
@@ -45,7 +50,7 @@ pub fn run(mut cmd: Command) -> Output {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{shown} did not finish within {COMMAND_TIMEOUT:?}");
+            panic!("{shown} did not finish within {timeout:?}");
         }
         sleep(Duration::from_millis(10));
     };

@@ -3,7 +3,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -96,6 +96,11 @@ impl Daemon {
     /// How the process ended, if it has; `None` while it runs or when it was never started.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// The file the process's stdout and stderr go to.
+    pub fn log(&self) -> &Path {
+        &self.log
     }
 
     /// The last `n` lines of the process's log, headed by its command line.

@@ -1,4 +1,4 @@
-//! Reading kernel state (links, addresses, the bridge FDB) inside a namespace from the JSON that
+//! Reading kernel state (links, addresses, the bridge FDB, neighbours) inside a namespace from the JSON that
 //! `ip -j` and `bridge -j` print, so tests check what the kernel really holds.
 
 use std::collections::BTreeSet;
@@ -12,6 +12,8 @@ use crate::cmd;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
     pub name: String,
+    /// The kernel's number for the device; a device deleted and made anew gets a new one.
+    pub index: u64,
     pub mac: String,
     pub mtu: u64,
     /// The bridge it is enslaved to, if any.
@@ -28,6 +30,7 @@ pub fn links(ns: &str) -> Vec<Link> {
         .iter()
         .map(|l| Link {
             name: text(l, "ifname"),
+            index: l["ifindex"].as_u64().unwrap_or_default(),
             mac: text(l, "address"),
             mtu: l["mtu"].as_u64().unwrap_or_default(),
             master: l["master"].as_str().map(str::to_owned),
@@ -69,6 +72,26 @@ pub fn fdb(ns: &str, dev: &str) -> BTreeSet<(String, String)> {
         .iter()
         .filter(|e| e["dst"].is_string())
         .map(|e| (text(e, "mac"), text(e, "dst")))
+        .collect()
+}
+
+/// The permanent neighbour (ARP) entries of device `dev` in `ns`, as `(ip, mac)` pairs.
+pub fn neighbours(ns: &str, dev: &str) -> BTreeSet<(String, String)> {
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "-n",
+        ns,
+        "-j",
+        "neigh",
+        "show",
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ]);
+    json_array(&cmd::check(cmd).stdout)
+        .iter()
+        .map(|e| (text(e, "dst"), text(e, "lladdr")))
         .collect()
 }
 

@@ -4,6 +4,7 @@ use std::env;
 use std::io::{self, Write};
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use crate::cmd::{self, Output};
 
@@ -65,6 +66,37 @@ pub fn ip(ns: &str, args: &[&str]) -> Output {
 /// Runs `args` inside namespace `ns` and reports how it ended.
 pub fn exec(ns: &str, args: &[&str]) -> Output {
     cmd::run(in_netns(ns, args[0], &args[1..]))
+}
+
+/// [`exec`] for a command that may need longer than the harness's usual limit, e.g. a load
+/// generator; it is killed after `timeout`.
+pub fn exec_for(ns: &str, args: &[&str], timeout: Duration) -> Output {
+    cmd::run_for(in_netns(ns, args[0], &args[1..]), timeout)
+}
+
+/// A namespace outside any world (loopback up), deleted when dropped, also while panicking:
+/// for a reference measurement that must start from an empty kernel each time.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    pub fn new(name: &str) -> Netns {
+        add(name);
+        Netns {
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        del(&self.name);
+    }
 }
 
 /// A command that runs `program` inside `ns`. `ip netns exec` execs it in place, so the spawned

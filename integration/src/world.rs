@@ -4,7 +4,7 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process;
+use std::process::{self, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::{self, sleep};
@@ -52,6 +52,8 @@ pub struct World {
     /// run weftctl against the same world.
     controller: Mutex<Daemon>,
     agents: Vec<Daemon>,
+    /// Flags every agent gets after the harness's own, e.g. `--mtu 1400`.
+    agent_args: Vec<String>,
     /// Container namespaces and the host each was made for, for failure reports.
     containers: Vec<(String, usize)>,
 }
@@ -60,6 +62,11 @@ impl World {
     /// Builds the underlay, starts the controller and `hosts` agents, and returns once every
     /// agent answers `weftctl ps`. Panics with the reason (and the processes' logs) otherwise.
     pub fn new(hosts: usize) -> World {
+        World::with_agent_args(hosts, &[])
+    }
+
+    /// [`World::new`] with `agent_args` added to every agent's command line.
+    pub fn with_agent_args(hosts: usize, agent_args: &[&str]) -> World {
         netns::require_privileges_and_tools();
         assert!(
             (1..100).contains(&hosts),
@@ -95,6 +102,7 @@ impl World {
             namespaces: Vec::new(),
             controller: Mutex::new(controller),
             agents: Vec::new(),
+            agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
             containers: Vec::new(),
         };
         let underlay = format!("{}-ul", world.prefix);
@@ -192,10 +200,26 @@ impl World {
         self.agent(host).stop();
     }
 
+    /// SIGKILLs host `host`'s agent, as a crash would.
+    pub fn kill_agent(&mut self, host: usize) {
+        self.agent(host).kill();
+    }
+
+    /// How host `host`'s agent ended, if it has (say, after `weftctl reset`).
+    pub fn agent_exited(&mut self, host: usize) -> Option<ExitStatus> {
+        self.agent(host).exited()
+    }
+
     /// (Re)starts host `host`'s agent and waits until it is ready.
     pub fn start_agent(&mut self, host: usize) {
         self.agent(host).start();
         self.wait_agent_ready(host);
+    }
+
+    /// The log file of host `host`'s agent; restarts append to it.
+    pub fn agent_log(&self, host: usize) -> PathBuf {
+        self.check_host(host);
+        self.agents[host - 1].log().to_path_buf()
     }
 
     /// The controller's daemon. A panic while the lock was held (a failed start) does not make
@@ -259,17 +283,19 @@ impl World {
         let ns = self.host_ns(host);
         self.add_ns(&ns);
         self.plug(&ns, &format!("h{host}"), &host_addr(host));
+        let mut args = vec![
+            "--controller".into(),
+            CONTROLLER_URL.into(),
+            "--name".into(),
+            format!("host{host}"),
+            "--socket".into(),
+            self.socket(host).display().to_string(),
+        ];
+        args.extend(self.agent_args.iter().cloned());
         let mut agent = Daemon::new(
             &ns,
             self.bins.agent.clone(),
-            vec![
-                "--controller".into(),
-                CONTROLLER_URL.into(),
-                "--name".into(),
-                format!("host{host}"),
-                "--socket".into(),
-                self.socket(host).display().to_string(),
-            ],
+            args,
             self.dir.path().join(format!("host{host}.log")),
         );
         agent.start();
