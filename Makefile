@@ -6,7 +6,7 @@ CARGO ?= cargo
 # rustup puts cargo here; a non-login shell (CI) may not have it on PATH.
 export PATH := $(PATH):$(HOME)/.cargo/bin
 
-.PHONY: deps build test demo lint
+.PHONY: deps build test demo lint bench
 
 deps:
 	@if ! command -v ip >/dev/null || ! command -v bridge >/dev/null || ! command -v ping >/dev/null; then \
@@ -26,3 +26,9 @@ demo: deps build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Run by hand, not in CI (a few minutes, needs root): weft-agent programming 10,000 remote
+# endpoints against iproute2 batch files; see BENCHMARKS.md. Release builds, as in production.
+bench: deps
+	$(CARGO) build --workspace --bins --release
+	$(CARGO) run --quiet --release -p weft-integration --bin weft-bench-fdb

@@ -21,6 +21,8 @@ use crate::datapath::Datapath;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one unary request to the controller may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest snapshot the agent accepts: room for about a million endpoints.
+const MAX_SNAPSHOT_BYTES: usize = 256 << 20;
 /// How long a local command waits for its own change to come back through the watch.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -77,7 +79,10 @@ impl Agent {
             name,
             advertise_addr,
             client: ControllerClient::new(endpoint.clone().timeout(REQUEST_TIMEOUT).connect_lazy()),
-            watch_client: ControllerClient::new(endpoint.connect_lazy()),
+            // A snapshot is one message: 10,000 endpoints are about 1 MB, far past tonic's 4 MB
+            // default at the scale weft is for.
+            watch_client: ControllerClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(MAX_SNAPSHOT_BYTES),
             controller_url,
             datapath,
             tables: RwLock::new(None),

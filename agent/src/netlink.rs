@@ -627,15 +627,19 @@ pub fn link_events() -> anyhow::Result<impl futures::Stream<Item = LinkEvent>> {
 
 /// The MTU of the link that holds `addr`.
 pub async fn mtu_of_address_holder(handle: &Handle, addr: Ipv4Addr) -> anyhow::Result<u32> {
-    let holder = handle
+    // Read the whole dump: a dump dropped half-way leaves netlink replies with nobody to take them.
+    let holders: Vec<AddressMessage> = handle
         .address()
         .get()
         .set_address_filter(IpAddr::V4(addr))
         .execute()
-        .try_next()
+        .try_collect()
         .await
         .map_err(reason)
-        .context("cannot list addresses")?
+        .context("cannot list addresses")?;
+    let holder = holders
+        .into_iter()
+        .next()
         .ok_or_else(|| anyhow!("no interface holds the advertise address {addr}"))?;
     let index = holder.header.index;
     let link = handle

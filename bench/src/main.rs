@@ -1,0 +1,132 @@
+//! weft-load: drives a weft-controller over its real gRPC protocol, as many agents and containers
+//! would, to put load on it and to fill its tables for benchmarks. Run by hand, not in CI.
+
+mod populate;
+
+use std::fs;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand};
+use tonic::transport::{Channel, Endpoint};
+use weft_proto::v1::Peer;
+use weft_proto::v1::controller_client::ControllerClient;
+
+use crate::populate::Population;
+
+/// How long to wait for a TCP connection to the controller.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one request may take; generous, since the controller queues attaches behind fsyncs.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// weft-load: puts load on a weft-controller through its gRPC API.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    /// The controller's URL.
+    #[arg(long, default_value = "http://127.0.0.1:6786", global = true)]
+    controller: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Register a peer that no agent runs for, and attach containers load-0, load-1, ... on it:
+    /// one endpoint each, with a MAC of its own. Prints how long it took.
+    Populate {
+        /// Name of the peer.
+        #[arg(long, default_value = "load")]
+        peer: String,
+        /// The peer's VTEP address; nothing needs to answer there.
+        #[arg(long)]
+        advertise_addr: Ipv4Addr,
+        /// How many containers to attach.
+        #[arg(long, default_value_t = 10_000)]
+        endpoints: usize,
+        /// Attach requests in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// ADDR for every container (repeatable); none means net:default.
+        #[arg(long = "addr", value_name = "ADDR")]
+        addrs: Vec<String>,
+        /// Write every endpoint made to FILE, one `MAC IP/LEN` line per address.
+        #[arg(long, value_name = "FILE")]
+        list: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft-load: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = connect(&cli.controller).await?;
+    match cli.command {
+        Command::Populate {
+            peer,
+            advertise_addr,
+            endpoints,
+            concurrency,
+            addrs,
+            list,
+        } => {
+            let population = Population {
+                peer: Peer {
+                    name: peer,
+                    advertise_addr: advertise_addr.to_string(),
+                },
+                endpoints,
+                concurrency: concurrency.max(1),
+                addrs,
+            };
+            let started = Instant::now();
+            let made = population.run(client).await?;
+            let took = started.elapsed();
+            if let Some(path) = list {
+                let mut text = Vec::new();
+                for ep in &made {
+                    for cidr in &ep.cidrs {
+                        writeln!(text, "{} {cidr}", ep.mac)?;
+                    }
+                }
+                fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            println!(
+                "populated peer {} ({}): {} endpoints in {:.1} s ({:.0} attaches/s, {} in flight)",
+                population.peer.name,
+                population.peer.advertise_addr,
+                made.len(),
+                took.as_secs_f64(),
+                made.len() as f64 / took.as_secs_f64(),
+                population.concurrency
+            );
+            Ok(())
+        }
+    }
+}
+
+/// One HTTP/2 connection; concurrent requests share it, as an agent's do.
+async fn connect(url: &str) -> anyhow::Result<ControllerClient<Channel>> {
+    let channel = Endpoint::from_shared(url.to_string())
+        .map_err(|e| anyhow!("invalid controller URL {url}: {e}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .connect()
+        .await
+        .with_context(|| format!("controller {url} is unreachable"))?;
+    Ok(ControllerClient::new(channel))
+}
