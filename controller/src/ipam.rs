@@ -12,6 +12,9 @@ use weft_proto::subnet::{gateway, pool_bounds, pool_size, reserved_reason};
 /// Who holds an address: (container id, peer).
 pub type Holder = (String, String);
 
+/// Addresses a request has taken so far, before any of it is recorded.
+pub type Taken = BTreeMap<Ipv4Addr, Holder>;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IpamError {
     #[error("address {ip} is outside network {network} ({subnet})")]
@@ -37,7 +40,7 @@ pub enum IpamError {
 }
 
 /// The held addresses of one network.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pool {
     pub network: String,
     pub subnet: Ipv4Network,
@@ -63,13 +66,15 @@ impl Pool {
         self.held.len()
     }
 
-    pub fn holder(&self, ip: Ipv4Addr) -> Option<&Holder> {
-        self.held.get(&ip)
+    /// Who holds `ip`, counting what the request under way has `taken`.
+    fn holder_with<'a>(&'a self, ip: Ipv4Addr, taken: &'a Taken) -> Option<&'a Holder> {
+        taken.get(&ip).or_else(|| self.held.get(&ip))
     }
 
-    /// Claims `ip` for `holder`. Claiming an address the same holder already has succeeds and
-    /// changes nothing, so a retried attach is harmless. The gateway address is a host's only.
-    pub fn claim(&mut self, ip: Ipv4Addr, holder: &Holder) -> Result<(), IpamError> {
+    /// Checks that `holder` may have `ip`; true if it does not hold it yet. An address the same
+    /// holder already has is fine (so a retried attach is harmless). The gateway address is a
+    /// host's only. Changes nothing: the caller adds the address to `taken`.
+    pub fn claim(&self, ip: Ipv4Addr, holder: &Holder, taken: &Taken) -> Result<bool, IpamError> {
         if !self.subnet.contains(ip) {
             return Err(IpamError::Outside {
                 ip,
@@ -85,50 +90,43 @@ impl Pool {
                 subnet: self.subnet,
             });
         }
-        match self.held.get(&ip) {
-            Some(h) if h == holder => Ok(()),
+        match self.holder_with(ip, taken) {
+            Some(h) if h == holder => Ok(false),
             Some(h) => Err(IpamError::InUse {
                 ip,
                 holder: h.clone(),
             }),
-            None => {
-                self.held.insert(ip, holder.clone());
-                Ok(())
-            }
+            None => Ok(true),
         }
     }
 
-    /// Takes the lowest free address for `holder`; a host exposing itself gets the gateway
-    /// address while it is free.
-    pub fn allocate(&mut self, holder: &Holder) -> Result<Ipv4Addr, IpamError> {
+    /// The lowest free address, not counting what the request under way has `taken`; a host
+    /// exposing itself gets the gateway address while it is free. Changes nothing.
+    pub fn allocate(&self, holder: &Holder, taken: &Taken) -> Result<Ipv4Addr, IpamError> {
         let gw = gateway(self.subnet);
-        if holder.0 == EXPOSE_ID && !self.held.contains_key(&gw) {
-            self.held.insert(gw, holder.clone());
+        if holder.0 == EXPOSE_ID && self.holder_with(gw, taken).is_none() {
             return Ok(gw);
         }
         let (first, last) = pool_bounds(self.subnet);
-        // Held addresses in order: the first gap after `first` is the lowest free address.
-        let mut candidate = first;
-        for ip in self
+        // Held addresses in order: the first gap after `first` not taken is the lowest free.
+        let mut held = self
             .held
             .range(Ipv4Addr::from(first)..=Ipv4Addr::from(last))
             .map(|(ip, _)| u32::from(*ip))
-        {
-            if ip != candidate {
-                break;
+            .peekable();
+        let mut candidate = first;
+        while candidate <= last {
+            while held.next_if(|ip| *ip < candidate).is_some() {}
+            if held.peek() != Some(&candidate) && !taken.contains_key(&Ipv4Addr::from(candidate)) {
+                return Ok(Ipv4Addr::from(candidate));
             }
             candidate += 1;
         }
-        if candidate > last {
-            return Err(IpamError::Exhausted {
-                network: self.network.clone(),
-                subnet: self.subnet,
-                pool: pool_size(self.subnet),
-            });
-        }
-        let ip = Ipv4Addr::from(candidate);
-        self.held.insert(ip, holder.clone());
-        Ok(ip)
+        Err(IpamError::Exhausted {
+            network: self.network.clone(),
+            subnet: self.subnet,
+            pool: pool_size(self.subnet),
+        })
     }
 
     pub fn release(&mut self, ip: Ipv4Addr) {
@@ -152,42 +150,74 @@ mod tests {
         Pool::new("net", subnet.parse().unwrap())
     }
 
+    /// Claims and records, as a request that claims one address does.
+    fn take(p: &mut Pool, ip: Ipv4Addr, h: &Holder) -> Result<(), IpamError> {
+        p.claim(ip, h, &Taken::new())?;
+        p.note_held(ip, h.clone());
+        Ok(())
+    }
+
+    /// Allocates and records, as a request that allocates one address does.
+    fn alloc(p: &mut Pool, h: &Holder) -> Result<Ipv4Addr, IpamError> {
+        let ip = p.allocate(h, &Taken::new())?;
+        p.note_held(ip, h.clone());
+        Ok(ip)
+    }
+
+    #[test]
+    fn what_a_request_has_taken_counts_before_it_is_recorded() {
+        let p = pool("10.0.0.0/29");
+        let mut taken = Taken::new();
+        let first = p.allocate(&holder(1), &taken).unwrap();
+        taken.insert(first, holder(1));
+        let second = p.allocate(&holder(1), &taken).unwrap();
+        assert_eq!(
+            (first.to_string(), second.to_string()),
+            ("10.0.0.2".into(), "10.0.0.3".into())
+        );
+        assert_eq!(
+            p.claim(first, &holder(2), &taken).unwrap_err().to_string(),
+            "address 10.0.0.2 already in use by c1 on host1"
+        );
+        assert_eq!(p.used(), 0, "nothing recorded");
+    }
+
     #[test]
     fn claims_are_checked_and_name_the_problem() {
         let mut p = pool("192.168.0.0/24");
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
-        assert_eq!(p.claim(ip("192.168.0.2"), &holder(1)), Ok(()));
+        assert_eq!(take(&mut p, ip("192.168.0.2"), &holder(1)), Ok(()));
         assert_eq!(
-            p.claim(ip("192.168.0.2"), &holder(1)),
+            take(&mut p, ip("192.168.0.2"), &holder(1)),
             Ok(()),
             "same holder again"
         );
         assert_eq!(
-            p.claim(ip("192.168.0.2"), &holder(2))
+            take(&mut p, ip("192.168.0.2"), &holder(2))
                 .unwrap_err()
                 .to_string(),
             "address 192.168.0.2 already in use by c1 on host1"
         );
         assert_eq!(
-            p.claim(ip("192.168.1.2"), &holder(2))
+            take(&mut p, ip("192.168.1.2"), &holder(2))
                 .unwrap_err()
                 .to_string(),
             "address 192.168.1.2 is outside network net (192.168.0.0/24)"
         );
         assert_eq!(
-            p.claim(ip("192.168.0.255"), &holder(2))
+            take(&mut p, ip("192.168.0.255"), &holder(2))
                 .unwrap_err()
                 .to_string(),
             "address 192.168.0.255 is the broadcast address of 192.168.0.0/24"
         );
         assert_eq!(
-            p.claim(ip("192.168.0.0"), &holder(2))
+            take(&mut p, ip("192.168.0.0"), &holder(2))
                 .unwrap_err()
                 .to_string(),
             "address 192.168.0.0 is the network address of 192.168.0.0/24"
         );
         assert_eq!(
-            p.claim(ip("192.168.0.1"), &holder(2))
+            take(&mut p, ip("192.168.0.1"), &holder(2))
                 .unwrap_err()
                 .to_string(),
             "address 192.168.0.1 is the gateway address, kept for the host of 192.168.0.0/24"
@@ -199,36 +229,36 @@ mod tests {
         let mut p = pool("192.168.0.0/24");
         let host = |peer: &str| (EXPOSE_ID.to_string(), peer.to_string());
         let gw: Ipv4Addr = "192.168.0.1".parse().unwrap();
-        assert_eq!(p.allocate(&host("host1")), Ok(gw));
+        assert_eq!(alloc(&mut p, &host("host1")), Ok(gw));
         assert_eq!(
-            p.allocate(&host("host2")).unwrap().to_string(),
+            alloc(&mut p, &host("host2")).unwrap().to_string(),
             "192.168.0.2"
         );
         assert_eq!(
-            p.claim(gw, &host("host3")).unwrap_err().to_string(),
+            take(&mut p, gw, &host("host3")).unwrap_err().to_string(),
             "address 192.168.0.1 already in use by weft:expose on host1"
         );
         p.release(gw);
-        assert_eq!(p.claim(gw, &host("host3")), Ok(()));
-        assert!(p.claim(gw, &holder(1)).is_err(), "never a container's");
+        assert_eq!(take(&mut p, gw, &host("host3")), Ok(()));
+        assert!(take(&mut p, gw, &holder(1)).is_err(), "never a container's");
     }
 
     #[test]
     fn allocation_takes_the_lowest_free_address_and_fills_gaps() {
         let mut p = pool("10.0.0.0/29");
         let got: Vec<_> = (0..5)
-            .map(|n| p.allocate(&holder(n)).unwrap().to_string())
+            .map(|n| alloc(&mut p, &holder(n)).unwrap().to_string())
             .collect();
         assert_eq!(
             got,
             ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
         );
         assert_eq!(
-            p.allocate(&holder(9)).unwrap_err().to_string(),
+            alloc(&mut p, &holder(9)).unwrap_err().to_string(),
             "network net (10.0.0.0/29) has no free address: all 5 are in use"
         );
         p.release("10.0.0.4".parse().unwrap());
-        assert_eq!(p.allocate(&holder(9)).unwrap().to_string(), "10.0.0.4");
+        assert_eq!(alloc(&mut p, &holder(9)).unwrap().to_string(), "10.0.0.4");
     }
 
     #[derive(Debug, Clone)]
@@ -259,7 +289,7 @@ mod tests {
             let mut model: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
             for op in ops {
                 match op {
-                    Op::Allocate(h) => match p.allocate(&holder(h)) {
+                    Op::Allocate(h) => match alloc(&mut p, &holder(h)) {
                         Ok(ip) => {
                             prop_assert!(!model.contains_key(&ip), "{ip} handed out twice");
                             prop_assert_eq!(reserved_reason(subnet, ip), None);
@@ -274,7 +304,7 @@ mod tests {
                     },
                     Op::Claim(h, last) => {
                         let ip = Ipv4Addr::new(10, 1, 0, last);
-                        let result = p.claim(ip, &holder(h));
+                        let result = take(&mut p, ip, &holder(h));
                         let expect_ok = subnet.contains(ip)
                             && reserved_reason(subnet, ip).is_none()
                             && model.get(&ip).is_none_or(|held| *held == h);
@@ -300,9 +330,9 @@ mod tests {
                 p.release(*ip);
             }
             for n in 0..pool {
-                prop_assert!(p.allocate(&holder(n)).is_ok());
+                prop_assert!(alloc(&mut p, &holder(n)).is_ok());
             }
-            prop_assert!(p.allocate(&holder(0)).is_err());
+            prop_assert!(alloc(&mut p, &holder(0)).is_err());
         }
     }
 }

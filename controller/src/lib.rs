@@ -2,6 +2,7 @@
 //! keeps them in memory
 //! ([`rules`]), durable in redb ([`store`]), and serves them to agents over gRPC ([`service`]).
 
+pub mod index;
 pub mod ipam;
 pub mod liveness;
 pub mod rules;

@@ -12,7 +12,8 @@ use weft_proto::subnet::{PREFIX_RANGE, canonical};
 use weft_proto::tables::{DEFAULT_NETWORK, DEFAULT_VNI, Tables, endpoint_id};
 use weft_proto::v1::{Endpoint, EndpointKey, Network, Peer, delta::Change};
 
-use crate::ipam::{IpamError, Pool};
+use crate::index::Index;
+use crate::ipam::{Holder, IpamError, Pool, Taken};
 
 /// Largest VNI VXLAN has (24 bits).
 const MAX_VNI: u32 = (1 << 24) - 1;
@@ -151,21 +152,31 @@ fn validate_network_name(name: &str) -> Result<(), TableError> {
     Ok(())
 }
 
+/// The tables and their index, as the rules read them.
+pub struct View<'a> {
+    pub tables: &'a Tables,
+    pub index: &'a Index,
+}
+
 /// The tables as a request sees them while it is planned: networks it creates and addresses it
 /// takes count at once, so two parts of one request cannot take the same thing.
 struct Planner<'a> {
-    tables: &'a Tables,
+    index: &'a Index,
     networks: BTreeMap<String, Network>,
-    pools: BTreeMap<String, Pool>,
+    /// Pools of the networks this request creates.
+    new_pools: BTreeMap<String, Pool>,
+    /// Addresses this request takes, per network.
+    taken: BTreeMap<String, Taken>,
     changes: Vec<Change>,
 }
 
 impl<'a> Planner<'a> {
-    fn new(tables: &'a Tables) -> Self {
+    fn new(view: &View<'a>) -> Self {
         Planner {
-            tables,
-            networks: tables.networks.clone(),
-            pools: BTreeMap::new(),
+            index: view.index,
+            networks: view.tables.networks.clone(),
+            new_pools: BTreeMap::new(),
+            taken: BTreeMap::new(),
             changes: Vec::new(),
         }
     }
@@ -216,6 +227,8 @@ impl<'a> Planner<'a> {
             vni,
         };
         self.networks.insert(net.name.clone(), net.clone());
+        self.new_pools
+            .insert(net.name.clone(), Pool::new(name, subnet));
         self.changes.push(Change::NetworkPut(net.clone()));
         Ok(net)
     }
@@ -231,30 +244,36 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// The network's addresses as the tables hold them, built on first use.
-    fn pool(&mut self, network: &str) -> Result<&mut Pool, TableError> {
-        if !self.pools.contains_key(network) {
-            let net = self
-                .networks
-                .get(network)
-                .ok_or_else(|| TableError::UnknownNetwork(network.to_string()))?;
-            let mut pool = Pool::new(network, network_subnet(net)?);
-            for ep in self
-                .tables
-                .endpoints
-                .values()
-                .filter(|ep| ep.network == network)
-            {
-                for cidr in &ep.cidrs {
-                    pool.note_held(
-                        cidr_of(cidr)?.ip(),
-                        (ep.container_id.clone(), ep.peer.clone()),
-                    );
-                }
-            }
-            self.pools.insert(network.to_string(), pool);
-        }
-        Ok(self.pools.get_mut(network).expect("just inserted"))
+    /// The network's pool (recorded addresses) and what this request has taken there.
+    fn pool(&mut self, network: &str) -> Result<(&Pool, &mut Taken), TableError> {
+        let pool = self
+            .new_pools
+            .get(network)
+            .or_else(|| self.index.pools.get(network))
+            .ok_or_else(|| TableError::UnknownNetwork(network.to_string()))?;
+        Ok((pool, self.taken.entry(network.to_string()).or_default()))
+    }
+
+    /// Claims `cidr` in `network`; true if the holder did not have it yet.
+    fn claim(
+        &mut self,
+        network: &str,
+        cidr: Ipv4Network,
+        holder: &Holder,
+    ) -> Result<bool, TableError> {
+        let (pool, taken) = self.pool(network)?;
+        let new = pool.claim(cidr.ip(), holder, taken)?;
+        taken.insert(cidr.ip(), holder.clone());
+        Ok(new)
+    }
+
+    /// Takes the lowest free address of `network`, with the network's prefix.
+    fn allocate(&mut self, network: &str, holder: &Holder) -> Result<Ipv4Network, TableError> {
+        let (pool, taken) = self.pool(network)?;
+        let ip = pool.allocate(holder, taken)?;
+        let cidr = Ipv4Network::new(ip, pool.subnet.prefix()).expect("a valid prefix");
+        taken.insert(ip, holder.clone());
+        Ok(cidr)
     }
 
     /// The network a detach's `net:` argument means, which must exist.
@@ -273,11 +292,11 @@ impl<'a> Planner<'a> {
     }
 }
 
-impl TableRules for Tables {
+impl TableRules for View<'_> {
     fn ensure_default_network(&self, range: Ipv4Network) -> Result<Vec<Change>, TableError> {
         check_prefix(range)?;
         let subnet = canonical(range);
-        match self.networks.get(DEFAULT_NETWORK) {
+        match self.tables.networks.get(DEFAULT_NETWORK) {
             Some(net) if net.subnet == subnet => Ok(vec![]),
             Some(net) => Err(TableError::Invalid(format!(
                 "the stored default network is {} but --ipalloc-range is {subnet}",
@@ -301,7 +320,7 @@ impl TableRules for Tables {
                 peer.name, peer.advertise_addr
             ))
         })?;
-        if self.peers.get(&peer.name) == Some(&peer) {
+        if self.tables.peers.get(&peer.name) == Some(&peer) {
             return Ok(vec![]);
         }
         Ok(vec![Change::PeerPut(peer)])
@@ -314,7 +333,7 @@ impl TableRules for Tables {
         addrs: &[AddrSpec],
         new_mac: &mut dyn FnMut() -> Mac,
     ) -> Result<(Attached, Vec<Change>), TableError> {
-        if !self.peers.contains_key(peer) {
+        if !self.tables.peers.contains_key(peer) {
             return Err(TableError::UnknownPeer(peer.to_string()));
         }
         if container_id.is_empty() {
@@ -339,18 +358,14 @@ impl TableRules for Tables {
                     let network = plan
                         .network_for_subnet(subnet, true)?
                         .expect("created when missing");
-                    let pool = plan.pool(&network)?;
-                    if pool.holder(cidr.ip()) != Some(&holder) {
+                    if plan.claim(&network, *cidr, &holder)? {
                         added.push(cidr.to_string());
                     }
-                    pool.claim(cidr.ip(), &holder)?;
                     (network, *cidr)
                 }
                 AddrSpec::Allocate(r) => {
                     let network = plan.network_by_ref(r)?;
-                    let pool = plan.pool(&network)?;
-                    let ip = pool.allocate(&holder)?;
-                    let cidr = Ipv4Network::new(ip, pool.subnet.prefix()).expect("valid prefix");
+                    let cidr = plan.allocate(&network, &holder)?;
                     added.push(cidr.to_string());
                     (network, cidr)
                 }
@@ -359,24 +374,20 @@ impl TableRules for Tables {
             wanted.entry(network).or_default().push(cidr);
         }
 
-        let mut macs: BTreeSet<String> = self.endpoints.values().map(|ep| ep.mac.clone()).collect();
-        let mine = |ep: &&Endpoint| ep.peer == peer && ep.container_id == container_id;
-        let mut host_ifnames: BTreeSet<String> = self
-            .endpoints
-            .values()
-            .filter(|ep| ep.peer == peer)
-            .map(|ep| ep.host_ifname.clone())
-            .collect();
+        // What the new endpoints of this request take, beside what the index knows is taken.
+        let mut new_macs: BTreeSet<String> = BTreeSet::new();
+        let mut new_ifnames: BTreeSet<String> = BTreeSet::new();
+        let peer_ifnames = self.index.host_ifnames.get(peer);
         let mut container_ifnames: BTreeSet<String> = self
-            .endpoints
-            .values()
-            .filter(mine)
+            .index
+            .endpoints_of(self.tables, peer, container_id)
+            .iter()
             .map(|ep| ep.container_ifname.clone())
             .collect();
         let mut endpoints = Vec::new();
         for (network, new_cidrs) in wanted {
             let id = (peer.to_string(), network.clone(), container_id.to_string());
-            let ep = match self.endpoints.get(&id) {
+            let ep = match self.tables.endpoints.get(&id) {
                 Some(existing) => {
                     let mut ep = existing.clone();
                     for cidr in new_cidrs.iter().map(|c| c.to_string()) {
@@ -391,11 +402,15 @@ impl TableRules for Tables {
                         .map(|_| new_mac())
                         .map(|mac| (mac, host_ifname(mac)))
                         .find(|(mac, ifname)| {
-                            !macs.contains(&mac.to_string()) && !host_ifnames.contains(ifname)
+                            let mac = mac.to_string();
+                            !self.index.macs.contains(&mac)
+                                && !new_macs.contains(&mac)
+                                && !peer_ifnames.is_some_and(|names| names.contains(ifname))
+                                && !new_ifnames.contains(ifname)
                         })
                         .ok_or(TableError::NoFreeMac)?;
-                    macs.insert(mac.to_string());
-                    host_ifnames.insert(ifname.clone());
+                    new_macs.insert(mac.to_string());
+                    new_ifnames.insert(ifname.clone());
                     let cname = (0..)
                         .map(container_ifname)
                         .find(|n| !container_ifnames.contains(n))
@@ -418,7 +433,7 @@ impl TableRules for Tables {
                     }
                 }
             };
-            if self.endpoints.get(&endpoint_id(&ep)) != Some(&ep) {
+            if self.tables.endpoints.get(&endpoint_id(&ep)) != Some(&ep) {
                 plan.changes.push(Change::EndpointPut(ep.clone()));
             }
             endpoints.push(ep);
@@ -445,9 +460,9 @@ impl TableRules for Tables {
         addrs: &[AddrSpec],
     ) -> Result<(Detached, Vec<Change>), TableError> {
         let mut current: BTreeMap<String, Endpoint> = self
-            .endpoints
-            .values()
-            .filter(|ep| ep.peer == peer && ep.container_id == container_id)
+            .index
+            .endpoints_of(self.tables, peer, container_id)
+            .into_iter()
             .map(|ep| (ep.network.clone(), ep.clone()))
             .collect();
         if current.is_empty() {
@@ -496,7 +511,7 @@ impl TableRules for Tables {
         };
         let mut changes = Vec::new();
         for ep in current.into_values() {
-            let before = &self.endpoints[&endpoint_id(&ep)];
+            let before = &self.tables.endpoints[&endpoint_id(&ep)];
             if ep.cidrs.is_empty() {
                 changes.push(Change::EndpointDeleted(EndpointKey {
                     peer: ep.peer.clone(),
@@ -521,7 +536,7 @@ impl TableRules for Tables {
         let parsed = parse_subnet(subnet, subnet).map_err(|e| {
             TableError::Invalid(format!("invalid subnet \"{subnet}\": {}", e.reason))
         })?;
-        if let Some(net) = self.networks.get(name) {
+        if let Some(net) = self.tables.networks.get(name) {
             return Err(TableError::NetworkExists {
                 name: name.to_string(),
                 subnet: net.subnet.clone(),
@@ -544,10 +559,11 @@ impl TableRules for Tables {
                 "the default network cannot be removed".into(),
             ));
         }
-        if !self.networks.contains_key(name) {
+        if !self.tables.networks.contains_key(name) {
             return Err(TableError::UnknownNetwork(name.to_string()));
         }
         let members: Vec<&Endpoint> = self
+            .tables
             .endpoints
             .values()
             .filter(|ep| ep.network == name)
@@ -567,7 +583,7 @@ impl TableRules for Tables {
         name: &str,
         connected: bool,
     ) -> Result<(Vec<String>, Vec<Change>), TableError> {
-        if !self.peers.contains_key(name) {
+        if !self.tables.peers.contains_key(name) {
             return Err(TableError::UnknownPeer(name.to_string()));
         }
         if connected {
@@ -575,7 +591,7 @@ impl TableRules for Tables {
         }
         let mut released = Vec::new();
         let mut changes = Vec::new();
-        for ep in self.endpoints.values().filter(|ep| ep.peer == name) {
+        for ep in self.tables.endpoints.values().filter(|ep| ep.peer == name) {
             released.extend(ep.cidrs.iter().cloned());
             changes.push(Change::EndpointDeleted(EndpointKey {
                 peer: ep.peer.clone(),
@@ -591,6 +607,62 @@ impl TableRules for Tables {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rules on the tables alone, with the index built afresh for each call, as the
+    /// controller has it after a restart: the index must not change any answer.
+    trait OnTables {
+        fn view<R>(&self, f: impl FnOnce(&View) -> R) -> R;
+        fn ensure_default_network(&self, range: Ipv4Network) -> Result<Vec<Change>, TableError> {
+            self.view(|v| v.ensure_default_network(range))
+        }
+        fn register_peer(&self, peer: Peer) -> Result<Vec<Change>, TableError> {
+            self.view(|v| v.register_peer(peer))
+        }
+        fn attach(
+            &self,
+            peer: &str,
+            container_id: &str,
+            addrs: &[AddrSpec],
+            new_mac: &mut dyn FnMut() -> Mac,
+        ) -> Result<(Attached, Vec<Change>), TableError> {
+            self.view(|v| v.attach(peer, container_id, addrs, new_mac))
+        }
+        fn detach(
+            &self,
+            peer: &str,
+            container_id: &str,
+            addrs: &[AddrSpec],
+        ) -> Result<(Detached, Vec<Change>), TableError> {
+            self.view(|v| v.detach(peer, container_id, addrs))
+        }
+        fn create_network(
+            &self,
+            name: &str,
+            subnet: &str,
+        ) -> Result<(Network, Vec<Change>), TableError> {
+            self.view(|v| v.create_network(name, subnet))
+        }
+        fn delete_network(&self, name: &str) -> Result<Vec<Change>, TableError> {
+            self.view(|v| v.delete_network(name))
+        }
+        fn remove_peer(
+            &self,
+            name: &str,
+            connected: bool,
+        ) -> Result<(Vec<String>, Vec<Change>), TableError> {
+            self.view(|v| v.remove_peer(name, connected))
+        }
+    }
+
+    impl OnTables for Tables {
+        fn view<R>(&self, f: impl FnOnce(&View) -> R) -> R {
+            let index = Index::build(self);
+            f(&View {
+                tables: self,
+                index: &index,
+            })
+        }
+    }
 
     fn peer(name: &str, addr: &str) -> Peer {
         Peer {

@@ -20,9 +20,10 @@ use weft_proto::v1::{
     watch_event::Event,
 };
 
+use crate::index::Index;
 use crate::ipam::IpamError;
 use crate::liveness::Liveness;
-use crate::rules::{TableError, TableRules};
+use crate::rules::{TableError, TableRules, View};
 use crate::store::Store;
 
 /// Deltas kept for watchers that fall behind; one that falls further gets a new snapshot.
@@ -32,6 +33,7 @@ const WATCHER_QUEUE: usize = 64;
 
 struct State {
     tables: Tables,
+    index: Index,
     store: Store,
 }
 
@@ -85,7 +87,11 @@ impl ControllerService {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         ControllerService {
             inner: Arc::new(Inner {
-                state: Mutex::new(State { tables, store }),
+                state: Mutex::new(State {
+                    index: Index::build(&tables),
+                    tables,
+                    store,
+                }),
                 events,
                 liveness: Mutex::new(Liveness::new(peer_lease, Instant::now())),
             }),
@@ -97,14 +103,18 @@ impl ControllerService {
     /// Blocking (the store fsyncs): call it from `spawn_blocking`.
     pub fn mutate<T>(
         &self,
-        plan: impl FnOnce(&Tables) -> Result<(T, Vec<Change>), TableError>,
+        plan: impl FnOnce(&View) -> Result<(T, Vec<Change>), TableError>,
     ) -> Result<(T, u64), Status> {
         let mut state = self
             .inner
             .state
             .lock()
             .expect("controller state lock poisoned");
-        let (out, changes) = plan(&state.tables).map_err(status_of)?;
+        let view = View {
+            tables: &state.tables,
+            index: &state.index,
+        };
+        let (out, changes) = plan(&view).map_err(status_of)?;
         if changes.is_empty() {
             return Ok((out, state.tables.revision));
         }
@@ -114,7 +124,9 @@ impl ControllerService {
             Status::internal(e.to_string())
         })?;
         for change in changes {
-            state.tables.apply(&change);
+            let State { tables, index, .. } = &mut *state;
+            index.apply(tables, &change);
+            tables.apply(&change);
             // No receivers is fine: nobody is watching yet.
             let _ = self.inner.events.send(WatchEvent {
                 revision: state.tables.revision,
@@ -128,7 +140,7 @@ impl ControllerService {
 
     async fn mutate_async<T: Send + 'static>(
         &self,
-        plan: impl FnOnce(&Tables) -> Result<(T, Vec<Change>), TableError> + Send + 'static,
+        plan: impl FnOnce(&View) -> Result<(T, Vec<Change>), TableError> + Send + 'static,
     ) -> Result<(T, u64), Status> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.mutate(plan))

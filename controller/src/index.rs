@@ -1,0 +1,190 @@
+//! What the rules look up on every request, kept beside the tables so that a request costs the
+//! same with ten endpoints as with a hundred thousand: who holds which address in each network,
+//! the MACs in use, each peer's veth names, and each container's networks.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use weft_proto::tables::{Tables, endpoint_id};
+use weft_proto::v1::{Endpoint, delta::Change};
+
+use crate::ipam::Pool;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Index {
+    pub pools: BTreeMap<String, Pool>,
+    pub macs: HashSet<String>,
+    /// Per peer.
+    pub host_ifnames: HashMap<String, HashSet<String>>,
+    /// Per (peer, container id): the networks it has an endpoint in.
+    pub containers: HashMap<(String, String), BTreeSet<String>>,
+}
+
+impl Index {
+    pub fn build(tables: &Tables) -> Index {
+        let mut index = Index::default();
+        for net in tables.networks.values() {
+            index.add_network(&net.name, &net.subnet);
+        }
+        for ep in tables.endpoints.values() {
+            index.add_endpoint(ep);
+        }
+        index
+    }
+
+    /// Follows one change. Call it before `tables` apply the change: it needs the endpoint the
+    /// change replaces or removes.
+    pub fn apply(&mut self, tables: &Tables, change: &Change) {
+        match change {
+            Change::NetworkPut(net) => self.add_network(&net.name, &net.subnet),
+            Change::NetworkDeleted(name) => {
+                self.pools.remove(name);
+            }
+            Change::EndpointPut(ep) => {
+                if let Some(old) = tables.endpoints.get(&endpoint_id(ep)) {
+                    self.remove_endpoint(old);
+                }
+                self.add_endpoint(ep);
+            }
+            Change::EndpointDeleted(key) => {
+                let id = (
+                    key.peer.clone(),
+                    key.network.clone(),
+                    key.container_id.clone(),
+                );
+                if let Some(old) = tables.endpoints.get(&id) {
+                    self.remove_endpoint(old);
+                }
+            }
+            Change::PeerPut(_) | Change::PeerDeleted(_) => {}
+        }
+    }
+
+    fn add_network(&mut self, name: &str, subnet: &str) {
+        if let Ok(subnet) = subnet.parse() {
+            self.pools
+                .entry(name.to_string())
+                .or_insert_with(|| Pool::new(name, subnet));
+        }
+    }
+
+    fn add_endpoint(&mut self, ep: &Endpoint) {
+        if let Some(pool) = self.pools.get_mut(&ep.network) {
+            for ip in ep
+                .cidrs
+                .iter()
+                .filter_map(|c| c.parse::<ipnetwork::Ipv4Network>().ok())
+            {
+                pool.note_held(ip.ip(), (ep.container_id.clone(), ep.peer.clone()));
+            }
+        }
+        self.macs.insert(ep.mac.clone());
+        self.host_ifnames
+            .entry(ep.peer.clone())
+            .or_default()
+            .insert(ep.host_ifname.clone());
+        self.containers
+            .entry((ep.peer.clone(), ep.container_id.clone()))
+            .or_default()
+            .insert(ep.network.clone());
+    }
+
+    fn remove_endpoint(&mut self, ep: &Endpoint) {
+        if let Some(pool) = self.pools.get_mut(&ep.network) {
+            for ip in ep
+                .cidrs
+                .iter()
+                .filter_map(|c| c.parse::<ipnetwork::Ipv4Network>().ok())
+            {
+                pool.release(ip.ip());
+            }
+        }
+        self.macs.remove(&ep.mac);
+        if let Some(names) = self.host_ifnames.get_mut(&ep.peer) {
+            names.remove(&ep.host_ifname);
+        }
+        let key = (ep.peer.clone(), ep.container_id.clone());
+        if let Some(networks) = self.containers.get_mut(&key) {
+            networks.remove(&ep.network);
+            if networks.is_empty() {
+                self.containers.remove(&key);
+            }
+        }
+    }
+
+    /// The endpoints of a container on a peer.
+    pub fn endpoints_of<'t>(
+        &self,
+        tables: &'t Tables,
+        peer: &str,
+        container: &str,
+    ) -> Vec<&'t Endpoint> {
+        let key = (peer.to_string(), container.to_string());
+        self.containers
+            .get(&key)
+            .into_iter()
+            .flatten()
+            .filter_map(|net| {
+                tables
+                    .endpoints
+                    .get(&(peer.to_string(), net.clone(), container.to_string()))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weft_proto::v1::{EndpointKey, Network};
+
+    use super::*;
+
+    fn endpoint(container: &str, mac: &str, cidrs: &[&str]) -> Endpoint {
+        Endpoint {
+            network: "blue".into(),
+            container_id: container.into(),
+            mac: mac.into(),
+            cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
+            peer: "host1".into(),
+            host_ifname: format!("vethwepl{container}"),
+            container_ifname: "ethwe".into(),
+        }
+    }
+
+    #[test]
+    fn following_changes_gives_what_building_from_the_tables_gives() {
+        let changes = [
+            Change::NetworkPut(Network {
+                name: "blue".into(),
+                subnet: "10.9.0.0/24".into(),
+                vni: 2,
+            }),
+            Change::EndpointPut(endpoint("a", "02:00:00:00:00:01", &["10.9.0.2/24"])),
+            Change::EndpointPut(endpoint("b", "02:00:00:00:00:02", &["10.9.0.3/24"])),
+            // a gets another address, b leaves, a's first address is released.
+            Change::EndpointPut(endpoint(
+                "a",
+                "02:00:00:00:00:01",
+                &["10.9.0.2/24", "10.9.0.4/24"],
+            )),
+            Change::EndpointDeleted(EndpointKey {
+                peer: "host1".into(),
+                container_id: "b".into(),
+                network: "blue".into(),
+            }),
+            Change::EndpointPut(endpoint("a", "02:00:00:00:00:01", &["10.9.0.4/24"])),
+        ];
+        let (mut tables, mut index) = (Tables::default(), Index::default());
+        for change in &changes {
+            index.apply(&tables, change);
+            tables.apply(change);
+            assert_eq!(index, Index::build(&tables), "after {change:?}");
+        }
+        assert_eq!(index.pools["blue"].used(), 1);
+        assert!(
+            index.macs.contains("02:00:00:00:00:01") && !index.macs.contains("02:00:00:00:00:02")
+        );
+        let a = index.endpoints_of(&tables, "host1", "a");
+        assert_eq!(a.len(), 1);
+        assert!(index.endpoints_of(&tables, "host1", "b").is_empty());
+    }
+}
