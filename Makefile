@@ -3,6 +3,8 @@
 # binaries in them, so they need root and iproute2 + ping; `deps` installs those on Debian.
 
 CARGO ?= cargo
+# pipefail: `make test` pipes cargo's output and must still fail when a test does.
+SHELL := /bin/bash
 # rustup puts cargo here; a non-login shell (CI) may not have it on PATH.
 export PATH := $(PATH):$(HOME)/.cargo/bin
 
@@ -17,8 +19,11 @@ deps:
 build:
 	$(CARGO) build --workspace --bins
 
+# The last line totals every test binary's result (cargo's own last line is often a doc-test
+# run with nothing in it).
 test: deps build
-	$(CARGO) test --workspace
+	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.txt
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.txt
 
 demo: deps build
 	$(CARGO) run --quiet -p weft-integration --bin weft-demo
