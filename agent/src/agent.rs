@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use tokio::sync::{Notify, watch};
@@ -19,8 +19,13 @@ use crate::datapath::Datapath;
 
 /// How long to wait for a TCP connection to the controller.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one unary request to the controller may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one unary request to the controller may take: an attach while the controller is
+/// unreachable fails within this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// HTTP/2 pings on the watch: a partition or a dead controller is noticed within
+/// interval + timeout, not after TCP's retransmissions give up.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest snapshot the agent accepts: room for about a million endpoints.
 const MAX_SNAPSHOT_BYTES: usize = 256 << 20;
 /// How long a local command waits for its own change to come back through the watch.
@@ -42,9 +47,36 @@ pub struct Agent {
     pub(crate) changed: Notify,
     /// Containers with an attach or detach under way, and how many.
     pub(crate) busy: Mutex<HashMap<String, usize>>,
+    link: Mutex<ControllerLink>,
     /// Set by a reset: the agent changes nothing more and stops.
     pub(crate) stopping: AtomicBool,
     stopped: Notify,
+}
+
+/// A failed call to the controller in a few words: its message and, when a transport error lies
+/// beneath, the operating system's reason ("tcp connect error: Connection refused (os error 111)").
+pub fn describe(status: &tonic::Status) -> String {
+    let mut cause: &dyn std::error::Error = status;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let root = cause.to_string();
+    if root == status.message() || std::ptr::addr_eq(cause, status) {
+        status.message().to_string()
+    } else {
+        format!("{}: {root}", status.message())
+    }
+}
+
+/// The state of the agent's watch on the controller, for `weftctl status`.
+#[derive(Debug, Clone)]
+pub struct ControllerLink {
+    pub connected: bool,
+    /// When it connected or, if it is not connected, when it was last connected (or when the
+    /// agent started).
+    pub since: Instant,
+    /// Why the last attempt failed, when not connected.
+    pub last_error: String,
 }
 
 /// Marks a container busy while it lives: the reconciler leaves its endpoints alone.
@@ -81,14 +113,25 @@ impl Agent {
             client: ControllerClient::new(endpoint.clone().timeout(REQUEST_TIMEOUT).connect_lazy()),
             // A snapshot is one message: 10,000 endpoints are about 1 MB, far past tonic's 4 MB
             // default at the scale weft is for.
-            watch_client: ControllerClient::new(endpoint.connect_lazy())
-                .max_decoding_message_size(MAX_SNAPSHOT_BYTES),
+            watch_client: ControllerClient::new(
+                endpoint
+                    .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                    .keep_alive_while_idle(true)
+                    .connect_lazy(),
+            )
+            .max_decoding_message_size(MAX_SNAPSHOT_BYTES),
             controller_url,
             datapath,
             tables: RwLock::new(None),
             revision: watch::Sender::new(0),
             changed: Notify::new(),
             busy: Mutex::new(HashMap::new()),
+            link: Mutex::new(ControllerLink {
+                connected: false,
+                since: Instant::now(),
+                last_error: String::new(),
+            }),
             stopping: AtomicBool::new(false),
             stopped: Notify::new(),
         })
@@ -141,6 +184,33 @@ impl Agent {
             .contains_key(container_id)
     }
 
+    pub fn link(&self) -> ControllerLink {
+        self.link.lock().expect("link lock poisoned").clone()
+    }
+
+    pub(crate) fn link_up(&self) {
+        let mut link = self.link.lock().expect("link lock poisoned");
+        *link = ControllerLink {
+            connected: true,
+            since: Instant::now(),
+            last_error: String::new(),
+        };
+    }
+
+    pub(crate) fn link_lost(&self, why: String) {
+        let mut link = self.link.lock().expect("link lock poisoned");
+        if link.connected {
+            link.connected = false;
+            link.since = Instant::now();
+        }
+        link.last_error = why;
+    }
+
+    /// The revision the tables are at; 0 before the first snapshot.
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
     /// Reads the tables; `None` until the first snapshot has arrived.
     pub fn with_tables<T>(&self, read: impl FnOnce(&Tables) -> T) -> Option<T> {
         self.tables
@@ -177,6 +247,20 @@ impl Agent {
                 };
                 debug!(revision = event.revision, ?change, "delta");
                 current.apply(&change);
+            }
+            Some(Event::Resumed(resumed)) => {
+                let at = tables.as_ref().map(|t| t.revision);
+                if at != Some(event.revision) {
+                    bail!(
+                        "controller resumed at revision {} but the tables are at {at:?}",
+                        event.revision
+                    );
+                }
+                info!(
+                    revision = event.revision,
+                    missed = resumed.missed,
+                    "resumed"
+                );
             }
             None => bail!(
                 "controller sent an empty event at revision {}",

@@ -5,12 +5,14 @@
 //! - [`reconcile`] runs the loop that applies it whenever something changed;
 //! - [`datapath`] applies it (bridge, VXLAN, veths, FDB) through [`netlink`], entering container
 //!   namespaces with [`netns`];
-//! - [`local_api`] serves weftctl; [`container`] resolves its CONTAINER references.
+//! - [`local_api`] serves weftctl; [`container`] resolves its CONTAINER references;
+//!   [`health`] answers `/healthz`.
 
 pub mod agent;
 pub mod container;
 pub mod datapath;
 pub mod desired;
+pub mod health;
 pub mod local_api;
 pub mod netlink;
 pub mod netns;

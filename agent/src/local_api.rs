@@ -18,10 +18,10 @@ use weft_proto::v1::{
     IpamStatusResponse, ListPeersRequest, ListPeersResponse, LocalAttachRequest,
     LocalAttachResponse, LocalDetachRequest, LocalDetachResponse, NetworkInfo, NetworkListRequest,
     NetworkListResponse, PeerIpam, PsEntry, PsRequest, PsResponse, RemovePeerRequest,
-    RemovePeerResponse, ResetRequest, ResetResponse,
+    RemovePeerResponse, ResetRequest, ResetResponse, StatusRequest, StatusResponse,
 };
 
-use crate::agent::Agent;
+use crate::agent::{Agent, describe};
 use crate::container::{self, Container, ContainerError};
 use crate::desired::Exposed;
 
@@ -139,7 +139,7 @@ impl LocalApi {
                 Status::unavailable(format!(
                     "controller {} is unreachable: {}",
                     self.agent.controller_url,
-                    status.message()
+                    describe(&status)
                 ))
             }
             _ => status,
@@ -234,6 +234,45 @@ fn vni_of(t: &Tables, network: &str) -> Option<u32> {
 
 #[tonic::async_trait]
 impl AgentApi for LocalApi {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let agent = &self.agent;
+        let link = agent.link();
+        let mut status = StatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            name: agent.name.clone(),
+            advertise_addr: agent.advertise_addr.to_string(),
+            controller_url: agent.controller_url.clone(),
+            connected: link.connected,
+            for_secs: link.since.elapsed().as_secs(),
+            last_error: link.last_error,
+            ..StatusResponse::default()
+        };
+        // Before the first snapshot there is nothing more to tell.
+        agent.with_tables(|t| {
+            status.revision = t.revision;
+            status.peers = t.peers.len() as u32;
+            status.networks = t.networks.len() as u32;
+            status.endpoints = t
+                .endpoints
+                .values()
+                .filter(|ep| ep.peer == agent.name)
+                .count() as u32;
+            if let Some(default) = network_infos(t).into_iter().find(|i| {
+                i.network
+                    .as_ref()
+                    .is_some_and(|n| n.name == DEFAULT_NETWORK)
+            }) {
+                status.ipam_range = default.network.map(|n| n.subnet).unwrap_or_default();
+                status.ipam_used = default.used;
+                status.ipam_free = default.pool.saturating_sub(default.used);
+            }
+        });
+        Ok(Response::new(status))
+    }
+
     async fn expose(
         &self,
         request: Request<ExposeRequest>,

@@ -40,6 +40,9 @@ struct Args {
     /// The unix socket weftctl talks to.
     #[arg(long, default_value = "/run/weft/agent.sock")]
     socket: PathBuf,
+    /// Where `GET /healthz` is served: 200 once the agent has applied a snapshot, 503 before.
+    #[arg(long, default_value = "127.0.0.1:6785")]
+    health_listen: SocketAddr,
     /// VXLAN UDP port.
     #[arg(long, default_value_t = 6784)]
     port: u16,
@@ -131,8 +134,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         });
     info!(socket = %args.socket.display(), "serving weftctl");
+    let health = weft_agent::health::serve(agent.clone(), args.health_listen);
     let served = tokio::select! {
         served = api => served.context("local API failed"),
+        served = health => served,
         _ = follow_controller(&agent) => unreachable!("the watch loop never ends"),
         _ = agent.reconcile_loop() => unreachable!("the reconcile loop never ends"),
         watched = agent.follow_link_events(args.port) => watched,

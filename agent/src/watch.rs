@@ -1,25 +1,30 @@
-//! Following the controller: register, watch (a snapshot, then deltas), and on any failure
-//! reconnect with jittered exponential backoff. The datapath is left alone meanwhile.
+//! Following the controller: register, watch (a snapshot, or a resume from the revision the
+//! tables are at, then deltas), and on any failure reconnect with jittered exponential backoff.
+//! The datapath is left alone meanwhile.
 
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::anyhow;
 use tracing::{info, warn};
 use weft_proto::v1::{RegisterRequest, WatchRequest};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, describe};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Kept short: a host cut off from the controller must be back in sync within moments of the
+/// network healing, and a failed attempt costs one TCP connect.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 pub async fn follow_controller(agent: &Agent) {
     let mut backoff = MIN_BACKOFF;
     loop {
         let mut healthy = false;
-        match session(agent, &mut healthy).await {
-            Ok(()) => info!(controller = %agent.controller_url, "watch stream closed"),
-            Err(e) => warn!(controller = %agent.controller_url, "{e:#}"),
-        }
+        let why = match session(agent, &mut healthy).await {
+            Ok(()) => "the watch stream closed".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        warn!(controller = %agent.controller_url, "{why}");
+        agent.link_lost(why);
         if healthy {
             backoff = MIN_BACKOFF;
         }
@@ -37,18 +42,26 @@ async fn session(agent: &Agent, healthy: &mut bool) -> anyhow::Result<()> {
             peer: Some(agent.peer()),
         })
         .await
-        .context("register failed")?;
+        .map_err(|s| anyhow!("register failed: {}", describe(&s)))?;
     let mut stream = client
         .watch(WatchRequest {
             peer: agent.name.clone(),
+            from_revision: agent.revision(),
         })
         .await
-        .context("watch failed")?
+        .map_err(|s| anyhow!("watch failed: {}", describe(&s)))?
         .into_inner();
     info!(controller = %agent.controller_url, "registered; watching");
-    while let Some(event) = stream.message().await.context("watch stream broke")? {
+    while let Some(event) = stream
+        .message()
+        .await
+        .map_err(|s| anyhow!("watch stream broke: {}", describe(&s)))?
+    {
         agent.apply(event)?;
-        *healthy = true;
+        if !*healthy {
+            *healthy = true;
+            agent.link_up();
+        }
     }
     Ok(())
 }

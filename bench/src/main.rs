@@ -1,6 +1,8 @@
 //! weft-load: drives a weft-controller over its real gRPC protocol, as many agents and containers
-//! would, to put load on it and to fill its tables for benchmarks. Run by hand, not in CI.
+//! would, to put load on it and to fill its tables for benchmarks (by hand, not in CI), and
+//! reads its tables back (`dump`, which the integration tests use to ask the controller itself).
 
+mod dump;
 mod populate;
 
 use std::fs;
@@ -58,6 +60,9 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         list: Option<PathBuf>,
     },
+    /// Print the controller's tables (revision, peers, networks, endpoints) as one JSON object,
+    /// from the snapshot a Watch starts with.
+    Dump,
 }
 
 #[tokio::main]
@@ -114,6 +119,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 made.len() as f64 / took.as_secs_f64(),
                 population.concurrency
             );
+            Ok(())
+        }
+        Command::Dump => {
+            println!("{}", dump::dump(client).await?);
             Ok(())
         }
     }

@@ -15,6 +15,9 @@ use weft_proto::v1::controller_server::ControllerServer;
 /// weft's controller: the authority for peers, networks, endpoints and addresses.
 ///
 /// Agents register with it and watch its tables; it persists them under --data-dir.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -85,6 +88,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     info!(listen = %args.listen, "serving");
     tonic::transport::Server::builder()
+        // Notice an agent that vanished without closing its stream (a crash, a partition).
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(ControllerServer::new(service))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

@@ -1,6 +1,7 @@
 //! The Controller gRPC service: checks each request against the tables, persists the changes,
 //! applies them, and fans them out to every watching agent as revisioned deltas.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use weft_proto::v1::{
     AttachRequest, AttachResponse, CreateNetworkRequest, CreateNetworkResponse,
     DeleteNetworkRequest, DeleteNetworkResponse, Delta, DetachRequest, DetachResponse,
     ListPeersRequest, ListPeersResponse, PeerStatus, RegisterRequest, RegisterResponse,
-    RemovePeerRequest, RemovePeerResponse, WatchEvent, WatchRequest, delta::Change,
+    RemovePeerRequest, RemovePeerResponse, Resumed, WatchEvent, WatchRequest, delta::Change,
     watch_event::Event,
 };
 
@@ -30,11 +31,15 @@ use crate::store::Store;
 const EVENT_BUFFER: usize = 4096;
 /// Events queued per watcher before its stream applies back-pressure.
 const WATCHER_QUEUE: usize = 64;
+/// Deltas kept for agents that reconnect: one further behind gets a snapshot.
+const HISTORY: usize = 50_000;
 
 struct State {
     tables: Tables,
     index: Index,
     store: Store,
+    /// The latest deltas, oldest first, for agents that reconnect and resume.
+    history: VecDeque<WatchEvent>,
 }
 
 struct Inner {
@@ -91,6 +96,7 @@ impl ControllerService {
                     index: Index::build(&tables),
                     tables,
                     store,
+                    history: VecDeque::new(),
                 }),
                 events,
                 liveness: Mutex::new(Liveness::new(peer_lease, Instant::now())),
@@ -127,13 +133,18 @@ impl ControllerService {
             let State { tables, index, .. } = &mut *state;
             index.apply(tables, &change);
             tables.apply(&change);
-            // No receivers is fine: nobody is watching yet.
-            let _ = self.inner.events.send(WatchEvent {
+            let event = WatchEvent {
                 revision: state.tables.revision,
                 event: Some(Event::Delta(Delta {
                     change: Some(change),
                 })),
-            });
+            };
+            state.history.push_back(event.clone());
+            if state.history.len() > HISTORY {
+                state.history.pop_front();
+            }
+            // No receivers is fine: nobody is watching yet.
+            let _ = self.inner.events.send(event);
         }
         Ok((out, state.tables.revision))
     }
@@ -148,36 +159,71 @@ impl ControllerService {
             .map_err(|e| Status::internal(format!("controller task failed: {e}")))?
     }
 
-    /// The current snapshot and a subscription that starts right after it.
-    fn subscribe(&self) -> (WatchEvent, broadcast::Receiver<WatchEvent>) {
+    /// Where a watch from `from` (the watcher's revision, 0 for none) starts: a snapshot, or
+    /// `Resumed` and the deltas it missed; and a subscription to what comes after them.
+    fn subscribe(&self, from: u64) -> (Vec<WatchEvent>, broadcast::Receiver<WatchEvent>) {
         let state = self
             .inner
             .state
             .lock()
             .expect("controller state lock poisoned");
-        let snapshot = WatchEvent {
-            revision: state.tables.revision,
-            event: Some(Event::Snapshot(state.tables.snapshot())),
+        let current = state.tables.revision;
+        let oldest_kept = state.history.front().map_or(current + 1, |e| e.revision);
+        // Resumable when the watcher is not ahead of us (a controller that lost its store) and
+        // every delta after its revision is still here.
+        let start = if from > 0 && from <= current && from + 1 >= oldest_kept {
+            let missed: Vec<WatchEvent> = state
+                .history
+                .iter()
+                .filter(|e| e.revision > from)
+                .cloned()
+                .collect();
+            let mut start = vec![WatchEvent {
+                revision: from,
+                event: Some(Event::Resumed(Resumed {
+                    missed: missed.len() as u64,
+                })),
+            }];
+            start.extend(missed);
+            start
+        } else {
+            vec![WatchEvent {
+                revision: current,
+                event: Some(Event::Snapshot(state.tables.snapshot())),
+            }]
         };
-        (snapshot, self.inner.events.subscribe())
+        (start, self.inner.events.subscribe())
     }
 
     fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
         self.inner.liveness.lock().expect("liveness lock poisoned")
     }
 
-    async fn feed_watcher(self, peer: String, tx: mpsc::Sender<Result<WatchEvent, Status>>) {
+    async fn feed_watcher(
+        self,
+        peer: String,
+        from: u64,
+        tx: mpsc::Sender<Result<WatchEvent, Status>>,
+    ) {
         self.liveness().connect(&peer, Instant::now());
-        self.stream_events(&peer, tx).await;
+        self.stream_events(&peer, from, tx).await;
         self.liveness().disconnect(&peer, Instant::now());
         info!(%peer, "watch ended");
     }
 
-    async fn stream_events(&self, peer: &str, tx: mpsc::Sender<Result<WatchEvent, Status>>) {
-        let (snapshot, mut events) = self.subscribe();
-        let mut sent = snapshot.revision;
-        if tx.send(Ok(snapshot)).await.is_err() {
-            return;
+    async fn stream_events(
+        &self,
+        peer: &str,
+        from: u64,
+        tx: mpsc::Sender<Result<WatchEvent, Status>>,
+    ) {
+        let mut sent = from;
+        let (start, mut events) = self.subscribe(from);
+        for event in start {
+            sent = event.revision;
+            if tx.send(Ok(event)).await.is_err() {
+                return;
+            }
         }
         loop {
             let event = tokio::select! {
@@ -193,13 +239,16 @@ impl ControllerService {
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    // Too far behind to catch up with deltas: start it over from a snapshot.
-                    warn!(%peer, missed, "watcher fell behind; sending a new snapshot");
-                    let (snapshot, fresh) = self.subscribe();
+                    // Too far behind the live stream: catch up from the history (or a snapshot)
+                    // as a reconnecting watcher would.
+                    warn!(%peer, missed, "watcher fell behind; resuming it");
+                    let (start, fresh) = self.subscribe(sent);
                     events = fresh;
-                    sent = snapshot.revision;
-                    if tx.send(Ok(snapshot)).await.is_err() {
-                        break;
+                    for event in start {
+                        sent = event.revision;
+                        if tx.send(Ok(event)).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
@@ -230,10 +279,13 @@ impl Controller for ControllerService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let peer = request.into_inner().peer;
-        info!(%peer, "watch starts");
+        let WatchRequest {
+            peer,
+            from_revision,
+        } = request.into_inner();
+        info!(%peer, from_revision, "watch starts");
         let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
-        tokio::spawn(self.clone().feed_watcher(peer, tx));
+        tokio::spawn(self.clone().feed_watcher(peer, from_revision, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

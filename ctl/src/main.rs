@@ -11,7 +11,7 @@ use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{
     CreateNetworkRequest, DeleteNetworkRequest, ExposeRequest, HideRequest, IpamStatusRequest,
     IpamStatusResponse, ListPeersRequest, LocalAttachRequest, LocalDetachRequest, Network,
-    NetworkInfo, NetworkListRequest, PsRequest, RemovePeerRequest, ResetRequest,
+    NetworkInfo, NetworkListRequest, PsRequest, RemovePeerRequest, ResetRequest, StatusRequest,
 };
 
 /// weftctl: the operator's CLI for weft. It talks to the weft-agent on this host.
@@ -70,9 +70,12 @@ enum Command {
     /// Create, list and remove networks.
     #[command(subcommand)]
     Network(NetworkCommand),
-    /// Show the state of the network.
-    #[command(subcommand)]
-    Status(StatusCommand),
+    /// Show this host's agent, its controller connection, peers, networks and IPAM; or, with a
+    /// subcommand, one of them in detail.
+    Status {
+        #[command(subcommand)]
+        detail: Option<StatusCommand>,
+    },
     /// Forget a peer whose agent is gone; its addresses return to the pool.
     Rmpeer {
         #[arg(value_name = "PEER")]
@@ -281,7 +284,9 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .map_err(fail(&what))?;
             Ok(String::new())
         }
-        Command::Status(StatusCommand::Peers) => {
+        Command::Status {
+            detail: Some(StatusCommand::Peers),
+        } => {
             let reply = agent
                 .list_peers(ListPeersRequest {})
                 .await
@@ -310,7 +315,9 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 &rows,
             ))
         }
-        Command::Status(StatusCommand::Networks) => {
+        Command::Status {
+            detail: Some(StatusCommand::Networks),
+        } => {
             let reply = ipam_status(&mut agent, "status networks").await?;
             let rows: Vec<Vec<String>> = networks_of(&reply.networks)
                 .map(|(n, i)| {
@@ -329,7 +336,61 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 &rows,
             ))
         }
-        Command::Status(StatusCommand::Ipam) => {
+        Command::Status { detail: None } => {
+            let st = agent
+                .status(StatusRequest {})
+                .await
+                .map_err(fail("status"))?
+                .into_inner();
+            let controller = if st.connected {
+                format!(
+                    "{} (connected, revision {})",
+                    st.controller_url, st.revision
+                )
+            } else {
+                format!(
+                    "{} (unreachable for {}: {})",
+                    st.controller_url,
+                    human(st.for_secs),
+                    st.last_error
+                )
+            };
+            // Reachability is the controller's to tell: ask only when it answers.
+            let reachable = match st.connected {
+                true => agent
+                    .list_peers(ListPeersRequest {})
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner().peers.iter().filter(|p| p.reachable).count()),
+                false => None,
+            };
+            let peers = match reachable {
+                Some(n) => format!("{} ({n} reachable)", st.peers),
+                None => format!("{} (reachability unknown)", st.peers),
+            };
+            let lines = [
+                ("Version", st.version),
+                ("Name", format!("{} ({})", st.name, st.advertise_addr)),
+                ("Controller", controller),
+                ("Peers", peers),
+                ("Networks", st.networks.to_string()),
+                ("Endpoints", format!("{} on this host", st.endpoints)),
+                (
+                    "IPAM",
+                    format!(
+                        "{}, {} used, {} free",
+                        st.ipam_range, st.ipam_used, st.ipam_free
+                    ),
+                ),
+            ];
+            Ok(lines
+                .iter()
+                .map(|(k, v)| format!("{k:>10}: {v}\n"))
+                .collect())
+        }
+        Command::Status {
+            detail: Some(StatusCommand::Ipam),
+        } => {
             let reply = ipam_status(&mut agent, "status ipam").await?;
             let rows: Vec<Vec<String>> = networks_of(&reply.networks)
                 .map(|(n, i)| {

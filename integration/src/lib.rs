@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 pub use bins::{bin_dir, locate_bin};
 pub use cmd::Output;
 pub use kernel::{Link, fdb, link, links, neighbours, rx_packets};
-pub use netns::{Netns, disable_ipv6, exec, exec_for, ping, ping_n};
-pub use world::{BRIDGE, CONTROLLER_URL, VXLAN_DEV, World, host_addr};
+pub use netns::{
+    Netns, disable_ipv6, exec, exec_for, ping, ping_counts, ping_in_background, ping_n,
+};
+pub use world::{BRIDGE, CONTROLLER_IP, CONTROLLER_URL, VXLAN_DEV, World, host_addr};
 
 /// Checks the shape every weftctl error shares (exit status 1, one stderr line starting
 /// `weftctl: `) and that the line contains `needle`, the culprit the message must name.

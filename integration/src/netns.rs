@@ -4,6 +4,7 @@ use std::env;
 use std::io::{self, Write};
 use std::path::Path;
 use std::process::Command;
+use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crate::cmd::{self, Output};
@@ -119,6 +120,47 @@ pub fn ping_n(ns: &str, ip: &str, count: u32) -> Output {
         ns,
         &["ping", "-n", "-c", &count, "-i", "0.2", "-W", "1", ip],
     )
+}
+
+/// Starts `count` pings from `ns` to `ip`, `interval` apart, in a thread, each waiting at most a
+/// second for its answer: traffic that runs while a test breaks something. Join the thread and
+/// read the outcome with [`ping_counts`].
+pub fn ping_in_background(
+    ns: &str,
+    ip: &str,
+    count: u64,
+    interval: Duration,
+) -> JoinHandle<Output> {
+    let (ns, ip, count) = (ns.to_owned(), ip.to_owned(), count.to_string());
+    let interval = format!("{:.3}", interval.as_secs_f64());
+    thread::spawn(move || {
+        exec(
+            &ns,
+            &[
+                "ping", "-n", "-q", "-c", &count, "-i", &interval, "-W", "1", &ip,
+            ],
+        )
+    })
+}
+
+/// (transmitted, received) from the summary ping prints last. Panics, showing the output, when
+/// there is none: a ping that never ran must not pass as one that lost nothing.
+pub fn ping_counts(out: &Output) -> (u64, u64) {
+    let summary = out
+        .stdout
+        .lines()
+        .find(|l| l.contains(" packets transmitted, "))
+        .unwrap_or_else(|| panic!("no ping summary in:\n{}{}", out.stdout, out.stderr));
+    // `200 packets transmitted, 198 received, +2 errors, 1% packet loss, time 19900ms`
+    let count = |i: usize| {
+        summary
+            .split(", ")
+            .nth(i)
+            .and_then(|part| part.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("cannot read ping summary {summary:?}"))
+    };
+    (count(0), count(1))
 }
 
 fn command(argv: &[&str]) -> Command {

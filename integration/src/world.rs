@@ -24,7 +24,8 @@ pub const BRIDGE: &str = "weave";
 /// The agent's VXLAN device for the default network.
 pub const VXLAN_DEV: &str = "vxlan-6784";
 
-const CONTROLLER_IP: &str = "198.18.0.100";
+/// The controller's underlay address, the host part of [`CONTROLLER_URL`].
+pub const CONTROLLER_IP: &str = "198.18.0.100";
 const CONTROLLER_PORT: u16 = 6786;
 /// Name of the underlay-facing veth in every namespace plugged into the underlay.
 const UNDERLAY_IF: &str = "ul0";
@@ -51,7 +52,8 @@ pub struct World {
     /// Behind a lock so a test can crash and restart it through `&World` while other threads
     /// run weftctl against the same world.
     controller: Mutex<Daemon>,
-    agents: Vec<Daemon>,
+    /// Each behind a lock for the same reason: a test crashes one while others use the world.
+    agents: Vec<Mutex<Daemon>>,
     /// Flags every agent gets after the harness's own, e.g. `--mtu 1400`.
     agent_args: Vec<String>,
     /// Container namespaces and the host each was made for, for failure reports.
@@ -196,30 +198,34 @@ impl World {
     }
 
     /// Stops host `host`'s agent with SIGTERM (SIGKILL if it lingers).
-    pub fn stop_agent(&mut self, host: usize) {
+    pub fn stop_agent(&self, host: usize) {
         self.agent(host).stop();
     }
 
     /// SIGKILLs host `host`'s agent, as a crash would.
-    pub fn kill_agent(&mut self, host: usize) {
+    pub fn kill_agent(&self, host: usize) {
         self.agent(host).kill();
     }
 
     /// How host `host`'s agent ended, if it has (say, after `weftctl reset`).
-    pub fn agent_exited(&mut self, host: usize) -> Option<ExitStatus> {
+    pub fn agent_exited(&self, host: usize) -> Option<ExitStatus> {
         self.agent(host).exited()
     }
 
     /// (Re)starts host `host`'s agent and waits until it is ready.
-    pub fn start_agent(&mut self, host: usize) {
+    pub fn start_agent(&self, host: usize) {
         self.agent(host).start();
         self.wait_agent_ready(host);
     }
 
     /// The log file of host `host`'s agent; restarts append to it.
     pub fn agent_log(&self, host: usize) -> PathBuf {
-        self.check_host(host);
-        self.agents[host - 1].log().to_path_buf()
+        self.agent(host).log().to_path_buf()
+    }
+
+    /// The controller's log file; restarts append to it.
+    pub fn controller_log(&self) -> PathBuf {
+        self.controller().log().to_path_buf()
     }
 
     /// The controller's daemon. A panic while the lock was held (a failed start) does not make
@@ -230,9 +236,12 @@ impl World {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn agent(&mut self, host: usize) -> &mut Daemon {
+    /// Host `host`'s agent daemon; like [`World::controller`], usable after a panic under it.
+    fn agent(&self, host: usize) -> MutexGuard<'_, Daemon> {
         self.check_host(host);
-        &mut self.agents[host - 1]
+        self.agents[host - 1]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn check_host(&self, host: usize) {
@@ -299,12 +308,12 @@ impl World {
             self.dir.path().join(format!("host{host}.log")),
         );
         agent.start();
-        self.agents.push(agent);
+        self.agents.push(Mutex::new(agent));
     }
 
     /// An agent is ready once `weftctl ps` succeeds: it fails until the agent has applied the
     /// controller's first snapshot.
-    fn wait_agent_ready(&mut self, host: usize) {
+    fn wait_agent_ready(&self, host: usize) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.agent(host).exited() {
@@ -330,8 +339,8 @@ impl World {
         let mut err = io::stderr().lock();
         let _ = writeln!(err, "==== weft world {} failed; its state:", self.prefix);
         let _ = writeln!(err, "{}", self.controller().log_tail(LOG_TAIL_LINES));
-        for daemon in &self.agents {
-            let _ = writeln!(err, "{}", daemon.log_tail(LOG_TAIL_LINES));
+        for host in 1..=self.agents.len() {
+            let _ = writeln!(err, "{}", self.agent(host).log_tail(LOG_TAIL_LINES));
         }
         let hosts = (1..=self.agents.len()).map(|h| (format!("host{h}"), self.host_ns(h)));
         for (label, ns) in hosts {
@@ -366,8 +375,8 @@ impl Drop for World {
         if thread::panicking() {
             self.report();
         }
-        for agent in &mut self.agents {
-            agent.stop();
+        for host in 1..=self.agents.len() {
+            self.agent(host).stop();
         }
         self.controller().stop();
         for ns in self.namespaces.iter().rev() {

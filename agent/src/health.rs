@@ -1,0 +1,36 @@
+//! `GET /healthz` for supervisors and orchestrators: 200 once the agent has applied a snapshot
+//! of the controller's tables (it then keeps the datapath right, controller or not), 503 before.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use crate::agent::Agent;
+
+async fn healthz(State(agent): State<Arc<Agent>>) -> (StatusCode, String) {
+    match agent.revision() {
+        0 => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no snapshot from controller {} yet\n", agent.controller_url),
+        ),
+        revision => (StatusCode::OK, format!("ok, revision {revision}\n")),
+    }
+}
+
+/// Serves `/healthz` on `addr`.
+pub async fn serve(agent: Arc<Agent>, addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for health checks on {addr}"))?;
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .with_state(agent);
+    axum::serve(listener, app)
+        .await
+        .context("health endpoint failed")
+}

@@ -1,0 +1,66 @@
+//! Reading the controller's tables as the controller itself holds them, through the same Watch
+//! an agent opens: its first event is a snapshot of everything, at the controller's revision.
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+use weft_proto::v1::controller_client::ControllerClient;
+use weft_proto::v1::{Endpoint, Network, Peer, Snapshot, WatchRequest, watch_event::Event};
+
+/// The name the dump watches under. The controller counts it as a watcher only while the dump
+/// runs, and it is no peer of the tables, so `status peers` never shows it.
+const WATCHER: &str = "weft-load-dump";
+
+/// The controller's tables as JSON: `{"revision", "peers", "networks", "endpoints"}`.
+pub async fn dump(mut client: ControllerClient<Channel>) -> anyhow::Result<Value> {
+    let mut stream = client
+        .watch(WatchRequest {
+            peer: WATCHER.to_string(),
+            // No revision of ours: the controller must answer with a whole snapshot.
+            from_revision: 0,
+        })
+        .await
+        .context("watch failed")?
+        .into_inner();
+    let first = stream
+        .message()
+        .await
+        .context("watch stream broke")?
+        .context("watch stream ended before its first event")?;
+    match first.event {
+        Some(Event::Snapshot(snapshot)) => Ok(tables_json(first.revision, &snapshot)),
+        other => bail!(
+            "the first event of a watch from revision 0 is not a snapshot: {other:?} at revision {}",
+            first.revision
+        ),
+    }
+}
+
+fn tables_json(revision: u64, snapshot: &Snapshot) -> Value {
+    json!({
+        "revision": revision,
+        "peers": snapshot.peers.iter().map(peer_json).collect::<Vec<_>>(),
+        "networks": snapshot.networks.iter().map(network_json).collect::<Vec<_>>(),
+        "endpoints": snapshot.endpoints.iter().map(endpoint_json).collect::<Vec<_>>(),
+    })
+}
+
+fn peer_json(peer: &Peer) -> Value {
+    json!({"name": peer.name, "advertise_addr": peer.advertise_addr})
+}
+
+fn network_json(network: &Network) -> Value {
+    json!({"name": network.name, "subnet": network.subnet, "vni": network.vni})
+}
+
+fn endpoint_json(ep: &Endpoint) -> Value {
+    json!({
+        "network": ep.network,
+        "container_id": ep.container_id,
+        "mac": ep.mac,
+        "cidrs": ep.cidrs,
+        "peer": ep.peer,
+        "host_ifname": ep.host_ifname,
+        "container_ifname": ep.container_ifname,
+    })
+}
