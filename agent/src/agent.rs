@@ -22,8 +22,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one unary request to the controller may take: an attach while the controller is
 /// unreachable fails within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// HTTP/2 pings on the watch: a partition or a dead controller is noticed within
-/// interval + timeout, not after TCP's retransmissions give up.
+/// HTTP/2 pings: a partition or a dead controller is noticed within interval + timeout, not
+/// after TCP's retransmissions give up.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest snapshot the agent accepts: room for about a million endpoints.
@@ -104,23 +104,22 @@ impl Agent {
         controller_url: String,
         datapath: Datapath,
     ) -> anyhow::Result<Agent> {
+        // Keepalives on both channels: a connection that died in a partition is replaced as
+        // soon as it is noticed, not reused after the network heals.
         let endpoint = transport::Endpoint::from_shared(controller_url.clone())
             .map_err(|e| anyhow!("invalid controller URL {controller_url}: {e}"))?
-            .connect_timeout(CONNECT_TIMEOUT);
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
         Ok(Agent {
             name,
             advertise_addr,
             client: ControllerClient::new(endpoint.clone().timeout(REQUEST_TIMEOUT).connect_lazy()),
             // A snapshot is one message: 10,000 endpoints are about 1 MB, far past tonic's 4 MB
             // default at the scale weft is for.
-            watch_client: ControllerClient::new(
-                endpoint
-                    .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-                    .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-                    .keep_alive_while_idle(true)
-                    .connect_lazy(),
-            )
-            .max_decoding_message_size(MAX_SNAPSHOT_BYTES),
+            watch_client: ControllerClient::new(endpoint.connect_lazy())
+                .max_decoding_message_size(MAX_SNAPSHOT_BYTES),
             controller_url,
             datapath,
             tables: RwLock::new(None),
