@@ -3,7 +3,7 @@
 //! kernel state.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -18,10 +18,10 @@ use weft_proto::v1::{Peer, WatchEvent, watch_event::Event};
 use crate::datapath::Datapath;
 
 /// How long to wait for a TCP connection to the controller.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long one unary request to the controller may take: an attach while the controller is
 /// unreachable fails within this.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
 /// HTTP/2 pings: a partition or a dead controller is noticed within interval + timeout, not
 /// after TCP's retransmissions give up.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
@@ -48,6 +48,10 @@ pub struct Agent {
     /// Containers with an attach or detach under way, and how many.
     pub(crate) busy: Mutex<HashMap<String, usize>>,
     link: Mutex<ControllerLink>,
+    /// Whether the first reconcile after start has looked into the containers.
+    pub(crate) checked_containers: AtomicBool,
+    /// The latest revision the controller gave for a change this agent asked for.
+    own_revision: AtomicU64,
     /// Set by a reset: the agent changes nothing more and stops.
     pub(crate) stopping: AtomicBool,
     stopped: Notify,
@@ -131,6 +135,8 @@ impl Agent {
                 since: Instant::now(),
                 last_error: String::new(),
             }),
+            checked_containers: AtomicBool::new(false),
+            own_revision: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             stopped: Notify::new(),
         })
@@ -174,6 +180,15 @@ impl Agent {
             agent: self,
             container_id: container_id.to_string(),
         }
+    }
+
+    pub(crate) fn own_revision(&self) -> u64 {
+        self.own_revision.load(Ordering::SeqCst)
+    }
+
+    /// No attach or detach is under way.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.busy.lock().expect("busy lock poisoned").is_empty()
     }
 
     pub(crate) fn is_busy(&self, container_id: &str) -> bool {
@@ -277,6 +292,7 @@ impl Agent {
     /// asked for: what the agent does and shows next then includes that change, and no
     /// reconcile from older tables undoes it. Gives up (with a warning) after CATCH_UP_TIMEOUT.
     pub async fn caught_up(&self, revision: u64) {
+        self.own_revision.fetch_max(revision, Ordering::SeqCst);
         let mut seen = self.revision.subscribe();
         let wait = seen.wait_for(|have| *have >= revision);
         if tokio::time::timeout(CATCH_UP_TIMEOUT, wait).await.is_err() {

@@ -33,6 +33,15 @@ pub struct Datapath {
     lock: tokio::sync::Mutex<()>,
 }
 
+/// What a reconcile is to bring about.
+pub struct Desired {
+    /// VNI → what the network's devices must be and hold.
+    pub networks: BTreeMap<u32, NetworkState>,
+    /// Whether veths no endpoint calls for may go: only when the tables are known to be
+    /// newer than every veth.
+    pub remove_stray_veths: bool,
+}
+
 /// How many table entries one reconcile changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Report {
@@ -141,13 +150,13 @@ impl Datapath {
     /// that finished while it waited is then in the tables it reads, and is not undone.
     pub async fn reconcile(
         &self,
-        desired: impl FnOnce() -> Option<BTreeMap<u32, NetworkState>>,
+        desired: impl FnOnce() -> Option<Desired>,
     ) -> anyhow::Result<Option<Report>> {
         let _lock = self.lock.lock().await;
-        let Some(networks) = desired() else {
+        let Some(desired) = desired() else {
             return Ok(None);
         };
-        let networks = &networks;
+        let networks = &desired.networks;
         let started = std::time::Instant::now();
         let mut report = Report::default();
         let fdb = netlink::fdb_entries(&self.handle).await?;
@@ -178,6 +187,9 @@ impl Datapath {
                 netlink::attach_to_bridge(&self.handle, link, &bridges[vni], self.mtu).await?;
             }
         }
+        if desired.remove_stray_veths {
+            self.remove_stray_veths(&links, networks).await?;
+        }
         self.remove_left_networks(&links, networks).await?;
         report.elapsed = started.elapsed();
         Ok(Some(report))
@@ -206,6 +218,36 @@ impl Datapath {
         }
         netlink::del_addresses(&self.handle, bridge, &remove).await?;
         netlink::add_addresses(&self.handle, bridge, &add).await
+    }
+
+    /// Removes veths no endpoint calls for: left by an agent that died after the controller
+    /// released an endpoint but before unplugging it, or while plugging one. Their container
+    /// ends go with them.
+    async fn remove_stray_veths(
+        &self,
+        links: &[Link],
+        networks: &BTreeMap<u32, NetworkState>,
+    ) -> anyhow::Result<()> {
+        let stray_prefix = guest_tmp_ifname(HOST_IFNAME_PREFIX);
+        for link in links {
+            let ours =
+                link.name.starts_with(HOST_IFNAME_PREFIX) || link.name.starts_with(&stray_prefix);
+            let wanted = networks.values().any(|n| n.ports.contains(&link.name));
+            if ours && !wanted {
+                warn!(veth = %link.name, "no endpoint calls for this veth; removing it");
+                netlink::delete_link(&self.handle, link).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the container holds an interface named `ifname`.
+    pub async fn container_has(&self, container: &Container, ifname: &str) -> anyhow::Result<bool> {
+        let ifname = ifname.to_string();
+        netns::run_in(&container.netns, move |handle| async move {
+            Ok(netlink::link_by_name(&handle, &ifname).await?.is_some())
+        })
+        .await
     }
 
     /// Removes the bridge and VXLAN device of networks not in `networks`, unless a veth is still

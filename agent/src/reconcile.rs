@@ -12,6 +12,8 @@ use weft_proto::names::{EXPOSE_ID, HOST_IFNAME_PREFIX, vni_of_device};
 use weft_proto::v1::{DetachRequest, Endpoint};
 
 use crate::agent::Agent;
+use crate::container;
+use crate::datapath::Desired;
 use crate::desired::host_networks;
 use crate::netlink::{self, LinkEvent};
 
@@ -38,8 +40,16 @@ impl Agent {
         if self.stopping.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let networks = || self.with_tables(|t| host_networks(t, &self.name));
-        let Some(report) = self.datapath.reconcile(networks).await? else {
+        // Stray veths (no endpoint calls for them) are removed only when the tables hold every
+        // change this agent made and no attach or detach is under way: otherwise a veth may be
+        // newer than the tables.
+        let desired = || {
+            self.with_tables(|t| Desired {
+                networks: host_networks(t, &self.name),
+                remove_stray_veths: self.is_idle() && t.revision >= self.own_revision(),
+            })
+        };
+        let Some(report) = self.datapath.reconcile(desired).await? else {
             return Ok(());
         };
         if report.changed() {
@@ -84,10 +94,22 @@ impl Agent {
     /// Gives back the addresses of local endpoints that have no veth: their container is gone,
     /// or an attach never finished (the controller or the agent died half-way). An attach or
     /// detach under way is left alone; checking that before the veth closes the race with it.
+    /// On the first pass after the agent starts, endpoints whose veth is there but whose
+    /// container has no interface for it (the agent died while plugging) are unplugged and
+    /// released too.
     async fn release_unplugged(&self, local: &[Endpoint]) -> anyhow::Result<()> {
+        let first_pass = !self.checked_containers.swap(true, Ordering::SeqCst);
         for ep in local {
-            if self.is_busy(&ep.container_id) || self.datapath.link_exists(&ep.host_ifname).await? {
+            if self.is_busy(&ep.container_id) {
                 continue;
+            }
+            if self.datapath.link_exists(&ep.host_ifname).await? {
+                if !first_pass || self.container_side_plugged(ep).await {
+                    continue;
+                }
+                warn!(container = %ep.container_id, veth = %ep.host_ifname,
+                    "the container has no interface for its endpoint; unplugging");
+                self.datapath.unplug(&ep.host_ifname).await?;
             }
             warn!(container = %ep.container_id, network = %ep.network, veth = %ep.host_ifname,
                 "endpoint has no veth on this host; releasing its addresses");
@@ -101,5 +123,27 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Whether the endpoint's interface is in its container (a container that is gone counts
+    /// as plugged: its veth goes with it, and the release follows from that).
+    async fn container_side_plugged(&self, ep: &Endpoint) -> bool {
+        let Ok(container) = container::parse(&ep.container_id) else {
+            return true;
+        };
+        if !container.netns.exists() {
+            return true;
+        }
+        match self
+            .datapath
+            .container_has(&container, &ep.container_ifname)
+            .await
+        {
+            Ok(has) => has,
+            Err(e) => {
+                warn!(container = %ep.container_id, "cannot look into the container: {e:#}");
+                true
+            }
+        }
     }
 }
