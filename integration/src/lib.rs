@@ -40,6 +40,23 @@ pub fn assert_rejected(out: &Output, needle: &str) {
     );
 }
 
+/// How long a path across hosts may take to work after the change that makes it.
+const CONVERGE: Duration = Duration::from_secs(5);
+
+/// Pings until the path converges, then requires a clean run of three.
+pub fn assert_reaches(from: &str, ip: &str) {
+    assert!(
+        wait_until(CONVERGE, || ping(from, ip)),
+        "{from} cannot reach {ip}"
+    );
+    let run = ping_n(from, ip, 3);
+    assert!(
+        run.success() && run.stdout.contains(" 0% packet loss"),
+        "{from} -> {ip} lost packets:\n{}",
+        run.stdout
+    );
+}
+
 /// Polls `check` every 100 ms until it returns true or `timeout` has passed; returns whether it
 /// did. Convergence across hosts is asynchronous, so assertions about it must poll.
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {

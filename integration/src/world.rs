@@ -156,6 +156,19 @@ impl World {
         self.weftctl_at(host, &self.socket(host), args)
     }
 
+    /// Runs weftctl on `host`, requires success, and returns what it printed.
+    pub fn ctl(&self, host: usize, args: &[&str]) -> String {
+        let out = self.weftctl(host, args);
+        assert!(
+            out.success(),
+            "weftctl {} on host{host} failed ({:?}): {}",
+            args.join(" "),
+            out.code,
+            out.stderr.trim()
+        );
+        out.stdout
+    }
+
     /// Runs weftctl in host `host`'s namespace against an arbitrary agent socket.
     pub fn weftctl_at(&self, host: usize, socket: &Path, args: &[&str]) -> Output {
         let socket = socket.to_str().expect("socket path is UTF-8");

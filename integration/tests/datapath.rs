@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_integration::{
-    BRIDGE, Output, VXLAN_DEV, World, assert_rejected, disable_ipv6, exec, fdb, host_addr, link,
-    links, locate_bin, neighbours, ping, ping_n, rx_packets, wait_until,
+    BRIDGE, Output, VXLAN_DEV, World, assert_reaches, assert_rejected, disable_ipv6, exec, fdb,
+    host_addr, link, links, locate_bin, neighbours, ping, ping_n, rx_packets, wait_until,
 };
 
 const CONVERGE: Duration = Duration::from_secs(5);
@@ -29,19 +29,6 @@ const ICMP_OVERHEAD: u64 = 28;
 /// What the agent logs whenever a reconcile changed the kernel's tables.
 const RECONCILED: &str = "datapath reconciled";
 
-/// Runs weftctl on `host`, requires success, and returns what it printed.
-fn ctl(world: &World, host: usize, args: &[&str]) -> String {
-    let out = world.weftctl(host, args);
-    assert!(
-        out.success(),
-        "weftctl {} on host{host} failed ({:?}): {}",
-        args.join(" "),
-        out.code,
-        out.stderr.trim()
-    );
-    out.stdout
-}
-
 /// `weftctl attach ADDRS... netns:CONTAINER` on `host` (no ADDR: the default network); returns
 /// the IP it printed.
 fn attach(world: &World, host: usize, addrs: &[&str], container: &str) -> String {
@@ -49,7 +36,7 @@ fn attach(world: &World, host: usize, addrs: &[&str], container: &str) -> String
     let mut args = vec!["attach"];
     args.extend_from_slice(addrs);
     args.push(&target);
-    ctl(world, host, &args).trim_end().to_owned()
+    world.ctl(host, &args).trim_end().to_owned()
 }
 
 /// Runs a command inside `ns` that must succeed: the test's own setup.
@@ -74,20 +61,6 @@ fn ip_of(container: &str) -> String {
     let eth = link(container, "ethwe").unwrap_or_else(|| panic!("no ethwe in {container}"));
     let cidr = eth.addrs.first().expect("ethwe has an address");
     cidr.split('/').next().expect("IP/LEN").to_owned()
-}
-
-/// Pings until the path converges, then requires a clean run of three.
-fn assert_reaches(from: &str, ip: &str) {
-    assert!(
-        wait_until(CONVERGE, || ping(from, ip)),
-        "{from} cannot reach {ip}"
-    );
-    let run = ping_n(from, ip, 3);
-    assert!(
-        run.success() && run.stdout.contains(" 0% packet loss"),
-        "{from} -> {ip} lost packets:\n{}",
-        run.stdout
-    );
 }
 
 /// The names weft gives its links: the bridges, the VXLAN devices, the host ends of veths.
@@ -268,7 +241,7 @@ fn a_restarted_agent_removes_what_left_while_it_was_down() {
     assert_tables(&h3, &with_c1, &neigh_with_c1);
 
     world.kill_agent(3);
-    ctl(&world, 1, &["detach", &format!("netns:{c1}")]);
+    world.ctl(1, &["detach", &format!("netns:{c1}")]);
     // host2 follows the detach: once it has, host3 would have too, had its agent been running.
     assert_tables(
         &h2,
@@ -546,7 +519,7 @@ fn mtu_given_to_the_agent() {
 
 /// The bridge of the network with `subnet`, by its VNI as `weftctl network ls --json` says.
 fn bridge_of(world: &World, subnet: &str) -> String {
-    let nets: Value = serde_json::from_str(&ctl(world, 1, &["network", "ls", "--json"]))
+    let nets: Value = serde_json::from_str(&world.ctl(1, &["network", "ls", "--json"]))
         .expect("network ls --json prints JSON");
     let vni = nets
         .as_array()
@@ -585,15 +558,12 @@ fn expose_and_hide_put_the_host_on_a_network_and_take_it_off() {
     let h1 = world.host_ns(1);
     let bridge = bridge_of(&world, "192.168.0.0/24");
 
-    assert_eq!(
-        ctl(&world, 1, &["expose", "192.168.0.1/24"]),
-        "192.168.0.1\n"
-    );
+    assert_eq!(world.ctl(1, &["expose", "192.168.0.1/24"]), "192.168.0.1\n");
     assert_addrs_stay(&h1, &bridge, &["192.168.0.1/24"], "expose");
     let on_bridge = link(&h1, &bridge).expect("the network's bridge");
     assert_reaches(&h1, "192.168.0.2");
     assert_reaches(&h1, "192.168.0.3");
-    let ps = ctl(&world, 1, &["ps"]);
+    let ps = world.ctl(1, &["ps"]);
     assert_eq!(
         ps.lines().next(),
         Some(format!("weft:expose {} 192.168.0.1/24", on_bridge.mac).as_str()),
@@ -604,13 +574,13 @@ fn expose_and_hide_put_the_host_on_a_network_and_take_it_off() {
         "already in use by weft:expose on host1",
     );
 
-    assert_eq!(ctl(&world, 1, &["hide"]), "192.168.0.1\n");
+    assert_eq!(world.ctl(1, &["hide"]), "192.168.0.1\n");
     assert_addrs_stay(&h1, &bridge, &[], "hide");
     assert!(
         !ping(&h1, "192.168.0.3"),
         "host1 still reaches c2 after hide"
     );
-    let ps = ctl(&world, 1, &["ps"]);
+    let ps = world.ctl(1, &["ps"]);
     assert!(!ps.contains("weft:expose"), "ps after hide:\n{ps}");
 }
 
@@ -619,7 +589,7 @@ fn expose_without_an_address_takes_the_default_gateway() {
     let mut world = World::new(2);
     let c2 = world.container(2, "c2");
     let ip2 = attach(&world, 2, &[], &c2);
-    assert_eq!(ctl(&world, 1, &["expose"]), "10.32.0.1\n");
+    assert_eq!(world.ctl(1, &["expose"]), "10.32.0.1\n");
     let h1 = world.host_ns(1);
     let addrs = link(&h1, BRIDGE).expect("the default bridge").addrs;
     assert_eq!(addrs, ["10.32.0.1/12"], "addresses of {BRIDGE} on host1");
@@ -652,7 +622,7 @@ fn assert_reset(ns: &str, container: &str) {
 
 /// `weftctl status ipam`'s PEER table: (peer, network) → USED.
 fn used_by_peer(world: &World, host: usize) -> BTreeMap<(String, String), u64> {
-    let text = ctl(world, host, &["status", "ipam"]);
+    let text = world.ctl(host, &["status", "ipam"]);
     let mut lines = text.lines();
     assert!(
         lines.any(|l| l.starts_with("PEER ")),
@@ -680,14 +650,14 @@ fn reset_removes_what_weft_made_and_nothing_else() {
     let c2 = world.container(2, "c2");
     attach(&world, 1, &[], &c1);
     attach(&world, 2, &[], &c2);
-    assert_eq!(ctl(&world, 1, &["expose"]), "10.32.0.1\n");
+    assert_eq!(world.ctl(1, &["expose"]), "10.32.0.1\n");
     let host1_macs = [mac_of(&c1), link(&h1, BRIDGE).expect("bridge").mac];
     let macs: Vec<&str> = host1_macs.iter().map(String::as_str).collect();
     assert_tables(&h2, &remote(1, &macs), &neighbours_of_host1(&c1, &h1));
 
     // weave, vxlan-6784 and c1's veth; c1's address and the exposed one.
     assert_eq!(
-        ctl(&world, 1, &["reset"]),
+        world.ctl(1, &["reset"]),
         "removed 3 links, released 2 addresses; the agent has stopped\n"
     );
     assert!(

@@ -35,22 +35,10 @@ const IN_SYNC: [&str; 2] = ["snapshot received revision=", "resumed revision="];
 /// What the controller logs once it listens.
 const LISTENING: &str = "serving listen=";
 
-/// Runs weftctl on `host`, requires success, and returns what it printed.
-fn ctl(world: &World, host: usize, args: &[&str]) -> String {
-    let out = world.weftctl(host, args);
-    assert!(
-        out.success(),
-        "weftctl {} on host{host} failed ({:?}): {}",
-        args.join(" "),
-        out.code,
-        out.stderr.trim()
-    );
-    out.stdout
-}
-
 /// `weftctl attach netns:CONTAINER` on `host` (the default network); returns the IP printed.
 fn attach(world: &World, host: usize, container: &str) -> String {
-    ctl(world, host, &["attach", &format!("netns:{container}")])
+    world
+        .ctl(host, &["attach", &format!("netns:{container}")])
         .trim_end()
         .to_owned()
 }
@@ -187,7 +175,7 @@ fn assert_refused(world: &World, host: usize, verb: &str, container: &str) {
 /// The `Controller: ...` line of `weftctl status` on `host`, without the indent that aligns
 /// the keys.
 fn controller_line(world: &World, host: usize) -> String {
-    let status = ctl(world, host, &["status"]);
+    let status = world.ctl(host, &["status"]);
     status
         .lines()
         .map(str::trim_start)
@@ -398,7 +386,7 @@ fn first_replies(from: &str, targets: &[(&str, &str)]) -> Vec<(String, Option<Du
 /// Checks that host `host`, just cut off from the controller, still answers `ps` (listing
 /// `member`) and, within [`NOTICE`], shows the controller as unreachable in `status`.
 fn assert_answers_cut_off(world: &World, host: usize, member: &Member) {
-    let ps = ctl(world, host, &["ps"]);
+    let ps = world.ctl(host, &["ps"]);
     assert!(
         ps.lines()
             .any(|l| l.starts_with(&format!("netns:{} ", member.ns)) && l.contains(&member.ip)),

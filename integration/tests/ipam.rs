@@ -17,19 +17,6 @@ const RANGE: &str = "10.32.0.0/12";
 const RANGE_POOL: u64 = (1 << 20) - 3;
 const CONVERGE: Duration = Duration::from_secs(5);
 
-/// Runs weftctl on `host`, requires success, and returns what it printed.
-fn ctl(world: &World, host: usize, args: &[&str]) -> String {
-    let out = world.weftctl(host, args);
-    assert!(
-        out.success(),
-        "weftctl {} on host{host} failed ({:?}): {}",
-        args.join(" "),
-        out.code,
-        out.stderr.trim()
-    );
-    out.stdout
-}
-
 /// `weftctl attach ADDRS... netns:CONTAINER` on `host`; returns the printed IPs, unterminated.
 fn attach(world: &World, host: usize, addrs: &[&str], container: &str) -> String {
     let target = format!("netns:{container}");
@@ -38,7 +25,7 @@ fn attach(world: &World, host: usize, addrs: &[&str], container: &str) -> String
         .chain(addrs.iter().copied())
         .chain([target.as_str()])
         .collect();
-    ctl(world, host, &args).trim_end().to_owned()
+    world.ctl(host, &args).trim_end().to_owned()
 }
 
 /// The rows under the header whose first column is `first_column`, up to the next blank line,
@@ -64,7 +51,7 @@ type Ipam = (
 );
 
 fn status_ipam(world: &World, host: usize) -> Ipam {
-    let text = ctl(world, host, &["status", "ipam"]);
+    let text = world.ctl(host, &["status", "ipam"]);
     let range = text
         .lines()
         .next()
@@ -100,7 +87,8 @@ fn default_used(world: &World, host: usize) -> u64 {
 
 /// `weftctl ps` on `host` as container → its CIDRs (the MAC left out).
 fn ps(world: &World, host: usize) -> BTreeMap<String, Vec<String>> {
-    ctl(world, host, &["ps"])
+    world
+        .ctl(host, &["ps"])
         .lines()
         .map(|l| {
             let mut cells = l.split_whitespace().map(str::to_owned);
@@ -112,7 +100,7 @@ fn ps(world: &World, host: usize) -> BTreeMap<String, Vec<String>> {
 
 /// `weftctl network ls --json`.
 fn network_ls(world: &World) -> Value {
-    serde_json::from_str(&ctl(world, 1, &["network", "ls", "--json"]))
+    serde_json::from_str(&world.ctl(1, &["network", "ls", "--json"]))
         .expect("network ls --json prints JSON")
 }
 
@@ -151,7 +139,7 @@ fn allocation_and_release() {
         Some(vec!["10.32.0.2/12".to_owned()])
     );
     assert_eq!(
-        ctl(&world, 1, &["detach", &format!("netns:{c1}")]).trim_end(),
+        world.ctl(1, &["detach", &format!("netns:{c1}")]).trim_end(),
         "10.32.0.2"
     );
     assert_eq!(link(&c1, "ethwe"), None, "ethwe left in c1 after detach");
@@ -215,11 +203,7 @@ fn networks() {
     assert_eq!(network_ls(&world), json!([entry("default", RANGE, 1, 0)]));
 
     assert_eq!(
-        ctl(
-            &world,
-            1,
-            &["network", "create", "blue", "--subnet", "10.9.0.0/24"]
-        ),
+        world.ctl(1, &["network", "create", "blue", "--subnet", "10.9.0.0/24"]),
         "blue 10.9.0.0/24 vni=2\n"
     );
     let both = json!([
@@ -252,7 +236,7 @@ fn networks() {
         );
     }
 
-    let table = ctl(&world, 1, &["network", "ls"]);
+    let table = world.ctl(1, &["network", "ls"]);
     assert_eq!(
         table.lines().next().map(|h| h.split_whitespace().collect()),
         Some(vec!["NAME", "SUBNET", "VNI", "ENDPOINTS"]),
@@ -290,8 +274,8 @@ fn networks() {
 
     let out = world.weftctl(1, &["network", "rm", "blue"]);
     assert_rejected(&out, "network blue still has 1 endpoint(s)");
-    ctl(&world, 1, &["detach", &format!("netns:{c1}")]);
-    ctl(&world, 1, &["network", "rm", "blue"]);
+    world.ctl(1, &["detach", &format!("netns:{c1}")]);
+    world.ctl(1, &["network", "rm", "blue"]);
     assert_eq!(network_ls(&world), json!([entry("default", RANGE, 1, 0)]));
     let gone = || link(&h1, "weave-2").is_none() && link(&h1, "vx-2").is_none();
     assert!(
@@ -338,12 +322,9 @@ fn several_addresses() {
     assert_eq!(ethwes(&c1).len(), 2, "one interface per network");
 
     assert_eq!(
-        ctl(
-            &world,
-            1,
-            &["detach", "192.168.0.3/24", &format!("netns:{c1}")]
-        )
-        .trim_end(),
+        world
+            .ctl(1, &["detach", "192.168.0.3/24", &format!("netns:{c1}")])
+            .trim_end(),
         "192.168.0.3"
     );
     assert_eq!(

@@ -2,12 +2,8 @@
 //! network reach each other across hosts, and no frame of one network ever reaches a container
 //! of the other, on the same host or across, even when addresses and routes invite it.
 
-use std::time::Duration;
-
 use serde_json::Value;
-use weft_integration::{World, disable_ipv6, exec, link, ping, ping_n, rx_packets, wait_until};
-
-const CONVERGE: Duration = Duration::from_secs(5);
+use weft_integration::{World, assert_reaches, disable_ipv6, exec, link, ping_n, rx_packets};
 
 /// Network A's subnet with the addresses its containers get, and the same for B.
 const NET_A: &str = "192.168.0.0/24";
@@ -31,20 +27,6 @@ fn run_in(ns: &str, argv: &[&str]) {
 fn attach(world: &World, host: usize, cidr: &str, container: &str) {
     let out = world.weftctl(host, &["attach", cidr, &format!("netns:{container}")]);
     assert!(out.success(), "attach {cidr} {container}: {}", out.stderr);
-}
-
-/// Pings until the path converges, then requires a clean run of three.
-fn assert_reaches(from: &str, ip: &str) {
-    assert!(
-        wait_until(CONVERGE, || ping(from, ip)),
-        "{from} cannot reach {ip}"
-    );
-    let run = ping_n(from, ip, 3);
-    assert!(
-        run.success() && run.stdout.contains(" 0% packet loss"),
-        "{from} -> {ip} lost packets:\n{}",
-        run.stdout
-    );
 }
 
 /// The VNI weft gave the network of subnet `subnet`, from `weftctl network ls --json`.

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use weft_integration::{
-    BRIDGE, Link, VXLAN_DEV, World, fdb, host_addr, link, links, ping, ping_n, wait_until,
+    BRIDGE, Link, VXLAN_DEV, World, assert_reaches, fdb, host_addr, link, links, ping, wait_until,
 };
 
 /// The bridge and VXLAN device of a network other than the default one.
@@ -87,20 +87,6 @@ fn assert_attached(world: &World, host: usize, container: &str, cidr: &str, dev:
         "vethwepl* on host{host}'s {BRIDGE}"
     );
     eth
-}
-
-/// Pings until the path converges, then requires a clean run of three.
-fn assert_reaches(from: &str, ip: &str) {
-    assert!(
-        wait_until(CONVERGE, || ping(from, ip)),
-        "{from} cannot reach {ip}"
-    );
-    let run = ping_n(from, ip, 3);
-    assert!(
-        run.success() && run.stdout.contains(" 0% packet loss"),
-        "{from} -> {ip} lost packets:\n{}",
-        run.stdout
-    );
 }
 
 #[test]
