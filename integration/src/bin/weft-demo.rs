@@ -61,6 +61,7 @@ fn demo() {
 
     weftctl(&world, 1, &["ps"]);
     weftctl(&world, 2, &["ps"]);
+    weftctl(&world, 1, &["status"]);
     weftctl(&world, 1, &["network", "ls"]);
     weftctl(&world, 1, &["status", "ipam"]);
     note("192.168.0.0/24 became a network of its own, VNI 2: bridge weave-2, VXLAN device vx-2");
