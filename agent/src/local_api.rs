@@ -164,6 +164,7 @@ impl LocalApi {
             peer: self.agent.name.clone(),
             container_id: container_id.to_string(),
             addrs,
+            only_mac: String::new(),
         };
         let done = self
             .agent

@@ -62,11 +62,14 @@ impl Agent {
                 "datapath reconciled"
             );
         }
+        // Only tables that hold every change this agent made can say which endpoint lost its
+        // veth: older ones may still show one that a detach and a new attach have replaced.
         let local: Vec<Endpoint> = self
             .with_tables(|t| {
+                let fresh = t.revision >= self.own_revision();
                 t.endpoints
                     .values()
-                    .filter(|ep| ep.peer == self.name && ep.container_id != EXPOSE_ID)
+                    .filter(|ep| fresh && ep.peer == self.name && ep.container_id != EXPOSE_ID)
                     .cloned()
                     .collect()
             })
@@ -98,6 +101,9 @@ impl Agent {
     /// container has no interface for it (the agent died while plugging) are unplugged and
     /// released too.
     async fn release_unplugged(&self, local: &[Endpoint]) -> anyhow::Result<()> {
+        if local.is_empty() {
+            return Ok(());
+        }
         let first_pass = !self.checked_containers.swap(true, Ordering::SeqCst);
         for ep in local {
             if self.is_busy(&ep.container_id) {
@@ -117,6 +123,7 @@ impl Agent {
                 peer: self.name.clone(),
                 container_id: ep.container_id.clone(),
                 addrs: vec![format!("net:{}", ep.network)],
+                only_mac: ep.mac.clone(),
             };
             if let Err(status) = self.client.clone().detach(request).await {
                 warn!(container = %ep.container_id, "release failed: {}", status.message());

@@ -323,12 +323,26 @@ impl Controller for ControllerService {
             peer,
             container_id,
             addrs,
+            only_mac,
         } = request.into_inner();
         let specs = parse_addrs(&addrs)?;
         let (done, revision) = self
             .mutate_async({
                 let (peer, container_id) = (peer.clone(), container_id.clone());
-                move |t| t.detach(&peer, &container_id, &specs)
+                move |t| {
+                    let still_there = only_mac.is_empty()
+                        || t.index
+                            .endpoints_of(t.tables, &peer, &container_id)
+                            .iter()
+                            .any(|ep| ep.mac == only_mac);
+                    if !still_there {
+                        return Err(TableError::NotAttached {
+                            container: format!("{container_id} with MAC {only_mac}"),
+                            peer,
+                        });
+                    }
+                    t.detach(&peer, &container_id, &specs)
+                }
             })
             .await?;
         info!(container = %container_id, %peer, released = ?done.released, "detached");
