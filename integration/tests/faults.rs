@@ -829,7 +829,7 @@ fn expected(ops: &[Operation]) -> BTreeMap<&str, Option<String>> {
 }
 
 #[test]
-#[ignore = "about one run in eight still ends with views that disagree under load; run with \
+#[ignore = "about one run in six still ends with a detach refused as not attached; run with \
             `cargo test -p weft-integration --test faults -- --ignored`"]
 fn a_thousand_operations_across_crashes_leave_every_view_equal() {
     let started = Instant::now();
