@@ -464,44 +464,55 @@ fn fdb_message(vxlan: u32, entry: &FdbEntry) -> NeighbourMessage {
     msg
 }
 
-/// Every device's own FDB entries that have a destination VTEP (VXLAN devices'), with the
-/// device's index: one dump serves every network.
-pub async fn fdb_entries(handle: &Handle) -> anyhow::Result<Vec<(u32, FdbEntry)>> {
-    let msgs: Vec<NeighbourMessage> = handle
+/// A neighbour-table dump of one address family.
+async fn dump_neighbours(
+    handle: &Handle,
+    family: AddressFamily,
+    what: &str,
+) -> anyhow::Result<Vec<NeighbourMessage>> {
+    handle
         .neighbours()
         .get()
-        .set_address_family(AddressFamily::Bridge)
+        .set_address_family(family)
         .execute()
         .try_collect()
         .await
         .map_err(reason)
-        .context("cannot dump the FDB")?;
-    let mut entries = Vec::new();
-    for msg in msgs {
-        if !msg.header.flags.contains(NeighbourFlags::Own) {
-            continue;
-        }
-        let index = msg.header.ifindex;
-        let mut mac = None;
-        let mut dst = None;
-        for attr in msg.attributes {
-            match attr {
-                NeighbourAttribute::LinkLayerAddress(bytes) => mac = Mac::from_slice(&bytes),
-                // Bridge-family dumps do not say the address family of NDA_DST: go by length.
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => dst = Some(ip),
-                NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
-                    dst = <[u8; 4]>::try_from(bytes.as_slice())
-                        .ok()
-                        .map(Ipv4Addr::from)
-                }
-                _ => {}
+        .with_context(|| format!("cannot dump the {what}"))
+}
+
+/// The link-layer address and IPv4 destination of a neighbour or FDB entry, where it has them.
+fn mac_and_ipv4(msg: NeighbourMessage) -> Option<(Mac, Ipv4Addr)> {
+    let (mut mac, mut ip) = (None, None);
+    for attr in msg.attributes {
+        match attr {
+            NeighbourAttribute::LinkLayerAddress(bytes) => mac = Mac::from_slice(&bytes),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)) => ip = Some(addr),
+            // Bridge-family dumps do not say the address family of NDA_DST: go by length.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                ip = <[u8; 4]>::try_from(bytes.as_slice())
+                    .ok()
+                    .map(Ipv4Addr::from)
             }
-        }
-        if let (Some(mac), Some(dst)) = (mac, dst) {
-            entries.push((index, FdbEntry { mac, dst }));
+            _ => {}
         }
     }
-    Ok(entries)
+    Some((mac?, ip?))
+}
+
+/// Every device's own FDB entries that have a destination VTEP (VXLAN devices'), with the
+/// device's index: one dump serves every network.
+pub async fn fdb_entries(handle: &Handle) -> anyhow::Result<Vec<(u32, FdbEntry)>> {
+    let msgs = dump_neighbours(handle, AddressFamily::Bridge, "FDB").await?;
+    Ok(msgs
+        .into_iter()
+        .filter(|msg| msg.header.flags.contains(NeighbourFlags::Own))
+        .filter_map(|msg| {
+            let index = msg.header.ifindex;
+            let (mac, dst) = mac_and_ipv4(msg)?;
+            Some((index, FdbEntry { mac, dst }))
+        })
+        .collect())
 }
 
 /// Adds a permanent FDB entry. Flood entries (all-zero MAC) are appended, since there is one per
@@ -537,35 +548,16 @@ pub async fn fdb_del(handle: &Handle, vxlan: u32, entry: &FdbEntry) -> anyhow::R
 
 /// Every permanent IPv4 neighbour entry with its link's index: the VXLAN devices' ARP answers.
 pub async fn neighbours(handle: &Handle) -> anyhow::Result<Vec<(u32, Neighbour)>> {
-    let msgs: Vec<NeighbourMessage> = handle
-        .neighbours()
-        .get()
-        .set_address_family(AddressFamily::Inet)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(reason)
-        .context("cannot dump the neighbour table")?;
-    let mut entries = Vec::new();
-    for msg in msgs {
-        if msg.header.state != NeighbourState::Permanent {
-            continue;
-        }
-        let index = msg.header.ifindex;
-        let mut mac = None;
-        let mut ip = None;
-        for attr in msg.attributes {
-            match attr {
-                NeighbourAttribute::LinkLayerAddress(bytes) => mac = Mac::from_slice(&bytes),
-                NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)) => ip = Some(addr),
-                _ => {}
-            }
-        }
-        if let (Some(ip), Some(mac)) = (ip, mac) {
-            entries.push((index, Neighbour { ip, mac }));
-        }
-    }
-    Ok(entries)
+    let msgs = dump_neighbours(handle, AddressFamily::Inet, "neighbour table").await?;
+    Ok(msgs
+        .into_iter()
+        .filter(|msg| msg.header.state == NeighbourState::Permanent)
+        .filter_map(|msg| {
+            let index = msg.header.ifindex;
+            let (mac, ip) = mac_and_ipv4(msg)?;
+            Some((index, Neighbour { ip, mac }))
+        })
+        .collect())
 }
 
 /// Adds (or corrects) a permanent neighbour entry.
