@@ -174,13 +174,17 @@ async fn settle_link(
     if !changed {
         return Ok(());
     }
-    handle
-        .link()
-        .set(msg.build())
-        .execute()
+    set_link(handle, msg.build())
         .await
-        .map_err(reason)
         .with_context(|| format!("cannot set up link {}", link.name))
+}
+
+/// Changes a link as `msg` says.
+async fn set_link(
+    handle: &Handle,
+    msg: netlink_packet_route::link::LinkMessage,
+) -> anyhow::Result<()> {
+    handle.link().set(msg).execute().await.map_err(reason)
 }
 
 pub async fn delete_link(handle: &Handle, link: &Link) -> anyhow::Result<()> {
@@ -279,16 +283,11 @@ pub async fn move_to_netns(
     netns: &std::fs::File,
 ) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd;
-    handle
-        .link()
-        .set(
-            LinkUnspec::new_with_index(link.index)
-                .setns_by_fd(netns.as_raw_fd())
-                .build(),
-        )
-        .execute()
+    let msg = LinkUnspec::new_with_index(link.index)
+        .setns_by_fd(netns.as_raw_fd())
+        .build();
+    set_link(handle, msg)
         .await
-        .map_err(reason)
         .with_context(|| format!("cannot move {} into the container namespace", link.name))
 }
 
@@ -328,12 +327,8 @@ pub async fn configure_container_if(
     add_addresses(handle, link, cidrs)
         .await
         .with_context(|| format!("cannot set up {name}"))?;
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(link.index).up().build())
-        .execute()
+    set_link(handle, LinkUnspec::new_with_index(link.index).up().build())
         .await
-        .map_err(reason)
         .with_context(|| format!("cannot bring {name} up"))?;
     // Multicast goes out on the weft interface, as Weave does. A container in several networks
     // keeps it on the interface that got it first.
@@ -401,16 +396,11 @@ pub async fn ipv4_addresses(
 
 /// Gives a link a MAC address.
 pub async fn set_mac(handle: &Handle, link: &Link, mac: Mac) -> anyhow::Result<()> {
-    handle
-        .link()
-        .set(
-            LinkUnspec::new_with_index(link.index)
-                .address(mac.0.to_vec())
-                .build(),
-        )
-        .execute()
+    let msg = LinkUnspec::new_with_index(link.index)
+        .address(mac.0.to_vec())
+        .build();
+    set_link(handle, msg)
         .await
-        .map_err(reason)
         .with_context(|| format!("cannot set the MAC of {} to {mac}", link.name))
 }
 

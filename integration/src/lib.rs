@@ -9,6 +9,7 @@ mod cmd;
 mod daemon;
 mod kernel;
 mod netns;
+mod run;
 mod world;
 
 use std::thread::sleep;
@@ -20,6 +21,7 @@ pub use kernel::{Link, fdb, link, links, neighbours, rx_packets};
 pub use netns::{
     Netns, disable_ipv6, exec, exec_for, ping, ping_counts, ping_in_background, ping_n,
 };
+pub use run::exit_code_of;
 pub use world::{BRIDGE, CONTROLLER_IP, CONTROLLER_URL, VXLAN_DEV, World, host_addr};
 
 /// Checks the shape every weftctl error shares (exit status 1, one stderr line starting

@@ -7,11 +7,9 @@
 //! gets the same bridge and VXLAN device by hand, and `bridge -batch` and `ip -batch` write the
 //! same FDB and neighbour entries. Both sides are checked against the kernel afterwards.
 
-use std::any::Any;
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{self, Write};
-use std::panic;
+
 use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use weft_integration::{
-    BRIDGE, CONTROLLER_URL, Netns, VXLAN_DEV, World, bin_dir, exec, exec_for, fdb, host_addr,
-    locate_bin, neighbours, wait_until,
+    BRIDGE, CONTROLLER_URL, Netns, VXLAN_DEV, World, bin_dir, exec, exec_for, exit_code_of, fdb,
+    host_addr, locate_bin, neighbours, wait_until,
 };
 
 const ENDPOINTS: usize = 10_000;
@@ -52,14 +50,6 @@ extern "C" fn on_signal(_: nix::libc::c_int) {
 }
 
 fn main() -> ExitCode {
-    panic::set_hook(Box::new(|info| {
-        // Not eprintln: a panic inside the hook would abort before the world is cleaned up.
-        let _ = writeln!(
-            io::stderr(),
-            "weft-bench-fdb: failed: {}",
-            reason(info.payload())
-        );
-    }));
     let action = SigAction::new(
         SigHandler::Handler(on_signal),
         SaFlags::SA_RESTART,
@@ -70,10 +60,7 @@ fn main() -> ExitCode {
         // get the default disposition back at exec, so Ctrl-C still stops them.
         unsafe { signal::sigaction(sig, &action) }.expect("installing a signal handler");
     }
-    match panic::catch_unwind(bench) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(_) => ExitCode::FAILURE,
-    }
+    exit_code_of("weft-bench-fdb", bench)
 }
 
 fn check_interrupted() {
@@ -458,12 +445,4 @@ fn median(mut values: Vec<f64>) -> f64 {
     } else {
         (values[mid - 1] + values[mid]) / 2.0
     }
-}
-
-fn reason(payload: &(dyn Any + Send)) -> &str {
-    payload
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| payload.downcast_ref::<&str>().copied())
-        .unwrap_or("unknown panic")
 }

@@ -1,29 +1,13 @@
 //! `make demo`: the walkthrough an operator would do on two hosts, played in a throwaway world of
 //! network namespaces with the real weft binaries, each command printed with its output.
 
-use std::any::Any;
-use std::io::{self, Write};
-use std::panic;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use weft_integration::{World, exec, ping, wait_until};
+use weft_integration::{World, exec, exit_code_of, ping, wait_until};
 
 fn main() -> ExitCode {
-    // Every failed step panics with its reason; unwinding drops the world, which prints the
-    // processes' logs and cleans up, and the demo then exits 1.
-    panic::set_hook(Box::new(|info| {
-        // Not eprintln: a panic inside the hook would abort before the world is cleaned up.
-        let _ = writeln!(
-            io::stderr(),
-            "weft-demo: failed: {}",
-            reason(info.payload())
-        );
-    }));
-    match panic::catch_unwind(demo) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(_) => ExitCode::FAILURE,
-    }
+    exit_code_of("weft-demo", demo)
 }
 
 fn demo() {
@@ -104,12 +88,4 @@ fn shell(who: &str, ns: &str, argv: &[&str]) {
         argv.join(" "),
         out.stderr.trim()
     );
-}
-
-fn reason(payload: &(dyn Any + Send)) -> &str {
-    payload
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| payload.downcast_ref::<&str>().copied())
-        .unwrap_or("unknown panic")
 }
