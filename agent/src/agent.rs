@@ -15,7 +15,9 @@ use weft_proto::tables::Tables;
 use weft_proto::v1::controller_client::ControllerClient;
 use weft_proto::v1::{Peer, WatchEvent, watch_event::Event};
 
+use crate::container::Containers;
 use crate::datapath::Datapath;
+use crate::docker::DockerApi;
 
 /// How long to wait for a TCP connection to the controller.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -40,6 +42,8 @@ pub struct Agent {
     /// For the long-lived watch stream, which must not time out.
     pub watch_client: ControllerClient<Channel>,
     pub datapath: Datapath,
+    /// Finds the containers weftctl names.
+    pub containers: Containers,
     /// The controller's tables as last received; `None` until the first snapshot.
     tables: RwLock<Option<Tables>>,
     /// The revision of `tables`, for those waiting for a change of theirs to arrive.
@@ -107,6 +111,7 @@ impl Agent {
         advertise_addr: std::net::Ipv4Addr,
         controller_url: String,
         datapath: Datapath,
+        docker_url: &str,
     ) -> anyhow::Result<Agent> {
         // Keepalives on both channels: a connection that died in a partition is replaced as
         // soon as it is noticed, not reused after the network heals.
@@ -126,6 +131,9 @@ impl Agent {
                 .max_decoding_message_size(MAX_SNAPSHOT_BYTES),
             controller_url,
             datapath,
+            containers: Containers {
+                docker: DockerApi::new(docker_url),
+            },
             tables: RwLock::new(None),
             revision: watch::Sender::new(0),
             changed: Notify::new(),
@@ -223,6 +231,12 @@ impl Agent {
     /// The revision the tables are at; 0 before the first snapshot.
     pub fn revision(&self) -> u64 {
         *self.revision.borrow()
+    }
+
+    /// Resolves once the first snapshot has arrived.
+    pub async fn wait_for_tables(&self) {
+        let mut seen = self.revision.subscribe();
+        let _ = seen.wait_for(|have| *have > 0).await;
     }
 
     /// Reads the tables; `None` until the first snapshot has arrived.

@@ -1,17 +1,25 @@
-//! CONTAINER references as weftctl takes them: `netns:NAME`, `pid:PID`, or the path of a
-//! network-namespace file. Each has one canonical id, the key of its endpoint in the tables.
+//! CONTAINER references as weftctl takes them: a Docker/Podman container's name, ID or unique
+//! ID prefix (through the Docker API), or `netns:NAME`, `pid:PID`, or the path of a
+//! network-namespace file. Each container has one canonical id, the key of its endpoints.
 
 use std::path::{Path, PathBuf};
+
+use weft_proto::names::short_container_id;
+
+use crate::docker::DockerApi;
 
 /// Where named namespaces live (`ip netns add NAME`).
 const NETNS_DIR: &str = "/var/run/netns";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
-    /// The key of its endpoints: `netns:NAME`, `pid:PID` or the namespace path.
+    /// The key of its endpoints: the full Docker ID, `netns:NAME`, `pid:PID` or the namespace
+    /// path.
     pub id: String,
-    /// The network namespace file to enter.
+    /// The network namespace file to enter; empty for a Docker container that is not running.
     pub netns: PathBuf,
+    /// Its hostname, the DNS name it gets when attach is given none (Docker containers only).
+    pub hostname: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,29 +28,52 @@ pub enum ContainerError {
     NoNamespace(PathBuf),
     #[error("process {0} does not exist")]
     NoProcess(u32),
-    #[error("\"{0}\" is not a container reference: use netns:NAME, pid:PID or a namespace path")]
+    #[error(
+        "\"{0}\" is not a container reference: use a container name or ID, netns:NAME, pid:PID \
+         or a namespace path"
+    )]
     Unsupported(String),
+    #[error("no container has the name or ID \"{reference}\" at {url}")]
+    NoSuchContainer { reference: String, url: String },
+    #[error("container {name} ({}) is not running: it is {status}", short_container_id(.id))]
+    NotRunning {
+        name: String,
+        id: String,
+        status: String,
+    },
+    #[error("ID prefix \"{prefix}\" matches {} containers: {}", .matches.len(),
+        .matches.iter().map(|id| short_container_id(id)).collect::<Vec<_>>().join(", "))]
+    Ambiguous {
+        prefix: String,
+        matches: Vec<String>,
+    },
+    #[error("cannot reach the Docker API at {url}: {why}")]
+    DockerUnreachable { url: String, why: String },
 }
 
-/// The canonical form of a reference, without checking that the container exists
-/// (detach must work after the namespace is gone).
-pub fn parse(reference: &str) -> Result<Container, ContainerError> {
+/// A namespace reference in its canonical form, without checking that it exists (detach must
+/// work after the namespace is gone); `None` for what can only be a Docker container.
+pub fn parse_namespace(reference: &str) -> Result<Option<Container>, ContainerError> {
     let unsupported = || ContainerError::Unsupported(reference.to_string());
+    let container = |id: String, netns: PathBuf| {
+        Ok(Some(Container {
+            id,
+            netns,
+            hostname: String::new(),
+        }))
+    };
     if let Some(name) = reference.strip_prefix("netns:") {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Err(unsupported());
         }
-        return Ok(Container {
-            id: format!("netns:{name}"),
-            netns: Path::new(NETNS_DIR).join(name),
-        });
+        return container(format!("netns:{name}"), Path::new(NETNS_DIR).join(name));
     }
     if let Some(pid) = reference.strip_prefix("pid:") {
         let pid: u32 = pid.parse().map_err(|_| unsupported())?;
-        return Ok(Container {
-            id: format!("pid:{pid}"),
-            netns: PathBuf::from(format!("/proc/{pid}/ns/net")),
-        });
+        return container(
+            format!("pid:{pid}"),
+            PathBuf::from(format!("/proc/{pid}/ns/net")),
+        );
     }
     if reference.starts_with('/') {
         // A named namespace gets the same id whichever way it is referred to.
@@ -53,32 +84,80 @@ pub fn parse(reference: &str) -> Result<Container, ContainerError> {
                 .and_then(|rest| rest.to_str())
                 .filter(|rest| !rest.is_empty() && !rest.contains('/'))
             {
-                return parse(&format!("netns:{name}"));
+                return parse_namespace(&format!("netns:{name}"));
             }
         }
-        return Ok(Container {
-            id: reference.to_string(),
-            netns: PathBuf::from(reference),
-        });
+        return container(reference.to_string(), PathBuf::from(reference));
+    }
+    if is_docker_reference(reference) {
+        return Ok(None);
     }
     Err(unsupported())
 }
 
-/// Parses a reference and checks that its namespace exists now.
-pub fn resolve(reference: &str) -> Result<Container, ContainerError> {
-    let container = parse(reference)?;
-    if !container.netns.exists() {
-        if let Some(pid) = container.id.strip_prefix("pid:") {
-            return Err(ContainerError::NoProcess(pid.parse().unwrap_or_default()));
+/// Docker's syntax for names (and so for IDs and their prefixes): `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+fn is_docker_reference(reference: &str) -> bool {
+    let mut bytes = reference.bytes();
+    bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// Finds containers by reference, asking the Docker API for those that are not namespaces.
+pub struct Containers {
+    pub docker: DockerApi,
+}
+
+impl Containers {
+    /// The container, which must be there now, with its namespace to plug into.
+    pub async fn resolve(&self, reference: &str) -> Result<Container, ContainerError> {
+        let container = self.identify(reference).await?;
+        if container.netns.as_os_str().is_empty() {
+            let found = self.docker.find(reference).await?;
+            return Err(ContainerError::NotRunning {
+                name: found.name,
+                id: found.id,
+                status: found.status,
+            });
         }
-        return Err(ContainerError::NoNamespace(container.netns));
+        if !container.netns.exists() {
+            if let Some(pid) = container.id.strip_prefix("pid:") {
+                return Err(ContainerError::NoProcess(pid.parse().unwrap_or_default()));
+            }
+            return Err(ContainerError::NoNamespace(container.netns));
+        }
+        Ok(container)
     }
-    Ok(container)
+
+    /// The container's canonical id, running or not; a namespace that is gone still has one.
+    pub async fn identify(&self, reference: &str) -> Result<Container, ContainerError> {
+        if let Some(container) = parse_namespace(reference)? {
+            return Ok(container);
+        }
+        let found = self.docker.find(reference).await?;
+        Ok(Container {
+            netns: found
+                .pid
+                .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
+                .unwrap_or_default(),
+            id: found.id,
+            hostname: found.hostname,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(reference: &str) -> Result<Container, ContainerError> {
+        parse_namespace(reference).map(|c| c.expect("a namespace reference"))
+    }
+
+    fn containers_without_docker() -> Containers {
+        Containers {
+            docker: DockerApi::new("unix:///nonexistent/weft-test-docker.sock"),
+        }
+    }
 
     #[test]
     fn every_form_has_one_canonical_id() {
@@ -96,26 +175,58 @@ mod tests {
 
     #[test]
     fn bad_references_say_what_is_accepted() {
-        for bad in ["", "netns:", "netns:a/b", "pid:x", "my-container"] {
+        for bad in [
+            "",
+            "netns:",
+            "netns:a/b",
+            "pid:x",
+            "my container",
+            "-x",
+            "a:b",
+        ] {
             assert_eq!(
-                parse(bad).unwrap_err().to_string(),
+                parse_namespace(bad).unwrap_err().to_string(),
                 format!(
-                    "\"{bad}\" is not a container reference: use netns:NAME, pid:PID or a namespace path"
+                    "\"{bad}\" is not a container reference: use a container name or ID, \
+                     netns:NAME, pid:PID or a namespace path"
                 )
             );
         }
+        for docker in ["my-test1", "06d700491410", "a_b.c-d"] {
+            assert_eq!(parse_namespace(docker), Ok(None));
+        }
     }
 
-    #[test]
-    fn missing_namespaces_are_named() {
+    #[tokio::test]
+    async fn an_unreachable_docker_api_is_named() {
+        let err = containers_without_docker()
+            .resolve("my-test1")
+            .await
+            .unwrap_err();
         assert_eq!(
-            resolve("netns:weft-test-no-such-ns")
+            err.to_string(),
+            "cannot reach the Docker API at unix:///nonexistent/weft-test-docker.sock: \
+             the socket does not exist (is Docker, or Podman's API service, running?)"
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_namespaces_are_named() {
+        let containers = containers_without_docker();
+        assert_eq!(
+            containers
+                .resolve("netns:weft-test-no-such-ns")
+                .await
                 .unwrap_err()
                 .to_string(),
             "network namespace /var/run/netns/weft-test-no-such-ns does not exist"
         );
         assert_eq!(
-            resolve("pid:4294967295").unwrap_err().to_string(),
+            containers
+                .resolve("pid:4294967295")
+                .await
+                .unwrap_err()
+                .to_string(),
             "process 4294967295 does not exist"
         );
     }

@@ -152,6 +152,7 @@ mod tests {
                 peer: peer.to_string(),
                 host_ifname: format!("vethwepl{i}"),
                 container_ifname: "ethwe".into(),
+                dns_name: String::new(),
             };
             t.endpoints.insert(weft_proto::tables::endpoint_id(&ep), ep);
         }

@@ -5,13 +5,18 @@
 //! - [`reconcile`] runs the loop that applies it whenever something changed;
 //! - [`datapath`] applies it (bridge, VXLAN, veths, FDB) through [`netlink`], entering container
 //!   namespaces with [`netns`];
-//! - [`local_api`] serves weftctl; [`container`] resolves its CONTAINER references;
-//!   [`health`] answers `/healthz`.
+//! - [`local_api`] serves weftctl, with the steps of its commands in [`changes`];
+//!   [`container`] resolves its CONTAINER references, Docker/Podman ones through [`docker`];
+//! - [`docker_watch`] releases the endpoints of Docker containers that stop or are removed;
+//! - [`health`] answers `/healthz`.
 
 pub mod agent;
+pub mod changes;
 pub mod container;
 pub mod datapath;
 pub mod desired;
+pub mod docker;
+pub mod docker_watch;
 pub mod health;
 pub mod local_api;
 pub mod netlink;

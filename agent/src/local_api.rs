@@ -7,22 +7,22 @@ use std::sync::Arc;
 use tonic::{Code, Request, Response, Status};
 use tracing::warn;
 use weft_proto::addr::AddrSpec;
+use weft_proto::dns_name;
 use weft_proto::names::EXPOSE_ID;
 use weft_proto::subnet::pool_size;
 use weft_proto::tables::{DEFAULT_NETWORK, Tables};
 use weft_proto::v1::agent_server::Agent as AgentApi;
 use weft_proto::v1::{
-    AttachRequest, AttachResponse, CreateNetworkRequest, CreateNetworkResponse,
-    DeleteNetworkRequest, DeleteNetworkResponse, DetachRequest, DetachResponse, Endpoint,
-    ExposeRequest, ExposeResponse, HideRequest, HideResponse, IpamStatusRequest,
+    CreateNetworkRequest, CreateNetworkResponse, DeleteNetworkRequest, DeleteNetworkResponse,
+    Endpoint, ExposeRequest, ExposeResponse, HideRequest, HideResponse, IpamStatusRequest,
     IpamStatusResponse, ListPeersRequest, ListPeersResponse, LocalAttachRequest,
     LocalAttachResponse, LocalDetachRequest, LocalDetachResponse, NetworkInfo, NetworkListRequest,
     NetworkListResponse, PeerIpam, PsEntry, PsRequest, PsResponse, RemovePeerRequest,
     RemovePeerResponse, ResetRequest, ResetResponse, StatusRequest, StatusResponse,
 };
 
-use crate::agent::{Agent, describe};
-use crate::container::{self, Container, ContainerError};
+use crate::agent::Agent;
+use crate::container::{Container, ContainerError};
 use crate::desired::Exposed;
 
 pub struct LocalApi {
@@ -34,12 +34,26 @@ fn internal(e: anyhow::Error) -> Status {
 }
 
 fn container_status(e: ContainerError) -> Status {
+    let message = e.to_string();
     match e {
-        ContainerError::NoNamespace(_) | ContainerError::NoProcess(_) => {
-            Status::not_found(e.to_string())
+        ContainerError::NoNamespace(_)
+        | ContainerError::NoProcess(_)
+        | ContainerError::NoSuchContainer { .. } => Status::not_found(message),
+        ContainerError::Unsupported(_) | ContainerError::Ambiguous { .. } => {
+            Status::invalid_argument(message)
         }
-        ContainerError::Unsupported(_) => Status::invalid_argument(e.to_string()),
+        ContainerError::NotRunning { .. } => Status::failed_precondition(message),
+        ContainerError::DockerUnreachable { .. } => Status::unavailable(message),
     }
+}
+
+/// The name attach records: the one given, else the container's hostname if it makes a DNS
+/// name (a hostname that does not is left out rather than refused).
+fn dns_name_for(given: &str, container: &Container) -> Result<String, Status> {
+    if !given.is_empty() {
+        return dns_name::normalize(given).map_err(Status::invalid_argument);
+    }
+    Ok(dns_name::normalize(&container.hostname).unwrap_or_default())
 }
 
 /// Checks the ADDR arguments here, so that a typo never reaches the controller.
@@ -105,6 +119,7 @@ fn ps_entries(t: &Tables, me: &str) -> Vec<PsEntry> {
                 container_id: container.to_string(),
                 mac: eps[0].mac.clone(),
                 cidrs: eps.iter().flat_map(|ep| ep.cidrs.iter().cloned()).collect(),
+                dns_name: eps[0].dns_name.clone(),
             }
         })
         .collect()
@@ -132,20 +147,6 @@ impl LocalApi {
         LocalApi { agent }
     }
 
-    /// Passes the controller's answer on, saying so when it could not be reached at all.
-    fn controller_status(&self, status: Status) -> Status {
-        match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-                Status::unavailable(format!(
-                    "controller {} is unreachable: {}",
-                    self.agent.controller_url,
-                    describe(&status)
-                ))
-            }
-            _ => status,
-        }
-    }
-
     fn read_tables<T>(&self, read: impl FnOnce(&Tables) -> T) -> Result<T, Status> {
         self.agent.with_tables(read).ok_or_else(|| {
             Status::unavailable(format!(
@@ -153,78 +154,6 @@ impl LocalApi {
                 self.agent.controller_url
             ))
         })
-    }
-
-    async fn detach_at_controller(
-        &self,
-        container_id: &str,
-        addrs: Vec<String>,
-    ) -> Result<DetachResponse, Status> {
-        let request = DetachRequest {
-            peer: self.agent.name.clone(),
-            container_id: container_id.to_string(),
-            addrs,
-            only_mac: String::new(),
-        };
-        let done = self
-            .agent
-            .client
-            .clone()
-            .detach(request)
-            .await
-            .map_err(|s| self.controller_status(s))?
-            .into_inner();
-        self.agent.caught_up(done.revision).await;
-        Ok(done)
-    }
-
-    /// Has the controller claim or allocate `addrs` for a container of this host.
-    async fn attach_at_controller(
-        &self,
-        container_id: &str,
-        addrs: Vec<String>,
-    ) -> Result<AttachResponse, Status> {
-        let request = AttachRequest {
-            peer: self.agent.name.clone(),
-            container_id: container_id.to_string(),
-            addrs,
-        };
-        let done = self
-            .agent
-            .client
-            .clone()
-            .attach(request)
-            .await
-            .map_err(|s| self.controller_status(s))?
-            .into_inner();
-        self.agent.caught_up(done.revision).await;
-        Ok(done)
-    }
-
-    /// Makes the kernel follow a detach: removed endpoints lose their veth, updated ones the
-    /// released addresses (if their container is still there).
-    async fn unplug_detached(
-        &self,
-        container: &Container,
-        done: &DetachResponse,
-    ) -> anyhow::Result<()> {
-        for ep in &done.removed {
-            self.agent.datapath.unplug(&ep.host_ifname).await?;
-        }
-        // The delta of this detach may have been reconciled before the veth was gone, when its
-        // network's devices still looked in use: look again.
-        if !done.removed.is_empty() {
-            self.agent.request_reconcile();
-        }
-        if container.netns.exists() {
-            for ep in &done.updated {
-                self.agent
-                    .datapath
-                    .remove_addresses(container, ep, &done.released)
-                    .await?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -281,7 +210,10 @@ impl AgentApi for LocalApi {
         let addrs = request.into_inner().addrs;
         check_addrs(&addrs)?;
         let _busy = self.agent.busy(EXPOSE_ID);
-        let done = self.attach_at_controller(EXPOSE_ID, addrs).await?;
+        let done = self
+            .agent
+            .attach_at_controller(EXPOSE_ID, addrs, "")
+            .await?;
         for ep in &done.endpoints {
             let vni = done
                 .networks
@@ -298,6 +230,7 @@ impl AgentApi for LocalApi {
             };
             if let Err(e) = result {
                 if let Err(s) = self
+                    .agent
                     .detach_at_controller(EXPOSE_ID, done.added.clone())
                     .await
                 {
@@ -319,7 +252,7 @@ impl AgentApi for LocalApi {
         let addrs = request.into_inner().addrs;
         check_addrs(&addrs)?;
         let _busy = self.agent.busy(EXPOSE_ID);
-        let done = self.detach_at_controller(EXPOSE_ID, addrs).await?;
+        let done = self.agent.detach_at_controller(EXPOSE_ID, addrs).await?;
         let left = done.removed.iter().map(|ep| (ep, None));
         let kept = done.updated.iter().map(|ep| (ep, Exposed::of(ep)));
         for (ep, exposed) in left.chain(kept) {
@@ -355,7 +288,7 @@ impl AgentApi for LocalApi {
             .unwrap_or_default();
         let (mut released, mut release_error) = (Vec::new(), String::new());
         for id in &containers {
-            match self.detach_at_controller(id, Vec::new()).await {
+            match self.agent.detach_at_controller(id, Vec::new()).await {
                 Ok(done) => released.extend(ips_of(&done.released)),
                 Err(s) if s.code() == Code::NotFound => {}
                 Err(s) => {
@@ -379,10 +312,22 @@ impl AgentApi for LocalApi {
     ) -> Result<Response<LocalAttachResponse>, Status> {
         let req = request.into_inner();
         check_addrs(&req.addrs)?;
-        let container = container::resolve(&req.container).map_err(container_status)?;
+        if !req.dns_name.is_empty() {
+            dns_name::normalize(&req.dns_name).map_err(Status::invalid_argument)?;
+        }
+        let container = self
+            .agent
+            .containers
+            .resolve(&req.container)
+            .await
+            .map_err(container_status)?;
+        let name = dns_name_for(&req.dns_name, &container)?;
         let _busy = self.agent.busy(&container.id);
         // The controller claims the addresses first, so no two hosts can plug the same one.
-        let done = self.attach_at_controller(&container.id, req.addrs).await?;
+        let done = self
+            .agent
+            .attach_at_controller(&container.id, req.addrs, &name)
+            .await?;
         let vnis: HashMap<&str, u32> = done
             .networks
             .iter()
@@ -398,11 +343,12 @@ impl AgentApi for LocalApi {
             if let Err(e) = self.agent.datapath.plug(&container, ep, vni).await {
                 // Give back what this attach took: a failed attach must leave nothing claimed.
                 match self
+                    .agent
                     .detach_at_controller(&container.id, done.added.clone())
                     .await
                 {
                     Ok(undone) => {
-                        if let Err(e) = self.unplug_detached(&container, &undone).await {
+                        if let Err(e) = self.agent.unplug_detached(&container, &undone).await {
                             warn!(container = %container.id, "undoing a failed attach: {e:#}");
                         }
                     }
@@ -423,10 +369,19 @@ impl AgentApi for LocalApi {
     ) -> Result<Response<LocalDetachResponse>, Status> {
         let req = request.into_inner();
         check_addrs(&req.addrs)?;
-        let container = container::parse(&req.container).map_err(container_status)?;
+        let container = self
+            .agent
+            .containers
+            .identify(&req.container)
+            .await
+            .map_err(container_status)?;
         let _busy = self.agent.busy(&container.id);
-        let done = self.detach_at_controller(&container.id, req.addrs).await?;
-        self.unplug_detached(&container, &done)
+        let done = self
+            .agent
+            .detach_at_controller(&container.id, req.addrs)
+            .await?;
+        self.agent
+            .unplug_detached(&container, &done)
             .await
             .map_err(internal)?;
         Ok(Response::new(LocalDetachResponse {
@@ -434,8 +389,21 @@ impl AgentApi for LocalApi {
         }))
     }
 
-    async fn ps(&self, _request: Request<PsRequest>) -> Result<Response<PsResponse>, Status> {
-        let entries = self.read_tables(|t| ps_entries(t, &self.agent.name))?;
+    async fn ps(&self, request: Request<PsRequest>) -> Result<Response<PsResponse>, Status> {
+        let mut wanted = BTreeSet::new();
+        for reference in request.into_inner().containers {
+            let container = self
+                .agent
+                .containers
+                .identify(&reference)
+                .await
+                .map_err(container_status)?;
+            wanted.insert(container.id);
+        }
+        let mut entries = self.read_tables(|t| ps_entries(t, &self.agent.name))?;
+        if !wanted.is_empty() {
+            entries.retain(|e| wanted.contains(&e.container_id));
+        }
         Ok(Response::new(PsResponse { entries }))
     }
 
@@ -449,7 +417,7 @@ impl AgentApi for LocalApi {
             .clone()
             .create_network(request.into_inner())
             .await
-            .map_err(|s| self.controller_status(s))?;
+            .map_err(|s| self.agent.controller_status(s))?;
         self.agent.caught_up(created.get_ref().revision).await;
         Ok(created)
     }
@@ -464,7 +432,7 @@ impl AgentApi for LocalApi {
             .clone()
             .delete_network(request.into_inner())
             .await
-            .map_err(|s| self.controller_status(s))?;
+            .map_err(|s| self.agent.controller_status(s))?;
         self.agent.caught_up(deleted.get_ref().revision).await;
         Ok(deleted)
     }
@@ -505,7 +473,7 @@ impl AgentApi for LocalApi {
             .clone()
             .list_peers(request.into_inner())
             .await
-            .map_err(|s| self.controller_status(s))
+            .map_err(|s| self.agent.controller_status(s))
     }
 
     async fn remove_peer(
@@ -518,7 +486,7 @@ impl AgentApi for LocalApi {
             .clone()
             .remove_peer(request.into_inner())
             .await
-            .map_err(|s| self.controller_status(s))?;
+            .map_err(|s| self.agent.controller_status(s))?;
         self.agent.caught_up(removed.get_ref().revision).await;
         Ok(removed)
     }

@@ -11,6 +11,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
 use weft_agent::agent::Agent;
 use weft_agent::datapath::{Datapath, remove_all};
+use weft_agent::docker::DEFAULT_HOST;
 use weft_agent::local_api::LocalApi;
 use weft_agent::netlink;
 use weft_agent::watch::follow_controller;
@@ -43,6 +44,10 @@ struct Args {
     /// Where `GET /healthz` is served: 200 once the agent has applied a snapshot, 503 before.
     #[arg(long, default_value = "127.0.0.1:6785")]
     health_listen: SocketAddr,
+    /// The Docker Engine API (Docker, or Podman's Docker-compatible service) that container
+    /// names and IDs are resolved through: unix:///PATH or tcp://HOST:PORT.
+    #[arg(long, env = "DOCKER_HOST", default_value = DEFAULT_HOST)]
+    docker_host: String,
     /// VXLAN UDP port.
     #[arg(long, default_value_t = 6784)]
     port: u16,
@@ -122,7 +127,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     datapath.ensure_devices(DEFAULT_VNI).await?;
     info!(%name, %advertise_addr, mtu, "datapath ready");
 
-    let agent = Arc::new(Agent::new(name, advertise_addr, controller, datapath)?);
+    let agent = Arc::new(Agent::new(
+        name,
+        advertise_addr,
+        controller,
+        datapath,
+        &args.docker_host,
+    )?);
     let listener = bind_socket(&args.socket).await?;
     let api = tonic::transport::Server::builder()
         .add_service(AgentServer::new(LocalApi::new(agent.clone())))
@@ -140,6 +151,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         served = health => served,
         _ = follow_controller(&agent) => unreachable!("the watch loop never ends"),
         _ = agent.reconcile_loop() => unreachable!("the reconcile loop never ends"),
+        _ = agent.follow_docker() => unreachable!("the Docker loop never ends"),
         watched = agent.follow_link_events(args.port) => watched,
     };
     let _ = std::fs::remove_file(&args.socket);

@@ -12,7 +12,6 @@ use weft_proto::names::{EXPOSE_ID, HOST_IFNAME_PREFIX, vni_of_device};
 use weft_proto::v1::{DetachRequest, Endpoint};
 
 use crate::agent::Agent;
-use crate::container;
 use crate::datapath::Desired;
 use crate::desired::host_networks;
 use crate::netlink::{self, LinkEvent};
@@ -64,17 +63,23 @@ impl Agent {
         }
         // Only tables that hold every change this agent made can say which endpoint lost its
         // veth: older ones may still show one that a detach and a new attach have replaced.
-        let local: Vec<Endpoint> = self
-            .with_tables(|t| {
-                let fresh = t.revision >= self.own_revision();
-                t.endpoints
-                    .values()
-                    .filter(|ep| fresh && ep.peer == self.name && ep.container_id != EXPOSE_ID)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
+        let local = self.fresh_local_endpoints(|_| true);
         self.release_unplugged(&local).await
+    }
+
+    /// This host's container endpoints that `keep` selects, from tables that hold every change
+    /// this agent made (none from older ones).
+    pub(crate) fn fresh_local_endpoints(&self, keep: impl Fn(&Endpoint) -> bool) -> Vec<Endpoint> {
+        self.with_tables(|t| {
+            let fresh = t.revision >= self.own_revision();
+            t.endpoints
+                .values()
+                .filter(|ep| fresh && ep.peer == self.name && ep.container_id != EXPOSE_ID)
+                .filter(|ep| keep(ep))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     /// Reconciles as soon as one of weft's devices changes or goes away behind its back (say,
@@ -119,23 +124,29 @@ impl Agent {
             }
             warn!(container = %ep.container_id, network = %ep.network, veth = %ep.host_ifname,
                 "endpoint has no veth on this host; releasing its addresses");
-            let request = DetachRequest {
-                peer: self.name.clone(),
-                container_id: ep.container_id.clone(),
-                addrs: vec![format!("net:{}", ep.network)],
-                only_mac: ep.mac.clone(),
-            };
-            if let Err(status) = self.client.clone().detach(request).await {
-                warn!(container = %ep.container_id, "release failed: {}", status.message());
-            }
+            self.release(ep).await;
         }
         Ok(())
+    }
+
+    /// Gives back the addresses of an endpoint this agent saw, and only of that one: a newer
+    /// endpoint of the same container in the same network (another MAC) keeps its own.
+    pub(crate) async fn release(&self, ep: &Endpoint) {
+        let request = DetachRequest {
+            peer: self.name.clone(),
+            container_id: ep.container_id.clone(),
+            addrs: vec![format!("net:{}", ep.network)],
+            only_mac: ep.mac.clone(),
+        };
+        if let Err(status) = self.client.clone().detach(request).await {
+            warn!(container = %ep.container_id, "release failed: {}", status.message());
+        }
     }
 
     /// Whether the endpoint's interface is in its container (a container that is gone counts
     /// as plugged: its veth goes with it, and the release follows from that).
     async fn container_side_plugged(&self, ep: &Endpoint) -> bool {
-        let Ok(container) = container::parse(&ep.container_id) else {
+        let Ok(container) = self.containers.identify(&ep.container_id).await else {
             return true;
         };
         if !container.netns.exists() {

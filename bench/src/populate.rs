@@ -37,6 +37,7 @@ impl Population {
                     peer: name.clone(),
                     container_id: format!("load-{i}"),
                     addrs: self.addrs.clone(),
+                    dns_name: String::new(),
                 };
                 async move {
                     let response = client

@@ -147,6 +147,7 @@ mod tests {
             peer: "host1".into(),
             host_ifname: format!("vethwepl{container}"),
             container_ifname: "ethwe".into(),
+            dns_name: String::new(),
         }
     }
 

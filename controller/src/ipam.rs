@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use weft_proto::names::EXPOSE_ID;
+use weft_proto::names::{EXPOSE_ID, short_container_id};
 use weft_proto::subnet::{gateway, pool_bounds, pool_size, reserved_reason};
 
 /// Who holds an address: (container id, peer).
@@ -29,7 +29,7 @@ pub enum IpamError {
         reason: &'static str,
         subnet: Ipv4Network,
     },
-    #[error("address {ip} already in use by {} on {}", .holder.0, .holder.1)]
+    #[error("address {ip} already in use by {} on {}", short_container_id(&.holder.0), .holder.1)]
     InUse { ip: Ipv4Addr, holder: Holder },
     #[error("network {network} ({subnet}) has no free address: all {pool} are in use")]
     Exhausted {

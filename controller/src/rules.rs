@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use weft_proto::addr::{AddrSpec, NetRef, parse_cidr, parse_subnet};
-use weft_proto::names::{Mac, container_ifname, host_ifname};
+use weft_proto::names::{Mac, container_ifname, host_ifname, short_container_id};
 use weft_proto::subnet::{PREFIX_RANGE, canonical};
 use weft_proto::tables::{DEFAULT_NETWORK, DEFAULT_VNI, Tables, endpoint_id};
 use weft_proto::v1::{Endpoint, EndpointKey, Network, Peer, delta::Change};
@@ -45,9 +45,9 @@ pub enum TableError {
         count: usize,
         example: String,
     },
-    #[error("{container} is not attached on {peer}")]
+    #[error("{} is not attached on {peer}", short_container_id(.container))]
     NotAttached { container: String, peer: String },
-    #[error("{what} is not held by {container} on {peer}")]
+    #[error("{what} is not held by {} on {peer}", short_container_id(.container))]
     NotHeld {
         what: String,
         container: String,
@@ -83,12 +83,14 @@ pub trait TableRules {
     fn ensure_default_network(&self, range: Ipv4Network) -> Result<Vec<Change>, TableError>;
     /// Adds or updates a peer; nothing changes when it is already known as it is.
     fn register_peer(&self, peer: Peer) -> Result<Vec<Change>, TableError>;
-    /// Claims or allocates `addrs` (none: one from the default network) for a container.
+    /// Claims or allocates `addrs` (none: one from the default network) for a container, and
+    /// names it `dns_name` (empty: keeps the name it has).
     fn attach(
         &self,
         peer: &str,
         container_id: &str,
         addrs: &[AddrSpec],
+        dns_name: &str,
         new_mac: &mut dyn FnMut() -> Mac,
     ) -> Result<(Attached, Vec<Change>), TableError>;
     /// Releases `addrs` (none: all) of a container.
@@ -331,6 +333,7 @@ impl TableRules for View<'_> {
         peer: &str,
         container_id: &str,
         addrs: &[AddrSpec],
+        dns_name: &str,
         new_mac: &mut dyn FnMut() -> Mac,
     ) -> Result<(Attached, Vec<Change>), TableError> {
         if !self.tables.peers.contains_key(peer) {
@@ -378,18 +381,21 @@ impl TableRules for View<'_> {
         let mut new_macs: BTreeSet<String> = BTreeSet::new();
         let mut new_ifnames: BTreeSet<String> = BTreeSet::new();
         let peer_ifnames = self.index.host_ifnames.get(peer);
-        let mut container_ifnames: BTreeSet<String> = self
-            .index
-            .endpoints_of(self.tables, peer, container_id)
-            .iter()
-            .map(|ep| ep.container_ifname.clone())
-            .collect();
+        let held = self.index.endpoints_of(self.tables, peer, container_id);
+        let mut container_ifnames: BTreeSet<String> =
+            held.iter().map(|ep| ep.container_ifname.clone()).collect();
+        // A name belongs to the container: all its endpoints carry the same one.
+        let dns_name = match dns_name {
+            "" => held.first().map_or("", |ep| ep.dns_name.as_str()),
+            name => name,
+        };
         let mut endpoints = Vec::new();
         for (network, new_cidrs) in wanted {
             let id = (peer.to_string(), network.clone(), container_id.to_string());
             let ep = match self.tables.endpoints.get(&id) {
                 Some(existing) => {
                     let mut ep = existing.clone();
+                    ep.dns_name = dns_name.to_string();
                     for cidr in new_cidrs.iter().map(|c| c.to_string()) {
                         if !ep.cidrs.contains(&cidr) {
                             ep.cidrs.push(cidr);
@@ -430,6 +436,7 @@ impl TableRules for View<'_> {
                         peer: peer.to_string(),
                         host_ifname: ifname,
                         container_ifname: cname,
+                        dns_name: dns_name.to_string(),
                     }
                 }
             };
@@ -437,6 +444,13 @@ impl TableRules for View<'_> {
                 plan.changes.push(Change::EndpointPut(ep.clone()));
             }
             endpoints.push(ep);
+        }
+        for other in held.iter().filter(|ep| ep.dns_name != dns_name) {
+            if !endpoints.iter().any(|ep| ep.network == other.network) {
+                let mut renamed = (*other).clone();
+                renamed.dns_name = dns_name.to_string();
+                plan.changes.push(Change::EndpointPut(renamed));
+            }
         }
         let networks = endpoints
             .iter()
@@ -623,9 +637,10 @@ mod tests {
             peer: &str,
             container_id: &str,
             addrs: &[AddrSpec],
+            dns_name: &str,
             new_mac: &mut dyn FnMut() -> Mac,
         ) -> Result<(Attached, Vec<Change>), TableError> {
-            self.view(|v| v.attach(peer, container_id, addrs, new_mac))
+            self.view(|v| v.attach(peer, container_id, addrs, dns_name, new_mac))
         }
         fn detach(
             &self,
@@ -711,7 +726,7 @@ mod tests {
         addrs: &[&str],
     ) -> Result<Vec<String>, String> {
         let (done, changes) = t
-            .attach(peer, container, &specs(addrs), &mut macs_from(t))
+            .attach(peer, container, &specs(addrs), "", &mut macs_from(t))
             .map_err(|e| e.to_string())?;
         apply_all(t, changes);
         Ok(done.cidrs)
@@ -791,7 +806,7 @@ mod tests {
         );
         // A retried attach of what the container already holds is harmless, and adds nothing.
         let (again, changes) = t
-            .attach("host1", "c1", &specs(&["192.168.0.2/24"]), &mut macs())
+            .attach("host1", "c1", &specs(&["192.168.0.2/24"]), "", &mut macs())
             .unwrap();
         assert_eq!((again.added.len(), changes.len()), (0, 0));
         assert_eq!(again.networks[0].name, "192.168.0.0/24");
@@ -809,6 +824,54 @@ mod tests {
         assert_eq!(t.networks["192.168.10.0/24"].vni, 3);
         let ep2 = &t.endpoints[&("host1".into(), "192.168.10.0/24".into(), "c1".into())];
         assert_eq!(ep2.container_ifname, "ethwe1");
+    }
+
+    #[test]
+    fn a_name_belongs_to_the_whole_container() {
+        let mut t = two_hosts();
+        let name_of = |t: &Tables, net: &str| {
+            t.endpoints[&("host1".into(), net.into(), "c1".into())]
+                .dns_name
+                .clone()
+        };
+        let (_, changes) = t
+            .attach(
+                "host1",
+                "c1",
+                &specs(&["192.168.0.2/24"]),
+                "bbox1",
+                &mut macs(),
+            )
+            .unwrap();
+        apply_all(&mut t, changes);
+        // A later attach without a name keeps it, also on the container's new endpoint.
+        attach(&mut t, "host1", "c1", &["10.32.0.9/12"]).unwrap();
+        assert_eq!(name_of(&t, "192.168.0.0/24"), "bbox1");
+        assert_eq!(name_of(&t, "default"), "bbox1");
+        // A new name renames every endpoint, also those the attach does not touch.
+        let (_, changes) = t
+            .attach(
+                "host1",
+                "c1",
+                &specs(&["10.32.0.9/12"]),
+                "bbox2",
+                &mut macs(),
+            )
+            .unwrap();
+        apply_all(&mut t, changes);
+        assert_eq!(name_of(&t, "192.168.0.0/24"), "bbox2");
+        assert_eq!(name_of(&t, "default"), "bbox2");
+    }
+
+    #[test]
+    fn docker_ids_are_shown_short_in_errors() {
+        let mut t = two_hosts();
+        let id = "3f2a9c1d7e55".to_string() + &"0".repeat(52);
+        attach(&mut t, "host2", &id, &["192.168.0.2/24"]).unwrap();
+        assert_eq!(
+            attach(&mut t, "host1", "c2", &["192.168.0.2/24"]),
+            Err("address 192.168.0.2 already in use by 3f2a9c1d7e55 on host2".into())
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 use weft_proto::addr::{AddrError, AddrSpec};
+use weft_proto::dns_name;
 use weft_proto::names::Mac;
 use weft_proto::tables::Tables;
 use weft_proto::v1::controller_server::Controller;
@@ -297,12 +298,17 @@ impl Controller for ControllerService {
             peer,
             container_id,
             addrs,
+            dns_name,
         } = request.into_inner();
         let specs = parse_addrs(&addrs)?;
+        let dns_name = match dns_name.as_str() {
+            "" => String::new(),
+            name => dns_name::normalize(name).map_err(Status::invalid_argument)?,
+        };
         let (done, revision) = self
             .mutate_async({
                 let (peer, container_id) = (peer.clone(), container_id.clone());
-                move |t| t.attach(&peer, &container_id, &specs, &mut Mac::random)
+                move |t| t.attach(&peer, &container_id, &specs, &dns_name, &mut Mac::random)
             })
             .await?;
         info!(container = %container_id, %peer, cidrs = ?done.cidrs, "attached");

@@ -166,6 +166,7 @@ mod tests {
             peer: "host1".into(),
             host_ifname: "vethwepl1".into(),
             container_ifname: "ethwe".into(),
+            dns_name: String::new(),
         }
     }
 

@@ -1,114 +1,23 @@
+mod cli;
+mod render;
 mod table;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 use weft_proto::addr::AddrSpec;
+use weft_proto::dns_name;
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{
     CreateNetworkRequest, DeleteNetworkRequest, ExposeRequest, HideRequest, IpamStatusRequest,
-    IpamStatusResponse, ListPeersRequest, LocalAttachRequest, LocalDetachRequest, Network,
-    NetworkInfo, NetworkListRequest, PsRequest, RemovePeerRequest, ResetRequest, StatusRequest,
+    IpamStatusResponse, ListPeersRequest, LocalAttachRequest, LocalDetachRequest,
+    NetworkListRequest, PsRequest, RemovePeerRequest, ResetRequest, StatusRequest,
 };
 
-/// weftctl: the operator's CLI for weft. It talks to the weft-agent on this host.
-///
-/// CONTAINER is netns:NAME (/var/run/netns/NAME), pid:PID, or the path of a network namespace.
-/// ADDR is IP/LEN or ip:IP/LEN (that address), net:CIDR or net:NAME (a free address of that
-/// network), or net:default (a free address of the default network; what no ADDR means).
-#[derive(Parser, Debug)]
-#[command(version)]
-struct Cli {
-    /// The agent's unix socket.
-    #[arg(
-        long,
-        env = "WEFT_SOCKET",
-        default_value = "/run/weft/agent.sock",
-        global = true
-    )]
-    socket: PathBuf,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Connect a container to networks with the given addresses; prints its IPs.
-    #[command(override_usage = "weftctl attach [ADDR...] CONTAINER")]
-    Attach {
-        /// Addresses to give the container, then the container.
-        #[arg(required = true, value_name = "ARG")]
-        args: Vec<String>,
-    },
-    /// Release addresses of a container (all, if none are given); prints the IPs released.
-    #[command(override_usage = "weftctl detach [ADDR...] CONTAINER")]
-    Detach {
-        /// Addresses to release, then the container.
-        #[arg(required = true, value_name = "ARG")]
-        args: Vec<String>,
-    },
-    /// List the containers attached on this host: id, MAC, addresses (the host first, if exposed).
-    Ps,
-    /// Give this host addresses on networks' bridges (net:default if none), so it reaches their
-    /// containers on every host; prints the IPs.
-    #[command(override_usage = "weftctl expose [ADDR...]")]
-    Expose {
-        #[arg(value_name = "ADDR")]
-        addrs: Vec<String>,
-    },
-    /// Take exposed addresses off the bridges (all, if none are given); prints the IPs removed.
-    #[command(override_usage = "weftctl hide [ADDR...]")]
-    Hide {
-        #[arg(value_name = "ADDR")]
-        addrs: Vec<String>,
-    },
-    /// Detach everything on this host, remove every kernel object weft made here, stop the agent.
-    Reset,
-    /// Create, list and remove networks.
-    #[command(subcommand)]
-    Network(NetworkCommand),
-    /// Show this host's agent, its controller connection, peers, networks and IPAM; or, with a
-    /// subcommand, one of them in detail.
-    Status {
-        #[command(subcommand)]
-        detail: Option<StatusCommand>,
-    },
-    /// Forget a peer whose agent is gone; its addresses return to the pool.
-    Rmpeer {
-        #[arg(value_name = "PEER")]
-        peer: String,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum NetworkCommand {
-    /// Create a network with its own VNI; prints NAME SUBNET vni=N.
-    Create {
-        name: String,
-        #[arg(long, value_name = "CIDR")]
-        subnet: String,
-    },
-    /// List networks: NAME SUBNET VNI ENDPOINTS.
-    Ls {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Remove a network that has no endpoints.
-    Rm { name: String },
-}
-
-#[derive(Subcommand, Debug)]
-enum StatusCommand {
-    /// Address use: range, and used and free addresses per network and per peer.
-    Ipam,
-    /// Networks with their endpoints and used and free addresses.
-    Networks,
-    /// Peers: address, whether their agent is connected (or since when it is gone), endpoints.
-    Peers,
-}
+use crate::cli::{Cli, Command, NetworkCommand, Shell, StatusCommand};
 
 /// A failure to report as `weftctl: <what>: <why>`.
 struct Failure {
@@ -159,6 +68,44 @@ fn check_addrs(addrs: &[String], what: &str) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Checks what can be checked here, so bad input is reported as such also when the agent is
+/// down.
+fn check_input(command: &Command) -> Result<(), Failure> {
+    match command {
+        Command::Attach { name, args } => {
+            let (_, _, what) = addrs_and_container(args.clone(), "attach")?;
+            if let Some(name) = name {
+                dns_name::normalize(name).map_err(|e| Failure::new(what, e))?;
+            }
+        }
+        Command::Detach { args } => drop(addrs_and_container(args.clone(), "detach")?),
+        Command::Expose { addrs } => check_addrs(addrs, "expose")?,
+        Command::Hide { addrs } => check_addrs(addrs, "hide")?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Output made without the agent: completions and the man page.
+fn generated(command: &Command) -> Option<String> {
+    let mut out = Vec::new();
+    match command {
+        Command::Completion { shell } => {
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "weftctl", &mut out);
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut out)
+            .expect("writing to memory cannot fail"),
+        _ => return None,
+    }
+    Some(String::from_utf8(out).expect("clap writes UTF-8"))
+}
+
 async fn ipam_status(
     agent: &mut AgentClient<Channel>,
     what: &str,
@@ -170,47 +117,29 @@ async fn ipam_status(
         .into_inner())
 }
 
-/// Each network with its usage.
-fn networks_of(infos: &[NetworkInfo]) -> impl Iterator<Item = (&Network, &NetworkInfo)> {
-    infos.iter().filter_map(|i| Some((i.network.as_ref()?, i)))
-}
-
-/// A duration as people say it: 42s, 5m12s, 3h4m.
-fn human(secs: u64) -> String {
-    match secs {
-        0..60 => format!("{secs}s"),
-        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
-        _ => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
-    }
-}
-
-fn free(info: &NetworkInfo) -> u64 {
-    info.pool.saturating_sub(info.used)
-}
-
 async fn run(cli: Cli) -> Result<String, Failure> {
-    // Bad input is reported as such, also when the agent is down.
-    match &cli.command {
-        Command::Attach { args } => drop(addrs_and_container(args.clone(), "attach")?),
-        Command::Detach { args } => drop(addrs_and_container(args.clone(), "detach")?),
-        Command::Expose { addrs } => check_addrs(addrs, "expose")?,
-        Command::Hide { addrs } => check_addrs(addrs, "hide")?,
-        _ => {}
+    if let Some(out) = generated(&cli.command) {
+        return Ok(out);
     }
+    check_input(&cli.command)?;
     let mut agent = connect(&cli.socket).await?;
     let fail = |what: &str| {
         let what = what.to_string();
         move |s: tonic::Status| Failure::new(what, s.message())
     };
     match cli.command {
-        Command::Attach { args } => {
+        Command::Attach { name, args } => {
             let (addrs, container, what) = addrs_and_container(args, "attach")?;
             let reply = agent
-                .attach(LocalAttachRequest { container, addrs })
+                .attach(LocalAttachRequest {
+                    container,
+                    addrs,
+                    dns_name: name.unwrap_or_default(),
+                })
                 .await
                 .map_err(fail(&what))?
                 .into_inner();
-            Ok(format!("{}\n", reply.ips.join(" ")))
+            Ok(render::ips(&reply.ips))
         }
         Command::Detach { args } => {
             let (addrs, container, what) = addrs_and_container(args, "detach")?;
@@ -219,19 +148,19 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .await
                 .map_err(fail(&what))?
                 .into_inner();
-            Ok(format!("{}\n", reply.ips.join(" ")))
+            Ok(render::ips(&reply.ips))
         }
-        Command::Ps => {
+        Command::Ps { containers, json } => {
+            let what = match containers.as_slice() {
+                [] => "ps".to_string(),
+                some => format!("ps {}", some.join(" ")),
+            };
             let reply = agent
-                .ps(PsRequest {})
+                .ps(PsRequest { containers })
                 .await
-                .map_err(fail("ps"))?
+                .map_err(fail(&what))?
                 .into_inner();
-            Ok(reply
-                .entries
-                .iter()
-                .map(|e| format!("{} {} {}\n", e.container_id, e.mac, e.cidrs.join(" ")))
-                .collect())
+            Ok(render::ps(&reply.entries, json))
         }
         Command::Network(NetworkCommand::Create { name, subnet }) => {
             let what = format!("network create {name}");
@@ -242,7 +171,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .into_inner()
                 .network
                 .ok_or_else(|| Failure::new(&what, "the agent returned no network"))?;
-            Ok(format!("{} {} vni={}\n", net.name, net.subnet, net.vni))
+            Ok(render::network_created(&net))
         }
         Command::Network(NetworkCommand::Ls { json }) => {
             let reply = agent
@@ -250,31 +179,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .await
                 .map_err(fail("network ls"))?
                 .into_inner();
-            let nets = networks_of(&reply.networks);
-            if json {
-                let list: Vec<_> = nets
-                    .map(|(n, i)| {
-                        serde_json::json!({
-                            "name": n.name, "subnet": n.subnet, "vni": n.vni, "endpoints": i.endpoints,
-                        })
-                    })
-                    .collect();
-                return Ok(format!("{}\n", serde_json::Value::Array(list)));
-            }
-            let rows: Vec<Vec<String>> = nets
-                .map(|(n, i)| {
-                    vec![
-                        n.name.clone(),
-                        n.subnet.clone(),
-                        n.vni.to_string(),
-                        i.endpoints.to_string(),
-                    ]
-                })
-                .collect();
-            Ok(table::render(
-                &["NAME", "SUBNET", "VNI", "ENDPOINTS"],
-                &rows,
-            ))
+            Ok(render::networks(&reply.networks, json))
         }
         Command::Network(NetworkCommand::Rm { name }) => {
             let what = format!("network rm {name}");
@@ -286,75 +191,35 @@ async fn run(cli: Cli) -> Result<String, Failure> {
         }
         Command::Status {
             detail: Some(StatusCommand::Peers),
+            json,
         } => {
             let reply = agent
                 .list_peers(ListPeersRequest {})
                 .await
                 .map_err(fail("status peers"))?
                 .into_inner();
-            let rows: Vec<Vec<String>> = reply
-                .peers
-                .iter()
-                .filter_map(|p| {
-                    let peer = p.peer.as_ref()?;
-                    let state = match (p.connected, p.reachable) {
-                        (true, _) => "connected".to_string(),
-                        (false, true) => format!("disconnected {} ago", human(p.for_secs)),
-                        (false, false) => format!("unreachable, gone {}", human(p.for_secs)),
-                    };
-                    Some(vec![
-                        peer.name.clone(),
-                        peer.advertise_addr.clone(),
-                        state,
-                        p.endpoints.to_string(),
-                    ])
-                })
-                .collect();
-            Ok(table::render(
-                &["NAME", "ADDRESS", "STATE", "ENDPOINTS"],
-                &rows,
-            ))
+            Ok(render::status_peers(&reply.peers, json))
         }
         Command::Status {
             detail: Some(StatusCommand::Networks),
+            json,
         } => {
             let reply = ipam_status(&mut agent, "status networks").await?;
-            let rows: Vec<Vec<String>> = networks_of(&reply.networks)
-                .map(|(n, i)| {
-                    vec![
-                        n.name.clone(),
-                        n.subnet.clone(),
-                        n.vni.to_string(),
-                        i.endpoints.to_string(),
-                        i.used.to_string(),
-                        free(i).to_string(),
-                    ]
-                })
-                .collect();
-            Ok(table::render(
-                &["NAME", "SUBNET", "VNI", "ENDPOINTS", "USED", "FREE"],
-                &rows,
-            ))
+            Ok(render::status_networks(&reply, json))
         }
-        Command::Status { detail: None } => {
+        Command::Status {
+            detail: Some(StatusCommand::Ipam),
+            json,
+        } => {
+            let reply = ipam_status(&mut agent, "status ipam").await?;
+            Ok(render::status_ipam(&reply, json))
+        }
+        Command::Status { detail: None, json } => {
             let st = agent
                 .status(StatusRequest {})
                 .await
                 .map_err(fail("status"))?
                 .into_inner();
-            let controller = if st.connected {
-                format!(
-                    "{} (connected, revision {})",
-                    st.controller_url, st.revision
-                )
-            } else {
-                format!(
-                    "{} (unreachable for {}: {})",
-                    st.controller_url,
-                    human(st.for_secs),
-                    st.last_error
-                )
-            };
             // Reachability is the controller's to tell: ask only when it answers.
             let reachable = match st.connected {
                 true => agent
@@ -364,56 +229,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                     .map(|r| r.into_inner().peers.iter().filter(|p| p.reachable).count()),
                 false => None,
             };
-            let peers = match reachable {
-                Some(n) => format!("{} ({n} reachable)", st.peers),
-                None => format!("{} (reachability unknown)", st.peers),
-            };
-            let lines = [
-                ("Version", st.version),
-                ("Name", format!("{} ({})", st.name, st.advertise_addr)),
-                ("Controller", controller),
-                ("Peers", peers),
-                ("Networks", st.networks.to_string()),
-                ("Endpoints", format!("{} on this host", st.endpoints)),
-                (
-                    "IPAM",
-                    format!(
-                        "{}, {} used, {} free",
-                        st.ipam_range, st.ipam_used, st.ipam_free
-                    ),
-                ),
-            ];
-            Ok(lines
-                .iter()
-                .map(|(k, v)| format!("{k:>10}: {v}\n"))
-                .collect())
-        }
-        Command::Status {
-            detail: Some(StatusCommand::Ipam),
-        } => {
-            let reply = ipam_status(&mut agent, "status ipam").await?;
-            let rows: Vec<Vec<String>> = networks_of(&reply.networks)
-                .map(|(n, i)| {
-                    vec![
-                        n.name.clone(),
-                        n.subnet.clone(),
-                        i.pool.to_string(),
-                        i.used.to_string(),
-                        free(i).to_string(),
-                    ]
-                })
-                .collect();
-            let peers: Vec<Vec<String>> = reply
-                .peers
-                .iter()
-                .map(|p| vec![p.peer.clone(), p.network.clone(), p.used.to_string()])
-                .collect();
-            Ok(format!(
-                "Range: {}\n\n{}\n{}",
-                reply.range,
-                table::render(&["NETWORK", "SUBNET", "POOL", "USED", "FREE"], &rows),
-                table::render(&["PEER", "NETWORK", "USED"], &peers)
-            ))
+            Ok(render::status(&st, reachable, json))
         }
         Command::Expose { addrs } => {
             let reply = agent
@@ -421,7 +237,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .await
                 .map_err(fail("expose"))?
                 .into_inner();
-            Ok(format!("{}\n", reply.ips.join(" ")))
+            Ok(render::ips(&reply.ips))
         }
         Command::Hide { addrs } => {
             let reply = agent
@@ -429,7 +245,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .await
                 .map_err(fail("hide"))?
                 .into_inner();
-            Ok(format!("{}\n", reply.ips.join(" ")))
+            Ok(render::ips(&reply.ips))
         }
         Command::Reset => {
             let reply = agent
@@ -448,11 +264,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                     ),
                 ));
             }
-            Ok(format!(
-                "removed {} links, released {} addresses; the agent has stopped\n",
-                reply.removed.len(),
-                reply.released.len()
-            ))
+            Ok(render::reset(&reply))
         }
         Command::Rmpeer { peer } => {
             let what = format!("rmpeer {peer}");
@@ -461,11 +273,9 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .await
                 .map_err(fail(&what))?
                 .into_inner();
-            Ok(format!(
-                "{peer}: {} address(es) released\n",
-                reply.released.len()
-            ))
+            Ok(render::peer_removed(&peer, &reply.released))
         }
+        Command::Completion { .. } | Command::Man => unreachable!("generated without the agent"),
     }
 }
 
@@ -483,9 +293,16 @@ async fn connect(socket: &Path) -> Result<AgentClient<Channel>, Failure> {
         }))
         .await
         .map_err(|e| {
+            let why = root_cause(&e);
+            // The socket is root-only (0600): say so rather than leave "Permission denied".
+            let why = if why.contains("Permission denied") {
+                format!("{why}: the socket is root-only; run weftctl as root (sudo)")
+            } else {
+                why
+            };
             Failure::new(
                 format!("cannot reach weft-agent at {}", socket.display()),
-                root_cause(&e),
+                why,
             )
         })?;
     Ok(AgentClient::new(channel))
@@ -503,45 +320,6 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn attach_takes_the_container_last() {
-        let cli = Cli::try_parse_from([
-            "weftctl",
-            "attach",
-            "10.0.0.2/24",
-            "net:default",
-            "netns:c1",
-        ])
-        .unwrap();
-        let Command::Attach { args } = cli.command else {
-            panic!("not an attach")
-        };
-        let (addrs, container, what) = addrs_and_container(args, "attach").ok().unwrap();
-        assert_eq!(
-            (addrs.as_slice(), container.as_str(), what.as_str()),
-            (
-                &["10.0.0.2/24".to_string(), "net:default".to_string()][..],
-                "netns:c1",
-                "attach netns:c1"
-            )
-        );
-        let missing = Cli::try_parse_from(["weftctl", "attach"]).unwrap_err();
-        assert_eq!(missing.exit_code(), 2);
-    }
-
-    #[test]
-    fn durations_read_like_people_say_them() {
-        assert_eq!(human(42), "42s");
-        assert_eq!(human(312), "5m12s");
-        assert_eq!(human(11_040), "3h4m");
-    }
 
     #[test]
     fn a_bad_address_names_the_command_and_the_address() {
@@ -554,5 +332,33 @@ mod tests {
             f.why,
             "invalid address \"10.0.0.300/24\": \"10.0.0.300\" is not an IPv4 address"
         );
+    }
+
+    #[test]
+    fn a_bad_name_is_refused_before_the_agent_is_asked() {
+        let cli = Cli::try_parse_from(["weftctl", "attach", "--name", "a_b", "c1"]).unwrap();
+        let Err(f) = check_input(&cli.command) else {
+            panic!("accepted a bad name")
+        };
+        assert_eq!(
+            (f.what.as_str(), f.why.as_str()),
+            (
+                "attach c1",
+                "invalid DNS name \"a_b\": label \"a_b\" has a character other than a-z, 0-9 and -"
+            )
+        );
+    }
+
+    #[test]
+    fn completions_and_man_page_come_from_the_same_definitions() {
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            let script = generated(&Command::Completion { shell }).unwrap();
+            for sub in ["attach", "detach", "ps", "status", "network", "rmpeer"] {
+                assert!(script.contains(sub), "{shell:?} completion lacks {sub}");
+            }
+        }
+        let man = generated(&Command::Man).unwrap();
+        assert!(man.starts_with(".ie"), "not roff: {}", &man[..40]);
+        assert!(man.contains("weftctl\\-attach") || man.contains("attach"));
     }
 }

@@ -2,6 +2,7 @@
 //! weftctl (generated from `proto/weft.proto`), and the address syntax they exchange as strings.
 
 pub mod addr;
+pub mod dns_name;
 pub mod names;
 pub mod process;
 pub mod subnet;

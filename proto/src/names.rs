@@ -54,6 +54,17 @@ impl FromStr for Mac {
     }
 }
 
+/// A container id as people read it: Docker's 64-hex-digit ids cut to 12, as `docker ps` and
+/// `weave ps` show them; namespace references (`netns:NAME`, ...) whole.
+pub fn short_container_id(id: &str) -> &str {
+    if is_docker_id(id) { &id[..12] } else { id }
+}
+
+/// Whether a container id is a Docker (or Podman) ID, 64 hex digits, not a namespace reference.
+pub fn is_docker_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The container id of a host's own endpoints (`weftctl expose`): its place on a network's
 /// bridge. As `weave ps` shows it.
 pub const EXPOSE_ID: &str = "weft:expose";
@@ -158,5 +169,22 @@ mod tests {
         }
         assert_eq!(container_ifname(0), "ethwe");
         assert_eq!(container_ifname(2), "ethwe2");
+    }
+
+    #[test]
+    fn docker_ids_read_short() {
+        let id = "06d700491410".to_string() + &"ab".repeat(26);
+        assert_eq!(short_container_id(&id), "06d700491410");
+        assert_eq!(short_container_id("netns:c1"), "netns:c1");
+        assert_eq!(short_container_id(&"x".repeat(64)), "x".repeat(64));
+        for other in [
+            "netns:c1",
+            "pid:42",
+            "/tmp/ns",
+            "weft:expose",
+            "06d700491410",
+        ] {
+            assert!(!is_docker_id(other), "{other}");
+        }
     }
 }

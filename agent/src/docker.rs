@@ -1,0 +1,268 @@
+//! Docker and Podman containers, through the Docker Engine API (bollard): finding the one an
+//! operator names (name, full ID or unique ID prefix), and hearing when one stops or goes away.
+
+use std::collections::{HashMap, HashSet};
+
+use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
+use bollard::{API_DEFAULT_VERSION, Docker};
+use futures::{Stream, StreamExt};
+use tokio::sync::OnceCell;
+
+use crate::container::ContainerError;
+
+/// Where the Docker API is when neither `--docker-host` nor `$DOCKER_HOST` says.
+pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+/// Seconds an API request may take before the API counts as unreachable.
+const REQUEST_TIMEOUT_SECS: u64 = 5;
+/// The events after which a container no longer needs its endpoints.
+const STOP_EVENTS: [&str; 2] = ["die", "destroy"];
+
+/// A container as the Docker API describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerContainer {
+    /// The full 64-hex-digit ID.
+    pub id: String,
+    /// Its name, without Docker's leading `/`.
+    pub name: String,
+    /// The PID of its main process, while it runs.
+    pub pid: Option<u32>,
+    /// Docker's word for its state: running, created, exited, paused, ...
+    pub status: String,
+    pub hostname: String,
+}
+
+/// A Docker Engine API endpoint, connected on first use.
+pub struct DockerApi {
+    url: String,
+    client: OnceCell<Docker>,
+}
+
+impl DockerApi {
+    pub fn new(url: &str) -> DockerApi {
+        DockerApi {
+            url: url.to_string(),
+            client: OnceCell::new(),
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn unreachable(&self, err: &bollard::errors::Error) -> ContainerError {
+        let why = match err {
+            bollard::errors::Error::SocketNotFoundError(_) => {
+                "the socket does not exist (is Docker, or Podman's API service, running?)".into()
+            }
+            err => root_cause(err),
+        };
+        ContainerError::DockerUnreachable {
+            url: self.url.clone(),
+            why,
+        }
+    }
+
+    /// The client, speaking the newest API version both sides know (Podman's is older than
+    /// Docker's).
+    async fn client(&self) -> Result<&Docker, ContainerError> {
+        self.client
+            .get_or_try_init(|| async {
+                let client = if self.url.starts_with("tcp://") || self.url.starts_with("http://") {
+                    Docker::connect_with_http(&self.url, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+                } else {
+                    Docker::connect_with_unix(&self.url, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+                };
+                let client = client.map_err(|e| self.unreachable(&e))?;
+                client
+                    .negotiate_version()
+                    .await
+                    .map_err(|e| self.unreachable(&e))
+            })
+            .await
+    }
+
+    /// Every container, running or not: (ID, names).
+    async fn list(&self) -> Result<Vec<(String, Vec<String>)>, ContainerError> {
+        let options = ListContainersOptionsBuilder::new().all(true).build();
+        let list = self
+            .client()
+            .await?
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                let names = c.names.unwrap_or_default();
+                let names = names
+                    .iter()
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .collect();
+                Some((c.id?, names))
+            })
+            .collect())
+    }
+
+    /// The container a reference names: its full ID, its name, or a prefix of exactly one ID
+    /// (in that order, as the Docker CLI takes them).
+    pub async fn find(&self, reference: &str) -> Result<DockerContainer, ContainerError> {
+        let all = self.list().await?;
+        let id = match pick(reference, &all) {
+            Pick::One(id) => id,
+            Pick::None => {
+                return Err(ContainerError::NoSuchContainer {
+                    reference: reference.to_string(),
+                    url: self.url.clone(),
+                });
+            }
+            Pick::Many(ids) => {
+                return Err(ContainerError::Ambiguous {
+                    prefix: reference.to_string(),
+                    matches: ids,
+                });
+            }
+        };
+        let found = self
+            .client()
+            .await?
+            .inspect_container(&id, None)
+            .await
+            .map_err(|e| match e {
+                // Removed between the listing and now.
+                bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                } => ContainerError::NoSuchContainer {
+                    reference: reference.to_string(),
+                    url: self.url.clone(),
+                },
+                e => self.unreachable(&e),
+            })?;
+        let state = found.state.unwrap_or_default();
+        let running = state.running.unwrap_or(false);
+        Ok(DockerContainer {
+            name: found
+                .name
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default(),
+            pid: state
+                .pid
+                .filter(|pid| running && *pid > 0)
+                .and_then(|pid| u32::try_from(pid).ok()),
+            status: state.status.map(|s| s.to_string()).unwrap_or_default(),
+            hostname: found.config.and_then(|c| c.hostname).unwrap_or_default(),
+            id,
+        })
+    }
+
+    /// The IDs of the containers running now.
+    pub async fn running(&self) -> Result<HashSet<String>, ContainerError> {
+        let options = ListContainersOptionsBuilder::new().build();
+        let list = self
+            .client()
+            .await?
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+
+    /// The IDs of containers as they stop or are removed, from `since` (seconds since the
+    /// epoch) on.
+    pub async fn stops(
+        &self,
+        since: u64,
+    ) -> Result<impl Stream<Item = Result<String, ContainerError>> + '_, ContainerError> {
+        let filters = HashMap::from([("type", vec!["container"]), ("event", STOP_EVENTS.to_vec())]);
+        let options = EventsOptionsBuilder::new()
+            .since(&since.to_string())
+            .filters(&filters)
+            .build();
+        let events = self.client().await?.events(Some(options));
+        Ok(events.filter_map(move |event| async move {
+            match event {
+                Ok(e) if STOP_EVENTS.contains(&e.action.as_deref().unwrap_or_default()) => {
+                    e.actor.and_then(|a| a.id).map(Ok)
+                }
+                Ok(_) => None,
+                Err(e) => Some(Err(self.unreachable(&e))),
+            }
+        }))
+    }
+}
+
+enum Pick {
+    One(String),
+    None,
+    Many(Vec<String>),
+}
+
+/// Docker's rule for a reference: a full ID, then a name, then a unique ID prefix.
+fn pick(reference: &str, all: &[(String, Vec<String>)]) -> Pick {
+    if let Some((id, _)) = all.iter().find(|(id, _)| id == reference) {
+        return Pick::One(id.clone());
+    }
+    if let Some((id, _)) = all
+        .iter()
+        .find(|(_, names)| names.iter().any(|n| n == reference))
+    {
+        return Pick::One(id.clone());
+    }
+    let mut matches: Vec<String> = all
+        .iter()
+        .filter(|(id, _)| id.starts_with(reference))
+        .map(|(id, _)| id.clone())
+        .collect();
+    matches.sort();
+    match matches.len() {
+        0 => Pick::None,
+        1 => Pick::One(matches.remove(0)),
+        _ => Pick::Many(matches),
+    }
+}
+
+/// The innermost error's message: for a failed connection, the OS's reason.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn containers() -> Vec<(String, Vec<String>)> {
+        [
+            ("3f2a9c1d7e55", "web"),
+            ("3f9b0c2d1e44", "db"),
+            ("06d700491410", "3f9b"),
+        ]
+        .into_iter()
+        .map(|(id, name)| (id.repeat(5) + "0000", vec![name.to_string()]))
+        .collect()
+    }
+
+    fn picked(reference: &str) -> Result<String, Vec<String>> {
+        match pick(reference, &containers()) {
+            Pick::One(id) => Ok(id[..12].to_string()),
+            Pick::None => Err(vec![]),
+            Pick::Many(ids) => Err(ids.iter().map(|id| id[..12].to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn references_resolve_as_docker_does() {
+        assert_eq!(picked("web"), Ok("3f2a9c1d7e55".into()));
+        assert_eq!(picked("3f2"), Ok("3f2a9c1d7e55".into()));
+        assert_eq!(picked(&containers()[1].0), Ok("3f9b0c2d1e44".into()));
+        // A name wins over an ID prefix.
+        assert_eq!(picked("3f9b"), Ok("06d700491410".into()));
+        assert_eq!(
+            picked("3f"),
+            Err(vec!["3f2a9c1d7e55".into(), "3f9b0c2d1e44".into()])
+        );
+        assert_eq!(picked("nope"), Err(vec![]));
+    }
+}

@@ -1,0 +1,174 @@
+//! weftctl's command line, as clap reads it; the help, the shell completions and the man page
+//! are all generated from these definitions.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// weftctl: the operator's CLI for weft. It talks to the weft-agent on this host.
+///
+/// CONTAINER is a Docker or Podman container's name, ID or unique ID prefix (resolved by the
+/// agent through the Docker API at its --docker-host, default $DOCKER_HOST or
+/// unix:///var/run/docker.sock), netns:NAME (/var/run/netns/NAME), pid:PID, or the path of a
+/// network namespace.
+///
+/// ADDR is IP/LEN or ip:IP/LEN (that address), net:CIDR or net:NAME (a free address of that
+/// network), or net:default (a free address of the default network; what no ADDR means).
+#[derive(Parser, Debug)]
+#[command(name = "weftctl", version)]
+pub struct Cli {
+    /// The agent's unix socket.
+    #[arg(
+        long,
+        env = "WEFT_SOCKET",
+        default_value = "/run/weft/agent.sock",
+        global = true
+    )]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Connect a container to networks with the given addresses; prints its IPs.
+    #[command(override_usage = "weftctl attach [--name FQDN] [ADDR...] CONTAINER")]
+    Attach {
+        /// The container's DNS name [default: its hostname].
+        #[arg(long, value_name = "FQDN")]
+        name: Option<String>,
+        /// Addresses to give the container, then the container.
+        #[arg(required = true, value_name = "ARG")]
+        args: Vec<String>,
+    },
+    /// Release addresses of a container (all, if none are given); prints the IPs released.
+    #[command(override_usage = "weftctl detach [ADDR...] CONTAINER")]
+    Detach {
+        /// Addresses to release, then the container.
+        #[arg(required = true, value_name = "ARG")]
+        args: Vec<String>,
+    },
+    /// List the containers attached on this host: id, MAC, addresses (the host first, if
+    /// exposed).
+    Ps {
+        /// Only these containers.
+        #[arg(value_name = "CONTAINER")]
+        containers: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give this host addresses on networks' bridges (net:default if none), so it reaches their
+    /// containers on every host; prints the IPs.
+    #[command(override_usage = "weftctl expose [ADDR...]")]
+    Expose {
+        #[arg(value_name = "ADDR")]
+        addrs: Vec<String>,
+    },
+    /// Take exposed addresses off the bridges (all, if none are given); prints the IPs removed.
+    #[command(override_usage = "weftctl hide [ADDR...]")]
+    Hide {
+        #[arg(value_name = "ADDR")]
+        addrs: Vec<String>,
+    },
+    /// Detach everything on this host, remove every kernel object weft made here, stop the agent.
+    Reset,
+    /// Create, list and remove networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Show this host's agent, its controller connection, peers, networks and IPAM; or, with a
+    /// subcommand, one of them in detail.
+    Status {
+        #[command(subcommand)]
+        detail: Option<StatusCommand>,
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// Forget a peer whose agent is gone; its addresses return to the pool.
+    Rmpeer {
+        #[arg(value_name = "PEER")]
+        peer: String,
+    },
+    /// Print a shell completion script: `source <(weftctl completion bash)`.
+    Completion {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Print weftctl's man page (roff): `weftctl man > /usr/share/man/man1/weftctl.1`.
+    Man,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCommand {
+    /// Create a network with its own VNI; prints NAME SUBNET vni=N.
+    Create {
+        name: String,
+        #[arg(long, value_name = "CIDR")]
+        subnet: String,
+    },
+    /// List networks: NAME SUBNET VNI ENDPOINTS.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a network that has no endpoints.
+    Rm { name: String },
+}
+
+#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusCommand {
+    /// Address use: range, and used and free addresses per network and per peer.
+    Ipam,
+    /// Networks with their endpoints and used and free addresses.
+    Networks,
+    /// Peers: address, whether their agent is connected (or since when it is gone), endpoints.
+    Peers,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn attach_takes_a_name_and_the_container_last() {
+        let cli = Cli::try_parse_from([
+            "weftctl",
+            "attach",
+            "--name",
+            "bbox1.weave.local",
+            "10.0.0.2/24",
+            "my-test1",
+        ])
+        .unwrap();
+        let Command::Attach { name, args } = cli.command else {
+            panic!("not an attach")
+        };
+        assert_eq!(name.as_deref(), Some("bbox1.weave.local"));
+        assert_eq!(args, ["10.0.0.2/24", "my-test1"]);
+        let missing = Cli::try_parse_from(["weftctl", "attach"]).unwrap_err();
+        assert_eq!(missing.exit_code(), 2);
+    }
+
+    #[test]
+    fn json_goes_after_status_and_its_subcommands() {
+        for args in [
+            &["weftctl", "status", "--json"][..],
+            &["weftctl", "status", "peers", "--json"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert!(matches!(cli.command, Command::Status { json: true, .. }));
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! What weftctl prints: each answer of the agent as text (columns that line up, in the formats
+//! of the operator contract) or, with `--json`, as JSON with the field names the README lists.
+
+use serde_json::{Value, json};
+use weft_proto::names::short_container_id;
+use weft_proto::v1::{
+    IpamStatusResponse, Network, NetworkInfo, PeerStatus, PsEntry, ResetResponse, StatusResponse,
+};
+
+use crate::table;
+
+/// Addresses on one line, space-separated, as attach, detach, expose and hide print them.
+pub fn ips(ips: &[String]) -> String {
+    format!("{}\n", ips.join(" "))
+}
+
+fn json_line(value: Value) -> String {
+    format!("{value}\n")
+}
+
+/// `weftctl ps`: as `weave ps`, one line per container: short id, MAC, every CIDR.
+pub fn ps(entries: &[PsEntry], as_json: bool) -> String {
+    if as_json {
+        return json_line(Value::Array(
+            entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "container_id": e.container_id, "mac": e.mac, "cidrs": e.cidrs,
+                        "dns_name": e.dns_name,
+                    })
+                })
+                .collect(),
+        ));
+    }
+    entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}\n",
+                short_container_id(&e.container_id),
+                e.mac,
+                e.cidrs.join(" ")
+            )
+        })
+        .collect()
+}
+
+pub fn network_created(net: &Network) -> String {
+    format!("{} {} vni={}\n", net.name, net.subnet, net.vni)
+}
+
+/// Each network with its usage.
+fn networks_of(infos: &[NetworkInfo]) -> impl Iterator<Item = (&Network, &NetworkInfo)> {
+    infos.iter().filter_map(|i| Some((i.network.as_ref()?, i)))
+}
+
+fn free(info: &NetworkInfo) -> u64 {
+    info.pool.saturating_sub(info.used)
+}
+
+/// `weftctl network ls`.
+pub fn networks(infos: &[NetworkInfo], as_json: bool) -> String {
+    if as_json {
+        return json_line(Value::Array(
+            networks_of(infos)
+                .map(|(n, i)| {
+                    json!({
+                        "name": n.name, "subnet": n.subnet, "vni": n.vni, "endpoints": i.endpoints,
+                    })
+                })
+                .collect(),
+        ));
+    }
+    let rows: Vec<Vec<String>> = networks_of(infos)
+        .map(|(n, i)| {
+            vec![
+                n.name.clone(),
+                n.subnet.clone(),
+                n.vni.to_string(),
+                i.endpoints.to_string(),
+            ]
+        })
+        .collect();
+    table::render(&["NAME", "SUBNET", "VNI", "ENDPOINTS"], &rows)
+}
+
+/// `weftctl status networks`.
+pub fn status_networks(ipam: &IpamStatusResponse, as_json: bool) -> String {
+    if as_json {
+        return json_line(Value::Array(
+            networks_of(&ipam.networks)
+                .map(|(n, i)| {
+                    json!({
+                        "name": n.name, "subnet": n.subnet, "vni": n.vni,
+                        "endpoints": i.endpoints, "used": i.used, "free": free(i),
+                    })
+                })
+                .collect(),
+        ));
+    }
+    let rows: Vec<Vec<String>> = networks_of(&ipam.networks)
+        .map(|(n, i)| {
+            vec![
+                n.name.clone(),
+                n.subnet.clone(),
+                n.vni.to_string(),
+                i.endpoints.to_string(),
+                i.used.to_string(),
+                free(i).to_string(),
+            ]
+        })
+        .collect();
+    table::render(
+        &["NAME", "SUBNET", "VNI", "ENDPOINTS", "USED", "FREE"],
+        &rows,
+    )
+}
+
+/// `weftctl status ipam`: the range, then usage per network and per peer.
+pub fn status_ipam(ipam: &IpamStatusResponse, as_json: bool) -> String {
+    if as_json {
+        let networks: Vec<Value> = networks_of(&ipam.networks)
+            .map(|(n, i)| {
+                json!({
+                    "name": n.name, "subnet": n.subnet, "pool": i.pool, "used": i.used,
+                    "free": free(i),
+                })
+            })
+            .collect();
+        let peers: Vec<Value> = ipam
+            .peers
+            .iter()
+            .map(|p| json!({ "peer": p.peer, "network": p.network, "used": p.used }))
+            .collect();
+        return json_line(json!({ "range": ipam.range, "networks": networks, "peers": peers }));
+    }
+    let rows: Vec<Vec<String>> = networks_of(&ipam.networks)
+        .map(|(n, i)| {
+            vec![
+                n.name.clone(),
+                n.subnet.clone(),
+                i.pool.to_string(),
+                i.used.to_string(),
+                free(i).to_string(),
+            ]
+        })
+        .collect();
+    let peers: Vec<Vec<String>> = ipam
+        .peers
+        .iter()
+        .map(|p| vec![p.peer.clone(), p.network.clone(), p.used.to_string()])
+        .collect();
+    format!(
+        "Range: {}\n\n{}\n{}",
+        ipam.range,
+        table::render(&["NETWORK", "SUBNET", "POOL", "USED", "FREE"], &rows),
+        table::render(&["PEER", "NETWORK", "USED"], &peers)
+    )
+}
+
+/// A duration as people say it: 42s, 5m12s, 3h4m.
+pub fn human(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{}s", secs / 60, secs % 60),
+        _ => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
+    }
+}
+
+fn peer_state(p: &PeerStatus) -> String {
+    match (p.connected, p.reachable) {
+        (true, _) => "connected".to_string(),
+        (false, true) => format!("disconnected {} ago", human(p.for_secs)),
+        (false, false) => format!("unreachable, gone {}", human(p.for_secs)),
+    }
+}
+
+/// `weftctl status peers`.
+pub fn status_peers(peers: &[PeerStatus], as_json: bool) -> String {
+    let known = peers.iter().filter_map(|p| Some((p.peer.as_ref()?, p)));
+    if as_json {
+        return json_line(Value::Array(
+            known
+                .map(|(peer, p)| {
+                    json!({
+                        "name": peer.name, "advertise_addr": peer.advertise_addr,
+                        "connected": p.connected, "reachable": p.reachable,
+                        "for_secs": p.for_secs, "endpoints": p.endpoints,
+                    })
+                })
+                .collect(),
+        ));
+    }
+    let rows: Vec<Vec<String>> = known
+        .map(|(peer, p)| {
+            vec![
+                peer.name.clone(),
+                peer.advertise_addr.clone(),
+                peer_state(p),
+                p.endpoints.to_string(),
+            ]
+        })
+        .collect();
+    table::render(&["NAME", "ADDRESS", "STATE", "ENDPOINTS"], &rows)
+}
+
+/// `weftctl status`: the summary block, in the spirit of `weave status`. `reachable` is how
+/// many peers the controller counts as reachable, when it could be asked.
+pub fn status(st: &StatusResponse, reachable: Option<usize>, as_json: bool) -> String {
+    if as_json {
+        return json_line(json!({
+            "version": st.version,
+            "name": st.name,
+            "advertise_addr": st.advertise_addr,
+            "controller": {
+                "url": st.controller_url, "connected": st.connected, "for_secs": st.for_secs,
+                "last_error": st.last_error, "revision": st.revision,
+            },
+            "peers": { "count": st.peers, "reachable": reachable },
+            "networks": st.networks,
+            "endpoints": st.endpoints,
+            "ipam": { "range": st.ipam_range, "used": st.ipam_used, "free": st.ipam_free },
+        }));
+    }
+    let controller = if st.connected {
+        format!(
+            "{} (connected, revision {})",
+            st.controller_url, st.revision
+        )
+    } else {
+        format!(
+            "{} (unreachable for {}): {}",
+            st.controller_url,
+            human(st.for_secs),
+            st.last_error
+        )
+    };
+    let peers = match reachable {
+        Some(n) => format!("{} ({n} reachable)", st.peers),
+        None => format!("{} (reachability unknown)", st.peers),
+    };
+    let lines = [
+        ("Version", st.version.clone()),
+        ("Name", format!("{} ({})", st.name, st.advertise_addr)),
+        ("Controller", controller),
+        ("Peers", peers),
+        ("Networks", st.networks.to_string()),
+        ("Endpoints", format!("{} on this host", st.endpoints)),
+        (
+            "IPAM",
+            format!(
+                "{}, {} used, {} free",
+                st.ipam_range, st.ipam_used, st.ipam_free
+            ),
+        ),
+    ];
+    lines
+        .iter()
+        .map(|(k, v)| format!("{k:>10}: {}\n", wrap(v, STATUS_VALUE_WIDTH, 12)))
+        .collect()
+}
+
+/// Room for a value of the status block in an 80-column terminal, after its 12-column label.
+const STATUS_VALUE_WIDTH: usize = 80 - 12;
+
+/// Breaks a value between words so that no line is wider than `width`, indenting the lines
+/// after the first by `indent` (a single longer word stays whole).
+fn wrap(value: &str, width: usize, indent: usize) -> String {
+    let mut lines: Vec<String> = vec![String::new()];
+    for word in value.split(' ') {
+        let line = lines.last_mut().expect("never empty");
+        if line.is_empty() || line.len() + 1 + word.len() <= width {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(word);
+        } else {
+            lines.push(word.to_string());
+        }
+    }
+    lines.join(&format!("\n{}", " ".repeat(indent)))
+}
+
+pub fn reset(reply: &ResetResponse) -> String {
+    format!(
+        "removed {} links, released {} addresses; the agent has stopped\n",
+        reply.removed.len(),
+        reply.released.len()
+    )
+}
+
+pub fn peer_removed(peer: &str, released: &[String]) -> String {
+    format!("{peer}: {} address(es) released\n", released.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use weft_proto::v1::{Peer, PeerIpam};
+
+    /// Compares with `tests/golden/NAME`; `UPDATE_GOLDEN=1 cargo test` rewrites the files
+    /// (review the diff before committing).
+    fn golden(name: &str, actual: &str) {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, actual).unwrap();
+        }
+        let expected = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", path.display()));
+        assert_eq!(actual, expected, "output differs from {}", path.display());
+        for line in actual.lines().filter(|_| !name.ends_with(".json")) {
+            assert!(line.len() <= 80, "{name}: longer than 80 columns: {line}");
+        }
+    }
+
+    fn network(name: &str, subnet: &str, vni: u32) -> Network {
+        Network {
+            name: name.into(),
+            subnet: subnet.into(),
+            vni,
+        }
+    }
+
+    fn ipam() -> IpamStatusResponse {
+        let info = |net: Network, endpoints, pool, used| NetworkInfo {
+            network: Some(net),
+            endpoints,
+            pool,
+            used,
+        };
+        IpamStatusResponse {
+            range: "10.32.0.0/12".into(),
+            networks: vec![
+                info(network("default", "10.32.0.0/12", 1), 3, 1_048_573, 4),
+                info(network("192.168.0.0/24", "192.168.0.0/24", 2), 2, 253, 2),
+            ],
+            peers: [
+                ("host1", "192.168.0.0/24", 1),
+                ("host1", "default", 3),
+                ("host2", "192.168.0.0/24", 1),
+                ("host2", "default", 1),
+            ]
+            .into_iter()
+            .map(|(peer, network, used)| PeerIpam {
+                peer: peer.into(),
+                network: network.into(),
+                used,
+            })
+            .collect(),
+        }
+    }
+
+    fn ps_entries() -> Vec<PsEntry> {
+        [
+            (
+                "weft:expose",
+                "7a:c4:8b:a1:e6:ad",
+                vec!["192.168.0.1/24"],
+                "",
+            ),
+            (
+                "06d700491410f2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b",
+                "8a:b0:dd:a2:58:c5",
+                vec!["192.168.0.2/24"],
+                "my-test1",
+            ),
+            (
+                "netns:c3",
+                "56:46:8c:14:42:e6",
+                vec!["192.168.10.10/24", "10.32.0.5/12"],
+                "",
+            ),
+        ]
+        .into_iter()
+        .map(|(id, mac, cidrs, name)| PsEntry {
+            container_id: id.into(),
+            mac: mac.into(),
+            cidrs: cidrs.into_iter().map(String::from).collect(),
+            dns_name: name.into(),
+        })
+        .collect()
+    }
+
+    fn peers() -> Vec<PeerStatus> {
+        [
+            ("host1", "198.18.0.1", true, true, 312, 3),
+            ("host2", "198.18.0.2", false, true, 42, 2),
+            ("host3", "198.18.0.3", false, false, 11_040, 0),
+        ]
+        .into_iter()
+        .map(
+            |(name, addr, connected, reachable, for_secs, endpoints)| PeerStatus {
+                peer: Some(Peer {
+                    name: name.into(),
+                    advertise_addr: addr.into(),
+                }),
+                connected,
+                reachable,
+                for_secs,
+                endpoints,
+            },
+        )
+        .collect()
+    }
+
+    fn status_response(connected: bool) -> StatusResponse {
+        StatusResponse {
+            version: "0.1.0".into(),
+            name: "host1".into(),
+            advertise_addr: "198.18.0.1".into(),
+            controller_url: "http://198.18.0.254:6786".into(),
+            connected,
+            for_secs: if connected { 3_700 } else { 75 },
+            last_error: if connected {
+                String::new()
+            } else {
+                "tcp connect error: Connection refused (os error 111)".into()
+            },
+            revision: 42,
+            peers: 3,
+            networks: 2,
+            ipam_range: "10.32.0.0/12".into(),
+            ipam_used: 4,
+            ipam_free: 1_048_569,
+            endpoints: 3,
+        }
+    }
+
+    #[test]
+    fn ps_as_weave_ps() {
+        golden("ps.txt", &ps(&ps_entries(), false));
+        golden("ps.json", &ps(&ps_entries(), true));
+    }
+
+    #[test]
+    fn networks_line_up() {
+        let infos = ipam().networks;
+        golden("network-ls.txt", &networks(&infos, false));
+        golden("network-ls.json", &networks(&infos, true));
+        golden(
+            "network-create.txt",
+            &network_created(&network("blue", "10.9.0.0/24", 3)),
+        );
+        golden("status-networks.txt", &status_networks(&ipam(), false));
+        golden("status-networks.json", &status_networks(&ipam(), true));
+        golden("status-ipam.txt", &status_ipam(&ipam(), false));
+        golden("status-ipam.json", &status_ipam(&ipam(), true));
+    }
+
+    #[test]
+    fn peers_say_whether_and_since_when() {
+        golden("status-peers.txt", &status_peers(&peers(), false));
+        golden("status-peers.json", &status_peers(&peers(), true));
+    }
+
+    #[test]
+    fn status_summary_connected_and_not() {
+        golden(
+            "status-connected.txt",
+            &status(&status_response(true), Some(2), false),
+        );
+        golden(
+            "status-unreachable.txt",
+            &status(&status_response(false), None, false),
+        );
+        golden(
+            "status.json",
+            &status(&status_response(true), Some(2), true),
+        );
+    }
+
+    #[test]
+    fn one_line_answers() {
+        golden(
+            "one-liners.txt",
+            &[
+                ips(&["192.168.0.2".into(), "10.32.0.5".into()]),
+                reset(&ResetResponse {
+                    removed: vec!["weave".into(), "vxlan-6784".into()],
+                    released: vec!["10.32.0.5/12".into()],
+                    release_error: String::new(),
+                }),
+                peer_removed("host3", &["10.32.0.9/12".into()]),
+            ]
+            .concat(),
+        );
+    }
+
+    #[test]
+    fn long_values_wrap_between_words() {
+        assert_eq!(wrap("aa bb cc", 5, 2), "aa bb\n  cc");
+        assert_eq!(wrap("aaaaaaa bb", 5, 2), "aaaaaaa\n  bb");
+    }
+
+    #[test]
+    fn durations_read_like_people_say_them() {
+        assert_eq!(human(42), "42s");
+        assert_eq!(human(312), "5m12s");
+        assert_eq!(human(11_040), "3h4m");
+    }
+}
