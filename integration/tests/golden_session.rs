@@ -12,7 +12,7 @@ const NO_DOCKER: &str = "unix:///run/weft-test-no-docker.sock";
 
 /// Masks random MACs (a:b:c:d:e:f in hex) as `<mac>`.
 fn mask_macs(text: &str) -> String {
-    text.split_inclusive(|c: char| c == ' ' || c == '"' || c == '\n')
+    text.split_inclusive([' ', '"', '\n'])
         .map(|word| {
             let bare = word.trim_end_matches([' ', '"', '\n']);
             let parts: Vec<&str> = bare.split(':').collect();
