@@ -1,6 +1,8 @@
 # weft: build, lint, test and demo.
 # The integration tests and the demo build throwaway network namespaces and run the real weft
-# binaries in them, so they need root and iproute2 + ping; `deps` installs those on Debian.
+# binaries in them, so they need root and iproute2 + ping; the tests with real containers also
+# need Podman (its Docker API, driven by the Docker CLI the machine comes with). `deps` installs
+# what is missing on Debian.
 
 CARGO ?= cargo
 # pipefail: `make test` pipes cargo's output and must still fail when a test does.
@@ -10,9 +12,15 @@ export PATH := $(PATH):$(HOME)/.cargo/bin
 
 .PHONY: deps build test demo lint bench
 
+# ip, bridge, ss; ping; Podman's API service and its runtime; the test containers' image.
+DEB_PACKAGES := iproute2 iputils-ping podman runc busybox-static
+
 deps:
-	@if ! command -v ip >/dev/null || ! command -v bridge >/dev/null || ! command -v ping >/dev/null; then \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y iproute2 iputils-ping; \
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -qx 'install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	fi
 
 # cargo test builds no binaries of other packages, and the integration tests run all three.

@@ -1,10 +1,11 @@
-//! A long-running weft process (controller or agent) inside a namespace, with its output kept in
-//! a log file so a failed test can show what the process said.
+//! A long-running process (a weft controller or agent inside a namespace, or a service a test
+//! needs in the root namespace), with its output kept in a log file so a failed test can show
+//! what the process said.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -17,10 +18,11 @@ use crate::netns;
 /// How long a process gets to exit after SIGTERM before it is killed.
 const GRACE: Duration = Duration::from_secs(3);
 
-/// One weft process, started and restarted on demand. Its owner stops it explicitly (the world
-/// does so before deleting the namespaces it runs in), so there is no stop-on-drop here.
+/// One process, started and restarted on demand. Its owner stops it explicitly (the world does
+/// so before deleting the namespaces it runs in), so there is no stop-on-drop here.
 pub struct Daemon {
-    ns: String,
+    /// The namespace it runs in; `None` for the root namespace.
+    ns: Option<String>,
     program: PathBuf,
     args: Vec<String>,
     log: PathBuf,
@@ -28,10 +30,21 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Describes the process; nothing runs until [`Daemon::start`].
+    /// Describes the process, to run in namespace `ns`; nothing runs until [`Daemon::start`].
     pub fn new(ns: &str, program: PathBuf, args: Vec<String>, log: PathBuf) -> Daemon {
         Daemon {
-            ns: ns.to_owned(),
+            ns: Some(ns.to_owned()),
+            program,
+            args,
+            log,
+            child: None,
+        }
+    }
+
+    /// [`Daemon::new`] for a process of the machine's own, in the root namespace.
+    pub fn in_root_ns(program: PathBuf, args: Vec<String>, log: PathBuf) -> Daemon {
+        Daemon {
+            ns: None,
             program,
             args,
             log,
@@ -53,7 +66,14 @@ impl Daemon {
             .open(&self.log)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log.display()));
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let mut cmd = netns::in_netns(&self.ns, &self.program, &args);
+        let mut cmd = match &self.ns {
+            Some(ns) => netns::in_netns(ns, &self.program, &args),
+            None => {
+                let mut cmd = Command::new(&self.program);
+                cmd.args(&args);
+                cmd
+            }
+        };
         cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("duplicating the log file"))
@@ -112,7 +132,7 @@ impl Daemon {
             "--- {} {} (in {}), last {n} lines of {}:\n{tail}",
             self.program.display(),
             self.args.join(" "),
-            self.ns,
+            self.ns.as_deref().unwrap_or("the root namespace"),
             self.log.display()
         )
     }

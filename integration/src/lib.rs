@@ -2,13 +2,15 @@
 //! controller, N hosts), runs the real weft binaries inside it, and tears it all down on drop.
 //!
 //! Nothing is configured in the machine's root network namespace, and every namespace name carries
-//! a per-process, per-world prefix so tests can run in parallel.
+//! a per-process, per-world prefix so tests can run in parallel. Real Docker-style containers come
+//! from [`Podman`], named with a prefix of the same kind.
 
 mod bins;
 mod cmd;
 mod daemon;
 mod kernel;
 mod netns;
+mod podman;
 mod run;
 mod world;
 
@@ -21,6 +23,7 @@ pub use kernel::{Link, fdb, link, links, neighbours, rx_packets};
 pub use netns::{
     Netns, disable_ipv6, exec, exec_for, ping, ping_counts, ping_in_background, ping_n,
 };
+pub use podman::{CONTAINER_IMAGE, Podman};
 pub use run::exit_code_of;
 pub use world::{BRIDGE, CONTROLLER_IP, CONTROLLER_URL, VXLAN_DEV, World, host_addr};
 
@@ -47,11 +50,16 @@ const CONVERGE: Duration = Duration::from_secs(5);
 
 /// Pings until the path converges, then requires a clean run of three.
 pub fn assert_reaches(from: &str, ip: &str) {
+    assert_pings(from, ip, |count| ping_n(from, ip, count));
+}
+
+/// [`assert_reaches`] with `ping(count)` sending the pings, wherever `from` is.
+fn assert_pings(from: &str, ip: &str, ping: impl Fn(u32) -> Output) {
     assert!(
-        wait_until(CONVERGE, || ping(from, ip)),
+        wait_until(CONVERGE, || ping(1).success()),
         "{from} cannot reach {ip}"
     );
-    let run = ping_n(from, ip, 3);
+    let run = ping(3);
     assert!(
         run.success() && run.stdout.contains(" 0% packet loss"),
         "{from} -> {ip} lost packets:\n{}",

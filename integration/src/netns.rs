@@ -18,13 +18,18 @@ pub fn require_privileges_and_tools() {
         nix::unistd::Uid::effective().is_root(),
         "weft integration tests need root (network namespaces, veth, bridge, vxlan); run them as root"
     );
-    let path = env::var_os("PATH").unwrap_or_default();
     for tool in TOOLS {
         assert!(
-            env::split_paths(&path).any(|dir| dir.join(tool).is_file()),
+            in_path(tool),
             "`{tool}` is not in PATH; install iproute2 and iputils-ping (`make test` does)"
         );
     }
+}
+
+/// Whether a program named `tool` is in `$PATH`.
+pub fn in_path(tool: &str) -> bool {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path).any(|dir| dir.join(tool).is_file())
 }
 
 /// Creates namespace `name` with its loopback up.
