@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use weft_proto::addr::{AddrSpec, NetRef, parse_cidr, parse_subnet};
-use weft_proto::names::{Mac, container_ifname, host_ifname, short_container_id};
+use weft_proto::names::{Mac, container_ifname, host_ifname, mac_for_address, short_container_id};
 use weft_proto::subnet::{PREFIX_RANGE, canonical};
 use weft_proto::tables::{DEFAULT_NETWORK, DEFAULT_VNI, Tables, endpoint_id};
 use weft_proto::v1::{Endpoint, EndpointKey, Network, Peer, delta::Change};
@@ -404,8 +404,12 @@ impl TableRules for View<'_> {
                     ep
                 }
                 None => {
-                    let (mac, ifname) = (0..MAC_TRIES)
-                        .map(|_| new_mac())
+                    // The MAC of an address is the same whoever holds it, so a container that
+                    // gets an address another one had is reached at once: others' ARP caches
+                    // (which no gratuitous ARP can update through proxying VXLAN devices) stay
+                    // right. Random MACs are the fallback when that one is taken.
+                    let (mac, ifname) = std::iter::once(mac_for_address(new_cidrs[0].ip()))
+                        .chain((0..MAC_TRIES).map(|_| new_mac()))
                         .map(|mac| (mac, host_ifname(mac)))
                         .find(|(mac, ifname)| {
                             let mac = mac.to_string();
@@ -797,8 +801,8 @@ mod tests {
         let net = &t.networks["192.168.0.0/24"];
         assert_eq!((net.subnet.as_str(), net.vni), ("192.168.0.0/24", 2));
         let ep = &t.endpoints[&("host1".into(), "192.168.0.0/24".into(), "c1".into())];
-        assert_eq!(ep.mac, "02:00:00:00:00:01");
-        assert_eq!(ep.host_ifname, "vethwepl0000001");
+        assert_eq!(ep.mac, "0a:77:c0:a8:00:02");
+        assert_eq!(ep.host_ifname, "vethwepl0a80002");
         assert_eq!(ep.container_ifname, "ethwe");
         assert_eq!(
             attach(&mut t, "host2", "c2", &["192.168.0.2/24"]),

@@ -7,9 +7,9 @@ use weft_integration::{CONTAINER_IMAGE, Output, Podman, World, assert_rejected, 
 
 // What weftctl's error line must say, besides naming the culprit, for each reason an attach by
 // name can fail. Each reason must be told apart: a line may contain its own needle only.
-const NO_SUCH_CONTAINER: &str = "no such container";
-const NOT_RUNNING: &str = "not running";
-const AMBIGUOUS: &str = "ambiguous";
+const NO_SUCH_CONTAINER: &str = "no container has the name or ID";
+const NOT_RUNNING: &str = "is not running: it is";
+const AMBIGUOUS: &str = " matches ";
 const DOCKER_UNREACHABLE: &str = "cannot reach the Docker API";
 const REASONS: [&str; 4] = [
     NO_SUCH_CONTAINER,
@@ -101,12 +101,11 @@ fn docker_containers_attached_by_pid_reach_each_other() {
 /// The seeds' walkthrough: containers attached by name on two hosts ping across, `weftctl ps`
 /// lists them by ID, and a removed container's address is free at once for another.
 #[test]
-#[ignore = "needs docker names in weft-agent (issue 5)"]
 fn walkthrough_with_container_names() {
     let podman = Podman::start();
     let world = World::with_agent_args(2, &["--docker-host", &podman.url()]);
     let c1 = podman.run_detached("my-test1", &[]);
-    let c2 = podman.run_detached("my-test2", &[]);
+    let c2 = podman.run_detached("my-test2", &["--hostname", "bbox2.weave.local"]);
     let c3 = podman.run_detached("my-test3", &[]);
 
     assert_eq!(
@@ -127,6 +126,9 @@ fn walkthrough_with_container_names() {
         world.ctl(2, &["ps"]),
         ps_line(&podman, &c2, "192.168.0.3/24")
     );
+    // Its hostname is the DNS name it is recorded under.
+    let ps2 = world.ctl(2, &["ps", &c2, "--json"]);
+    assert!(ps2.contains(r#""dns_name":"bbox2.weave.local""#), "{ps2}");
 
     podman.docker_ok(&["rm", "-f", &c1]);
     let removed = Instant::now();
@@ -163,7 +165,6 @@ fn walkthrough_with_container_names() {
 
 /// What an attach by name cannot resolve, it refuses, naming the container and why.
 #[test]
-#[ignore = "needs docker names in weft-agent (issue 5)"]
 fn attach_names_the_container_it_cannot_resolve() {
     let podman = Podman::start();
     let world = World::with_agent_args(1, &["--docker-host", &podman.url()]);
@@ -202,7 +203,6 @@ fn attach_names_the_container_it_cannot_resolve() {
 /// Without a Docker API a name cannot be resolved, and the error names the address tried; a
 /// namespace needs no Docker API.
 #[test]
-#[ignore = "needs docker names in weft-agent (issue 5)"]
 fn attach_by_name_without_docker_api_names_the_api() {
     let nowhere = tempfile::tempdir().expect("temp dir");
     let socket = nowhere.path().join("docker.sock");

@@ -54,6 +54,13 @@ impl FromStr for Mac {
     }
 }
 
+/// The MAC an endpoint gets for its first address, unless another endpoint has it already:
+/// locally administered, unicast, `0a:77` and the four bytes of the address.
+pub fn mac_for_address(ip: std::net::Ipv4Addr) -> Mac {
+    let [a, b, c, d] = ip.octets();
+    Mac([0x0a, 0x77, a, b, c, d])
+}
+
 /// A container id as people read it: Docker's 64-hex-digit ids cut to 12, as `docker ps` and
 /// `weave ps` show them; namespace references (`netns:NAME`, ...) whole.
 pub fn short_container_id(id: &str) -> &str {
@@ -169,6 +176,13 @@ mod tests {
         }
         assert_eq!(container_ifname(0), "ethwe");
         assert_eq!(container_ifname(2), "ethwe2");
+    }
+
+    #[test]
+    fn an_address_has_its_own_mac() {
+        let mac = mac_for_address("192.168.0.2".parse().unwrap());
+        assert_eq!(mac.to_string(), "0a:77:c0:a8:00:02");
+        assert_eq!(mac.0[0] & 0x03, 0x02, "unicast and locally administered");
     }
 
     #[test]
