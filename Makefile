@@ -13,7 +13,7 @@ export PATH := $(PATH):$(HOME)/.cargo/bin
 .PHONY: deps build test demo lint bench
 
 # ip, bridge, ss; ping; Podman's API service and its runtime; the test containers' image.
-DEB_PACKAGES := iproute2 iputils-ping podman runc busybox-static
+DEB_PACKAGES := iproute2 iputils-ping podman runc busybox-static bind9-dnsutils
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \

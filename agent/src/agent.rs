@@ -17,6 +17,8 @@ use weft_proto::v1::{Peer, WatchEvent, watch_event::Event};
 
 use crate::container::Containers;
 use crate::datapath::Datapath;
+use crate::dns::handler::DnsState;
+use crate::dns::listeners::Listeners;
 use crate::docker::DockerApi;
 
 /// How long to wait for a TCP connection to the controller.
@@ -44,6 +46,8 @@ pub struct Agent {
     pub datapath: Datapath,
     /// Finds the containers weftctl names.
     pub containers: Containers,
+    /// DNS inside each local container.
+    pub dns: Listeners,
     /// The controller's tables as last received; `None` until the first snapshot.
     tables: RwLock<Option<Tables>>,
     /// The revision of `tables`, for those waiting for a change of theirs to arrive.
@@ -54,6 +58,8 @@ pub struct Agent {
     link: Mutex<ControllerLink>,
     /// Whether the first reconcile after start has looked into the containers.
     pub(crate) checked_containers: AtomicBool,
+    /// Whether DNS has been opened in the containers attached before the agent started.
+    pub(crate) dns_caught_up: AtomicBool,
     /// The latest revision the controller gave for a change this agent asked for.
     own_revision: AtomicU64,
     /// Set by a reset: the agent changes nothing more and stops.
@@ -112,6 +118,7 @@ impl Agent {
         controller_url: String,
         datapath: Datapath,
         docker_url: &str,
+        dns: DnsState,
     ) -> anyhow::Result<Agent> {
         // Keepalives on both channels: a connection that died in a partition is replaced as
         // soon as it is noticed, not reused after the network heals.
@@ -134,6 +141,7 @@ impl Agent {
             containers: Containers {
                 docker: DockerApi::new(docker_url),
             },
+            dns: Listeners::new(std::sync::Arc::new(dns)),
             tables: RwLock::new(None),
             revision: watch::Sender::new(0),
             changed: Notify::new(),
@@ -144,6 +152,7 @@ impl Agent {
                 last_error: String::new(),
             }),
             checked_containers: AtomicBool::new(false),
+            dns_caught_up: AtomicBool::new(false),
             own_revision: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             stopped: Notify::new(),

@@ -20,6 +20,9 @@ pub struct Container {
     pub netns: PathBuf,
     /// Its hostname, the DNS name it gets when attach is given none (Docker containers only).
     pub hostname: String,
+    /// Its file system, `/proc/PID/root`, for a running Docker container (whose resolv.conf
+    /// weft may rewrite); none for namespaces.
+    pub root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +63,7 @@ pub fn parse_namespace(reference: &str) -> Result<Option<Container>, ContainerEr
             id,
             netns,
             hostname: String::new(),
+            root: None,
         }))
     };
     if let Some(name) = reference.strip_prefix("netns:") {
@@ -134,11 +138,10 @@ impl Containers {
             return Ok(container);
         }
         let found = self.docker.find(reference).await?;
+        let proc = found.pid.map(|pid| PathBuf::from(format!("/proc/{pid}")));
         Ok(Container {
-            netns: found
-                .pid
-                .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
-                .unwrap_or_default(),
+            netns: proc.as_ref().map(|p| p.join("ns/net")).unwrap_or_default(),
+            root: proc.map(|p| p.join("root")),
             id: found.id,
             hostname: found.hostname,
         })

@@ -14,8 +14,9 @@ use crate::container::ContainerError;
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 /// Seconds an API request may take before the API counts as unreachable.
 const REQUEST_TIMEOUT_SECS: u64 = 5;
-/// The events after which a container no longer needs its endpoints.
-const STOP_EVENTS: [&str; 2] = ["die", "destroy"];
+/// The events after which a container no longer needs its endpoints ("remove" is Podman's
+/// word for Docker's "destroy").
+const STOP_EVENTS: [&str; 3] = ["die", "destroy", "remove"];
 
 /// A container as the Docker API describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@
 //! - [`local_api`] serves weftctl, with the steps of its commands in [`changes`];
 //!   [`container`] resolves its CONTAINER references, Docker/Podman ones through [`docker`];
 //! - [`docker_watch`] releases the endpoints of Docker containers that stop or are removed;
+//! - [`dns`] serves containers' names to the containers of this host;
 //! - [`health`] answers `/healthz`.
 
 pub mod agent;
@@ -15,6 +16,7 @@ pub mod changes;
 pub mod container;
 pub mod datapath;
 pub mod desired;
+pub mod dns;
 pub mod docker;
 pub mod docker_watch;
 pub mod health;

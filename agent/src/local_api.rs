@@ -14,7 +14,8 @@ use weft_proto::tables::{DEFAULT_NETWORK, Tables};
 use weft_proto::v1::agent_server::Agent as AgentApi;
 use weft_proto::v1::{
     CreateNetworkRequest, CreateNetworkResponse, DeleteNetworkRequest, DeleteNetworkResponse,
-    Endpoint, ExposeRequest, ExposeResponse, HideRequest, HideResponse, IpamStatusRequest,
+    DnsEntry, DnsLookupRequest, DnsLookupResponse, DnsStatusRequest, DnsStatusResponse, Endpoint,
+    ExposeRequest, ExposeResponse, HideRequest, HideResponse, IpamStatusRequest,
     IpamStatusResponse, ListPeersRequest, ListPeersResponse, LocalAttachRequest,
     LocalAttachResponse, LocalDetachRequest, LocalDetachResponse, NetworkInfo, NetworkListRequest,
     NetworkListResponse, PeerIpam, PsEntry, PsRequest, PsResponse, RemovePeerRequest,
@@ -24,6 +25,8 @@ use weft_proto::v1::{
 use crate::agent::Agent;
 use crate::container::{Container, ContainerError};
 use crate::desired::Exposed;
+use crate::dns::records::name_in_domain;
+use crate::dns::resolv_conf;
 
 pub struct LocalApi {
     agent: Arc<Agent>,
@@ -157,6 +160,29 @@ impl LocalApi {
     }
 }
 
+impl LocalApi {
+    /// Opens DNS inside a container just attached and, if asked (by default for Docker
+    /// containers), points its resolv.conf at it. A DNS that cannot be served does not undo
+    /// the attach; a resolv.conf that was asked for and cannot be written is an error.
+    async fn serve_dns(&self, container: &Container, rewrite: Option<bool>) -> Result<(), Status> {
+        if let Err(e) = self.agent.dns.ensure(container).await {
+            warn!(container = %container.id, "no DNS for this container: {e:#}");
+            return Ok(());
+        }
+        let domain = &self.agent.dns.state().domain;
+        match (rewrite, &container.root) {
+            (Some(false), _) | (None, None) => Ok(()),
+            (Some(true), None) => Err(Status::failed_precondition(format!(
+                "{} has no file system of its own to write a resolv.conf in; \
+                 --rewrite-resolv is for Docker containers",
+                container.id
+            ))),
+            (_, Some(root)) => resolv_conf::point_to_weft(root, domain)
+                .map_err(|e| Status::internal(format!("{e:#}"))),
+        }
+    }
+}
+
 /// The VNI of a network the tables know.
 fn vni_of(t: &Tables, network: &str) -> Option<u32> {
     t.networks.get(network).map(|n| n.vni)
@@ -190,6 +216,9 @@ impl AgentApi for LocalApi {
                 .values()
                 .filter(|ep| ep.peer == agent.name)
                 .count() as u32;
+            let records = agent.dns.state().records();
+            status.dns_domain = agent.dns.state().domain.clone();
+            status.dns_entries = records.len() as u32;
             if let Some(default) = network_infos(t).into_iter().find(|i| {
                 i.network
                     .as_ref()
@@ -358,6 +387,7 @@ impl AgentApi for LocalApi {
                 return Err(internal(e));
             }
         }
+        self.serve_dns(&container, req.rewrite_resolv).await?;
         Ok(Response::new(LocalAttachResponse {
             ips: ips_of(&done.cidrs),
         }))
@@ -489,6 +519,57 @@ impl AgentApi for LocalApi {
             .map_err(|s| self.agent.controller_status(s))?;
         self.agent.caught_up(removed.get_ref().revision).await;
         Ok(removed)
+    }
+
+    async fn dns_lookup(
+        &self,
+        request: Request<DnsLookupRequest>,
+    ) -> Result<Response<DnsLookupResponse>, Status> {
+        let asked = request.into_inner().name;
+        let state = self.agent.dns.state();
+        let name = dns_name::normalize(&asked)
+            .ok()
+            .and_then(|n| name_in_domain(&n, &state.domain))
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "{asked} is not a name in the DNS domain {}",
+                    state.domain
+                ))
+            })?;
+        let ips: Vec<String> = state
+            .records()
+            .addresses
+            .get(&name)
+            .map(|ips| ips.iter().map(|ip| ip.to_string()).collect())
+            .unwrap_or_default();
+        if ips.is_empty() {
+            return Err(Status::not_found(format!(
+                "no container has the name {name}"
+            )));
+        }
+        Ok(Response::new(DnsLookupResponse { name, ips }))
+    }
+
+    async fn dns_status(
+        &self,
+        _request: Request<DnsStatusRequest>,
+    ) -> Result<Response<DnsStatusResponse>, Status> {
+        let state = self.agent.dns.state();
+        let entries = state
+            .records()
+            .addresses
+            .iter()
+            .map(|(name, ips)| DnsEntry {
+                name: name.clone(),
+                ips: ips.iter().map(|ip| ip.to_string()).collect(),
+            })
+            .collect();
+        Ok(Response::new(DnsStatusResponse {
+            domain: state.domain.clone(),
+            ttl: state.ttl,
+            upstreams: state.upstreams.iter().map(|u| u.to_string()).collect(),
+            entries,
+        }))
     }
 }
 

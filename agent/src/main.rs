@@ -3,6 +3,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
@@ -11,6 +12,8 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
 use weft_agent::agent::Agent;
 use weft_agent::datapath::{Datapath, remove_all};
+use weft_agent::dns::handler::DnsState;
+use weft_agent::dns::{DEFAULT_DOMAIN, upstreams_of_resolv_conf};
 use weft_agent::docker::DEFAULT_HOST;
 use weft_agent::local_api::LocalApi;
 use weft_agent::netlink;
@@ -48,6 +51,16 @@ struct Args {
     /// names and IDs are resolved through: unix:///PATH or tcp://HOST:PORT.
     #[arg(long, env = "DOCKER_HOST", default_value = DEFAULT_HOST)]
     docker_host: String,
+    /// The DNS domain of containers' names.
+    #[arg(long, default_value = DEFAULT_DOMAIN, value_parser = parse_domain)]
+    dns_domain: String,
+    /// TTL of weft's DNS answers, in seconds.
+    #[arg(long, default_value_t = 1)]
+    dns_ttl: u32,
+    /// A resolver that names outside the DNS domain are forwarded to (IP or IP:PORT; may be
+    /// repeated) [default: the nameservers of /etc/resolv.conf].
+    #[arg(long, value_name = "ADDR", value_parser = parse_upstream)]
+    dns_upstream: Vec<SocketAddr>,
     /// VXLAN UDP port.
     #[arg(long, default_value_t = 6784)]
     port: u16,
@@ -65,6 +78,19 @@ struct Args {
 enum Mtu {
     Auto,
     Fixed(u32),
+}
+
+fn parse_domain(s: &str) -> Result<String, String> {
+    weft_proto::dns_name::normalize(s)
+}
+
+fn parse_upstream(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| {
+            s.parse::<std::net::IpAddr>()
+                .map(|ip| SocketAddr::new(ip, 53))
+        })
+        .map_err(|_| format!("\"{s}\" is not an IP address or IP:PORT"))
 }
 
 fn parse_mtu(s: &str) -> Result<Mtu, String> {
@@ -100,6 +126,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let dns = dns_state(&args);
     let controller = args
         .controller
         .expect("clap requires --controller without --reset");
@@ -133,6 +160,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         controller,
         datapath,
         &args.docker_host,
+        dns,
     )?);
     let listener = bind_socket(&args.socket).await?;
     let api = tonic::transport::Server::builder()
@@ -152,11 +180,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = follow_controller(&agent) => unreachable!("the watch loop never ends"),
         _ = agent.reconcile_loop() => unreachable!("the reconcile loop never ends"),
         _ = agent.follow_docker() => unreachable!("the Docker loop never ends"),
+        _ = agent.dns.close_when_namespaces_go(Duration::from_millis(500)) => {
+            unreachable!("the DNS clean-up never ends")
+        }
         watched = agent.follow_link_events(args.port) => watched,
     };
     let _ = std::fs::remove_file(&args.socket);
     info!("stopped; the datapath stays in place");
     served
+}
+
+/// DNS as the flags say; the upstreams of the host's resolv.conf unless given.
+fn dns_state(args: &Args) -> DnsState {
+    let upstreams = match args.dns_upstream.as_slice() {
+        [] => upstreams_of_resolv_conf(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        ),
+        given => given.to_vec(),
+    };
+    info!(domain = %args.dns_domain, ?upstreams, "DNS");
+    DnsState {
+        domain: args.dns_domain.clone(),
+        ttl: args.dns_ttl,
+        upstreams,
+        records: Default::default(),
+    }
 }
 
 /// The address this host sends from towards the controller (a UDP connect sends nothing).

@@ -179,6 +179,16 @@ async fn settle_link(
         .with_context(|| format!("cannot set up link {}", link.name))
 }
 
+/// Brings a link up, if it is not.
+pub async fn set_up(handle: &Handle, link: &Link) -> anyhow::Result<()> {
+    if link.up {
+        return Ok(());
+    }
+    set_link(handle, LinkUnspec::new_with_index(link.index).up().build())
+        .await
+        .with_context(|| format!("cannot bring link {} up", link.name))
+}
+
 /// Changes a link as `msg` says.
 async fn set_link(
     handle: &Handle,

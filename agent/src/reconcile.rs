@@ -2,6 +2,7 @@
 //! devices changed, or a while has passed, bring the kernel in line with the tables (dump, diff,
 //! fix: see `Datapath::reconcile`), and give back addresses of endpoints that lost their veth.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use weft_proto::v1::{DetachRequest, Endpoint};
 use crate::agent::Agent;
 use crate::datapath::Desired;
 use crate::desired::host_networks;
+use crate::dns::records::Records;
 use crate::netlink::{self, LinkEvent};
 
 /// A full reconcile runs this often even when nothing changed, to repair what was missed.
@@ -64,7 +66,41 @@ impl Agent {
         // Only tables that hold every change this agent made can say which endpoint lost its
         // veth: older ones may still show one that a detach and a new attach have replaced.
         let local = self.fresh_local_endpoints(|_| true);
-        self.release_unplugged(&local).await
+        self.release_unplugged(&local).await?;
+        self.refresh_dns().await;
+        Ok(())
+    }
+
+    /// Serves the names the tables hold, and DNS inside each local container: containers gone
+    /// from this host lose their listener; after a start, those attached before get theirs
+    /// (attach opens it for new ones).
+    async fn refresh_dns(&self) {
+        let domain = &self.dns.state().domain;
+        let Some((records, local)) = self.with_tables(|t| {
+            let local: BTreeSet<String> = t
+                .endpoints
+                .values()
+                .filter(|ep| ep.peer == self.name && ep.container_id != EXPOSE_ID)
+                .map(|ep| ep.container_id.clone())
+                .collect();
+            (Records::from_tables(t, domain), local)
+        }) else {
+            return;
+        };
+        self.dns.state().set_records(records);
+        self.dns.retain(|id| local.contains(id));
+        if self.dns_caught_up.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for id in local.iter().filter(|id| !self.dns.serves(id)) {
+            let served = match self.containers.identify(id).await {
+                Ok(container) => self.dns.ensure(&container).await,
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = served {
+                warn!(container = %id, "no DNS for this container: {e:#}");
+            }
+        }
     }
 
     /// This host's container endpoints that `keep` selects, from tables that hold every change

@@ -32,11 +32,20 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Connect a container to networks with the given addresses; prints its IPs.
-    #[command(override_usage = "weftctl attach [--name FQDN] [ADDR...] CONTAINER")]
+    #[command(
+        override_usage = "weftctl attach [--name FQDN] [--[no-]rewrite-resolv] [ADDR...] CONTAINER"
+    )]
     Attach {
         /// The container's DNS name [default: its hostname].
         #[arg(long, value_name = "FQDN")]
         name: Option<String>,
+        /// Point the container's resolv.conf at weft's DNS (127.0.0.11, search domain first)
+        /// [default: yes for Docker containers].
+        #[arg(long, overrides_with = "no_rewrite_resolv")]
+        rewrite_resolv: bool,
+        /// Leave the container's resolv.conf as it is.
+        #[arg(long)]
+        no_rewrite_resolv: bool,
         /// Addresses to give the container, then the container.
         #[arg(required = true, value_name = "ARG")]
         args: Vec<String>,
@@ -88,6 +97,12 @@ pub enum Command {
         #[arg(value_name = "PEER")]
         peer: String,
     },
+    /// The addresses of a name in weft's DNS (a single label gets the domain appended).
+    #[command(name = "dns-lookup")]
+    DnsLookup {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
     /// Print a shell completion script: `source <(weftctl completion bash)`.
     Completion {
         #[arg(value_enum)]
@@ -122,6 +137,8 @@ pub enum StatusCommand {
     Networks,
     /// Peers: address, whether their agent is connected (or since when it is gone), endpoints.
     Peers,
+    /// DNS: domain, TTL, upstream resolvers, and every name with its addresses.
+    Dns,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,7 +169,7 @@ mod tests {
             "my-test1",
         ])
         .unwrap();
-        let Command::Attach { name, args } = cli.command else {
+        let Command::Attach { name, args, .. } = cli.command else {
             panic!("not an attach")
         };
         assert_eq!(name.as_deref(), Some("bbox1.weave.local"));

@@ -12,9 +12,10 @@ use weft_proto::addr::AddrSpec;
 use weft_proto::dns_name;
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{
-    CreateNetworkRequest, DeleteNetworkRequest, ExposeRequest, HideRequest, IpamStatusRequest,
-    IpamStatusResponse, ListPeersRequest, LocalAttachRequest, LocalDetachRequest,
-    NetworkListRequest, PsRequest, RemovePeerRequest, ResetRequest, StatusRequest,
+    CreateNetworkRequest, DeleteNetworkRequest, DnsLookupRequest, DnsStatusRequest, ExposeRequest,
+    HideRequest, IpamStatusRequest, IpamStatusResponse, ListPeersRequest, LocalAttachRequest,
+    LocalDetachRequest, NetworkListRequest, PsRequest, RemovePeerRequest, ResetRequest,
+    StatusRequest,
 };
 
 use crate::cli::{Cli, Command, NetworkCommand, Shell, StatusCommand};
@@ -72,7 +73,7 @@ fn check_addrs(addrs: &[String], what: &str) -> Result<(), Failure> {
 /// down.
 fn check_input(command: &Command) -> Result<(), Failure> {
     match command {
-        Command::Attach { name, args } => {
+        Command::Attach { name, args, .. } => {
             let (_, _, what) = addrs_and_container(args.clone(), "attach")?;
             if let Some(name) = name {
                 dns_name::normalize(name).map_err(|e| Failure::new(what, e))?;
@@ -128,13 +129,24 @@ async fn run(cli: Cli) -> Result<String, Failure> {
         move |s: tonic::Status| Failure::new(what, s.message())
     };
     match cli.command {
-        Command::Attach { name, args } => {
+        Command::Attach {
+            name,
+            args,
+            rewrite_resolv,
+            no_rewrite_resolv,
+        } => {
             let (addrs, container, what) = addrs_and_container(args, "attach")?;
+            let rewrite_resolv = match (rewrite_resolv, no_rewrite_resolv) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
             let reply = agent
                 .attach(LocalAttachRequest {
                     container,
                     addrs,
                     dns_name: name.unwrap_or_default(),
+                    rewrite_resolv,
                 })
                 .await
                 .map_err(fail(&what))?
@@ -230,6 +242,26 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 false => None,
             };
             Ok(render::status(&st, reachable, json))
+        }
+        Command::Status {
+            detail: Some(StatusCommand::Dns),
+            json,
+        } => {
+            let reply = agent
+                .dns_status(DnsStatusRequest {})
+                .await
+                .map_err(fail("status dns"))?
+                .into_inner();
+            Ok(render::status_dns(&reply, json))
+        }
+        Command::DnsLookup { name } => {
+            let what = format!("dns-lookup {name}");
+            let reply = agent
+                .dns_lookup(DnsLookupRequest { name })
+                .await
+                .map_err(fail(&what))?
+                .into_inner();
+            Ok(render::ips(&reply.ips))
         }
         Command::Expose { addrs } => {
             let reply = agent

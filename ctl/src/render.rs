@@ -4,7 +4,8 @@
 use serde_json::{Value, json};
 use weft_proto::names::short_container_id;
 use weft_proto::v1::{
-    IpamStatusResponse, Network, NetworkInfo, PeerStatus, PsEntry, ResetResponse, StatusResponse,
+    DnsStatusResponse, IpamStatusResponse, Network, NetworkInfo, PeerStatus, PsEntry,
+    ResetResponse, StatusResponse,
 };
 
 use crate::table;
@@ -221,6 +222,7 @@ pub fn status(st: &StatusResponse, reachable: Option<usize>, as_json: bool) -> S
             "networks": st.networks,
             "endpoints": st.endpoints,
             "ipam": { "range": st.ipam_range, "used": st.ipam_used, "free": st.ipam_free },
+            "dns": { "domain": st.dns_domain, "entries": st.dns_entries },
         }));
     }
     let controller = if st.connected {
@@ -254,6 +256,10 @@ pub fn status(st: &StatusResponse, reachable: Option<usize>, as_json: bool) -> S
                 st.ipam_range, st.ipam_used, st.ipam_free
             ),
         ),
+        (
+            "DNS",
+            format!("{}, {} entries", st.dns_domain, st.dns_entries),
+        ),
     ];
     lines
         .iter()
@@ -280,6 +286,36 @@ fn wrap(value: &str, width: usize, indent: usize) -> String {
         }
     }
     lines.join(&format!("\n{}", " ".repeat(indent)))
+}
+
+/// `weftctl status dns`.
+pub fn status_dns(dns: &DnsStatusResponse, as_json: bool) -> String {
+    if as_json {
+        let entries: Vec<Value> = dns
+            .entries
+            .iter()
+            .map(|e| json!({ "name": e.name, "ips": e.ips }))
+            .collect();
+        return json_line(json!({
+            "domain": dns.domain, "ttl": dns.ttl, "upstreams": dns.upstreams, "entries": entries,
+        }));
+    }
+    let upstreams = match dns.upstreams.as_slice() {
+        [] => "none".to_string(),
+        some => some.join(" "),
+    };
+    let rows: Vec<Vec<String>> = dns
+        .entries
+        .iter()
+        .map(|e| vec![e.name.clone(), e.ips.join(" ")])
+        .collect();
+    format!(
+        "Domain: {}\nTTL: {}s\nUpstreams: {}\n\n{}",
+        dns.domain,
+        dns.ttl,
+        wrap(&upstreams, 80 - 11, 11),
+        table::render(&["NAME", "ADDRESSES"], &rows)
+    )
 }
 
 pub fn reset(reply: &ResetResponse) -> String {
@@ -427,6 +463,8 @@ mod tests {
             ipam_used: 4,
             ipam_free: 1_048_569,
             endpoints: 3,
+            dns_domain: "weave.local".into(),
+            dns_entries: 2,
         }
     }
 
@@ -471,6 +509,27 @@ mod tests {
             "status.json",
             &status(&status_response(true), Some(2), true),
         );
+    }
+
+    #[test]
+    fn dns_entries_line_up() {
+        let dns = DnsStatusResponse {
+            domain: "weave.local".into(),
+            ttl: 1,
+            upstreams: vec!["192.0.2.53:53".into()],
+            entries: [
+                ("bbox1.weave.local", vec!["10.32.0.2"]),
+                ("web.weave.local", vec!["10.32.0.3", "10.32.0.4"]),
+            ]
+            .into_iter()
+            .map(|(name, ips)| weft_proto::v1::DnsEntry {
+                name: name.into(),
+                ips: ips.into_iter().map(String::from).collect(),
+            })
+            .collect(),
+        };
+        golden("status-dns.txt", &status_dns(&dns, false));
+        golden("status-dns.json", &status_dns(&dns, true));
     }
 
     #[test]

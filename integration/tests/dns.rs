@@ -1,0 +1,188 @@
+//! weft's DNS as containers use it: `dig` against 127.0.0.11 inside a container resolves names
+//! of containers on other hosts, several containers under one name, reverse names, and forgets
+//! a detached container's name within a second; `ping NAME` works by short name; bad packets
+//! and floods do not stop it from answering.
+
+use std::fs::File;
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sched::{CloneFlags, setns};
+use weft_integration::{World, exec, wait_until};
+
+/// An address on the test world's underlay with nothing behind it: names outside the domain
+/// are forwarded there and never answered, and no packet leaves the test's namespaces.
+const SILENT_UPSTREAM: &str = "198.18.0.250";
+
+/// `dig @127.0.0.11 ARGS` inside `container`: its answer lines, sorted, and the status.
+fn dig(container: &str, args: &[&str]) -> (Vec<String>, String) {
+    let mut argv = vec!["dig", "@127.0.0.11", "+tries=1", "+time=3"];
+    argv.extend_from_slice(args);
+    let out = exec(container, &argv);
+    assert!(out.success(), "dig {args:?} in {container}: {}", out.stderr);
+    let status = out
+        .stdout
+        .lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or("no answer")
+        .to_string();
+    let mut answers: Vec<String> = out
+        .stdout
+        .split(";; ANSWER SECTION:")
+        .nth(1)
+        .unwrap_or("")
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().last().map(String::from))
+        .collect();
+    answers.sort();
+    (answers, status)
+}
+
+/// `/etc/netns/NS/resolv.conf`, which `ip netns exec NS` puts in place of `/etc/resolv.conf`:
+/// the container's resolver, as `attach --rewrite-resolv` writes it for Docker containers.
+struct NetnsResolvConf(PathBuf);
+
+impl NetnsResolvConf {
+    fn new(ns: &str, text: &str) -> NetnsResolvConf {
+        let dir = PathBuf::from("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).expect("creating /etc/netns/NS");
+        std::fs::write(dir.join("resolv.conf"), text).expect("writing its resolv.conf");
+        NetnsResolvConf(dir)
+    }
+}
+
+impl Drop for NetnsResolvConf {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `work` on a thread inside the namespace `ns`, so its sockets are that namespace's.
+fn in_namespace<T: Send + 'static>(ns: &str, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).expect("opening the namespace");
+        setns(&file, CloneFlags::CLONE_NEWNET).expect("entering the namespace");
+        work()
+    })
+    .join()
+    .expect("the namespace thread panicked")
+}
+
+#[test]
+fn containers_resolve_each_other_across_hosts() {
+    let mut world = World::with_agent_args(2, &["--dns-upstream", SILENT_UPSTREAM]);
+    let c1 = world.container(1, "c1");
+    let c2 = world.container(2, "c2");
+    let c3 = world.container(2, "c3");
+    let c4 = world.container(1, "c4");
+    let attach = |host: usize, name: &str, cidr: &str, c: &str| {
+        world.ctl(
+            host,
+            &["attach", "--name", name, cidr, &format!("netns:{c}")],
+        );
+    };
+    attach(1, "bbox1", "10.2.0.2/24", &c1);
+    attach(2, "bbox2.weave.local", "10.2.0.3/24", &c2);
+    attach(2, "web", "10.2.0.4/24", &c3);
+    attach(1, "web", "10.2.0.5/24", &c4);
+
+    // A container on host2, by its full name and by its single label, from host1.
+    assert_eq!(
+        dig(&c1, &["bbox2.weave.local"]),
+        (vec!["10.2.0.3".into()], "NOERROR".into())
+    );
+    assert_eq!(
+        dig(&c1, &["bbox2"]),
+        (vec!["10.2.0.3".into()], "NOERROR".into())
+    );
+    // Two containers under one name, on two hosts; both orders come back.
+    assert_eq!(dig(&c2, &["web.weave.local"]).0, ["10.2.0.4", "10.2.0.5"]);
+    // Reverse: the address of a container on the other host.
+    assert_eq!(
+        dig(&c2, &["-x", "10.2.0.2"]),
+        (vec!["bbox1.weave.local.".into()], "NOERROR".into())
+    );
+    assert_eq!(world.ctl(1, &["dns-lookup", "bbox2"]), "10.2.0.3\n");
+
+    // A detached container's name is gone everywhere within a second.
+    world.ctl(2, &["detach", &format!("netns:{c2}")]);
+    let detached = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(1), || dig(&c1, &["bbox2.weave.local"])
+            .1
+            == "NXDOMAIN"),
+        "bbox2 still resolves {:?} after its detach",
+        detached.elapsed()
+    );
+    println!("name gone {:?} after the detach", detached.elapsed());
+    assert_eq!(dig(&c1, &["web"]).0, ["10.2.0.4", "10.2.0.5"]);
+
+    // ping by short name, with the resolver a rewritten resolv.conf gives.
+    let _conf = NetnsResolvConf::new(&c1, "search weave.local\nnameserver 127.0.0.11\n");
+    let ping = exec(&c1, &["ping", "-c", "1", "-W", "2", "bbox1"]);
+    assert!(ping.success(), "ping bbox1: {}{}", ping.stdout, ping.stderr);
+    assert!(ping.stdout.contains("10.2.0.2"), "{}", ping.stdout);
+}
+
+#[test]
+fn an_unreachable_upstream_fails_fast_and_bad_queries_do_no_harm() {
+    let mut world = World::with_agent_args(1, &["--dns-upstream", SILENT_UPSTREAM]);
+    let c1 = world.container(1, "c1");
+    world.ctl(
+        1,
+        &[
+            "attach",
+            "--name",
+            "bbox1",
+            "10.2.0.2/24",
+            &format!("netns:{c1}"),
+        ],
+    );
+
+    // Outside the domain: forwarded to an upstream that never answers.
+    let asked = Instant::now();
+    let (_, status) = dig(&c1, &["example.com"]);
+    let took = asked.elapsed();
+    println!("SERVFAIL after {took:?}");
+    assert_eq!(status, "SERVFAIL");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+
+    // Garbage, an oversized datagram and a flood of queries.
+    let sent = in_namespace(&c1, || {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+        socket.connect("127.0.0.11:53").expect("connect");
+        let mut sent = 0;
+        for len in [0usize, 1, 11, 12, 13, 100, 512, 4096, 65_000] {
+            let junk: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            sent += socket.send(&junk).map(|_| 1).unwrap_or(0);
+        }
+        // A header claiming 65535 questions and nothing after it.
+        sent += socket
+            .send(&[0x12, 0x34, 1, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0])
+            .map(|_| 1)
+            .unwrap_or(0);
+        let query = [
+            0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 5, b'b', b'b', b'o', b'x', b'1', 0, 0, 1, 0,
+            1,
+        ];
+        for _ in 0..5_000 {
+            sent += socket.send(&query).map(|_| 1).unwrap_or(0);
+        }
+        sent
+    });
+    println!("sent {sent} bad or flooding datagrams");
+    assert!(sent > 5_000);
+    // Still answering, and right.
+    assert!(
+        wait_until(Duration::from_secs(5), || dig(&c1, &["bbox1"]).0
+            == ["10.2.0.2"]),
+        "no answer after the flood"
+    );
+    // TCP too.
+    assert_eq!(dig(&c1, &["+tcp", "bbox1"]).0, ["10.2.0.2"]);
+}
