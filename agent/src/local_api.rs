@@ -226,6 +226,56 @@ impl LocalApi {
         }
         Ok(())
     }
+
+    /// Plugs the endpoints of an attach in. A new veth's endpoint may also hold addresses this
+    /// attach did not ask for: an earlier attach of the container that the controller recorded
+    /// but never answered (the controller or this agent died) left them, and the container never
+    /// got them. They are given back first, so the container holds what the attach reports.
+    async fn plug_attached(
+        &self,
+        container: &Container,
+        done: &mut AttachResponse,
+    ) -> Result<(), Status> {
+        let mut unreported = Vec::new();
+        for ep in &mut done.endpoints {
+            let plugged = self
+                .agent
+                .datapath
+                .link_exists(&ep.host_ifname)
+                .await
+                .map_err(internal)?;
+            if !plugged {
+                let (asked, left): (Vec<String>, Vec<String>) =
+                    ep.cidrs.drain(..).partition(|c| done.cidrs.contains(c));
+                ep.cidrs = asked;
+                unreported.extend(left);
+            }
+        }
+        if !unreported.is_empty() {
+            warn!(container = %container.id, addresses = ?unreported,
+                "releasing what an unanswered attach left");
+            self.detach_at_controller(&container.id, unreported).await?;
+        }
+        for ep in &done.endpoints {
+            let vni = done
+                .networks
+                .iter()
+                .find(|n| n.name == ep.network)
+                .map(|n| n.vni)
+                .ok_or_else(|| {
+                    Status::internal(format!(
+                        "controller sent no network {} with the attach",
+                        ep.network
+                    ))
+                })?;
+            self.agent
+                .datapath
+                .plug(container, ep, vni)
+                .await
+                .map_err(internal)?;
+        }
+        Ok(())
+    }
 }
 
 /// The VNI of a network the tables know.
@@ -280,7 +330,7 @@ impl AgentApi for LocalApi {
     ) -> Result<Response<ExposeResponse>, Status> {
         let addrs = request.into_inner().addrs;
         check_addrs(&addrs)?;
-        let _busy = self.agent.busy(EXPOSE_ID);
+        let _lock = self.agent.lock_container(EXPOSE_ID).await;
         let done = self.attach_at_controller(EXPOSE_ID, addrs).await?;
         for ep in &done.endpoints {
             let vni = done
@@ -318,7 +368,7 @@ impl AgentApi for LocalApi {
     async fn hide(&self, request: Request<HideRequest>) -> Result<Response<HideResponse>, Status> {
         let addrs = request.into_inner().addrs;
         check_addrs(&addrs)?;
-        let _busy = self.agent.busy(EXPOSE_ID);
+        let _lock = self.agent.lock_container(EXPOSE_ID).await;
         let done = self.detach_at_controller(EXPOSE_ID, addrs).await?;
         let left = done.removed.iter().map(|ep| (ep, None));
         let kept = done.updated.iter().map(|ep| (ep, Exposed::of(ep)));
@@ -380,37 +430,24 @@ impl AgentApi for LocalApi {
         let req = request.into_inner();
         check_addrs(&req.addrs)?;
         let container = container::resolve(&req.container).map_err(container_status)?;
-        let _busy = self.agent.busy(&container.id);
+        let _lock = self.agent.lock_container(&container.id).await;
         // The controller claims the addresses first, so no two hosts can plug the same one.
-        let done = self.attach_at_controller(&container.id, req.addrs).await?;
-        let vnis: HashMap<&str, u32> = done
-            .networks
-            .iter()
-            .map(|n| (n.name.as_str(), n.vni))
-            .collect();
-        for ep in &done.endpoints {
-            let vni = vnis.get(ep.network.as_str()).copied().ok_or_else(|| {
-                Status::internal(format!(
-                    "controller sent no network {} with the attach",
-                    ep.network
-                ))
-            })?;
-            if let Err(e) = self.agent.datapath.plug(&container, ep, vni).await {
-                // Give back what this attach took: a failed attach must leave nothing claimed.
-                match self
-                    .detach_at_controller(&container.id, done.added.clone())
-                    .await
-                {
-                    Ok(undone) => {
-                        if let Err(e) = self.unplug_detached(&container, &undone).await {
-                            warn!(container = %container.id, "undoing a failed attach: {e:#}");
-                        }
+        let mut done = self.attach_at_controller(&container.id, req.addrs).await?;
+        if let Err(e) = self.plug_attached(&container, &mut done).await {
+            // Give back what this attach took: a failed attach must leave nothing claimed.
+            match self
+                .detach_at_controller(&container.id, done.added.clone())
+                .await
+            {
+                Ok(undone) => {
+                    if let Err(e) = self.unplug_detached(&container, &undone).await {
+                        warn!(container = %container.id, "undoing a failed attach: {e:#}");
                     }
-                    Err(s) => warn!(container = %container.id,
-                        "releasing the addresses of a failed attach failed: {}", s.message()),
                 }
-                return Err(internal(e));
+                Err(s) => warn!(container = %container.id,
+                    "releasing the addresses of a failed attach failed: {}", s.message()),
             }
+            return Err(e);
         }
         Ok(Response::new(LocalAttachResponse {
             ips: ips_of(&done.cidrs),
@@ -424,8 +461,29 @@ impl AgentApi for LocalApi {
         let req = request.into_inner();
         check_addrs(&req.addrs)?;
         let container = container::parse(&req.container).map_err(container_status)?;
-        let _busy = self.agent.busy(&container.id);
-        let done = self.detach_at_controller(&container.id, req.addrs).await?;
+        let _lock = self.agent.lock_container(&container.id).await;
+        let whole = req.addrs.is_empty();
+        let done = match self.detach_at_controller(&container.id, req.addrs).await {
+            // Detaching everything, refused as not attached: an earlier detach the controller
+            // recorded may never have been answered (it died), leaving the container's
+            // interfaces here until the watch brings the change. Removing them finishes it.
+            Err(s) if whole && s.code() == Code::NotFound => {
+                let removed = self
+                    .agent
+                    .datapath
+                    .unplug_container(&container)
+                    .await
+                    .map_err(internal)?;
+                if removed.is_empty() {
+                    return Err(s);
+                }
+                warn!(container = %container.id, veths = ?removed,
+                    "the controller had detached the container already; removed its interfaces");
+                self.agent.request_reconcile();
+                return Ok(Response::new(LocalDetachResponse { ips: Vec::new() }));
+            }
+            done => done?,
+        };
         self.unplug_detached(&container, &done)
             .await
             .map_err(internal)?;

@@ -305,7 +305,7 @@ impl Controller for ControllerService {
                 move |t| t.attach(&peer, &container_id, &specs, &mut Mac::random)
             })
             .await?;
-        info!(container = %container_id, %peer, cidrs = ?done.cidrs, "attached");
+        info!(container = %container_id, %peer, cidrs = ?done.cidrs, revision, "attached");
         Ok(Response::new(AttachResponse {
             endpoints: done.endpoints,
             cidrs: done.cidrs,
@@ -345,7 +345,7 @@ impl Controller for ControllerService {
                 }
             })
             .await?;
-        info!(container = %container_id, %peer, released = ?done.released, "detached");
+        info!(container = %container_id, %peer, released = ?done.released, revision, "detached");
         Ok(Response::new(DetachResponse {
             updated: done.updated,
             removed: done.removed,
