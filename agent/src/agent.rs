@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OwnedMutexGuard, watch};
 use tonic::transport::{self, Channel};
 use tracing::{debug, info, warn};
 use weft_proto::tables::Tables;
@@ -53,8 +53,9 @@ pub struct Agent {
     /// The revision of `tables`, for those waiting for a change of theirs to arrive.
     revision: watch::Sender<u64>,
     pub(crate) changed: Notify,
-    /// Containers with an attach or detach under way, and how many.
-    pub(crate) busy: Mutex<HashMap<String, usize>>,
+    /// One lock per container with an attach, detach or release under way: they take turns, so
+    /// none acts on what another is half-way through changing.
+    container_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     link: Mutex<ControllerLink>,
     /// Whether the first reconcile after start has looked into the containers.
     pub(crate) checked_containers: AtomicBool,
@@ -93,20 +94,26 @@ pub struct ControllerLink {
     pub last_error: String,
 }
 
-/// Marks a container busy while it lives: the reconciler leaves its endpoints alone.
-pub struct Busy<'a> {
+/// Held while an attach, detach or release of one container is under way.
+pub struct ContainerLock<'a> {
     agent: &'a Agent,
     container_id: String,
+    mutex: Arc<tokio::sync::Mutex<()>>,
+    /// `None` while still waiting: a wait that is cancelled cleans up too.
+    guard: Option<OwnedMutexGuard<()>>,
 }
 
-impl Drop for Busy<'_> {
+impl Drop for ContainerLock<'_> {
     fn drop(&mut self) {
-        let mut busy = self.agent.busy.lock().expect("busy lock poisoned");
-        if let Some(n) = busy.get_mut(&self.container_id) {
-            *n -= 1;
-            if *n == 0 {
-                busy.remove(&self.container_id);
-            }
+        self.guard.take();
+        let mut containers = self
+            .agent
+            .container_locks
+            .lock()
+            .expect("container locks poisoned");
+        // Only the map and this lock still know the mutex: nobody else holds or awaits it.
+        if Arc::strong_count(&self.mutex) == 2 {
+            containers.remove(&self.container_id);
         }
     }
 }
@@ -145,7 +152,7 @@ impl Agent {
             tables: RwLock::new(None),
             revision: watch::Sender::new(0),
             changed: Notify::new(),
-            busy: Mutex::new(HashMap::new()),
+            container_locks: Mutex::new(HashMap::new()),
             link: Mutex::new(ControllerLink {
                 connected: false,
                 since: Instant::now(),
@@ -185,17 +192,34 @@ impl Agent {
         self.changed.notify_one();
     }
 
-    /// Marks a container busy until the returned guard is dropped.
-    pub fn busy(&self, container_id: &str) -> Busy<'_> {
-        *self
-            .busy
+    /// Waits until no attach, detach or release of `container_id` is under way, and keeps others
+    /// waiting until the returned lock is dropped.
+    pub async fn lock_container(&self, container_id: &str) -> ContainerLock<'_> {
+        let mut lock = self.container_lock(container_id);
+        lock.guard = Some(lock.mutex.clone().lock_owned().await);
+        lock
+    }
+
+    /// The container's lock if nothing is under way for it.
+    pub(crate) fn try_lock_container(&self, container_id: &str) -> Option<ContainerLock<'_>> {
+        let mut lock = self.container_lock(container_id);
+        lock.guard = Some(lock.mutex.clone().try_lock_owned().ok()?);
+        Some(lock)
+    }
+
+    fn container_lock(&self, container_id: &str) -> ContainerLock<'_> {
+        let mutex = self
+            .container_locks
             .lock()
-            .expect("busy lock poisoned")
+            .expect("container locks poisoned")
             .entry(container_id.to_string())
-            .or_default() += 1;
-        Busy {
+            .or_default()
+            .clone();
+        ContainerLock {
             agent: self,
             container_id: container_id.to_string(),
+            mutex,
+            guard: None,
         }
     }
 
@@ -203,16 +227,17 @@ impl Agent {
         self.own_revision.load(Ordering::SeqCst)
     }
 
-    /// No attach or detach is under way.
-    pub(crate) fn is_idle(&self) -> bool {
-        self.busy.lock().expect("busy lock poisoned").is_empty()
+    /// Notes `revision` as the controller's answer to a change this agent asked for.
+    pub(crate) fn made(&self, revision: u64) {
+        self.own_revision.fetch_max(revision, Ordering::SeqCst);
     }
 
-    pub(crate) fn is_busy(&self, container_id: &str) -> bool {
-        self.busy
+    /// No attach, detach or release is under way.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.container_locks
             .lock()
-            .expect("busy lock poisoned")
-            .contains_key(container_id)
+            .expect("container locks poisoned")
+            .is_empty()
     }
 
     pub fn link(&self) -> ControllerLink {
@@ -315,7 +340,7 @@ impl Agent {
     /// asked for: what the agent does and shows next then includes that change, and no
     /// reconcile from older tables undoes it. Gives up (with a warning) after CATCH_UP_TIMEOUT.
     pub async fn caught_up(&self, revision: u64) {
-        self.own_revision.fetch_max(revision, Ordering::SeqCst);
+        self.made(revision);
         let mut seen = self.revision.subscribe();
         let wait = seen.wait_for(|have| *have >= revision);
         if tokio::time::timeout(CATCH_UP_TIMEOUT, wait).await.is_err() {

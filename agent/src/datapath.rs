@@ -11,7 +11,8 @@ use ipnetwork::Ipv4Network;
 use rtnetlink::Handle;
 use tracing::{info, warn};
 use weft_proto::names::{
-    HOST_IFNAME_PREFIX, Mac, bridge_name, guest_tmp_ifname, vni_of_device, vxlan_name,
+    HOST_IFNAME_PREFIX, Mac, bridge_name, container_ifname, guest_tmp_ifname, host_ifname,
+    vni_of_device, vxlan_name,
 };
 use weft_proto::v1::Endpoint;
 
@@ -337,6 +338,33 @@ impl Datapath {
         result?;
         info!(container = %container.id, veth = %ep.host_ifname, %mac, "plugged");
         Ok(())
+    }
+
+    /// Removes the veths of weft's interfaces in `container` (`ethwe`, `ethwe1`, ...; their host
+    /// ends are named from their MAC), whatever the tables say; returns the host ends removed.
+    pub async fn unplug_container(&self, container: &Container) -> anyhow::Result<Vec<String>> {
+        if !container.netns.exists() {
+            return Ok(Vec::new());
+        }
+        let _lock = self.lock.lock().await;
+        let macs: Vec<Mac> = netns::run_in(&container.netns, |handle| async move {
+            let links = netlink::links(&handle).await?;
+            Ok(links
+                .into_iter()
+                .filter(|l| l.name.starts_with(&container_ifname(0)))
+                .filter_map(|l| l.mac)
+                .collect())
+        })
+        .await?;
+        let mut removed = Vec::new();
+        for name in macs.into_iter().map(host_ifname) {
+            if let Some(link) = netlink::link_by_name(&self.handle, &name).await? {
+                netlink::delete_link(&self.handle, &link).await?;
+                info!(veth = %name, "unplugged");
+                removed.push(name);
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes `cidrs` from an endpoint's interface in the container; gone ones are fine.

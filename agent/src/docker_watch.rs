@@ -66,16 +66,20 @@ impl Agent {
     /// attach or detach under way (a container that is started again and attached keeps its
     /// new endpoint).
     async fn release_container_endpoints(&self, endpoints: &[Endpoint]) {
-        for ep in endpoints {
-            if self.is_busy(&ep.container_id) {
+        for seen in endpoints {
+            let Some(_lock) = self.try_lock_container(&seen.container_id) else {
                 continue;
-            }
+            };
+            // As the tables hold it now: an attach or detach may have finished meanwhile.
+            let Some(ep) = self.current(seen) else {
+                continue;
+            };
             info!(container = %ep.container_id, network = %ep.network,
                 "container is not running; releasing its addresses");
             if let Err(e) = self.datapath.unplug(&ep.host_ifname).await {
                 warn!(container = %ep.container_id, veth = %ep.host_ifname, "unplug failed: {e:#}");
             }
-            self.release(ep).await;
+            self.release(&ep).await;
         }
     }
 }

@@ -13,10 +13,10 @@ use weft_proto::subnet::pool_size;
 use weft_proto::tables::{DEFAULT_NETWORK, Tables};
 use weft_proto::v1::agent_server::Agent as AgentApi;
 use weft_proto::v1::{
-    CreateNetworkRequest, CreateNetworkResponse, DeleteNetworkRequest, DeleteNetworkResponse,
-    DnsEntry, DnsLookupRequest, DnsLookupResponse, DnsStatusRequest, DnsStatusResponse, Endpoint,
-    ExposeRequest, ExposeResponse, HideRequest, HideResponse, IpamStatusRequest,
-    IpamStatusResponse, ListPeersRequest, ListPeersResponse, LocalAttachRequest,
+    AttachResponse, CreateNetworkRequest, CreateNetworkResponse, DeleteNetworkRequest,
+    DeleteNetworkResponse, DnsEntry, DnsLookupRequest, DnsLookupResponse, DnsStatusRequest,
+    DnsStatusResponse, Endpoint, ExposeRequest, ExposeResponse, HideRequest, HideResponse,
+    IpamStatusRequest, IpamStatusResponse, ListPeersRequest, ListPeersResponse, LocalAttachRequest,
     LocalAttachResponse, LocalDetachRequest, LocalDetachResponse, NetworkInfo, NetworkListRequest,
     NetworkListResponse, PeerIpam, PsEntry, PsRequest, PsResponse, RemovePeerRequest,
     RemovePeerResponse, ResetRequest, ResetResponse, StatusRequest, StatusResponse,
@@ -181,6 +181,58 @@ impl LocalApi {
                 .map_err(|e| Status::internal(format!("{e:#}"))),
         }
     }
+
+    /// Plugs the endpoints of an attach in. A new veth's endpoint may also hold addresses this
+    /// attach did not ask for: an earlier attach of the container that the controller recorded
+    /// but never answered (the controller or this agent died) left them, and the container never
+    /// got them. They are given back first, so the container holds what the attach reports.
+    async fn plug_attached(
+        &self,
+        container: &Container,
+        done: &mut AttachResponse,
+    ) -> Result<(), Status> {
+        let mut unreported = Vec::new();
+        for ep in &mut done.endpoints {
+            let plugged = self
+                .agent
+                .datapath
+                .link_exists(&ep.host_ifname)
+                .await
+                .map_err(internal)?;
+            if !plugged {
+                let (asked, left): (Vec<String>, Vec<String>) =
+                    ep.cidrs.drain(..).partition(|c| done.cidrs.contains(c));
+                ep.cidrs = asked;
+                unreported.extend(left);
+            }
+        }
+        if !unreported.is_empty() {
+            warn!(container = %container.id, addresses = ?unreported,
+                "releasing what an unanswered attach left");
+            self.agent
+                .detach_at_controller(&container.id, unreported)
+                .await?;
+        }
+        for ep in &done.endpoints {
+            let vni = done
+                .networks
+                .iter()
+                .find(|n| n.name == ep.network)
+                .map(|n| n.vni)
+                .ok_or_else(|| {
+                    Status::internal(format!(
+                        "controller sent no network {} with the attach",
+                        ep.network
+                    ))
+                })?;
+            self.agent
+                .datapath
+                .plug(container, ep, vni)
+                .await
+                .map_err(internal)?;
+        }
+        Ok(())
+    }
 }
 
 /// The VNI of a network the tables know.
@@ -238,7 +290,7 @@ impl AgentApi for LocalApi {
     ) -> Result<Response<ExposeResponse>, Status> {
         let addrs = request.into_inner().addrs;
         check_addrs(&addrs)?;
-        let _busy = self.agent.busy(EXPOSE_ID);
+        let _lock = self.agent.lock_container(EXPOSE_ID).await;
         let done = self
             .agent
             .attach_at_controller(EXPOSE_ID, addrs, "")
@@ -280,7 +332,7 @@ impl AgentApi for LocalApi {
     async fn hide(&self, request: Request<HideRequest>) -> Result<Response<HideResponse>, Status> {
         let addrs = request.into_inner().addrs;
         check_addrs(&addrs)?;
-        let _busy = self.agent.busy(EXPOSE_ID);
+        let _lock = self.agent.lock_container(EXPOSE_ID).await;
         let done = self.agent.detach_at_controller(EXPOSE_ID, addrs).await?;
         let left = done.removed.iter().map(|ep| (ep, None));
         let kept = done.updated.iter().map(|ep| (ep, Exposed::of(ep)));
@@ -351,41 +403,28 @@ impl AgentApi for LocalApi {
             .await
             .map_err(container_status)?;
         let name = dns_name_for(&req.dns_name, &container)?;
-        let _busy = self.agent.busy(&container.id);
+        let _lock = self.agent.lock_container(&container.id).await;
         // The controller claims the addresses first, so no two hosts can plug the same one.
-        let done = self
+        let mut done = self
             .agent
             .attach_at_controller(&container.id, req.addrs, &name)
             .await?;
-        let vnis: HashMap<&str, u32> = done
-            .networks
-            .iter()
-            .map(|n| (n.name.as_str(), n.vni))
-            .collect();
-        for ep in &done.endpoints {
-            let vni = vnis.get(ep.network.as_str()).copied().ok_or_else(|| {
-                Status::internal(format!(
-                    "controller sent no network {} with the attach",
-                    ep.network
-                ))
-            })?;
-            if let Err(e) = self.agent.datapath.plug(&container, ep, vni).await {
-                // Give back what this attach took: a failed attach must leave nothing claimed.
-                match self
-                    .agent
-                    .detach_at_controller(&container.id, done.added.clone())
-                    .await
-                {
-                    Ok(undone) => {
-                        if let Err(e) = self.agent.unplug_detached(&container, &undone).await {
-                            warn!(container = %container.id, "undoing a failed attach: {e:#}");
-                        }
+        if let Err(e) = self.plug_attached(&container, &mut done).await {
+            // Give back what this attach took: a failed attach must leave nothing claimed.
+            match self
+                .agent
+                .detach_at_controller(&container.id, done.added.clone())
+                .await
+            {
+                Ok(undone) => {
+                    if let Err(e) = self.agent.unplug_detached(&container, &undone).await {
+                        warn!(container = %container.id, "undoing a failed attach: {e:#}");
                     }
-                    Err(s) => warn!(container = %container.id,
-                        "releasing the addresses of a failed attach failed: {}", s.message()),
                 }
-                return Err(internal(e));
+                Err(s) => warn!(container = %container.id,
+                    "releasing the addresses of a failed attach failed: {}", s.message()),
             }
+            return Err(e);
         }
         self.serve_dns(&container, req.rewrite_resolv).await?;
         Ok(Response::new(LocalAttachResponse {
@@ -405,11 +444,33 @@ impl AgentApi for LocalApi {
             .identify(&req.container)
             .await
             .map_err(container_status)?;
-        let _busy = self.agent.busy(&container.id);
-        let done = self
+        let _lock = self.agent.lock_container(&container.id).await;
+        let whole = req.addrs.is_empty();
+        let done = match self
             .agent
             .detach_at_controller(&container.id, req.addrs)
-            .await?;
+            .await
+        {
+            // Detaching everything, refused as not attached: an earlier detach the controller
+            // recorded may never have been answered (it died), leaving the container's
+            // interfaces here until the watch brings the change. Removing them finishes it.
+            Err(s) if whole && s.code() == Code::NotFound => {
+                let removed = self
+                    .agent
+                    .datapath
+                    .unplug_container(&container)
+                    .await
+                    .map_err(internal)?;
+                if removed.is_empty() {
+                    return Err(s);
+                }
+                warn!(container = %container.id, veths = ?removed,
+                    "the controller had detached the container already; removed its interfaces");
+                self.agent.request_reconcile();
+                return Ok(Response::new(LocalDetachResponse { ips: Vec::new() }));
+            }
+            done => done?,
+        };
         self.agent
             .unplug_detached(&container, &done)
             .await

@@ -10,6 +10,7 @@ use anyhow::bail;
 use futures::StreamExt;
 use tracing::{debug, info, warn};
 use weft_proto::names::{EXPOSE_ID, HOST_IFNAME_PREFIX, vni_of_device};
+use weft_proto::tables::endpoint_id;
 use weft_proto::v1::{DetachRequest, Endpoint};
 
 use crate::agent::Agent;
@@ -42,8 +43,8 @@ impl Agent {
             return Ok(());
         }
         // Stray veths (no endpoint calls for them) are removed only when the tables hold every
-        // change this agent made and no attach or detach is under way: otherwise a veth may be
-        // newer than the tables.
+        // change this agent made and no attach, detach or release is under way: otherwise a veth
+        // may be newer than the tables.
         let desired = || {
             self.with_tables(|t| Desired {
                 networks: host_networks(t, &self.name),
@@ -136,8 +137,10 @@ impl Agent {
     }
 
     /// Gives back the addresses of local endpoints that have no veth: their container is gone,
-    /// or an attach never finished (the controller or the agent died half-way). An attach or
-    /// detach under way is left alone; checking that before the veth closes the race with it.
+    /// or an attach never finished (the controller or the agent died half-way). Each endpoint is
+    /// looked at under its container's lock and as the tables hold it then: an attach or detach
+    /// under way is left alone, and one that starts meanwhile waits until the release is done,
+    /// so a release never takes an endpoint that an attach is adding to or has just plugged.
     /// On the first pass after the agent starts, endpoints whose veth is there but whose
     /// container has no interface for it (the agent died while plugging) are unplugged and
     /// released too.
@@ -146,12 +149,16 @@ impl Agent {
             return Ok(());
         }
         let first_pass = !self.checked_containers.swap(true, Ordering::SeqCst);
-        for ep in local {
-            if self.is_busy(&ep.container_id) {
+        for seen in local {
+            let Some(_lock) = self.try_lock_container(&seen.container_id) else {
                 continue;
-            }
+            };
+            // An attach or detach may have finished since `local` was read.
+            let Some(ep) = self.current(seen) else {
+                continue;
+            };
             if self.datapath.link_exists(&ep.host_ifname).await? {
-                if !first_pass || self.container_side_plugged(ep).await {
+                if !first_pass || self.container_side_plugged(&ep).await {
                     continue;
                 }
                 warn!(container = %ep.container_id, veth = %ep.host_ifname,
@@ -160,7 +167,7 @@ impl Agent {
             }
             warn!(container = %ep.container_id, network = %ep.network, veth = %ep.host_ifname,
                 "endpoint has no veth on this host; releasing its addresses");
-            self.release(ep).await;
+            self.release(&ep).await;
         }
         Ok(())
     }
@@ -174,9 +181,26 @@ impl Agent {
             addrs: vec![format!("net:{}", ep.network)],
             only_mac: ep.mac.clone(),
         };
-        if let Err(status) = self.client.clone().detach(request).await {
-            warn!(container = %ep.container_id, "release failed: {}", status.message());
+        match self.client.clone().detach(request).await {
+            // Until the tables show the release, they would show the endpoint again.
+            Ok(done) => self.made(done.into_inner().revision),
+            Err(status) => {
+                warn!(container = %ep.container_id, "release failed: {}", status.message())
+            }
         }
+    }
+
+    /// The endpoint as the tables hold it now, if they hold every change this agent made and it
+    /// still has the MAC it had.
+    pub(crate) fn current(&self, ep: &Endpoint) -> Option<Endpoint> {
+        self.with_tables(|t| {
+            let fresh = t.revision >= self.own_revision();
+            t.endpoints
+                .get(&endpoint_id(ep))
+                .filter(|now| fresh && now.mac == ep.mac)
+                .cloned()
+        })
+        .flatten()
     }
 
     /// Whether the endpoint's interface is in its container (a container that is gone counts

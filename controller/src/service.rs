@@ -311,7 +311,7 @@ impl Controller for ControllerService {
                 move |t| t.attach(&peer, &container_id, &specs, &dns_name, &mut Mac::random)
             })
             .await?;
-        info!(container = %container_id, %peer, cidrs = ?done.cidrs, "attached");
+        info!(container = %container_id, %peer, cidrs = ?done.cidrs, revision, "attached");
         Ok(Response::new(AttachResponse {
             endpoints: done.endpoints,
             cidrs: done.cidrs,
@@ -351,7 +351,7 @@ impl Controller for ControllerService {
                 }
             })
             .await?;
-        info!(container = %container_id, %peer, released = ?done.released, "detached");
+        info!(container = %container_id, %peer, released = ?done.released, revision, "detached");
         Ok(Response::new(DetachResponse {
             updated: done.updated,
             removed: done.removed,

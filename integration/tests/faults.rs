@@ -829,8 +829,6 @@ fn expected(ops: &[Operation]) -> BTreeMap<&str, Option<String>> {
 }
 
 #[test]
-#[ignore = "about one run in six still ends with a detach refused as not attached; run with \
-            `cargo test -p weft-integration --test faults -- --ignored`"]
 fn a_thousand_operations_across_crashes_leave_every_view_equal() {
     let started = Instant::now();
     let mut world = World::new(HOSTS);
