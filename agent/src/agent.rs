@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail};
 use tokio::sync::{Notify, OwnedMutexGuard, watch};
 use tonic::transport::{self, Channel};
 use tracing::{debug, info, warn};
+use weft_proto::error::root_cause;
 use weft_proto::tables::Tables;
 use weft_proto::v1::controller_client::ControllerClient;
 use weft_proto::v1::{Peer, WatchEvent, watch_event::Event};
@@ -71,12 +72,9 @@ pub struct Agent {
 /// A failed call to the controller in a few words: its message and, when a transport error lies
 /// beneath, the operating system's reason ("tcp connect error: Connection refused (os error 111)").
 pub fn describe(status: &tonic::Status) -> String {
-    let mut cause: &dyn std::error::Error = status;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    let root = cause.to_string();
-    if root == status.message() || std::ptr::addr_eq(cause, status) {
+    use std::error::Error;
+    let root = root_cause(status);
+    if status.source().is_none() || root == status.message() {
         status.message().to_string()
     } else {
         format!("{}: {root}", status.message())

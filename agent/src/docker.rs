@@ -7,6 +7,7 @@ use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuild
 use bollard::{API_DEFAULT_VERSION, Docker};
 use futures::{Stream, StreamExt};
 use tokio::sync::OnceCell;
+use weft_proto::error::root_cause;
 
 use crate::container::ContainerError;
 
@@ -82,9 +83,9 @@ impl DockerApi {
             .await
     }
 
-    /// Every container, running or not: (ID, names).
-    async fn list(&self) -> Result<Vec<(String, Vec<String>)>, ContainerError> {
-        let options = ListContainersOptionsBuilder::new().all(true).build();
+    /// The containers, all or only the running ones: (ID, names).
+    async fn list(&self, all: bool) -> Result<Vec<(String, Vec<String>)>, ContainerError> {
+        let options = ListContainersOptionsBuilder::new().all(all).build();
         let list = self
             .client()
             .await?
@@ -107,7 +108,7 @@ impl DockerApi {
     /// The container a reference names: its full ID, its name, or a prefix of exactly one ID
     /// (in that order, as the Docker CLI takes them).
     pub async fn find(&self, reference: &str) -> Result<DockerContainer, ContainerError> {
-        let all = self.list().await?;
+        let all = self.list(true).await?;
         let id = match pick(reference, &all) {
             Pick::One(id) => id,
             Pick::None => {
@@ -157,14 +158,12 @@ impl DockerApi {
 
     /// The IDs of the containers running now.
     pub async fn running(&self) -> Result<HashSet<String>, ContainerError> {
-        let options = ListContainersOptionsBuilder::new().build();
-        let list = self
-            .client()
+        Ok(self
+            .list(false)
             .await?
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        Ok(list.into_iter().filter_map(|c| c.id).collect())
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
     }
 
     /// The IDs of containers as they stop or are removed, from `since` (seconds since the
@@ -219,15 +218,6 @@ fn pick(reference: &str, all: &[(String, Vec<String>)]) -> Pick {
         1 => Pick::One(matches.remove(0)),
         _ => Pick::Many(matches),
     }
-}
-
-/// The innermost error's message: for a failed connection, the OS's reason.
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = err;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 #[cfg(test)]

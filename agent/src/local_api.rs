@@ -214,17 +214,12 @@ impl LocalApi {
                 .await?;
         }
         for ep in &done.endpoints {
-            let vni = done
-                .networks
-                .iter()
-                .find(|n| n.name == ep.network)
-                .map(|n| n.vni)
-                .ok_or_else(|| {
-                    Status::internal(format!(
-                        "controller sent no network {} with the attach",
-                        ep.network
-                    ))
-                })?;
+            let vni = attached_vni(done, ep).ok_or_else(|| {
+                Status::internal(format!(
+                    "controller sent no network {} with the attach",
+                    ep.network
+                ))
+            })?;
             self.agent
                 .datapath
                 .plug(container, ep, vni)
@@ -233,6 +228,14 @@ impl LocalApi {
         }
         Ok(())
     }
+}
+
+/// The VNI of an endpoint's network, as the attach that made it says.
+fn attached_vni(done: &AttachResponse, ep: &Endpoint) -> Option<u32> {
+    done.networks
+        .iter()
+        .find(|n| n.name == ep.network)
+        .map(|n| n.vni)
 }
 
 /// The VNI of a network the tables know.
@@ -296,11 +299,7 @@ impl AgentApi for LocalApi {
             .attach_at_controller(EXPOSE_ID, addrs, "")
             .await?;
         for ep in &done.endpoints {
-            let vni = done
-                .networks
-                .iter()
-                .find(|n| n.name == ep.network)
-                .map(|n| n.vni);
+            let vni = attached_vni(&done, ep);
             let exposed = Exposed::of(ep);
             let result = match (vni, exposed) {
                 (Some(vni), Some(exposed)) => self.agent.datapath.expose(vni, Some(&exposed)).await,

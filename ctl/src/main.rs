@@ -10,6 +10,7 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 use weft_proto::addr::AddrSpec;
 use weft_proto::dns_name;
+use weft_proto::error::root_cause;
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{
     CreateNetworkRequest, DeleteNetworkRequest, DnsLookupRequest, DnsStatusRequest, ExposeRequest,
@@ -338,15 +339,6 @@ async fn connect(socket: &Path) -> Result<AgentClient<Channel>, Failure> {
             )
         })?;
     Ok(AgentClient::new(channel))
-}
-
-/// The innermost error's message: for a failed connect, the OS's reason.
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = err;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 #[cfg(test)]

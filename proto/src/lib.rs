@@ -3,6 +3,7 @@
 
 pub mod addr;
 pub mod dns_name;
+pub mod error;
 pub mod names;
 pub mod process;
 pub mod subnet;

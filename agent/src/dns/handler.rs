@@ -188,61 +188,49 @@ impl RequestHandler for DnsHandler {
         let qtype = info.query.query_type();
         let records = self.state.records();
         let ttl = self.state.ttl;
-        match answer_locally(&self.state, &records, &owner.to_string(), qtype) {
-            Some(LocalAnswer::Addresses(ips)) => {
-                let answers: Vec<Record> = ips
-                    .into_iter()
-                    .map(|ip| Record::from_rdata(owner.clone(), ttl, RData::A(A(ip))))
-                    .collect();
+        let record = |rdata| Record::from_rdata(owner.clone(), ttl, rdata);
+        let (code, answers): (ResponseCode, Vec<Record>) =
+            match answer_locally(&self.state, &records, &owner.to_string(), qtype) {
+                Some(LocalAnswer::Addresses(ips)) => (
+                    ResponseCode::NoError,
+                    ips.into_iter().map(|ip| record(RData::A(A(ip)))).collect(),
+                ),
+                Some(LocalAnswer::Names(names)) => (
+                    ResponseCode::NoError,
+                    names
+                        .iter()
+                        .filter_map(|n| Name::from_ascii(format!("{n}.")).ok())
+                        .map(|n| record(RData::PTR(PTR(n))))
+                        .collect(),
+                ),
+                Some(LocalAnswer::NoData) => (ResponseCode::NoError, Vec::new()),
+                Some(LocalAnswer::NoSuchName) => (ResponseCode::NXDomain, Vec::new()),
+                None => return self.forwarded(request, response).await,
+            };
+        self.respond(request, response, code, true, [&answers, &[], &[]])
+            .await
+    }
+}
+
+impl DnsHandler {
+    /// Answers with what an upstream resolver answered, or SERVFAIL.
+    async fn forwarded<R: ResponseHandler>(&self, request: &Request, response: R) -> ResponseInfo {
+        match self.forward(request).await {
+            Some(answer) => {
+                let code = answer.metadata.response_code;
                 self.respond(
                     request,
                     response,
-                    ResponseCode::NoError,
-                    true,
-                    [&answers, &[], &[]],
+                    code,
+                    false,
+                    [&answer.answers, &answer.authorities, &answer.additionals],
                 )
                 .await
             }
-            Some(LocalAnswer::Names(names)) => {
-                let answers: Vec<Record> = names
-                    .iter()
-                    .filter_map(|n| Name::from_ascii(format!("{n}.")).ok())
-                    .map(|n| Record::from_rdata(owner.clone(), ttl, RData::PTR(PTR(n))))
-                    .collect();
-                self.respond(
-                    request,
-                    response,
-                    ResponseCode::NoError,
-                    true,
-                    [&answers, &[], &[]],
-                )
-                .await
-            }
-            Some(LocalAnswer::NoData) => {
-                self.respond(request, response, ResponseCode::NoError, true, [&[]; 3])
+            None => {
+                self.respond(request, response, ResponseCode::ServFail, false, [&[]; 3])
                     .await
             }
-            Some(LocalAnswer::NoSuchName) => {
-                self.respond(request, response, ResponseCode::NXDomain, true, [&[]; 3])
-                    .await
-            }
-            None => match self.forward(request).await {
-                Some(answer) => {
-                    let code = answer.metadata.response_code;
-                    self.respond(
-                        request,
-                        response,
-                        code,
-                        false,
-                        [&answer.answers, &answer.authorities, &answer.additionals],
-                    )
-                    .await
-                }
-                None => {
-                    self.respond(request, response, ResponseCode::ServFail, false, [&[]; 3])
-                        .await
-                }
-            },
         }
     }
 }
