@@ -8,18 +8,20 @@ use tonic::{Code, Request, Response, Status};
 use tracing::warn;
 use weft_proto::addr::AddrSpec;
 use weft_proto::dns_name;
-use weft_proto::names::EXPOSE_ID;
+use weft_proto::names::{EXPOSE_ID, short_container_id};
 use weft_proto::subnet::pool_size;
 use weft_proto::tables::{DEFAULT_NETWORK, Tables};
 use weft_proto::v1::agent_server::Agent as AgentApi;
 use weft_proto::v1::{
     AttachResponse, CreateNetworkRequest, CreateNetworkResponse, DeleteNetworkRequest,
-    DeleteNetworkResponse, DnsEntry, DnsLookupRequest, DnsLookupResponse, DnsStatusRequest,
-    DnsStatusResponse, Endpoint, ExposeRequest, ExposeResponse, HideRequest, HideResponse,
-    IpamStatusRequest, IpamStatusResponse, ListPeersRequest, ListPeersResponse, LocalAttachRequest,
-    LocalAttachResponse, LocalDetachRequest, LocalDetachResponse, NetworkInfo, NetworkListRequest,
+    DeleteNetworkResponse, DnsEntry, DnsLookupRequest, DnsLookupResponse, DnsRecord,
+    DnsStatusRequest, DnsStatusResponse, Endpoint, ExposeRequest, ExposeResponse, HideRequest,
+    HideResponse, IpamStatusRequest, IpamStatusResponse, ListPeersRequest, ListPeersResponse,
+    LocalAttachRequest, LocalAttachResponse, LocalDetachRequest, LocalDetachResponse,
+    LocalDnsUpdateRequest, LocalDnsUpdateResponse, NetworkInfo, NetworkListRequest,
     NetworkListResponse, PeerIpam, PsEntry, PsRequest, PsResponse, RemovePeerRequest,
     RemovePeerResponse, ResetRequest, ResetResponse, StatusRequest, StatusResponse,
+    UpdateDnsRequest,
 };
 
 use crate::agent::Agent;
@@ -608,6 +610,88 @@ impl AgentApi for LocalApi {
             )));
         }
         Ok(Response::new(DnsLookupResponse { name, ips }))
+    }
+
+    async fn dns_update(
+        &self,
+        request: Request<LocalDnsUpdateRequest>,
+    ) -> Result<Response<LocalDnsUpdateResponse>, Status> {
+        let req = request.into_inner();
+        let container = match req.container.as_str() {
+            "" => None,
+            reference => Some(
+                self.agent
+                    .containers
+                    .identify(reference)
+                    .await
+                    .map_err(container_status)?,
+            ),
+        };
+        let me = &self.agent.name;
+        // What the container has: its addresses and its name, the defaults of IPs and -h.
+        let (held, name): (Vec<String>, String) = match &container {
+            Some(c) => self.read_tables(|t| {
+                let eps: Vec<&Endpoint> = t
+                    .endpoints
+                    .values()
+                    .filter(|ep| &ep.peer == me && ep.container_id == c.id)
+                    .collect();
+                let ips = eps.iter().flat_map(|ep| ips_of(&ep.cidrs)).collect();
+                let name = eps
+                    .first()
+                    .map(|ep| ep.dns_name.clone())
+                    .unwrap_or_default();
+                (ips, name)
+            })?,
+            None => (Vec::new(), String::new()),
+        };
+        let name = match (req.name.as_str(), name.as_str()) {
+            ("", "") => {
+                return Err(Status::invalid_argument(
+                    "no name: give -h FQDN (the container has no DNS name)",
+                ));
+            }
+            ("", name) => name.to_string(),
+            (given, _) => given.to_string(),
+        };
+        // One form per name, so that what dns-remove names is what dns-add added.
+        let domain = &self.agent.dns.state().domain;
+        let name = dns_name::normalize(&name).map_err(Status::invalid_argument)?;
+        let name = name_in_domain(&name, domain).ok_or_else(|| {
+            Status::invalid_argument(format!("{name} is not a name in the DNS domain {domain}"))
+        })?;
+        if let Some(c) = &container
+            && held.is_empty()
+            && req.ips.is_empty()
+        {
+            return Err(Status::failed_precondition(format!(
+                "{} is not attached on this host: give its IPs",
+                short_container_id(&c.id)
+            )));
+        }
+        let ips = if req.ips.is_empty() { held } else { req.ips };
+        let records: Vec<DnsRecord> = ips
+            .iter()
+            .map(|ip| DnsRecord {
+                name: name.clone(),
+                ip: ip.clone(),
+                peer: me.clone(),
+                container_id: container.as_ref().map(|c| c.id.clone()).unwrap_or_default(),
+            })
+            .collect();
+        let done = self
+            .agent
+            .client
+            .clone()
+            .update_dns(UpdateDnsRequest {
+                peer: me.clone(),
+                remove: req.remove,
+                records: records.clone(),
+            })
+            .await
+            .map_err(|s| self.agent.controller_status(s))?;
+        self.agent.caught_up(done.get_ref().revision).await;
+        Ok(Response::new(LocalDnsUpdateResponse { records }))
     }
 
     async fn dns_status(

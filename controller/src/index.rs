@@ -55,7 +55,10 @@ impl Index {
                     self.remove_endpoint(old);
                 }
             }
-            Change::PeerPut(_) | Change::PeerDeleted(_) => {}
+            Change::PeerPut(_)
+            | Change::PeerDeleted(_)
+            | Change::DnsRecordPut(_)
+            | Change::DnsRecordDeleted(_) => {}
         }
     }
 

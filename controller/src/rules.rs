@@ -7,10 +7,11 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use weft_proto::addr::{AddrSpec, NetRef, parse_cidr, parse_subnet};
+use weft_proto::dns_name;
 use weft_proto::names::{Mac, container_ifname, host_ifname, mac_for_address, short_container_id};
 use weft_proto::subnet::{PREFIX_RANGE, canonical};
-use weft_proto::tables::{DEFAULT_NETWORK, DEFAULT_VNI, Tables, endpoint_id};
-use weft_proto::v1::{Endpoint, EndpointKey, Network, Peer, delta::Change};
+use weft_proto::tables::{DEFAULT_NETWORK, DEFAULT_VNI, Tables, dns_record_id, endpoint_id};
+use weft_proto::v1::{DnsRecord, Endpoint, EndpointKey, Network, Peer, delta::Change};
 
 use crate::index::Index;
 use crate::ipam::{Holder, IpamError, Pool, Taken};
@@ -57,6 +58,8 @@ pub enum TableError {
     PeerConnected(String),
     #[error("no free MAC address found after {MAC_TRIES} tries")]
     NoFreeMac,
+    #[error("no DNS record {name} {ip}")]
+    NoDnsRecord { name: String, ip: String },
 }
 
 /// What an attach did: the container's endpoints in the networks it touched (and those
@@ -112,6 +115,23 @@ pub trait TableRules {
         name: &str,
         connected: bool,
     ) -> Result<(Vec<String>, Vec<Change>), TableError>;
+    /// Adds DNS records for `peer`, or removes them (by name and address).
+    fn update_dns(
+        &self,
+        peer: &str,
+        remove: bool,
+        records: &[DnsRecord],
+    ) -> Result<Vec<Change>, TableError>;
+}
+
+/// The changes that delete the DNS records `which` selects.
+fn delete_dns_records(tables: &Tables, which: impl Fn(&DnsRecord) -> bool) -> Vec<Change> {
+    tables
+        .dns_records
+        .values()
+        .filter(|r| which(r))
+        .map(|r| Change::DnsRecordDeleted(r.clone()))
+        .collect()
 }
 
 fn check_prefix(subnet: Ipv4Network) -> Result<(), TableError> {
@@ -542,6 +562,17 @@ impl TableRules for View<'_> {
                 done.updated.push(ep);
             }
         }
+        if done.removed.len()
+            == self
+                .index
+                .endpoints_of(self.tables, peer, container_id)
+                .len()
+        {
+            // The container is gone from the peer, and the names added for it with it.
+            changes.extend(delete_dns_records(self.tables, |r| {
+                r.peer == peer && r.container_id == container_id
+            }));
+        }
         Ok((done, changes))
     }
 
@@ -617,8 +648,46 @@ impl TableRules for View<'_> {
                 network: ep.network.clone(),
             }));
         }
+        changes.extend(delete_dns_records(self.tables, |r| r.peer == name));
         changes.push(Change::PeerDeleted(name.to_string()));
         Ok((released, changes))
+    }
+
+    fn update_dns(
+        &self,
+        peer: &str,
+        remove: bool,
+        records: &[DnsRecord],
+    ) -> Result<Vec<Change>, TableError> {
+        if !self.tables.peers.contains_key(peer) {
+            return Err(TableError::UnknownPeer(peer.to_string()));
+        }
+        let mut changes = Vec::new();
+        for record in records {
+            let name = dns_name::normalize(&record.name).map_err(TableError::Invalid)?;
+            let ip: Ipv4Addr = record.ip.parse().map_err(|_| {
+                TableError::Invalid(format!("\"{}\" is not an IPv4 address", record.ip))
+            })?;
+            let record = DnsRecord {
+                name,
+                ip: ip.to_string(),
+                peer: peer.to_string(),
+                container_id: record.container_id.clone(),
+            };
+            let existing = self.tables.dns_records.get(&dns_record_id(&record));
+            match (remove, existing) {
+                (false, Some(r)) if *r == record => {}
+                (false, _) => changes.push(Change::DnsRecordPut(record)),
+                (true, Some(r)) => changes.push(Change::DnsRecordDeleted(r.clone())),
+                (true, None) => {
+                    return Err(TableError::NoDnsRecord {
+                        name: record.name,
+                        ip: record.ip,
+                    });
+                }
+            }
+        }
+        Ok(changes)
     }
 }
 
@@ -670,6 +739,14 @@ mod tests {
             connected: bool,
         ) -> Result<(Vec<String>, Vec<Change>), TableError> {
             self.view(|v| v.remove_peer(name, connected))
+        }
+        fn update_dns(
+            &self,
+            peer: &str,
+            remove: bool,
+            records: &[DnsRecord],
+        ) -> Result<Vec<Change>, TableError> {
+            self.view(|v| v.update_dns(peer, remove, records))
         }
     }
 
@@ -876,6 +953,55 @@ mod tests {
             attach(&mut t, "host1", "c2", &["192.168.0.2/24"]),
             Err("address 192.168.0.2 already in use by 3f2a9c1d7e55 on host2".into())
         );
+    }
+
+    #[test]
+    fn dns_records_live_with_their_container_and_peer() {
+        let mut t = two_hosts();
+        attach(&mut t, "host1", "c1", &["192.168.0.2/24"]).unwrap();
+        let record = |name: &str, ip: &str, container: &str| DnsRecord {
+            name: name.into(),
+            ip: ip.into(),
+            container_id: container.into(),
+            ..DnsRecord::default()
+        };
+        let changes = t
+            .update_dns(
+                "host1",
+                false,
+                &[
+                    record("Web.", "192.168.0.2", "c1"),
+                    record("db", "10.9.9.9", ""),
+                ],
+            )
+            .unwrap();
+        apply_all(&mut t, changes);
+        let names: Vec<_> = t.dns_records.keys().cloned().collect();
+        assert_eq!(
+            names,
+            [
+                ("db".to_string(), "10.9.9.9".to_string()),
+                ("web".to_string(), "192.168.0.2".to_string())
+            ]
+        );
+        // Adding again changes nothing; removing what is not there is refused, naming it.
+        let again = t
+            .update_dns("host1", false, &[record("web", "192.168.0.2", "c1")])
+            .unwrap();
+        assert!(again.is_empty());
+        assert_eq!(
+            t.update_dns("host1", true, &[record("web", "192.168.0.9", "")])
+                .unwrap_err()
+                .to_string(),
+            "no DNS record web 192.168.0.9"
+        );
+        // The container's last endpoint takes its records along; the other stays until rmpeer.
+        let (_, changes) = t.detach("host1", "c1", &[]).unwrap();
+        apply_all(&mut t, changes);
+        assert_eq!(t.dns_records.len(), 1);
+        let (_, changes) = t.remove_peer("host1", false).unwrap();
+        apply_all(&mut t, changes);
+        assert!(t.dns_records.is_empty());
     }
 
     #[test]

@@ -18,8 +18,8 @@ use weft_proto::v1::{
     AttachRequest, AttachResponse, CreateNetworkRequest, CreateNetworkResponse,
     DeleteNetworkRequest, DeleteNetworkResponse, Delta, DetachRequest, DetachResponse,
     ListPeersRequest, ListPeersResponse, PeerStatus, RegisterRequest, RegisterResponse,
-    RemovePeerRequest, RemovePeerResponse, Resumed, WatchEvent, WatchRequest, delta::Change,
-    watch_event::Event,
+    RemovePeerRequest, RemovePeerResponse, Resumed, UpdateDnsRequest, UpdateDnsResponse,
+    WatchEvent, WatchRequest, delta::Change, watch_event::Event,
 };
 
 use crate::index::Index;
@@ -66,6 +66,7 @@ fn status_of(err: TableError) -> Status {
         | TableError::NetworkInUse { .. }
         | TableError::PeerConnected(_) => Status::failed_precondition(msg),
         TableError::UnknownNetwork(_)
+        | TableError::NoDnsRecord { .. }
         | TableError::NotAttached { .. }
         | TableError::NotHeld { .. } => Status::not_found(msg),
         TableError::Ipam(IpamError::InUse { .. }) | TableError::NetworkExists { .. } => {
@@ -404,6 +405,26 @@ impl Controller for ControllerService {
             .await?;
         info!(peer = %name, released = released.len(), "peer removed");
         Ok(Response::new(RemovePeerResponse { released, revision }))
+    }
+
+    async fn update_dns(
+        &self,
+        request: Request<UpdateDnsRequest>,
+    ) -> Result<Response<UpdateDnsResponse>, Status> {
+        let UpdateDnsRequest {
+            peer,
+            remove,
+            records,
+        } = request.into_inner();
+        let count = records.len();
+        let ((), revision) = self
+            .mutate_async({
+                let peer = peer.clone();
+                move |t| Ok(((), t.update_dns(&peer, remove, &records)?))
+            })
+            .await?;
+        info!(%peer, remove, records = count, revision, "DNS records updated");
+        Ok(Response::new(UpdateDnsResponse { revision }))
     }
 
     async fn list_peers(

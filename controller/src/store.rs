@@ -5,14 +5,16 @@ use std::path::{Path, PathBuf};
 
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use weft_proto::v1::{Endpoint, Network, Peer, delta::Change};
+use weft_proto::v1::{DnsRecord, Endpoint, Network, Peer, delta::Change};
 
-use weft_proto::tables::{Tables, endpoint_id};
+use weft_proto::tables::{Tables, dns_record_id, endpoint_id};
 
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 /// Keyed by (peer, network, container id).
 const ENDPOINTS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("endpoints");
+/// Keyed by (name, ip). Stores from before it have none.
+const DNS_RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("dns_records");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
 
@@ -108,6 +110,17 @@ impl Store {
             let ep: Endpoint = self.decode(v.value())?;
             tables.endpoints.insert(endpoint_id(&ep), ep);
         }
+        match txn.open_table(DNS_RECORDS) {
+            Ok(records) => {
+                for row in records.iter().map_err(|e| self.redb_err(e))? {
+                    let (_, v) = row.map_err(|e| self.redb_err(e))?;
+                    let record: DnsRecord = self.decode(v.value())?;
+                    tables.dns_records.insert(dns_record_id(&record), record);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.redb_err(e)),
+        }
         Ok(tables)
     }
 
@@ -118,6 +131,7 @@ impl Store {
             let mut peers = txn.open_table(PEERS).map_err(|e| self.redb_err(e))?;
             let mut networks = txn.open_table(NETWORKS).map_err(|e| self.redb_err(e))?;
             let mut endpoints = txn.open_table(ENDPOINTS).map_err(|e| self.redb_err(e))?;
+            let mut dns_records = txn.open_table(DNS_RECORDS).map_err(|e| self.redb_err(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.redb_err(e))?;
             for change in changes {
                 let written = match change {
@@ -142,6 +156,13 @@ impl Store {
                         k.network.as_str(),
                         k.container_id.as_str(),
                     )),
+                    Change::DnsRecordPut(r) => dns_records.insert(
+                        (r.name.as_str(), r.ip.as_str()),
+                        r.encode_to_vec().as_slice(),
+                    ),
+                    Change::DnsRecordDeleted(r) => {
+                        dns_records.remove((r.name.as_str(), r.ip.as_str()))
+                    }
                 };
                 written.map_err(|e| self.redb_err(e))?;
             }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 /// weftctl: the operator's CLI for weft. It talks to the weft-agent on this host.
 ///
@@ -97,6 +97,21 @@ pub enum Command {
         #[arg(value_name = "PEER")]
         peer: String,
     },
+    /// Add DNS records: the container's addresses (or the IPs given) under its name (or -h
+    /// FQDN); or IPs under a name, with no container.
+    #[command(
+        name = "dns-add",
+        disable_help_flag = true,
+        override_usage = "weftctl dns-add [IP...] CONTAINER [-h FQDN] | IP... -h FQDN"
+    )]
+    DnsAdd(DnsRecordArgs),
+    /// Remove DNS records added with dns-add (same arguments).
+    #[command(
+        name = "dns-remove",
+        disable_help_flag = true,
+        override_usage = "weftctl dns-remove [IP...] CONTAINER [-h FQDN] | IP... -h FQDN"
+    )]
+    DnsRemove(DnsRecordArgs),
     /// The addresses of a name in weft's DNS (a single label gets the domain appended).
     #[command(name = "dns-lookup")]
     DnsLookup {
@@ -110,6 +125,20 @@ pub enum Command {
     },
     /// Print weftctl's man page (roff): `weftctl man > /usr/share/man/man1/weftctl.1`.
     Man,
+}
+
+/// `[IP...] CONTAINER [-h FQDN] | IP... -h FQDN`, as `weave dns-add` takes them.
+#[derive(Args, Debug)]
+pub struct DnsRecordArgs {
+    /// The name [default: the container's].
+    #[arg(short = 'h', value_name = "FQDN")]
+    pub fqdn: Option<String>,
+    /// Addresses, then the container (or only addresses, with -h).
+    #[arg(required = true, value_name = "ARG")]
+    pub args: Vec<String>,
+    /// Print help (-h is the name here, as in Weave).
+    #[arg(long, action = ArgAction::Help)]
+    pub help: Option<bool>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,6 +205,17 @@ mod tests {
         assert_eq!(args, ["10.0.0.2/24", "my-test1"]);
         let missing = Cli::try_parse_from(["weftctl", "attach"]).unwrap_err();
         assert_eq!(missing.exit_code(), 2);
+    }
+
+    #[test]
+    fn dns_add_takes_h_for_the_name() {
+        let cli = Cli::try_parse_from(["weftctl", "dns-add", "10.2.0.9", "-h", "db.weave.local"])
+            .unwrap();
+        let Command::DnsAdd(a) = cli.command else {
+            panic!("not a dns-add")
+        };
+        assert_eq!(a.fqdn.as_deref(), Some("db.weave.local"));
+        assert_eq!(a.args, ["10.2.0.9"]);
     }
 
     #[test]

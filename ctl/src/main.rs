@@ -2,6 +2,7 @@ mod cli;
 mod render;
 mod table;
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -15,11 +16,11 @@ use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{
     CreateNetworkRequest, DeleteNetworkRequest, DnsLookupRequest, DnsStatusRequest, ExposeRequest,
     HideRequest, IpamStatusRequest, IpamStatusResponse, ListPeersRequest, LocalAttachRequest,
-    LocalDetachRequest, NetworkListRequest, PsRequest, RemovePeerRequest, ResetRequest,
-    StatusRequest,
+    LocalDetachRequest, LocalDnsUpdateRequest, NetworkListRequest, PsRequest, RemovePeerRequest,
+    ResetRequest, StatusRequest,
 };
 
-use crate::cli::{Cli, Command, NetworkCommand, Shell, StatusCommand};
+use crate::cli::{Cli, Command, DnsRecordArgs, NetworkCommand, Shell, StatusCommand};
 
 /// A failure to report as `weftctl: <what>: <why>`.
 struct Failure {
@@ -70,6 +71,33 @@ fn check_addrs(addrs: &[String], what: &str) -> Result<(), Failure> {
     Ok(())
 }
 
+/// Splits `[IP...] CONTAINER [-h FQDN] | IP... -h FQDN` into the IPs and the container.
+fn dns_record_args(a: &DnsRecordArgs, verb: &str) -> Result<(Vec<String>, String), Failure> {
+    let mut args = a.args.clone();
+    let container = match args.last() {
+        Some(last) if last.parse::<Ipv4Addr>().is_err() => args.pop().unwrap_or_default(),
+        _ => String::new(),
+    };
+    let what = match container.as_str() {
+        "" => verb.to_string(),
+        c => format!("{verb} {c}"),
+    };
+    for ip in &args {
+        ip.parse::<Ipv4Addr>()
+            .map_err(|_| Failure::new(&what, format!("\"{ip}\" is not an IPv4 address")))?;
+    }
+    if container.is_empty() && a.fqdn.is_none() {
+        return Err(Failure::new(
+            &what,
+            "addresses without a container need -h FQDN",
+        ));
+    }
+    if let Some(name) = &a.fqdn {
+        dns_name::normalize(name).map_err(|e| Failure::new(&what, e))?;
+    }
+    Ok((args, container))
+}
+
 /// Checks what can be checked here, so bad input is reported as such also when the agent is
 /// down.
 fn check_input(command: &Command) -> Result<(), Failure> {
@@ -82,6 +110,8 @@ fn check_input(command: &Command) -> Result<(), Failure> {
         }
         Command::Detach { args } => drop(addrs_and_container(args.clone(), "detach")?),
         Command::Expose { addrs } => check_addrs(addrs, "expose")?,
+        Command::DnsAdd(a) => drop(dns_record_args(a, "dns-add")?),
+        Command::DnsRemove(a) => drop(dns_record_args(a, "dns-remove")?),
         Command::Hide { addrs } => check_addrs(addrs, "hide")?,
         _ => {}
     }
@@ -254,6 +284,22 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .map_err(fail("status dns"))?
                 .into_inner();
             Ok(render::status_dns(&reply, json))
+        }
+        Command::DnsAdd(ref a) | Command::DnsRemove(ref a) => {
+            let remove = matches!(cli.command, Command::DnsRemove(_));
+            let verb = if remove { "dns-remove" } else { "dns-add" };
+            let (ips, container) = dns_record_args(a, verb)?;
+            let what = format!("{verb} {}", a.args.join(" "));
+            agent
+                .dns_update(LocalDnsUpdateRequest {
+                    remove,
+                    ips,
+                    container,
+                    name: a.fqdn.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(fail(&what))?;
+            Ok(String::new())
         }
         Command::DnsLookup { name } => {
             let what = format!("dns-lookup {name}");

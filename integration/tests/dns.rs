@@ -122,6 +122,29 @@ fn containers_resolve_each_other_across_hosts() {
     println!("name gone {:?} after the detach", detached.elapsed());
     assert_eq!(dig(&c1, &["web"]).0, ["10.2.0.4", "10.2.0.5"]);
 
+    // Records beside containers' names: an address under a name of its own, a container's
+    // addresses under a second name; removed again, or with their container.
+    world.ctl(1, &["dns-add", "10.2.0.99", "-h", "printer.weave.local"]);
+    world.ctl(2, &["dns-add", &format!("netns:{c3}"), "-h", "www"]);
+    assert_eq!(dig(&c1, &["printer"]).0, ["10.2.0.99"]);
+    assert_eq!(dig(&c1, &["www.weave.local"]).0, ["10.2.0.4"]);
+    let refused = world.weftctl(1, &["dns-remove", "10.2.0.98", "-h", "printer"]);
+    assert_eq!(
+        (refused.code, refused.stderr.as_str()),
+        (
+            Some(1),
+            "weftctl: dns-remove 10.2.0.98: no DNS record printer.weave.local 10.2.0.98\n"
+        )
+    );
+    world.ctl(1, &["dns-remove", "10.2.0.99", "-h", "printer"]);
+    world.ctl(2, &["detach", &format!("netns:{c3}")]);
+    for gone in ["printer", "www"] {
+        assert!(
+            wait_until(Duration::from_secs(1), || dig(&c1, &[gone]).1 == "NXDOMAIN"),
+            "{gone} still resolves"
+        );
+    }
+
     // ping by short name, with the resolver a rewritten resolv.conf gives.
     let _conf = NetnsResolvConf::new(&c1, "search weave.local\nnameserver 127.0.0.11\n");
     let ping = exec(&c1, &["ping", "-c", "1", "-W", "2", "bbox1"]);

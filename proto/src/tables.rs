@@ -1,9 +1,9 @@
-//! The tables every party shares: peers, networks and endpoints at a revision. The controller
+//! The tables every party shares: peers, networks, endpoints and DNS records at a revision. The controller
 //! changes them; agents follow them through a snapshot and then one [`Change`] per revision.
 
 use std::collections::BTreeMap;
 
-use crate::v1::{Endpoint, EndpointKey, Network, Peer, Snapshot, delta::Change};
+use crate::v1::{DnsRecord, Endpoint, EndpointKey, Network, Peer, Snapshot, delta::Change};
 
 /// The network every host has, whose subnet is the controller's `--ipalloc-range`.
 pub const DEFAULT_NETWORK: &str = "default";
@@ -25,12 +25,20 @@ fn key_id(key: &EndpointKey) -> EndpointId {
     )
 }
 
+/// (name, ip): one DNS record added with `weftctl dns-add`.
+pub type DnsRecordId = (String, String);
+
+pub fn dns_record_id(r: &DnsRecord) -> DnsRecordId {
+    (r.name.clone(), r.ip.clone())
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tables {
     pub revision: u64,
     pub peers: BTreeMap<String, Peer>,
     pub networks: BTreeMap<String, Network>,
     pub endpoints: BTreeMap<EndpointId, Endpoint>,
+    pub dns_records: BTreeMap<DnsRecordId, DnsRecord>,
 }
 
 impl Tables {
@@ -52,6 +60,11 @@ impl Tables {
                 .endpoints
                 .into_iter()
                 .map(|e| (endpoint_id(&e), e))
+                .collect(),
+            dns_records: snapshot
+                .dns_records
+                .into_iter()
+                .map(|r| (dns_record_id(&r), r))
                 .collect(),
         }
     }
@@ -78,6 +91,12 @@ impl Tables {
             Change::EndpointDeleted(key) => {
                 self.endpoints.remove(&key_id(key));
             }
+            Change::DnsRecordPut(r) => {
+                self.dns_records.insert(dns_record_id(r), r.clone());
+            }
+            Change::DnsRecordDeleted(r) => {
+                self.dns_records.remove(&dns_record_id(r));
+            }
         }
     }
 
@@ -86,6 +105,7 @@ impl Tables {
             peers: self.peers.values().cloned().collect(),
             networks: self.networks.values().cloned().collect(),
             endpoints: self.endpoints.values().cloned().collect(),
+            dns_records: self.dns_records.values().cloned().collect(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The names weft serves, from the tables: each container's DNS name (from `attach --name`, or
-//! its hostname) in the DNS domain, with every address of the container, and the reverse.
+//! its hostname) in the DNS domain, with every address of the container, the records added
+//! with `weftctl dns-add`, and the reverse.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -37,6 +38,12 @@ impl Records {
                 if let Some(ip) = cidr.split('/').next().and_then(|ip| ip.parse().ok()) {
                     records.add(&name, ip);
                 }
+            }
+        }
+        for record in tables.dns_records.values() {
+            if let (Some(name), Ok(ip)) = (name_in_domain(&record.name, domain), record.ip.parse())
+            {
+                records.add(&name, ip);
             }
         }
         records
@@ -119,14 +126,22 @@ mod tests {
             ("c3", "", &["10.32.0.4/12"]),
             ("c4", "db.example.com", &["10.32.0.5/12"]),
         ]);
+        let mut t = t;
+        let extra = weft_proto::v1::DnsRecord {
+            name: "web".into(),
+            ip: "10.32.0.9".into(),
+            ..Default::default()
+        };
+        t.dns_records
+            .insert(weft_proto::tables::dns_record_id(&extra), extra);
         let r = Records::from_tables(&t, "weave.local");
         let web: Vec<String> = r.addresses["web.weave.local"]
             .iter()
             .map(|ip| ip.to_string())
             .collect();
-        assert_eq!(web, ["10.32.0.2", "10.32.0.3", "192.168.0.3"]);
+        assert_eq!(web, ["10.32.0.2", "10.32.0.3", "10.32.0.9", "192.168.0.3"]);
         assert_eq!(r.addresses.len(), 1);
-        assert_eq!(r.len(), 3);
+        assert_eq!(r.len(), 4);
         let ip: Ipv4Addr = "192.168.0.3".parse().unwrap();
         assert_eq!(r.names[&ip].iter().collect::<Vec<_>>(), ["web.weave.local"]);
     }
