@@ -4,6 +4,7 @@
 //! Nothing is configured in the machine's root network namespace, and every namespace name carries
 //! a per-process, per-world prefix so tests can run in parallel.
 
+pub mod bench;
 mod bins;
 mod cmd;
 mod daemon;
@@ -17,9 +18,11 @@ use std::time::{Duration, Instant};
 
 pub use bins::{bin_dir, locate_bin};
 pub use cmd::Output;
-pub use kernel::{Link, fdb, link, links, neighbours, rx_packets};
+pub use daemon::Background;
+pub use kernel::{Link, fdb, link, links, neighbours, rx_packets, tx_dropped};
 pub use netns::{
-    Netns, disable_ipv6, exec, exec_for, ping, ping_counts, ping_in_background, ping_n,
+    Netns, disable_ipv6, exec, exec_for, ip, listening, ping, ping_counts, ping_in_background,
+    ping_n,
 };
 pub use run::exit_code_of;
 pub use world::{BRIDGE, CONTROLLER_IP, CONTROLLER_URL, VXLAN_DEV, World, host_addr};
