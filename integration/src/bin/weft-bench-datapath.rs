@@ -29,8 +29,12 @@ const OMIT: &str = "1";
 const UDP_RATE: &str = "200M";
 /// UDP payload: fits the overlay MTU (1450) with its IP and UDP headers, so nothing fragments.
 const UDP_LEN: &str = "1400";
-const PINGS: &str = "200";
-const PING_INTERVAL: &str = "0.005";
+/// Ping RTT: per round, [`PING_BLOCKS`] blocks of [`PINGS`] pings for each system, the systems
+/// alternating block by block, so that a change in the machine's load during the round falls on
+/// all three alike (single 1 s runs one after the other differed by tens of µs).
+const PINGS: usize = 20;
+const PING_BLOCKS: usize = 20;
+const PING_INTERVAL: &str = "0.002";
 const IPERF_PORT: u16 = 5201;
 /// The goals: weft's throughput at least this share of the hand-built datapath's, and its
 /// round-trip time at most this many µs above it.
@@ -70,7 +74,8 @@ enum Test {
 }
 
 impl Test {
-    const ALL: [Test; 4] = [Test::Tcp1, Test::Tcp4, Test::Udp, Test::Ping];
+    /// The tests run one system after the other; ping alternates finer, in [`ping_round`].
+    const THROUGHPUT: [Test; 3] = [Test::Tcp1, Test::Tcp4, Test::Udp];
 
     fn label(self) -> String {
         match self {
@@ -114,7 +119,8 @@ fn run() {
         link(&hand.client, HB_IF).expect("hand-built interface").mtu
     );
     println!(
-        "each round runs every test on the three systems, in an order rotated each round; iperf3 -t {SECONDS} -O {OMIT}; UDP -b {UDP_RATE} -l {UDP_LEN}; ping -c {PINGS} -i {PING_INTERVAL} (median RTT of the run)"
+        "each round runs every test on the three systems, in an order rotated each round; iperf3 -t {SECONDS} -O {OMIT}; UDP -b {UDP_RATE} -l {UDP_LEN}; ping: {PING_BLOCKS} blocks of ping -c {PINGS} -i {PING_INTERVAL} per system, alternating block by block (median RTT of the round's {} pings)",
+        PINGS * PING_BLOCKS
     );
     let paths = [weft, hand, underlay];
     let _servers: Vec<Background> = paths
@@ -123,20 +129,25 @@ fn run() {
         .collect();
 
     let mut samples: BTreeMap<(Test, &str), Vec<Sample>> = BTreeMap::new();
+    let mut record = |round: usize, test: Test, path: &System, sample: Sample| {
+        println!(
+            "round {round}/{ROUNDS}  {:<28} {:<10} {}",
+            test.label(),
+            path.label,
+            shown(test, sample)
+        );
+        samples.entry((test, path.label)).or_default().push(sample);
+    };
     for round in 1..=ROUNDS {
-        for test in Test::ALL {
+        for test in Test::THROUGHPUT {
             for i in 0..paths.len() {
                 check_interrupted();
                 let path = &paths[(round + i) % paths.len()];
-                let sample = measure(test, path);
-                println!(
-                    "round {round}/{ROUNDS}  {:<28} {:<10} {}",
-                    test.label(),
-                    path.label,
-                    shown(test, sample)
-                );
-                samples.entry((test, path.label)).or_default().push(sample);
+                record(round, test, path, measure(test, path));
             }
+        }
+        for (path, sample) in paths.iter().zip(ping_round(&paths, round)) {
+            record(round, Test::Ping, path, sample);
         }
     }
     report(&samples);
@@ -298,7 +309,7 @@ fn measure(test: Test, path: &System) -> Sample {
         Test::Tcp1 => iperf(path, &["-P", "1"]),
         Test::Tcp4 => iperf(path, &["-P", "4"]),
         Test::Udp => iperf(path, &["-u", "-b", UDP_RATE, "-l", UDP_LEN]),
-        Test::Ping => ping_rtt(path),
+        Test::Ping => unreachable!("ping runs in ping_round"),
     }
 }
 
@@ -343,15 +354,40 @@ fn iperf(path: &System, extra: &[&str]) -> Sample {
     }
 }
 
-/// The median round-trip time, in µs, of [`PINGS`] pings from the client to the server.
-fn ping_rtt(path: &System) -> Sample {
+/// Each system's median round-trip time in one round, in µs, over [`PING_BLOCKS`] blocks of
+/// [`PINGS`] pings, the systems taking turns block by block in an order rotated each round.
+fn ping_round(paths: &[System], round: usize) -> Vec<Sample> {
+    let mut rtts: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+    for block in 0..PING_BLOCKS {
+        check_interrupted();
+        for i in 0..paths.len() {
+            let k = (round + block + i) % paths.len();
+            rtts[k].extend(ping_rtts(&paths[k]));
+        }
+    }
+    let sent = (PINGS * PING_BLOCKS) as f64;
+    rtts.into_iter()
+        .zip(paths)
+        .map(|(rtts, path)| {
+            assert!(!rtts.is_empty(), "{}: no ping replies", path.label);
+            Sample {
+                loss: Some(100.0 * (sent - rtts.len() as f64) / sent),
+                value: median(rtts),
+            }
+        })
+        .collect()
+}
+
+/// The round-trip times, in µs, of [`PINGS`] pings from the client to the server.
+fn ping_rtts(path: &System) -> Vec<f64> {
+    let count = PINGS.to_string();
     let out = exec(
         &path.client,
         &[
             "ping",
             "-n",
             "-c",
-            PINGS,
+            &count,
             "-i",
             PING_INTERVAL,
             "-W",
@@ -359,24 +395,11 @@ fn ping_rtt(path: &System) -> Sample {
             &path.server_ip,
         ],
     );
-    let rtts: Vec<f64> = out
-        .stdout
+    out.stdout
         .lines()
         .filter_map(|l| l.split_once(" time=")?.1.strip_suffix(" ms")?.parse().ok())
         .map(|ms: f64| ms * 1000.0)
-        .collect();
-    assert!(
-        !rtts.is_empty(),
-        "{}: no ping replies:\n{}{}",
-        path.label,
-        out.stdout,
-        out.stderr
-    );
-    let total: usize = PINGS.parse().expect("a count");
-    Sample {
-        value: median(rtts.clone()),
-        loss: Some(100.0 * (total - rtts.len()) as f64 / total as f64),
-    }
+        .collect()
 }
 
 fn shown(test: Test, sample: Sample) -> String {
