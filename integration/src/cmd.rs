@@ -24,6 +24,16 @@ impl Output {
     }
 }
 
+impl From<std::process::Output> for Output {
+    fn from(out: std::process::Output) -> Output {
+        Output {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 /// Runs `cmd` with no stdin, capturing its output. Panics if it cannot start or overruns
 /// [`COMMAND_TIMEOUT`]; a non-zero exit is reported, not treated as an error.
 pub fn run(cmd: Command) -> Output {

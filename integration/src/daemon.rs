@@ -143,3 +143,35 @@ impl Daemon {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
+
+/// A helper process outside any world (a traffic server, say) in namespace `ns`, stopped when
+/// dropped, also while panicking, so a failed benchmark leaves no process behind.
+pub struct Background {
+    daemon: Daemon,
+}
+
+impl Background {
+    /// Starts `program ARGS...` in `ns`, its output appended to `log`.
+    pub fn start(ns: &str, program: &str, args: &[&str], log: PathBuf) -> Background {
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let mut daemon = Daemon::new(ns, PathBuf::from(program), args, log);
+        daemon.start();
+        Background { daemon }
+    }
+
+    /// How the process ended, if it has.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.daemon.exited()
+    }
+
+    /// The last `n` lines of its output, headed by its command line.
+    pub fn log_tail(&self, n: usize) -> String {
+        self.daemon.log_tail(n)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.daemon.stop();
+    }
+}

@@ -54,13 +54,24 @@ pub fn link(ns: &str, name: &str) -> Option<Link> {
 /// Every frame a bridge delivers to a container shows up here, whatever its protocol, so an
 /// unchanged count proves nothing arrived.
 pub fn rx_packets(ns: &str, dev: &str) -> u64 {
+    stat64(ns, dev, "rx", "packets")
+}
+
+/// How many packets interface `dev` in `ns` dropped on transmit: a packet sent before the
+/// kernel has activated the interface's queue counts here.
+pub fn tx_dropped(ns: &str, dev: &str) -> u64 {
+    stat64(ns, dev, "tx", "dropped")
+}
+
+/// One of the kernel's 64-bit counters of `dev` in `ns`, e.g. `rx` `packets`.
+fn stat64(ns: &str, dev: &str, direction: &str, counter: &str) -> u64 {
     let mut cmd = Command::new("ip");
     cmd.args(["-n", ns, "-s", "-j", "link", "show", "dev", dev]);
     let out = cmd::check(cmd).stdout;
     json_array(&out)
         .first()
-        .and_then(|l| l["stats64"]["rx"]["packets"].as_u64())
-        .unwrap_or_else(|| panic!("no RX packet count for {dev} in {ns}: {out}"))
+        .and_then(|l| l["stats64"][direction][counter].as_u64())
+        .unwrap_or_else(|| panic!("no {direction} {counter} count for {dev} in {ns}: {out}"))
 }
 
 /// The FDB entries of device `dev` in `ns` that point at a remote VTEP, as `(mac, dst)` pairs.

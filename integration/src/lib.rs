@@ -5,6 +5,7 @@
 //! a per-process, per-world prefix so tests can run in parallel. Real Docker-style containers come
 //! from [`Podman`], named with a prefix of the same kind.
 
+pub mod bench;
 mod bins;
 mod cmd;
 mod daemon;
@@ -19,9 +20,11 @@ use std::time::{Duration, Instant};
 
 pub use bins::{bin_dir, locate_bin};
 pub use cmd::Output;
-pub use kernel::{Link, fdb, link, links, neighbours, rx_packets};
+pub use daemon::Background;
+pub use kernel::{Link, fdb, link, links, neighbours, rx_packets, tx_dropped};
 pub use netns::{
-    Netns, disable_ipv6, exec, exec_for, ping, ping_counts, ping_in_background, ping_n,
+    Netns, disable_ipv6, exec, exec_for, ip, listening, ping, ping_counts, ping_in_background,
+    ping_n,
 };
 pub use podman::{CONTAINER_IMAGE, Podman};
 pub use run::exit_code_of;

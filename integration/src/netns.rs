@@ -74,6 +74,12 @@ pub fn exec(ns: &str, args: &[&str]) -> Output {
     cmd::run(in_netns(ns, args[0], &args[1..]))
 }
 
+/// Whether a process in `ns` listens on TCP `port`.
+pub fn listening(ns: &str, port: u16) -> bool {
+    let filter = format!("sport = :{port}");
+    !exec(ns, &["ss", "-Hltn", &filter]).stdout.trim().is_empty()
+}
+
 /// [`exec`] for a command that may need longer than the harness's usual limit, e.g. a load
 /// generator; it is killed after `timeout`.
 pub fn exec_for(ns: &str, args: &[&str], timeout: Duration) -> Output {

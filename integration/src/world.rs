@@ -4,7 +4,7 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::{self, ExitStatus};
+use std::process::{self, Command, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::{self, sleep};
@@ -171,13 +171,22 @@ impl World {
 
     /// Runs weftctl in host `host`'s namespace against an arbitrary agent socket.
     pub fn weftctl_at(&self, host: usize, socket: &Path, args: &[&str]) -> Output {
+        cmd::run(self.weftctl_command_at(host, socket, args))
+    }
+
+    /// The command [`World::weftctl`] runs, for a caller that times it itself.
+    pub fn weftctl_command(&self, host: usize, args: &[&str]) -> Command {
+        self.weftctl_command_at(host, &self.socket(host), args)
+    }
+
+    fn weftctl_command_at(&self, host: usize, socket: &Path, args: &[&str]) -> Command {
         let socket = socket.to_str().expect("socket path is UTF-8");
         let mut argv = vec!["--socket", socket];
         argv.extend_from_slice(args);
         let mut cmd = netns::in_netns(&self.host_ns(host), &self.bins.ctl, &argv);
         // weftctl's stderr is asserted on: keep the caller's log filter from adding lines to it.
         cmd.env_remove("RUST_LOG");
-        cmd::run(cmd)
+        cmd
     }
 
     /// SIGKILLs the controller, as a crash would.
@@ -189,17 +198,12 @@ impl World {
     pub fn start_controller(&self) {
         self.controller().start();
         let ctl_ns = format!("{}-ctl", self.prefix);
-        let port = format!("sport = :{CONTROLLER_PORT}");
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.controller().exited() {
                 panic!("weft-controller exited ({status}) before listening");
             }
-            if !netns::exec(&ctl_ns, &["ss", "-Hltn", &port])
-                .stdout
-                .trim()
-                .is_empty()
-            {
+            if netns::listening(&ctl_ns, CONTROLLER_PORT) {
                 return;
             }
             assert!(

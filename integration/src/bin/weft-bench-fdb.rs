@@ -12,14 +12,13 @@ use std::fs;
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use weft_integration::bench::{self, check_interrupted, median};
 use weft_integration::{
-    BRIDGE, CONTROLLER_URL, Netns, VXLAN_DEV, World, bin_dir, exec, exec_for, exit_code_of, fdb,
-    host_addr, locate_bin, neighbours, wait_until,
+    BRIDGE, CONTROLLER_URL, Netns, VXLAN_DEV, World, exec, exec_for, exit_code_of, fdb, host_addr,
+    ip, locate_bin, neighbours, wait_until,
 };
 
 const ENDPOINTS: usize = 10_000;
@@ -41,30 +40,9 @@ const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// measurement on a two-core machine.
 const SETTLE: Duration = Duration::from_secs(1);
 
-/// Set by SIGINT or SIGTERM: the run stops at the next step by panicking, so that unwinding
-/// deletes every namespace it made, which dying of the signal would leave behind.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 fn main() -> ExitCode {
-    let action = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe. Children
-        // get the default disposition back at exec, so Ctrl-C still stops them.
-        unsafe { signal::sigaction(sig, &action) }.expect("installing a signal handler");
-    }
-    exit_code_of("weft-bench-fdb", bench)
-}
-
-fn check_interrupted() {
-    assert!(!INTERRUPTED.load(Ordering::SeqCst), "interrupted");
+    bench::stop_on_interrupt();
+    exit_code_of("weft-bench-fdb", run)
 }
 
 /// What weft's agent reported for one reconcile.
@@ -94,11 +72,11 @@ struct Entries {
     neighbours: BTreeSet<(String, String)>,
 }
 
-fn bench() {
+fn run() {
     println!(
         "weft-bench-fdb: time to program {ENDPOINTS} remote endpoints on one host, weft-agent vs iproute2 batch files"
     );
-    print_machine();
+    bench::print_machine();
     let scratch = tempfile::tempdir().expect("creating a temp dir");
     let mut world = World::new(2);
     // Both agents stay down while the controller fills, and host1's for good: on two cores, an
@@ -151,44 +129,6 @@ fn bench() {
         baseline.push(base);
     }
     report(&weft, &baseline);
-}
-
-fn print_machine() {
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = field(&cpuinfo, "model name").unwrap_or("unknown CPU");
-    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib: f64 = field(&meminfo, "MemTotal")
-        .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let iproute2 = Command::new("ip")
-        .arg("-V")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    println!(
-        "machine: {cpus} CPUs ({model}), {:.1} GiB memory, Linux {}",
-        mem_kib / (1024.0 * 1024.0),
-        kernel.trim()
-    );
-    println!("iproute2: {}", iproute2.trim());
-    println!(
-        "binaries: {} ({} build of this benchmark)",
-        bin_dir().display(),
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-    );
-}
-
-/// The value of the first `key: value` line of a /proc file.
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == key))
-        .map(|(_, v)| v.trim())
 }
 
 /// Fills the controller through weft-load, run in host1's namespace, and returns the entries
@@ -352,33 +292,18 @@ fn baseline_round(
     Baseline { fdb_ms, neigh_ms }
 }
 
-fn ip(ns: &str, args: &[&str]) {
-    let argv: Vec<&str> = ["ip"].iter().chain(args).copied().collect();
-    let out = exec(ns, &argv);
+/// Runs `argv` to completion and returns its wall time in ms.
+fn timed(argv: &[&str]) -> f64 {
+    let mut cmd = Command::new(argv[0]);
+    cmd.args(&argv[1..]);
+    let (elapsed, out) = bench::timed(cmd);
     assert!(
         out.success(),
-        "{} in {ns}: {}",
+        "{} failed: {}",
         argv.join(" "),
         out.stderr.trim()
     );
-}
-
-/// Runs `argv` to completion and returns its wall time in ms. Not the harness's runner: that one
-/// polls every 10 ms, too coarse for what is measured here.
-fn timed(argv: &[&str]) -> f64 {
-    let started = Instant::now();
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", argv[0]));
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
-    assert!(
-        out.status.success(),
-        "{} failed: {}",
-        argv.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    ms
+    elapsed.as_secs_f64() * 1000.0
 }
 
 fn path_str(path: &Path) -> &str {
@@ -435,14 +360,5 @@ fn report(weft: &[f64], baseline: &[Baseline]) {
         "target <= {TARGET}: {}",
         if ratio <= TARGET { "met" } else { "missed" }
     );
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
+    bench::print_load("at end");
 }

@@ -1,0 +1,164 @@
+//! What every benchmark binary shares: stopping cleanly on Ctrl-C, saying what machine and load
+//! it ran on, timing a command exactly, and summarising samples.
+
+use std::fs;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+use crate::bins::bin_dir;
+use crate::cmd::Output;
+
+/// Set by SIGINT or SIGTERM: the run stops at the next [`check_interrupted`] by panicking, so
+/// that unwinding deletes every namespace it made, which dying of the signal would leave behind.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Turns SIGINT and SIGTERM into a flag that [`check_interrupted`] acts on.
+pub fn stop_on_interrupt() {
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe. Children
+        // get the default disposition back at exec, so Ctrl-C still stops them.
+        unsafe { signal::sigaction(sig, &action) }.expect("installing a signal handler");
+    }
+}
+
+/// Panics (and so cleans up) once SIGINT or SIGTERM has arrived.
+pub fn check_interrupted() {
+    assert!(!INTERRUPTED.load(Ordering::SeqCst), "interrupted");
+}
+
+/// Prints the CPUs, memory, kernel, iproute2 and which build of the weft binaries is measured.
+pub fn print_machine() {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = field(&cpuinfo, "model name").unwrap_or("unknown CPU");
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: f64 = field(&meminfo, "MemTotal")
+        .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "machine: {cpus} CPUs ({model}), {:.1} GiB memory, Linux {}",
+        mem_kib / (1024.0 * 1024.0),
+        kernel.trim()
+    );
+    println!("iproute2: {}", tool_version(&["ip", "-V"]));
+    println!(
+        "binaries: {} ({} build of this benchmark)",
+        bin_dir().display(),
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+    );
+    print_load("at start");
+}
+
+/// Prints the 1, 5 and 15 minute load averages: the machine is shared, and a figure taken
+/// under load must say so.
+pub fn print_load(when: &str) {
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let averages: Vec<&str> = load.split_whitespace().take(3).collect();
+    println!("load average {when}: {}", averages.join(" "));
+}
+
+/// The first line a tool prints about its version, e.g. `ip -V`, or why there is none.
+pub fn tool_version(argv: &[&str]) -> String {
+    match Command::new(argv[0]).args(&argv[1..]).output() {
+        Ok(out) => {
+            let text = [out.stdout, out.stderr].concat();
+            let text = String::from_utf8_lossy(&text);
+            text.lines().next().unwrap_or("").trim().to_owned()
+        }
+        Err(e) => format!("cannot run {}: {e}", argv[0]),
+    }
+}
+
+/// The value of the first `key: value` line of a /proc file.
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == key))
+        .map(|(_, v)| v.trim())
+}
+
+/// Runs `cmd` to completion (no stdin) and returns its wall time with what it left. Not the
+/// harness's runner: that one polls every 10 ms, too coarse for what is measured with this.
+pub fn timed(cmd: Command) -> (Duration, Output) {
+    timed_with_stdin(cmd, "")
+}
+
+/// [`timed`] for a command that reads `input` on its stdin (a CNI plugin, its configuration).
+pub fn timed_with_stdin(mut cmd: Command, input: &str) -> (Duration, Output) {
+    let shown = format!("{cmd:?}");
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    stdin
+        .write_all(input.as_bytes())
+        .unwrap_or_else(|e| panic!("writing to {shown}'s stdin: {e}"));
+    // Closing stdin is the end of the input.
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {shown}: {e}"));
+    (started.elapsed(), Output::from(out))
+}
+
+/// The median; the mean of the middle two for an even count.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    assert!(!values.is_empty(), "median of no samples");
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// The `p`th percentile (0 < p <= 100) by nearest rank: the smallest sample with at least p% of
+/// the samples at or below it, so p99 of 100 samples is the second largest.
+pub fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
+    assert!(!values.is_empty(), "percentile of no samples");
+    values.sort_by(f64::total_cmp);
+    let rank = (p / 100.0 * values.len() as f64).ceil() as usize;
+    values[rank.clamp(1, values.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn percentile_by_nearest_rank() {
+        let hundred: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(hundred.clone(), 50.0), 50.0);
+        assert_eq!(percentile(hundred.clone(), 99.0), 99.0);
+        assert_eq!(percentile(hundred, 100.0), 100.0);
+        assert_eq!(percentile(vec![7.0], 99.0), 7.0);
+    }
+}
