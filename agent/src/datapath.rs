@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use futures::{StreamExt, TryStreamExt, stream};
@@ -23,6 +24,9 @@ use crate::netns;
 
 /// Netlink requests kept in flight at once when programming many entries.
 const NETLINK_PIPELINE: usize = 64;
+
+/// How long plugging waits for a new veth's ends to pass frames.
+const RUNNING_WAIT: Duration = Duration::from_millis(1500);
 
 pub struct Datapath {
     handle: Handle,
@@ -317,6 +321,7 @@ impl Datapath {
         let guest_name = guest_tmp_ifname(&ep.host_ifname);
         let (host, guest) =
             netlink::create_veth(&self.handle, &ep.host_ifname, &guest_name, mtu).await?;
+        let inside_name = inside.clone();
         let result = async {
             netlink::move_to_netns(&self.handle, &guest, &netns_file).await?;
             netns::run_in(&container.netns, move |handle| async move {
@@ -326,7 +331,19 @@ impl Datapath {
                 netlink::configure_container_if(&handle, &guest, &inside, mac, mtu, &cidrs).await
             })
             .await?;
-            netlink::attach_to_bridge(&self.handle, &host, &bridge, mtu).await
+            netlink::attach_to_bridge(&self.handle, &host, &bridge, mtu).await?;
+            // The attach answers once both ends pass frames: the container's first ARP would
+            // otherwise be dropped, and retried only a second later.
+            let (host_up, inside_up) = tokio::join!(
+                netlink::wait_running(&self.handle, &ep.host_ifname, RUNNING_WAIT),
+                netns::run_in(&container.netns, move |handle| async move {
+                    netlink::wait_running(&handle, &inside_name, RUNNING_WAIT).await
+                })
+            );
+            if !(host_up? && inside_up?) {
+                warn!(veth = %ep.host_ifname, "the veth is not running after {RUNNING_WAIT:?}");
+            }
+            anyhow::Ok(())
         }
         .await;
         if result.is_err() {

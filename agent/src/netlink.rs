@@ -11,7 +11,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo,
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, State,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
@@ -34,6 +34,9 @@ pub struct Link {
     pub mac: Option<Mac>,
     pub mtu: u32,
     pub up: bool,
+    /// Operationally up: the kernel has activated its queues, so a frame sent now is not
+    /// dropped (RFC 2863 state, set a moment after the carrier comes on).
+    pub running: bool,
     pub controller: Option<u32>,
     pub kind: Option<InfoKind>,
     pub vxlan: Vec<InfoVxlan>,
@@ -47,6 +50,7 @@ impl Link {
             mac: None,
             mtu: 0,
             up: msg.header.flags.contains(LinkFlags::Up),
+            running: false,
             controller: None,
             kind: None,
             vxlan: Vec::new(),
@@ -56,6 +60,7 @@ impl Link {
                 LinkAttribute::IfName(name) => link.name = name,
                 LinkAttribute::Address(bytes) => link.mac = Mac::from_slice(&bytes),
                 LinkAttribute::Mtu(mtu) => link.mtu = mtu,
+                LinkAttribute::OperState(state) => link.running = state == State::Up,
                 LinkAttribute::Controller(index) => link.controller = Some(index),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
@@ -177,6 +182,26 @@ async fn settle_link(
     set_link(handle, msg.build())
         .await
         .with_context(|| format!("cannot set up link {}", link.name))
+}
+
+/// Waits until a link is operationally up, for at most `limit`: the kernel activates a new
+/// veth's queues from a deferred work item (up to a second later), and drops what is sent
+/// before. Returns whether it came up.
+pub async fn wait_running(
+    handle: &Handle,
+    name: &str,
+    limit: std::time::Duration,
+) -> anyhow::Result<bool> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if link_by_name(handle, name).await?.is_some_and(|l| l.running) {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
 }
 
 /// Brings a link up, if it is not.
