@@ -300,14 +300,24 @@ impl Datapath {
         let _lock = self.lock.lock().await;
         let cidrs = parse_cidrs(&ep.cidrs)?;
         let inside = ep.container_ifname.clone();
-        if self.link_exists(&ep.host_ifname).await? {
-            return netns::run_in(&container.netns, move |handle| async move {
-                let link = netlink::link_by_name(&handle, &inside)
-                    .await?
-                    .with_context(|| format!("the container has no interface {inside}"))?;
-                netlink::add_addresses(&handle, &link, &cidrs).await
+        if let Some(host) = netlink::link_by_name(&self.handle, &ep.host_ifname).await? {
+            let (name, more) = (inside.clone(), cidrs.clone());
+            let added = netns::run_in(&container.netns, move |handle| async move {
+                match netlink::link_by_name(&handle, &name).await? {
+                    Some(link) => netlink::add_addresses(&handle, &link, &more)
+                        .await
+                        .map(|_| true),
+                    None => Ok(false),
+                }
             })
-            .await;
+            .await?;
+            if added {
+                return Ok(());
+            }
+            // A veth of that name whose other end is not in this container is left from an
+            // endpoint that is gone (its address, and so its MAC and name, went to this one).
+            warn!(veth = %ep.host_ifname, "replacing a veth left from an earlier endpoint");
+            netlink::delete_link(&self.handle, &host).await?;
         }
         let netns_file = File::open(&container.netns).with_context(|| {
             format!(
