@@ -367,14 +367,12 @@ impl Datapath {
         Ok(())
     }
 
-    /// Removes the veths of weft's interfaces in `container` (`ethwe`, `ethwe1`, ...; their host
-    /// ends are named from their MAC), whatever the tables say; returns the host ends removed.
-    pub async fn unplug_container(&self, container: &Container) -> anyhow::Result<Vec<String>> {
+    /// The MACs of weft's interfaces in `container` (`ethwe`, `ethwe1`, ...); none if it is gone.
+    pub async fn container_interfaces(&self, container: &Container) -> anyhow::Result<Vec<Mac>> {
         if !container.netns.exists() {
             return Ok(Vec::new());
         }
-        let _lock = self.lock.lock().await;
-        let macs: Vec<Mac> = netns::run_in(&container.netns, |handle| async move {
+        netns::run_in(&container.netns, |handle| async move {
             let links = netlink::links(&handle).await?;
             Ok(links
                 .into_iter()
@@ -382,7 +380,14 @@ impl Datapath {
                 .filter_map(|l| l.mac)
                 .collect())
         })
-        .await?;
+        .await
+    }
+
+    /// Removes the veths of weft's interfaces in `container` (their host ends are named from
+    /// their MAC), whatever the tables say; returns the host ends removed.
+    pub async fn unplug_container(&self, container: &Container) -> anyhow::Result<Vec<String>> {
+        let _lock = self.lock.lock().await;
+        let macs = self.container_interfaces(container).await?;
         let mut removed = Vec::new();
         for name in macs.into_iter().map(host_ifname) {
             if let Some(link) = netlink::link_by_name(&self.handle, &name).await? {

@@ -447,6 +447,16 @@ impl AgentApi for LocalApi {
             .map_err(container_status)?;
         let _lock = self.agent.lock_container(&container.id).await;
         let whole = req.addrs.is_empty();
+        // Whether the container holds weft interfaces as the detach starts: the reconcile may
+        // remove leftover ones (below) while the controller is asked.
+        let had_interfaces = whole
+            && !self
+                .agent
+                .datapath
+                .container_interfaces(&container)
+                .await
+                .map_err(internal)?
+                .is_empty();
         let done = match self
             .agent
             .detach_at_controller(&container.id, req.addrs)
@@ -454,7 +464,8 @@ impl AgentApi for LocalApi {
         {
             // Detaching everything, refused as not attached: an earlier detach the controller
             // recorded may never have been answered (it died), leaving the container's
-            // interfaces here until the watch brings the change. Removing them finishes it.
+            // interfaces here until the watch brings the change and a reconcile removes them.
+            // Removing them (or finding them removed) finishes it.
             Err(s) if whole && s.code() == Code::NotFound => {
                 let removed = self
                     .agent
@@ -462,11 +473,11 @@ impl AgentApi for LocalApi {
                     .unplug_container(&container)
                     .await
                     .map_err(internal)?;
-                if removed.is_empty() {
+                if removed.is_empty() && !had_interfaces {
                     return Err(s);
                 }
                 warn!(container = %container.id, veths = ?removed,
-                    "the controller had detached the container already; removed its interfaces");
+                    "the controller had detached the container already; its interfaces are gone");
                 self.agent.request_reconcile();
                 return Ok(Response::new(LocalDetachResponse { ips: Vec::new() }));
             }
