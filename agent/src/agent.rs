@@ -121,14 +121,21 @@ impl Agent {
         name: String,
         advertise_addr: std::net::Ipv4Addr,
         controller_url: String,
+        tls: Option<transport::ClientTlsConfig>,
         datapath: Datapath,
         docker_url: &str,
         dns: DnsState,
     ) -> anyhow::Result<Agent> {
         // Keepalives on both channels: a connection that died in a partition is replaced as
         // soon as it is noticed, not reused after the network heals.
-        let endpoint = transport::Endpoint::from_shared(controller_url.clone())
-            .map_err(|e| anyhow!("invalid controller URL {controller_url}: {e}"))?
+        let mut endpoint = transport::Endpoint::from_shared(controller_url.clone())
+            .map_err(|e| anyhow!("invalid controller URL {controller_url}: {e}"))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| anyhow!("invalid TLS settings: {e}"))?;
+        }
+        let endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)

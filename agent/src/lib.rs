@@ -20,6 +20,7 @@ pub mod dns;
 pub mod docker;
 pub mod docker_watch;
 pub mod health;
+pub mod join;
 pub mod local_api;
 pub mod netlink;
 pub mod netns;

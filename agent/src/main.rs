@@ -1,13 +1,11 @@
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::Parser;
-use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
 use weft_agent::agent::Agent;
@@ -15,6 +13,7 @@ use weft_agent::datapath::{Datapath, remove_all};
 use weft_agent::dns::handler::DnsState;
 use weft_agent::dns::{DEFAULT_DOMAIN, upstreams_of_resolv_conf};
 use weft_agent::docker::DEFAULT_HOST;
+use weft_agent::join::{Auth, credentials};
 use weft_agent::local_api::LocalApi;
 use weft_agent::netlink;
 use weft_agent::watch::follow_controller;
@@ -31,7 +30,7 @@ const VXLAN_OVERHEAD: u32 = 50;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The controller's gRPC URL, e.g. http://192.0.2.1:6786.
+    /// The controller's gRPC URL: https://192.0.2.1:6786 (http:// with --insecure).
     #[arg(long, env = "WEFT_CONTROLLER", required_unless_present = "reset")]
     controller: Option<String>,
     /// This host's peer name [default: the hostname].
@@ -72,6 +71,27 @@ struct Args {
     /// the agent runs: it also gives the addresses back to the controller.
     #[arg(long)]
     reset: bool,
+    /// This agent's client certificate (PEM), signed by the CA the controller trusts
+    /// [default: the one in --state-dir].
+    #[arg(long, requires_all = ["tls_key", "tls_ca"], conflicts_with_all = ["insecure", "join"])]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signed the controller's certificate.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// A join token from `weftctl token create`: used once, when --state-dir holds no
+    /// certificate yet, to obtain one for --name from the controller.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "insecure")]
+    join: Option<String>,
+    /// Where the certificate obtained by --join is kept (key root-only).
+    #[arg(long, default_value = "/var/lib/weft/agent")]
+    state_dir: PathBuf,
+    /// Talk to the controller in plaintext, unauthenticated. For tests and trusted networks
+    /// only.
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +157,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .to_string_lossy()
             .into_owned(),
     };
+    let auth = match (args.insecure, args.tls_cert, args.tls_key, args.tls_ca) {
+        (true, ..) => Auth::Insecure,
+        (false, Some(cert), Some(key), Some(ca)) => Auth::Files { cert, key, ca },
+        _ => Auth::StateDir {
+            dir: args.state_dir.clone(),
+            token: args.join.clone(),
+        },
+    };
+    let creds = credentials(auth, &controller, &name).await?;
     let advertise_addr = match args.advertise_addr {
         Some(addr) => addr,
         None => source_addr_towards(&controller).await?,
@@ -158,11 +187,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         name,
         advertise_addr,
         controller,
+        creds.map(|c| c.client_tls()),
         datapath,
         &args.docker_host,
         dns,
     )?);
-    let listener = bind_socket(&args.socket).await?;
+    let listener = weft_proto::process::bind_private_socket(&args.socket).await?;
     let api = tonic::transport::Server::builder()
         .add_service(AgentServer::new(LocalApi::new(agent.clone())))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
@@ -231,21 +261,4 @@ async fn source_addr_towards(url: &str) -> anyhow::Result<Ipv4Addr> {
         std::net::IpAddr::V4(ip) => Ok(ip),
         other => bail!("source address {other} towards the controller is not IPv4"),
     }
-}
-
-/// Listens on the unix socket, root-only. A leftover socket file is replaced, but not one that
-/// another running agent still serves.
-async fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    if tokio::net::UnixStream::connect(path).await.is_ok() {
-        bail!("another weft-agent is serving {}", path.display());
-    }
-    let _ = std::fs::remove_file(path);
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", path.display()))?;
-    Ok(listener)
 }

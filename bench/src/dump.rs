@@ -7,15 +7,13 @@ use tonic::transport::Channel;
 use weft_proto::v1::controller_client::ControllerClient;
 use weft_proto::v1::{Endpoint, Network, Peer, Snapshot, WatchRequest, watch_event::Event};
 
-/// The name the dump watches under. The controller counts it as a watcher only while the dump
-/// runs, and it is no peer of the tables, so `status peers` never shows it.
-const WATCHER: &str = "weft-load-dump";
-
-/// The controller's tables as JSON: `{"revision", "peers", "networks", "endpoints"}`.
-pub async fn dump(mut client: ControllerClient<Channel>) -> anyhow::Result<Value> {
+/// The controller's tables as JSON: `{"revision", "peers", "networks", "endpoints"}`, watched
+/// as `watcher`. The controller counts it as a watcher only while the dump runs; a name that is
+/// no peer of the tables never shows in `status peers`.
+pub async fn dump(mut client: ControllerClient<Channel>, watcher: &str) -> anyhow::Result<Value> {
     let mut stream = client
         .watch(WatchRequest {
-            peer: WATCHER.to_string(),
+            peer: watcher.to_string(),
             // No revision of ours: the controller must answer with a whole snapshot.
             from_revision: 0,
         })

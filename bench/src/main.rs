@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
-use tonic::transport::{Channel, Endpoint};
-use weft_proto::v1::Peer;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use weft_proto::v1::controller_client::ControllerClient;
+use weft_proto::v1::{AttachRequest, DetachRequest, Peer, RegisterRequest};
 
 use crate::populate::Population;
 
@@ -32,6 +32,14 @@ struct Cli {
     /// The controller's URL.
     #[arg(long, default_value = "http://127.0.0.1:6786", global = true)]
     controller: String,
+    /// Client certificate (PEM) for an https:// controller; none: connect without one.
+    #[arg(long, global = true, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, global = true)]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) of the controller's certificate, for an https:// controller.
+    #[arg(long, global = true)]
+    tls_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,7 +70,36 @@ enum Command {
     },
     /// Print the controller's tables (revision, peers, networks, endpoints) as one JSON object,
     /// from the snapshot a Watch starts with.
-    Dump,
+    Dump {
+        /// The peer name to watch as (over TLS, the one of the client certificate).
+        #[arg(long, default_value = "weft-load-dump")]
+        peer: String,
+    },
+    /// One Register, as an agent would send it (prints the status on refusal).
+    Register {
+        #[arg(long)]
+        peer: String,
+        #[arg(long)]
+        advertise_addr: Ipv4Addr,
+    },
+    /// One Attach, as an agent would send it.
+    Attach {
+        #[arg(long)]
+        peer: String,
+        #[arg(long)]
+        container: String,
+        #[arg(long = "addr", value_name = "ADDR")]
+        addrs: Vec<String>,
+    },
+    /// One Detach, as an agent would send it.
+    Detach {
+        #[arg(long)]
+        peer: String,
+        #[arg(long)]
+        container: String,
+        #[arg(long, default_value = "")]
+        only_mac: String,
+    },
 }
 
 #[tokio::main]
@@ -78,7 +115,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = connect(&cli.controller).await?;
+    let client = connect(&cli).await?;
     match cli.command {
         Command::Populate {
             peer,
@@ -121,21 +158,91 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Dump => {
-            println!("{}", dump::dump(client).await?);
+        Command::Dump { peer } => {
+            println!("{}", dump::dump(client, &peer).await?);
+            Ok(())
+        }
+        Command::Register {
+            peer,
+            advertise_addr,
+        } => {
+            let peer = Peer {
+                name: peer,
+                advertise_addr: advertise_addr.to_string(),
+            };
+            refused(
+                client
+                    .clone()
+                    .register(RegisterRequest { peer: Some(peer) })
+                    .await,
+            )?;
+            Ok(())
+        }
+        Command::Attach {
+            peer,
+            container,
+            addrs,
+        } => {
+            let request = AttachRequest {
+                peer,
+                container_id: container,
+                addrs,
+                dns_name: String::new(),
+            };
+            let reply = refused(client.clone().attach(request).await)?;
+            println!("{}", reply.cidrs.join(" "));
+            Ok(())
+        }
+        Command::Detach {
+            peer,
+            container,
+            only_mac,
+        } => {
+            let request = DetachRequest {
+                peer,
+                container_id: container,
+                addrs: vec![],
+                only_mac,
+            };
+            let reply = refused(client.clone().detach(request).await)?;
+            println!("{}", reply.released.join(" "));
             Ok(())
         }
     }
 }
 
+/// A refusal as `refused: CODE: message`, the code as tonic names it (e.g. PermissionDenied).
+fn refused<T>(reply: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
+    reply
+        .map(tonic::Response::into_inner)
+        .map_err(|s| anyhow!("refused: {:?}: {}", s.code(), s.message()))
+}
+
 /// One HTTP/2 connection; concurrent requests share it, as an agent's do.
-async fn connect(url: &str) -> anyhow::Result<ControllerClient<Channel>> {
-    let channel = Endpoint::from_shared(url.to_string())
-        .map_err(|e| anyhow!("invalid controller URL {url}: {e}"))?
+async fn connect(cli: &Cli) -> anyhow::Result<ControllerClient<Channel>> {
+    let url = &cli.controller;
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| anyhow!("invalid controller URL {url}: {e}"))?;
+    if let Some(ca) = &cli.tls_ca {
+        let read = |p: &PathBuf| {
+            fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint.tls_config(tls).context("invalid TLS settings")?;
+    }
+    let channel = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
         .connect()
         .await
-        .with_context(|| format!("controller {url} is unreachable"))?;
+        .map_err(|e| {
+            anyhow!(
+                "controller {url} is unreachable: {}",
+                weft_proto::error::root_cause(&e)
+            )
+        })?;
     Ok(ControllerClient::new(channel))
 }

@@ -2,9 +2,14 @@
 //! keeps them in memory
 //! ([`rules`]), durable in redb ([`store`]), and serves them to agents over gRPC ([`service`]).
 
+pub mod authority;
+pub mod enrollment;
 pub mod index;
 pub mod ipam;
+pub mod limits;
 pub mod liveness;
 pub mod rules;
 pub mod service;
 pub mod store;
+pub mod tls;
+pub mod tokens;

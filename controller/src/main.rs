@@ -3,14 +3,26 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
 use clap::Parser;
 use ipnetwork::Ipv4Network;
-use tracing::info;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tracing::{info, warn};
+use weft_controller::authority::require_certificate;
+use weft_controller::enrollment::EnrollmentService;
+use weft_controller::limits::MAX_REQUEST_BYTES;
 use weft_controller::rules::TableRules;
 use weft_controller::service::ControllerService;
 use weft_controller::store::Store;
+use weft_controller::tls::{Ca, ServerIdentity};
+use weft_controller::tokens::Tokens;
+use weft_proto::tls::read_pem;
+use weft_proto::v1::admin_server::AdminServer;
 use weft_proto::v1::controller_server::ControllerServer;
+use weft_proto::v1::enrollment_server::EnrollmentServer;
 
 /// weft's controller: the authority for peers, networks, endpoints and addresses.
 ///
@@ -32,22 +44,34 @@ struct Args {
     ipalloc_range: Ipv4Network,
     /// How long a peer's agent may be gone before the peer is shown as unreachable: seconds, or
     /// a number with s, m or h.
-    #[arg(long, default_value = "3m", value_parser = parse_duration)]
+    #[arg(long, default_value = "3m", value_parser = weft_proto::process::parse_duration)]
     peer_lease: Duration,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("\"{s}\" is not a duration like 90s, 3m or 1h"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("\"{s}\" is not a duration like 90s, 3m or 1h")),
-    };
-    Ok(Duration::from_secs(secs))
+    /// The server certificate (PEM, chain) agents check [default: one made at each start by the
+    /// controller's own CA, kept in --data-dir].
+    #[arg(long, requires_all = ["tls_key", "tls_ca"], conflicts_with = "insecure")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signs agents' client certificates. Without its key the controller
+    /// signs none: agents cannot --join.
+    #[arg(long, requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<PathBuf>,
+    /// Another name (DNS name or IP) agents reach the controller by, for the certificate it
+    /// makes itself (may be repeated) [default: its hostname and addresses].
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["tls_cert", "insecure"])]
+    tls_san: Vec<String>,
+    /// The root-only unix socket of the admin API (`weftctl token create`).
+    #[arg(
+        long,
+        default_value = "/run/weft/controller.sock",
+        conflicts_with = "insecure"
+    )]
+    admin_socket: PathBuf,
+    /// Serve plaintext gRPC with no client authentication: anyone who reaches the port can
+    /// rewrite every host's forwarding tables. For tests and trusted networks only.
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn parse_range(s: &str) -> Result<Ipv4Network, String> {
@@ -74,7 +98,69 @@ async fn main() -> ExitCode {
     }
 }
 
+/// How the controller serves agents: plaintext, or TLS with its identity and the CA of clients.
+enum Security {
+    Insecure,
+    Tls {
+        identity: ServerIdentity,
+        ca: Arc<Ca>,
+    },
+}
+
+fn security(args: &Args) -> anyhow::Result<Security> {
+    if args.insecure {
+        warn!(
+            "--insecure: plaintext gRPC, no client authentication; anyone who reaches the port can rewrite every host's forwarding tables"
+        );
+        return Ok(Security::Insecure);
+    }
+    let (identity, ca) = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => (
+            ServerIdentity {
+                chain_pem: read_pem(cert, "--tls-cert", true)?,
+                key_pem: read_pem(key, "--tls-key", false)?,
+            },
+            Ca::given(ca)?,
+        ),
+        (None, None, None) => {
+            let ca = Ca::load_or_create(&args.data_dir)?;
+            let names = server_names(args.listen, &args.tls_san)?;
+            info!(?names, ca_pin = %ca.pin(), "server certificate made by the controller's CA");
+            (ca.issue_server(&names)?, ca)
+        }
+        _ => bail!("--tls-cert, --tls-key and --tls-ca go together"),
+    };
+    Ok(Security::Tls {
+        identity,
+        ca: Arc::new(ca),
+    })
+}
+
+/// The names agents may reach the controller by: its hostname, the listen address (or, for
+/// 0.0.0.0, every address of the host), localhost, and --tls-san.
+fn server_names(listen: SocketAddr, extra: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if let Ok(host) = nix::unistd::gethostname() {
+        names.push(host.to_string_lossy().into_owned());
+    }
+    if listen.ip().is_unspecified() {
+        let addrs = nix::ifaddrs::getifaddrs().context("cannot list the host's addresses")?;
+        names.extend(
+            addrs
+                .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip().to_string()))
+                .filter(|ip| ip != "127.0.0.1"),
+        );
+    } else {
+        names.push(listen.ip().to_string());
+    }
+    names.extend(extra.iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    Ok(names)
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
+    let security = security(&args)?;
     let (store, tables) = Store::open(&args.data_dir)?;
     info!(revision = tables.revision, data_dir = %args.data_dir.display(), "store loaded");
     let service = ControllerService::new(store, tables, args.peer_lease);
@@ -83,21 +169,66 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .mutate(|t| Ok(((), t.ensure_default_network(range)?)))
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
 
+    // Bound before the port: once agents can connect, tokens can be made.
+    let admin_listener = match security {
+        Security::Tls { .. } => {
+            Some(weft_proto::process::bind_private_socket(&args.admin_socket).await?)
+        }
+        Security::Insecure => None,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    info!(listen = %args.listen, "serving");
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder()
         // Notice an agent that vanished without closing its stream (a crash, a partition).
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(ControllerServer::new(service))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            weft_proto::process::shutdown_signal(),
-        )
-        .await
-        .context("gRPC server failed")?;
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+    let controller = ControllerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
+    let (router, admin) = match security {
+        Security::Insecure => (builder.add_service(controller), None),
+        Security::Tls { identity, ca } => {
+            // Client certificates are optional in the handshake so that an agent without one
+            // can Join; every other call is refused without one by require_certificate.
+            let tls = ServerTlsConfig::new()
+                .identity(Identity::from_pem(&identity.chain_pem, &identity.key_pem))
+                .client_ca_root(Certificate::from_pem(&ca.cert_pem))
+                .client_auth_optional(true);
+            let enrollment = EnrollmentService::new(ca, Tokens::open(&args.data_dir)?);
+            let router = builder
+                .tls_config(tls)
+                .context("invalid TLS configuration")?
+                .add_service(InterceptedService::new(controller, require_certificate))
+                .add_service(
+                    EnrollmentServer::new(enrollment.clone())
+                        .max_decoding_message_size(MAX_REQUEST_BYTES),
+                );
+            (router, Some(enrollment))
+        }
+    };
+    let serves_admin = admin.is_some();
+    let admin = async {
+        let (Some(enrollment), Some(socket)) = (admin, admin_listener) else {
+            return std::future::pending().await;
+        };
+        info!(socket = %args.admin_socket.display(), "serving the admin API");
+        tonic::transport::Server::builder()
+            .add_service(AdminServer::new(enrollment))
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(socket))
+            .await
+            .context("admin API failed")
+    };
+    info!(listen = %args.listen, "serving");
+    let served = router.serve_with_incoming_shutdown(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        weft_proto::process::shutdown_signal(),
+    );
+    tokio::select! {
+        served = served => served.context("gRPC server failed")?,
+        failed = admin => return failed,
+    }
+    if serves_admin {
+        let _ = std::fs::remove_file(&args.admin_socket);
+    }
     info!("stopped");
     Ok(())
 }

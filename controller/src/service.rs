@@ -22,8 +22,10 @@ use weft_proto::v1::{
     WatchEvent, WatchRequest, delta::Change, watch_event::Event,
 };
 
+use crate::authority::act_for;
 use crate::index::Index;
 use crate::ipam::IpamError;
+use crate::limits;
 use crate::liveness::Liveness;
 use crate::rules::{TableError, TableRules, View};
 use crate::store::Store;
@@ -197,6 +199,31 @@ impl ControllerService {
         (start, self.inner.events.subscribe())
     }
 
+    /// A detach that names, by `only_mac`, an endpoint of another peer is refused as such, not
+    /// answered "not attached": it is an attempt to act on another host's endpoints.
+    fn refuse_others_mac(&self, peer: &str, only_mac: &str) -> Result<(), Status> {
+        if only_mac.is_empty() {
+            return Ok(());
+        }
+        let state = self
+            .inner
+            .state
+            .lock()
+            .expect("controller state lock poisoned");
+        match state
+            .tables
+            .endpoints
+            .values()
+            .find(|ep| ep.mac == only_mac && ep.peer != peer)
+        {
+            Some(ep) => Err(Status::permission_denied(format!(
+                "MAC {only_mac} belongs to an endpoint of peer {}, not of {peer}",
+                ep.peer
+            ))),
+            None => Ok(()),
+        }
+    }
+
     fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
         self.inner.liveness.lock().expect("liveness lock poisoned")
     }
@@ -266,9 +293,12 @@ impl Controller for ControllerService {
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         let peer = request
-            .into_inner()
+            .get_ref()
             .peer
+            .clone()
             .ok_or_else(|| Status::invalid_argument("register: no peer given"))?;
+        limits::peer_name(&peer.name)?;
+        act_for(&request, &peer.name)?;
         info!(name = %peer.name, addr = %peer.advertise_addr, "peer registers");
         self.mutate_async(move |t| Ok(((), t.register_peer(peer)?)))
             .await?;
@@ -281,6 +311,8 @@ impl Controller for ControllerService {
         &self,
         request: Request<WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        limits::peer_name(&request.get_ref().peer)?;
+        act_for(&request, &request.get_ref().peer)?;
         let WatchRequest {
             peer,
             from_revision,
@@ -295,12 +327,15 @@ impl Controller for ControllerService {
         &self,
         request: Request<AttachRequest>,
     ) -> Result<Response<AttachResponse>, Status> {
+        act_for(&request, &request.get_ref().peer)?;
         let AttachRequest {
             peer,
             container_id,
             addrs,
             dns_name,
         } = request.into_inner();
+        limits::container_id(&container_id)?;
+        limits::count("addrs", addrs.len(), limits::MAX_ADDRS)?;
         let specs = parse_addrs(&addrs)?;
         let dns_name = match dns_name.as_str() {
             "" => String::new(),
@@ -326,12 +361,16 @@ impl Controller for ControllerService {
         &self,
         request: Request<DetachRequest>,
     ) -> Result<Response<DetachResponse>, Status> {
+        act_for(&request, &request.get_ref().peer)?;
+        self.refuse_others_mac(&request.get_ref().peer, &request.get_ref().only_mac)?;
         let DetachRequest {
             peer,
             container_id,
             addrs,
             only_mac,
         } = request.into_inner();
+        limits::container_id(&container_id)?;
+        limits::count("addrs", addrs.len(), limits::MAX_ADDRS)?;
         let specs = parse_addrs(&addrs)?;
         let (done, revision) = self
             .mutate_async({
@@ -411,12 +450,14 @@ impl Controller for ControllerService {
         &self,
         request: Request<UpdateDnsRequest>,
     ) -> Result<Response<UpdateDnsResponse>, Status> {
+        act_for(&request, &request.get_ref().peer)?;
         let UpdateDnsRequest {
             peer,
             remove,
             records,
         } = request.into_inner();
         let count = records.len();
+        limits::count("records", count, limits::MAX_RECORDS)?;
         let ((), revision) = self
             .mutate_async({
                 let peer = peer.clone();

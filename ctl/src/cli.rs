@@ -118,6 +118,9 @@ pub enum Command {
         #[arg(value_name = "NAME")]
         name: String,
     },
+    /// Join tokens, made by the controller's admin API (run on the controller's host).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print a shell completion script: `source <(weftctl completion bash)`.
     Completion {
         #[arg(value_enum)]
@@ -156,6 +159,20 @@ pub enum NetworkCommand {
     },
     /// Remove a network that has no endpoints.
     Rm { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Make a join token, good once: `weft-agent --join TOKEN` trades it for the agent's
+    /// certificate. Prints the token.
+    Create {
+        /// How long the token may be used: seconds, or a number with s, m or h.
+        #[arg(long, default_value = "1h", value_parser = weft_proto::process::parse_duration)]
+        ttl: std::time::Duration,
+        /// The controller's admin socket.
+        #[arg(long, default_value = "/run/weft/controller.sock", value_name = "PATH")]
+        admin_socket: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,15 +12,16 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use weft_proto::addr::AddrSpec;
 use weft_proto::dns_name;
 use weft_proto::error::root_cause;
+use weft_proto::v1::admin_client::AdminClient;
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{
-    CreateNetworkRequest, DeleteNetworkRequest, DnsLookupRequest, DnsStatusRequest, ExposeRequest,
-    HideRequest, IpamStatusRequest, IpamStatusResponse, ListPeersRequest, LocalAttachRequest,
-    LocalDetachRequest, LocalDnsUpdateRequest, NetworkListRequest, PsRequest, RemovePeerRequest,
-    ResetRequest, StatusRequest,
+    CreateNetworkRequest, CreateTokenRequest, DeleteNetworkRequest, DnsLookupRequest,
+    DnsStatusRequest, ExposeRequest, HideRequest, IpamStatusRequest, IpamStatusResponse,
+    ListPeersRequest, LocalAttachRequest, LocalDetachRequest, LocalDnsUpdateRequest,
+    NetworkListRequest, PsRequest, RemovePeerRequest, ResetRequest, StatusRequest,
 };
 
-use crate::cli::{Cli, Command, DnsRecordArgs, NetworkCommand, Shell, StatusCommand};
+use crate::cli::{Cli, Command, DnsRecordArgs, NetworkCommand, Shell, StatusCommand, TokenCommand};
 
 /// A failure to report as `weftctl: <what>: <why>`.
 struct Failure {
@@ -154,7 +155,18 @@ async fn run(cli: Cli) -> Result<String, Failure> {
         return Ok(out);
     }
     check_input(&cli.command)?;
-    let mut agent = connect(&cli.socket).await?;
+    if let Command::Token(TokenCommand::Create { ttl, admin_socket }) = &cli.command {
+        let channel = unix_channel(admin_socket, "the controller's admin API").await?;
+        let reply = AdminClient::new(channel)
+            .create_token(CreateTokenRequest {
+                ttl_secs: ttl.as_secs(),
+            })
+            .await
+            .map_err(|s| Failure::new("token create", s.message()))?
+            .into_inner();
+        return Ok(format!("{}\n", reply.token));
+    }
+    let mut agent = AgentClient::new(unix_channel(&cli.socket, "weft-agent").await?);
     let fail = |what: &str| {
         let what = what.to_string();
         move |s: tonic::Status| Failure::new(what, s.message())
@@ -355,14 +367,15 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             Ok(render::peer_removed(&peer, &reply.released))
         }
         Command::Completion { .. } | Command::Man => unreachable!("generated without the agent"),
+        Command::Token(_) => unreachable!("asked of the controller"),
     }
 }
 
-/// Opens a gRPC channel over the agent's unix socket.
-async fn connect(socket: &Path) -> Result<AgentClient<Channel>, Failure> {
+/// Opens a gRPC channel over a unix socket: the agent's, or the controller's admin socket.
+async fn unix_channel(socket: &Path, whom: &str) -> Result<Channel, Failure> {
     let path = socket.to_path_buf();
     // The URI is required by the API but unused: every connection goes to the socket.
-    let channel = Endpoint::from_static("http://weft-agent")
+    let channel = Endpoint::from_static("http://weft")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move {
@@ -379,12 +392,9 @@ async fn connect(socket: &Path) -> Result<AgentClient<Channel>, Failure> {
             } else {
                 why
             };
-            Failure::new(
-                format!("cannot reach weft-agent at {}", socket.display()),
-                why,
-            )
+            Failure::new(format!("cannot reach {whom} at {}", socket.display()), why)
         })?;
-    Ok(AgentClient::new(channel))
+    Ok(channel)
 }
 
 #[cfg(test)]

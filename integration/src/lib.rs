@@ -28,7 +28,10 @@ pub use netns::{
 };
 pub use podman::{CONTAINER_IMAGE, Podman};
 pub use run::exit_code_of;
-pub use world::{BRIDGE, CONTROLLER_IP, CONTROLLER_URL, VXLAN_DEV, World, host_addr};
+pub use world::{
+    BRIDGE, CONTROLLER_IP, CONTROLLER_URL, CONTROLLER_URL_INSECURE, Security, VXLAN_DEV, World,
+    host_addr,
+};
 
 /// Checks the shape every weftctl error shares (exit status 1, one stderr line starting
 /// `weftctl: `) and that the line contains `needle`, the culprit the message must name.

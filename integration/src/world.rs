@@ -12,13 +12,16 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::bins::Bins;
+use crate::bins::{Bins, locate_bin};
 use crate::cmd::{self, Output};
 use crate::daemon::Daemon;
 use crate::netns;
 
-/// Where agents reach the controller, as passed to `weft-agent --controller`.
-pub const CONTROLLER_URL: &str = "http://198.18.0.100:6786";
+/// Where agents reach the controller, as passed to `weft-agent --controller` (TLS, the
+/// default); [`Security::Insecure`] worlds use [`CONTROLLER_URL_INSECURE`].
+pub const CONTROLLER_URL: &str = "https://198.18.0.100:6786";
+/// The same in plaintext, for `--insecure` worlds.
+pub const CONTROLLER_URL_INSECURE: &str = "http://198.18.0.100:6786";
 /// The agent's bridge for the default network.
 pub const BRIDGE: &str = "weave";
 /// The agent's VXLAN device for the default network.
@@ -33,6 +36,16 @@ const UNDERLAY_BRIDGE: &str = "br0";
 /// How long a started process gets to become usable.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const LOG_TAIL_LINES: usize = 40;
+
+/// How the world's agents and controller talk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// Mutual TLS: the controller makes its own CA; each agent joins with a token from
+    /// `weftctl token create` and keeps its certificate in its state dir.
+    Join,
+    /// `--insecure` on both sides: plaintext, no authentication.
+    Insecure,
+}
 
 /// Distinguishes the worlds of one test process; the pid distinguishes test processes.
 static WORLDS: AtomicUsize = AtomicUsize::new(0);
@@ -58,6 +71,9 @@ pub struct World {
     agent_args: Vec<String>,
     /// Container namespaces and the host each was made for, for failure reports.
     containers: Vec<(String, usize)>,
+    security: Security,
+    /// The join token each host's agent was started with (Security::Join).
+    join_tokens: Vec<String>,
 }
 
 impl World {
@@ -69,6 +85,11 @@ impl World {
 
     /// [`World::new`] with `agent_args` added to every agent's command line.
     pub fn with_agent_args(hosts: usize, agent_args: &[&str]) -> World {
+        World::with_options(hosts, agent_args, Security::Join)
+    }
+
+    /// [`World::with_agent_args`] with the given security.
+    pub fn with_options(hosts: usize, agent_args: &[&str], security: Security) -> World {
         netns::require_privileges_and_tools();
         assert!(
             (1..100).contains(&hosts),
@@ -85,15 +106,23 @@ impl World {
             .tempdir()
             .expect("creating the world's temp dir");
         let ctl_ns = format!("{prefix}-ctl");
+        let mut controller_args = vec![
+            "--listen".into(),
+            format!("{CONTROLLER_IP}:{CONTROLLER_PORT}"),
+            "--data-dir".into(),
+            dir.path().join("controller").display().to_string(),
+        ];
+        match security {
+            Security::Join => controller_args.extend([
+                "--admin-socket".into(),
+                dir.path().join("admin.sock").display().to_string(),
+            ]),
+            Security::Insecure => controller_args.push("--insecure".into()),
+        }
         let controller = Daemon::new(
             &ctl_ns,
             bins.controller.clone(),
-            vec![
-                "--listen".into(),
-                format!("{CONTROLLER_IP}:{CONTROLLER_PORT}"),
-                "--data-dir".into(),
-                dir.path().join("controller").display().to_string(),
-            ],
+            controller_args,
             dir.path().join("controller.log"),
         );
         // From here on a panic drops `world`, which undoes whatever was built so far.
@@ -106,6 +135,8 @@ impl World {
             agents: Vec::new(),
             agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
             containers: Vec::new(),
+            security,
+            join_tokens: Vec::new(),
         };
         let underlay = format!("{}-ul", world.prefix);
         world.add_ns(&underlay);
@@ -124,6 +155,82 @@ impl World {
             world.wait_agent_ready(host);
         }
         world
+    }
+
+    /// The URL agents reach the controller at.
+    pub fn controller_url(&self) -> &'static str {
+        match self.security {
+            Security::Join => CONTROLLER_URL,
+            Security::Insecure => CONTROLLER_URL_INSECURE,
+        }
+    }
+
+    /// The controller's admin socket (`weftctl token create --admin-socket`).
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.path().join("admin.sock")
+    }
+
+    /// The controller's data dir (its CA is there).
+    pub fn controller_dir(&self) -> PathBuf {
+        self.dir.path().join("controller")
+    }
+
+    /// Host `host`'s agent state dir, where its joined certificate is kept.
+    pub fn state_dir(&self, host: usize) -> PathBuf {
+        self.dir.path().join(format!("host{host}-state"))
+    }
+
+    /// A fresh join token from the controller's admin API, valid for `ttl` (e.g. "1h").
+    pub fn token(&self, ttl: &str) -> String {
+        let admin = self.admin_socket();
+        let admin = admin.to_str().expect("socket path is UTF-8");
+        let mut cmd = Command::new(&self.bins.ctl);
+        cmd.args(["token", "create", "--ttl", ttl, "--admin-socket", admin]);
+        let out = cmd::run(cmd);
+        assert!(
+            out.success(),
+            "weftctl token create failed ({:?}): {}",
+            out.code,
+            out.stderr.trim()
+        );
+        out.stdout.trim().to_string()
+    }
+
+    /// The join token host `host`'s agent used (used up by now).
+    pub fn join_token(&self, host: usize) -> &str {
+        self.check_host(host);
+        &self.join_tokens[host - 1]
+    }
+
+    /// weft-load's flags to reach the controller as host `host`'s agent does (its URL and, over
+    /// TLS, its certificate).
+    pub fn load_args(&self, host: usize) -> Vec<String> {
+        let mut args = vec!["--controller".to_string(), self.controller_url().into()];
+        if self.security == Security::Join {
+            let dir = self.state_dir(host);
+            for (flag, file) in [
+                ("--tls-ca", "ca.pem"),
+                ("--tls-cert", "cert.pem"),
+                ("--tls-key", "key.pem"),
+            ] {
+                args.extend([flag.to_string(), dir.join(file).display().to_string()]);
+            }
+        }
+        args
+    }
+
+    /// The controller's tables as the controller itself holds them, from `weft-load dump` run
+    /// in host1's namespace with host1's identity.
+    pub fn controller_tables(&self) -> serde_json::Value {
+        let load = locate_bin("weft-load");
+        let mut argv = vec![load.display().to_string()];
+        argv.extend(self.load_args(1));
+        argv.extend(["dump".into(), "--peer".into(), "host1".into()]);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = netns::exec_for(&self.host_ns(1), &argv, Duration::from_secs(10));
+        assert!(out.success(), "weft-load dump: {}", out.stderr.trim());
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("weft-load dump printed no JSON ({e}):\n{}", out.stdout))
     }
 
     /// The prefix of every namespace name in this world, e.g. `wft1234x0`.
@@ -311,12 +418,23 @@ impl World {
         self.plug(&ns, &format!("h{host}"), &host_addr(host));
         let mut args = vec![
             "--controller".into(),
-            CONTROLLER_URL.into(),
+            self.controller_url().into(),
             "--name".into(),
             format!("host{host}"),
             "--socket".into(),
             self.socket(host).display().to_string(),
+            "--state-dir".into(),
+            self.state_dir(host).display().to_string(),
         ];
+        match self.security {
+            // Used on the first start; a restarted agent finds its certificate stored.
+            Security::Join => {
+                let token = self.token("10m");
+                args.extend(["--join".into(), token.clone()]);
+                self.join_tokens.push(token);
+            }
+            Security::Insecure => args.push("--insecure".into()),
+        }
         args.extend(self.agent_args.iter().cloned());
         let mut agent = Daemon::new(
             &ns,

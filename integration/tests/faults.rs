@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_integration::{
-    BRIDGE, CONTROLLER_IP, CONTROLLER_URL, Output, VXLAN_DEV, World, assert_rejected, exec,
-    exec_for, fdb, link, links, locate_bin, neighbours, ping, ping_counts, ping_in_background,
-    wait_until,
+    BRIDGE, CONTROLLER_IP, CONTROLLER_URL, Output, VXLAN_DEV, World, assert_rejected, exec, fdb,
+    link, links, neighbours, ping, ping_counts, ping_in_background, wait_until,
 };
 
 /// The pace of the pings that must lose nothing: ten a second, so a gap of 100 ms shows.
@@ -291,21 +290,6 @@ fn assert_in_time(figures: &[(String, Option<Duration>)], what: &str) {
     );
 }
 
-/// The controller's tables as the controller itself holds them, from `weft-load dump` run in
-/// host1's namespace.
-fn controller_tables(world: &World) -> Value {
-    let load = locate_bin("weft-load");
-    let load = load.to_str().expect("UTF-8 path");
-    let out = exec_for(
-        &world.host_ns(1),
-        &[load, "--controller", CONTROLLER_URL, "dump"],
-        Duration::from_secs(10),
-    );
-    assert!(out.success(), "weft-load dump: {}", out.stderr.trim());
-    serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("weft-load dump printed no JSON ({e}):\n{}", out.stdout))
-}
-
 fn revision_of(tables: &Value) -> u64 {
     tables["revision"]
         .as_u64()
@@ -344,7 +328,7 @@ fn a_controller_crash_under_traffic_loses_no_packet() {
         Some(vec![format!("{ip}/12")]),
         "ethwe of {late} after attaching it with the controller back"
     );
-    let revision = revision_of(&controller_tables(&world));
+    let revision = revision_of(&world.controller_tables());
     for h in 1..=3 {
         assert_connected_at(&world, h, revision);
     }
@@ -712,7 +696,7 @@ fn remote_entries(me: &str, eps: &[TableEndpoint], peers: &BTreeMap<String, Stri
 /// Where the controller's tables, the hosts' kernels and the containers' interfaces disagree,
 /// and how many endpoints the tables hold.
 fn disagreements(world: &World, pool: &[(usize, String)]) -> (Vec<String>, usize) {
-    let tables = controller_tables(world);
+    let tables = world.controller_tables();
     let (eps, peers) = (table_endpoints(&tables), table_peers(&tables));
     let mut found: Vec<String> = eps
         .iter()

@@ -8,6 +8,7 @@ pub mod names;
 pub mod process;
 pub mod subnet;
 pub mod tables;
+pub mod tls;
 
 /// Generated from `proto/weft.proto`, package `weft.v1`.
 pub mod v1 {

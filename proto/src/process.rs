@@ -21,3 +21,45 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+/// Listens on a unix socket only root may use (0600): weftctl's on the agent, the admin socket
+/// on the controller. A leftover socket file is replaced, but not one that a running process
+/// still serves. Errors name the path.
+pub async fn bind_private_socket(
+    path: &std::path::Path,
+) -> std::io::Result<tokio::net::UnixListener> {
+    use std::io::{Error, ErrorKind};
+    use std::os::unix::fs::PermissionsExt;
+    let at = |what: &str, e: Error| {
+        Error::new(e.kind(), format!("cannot {what} {}: {e}", path.display()))
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| at("create the directory of", e))?;
+    }
+    if tokio::net::UnixStream::connect(path).await.is_ok() {
+        return Err(Error::new(
+            ErrorKind::AddrInUse,
+            format!("another process is serving {}", path.display()),
+        ));
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| at("listen on", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| at("restrict", e))?;
+    Ok(listener)
+}
+
+/// A duration flag: seconds, or a number with s, m or h (`90s`, `3m`, `1h`).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a duration like 90s, 3m or 1h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("\"{s}\" is not a duration like 90s, 3m or 1h")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
+}

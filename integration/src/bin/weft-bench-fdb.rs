@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use weft_integration::bench::{self, check_interrupted, median};
 use weft_integration::{
-    BRIDGE, CONTROLLER_URL, Netns, VXLAN_DEV, World, exec, exec_for, exit_code_of, fdb, host_addr,
-    ip, locate_bin, neighbours, wait_until,
+    BRIDGE, CONTROLLER_URL_INSECURE, Netns, Security, VXLAN_DEV, World, exec, exec_for,
+    exit_code_of, fdb, host_addr, ip, locate_bin, neighbours, wait_until,
 };
 
 const ENDPOINTS: usize = 10_000;
@@ -78,7 +78,9 @@ fn run() {
     );
     bench::print_machine();
     let scratch = tempfile::tempdir().expect("creating a temp dir");
-    let mut world = World::new(2);
+    // Plaintext: weft-load fills the tables as a peer ("load") that no agent's certificate
+    // names, which a TLS controller would refuse.
+    let mut world = World::with_options(2, &[], Security::Insecure);
     // Both agents stay down while the controller fills, and host1's for good: on two cores, an
     // idle agent's periodic resync would compete with the one being measured.
     world.stop_agent(1);
@@ -140,7 +142,7 @@ fn populate(world: &World, list: &Path) -> Entries {
     let argv = [
         load.to_str().expect("path is UTF-8"),
         "--controller",
-        CONTROLLER_URL,
+        CONTROLLER_URL_INSECURE,
         "populate",
         "--peer",
         LOAD_PEER,
