@@ -88,7 +88,9 @@ fn parse_range(s: &str) -> Result<Ipv4Network, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    weft_proto::process::init_logging();
+    // tonic logs refused TLS handshakes (a client certificate from another CA, say) at debug
+    // level only: they are worth an operator's eye.
+    weft_proto::process::init_logging_with(&["tonic::transport::server::io_stream=debug"]);
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2,10 +2,19 @@
 //! and stop cleanly on SIGTERM or SIGINT.
 
 pub fn init_logging() {
+    init_logging_with(&[]);
+}
+
+/// [`init_logging`] with `directives` (e.g. `target=debug`) added to the filter, whatever
+/// `RUST_LOG` says.
+pub fn init_logging_with(directives: &[&str]) {
+    let mut filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    for directive in directives {
+        filter = filter.add_directive(directive.parse().expect("a valid log directive"));
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colours only for a person at a terminal, not in log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

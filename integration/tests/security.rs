@@ -1,0 +1,275 @@
+//! Who may change the controller's tables: agents joined by token work end to end; a caller
+//! without a certificate, with one from another CA, with an expired or used-up token, or acting
+//! for another peer is refused with the status that says why, and the tables stay as they were.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::thread::sleep;
+use std::time::Duration;
+
+use weft_integration::{
+    CONTROLLER_URL, Output, World, assert_reaches, exec_for, host_addr, locate_bin,
+};
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Runs `weft-load ARGS...` in host1's namespace.
+fn load(world: &World, args: &[String]) -> Output {
+    let load = locate_bin("weft-load");
+    let mut argv = vec![load.to_str().expect("UTF-8 path")];
+    argv.extend(args.iter().map(String::as_str));
+    exec_for(&world.host_ns(1), &argv, CALL_TIMEOUT)
+}
+
+/// weft-load's call, which must be refused with exactly `refusal` ("Code: message").
+fn assert_refused(world: &World, args: &[String], refusal: &str) {
+    let out = load(world, args);
+    assert!(
+        !out.success(),
+        "weft-load {} was accepted: {}",
+        args.join(" "),
+        out.stdout
+    );
+    assert_eq!(
+        out.stderr.trim(),
+        format!("weft-load: refused: {refusal}"),
+        "weft-load {}",
+        args.join(" ")
+    );
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+/// A third agent in host1's namespace trying to join as `host3` with `token`: it must exit
+/// before it touches anything and store no certificate. Returns why it was refused.
+fn join_refusal(world: &World, token: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    let socket = dir.path().join("agent.sock");
+    let agent = locate_bin("weft-agent");
+    let argv = [
+        agent.to_str().expect("UTF-8 path"),
+        "--controller",
+        CONTROLLER_URL,
+        "--name",
+        "host3",
+        "--advertise-addr",
+        &host_addr(1),
+        "--socket",
+        socket.to_str().expect("UTF-8 path"),
+        "--state-dir",
+        state.to_str().expect("UTF-8 path"),
+        "--join",
+        token,
+    ];
+    let out = exec_for(&world.host_ns(1), &argv, CALL_TIMEOUT);
+    assert_eq!(
+        out.code,
+        Some(1),
+        "weft-agent joined with {token}: {}",
+        out.stderr
+    );
+    assert!(
+        !state.join("cert.pem").exists() && !state.join("key.pem").exists(),
+        "a refused join stored a certificate"
+    );
+    let last = out.stderr.lines().last().unwrap_or_default();
+    let prefix = format!("weft-agent: joining {CONTROLLER_URL} refused: ");
+    last.strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("not a refused join: {}", out.stderr))
+        .to_string()
+}
+
+/// A CA of nobody's, and a client certificate from it naming host1, in `dir`.
+fn alien_credentials(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["host1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+}
+
+#[test]
+fn agents_joined_by_token_reach_each_other_and_keep_their_certificate() {
+    let mut world = World::new(2);
+    let c1 = world.container(1, "c1");
+    let c2 = world.container(2, "c2");
+    world.ctl(1, &["attach", "192.168.0.2/24", &format!("netns:{c1}")]);
+    world.ctl(2, &["attach", "192.168.0.3/24", &format!("netns:{c2}")]);
+    assert_reaches(&c1, "192.168.0.3");
+
+    // Keys are root-only: the CA's, each agent's, and the admin socket.
+    assert_eq!(mode_of(&world.controller_dir().join("ca.key")), 0o600);
+    assert_eq!(mode_of(&world.state_dir(1).join("key.pem")), 0o600);
+    assert_eq!(mode_of(&world.admin_socket()) & 0o777, 0o600);
+
+    // A restarted agent uses the certificate it stored: its token is used up.
+    world.stop_agent(1);
+    world.start_agent(1);
+    world.ctl(1, &["detach", &format!("netns:{c1}")]);
+    world.ctl(1, &["attach", "192.168.0.4/24", &format!("netns:{c1}")]);
+    assert_reaches(&c2, "192.168.0.4");
+}
+
+#[test]
+fn callers_without_the_right_identity_are_refused_and_change_nothing() {
+    let mut world = World::new(2);
+    let c1 = world.container(1, "c1");
+    let c2 = world.container(2, "c2");
+    world.ctl(1, &["attach", "192.168.0.2/24", &format!("netns:{c1}")]);
+    world.ctl(2, &["attach", "192.168.0.3/24", &format!("netns:{c2}")]);
+    let before = world.controller_tables();
+    let c2_mac = before["endpoints"]
+        .as_array()
+        .and_then(|eps| eps.iter().find(|ep| ep["peer"] == "host2"))
+        .and_then(|ep| ep["mac"].as_str())
+        .unwrap_or_else(|| panic!("no endpoint of host2 in {before}"))
+        .to_string();
+    let ca = world.controller_dir().join("ca.pem").display().to_string();
+    let as_host1 = world.load_args(1);
+    let with = |base: &[String], call: &[&str]| [base.to_vec(), strings(call)].concat();
+
+    // No client certificate.
+    let anonymous = strings(&["--controller", CONTROLLER_URL, "--tls-ca", &ca]);
+    assert_refused(
+        &world,
+        &with(
+            &anonymous,
+            &["attach", "--peer", "host1", "--container", "netns:x"],
+        ),
+        "Unauthenticated: no client certificate: every call but Join needs one signed by the \
+         controller's CA (start the agent with --join TOKEN, or --tls-cert and --tls-key)",
+    );
+
+    // A certificate naming host1, from a CA the controller does not know: the handshake fails.
+    let alien = tempfile::tempdir().expect("temp dir");
+    alien_credentials(alien.path());
+    let file = |name: &str| alien.path().join(name).display().to_string();
+    let out = load(
+        &world,
+        &strings(&[
+            "--controller",
+            CONTROLLER_URL,
+            "--tls-ca",
+            &ca,
+            "--tls-cert",
+            &file("cert.pem"),
+            "--tls-key",
+            &file("key.pem"),
+            "register",
+            "--peer",
+            "host1",
+            "--advertise-addr",
+            "198.18.0.9",
+        ]),
+    );
+    // TLS 1.3 refuses a client certificate after the client's side of the handshake: the
+    // client sees its call cancelled, the controller logs why.
+    assert_eq!(
+        out.stderr.trim(),
+        "weft-load: refused: Cancelled: operation was canceled",
+        "a certificate from another CA"
+    );
+    let log = std::fs::read_to_string(world.controller_log()).expect("controller log");
+    assert!(
+        log.contains("tls accept error") && log.contains("UnknownIssuer"),
+        "the controller did not log the refused certificate:\n{log}"
+    );
+
+    // host1's own certificate, acting for host2.
+    let denied = "PermissionDenied: peer host1 may not act for peer host2";
+    for call in [
+        &[
+            "register",
+            "--peer",
+            "host2",
+            "--advertise-addr",
+            "198.18.0.9",
+        ][..],
+        &[
+            "attach",
+            "--peer",
+            "host2",
+            "--container",
+            "netns:x",
+            "--addr",
+            "192.168.0.9/24",
+        ],
+        &[
+            "detach",
+            "--peer",
+            "host2",
+            "--container",
+            &format!("netns:{c2}"),
+        ],
+    ] {
+        assert_refused(&world, &with(&as_host1, call), denied);
+    }
+    // ... or naming host2's endpoint by its MAC while claiming to act for itself.
+    assert_refused(
+        &world,
+        &with(
+            &as_host1,
+            &[
+                "detach",
+                "--peer",
+                "host1",
+                "--container",
+                &format!("netns:{c2}"),
+                "--only-mac",
+                &c2_mac,
+            ],
+        ),
+        &format!(
+            "PermissionDenied: MAC {c2_mac} belongs to an endpoint of peer host2, not of host1"
+        ),
+    );
+
+    // Join tokens: used up, expired, or made up.
+    let used = world.join_token(2).to_string();
+    let id = |token: &str| token.split('.').next().unwrap_or_default().to_string();
+    assert_eq!(
+        join_refusal(&world, &used),
+        format!("join token {} was already used (by host2)", id(&used))
+    );
+    let short = world.token("1s");
+    sleep(Duration::from_secs(2));
+    let expired = join_refusal(&world, &short);
+    let ago = expired
+        .strip_prefix(&format!("join token {} expired ", id(&short)))
+        .and_then(|rest| rest.strip_suffix("s ago"))
+        .unwrap_or_else(|| panic!("not refused as expired: {expired}"));
+    assert!(ago.parse::<u64>().is_ok_and(|s| s <= 2), "{expired}");
+    let mut forged: Vec<String> = used.split('.').map(str::to_string).collect();
+    forged[0] = "0123456789abcdef".into();
+    assert_eq!(
+        join_refusal(&world, &forged.join(".")),
+        "join token 0123456789abcdef is not known to this controller"
+    );
+
+    assert_eq!(
+        world.controller_tables(),
+        before,
+        "the refused calls changed the controller's tables"
+    );
+    assert_reaches(&c1, "192.168.0.3");
+}
