@@ -10,7 +10,7 @@ SHELL := /bin/bash
 # rustup puts cargo here; a non-login shell (CI) may not have it on PATH.
 export PATH := $(PATH):$(HOME)/.cargo/bin
 
-.PHONY: deps build test demo lint bench
+.PHONY: deps build test demo lint bench fuzz
 
 # ip, bridge, ss; ping; Podman's API service and its runtime; the test containers' image.
 DEB_PACKAGES := iproute2 iputils-ping podman runc busybox-static bind9-dnsutils
@@ -35,6 +35,12 @@ test: deps build
 
 demo: deps build
 	$(CARGO) run --quiet -p weft-integration --bin weft-demo
+
+# By hand, not in CI: each target (ADDR parser, container references, every controller request)
+# runs random cases for FUZZ_SECS seconds; `make test` runs one quick batch of each.
+FUZZ_SECS ?= 60
+fuzz:
+	WEFT_FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test -p weft-fuzz -- --nocapture --test-threads 1
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use weft_integration::{World, assert_rejected, link, links, wait_until};
+use weft_integration::{CONTROLLER_URL, World, assert_rejected, link, links, wait_until};
 
 /// The failed attach created no host veth on `host` and no interface in `container`.
 fn assert_untouched(world: &World, host: usize, container: &str) {
@@ -94,7 +94,7 @@ fn controller_unreachable() {
         "attach took {:?}",
         started.elapsed()
     );
-    assert_rejected(&out, "controller http://198.18.0.100:6786 is unreachable");
+    assert_rejected(&out, &format!("controller {CONTROLLER_URL} is unreachable"));
     assert_untouched(&world, 1, &c1);
     // Back up, the controller hands out the address: the failed attach claimed nothing.
     world.start_controller();

@@ -1,0 +1,264 @@
+//! Every request of the controller's gRPC API, as bytes off the wire (random, or encoded from
+//! random fields), decoded and handled by the controller as host1's agent: nothing panics, no
+//! refusal is an internal error, host2's peer record and endpoints never change, and a Join
+//! without a real token never yields a certificate.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use prost::Message;
+use tonic::{Code, Request, Status};
+use weft_controller::authority::PeerIdentity;
+use weft_controller::enrollment::EnrollmentService;
+use weft_controller::rules::TableRules;
+use weft_controller::service::ControllerService;
+use weft_controller::store::Store;
+use weft_controller::tls::Ca;
+use weft_controller::tokens::Tokens;
+use weft_fuzz::{addr_like, fuzz};
+use weft_proto::addr::AddrSpec;
+use weft_proto::names::Mac;
+use weft_proto::v1::controller_server::Controller;
+use weft_proto::v1::enrollment_server::Enrollment;
+use weft_proto::v1::*;
+
+struct Controllers {
+    service: ControllerService,
+    enrollment: EnrollmentService,
+    runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+}
+
+/// A controller with host1 and host2 registered and one endpoint on host2.
+fn controllers() -> Controllers {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (store, tables) = Store::open(dir.path()).expect("store");
+    let service = ControllerService::new(store, tables, Duration::from_secs(180));
+    let ca = Ca::load_or_create(dir.path()).expect("CA");
+    let enrollment =
+        EnrollmentService::new(Arc::new(ca), Tokens::open(dir.path()).expect("tokens"));
+    service
+        .mutate(|t| {
+            let mut changes = t.ensure_default_network("10.32.0.0/12".parse().unwrap())?;
+            for (name, addr) in [("host1", "198.18.0.1"), ("host2", "198.18.0.2")] {
+                changes.push(delta::Change::PeerPut(Peer {
+                    name: name.into(),
+                    advertise_addr: addr.into(),
+                }));
+            }
+            Ok(((), changes))
+        })
+        .expect("setup");
+    let spec: AddrSpec = "192.168.0.3/24".parse().unwrap();
+    service
+        .mutate(|t| t.attach("host2", "netns:c2", &[spec], "", &mut Mac::random))
+        .expect("host2's endpoint");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    Controllers {
+        service,
+        enrollment,
+        runtime,
+        _dir: dir,
+    }
+}
+
+fn host2_state(service: &ControllerService) -> String {
+    let (state, _) = service
+        .mutate(|t| {
+            let peer = t.tables.peers.get("host2").cloned();
+            let endpoints: Vec<_> = t
+                .tables
+                .endpoints
+                .values()
+                .filter(|ep| ep.peer == "host2")
+                .cloned()
+                .collect();
+            Ok((format!("{peer:?} {endpoints:?}"), vec![]))
+        })
+        .expect("reading the tables");
+    state
+}
+
+/// A request from host1's agent, as the TLS interceptor passes it on.
+fn from_host1<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .extensions_mut()
+        .insert(PeerIdentity("host1".to_string()));
+    request
+}
+
+fn peer() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("host1".to_string()),
+        Just("host2".to_string()),
+        "[a-z0-9.-]{0,12}",
+        any::<String>(),
+    ]
+}
+
+fn container() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("netns:c2".to_string()),
+        "[a-z0-9:/]{0,12}",
+        any::<String>()
+    ]
+}
+
+/// Bytes of one request kind: random, or a message of random fields encoded. `host2_mac` is the
+/// MAC of host2's endpoint, which detaches may name.
+fn call(host2_mac: String) -> impl Strategy<Value = (u8, Vec<u8>)> {
+    let bytes = prop::collection::vec(any::<u8>(), 0..256);
+    let addrs = || prop::collection::vec(addr_like(), 0..4);
+    let structured = prop_oneof![
+        (peer(), "[0-9.]{0,16}").prop_map(|(name, advertise_addr)| (
+            0,
+            RegisterRequest {
+                peer: Some(Peer {
+                    name,
+                    advertise_addr
+                })
+            }
+            .encode_to_vec()
+        )),
+        (peer(), container(), addrs(), "[a-z.]{0,10}").prop_map(
+            |(peer, container_id, addrs, dns_name)| (
+                2,
+                AttachRequest {
+                    peer,
+                    container_id,
+                    addrs,
+                    dns_name
+                }
+                .encode_to_vec()
+            )
+        ),
+        (
+            peer(),
+            container(),
+            addrs(),
+            prop_oneof![Just(host2_mac), "[0-9a-f:]{0,17}"]
+        )
+            .prop_map(|(peer, container_id, addrs, only_mac)| (
+                3,
+                DetachRequest {
+                    peer,
+                    container_id,
+                    addrs,
+                    only_mac
+                }
+                .encode_to_vec()
+            )),
+        ("[a-z0-9./-]{0,12}", "[0-9./]{0,18}")
+            .prop_map(|(name, subnet)| (4, CreateNetworkRequest { name, subnet }.encode_to_vec())),
+        (peer(), any::<bool>(), "[a-z.]{0,10}", "[0-9.]{0,15}").prop_map(
+            |(peer, remove, name, ip)| (
+                8,
+                UpdateDnsRequest {
+                    peer: peer.clone(),
+                    remove,
+                    records: vec![DnsRecord {
+                        name,
+                        ip,
+                        peer,
+                        container_id: String::new()
+                    }]
+                }
+                .encode_to_vec()
+            )
+        ),
+        (any::<String>(), peer(), any::<String>()).prop_map(|(token, peer, csr_pem)| (
+            9,
+            JoinRequest {
+                token,
+                peer,
+                csr_pem
+            }
+            .encode_to_vec()
+        )),
+    ];
+    prop_oneof![(0u8..10, bytes), structured]
+}
+
+/// Decodes `bytes` as request kind `kind` and handles it; `None` when they do not decode.
+async fn handle(c: &Controllers, kind: u8, bytes: &[u8]) -> Option<Result<(), Status>> {
+    fn ok<T>(r: Result<tonic::Response<T>, Status>) -> Result<(), Status> {
+        r.map(drop)
+    }
+    let s = &c.service;
+    Some(match kind {
+        0 => ok(s
+            .register(from_host1(RegisterRequest::decode(bytes).ok()?))
+            .await),
+        1 => ok(s.watch(from_host1(WatchRequest::decode(bytes).ok()?)).await),
+        2 => ok(s
+            .attach(from_host1(AttachRequest::decode(bytes).ok()?))
+            .await),
+        3 => ok(s
+            .detach(from_host1(DetachRequest::decode(bytes).ok()?))
+            .await),
+        4 => ok(s
+            .create_network(from_host1(CreateNetworkRequest::decode(bytes).ok()?))
+            .await),
+        5 => ok(s
+            .delete_network(from_host1(DeleteNetworkRequest::decode(bytes).ok()?))
+            .await),
+        6 => ok(s
+            .remove_peer(from_host1(RemovePeerRequest::decode(bytes).ok()?))
+            .await),
+        7 => ok(s
+            .list_peers(from_host1(ListPeersRequest::decode(bytes).ok()?))
+            .await),
+        8 => ok(s
+            .update_dns(from_host1(UpdateDnsRequest::decode(bytes).ok()?))
+            .await),
+        _ => {
+            let join = c
+                .enrollment
+                .join(Request::new(JoinRequest::decode(bytes).ok()?))
+                .await;
+            if join.is_ok() {
+                return Some(Err(Status::internal("a join without a token succeeded")));
+            }
+            ok(join)
+        }
+    })
+}
+
+#[test]
+fn no_request_breaks_the_controller_or_touches_another_peer() {
+    let c = controllers();
+    let host2 = host2_state(&c.service);
+    let (mac, _) = c
+        .service
+        .mutate(|t| {
+            let ep = t.tables.endpoints.values().find(|ep| ep.peer == "host2");
+            Ok((ep.map(|ep| ep.mac.clone()).unwrap_or_default(), vec![]))
+        })
+        .expect("reading the tables");
+    assert!(!mac.is_empty(), "host2 has no endpoint: {host2}");
+    fuzz("requests", call(mac), |(kind, bytes)| {
+        let outcome = c.runtime.block_on(handle(&c, kind, &bytes));
+        if let Some(Err(status)) = outcome {
+            prop_assert!(
+                !matches!(status.code(), Code::Internal | Code::Unknown),
+                "request {} {:?}: {:?}",
+                kind,
+                bytes,
+                status
+            );
+        }
+        prop_assert_eq!(
+            &host2_state(&c.service),
+            &host2,
+            "request {} changed host2",
+            kind
+        );
+        Ok(())
+    });
+}
