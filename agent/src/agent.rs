@@ -11,7 +11,6 @@ use anyhow::{anyhow, bail};
 use tokio::sync::{Notify, OwnedMutexGuard, watch};
 use tonic::transport::{self, Channel};
 use tracing::{debug, info, warn};
-use weft_proto::error::root_cause;
 use weft_proto::tables::Tables;
 use weft_proto::v1::controller_client::ControllerClient;
 use weft_proto::v1::{Peer, WatchEvent, watch_event::Event};
@@ -69,17 +68,7 @@ pub struct Agent {
     stopped: Notify,
 }
 
-/// A failed call to the controller in a few words: its message and, when a transport error lies
-/// beneath, the operating system's reason ("tcp connect error: Connection refused (os error 111)").
-pub fn describe(status: &tonic::Status) -> String {
-    use std::error::Error;
-    let root = root_cause(status);
-    if status.source().is_none() || root == status.message() {
-        status.message().to_string()
-    } else {
-        format!("{}: {root}", status.message())
-    }
-}
+pub use weft_proto::error::describe;
 
 /// The state of the agent's watch on the controller, for `weftctl status`.
 #[derive(Debug, Clone)]

@@ -42,7 +42,18 @@ async fn session(agent: &Agent, healthy: &mut bool) -> anyhow::Result<()> {
             peer: Some(agent.peer()),
         })
         .await
-        .map_err(|s| anyhow!("register failed: {}", describe(&s)))?;
+        .map_err(|s| {
+            // Under TLS 1.3 a controller that refuses the client certificate does so after the
+            // client's side of the handshake: the call only looks cancelled.
+            let hint = if s.code() == tonic::Code::Cancelled
+                && agent.controller_url.starts_with("https://")
+            {
+                " (did the controller refuse this agent's certificate? its log says why)"
+            } else {
+                ""
+            };
+            anyhow!("register failed: {}{hint}", describe(&s))
+        })?;
     let mut stream = client
         .watch(WatchRequest {
             peer: agent.name.clone(),

@@ -211,11 +211,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// A refusal as `refused: CODE: message`, the code as tonic names it (e.g. PermissionDenied).
+/// A refusal as `refused: CODE: message[: root cause]`, the code as tonic names it (e.g.
+/// PermissionDenied).
 fn refused<T>(reply: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
-    reply
-        .map(tonic::Response::into_inner)
-        .map_err(|s| anyhow!("refused: {:?}: {}", s.code(), s.message()))
+    reply.map(tonic::Response::into_inner).map_err(|s| {
+        anyhow!(
+            "refused: {:?}: {}",
+            s.code(),
+            weft_proto::error::describe(&s)
+        )
+    })
 }
 
 /// One HTTP/2 connection; concurrent requests share it, as an agent's do.

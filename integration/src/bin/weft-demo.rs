@@ -15,6 +15,11 @@ fn demo() {
         "building a world: an underlay bridge, weft-controller at 198.18.0.100, host1 at 198.18.0.1 and host2 at 198.18.0.2, one weft-agent on each",
     );
     let mut world = World::new(2);
+    note(
+        "the controller made its CA in its data dir; each agent joined once with a token from `weftctl token create` and talks to it over mutual TLS",
+    );
+    println!("controller$ weftctl token create");
+    println!("{}", world.token("1h"));
     let c1 = world.container(1, "c1");
     let c2 = world.container(2, "c2");
     let c3 = world.container(2, "c3");
