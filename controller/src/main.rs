@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use ipnetwork::Ipv4Network;
-use tracing::info;
+use tracing::{info, warn};
 use weft_controller::rules::TableRules;
 use weft_controller::service::ControllerService;
 use weft_controller::store::Store;
@@ -62,6 +62,21 @@ fn parse_range(s: &str) -> Result<Ipv4Network, String> {
     Ok(net)
 }
 
+/// Raises the soft limit on open files to the hard one. Each agent holds two connections, and
+/// the usual soft limit of 1024 would leave agents past the 500th unanswered in the listen
+/// backlog until their keepalives give up.
+fn allow_connections() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => warn!(soft, hard, "cannot raise the open-file limit: {e}"),
+        },
+        Ok((soft, _)) => info!(limit = soft, "open-file limit"),
+        Err(e) => warn!("cannot read the open-file limit: {e}"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     weft_proto::process::init_logging();
@@ -75,12 +90,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    allow_connections();
     let (store, tables) = Store::open(&args.data_dir)?;
     info!(revision = tables.revision, data_dir = %args.data_dir.display(), "store loaded");
-    let service = ControllerService::new(store, tables, args.peer_lease);
+    let service = ControllerService::new(store, tables, args.peer_lease)
+        .context("cannot start the committing thread")?;
     let range = args.ipalloc_range;
     service
-        .mutate(|t| Ok(((), t.ensure_default_network(range)?)))
+        .mutate(move |t| Ok(((), t.ensure_default_network(range)?)))
+        .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)

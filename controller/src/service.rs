@@ -1,7 +1,6 @@
-//! The Controller gRPC service: checks each request against the tables, persists the changes,
-//! applies them, and fans them out to every watching agent as revisioned deltas.
+//! The Controller gRPC service: hands each request that changes the tables to the committer
+//! ([`crate::state`]), and fans the changes out to every watching agent as revisioned deltas.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,40 +11,40 @@ use tracing::{info, warn};
 use weft_proto::addr::{AddrError, AddrSpec};
 use weft_proto::dns_name;
 use weft_proto::names::Mac;
+use weft_proto::snapshot;
 use weft_proto::tables::Tables;
 use weft_proto::v1::controller_server::Controller;
 use weft_proto::v1::{
     AttachRequest, AttachResponse, CreateNetworkRequest, CreateNetworkResponse,
-    DeleteNetworkRequest, DeleteNetworkResponse, Delta, DetachRequest, DetachResponse,
-    ListPeersRequest, ListPeersResponse, PeerStatus, RegisterRequest, RegisterResponse,
-    RemovePeerRequest, RemovePeerResponse, Resumed, UpdateDnsRequest, UpdateDnsResponse,
-    WatchEvent, WatchRequest, delta::Change, watch_event::Event,
+    DeleteNetworkRequest, DeleteNetworkResponse, DetachRequest, DetachResponse, ListPeersRequest,
+    ListPeersResponse, PeerStatus, RegisterRequest, RegisterResponse, RemovePeerRequest,
+    RemovePeerResponse, Resumed, UpdateDnsRequest, UpdateDnsResponse, WatchEvent, WatchRequest,
+    delta::Change, watch_event::Event,
 };
 
-use crate::index::Index;
 use crate::ipam::IpamError;
 use crate::liveness::Liveness;
 use crate::rules::{TableError, TableRules, View};
+use crate::state::{Committer, MutateError, Shared};
 use crate::store::Store;
 
 /// Deltas kept for watchers that fall behind; one that falls further gets a new snapshot.
 const EVENT_BUFFER: usize = 4096;
-/// Events queued per watcher before its stream applies back-pressure.
-const WATCHER_QUEUE: usize = 64;
-/// Deltas kept for agents that reconnect: one further behind gets a snapshot.
-const HISTORY: usize = 50_000;
+/// Events (snapshot parts too) queued per watcher before its stream applies back-pressure:
+/// few, since a thousand agents joining at once each hold this many parts in memory.
+const WATCHER_QUEUE: usize = 16;
 
-struct State {
-    tables: Tables,
-    index: Index,
-    store: Store,
-    /// The latest deltas, oldest first, for agents that reconnect and resume.
-    history: VecDeque<WatchEvent>,
+/// Where a watch starts.
+enum Start {
+    /// The parts of a snapshot (see [`snapshot::parts`]).
+    Snapshot(Arc<Vec<WatchEvent>>),
+    /// `Resumed`, then the deltas the watcher missed.
+    Resume(Vec<WatchEvent>),
 }
 
 struct Inner {
-    state: Mutex<State>,
-    events: broadcast::Sender<WatchEvent>,
+    shared: Arc<Shared>,
+    committer: Committer,
     liveness: Mutex<Liveness>,
 }
 
@@ -90,85 +89,38 @@ fn parse_addrs(addrs: &[String]) -> Result<Vec<AddrSpec>, Status> {
 
 impl ControllerService {
     /// `peer_lease`: how long a peer may be gone before it is shown as unreachable.
-    pub fn new(store: Store, tables: Tables, peer_lease: Duration) -> Self {
+    pub fn new(store: Store, tables: Tables, peer_lease: Duration) -> std::io::Result<Self> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        ControllerService {
+        let shared = Arc::new(Shared::new(store, tables, events));
+        Ok(ControllerService {
             inner: Arc::new(Inner {
-                state: Mutex::new(State {
-                    index: Index::build(&tables),
-                    tables,
-                    store,
-                    history: VecDeque::new(),
-                }),
-                events,
+                committer: Committer::start(shared.clone())?,
+                shared,
                 liveness: Mutex::new(Liveness::new(peer_lease, Instant::now())),
             }),
-        }
+        })
     }
 
-    /// Runs `plan` against the tables; persists and publishes the changes it returns. Returns
-    /// the plan's result and the revision the tables are at afterwards.
-    /// Blocking (the store fsyncs): call it from `spawn_blocking`.
-    pub fn mutate<T>(
-        &self,
-        plan: impl FnOnce(&View) -> Result<(T, Vec<Change>), TableError>,
-    ) -> Result<(T, u64), Status> {
-        let mut state = self
-            .inner
-            .state
-            .lock()
-            .expect("controller state lock poisoned");
-        let view = View {
-            tables: &state.tables,
-            index: &state.index,
-        };
-        let (out, changes) = plan(&view).map_err(status_of)?;
-        if changes.is_empty() {
-            return Ok((out, state.tables.revision));
-        }
-        let revision = state.tables.revision + changes.len() as u64;
-        state.store.commit(&changes, revision).map_err(|e| {
-            warn!("persisting failed: {e}");
-            Status::internal(e.to_string())
-        })?;
-        for change in changes {
-            let State { tables, index, .. } = &mut *state;
-            index.apply(tables, &change);
-            tables.apply(&change);
-            let event = WatchEvent {
-                revision: state.tables.revision,
-                event: Some(Event::Delta(Delta {
-                    change: Some(change),
-                })),
-            };
-            state.history.push_back(event.clone());
-            if state.history.len() > HISTORY {
-                state.history.pop_front();
-            }
-            // No receivers is fine: nobody is watching yet.
-            let _ = self.inner.events.send(event);
-        }
-        Ok((out, state.tables.revision))
-    }
-
-    async fn mutate_async<T: Send + 'static>(
+    /// Runs `plan` against the tables; persists and publishes the changes it returns (see
+    /// [`Committer::mutate`]). Returns the plan's result and the revision after its changes.
+    pub async fn mutate<T: Send + 'static>(
         &self,
         plan: impl FnOnce(&View) -> Result<(T, Vec<Change>), TableError> + Send + 'static,
     ) -> Result<(T, u64), Status> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.mutate(plan))
+        self.inner
+            .committer
+            .mutate(plan)
             .await
-            .map_err(|e| Status::internal(format!("controller task failed: {e}")))?
+            .map_err(|e| match e {
+                MutateError::Rejected(e) => status_of(e),
+                MutateError::Persist(_) | MutateError::Stopped => Status::internal(e.to_string()),
+            })
     }
 
-    /// Where a watch from `from` (the watcher's revision, 0 for none) starts: a snapshot, or
-    /// `Resumed` and the deltas it missed; and a subscription to what comes after them.
-    fn subscribe(&self, from: u64) -> (Vec<WatchEvent>, broadcast::Receiver<WatchEvent>) {
-        let state = self
-            .inner
-            .state
-            .lock()
-            .expect("controller state lock poisoned");
+    /// Where a watch from `from` (the watcher's revision, 0 for none) starts, and a
+    /// subscription to what comes after it.
+    fn subscribe(&self, from: u64) -> (Start, broadcast::Receiver<WatchEvent>) {
+        let mut state = self.inner.shared.lock();
         let current = state.tables.revision;
         let oldest_kept = state.history.front().map_or(current + 1, |e| e.revision);
         // Resumable when the watcher is not ahead of us (a controller that lost its store) and
@@ -187,14 +139,40 @@ impl ControllerService {
                 })),
             }];
             start.extend(missed);
-            start
+            Start::Resume(start)
         } else {
-            vec![WatchEvent {
-                revision: current,
-                event: Some(Event::Snapshot(state.tables.snapshot())),
-            }]
+            let parts = match state.shared_snapshot.upgrade() {
+                Some(parts) if parts.first().map(|p| p.revision) == Some(current) => parts,
+                _ => {
+                    let parts = Arc::new(snapshot::parts(&state.tables));
+                    state.shared_snapshot = Arc::downgrade(&parts);
+                    parts
+                }
+            };
+            Start::Snapshot(parts)
         };
-        (start, self.inner.events.subscribe())
+        (start, self.inner.shared.events.subscribe())
+    }
+
+    /// Sends where the watch starts; false once the watcher is gone. `sent` follows the
+    /// revision of what was sent.
+    async fn send_start(
+        start: Start,
+        tx: &mpsc::Sender<Result<WatchEvent, Status>>,
+        sent: &mut u64,
+    ) -> bool {
+        let events: Box<dyn Iterator<Item = WatchEvent> + Send> = match start {
+            // One part cloned at a time, as the watcher takes them.
+            Start::Snapshot(parts) => Box::new((0..parts.len()).map(move |i| parts[i].clone())),
+            Start::Resume(events) => Box::new(events.into_iter()),
+        };
+        for event in events {
+            *sent = event.revision;
+            if tx.send(Ok(event)).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
@@ -221,11 +199,8 @@ impl ControllerService {
     ) {
         let mut sent = from;
         let (start, mut events) = self.subscribe(from);
-        for event in start {
-            sent = event.revision;
-            if tx.send(Ok(event)).await.is_err() {
-                return;
-            }
+        if !Self::send_start(start, &tx, &mut sent).await {
+            return;
         }
         loop {
             let event = tokio::select! {
@@ -246,11 +221,8 @@ impl ControllerService {
                     warn!(%peer, missed, "watcher fell behind; resuming it");
                     let (start, fresh) = self.subscribe(sent);
                     events = fresh;
-                    for event in start {
-                        sent = event.revision;
-                        if tx.send(Ok(event)).await.is_err() {
-                            return;
-                        }
+                    if !Self::send_start(start, &tx, &mut sent).await {
+                        return;
                     }
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
@@ -270,7 +242,7 @@ impl Controller for ControllerService {
             .peer
             .ok_or_else(|| Status::invalid_argument("register: no peer given"))?;
         info!(name = %peer.name, addr = %peer.advertise_addr, "peer registers");
-        self.mutate_async(move |t| Ok(((), t.register_peer(peer)?)))
+        self.mutate(move |t| Ok(((), t.register_peer(peer)?)))
             .await?;
         Ok(Response::new(RegisterResponse {}))
     }
@@ -307,7 +279,7 @@ impl Controller for ControllerService {
             name => dns_name::normalize(name).map_err(Status::invalid_argument)?,
         };
         let (done, revision) = self
-            .mutate_async({
+            .mutate({
                 let (peer, container_id) = (peer.clone(), container_id.clone());
                 move |t| t.attach(&peer, &container_id, &specs, &dns_name, &mut Mac::random)
             })
@@ -334,7 +306,7 @@ impl Controller for ControllerService {
         } = request.into_inner();
         let specs = parse_addrs(&addrs)?;
         let (done, revision) = self
-            .mutate_async({
+            .mutate({
                 let (peer, container_id) = (peer.clone(), container_id.clone());
                 move |t| {
                     let still_there = only_mac.is_empty()
@@ -367,7 +339,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<CreateNetworkResponse>, Status> {
         let CreateNetworkRequest { name, subnet } = request.into_inner();
         let (network, revision) = self
-            .mutate_async(move |t| t.create_network(&name, &subnet))
+            .mutate(move |t| t.create_network(&name, &subnet))
             .await?;
         info!(name = %network.name, subnet = %network.subnet, vni = network.vni, "network created");
         Ok(Response::new(CreateNetworkResponse {
@@ -382,7 +354,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<DeleteNetworkResponse>, Status> {
         let name = request.into_inner().name;
         let ((), revision) = self
-            .mutate_async({
+            .mutate({
                 let name = name.clone();
                 move |t| Ok(((), t.delete_network(&name)?))
             })
@@ -398,7 +370,7 @@ impl Controller for ControllerService {
         let name = request.into_inner().name;
         let connected = self.liveness().is_connected(&name);
         let (released, revision) = self
-            .mutate_async({
+            .mutate({
                 let name = name.clone();
                 move |t| t.remove_peer(&name, connected)
             })
@@ -418,7 +390,7 @@ impl Controller for ControllerService {
         } = request.into_inner();
         let count = records.len();
         let ((), revision) = self
-            .mutate_async({
+            .mutate({
                 let peer = peer.clone();
                 move |t| Ok(((), t.update_dns(&peer, remove, &records)?))
             })
@@ -432,11 +404,7 @@ impl Controller for ControllerService {
         _request: Request<ListPeersRequest>,
     ) -> Result<Response<ListPeersResponse>, Status> {
         let tables: Vec<_> = {
-            let state = self
-                .inner
-                .state
-                .lock()
-                .expect("controller state lock poisoned");
+            let state = self.inner.shared.lock();
             state
                 .tables
                 .peers

@@ -1,0 +1,271 @@
+//! The controller's state (tables, their index, the store, the latest deltas) and how requests
+//! change it: group commit. One thread takes the requests in arrival order, plans each against
+//! the tables as the ones before it left them, and persists all that queued up while the
+//! previous batch was being written in one transaction, one fsync. Nothing of a batch is
+//! answered, published to watchers or shown in a snapshot before that transaction is durable
+//! (the state lock is held until then); if it fails, the batch is undone in memory and every
+//! request in it fails.
+
+use std::collections::VecDeque;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::thread;
+
+use tokio::sync::{broadcast, oneshot};
+use tracing::warn;
+use weft_proto::tables::Tables;
+use weft_proto::v1::{Delta, WatchEvent, delta::Change, watch_event::Event};
+
+use crate::index::Index;
+use crate::rules::{TableError, View};
+use crate::store::Store;
+
+/// Deltas kept for agents that reconnect: one further behind gets a snapshot.
+const HISTORY: usize = 50_000;
+/// Requests planned and persisted together at most: bounds how long the state lock is held.
+const MAX_BATCH: usize = 256;
+
+pub struct State {
+    pub tables: Tables,
+    pub index: Index,
+    store: Store,
+    /// The latest deltas, oldest first, for agents that reconnect and resume.
+    pub history: VecDeque<WatchEvent>,
+    /// The parts of the latest snapshot sent, while a watcher is still sending them: agents
+    /// that start at the same revision share one copy of the tables.
+    pub shared_snapshot: Weak<Vec<WatchEvent>>,
+}
+
+/// The state and the channel its changes are published on, once durable.
+pub struct Shared {
+    state: Mutex<State>,
+    pub events: broadcast::Sender<WatchEvent>,
+}
+
+impl Shared {
+    pub fn new(store: Store, tables: Tables, events: broadcast::Sender<WatchEvent>) -> Shared {
+        Shared {
+            state: Mutex::new(State {
+                index: Index::build(&tables),
+                tables,
+                store,
+                history: VecDeque::new(),
+                shared_snapshot: Weak::new(),
+            }),
+            events,
+        }
+    }
+
+    /// The state as of the last durable change.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("controller state lock poisoned")
+    }
+}
+
+/// Why a change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum MutateError {
+    #[error(transparent)]
+    Rejected(#[from] TableError),
+    #[error("persisting failed: {0}")]
+    Persist(String),
+    #[error("the controller is stopping")]
+    Stopped,
+}
+
+type Plan = Box<dyn for<'a> FnOnce(&View<'a>) -> Result<Vec<Change>, TableError> + Send>;
+
+struct Job {
+    plan: Plan,
+    /// The revision the tables are at after this request's changes.
+    done: oneshot::Sender<Result<u64, MutateError>>,
+}
+
+/// Hands requests to the committing thread. The thread ends when the last clone is dropped.
+#[derive(Clone)]
+pub struct Committer {
+    jobs: std_mpsc::Sender<Job>,
+}
+
+impl Committer {
+    pub fn start(shared: Arc<Shared>) -> std::io::Result<Committer> {
+        let (jobs, queue) = std_mpsc::channel();
+        thread::Builder::new()
+            .name("weft-commit".into())
+            .spawn(move || {
+                while let Ok(first) = queue.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(queue.try_iter().take(MAX_BATCH - 1));
+                    commit_batch(&shared, batch);
+                }
+            })?;
+        Ok(Committer { jobs })
+    }
+
+    /// Runs `plan` against the tables; persists and publishes the changes it returns. Returns
+    /// the plan's result and the revision the tables are at after its changes.
+    pub async fn mutate<T: Send + 'static>(
+        &self,
+        plan: impl FnOnce(&View) -> Result<(T, Vec<Change>), TableError> + Send + 'static,
+    ) -> Result<(T, u64), MutateError> {
+        let (out_tx, mut out_rx) = oneshot::channel();
+        let (done, result) = oneshot::channel();
+        let plan: Plan = Box::new(move |view| {
+            let (out, changes) = plan(view)?;
+            let _ = out_tx.send(out);
+            Ok(changes)
+        });
+        self.jobs
+            .send(Job { plan, done })
+            .map_err(|_| MutateError::Stopped)?;
+        let revision = result.await.map_err(|_| MutateError::Stopped)??;
+        // Sent before the plan returned its changes, so before `done`.
+        let out = out_rx.try_recv().map_err(|_| MutateError::Stopped)?;
+        Ok((out, revision))
+    }
+}
+
+fn commit_batch(shared: &Shared, batch: Vec<Job>) {
+    let mut guard = shared.lock();
+    let state = &mut *guard;
+    let start = state.tables.revision;
+    let mut undo = Vec::new();
+    let mut changed = Vec::new();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for job in batch {
+        let view = View {
+            tables: &state.tables,
+            index: &state.index,
+        };
+        let outcome = (job.plan)(&view).map(|changes| {
+            for change in changes {
+                undo.push(state.tables.undo(&change));
+                state.index.apply(&state.tables, &change);
+                state.tables.apply(&change);
+                changed.push(change);
+            }
+            state.tables.revision
+        });
+        outcomes.push((job.done, outcome.map_err(MutateError::from)));
+    }
+    if !changed.is_empty() {
+        if let Err(e) = state.store.commit(&changed, state.tables.revision) {
+            warn!(requests = outcomes.len(), "persisting failed: {e}");
+            for change in undo.iter().rev() {
+                state.index.apply(&state.tables, change);
+                state.tables.apply(change);
+            }
+            state.tables.revision = start;
+            for (_, outcome) in &mut outcomes {
+                if outcome.is_ok() {
+                    *outcome = Err(MutateError::Persist(e.to_string()));
+                }
+            }
+        } else {
+            publish(state, &shared.events, start, changed);
+        }
+    }
+    drop(guard);
+    for (done, outcome) in outcomes {
+        // A caller that gave up is no reason to stop.
+        let _ = done.send(outcome);
+    }
+}
+
+/// Records the batch's changes, numbered from `start` + 1, as deltas for resuming agents, and
+/// sends them to the watchers.
+fn publish(
+    state: &mut State,
+    events: &broadcast::Sender<WatchEvent>,
+    start: u64,
+    changed: Vec<Change>,
+) {
+    for (revision, change) in (start + 1..).zip(changed) {
+        let event = WatchEvent {
+            revision,
+            event: Some(Event::Delta(Delta {
+                change: Some(change),
+            })),
+        };
+        state.history.push_back(event.clone());
+        if state.history.len() > HISTORY {
+            state.history.pop_front();
+        }
+        // No receivers is fine: nobody is watching yet.
+        let _ = events.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::future::join_all;
+    use weft_proto::v1::Peer;
+
+    use super::*;
+    use crate::rules::TableRules;
+
+    fn peer(n: usize) -> Peer {
+        Peer {
+            name: format!("host{n}"),
+            advertise_addr: format!("198.18.0.{n}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_each_get_their_own_revision_and_all_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, tables) = Store::open(dir.path()).unwrap();
+        let (events, mut watcher) = broadcast::channel(1024);
+        let shared = Arc::new(Shared::new(store, tables, events));
+        let committer = Committer::start(shared.clone()).unwrap();
+        let requests = (1..=100).map(|n| {
+            let committer = committer.clone();
+            async move {
+                committer
+                    .mutate(move |t| {
+                        // Every tenth names no peer: refused, and no hindrance to the others.
+                        let p = if n % 10 == 0 {
+                            Peer::default()
+                        } else {
+                            peer(n)
+                        };
+                        Ok((n, t.register_peer(p)?))
+                    })
+                    .await
+            }
+        });
+        let results = join_all(requests).await;
+        let mut revisions: Vec<u64> = Vec::new();
+        for (i, result) in results.into_iter().enumerate() {
+            let n = i + 1;
+            match result {
+                Ok((out, revision)) => {
+                    assert_eq!(out, n);
+                    assert_ne!(n % 10, 0, "request {n} should have been refused");
+                    revisions.push(revision);
+                }
+                Err(MutateError::Rejected(TableError::Invalid(_))) => assert_eq!(n % 10, 0),
+                Err(e) => panic!("request {n}: {e}"),
+            }
+        }
+        revisions.sort();
+        assert_eq!(revisions, (1..=90).collect::<Vec<u64>>());
+        for revision in 1..=90 {
+            let event = watcher.try_recv().expect("every change is published");
+            assert_eq!(event.revision, revision);
+        }
+        let held = shared.lock().tables.clone();
+        assert_eq!(held.peers.len(), 90);
+        // The committing thread ends, and lets go of the store, once the last committer is gone.
+        drop(committer);
+        for _ in 0..500 {
+            if Arc::strong_count(&shared) == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        drop(shared);
+        let (_, reloaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(reloaded, held);
+    }
+}
