@@ -48,6 +48,7 @@ async fn session(agent: &Agent, healthy: &mut bool) -> anyhow::Result<()> {
         .watch(WatchRequest {
             peer: agent.name.clone(),
             from_revision: agent.revision(),
+            snapshot_in_parts: true,
         })
         .await
         .map_err(|s| anyhow!("watch failed: {}", describe(&s)))?

@@ -22,6 +22,7 @@ pub async fn dump(mut client: ControllerClient<Channel>) -> anyhow::Result<Value
             peer: WATCHER.to_string(),
             // No revision of ours: the controller must answer with a whole snapshot.
             from_revision: 0,
+            snapshot_in_parts: true,
         })
         .await
         .context("watch failed")?

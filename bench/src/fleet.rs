@@ -90,6 +90,7 @@ impl SimAgent {
             .watch(WatchRequest {
                 peer: name.clone(),
                 from_revision: 0,
+                snapshot_in_parts: true,
             })
             .await
             .with_context(|| format!("{name}: watch failed"))?

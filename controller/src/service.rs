@@ -154,16 +154,20 @@ impl ControllerService {
         (start, self.inner.shared.events.subscribe())
     }
 
-    /// Sends where the watch starts; false once the watcher is gone. `sent` follows the
-    /// revision of what was sent.
+    /// Sends where the watch starts, a snapshot in parts if the watcher joins them (else
+    /// whole); false once the watcher is gone. `sent` follows the revision of what was sent.
     async fn send_start(
         start: Start,
+        in_parts: bool,
         tx: &mpsc::Sender<Result<WatchEvent, Status>>,
         sent: &mut u64,
     ) -> bool {
         let events: Box<dyn Iterator<Item = WatchEvent> + Send> = match start {
             // One part cloned at a time, as the watcher takes them.
-            Start::Snapshot(parts) => Box::new((0..parts.len()).map(move |i| parts[i].clone())),
+            Start::Snapshot(parts) if in_parts => {
+                Box::new((0..parts.len()).map(move |i| parts[i].clone()))
+            }
+            Start::Snapshot(parts) => Box::new(std::iter::once(snapshot::whole(&parts))),
             Start::Resume(events) => Box::new(events.into_iter()),
         };
         for event in events {
@@ -183,10 +187,11 @@ impl ControllerService {
         self,
         peer: String,
         from: u64,
+        in_parts: bool,
         tx: mpsc::Sender<Result<WatchEvent, Status>>,
     ) {
         self.liveness().connect(&peer, Instant::now());
-        self.stream_events(&peer, from, tx).await;
+        self.stream_events(&peer, from, in_parts, tx).await;
         self.liveness().disconnect(&peer, Instant::now());
         info!(%peer, "watch ended");
     }
@@ -195,11 +200,12 @@ impl ControllerService {
         &self,
         peer: &str,
         from: u64,
+        in_parts: bool,
         tx: mpsc::Sender<Result<WatchEvent, Status>>,
     ) {
         let mut sent = from;
         let (start, mut events) = self.subscribe(from);
-        if !Self::send_start(start, &tx, &mut sent).await {
+        if !Self::send_start(start, in_parts, &tx, &mut sent).await {
             return;
         }
         loop {
@@ -221,7 +227,7 @@ impl ControllerService {
                     warn!(%peer, missed, "watcher fell behind; resuming it");
                     let (start, fresh) = self.subscribe(sent);
                     events = fresh;
-                    if !Self::send_start(start, &tx, &mut sent).await {
+                    if !Self::send_start(start, in_parts, &tx, &mut sent).await {
                         return;
                     }
                 }
@@ -256,10 +262,14 @@ impl Controller for ControllerService {
         let WatchRequest {
             peer,
             from_revision,
+            snapshot_in_parts,
         } = request.into_inner();
-        info!(%peer, from_revision, "watch starts");
+        info!(%peer, from_revision, snapshot_in_parts, "watch starts");
         let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
-        tokio::spawn(self.clone().feed_watcher(peer, from_revision, tx));
+        tokio::spawn(
+            self.clone()
+                .feed_watcher(peer, from_revision, snapshot_in_parts, tx),
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -436,5 +446,77 @@ impl Controller for ControllerService {
             })
             .collect();
         Ok(Response::new(ListPeersResponse { peers }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+    use weft_proto::v1::{Endpoint, Snapshot};
+
+    use super::*;
+
+    /// A controller whose tables hold `endpoints` endpoints on host1.
+    async fn controller_with(dir: &std::path::Path, endpoints: usize) -> ControllerService {
+        let (store, tables) = Store::open(dir).unwrap();
+        let service = ControllerService::new(store, tables, Duration::from_secs(60)).unwrap();
+        let changes: Vec<Change> = (0..endpoints)
+            .map(|i| {
+                Change::EndpointPut(Endpoint {
+                    network: "default".into(),
+                    container_id: format!("c{i}"),
+                    peer: "host1".into(),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        service.mutate(move |_| Ok(((), changes))).await.unwrap();
+        service
+    }
+
+    /// The snapshot a watch from revision 0 starts with, as the messages it came in.
+    async fn first_snapshot(service: &ControllerService, in_parts: bool) -> Vec<Snapshot> {
+        let mut stream = service
+            .watch(Request::new(WatchRequest {
+                peer: "host1".into(),
+                from_revision: 0,
+                snapshot_in_parts: in_parts,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut messages = Vec::new();
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("the snapshot comes within 10 s")
+                .expect("the watch goes on")
+                .unwrap();
+            let Some(Event::Snapshot(snapshot)) = event.event else {
+                panic!("not a snapshot: {event:?}");
+            };
+            let more = snapshot.more;
+            messages.push(snapshot);
+            if !more {
+                return messages;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_does_not_ask_for_parts_gets_one_whole_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoints = 3 * snapshot::ENDPOINTS_PER_PART;
+        let service = controller_with(dir.path(), endpoints).await;
+        // What an agent from before parts reads: the first event is all the tables.
+        let whole = first_snapshot(&service, false).await;
+        assert_eq!(whole.len(), 1);
+        assert_eq!(whole[0].endpoints.len(), endpoints);
+        let parts = first_snapshot(&service, true).await;
+        assert_eq!(parts.len(), 3);
+        assert_eq!(
+            parts.iter().map(|p| p.endpoints.len()).sum::<usize>(),
+            endpoints
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! A snapshot travels in parts of a few hundred endpoints. One message of all the tables (about
 //! 10 MB at 100,000 endpoints) would be built, buffered and decoded whole on both ends, and
 //! gRPC's per-stream buffers keep the capacity a message needed for as long as the watch stays
-//! open: a controller would hold one such buffer per watching agent.
+//! open: a controller would hold one such buffer per watching agent. A watcher gets parts only
+//! if it asks for them (`WatchRequest.snapshot_in_parts`): an agent from before parts would take
+//! the first for the whole tables.
 
 use crate::tables::Tables;
 use crate::v1::{Snapshot, WatchEvent, watch_event::Event};
@@ -46,6 +48,24 @@ pub fn parts(tables: &Tables) -> Vec<WatchEvent> {
             }
         })
         .collect()
+}
+
+/// The snapshot that [`parts`] split, as one event: for a watcher that reads a snapshot as one
+/// message.
+pub fn whole(parts: &[WatchEvent]) -> WatchEvent {
+    let mut whole = Snapshot::default();
+    for part in parts {
+        if let Some(Event::Snapshot(part)) = &part.event {
+            whole.peers.extend_from_slice(&part.peers);
+            whole.networks.extend_from_slice(&part.networks);
+            whole.dns_records.extend_from_slice(&part.dns_records);
+            whole.endpoints.extend_from_slice(&part.endpoints);
+        }
+    }
+    WatchEvent {
+        revision: parts.first().map_or(0, |p| p.revision),
+        event: Some(Event::Snapshot(whole)),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -154,6 +174,20 @@ mod tests {
             };
             assert!(!snapshot.more);
             assert_eq!(Tables::from_snapshot(whole[0].revision, snapshot), t, "{n}");
+        }
+    }
+
+    #[test]
+    fn whole_is_the_tables_in_one_event() {
+        for n in [0, ENDPOINTS_PER_PART + 1, 1000] {
+            let t = tables(n);
+            let whole = whole(&parts(&t));
+            assert_eq!(whole.revision, t.revision);
+            let Some(Event::Snapshot(snapshot)) = whole.event else {
+                panic!("not a snapshot: {whole:?}");
+            };
+            assert!(!snapshot.more, "{n}");
+            assert_eq!(Tables::from_snapshot(t.revision, snapshot), t, "{n}");
         }
     }
 
