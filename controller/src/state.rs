@@ -4,15 +4,16 @@
 //! previous batch was being written in one transaction, one fsync. Nothing of a batch is
 //! answered, published to watchers or shown in a snapshot before that transaction is durable
 //! (the state lock is held until then); if it fails, the batch is undone in memory and every
-//! request in it fails.
+//! request in it fails. A panic while committing ends the process (see [`EXIT_PANICKED`]).
 
 use std::collections::VecDeque;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread;
 
 use tokio::sync::{broadcast, oneshot};
-use tracing::warn;
+use tracing::{error, warn};
 use weft_proto::tables::Tables;
 use weft_proto::v1::{Delta, WatchEvent, delta::Change, watch_event::Event};
 
@@ -24,6 +25,10 @@ use crate::store::Store;
 const HISTORY: usize = 50_000;
 /// Requests planned and persisted together at most: bounds how long the state lock is held.
 const MAX_BATCH: usize = 256;
+/// The controller's exit status after a panic while committing (EX_SOFTWARE). It exits rather
+/// than serve on without a committer and with the state lock poisoned; a supervisor (systemd's
+/// Restart=on-failure) starts it again from its store, which holds every answered change.
+pub const EXIT_PANICKED: i32 = 70;
 
 pub struct State {
     pub tables: Tables,
@@ -93,10 +98,21 @@ impl Committer {
         thread::Builder::new()
             .name("weft-commit".into())
             .spawn(move || {
-                while let Ok(first) = queue.recv() {
-                    let mut batch = vec![first];
-                    batch.extend(queue.try_iter().take(MAX_BATCH - 1));
-                    commit_batch(&shared, batch);
+                let run = panic::catch_unwind(AssertUnwindSafe(|| {
+                    while let Ok(first) = queue.recv() {
+                        let mut batch = vec![first];
+                        batch.extend(queue.try_iter().take(MAX_BATCH - 1));
+                        commit_batch(&shared, batch);
+                    }
+                }));
+                if let Err(panic) = run {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .copied()
+                        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                        .unwrap_or("(no message)");
+                    error!("committing panicked, exiting: {why}");
+                    std::process::exit(EXIT_PANICKED);
                 }
             })?;
         Ok(Committer { jobs })
@@ -209,6 +225,37 @@ mod tests {
             name: format!("host{n}"),
             advertise_addr: format!("198.18.0.{n}"),
         }
+    }
+
+    /// Set in the child process of the test below.
+    const PANIC_IN_PLAN: &str = "WEFT_TEST_PANIC_IN_PLAN";
+
+    #[test]
+    fn a_panic_while_committing_ends_the_process() {
+        if std::env::var_os(PANIC_IN_PLAN).is_some() {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, tables) = Store::open(dir.path()).unwrap();
+            let shared = Arc::new(Shared::new(store, tables, broadcast::channel(1).0));
+            let committer = Committer::start(shared).unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let result = runtime.block_on(
+                committer.mutate(|_| -> Result<((), _), _> { panic!("a plan that panics") }),
+            );
+            // Not reached if the process exits as it should.
+            panic!("the controller goes on after a panic while committing: {result:?}");
+        }
+        let test = "state::tests::a_panic_while_committing_ends_the_process";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(PANIC_IN_PLAN, "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(EXIT_PANICKED), "stderr: {stderr}");
+        assert!(stderr.contains("a plan that panics"), "stderr: {stderr}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
