@@ -172,10 +172,9 @@ fn commit_batch(shared: &Shared, batch: Vec<Job>) {
                 state.tables.apply(change);
             }
             state.tables.revision = start;
+            // Refusals too: one may be due to an earlier request of the batch, now undone.
             for (_, outcome) in &mut outcomes {
-                if outcome.is_ok() {
-                    *outcome = Err(MutateError::Persist(e.to_string()));
-                }
+                *outcome = Err(MutateError::Persist(e.to_string()));
             }
         } else {
             publish(state, &shared.events, start, changed);
