@@ -149,6 +149,11 @@ fn commit_batch(shared: &Shared, batch: Vec<Job>) {
     let mut changed = Vec::new();
     let mut outcomes = Vec::with_capacity(batch.len());
     for job in batch {
+        // Its caller gave up (a gRPC deadline, a client that went away) while it queued: nobody
+        // would learn of the change, and the caller may be retrying it already.
+        if job.done.is_closed() {
+            continue;
+        }
         let view = View {
             tables: &state.tables,
             index: &state.index,
@@ -224,6 +229,31 @@ mod tests {
             name: format!("host{n}"),
             advertise_addr: format!("198.18.0.{n}"),
         }
+    }
+
+    fn shared(dir: &std::path::Path) -> Shared {
+        let (store, tables) = Store::open(dir).unwrap();
+        Shared::new(store, tables, broadcast::channel(1024).0)
+    }
+
+    /// A request that registers `peer`, and where its answer comes.
+    fn register(peer: Peer) -> (Job, oneshot::Receiver<Result<u64, MutateError>>) {
+        let (done, answer) = oneshot::channel();
+        let plan: Plan = Box::new(move |view| view.register_peer(peer));
+        (Job { plan, done }, answer)
+    }
+
+    #[test]
+    fn requests_whose_caller_has_gone_are_not_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let (abandoned, gone) = register(peer(1));
+        drop(gone);
+        let (wanted, answer) = register(peer(2));
+        commit_batch(&shared, vec![abandoned, wanted]);
+        assert_eq!(answer.blocking_recv().unwrap().unwrap(), 1);
+        let state = shared.lock();
+        assert_eq!(state.tables.peers.keys().collect::<Vec<_>>(), ["host2"]);
     }
 
     /// Set in the child process of the test below.
