@@ -1,7 +1,7 @@
 //! The Controller gRPC service: hands each request that changes the tables to the committer
 //! ([`crate::state`]), and fans the changes out to every watching agent as revisioned deltas.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc};
@@ -45,7 +45,9 @@ enum Start {
 struct Inner {
     shared: Arc<Shared>,
     committer: Committer,
-    liveness: Mutex<Liveness>,
+    /// Shared with the plans of rmpeer, which read it under the state lock: never take the state
+    /// lock while holding this one.
+    liveness: Arc<Mutex<Liveness>>,
 }
 
 #[derive(Clone)]
@@ -77,6 +79,10 @@ fn status_of(err: TableError) -> Status {
     }
 }
 
+fn lock_liveness(liveness: &Mutex<Liveness>) -> MutexGuard<'_, Liveness> {
+    liveness.lock().expect("liveness lock poisoned")
+}
+
 fn parse_addrs(addrs: &[String]) -> Result<Vec<AddrSpec>, Status> {
     addrs
         .iter()
@@ -96,7 +102,7 @@ impl ControllerService {
             inner: Arc::new(Inner {
                 committer: Committer::start(shared.clone())?,
                 shared,
-                liveness: Mutex::new(Liveness::new(peer_lease, Instant::now())),
+                liveness: Arc::new(Mutex::new(Liveness::new(peer_lease, Instant::now()))),
             }),
         })
     }
@@ -179,8 +185,8 @@ impl ControllerService {
         true
     }
 
-    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
-        self.inner.liveness.lock().expect("liveness lock poisoned")
+    fn liveness(&self) -> MutexGuard<'_, Liveness> {
+        lock_liveness(&self.inner.liveness)
     }
 
     async fn feed_watcher(
@@ -378,11 +384,15 @@ impl Controller for ControllerService {
         request: Request<RemovePeerRequest>,
     ) -> Result<Response<RemovePeerResponse>, Status> {
         let name = request.into_inner().name;
-        let connected = self.liveness().is_connected(&name);
         let (released, revision) = self
             .mutate({
-                let name = name.clone();
-                move |t| t.remove_peer(&name, connected)
+                let (name, liveness) = (name.clone(), self.inner.liveness.clone());
+                move |t| {
+                    // Read when the request's turn comes, not before it queued behind a batch:
+                    // the peer's agent may have connected meanwhile.
+                    let connected = lock_liveness(&liveness).is_connected(&name);
+                    t.remove_peer(&name, connected)
+                }
             })
             .await?;
         info!(peer = %name, released = released.len(), "peer removed");
