@@ -430,12 +430,8 @@ impl Controller for ControllerService {
                 .peers
                 .values()
                 .map(|p| {
-                    let endpoints = state
-                        .tables
-                        .endpoints
-                        .values()
-                        .filter(|ep| ep.peer == p.name)
-                        .count();
+                    // Each endpoint has a host veth of its own: its name is unique on the peer.
+                    let endpoints = state.index.host_ifnames.get(&p.name).map_or(0, |n| n.len());
                     (p.clone(), endpoints as u32)
                 })
                 .collect()
@@ -462,7 +458,7 @@ impl Controller for ControllerService {
 #[cfg(test)]
 mod tests {
     use tokio_stream::StreamExt;
-    use weft_proto::v1::{Endpoint, Snapshot};
+    use weft_proto::v1::{Endpoint, Peer, Snapshot};
 
     use super::*;
 
@@ -511,6 +507,73 @@ mod tests {
                 return messages;
             }
         }
+    }
+
+    #[tokio::test]
+    async fn peers_are_listed_with_their_endpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = controller_with(dir.path(), 0).await;
+        let range = "10.32.0.0/12".parse().unwrap();
+        service
+            .mutate(move |t| Ok(((), t.ensure_default_network(range)?)))
+            .await
+            .unwrap();
+        service
+            .create_network(Request::new(CreateNetworkRequest {
+                name: "blue".into(),
+                subnet: "10.9.0.0/24".into(),
+            }))
+            .await
+            .unwrap();
+        // host1: c0 in two networks (two endpoints), c1 and c2; host2: c0; host3: none.
+        let attaches = [
+            ("host1", "c0", "net:default"),
+            ("host1", "c0", "net:blue"),
+            ("host1", "c1", "net:default"),
+            ("host1", "c2", "net:blue"),
+            ("host2", "c0", "net:default"),
+        ];
+        for n in 1..=3 {
+            let peer = Peer {
+                name: format!("host{n}"),
+                advertise_addr: format!("198.18.0.{n}"),
+            };
+            let request = RegisterRequest { peer: Some(peer) };
+            service.register(Request::new(request)).await.unwrap();
+        }
+        for (peer, container, addr) in attaches {
+            let request = AttachRequest {
+                peer: peer.into(),
+                container_id: container.into(),
+                addrs: vec![addr.into()],
+                dns_name: String::new(),
+            };
+            service.attach(Request::new(request)).await.unwrap();
+        }
+        let detach = DetachRequest {
+            peer: "host1".into(),
+            container_id: "c1".into(),
+            ..Default::default()
+        };
+        service.detach(Request::new(detach)).await.unwrap();
+        let listed = service
+            .list_peers(Request::new(ListPeersRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .peers;
+        let counts: Vec<(String, u32)> = listed
+            .into_iter()
+            .map(|s| (s.peer.unwrap().name, s.endpoints))
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("host1".into(), 3),
+                ("host2".into(), 1),
+                ("host3".into(), 0)
+            ]
+        );
     }
 
     #[tokio::test]
