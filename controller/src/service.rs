@@ -18,14 +18,14 @@ use weft_proto::v1::{
     AttachRequest, AttachResponse, CreateNetworkRequest, CreateNetworkResponse,
     DeleteNetworkRequest, DeleteNetworkResponse, DetachRequest, DetachResponse, ListPeersRequest,
     ListPeersResponse, PeerStatus, RegisterRequest, RegisterResponse, RemovePeerRequest,
-    RemovePeerResponse, Resumed, UpdateDnsRequest, UpdateDnsResponse, WatchEvent, WatchRequest,
-    delta::Change, watch_event::Event,
+    RemovePeerResponse, UpdateDnsRequest, UpdateDnsResponse, WatchEvent, WatchRequest,
+    delta::Change,
 };
 
 use crate::ipam::IpamError;
 use crate::liveness::Liveness;
 use crate::rules::{TableError, TableRules, View};
-use crate::state::{Committer, MutateError, Shared};
+use crate::state::{Committer, MutateError, Shared, Start};
 use crate::store::Store;
 
 /// Deltas kept for watchers that fall behind; one that falls further gets a new snapshot.
@@ -33,14 +33,6 @@ const EVENT_BUFFER: usize = 4096;
 /// Events (snapshot parts too) queued per watcher before its stream applies back-pressure:
 /// few, since a thousand agents joining at once each hold this many parts in memory.
 const WATCHER_QUEUE: usize = 16;
-
-/// Where a watch starts.
-enum Start {
-    /// The parts of a snapshot (see [`snapshot::parts`]).
-    Snapshot(Arc<Vec<WatchEvent>>),
-    /// `Resumed`, then the deltas the watcher missed.
-    Resume(Vec<WatchEvent>),
-}
 
 struct Inner {
     shared: Arc<Shared>,
@@ -123,43 +115,6 @@ impl ControllerService {
             })
     }
 
-    /// Where a watch from `from` (the watcher's revision, 0 for none) starts, and a
-    /// subscription to what comes after it.
-    fn subscribe(&self, from: u64) -> (Start, broadcast::Receiver<WatchEvent>) {
-        let mut state = self.inner.shared.lock();
-        let current = state.tables.revision;
-        let oldest_kept = state.history.front().map_or(current + 1, |e| e.revision);
-        // Resumable when the watcher is not ahead of us (a controller that lost its store) and
-        // every delta after its revision is still here.
-        let start = if from > 0 && from <= current && from + 1 >= oldest_kept {
-            let missed: Vec<WatchEvent> = state
-                .history
-                .iter()
-                .filter(|e| e.revision > from)
-                .cloned()
-                .collect();
-            let mut start = vec![WatchEvent {
-                revision: from,
-                event: Some(Event::Resumed(Resumed {
-                    missed: missed.len() as u64,
-                })),
-            }];
-            start.extend(missed);
-            Start::Resume(start)
-        } else {
-            let parts = match state.shared_snapshot.upgrade() {
-                Some(parts) if parts.first().map(|p| p.revision) == Some(current) => parts,
-                _ => {
-                    let parts = Arc::new(snapshot::parts(&state.tables));
-                    state.shared_snapshot = Arc::downgrade(&parts);
-                    parts
-                }
-            };
-            Start::Snapshot(parts)
-        };
-        (start, self.inner.shared.events.subscribe())
-    }
-
     /// Sends where the watch starts, a snapshot in parts if the watcher joins them (else
     /// whole); false once the watcher is gone. `sent` follows the revision of what was sent.
     async fn send_start(
@@ -210,7 +165,7 @@ impl ControllerService {
         tx: mpsc::Sender<Result<WatchEvent, Status>>,
     ) {
         let mut sent = from;
-        let (start, mut events) = self.subscribe(from);
+        let (start, mut events) = self.inner.shared.watch_from(from);
         if !Self::send_start(start, in_parts, &tx, &mut sent).await {
             return;
         }
@@ -231,7 +186,7 @@ impl ControllerService {
                     // Too far behind the live stream: catch up from the history (or a snapshot)
                     // as a reconnecting watcher would.
                     warn!(%peer, missed, "watcher fell behind; resuming it");
-                    let (start, fresh) = self.subscribe(sent);
+                    let (start, fresh) = self.inner.shared.watch_from(sent);
                     events = fresh;
                     if !Self::send_start(start, in_parts, &tx, &mut sent).await {
                         return;
@@ -458,7 +413,7 @@ impl Controller for ControllerService {
 #[cfg(test)]
 mod tests {
     use tokio_stream::StreamExt;
-    use weft_proto::v1::{Endpoint, Peer, Snapshot};
+    use weft_proto::v1::{Endpoint, Peer, Snapshot, watch_event::Event};
 
     use super::*;
 

@@ -5,6 +5,7 @@
 //! answered, published to watchers or shown in a snapshot before that transaction is durable
 //! (the state lock is held until then); if it fails, the batch is undone in memory and every
 //! request in it fails. A panic while committing ends the process (see [`EXIT_PANICKED`]).
+//! Also where a watch starts: a resume from the latest deltas, or a snapshot.
 
 use std::collections::VecDeque;
 use std::panic::{self, AssertUnwindSafe};
@@ -14,8 +15,9 @@ use std::thread;
 
 use tokio::sync::{broadcast, oneshot};
 use tracing::{error, warn};
+use weft_proto::snapshot;
 use weft_proto::tables::Tables;
-use weft_proto::v1::{Delta, WatchEvent, delta::Change, watch_event::Event};
+use weft_proto::v1::{Delta, Resumed, WatchEvent, delta::Change, watch_event::Event};
 
 use crate::index::Index;
 use crate::rules::{TableError, View};
@@ -28,27 +30,39 @@ const MAX_BATCH: usize = 256;
 /// The controller's exit status after a panic while committing (EX_SOFTWARE). It exits rather
 /// than serve on without a committer and with the state lock poisoned; a supervisor (systemd's
 /// Restart=on-failure) starts it again from its store, which holds every answered change.
-pub const EXIT_PANICKED: i32 = 70;
+pub(crate) const EXIT_PANICKED: i32 = 70;
 
-pub struct State {
-    pub tables: Tables,
-    pub index: Index,
+pub(crate) struct State {
+    pub(crate) tables: Tables,
+    pub(crate) index: Index,
     store: Store,
     /// The latest deltas, oldest first, for agents that reconnect and resume.
-    pub history: VecDeque<WatchEvent>,
+    history: VecDeque<WatchEvent>,
     /// The parts of the latest snapshot sent, while a watcher is still sending them: agents
     /// that start at the same revision share one copy of the tables.
-    pub shared_snapshot: Weak<Vec<WatchEvent>>,
+    shared_snapshot: Weak<Vec<WatchEvent>>,
 }
 
 /// The state and the channel its changes are published on, once durable.
-pub struct Shared {
+pub(crate) struct Shared {
     state: Mutex<State>,
-    pub events: broadcast::Sender<WatchEvent>,
+    events: broadcast::Sender<WatchEvent>,
+}
+
+/// Where a watch starts.
+pub(crate) enum Start {
+    /// The parts of a snapshot (see [`snapshot::parts`]).
+    Snapshot(Arc<Vec<WatchEvent>>),
+    /// `Resumed`, then the deltas the watcher missed.
+    Resume(Vec<WatchEvent>),
 }
 
 impl Shared {
-    pub fn new(store: Store, tables: Tables, events: broadcast::Sender<WatchEvent>) -> Shared {
+    pub(crate) fn new(
+        store: Store,
+        tables: Tables,
+        events: broadcast::Sender<WatchEvent>,
+    ) -> Shared {
         Shared {
             state: Mutex::new(State {
                 index: Index::build(&tables),
@@ -62,14 +76,52 @@ impl Shared {
     }
 
     /// The state as of the last durable change.
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().expect("controller state lock poisoned")
+    }
+
+    /// Where a watch from `from` (the watcher's revision, 0 for none) starts, and a
+    /// subscription to what comes after it.
+    pub(crate) fn watch_from(&self, from: u64) -> (Start, broadcast::Receiver<WatchEvent>) {
+        let mut state = self.lock();
+        let current = state.tables.revision;
+        let oldest_kept = state.history.front().map_or(current + 1, |e| e.revision);
+        // Resumable when the watcher is not ahead of us (a controller that lost its store) and
+        // every delta after its revision is still here.
+        let start = if from > 0 && from <= current && from + 1 >= oldest_kept {
+            let missed: Vec<WatchEvent> = state
+                .history
+                .iter()
+                .filter(|e| e.revision > from)
+                .cloned()
+                .collect();
+            let mut start = vec![WatchEvent {
+                revision: from,
+                event: Some(Event::Resumed(Resumed {
+                    missed: missed.len() as u64,
+                })),
+            }];
+            start.extend(missed);
+            Start::Resume(start)
+        } else {
+            let parts = match state.shared_snapshot.upgrade() {
+                Some(parts) if parts.first().map(|p| p.revision) == Some(current) => parts,
+                _ => {
+                    let parts = Arc::new(snapshot::parts(&state.tables));
+                    state.shared_snapshot = Arc::downgrade(&parts);
+                    parts
+                }
+            };
+            Start::Snapshot(parts)
+        };
+        // Subscribed under the lock: no change is published between the start and the stream.
+        (start, self.events.subscribe())
     }
 }
 
 /// Why a change was not made.
 #[derive(Debug, thiserror::Error)]
-pub enum MutateError {
+pub(crate) enum MutateError {
     #[error(transparent)]
     Rejected(#[from] TableError),
     #[error("persisting failed: {0}")]
@@ -88,12 +140,12 @@ struct Job {
 
 /// Hands requests to the committing thread. The thread ends when the last clone is dropped.
 #[derive(Clone)]
-pub struct Committer {
+pub(crate) struct Committer {
     jobs: std_mpsc::Sender<Job>,
 }
 
 impl Committer {
-    pub fn start(shared: Arc<Shared>) -> std::io::Result<Committer> {
+    pub(crate) fn start(shared: Arc<Shared>) -> std::io::Result<Committer> {
         let (jobs, queue) = std_mpsc::channel();
         thread::Builder::new()
             .name("weft-commit".into())
@@ -120,7 +172,7 @@ impl Committer {
 
     /// Runs `plan` against the tables; persists and publishes the changes it returns. Returns
     /// the plan's result and the revision the tables are at after its changes.
-    pub async fn mutate<T: Send + 'static>(
+    pub(crate) async fn mutate<T: Send + 'static>(
         &self,
         plan: impl FnOnce(&View) -> Result<(T, Vec<Change>), TableError> + Send + 'static,
     ) -> Result<(T, u64), MutateError> {
