@@ -21,7 +21,7 @@ use weft_proto::v1::{Delta, Resumed, WatchEvent, delta::Change, watch_event::Eve
 
 use crate::index::Index;
 use crate::rules::{TableError, View};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Deltas kept for agents that reconnect: one further behind gets a snapshot.
 const HISTORY: usize = 50_000;
@@ -124,8 +124,9 @@ impl Shared {
 pub(crate) enum MutateError {
     #[error(transparent)]
     Rejected(#[from] TableError),
+    /// Shared by every request of the batch that failed.
     #[error("persisting failed: {0}")]
-    Persist(String),
+    Persist(#[source] Arc<StoreError>),
     #[error("the controller is stopping")]
     Stopped,
 }
@@ -224,6 +225,7 @@ fn commit_batch(shared: &Shared, batch: Vec<Job>) {
     if !changed.is_empty() {
         if let Err(e) = state.store.commit(&changed, state.tables.revision) {
             warn!(requests = outcomes.len(), "persisting failed: {e}");
+            let e = Arc::new(e);
             for change in undo.iter().rev() {
                 state.index.apply(&state.tables, change);
                 state.tables.apply(change);
@@ -231,7 +233,7 @@ fn commit_batch(shared: &Shared, batch: Vec<Job>) {
             state.tables.revision = start;
             // Refusals too: one may be due to an earlier request of the batch, now undone.
             for (_, outcome) in &mut outcomes {
-                *outcome = Err(MutateError::Persist(e.to_string()));
+                *outcome = Err(MutateError::Persist(e.clone()));
             }
         } else {
             publish(state, &shared.events, start, changed);
