@@ -199,46 +199,4 @@ mod tests {
         assert_eq!(a.len(), 1);
         assert!(index.endpoints_of(&tables, "host1", "b").is_empty());
     }
-
-    /// What the committer does when a batch cannot be persisted.
-    #[test]
-    fn undoing_changes_in_reverse_restores_tables_and_index() {
-        let (mut tables, mut index) = (Tables::default(), Index::default());
-        let setup = [
-            Change::NetworkPut(Network {
-                name: "blue".into(),
-                subnet: "10.9.0.0/24".into(),
-                vni: 2,
-            }),
-            Change::EndpointPut(endpoint("a", "02:00:00:00:00:01", &["10.9.0.2/24"])),
-        ];
-        for change in &setup {
-            index.apply(&tables, change);
-            tables.apply(change);
-        }
-        let (tables_before, index_before) = (tables.clone(), index.clone());
-        let batch = [
-            Change::EndpointPut(endpoint("b", "02:00:00:00:00:02", &["10.9.0.3/24"])),
-            Change::EndpointPut(endpoint("a", "02:00:00:00:00:01", &["10.9.0.4/24"])),
-            Change::EndpointDeleted(EndpointKey {
-                peer: "host1".into(),
-                container_id: "a".into(),
-                network: "blue".into(),
-            }),
-        ];
-        let mut undo = Vec::new();
-        for change in &batch {
-            undo.push(tables.undo(change));
-            index.apply(&tables, change);
-            tables.apply(change);
-        }
-        for change in undo.iter().rev() {
-            index.apply(&tables, change);
-            tables.apply(change);
-        }
-        tables.revision = tables_before.revision;
-        assert_eq!(tables, tables_before);
-        assert_eq!(index, index_before);
-        assert_eq!(index, Index::build(&tables));
-    }
 }

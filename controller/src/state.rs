@@ -155,7 +155,7 @@ impl Committer {
                     while let Ok(first) = queue.recv() {
                         let mut batch = vec![first];
                         batch.extend(queue.try_iter().take(MAX_BATCH - 1));
-                        commit_batch(&shared, batch);
+                        commit_batch(&shared, batch, Store::commit);
                     }
                 }));
                 if let Err(panic) = run {
@@ -194,7 +194,14 @@ impl Committer {
     }
 }
 
-fn commit_batch(shared: &Shared, batch: Vec<Job>) {
+/// Plans the batch's requests in turn, makes their changes in memory, has `persist` write them
+/// (all in one transaction, as [`Store::commit`] does), then publishes them and answers; undoes
+/// them instead if `persist` fails.
+fn commit_batch(
+    shared: &Shared,
+    batch: Vec<Job>,
+    persist: impl FnOnce(&Store, &[Change], u64) -> Result<(), StoreError>,
+) {
     let mut guard = shared.lock();
     let state = &mut *guard;
     let start = state.tables.revision;
@@ -223,7 +230,7 @@ fn commit_batch(shared: &Shared, batch: Vec<Job>) {
         outcomes.push((job.done, outcome.map_err(MutateError::from)));
     }
     if !changed.is_empty() {
-        if let Err(e) = state.store.commit(&changed, state.tables.revision) {
+        if let Err(e) = persist(&state.store, &changed, state.tables.revision) {
             warn!(requests = outcomes.len(), "persisting failed: {e}");
             let e = Arc::new(e);
             for change in undo.iter().rev() {
@@ -275,6 +282,8 @@ mod tests {
     use futures::future::join_all;
     use weft_proto::v1::Peer;
 
+    use weft_proto::names::Mac;
+
     use super::*;
     use crate::rules::TableRules;
 
@@ -290,11 +299,102 @@ mod tests {
         Shared::new(store, tables, broadcast::channel(1024).0)
     }
 
-    /// A request that registers `peer`, and where its answer comes.
-    fn register(peer: Peer) -> (Job, oneshot::Receiver<Result<u64, MutateError>>) {
+    type Answer = oneshot::Receiver<Result<u64, MutateError>>;
+
+    /// A request that makes the changes `plan` returns, and where its answer comes.
+    fn job(
+        plan: impl for<'a> FnOnce(&View<'a>) -> Result<Vec<Change>, TableError> + Send + 'static,
+    ) -> (Job, Answer) {
         let (done, answer) = oneshot::channel();
-        let plan: Plan = Box::new(move |view| view.register_peer(peer));
+        let plan: Plan = Box::new(plan);
         (Job { plan, done }, answer)
+    }
+
+    /// A request that registers `peer`.
+    fn register(peer: Peer) -> (Job, Answer) {
+        job(move |view| view.register_peer(peer))
+    }
+
+    /// A request that attaches `container` on host1 with `addr`.
+    fn attach(container: &'static str, addr: &'static str) -> (Job, Answer) {
+        job(move |view| {
+            let specs = [addr.parse().unwrap()];
+            let (_, changes) = view.attach("host1", container, &specs, "", &mut Mac::random)?;
+            Ok(changes)
+        })
+    }
+
+    /// Commits `jobs` as one batch; returns their answers.
+    fn commit(
+        shared: &Shared,
+        jobs: Vec<(Job, Answer)>,
+        persist: impl FnOnce(&Store, &[Change], u64) -> Result<(), StoreError>,
+    ) -> Vec<Result<u64, MutateError>> {
+        let (batch, answers): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+        commit_batch(shared, batch, persist);
+        answers
+            .into_iter()
+            .map(|a| a.blocking_recv().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_that_cannot_be_persisted_is_undone_and_fails_every_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let range = "10.32.0.0/12".parse().unwrap();
+        let setup = vec![
+            job(move |view| view.ensure_default_network(range)),
+            register(peer(1)),
+            attach("c0", "net:default"),
+            attach("c1", "net:default"),
+        ];
+        assert!(
+            commit(&shared, setup, Store::commit)
+                .iter()
+                .all(Result::is_ok)
+        );
+        let (tables, index) = {
+            let state = shared.lock();
+            (state.tables.clone(), state.index.clone())
+        };
+        let c0 = "10.32.0.2/12";
+        assert_eq!(tables.endpoints.values().next().unwrap().cidrs, [c0]);
+        let mut watcher = shared.events.subscribe();
+
+        let batch = vec![
+            // Allocates an address, a MAC and a veth name.
+            attach("c2", "net:default"),
+            // Releases c0's address, which the next request takes.
+            job(|view| Ok(view.detach("host1", "c0", &[])?.1)),
+            attach("c3", c0),
+            // Refused only because c3 took the address earlier in the batch.
+            attach("c4", c0),
+        ];
+        let disk_full = || StoreError::CreateDir {
+            path: dir.path().to_path_buf(),
+            source: std::io::Error::other("disk full"),
+        };
+        let answers = commit(&shared, batch, |_, _, _| Err(disk_full()));
+        for answer in &answers {
+            let Err(e @ MutateError::Persist(_)) = answer else {
+                panic!("every request fails to persist, not {answer:?}");
+            };
+            assert!(e.to_string().contains("disk full"), "{e}");
+        }
+        {
+            let state = shared.lock();
+            assert_eq!(state.tables, tables);
+            // The address pools (IPAM), MACs, veth names and containers as before.
+            assert_eq!(state.index, index);
+            assert_eq!(state.index, Index::build(&state.tables));
+        }
+        assert!(watcher.try_recv().is_err(), "nothing undone is published");
+
+        // The next batch goes on from the revision before the failed one.
+        let answers = commit(&shared, vec![attach("c5", "net:default")], Store::commit);
+        assert_eq!(answers[0].as_ref().unwrap(), &(tables.revision + 1));
+        assert_eq!(watcher.try_recv().unwrap().revision, tables.revision + 1);
     }
 
     #[test]
@@ -304,7 +404,7 @@ mod tests {
         let (abandoned, gone) = register(peer(1));
         drop(gone);
         let (wanted, answer) = register(peer(2));
-        commit_batch(&shared, vec![abandoned, wanted]);
+        commit_batch(&shared, vec![abandoned, wanted], Store::commit);
         assert_eq!(answer.blocking_recv().unwrap().unwrap(), 1);
         let state = shared.lock();
         assert_eq!(state.tables.peers.keys().collect::<Vec<_>>(), ["host2"]);
