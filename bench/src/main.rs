@@ -107,9 +107,9 @@ enum Command {
         /// How long to measure.
         #[arg(long, default_value_t = 30)]
         seconds: u64,
-        /// Also say whether the largest RSS seen stayed below this many MiB.
-        #[arg(long, value_name = "MIB")]
-        rss_goal_mib: Option<f64>,
+        /// Also say whether the largest RSS seen stayed below this many MB (10^6 bytes).
+        #[arg(long, value_name = "MB")]
+        rss_goal_mb: Option<f64>,
     },
 }
 
@@ -178,17 +178,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Footprint {
             pid,
             seconds,
-            rss_goal_mib,
+            rss_goal_mb,
         } => {
             let meter = Meter::start(pid)?;
             tokio::time::sleep(Duration::from_secs(seconds)).await;
             let usage = meter.stop().await?;
             println!("pid {pid}: {usage}");
-            if let Some(goal) = rss_goal_mib {
-                let peak = usage::mib(usage.rss_peak_kib);
+            if let Some(goal) = rss_goal_mb {
+                let peak = usage.rss_peak_kib;
                 println!(
-                    "goal: RSS < {goal} MiB while measured: {} ({peak:.1} MiB at most)",
-                    if peak < goal { "met" } else { "MISSED" }
+                    "goal: RSS < {goal} MB while measured: {} ({:.1} MB, {:.1} MiB at most)",
+                    if usage::mb(peak) < goal {
+                        "met"
+                    } else {
+                        "MISSED"
+                    },
+                    usage::mb(peak),
+                    usage::mib(peak)
                 );
             }
             Ok(())

@@ -13,12 +13,12 @@ use weft_proto::v1::AttachRequest;
 
 use crate::fleet::{Report, SimAgent, Synced, follow};
 use crate::stats::{Spread, ms};
-use crate::usage::{Meter, Usage, mib};
+use crate::usage::{Meter, Usage, mb, mib};
 
 /// The goals.
 const GOAL_SYNC: Duration = Duration::from_secs(1);
 const GOAL_FANOUT_P99: Duration = Duration::from_millis(100);
-const GOAL_RSS_MIB: f64 = 500.0;
+const GOAL_RSS_MB: f64 = 500.0;
 /// How long one change may take to reach every watcher before the run fails.
 const FANOUT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between two measured changes (and new agents), so each is measured alone.
@@ -144,8 +144,8 @@ impl Scale {
         );
         goal(
             "controller RSS (VmHWM over the run) < 500 MB",
-            mib(hwm) < GOAL_RSS_MIB,
-            format!("{:.1} MiB", mib(hwm)),
+            mb(hwm) < GOAL_RSS_MB,
+            format!("{:.1} MB, {:.1} MiB", mb(hwm), mib(hwm)),
         );
         Ok(())
     }

@@ -142,6 +142,11 @@ pub fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// In MB (10^6 bytes), the unit the goals are stated in.
+pub fn mb(kib: u64) -> f64 {
+    kib as f64 * 1024.0 / 1e6
+}
+
 impl fmt::Display for Usage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -44,8 +44,8 @@ const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(1);
 /// How long the idle agent is measured: its periodic reconcile (every 30 s) falls in twice.
 const IDLE: Duration = Duration::from_secs(60);
-/// The goal for an idle agent with the endpoints programmed.
-const GOAL_AGENT_RSS_MIB: f64 = 30.0;
+/// The goal for an idle agent with the endpoints programmed, in MB (10^6 bytes).
+const GOAL_AGENT_RSS_MB: f64 = 30.0;
 
 fn main() -> ExitCode {
     bench::stop_on_interrupt();
@@ -264,7 +264,7 @@ fn idle_footprint(world: &mut World, entries: &Entries) {
         .to_string();
     let load = locate_bin("weft-load");
     let seconds = IDLE.as_secs().to_string();
-    let goal = GOAL_AGENT_RSS_MIB.to_string();
+    let goal = GOAL_AGENT_RSS_MB.to_string();
     let argv = [
         path_str(&load),
         "footprint",
@@ -272,7 +272,7 @@ fn idle_footprint(world: &mut World, entries: &Entries) {
         &pid,
         "--seconds",
         &seconds,
-        "--rss-goal-mib",
+        "--rss-goal-mb",
         &goal,
     ];
     let out = exec_for(&world.host_ns(HOST), &argv, IDLE + RECONCILE_TIMEOUT);
