@@ -163,17 +163,14 @@ pub async fn follow(
 /// Raises this process's open-file limit as far as allowed: `agents` simulated agents hold two
 /// sockets each, more than the usual soft limit of 1024.
 pub fn allow_connections(agents: usize) -> anyhow::Result<()> {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
     // Room beside the sockets for the runtime and /proc reads.
     let needed = 2 * agents as u64 + 64;
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("cannot read RLIMIT_NOFILE")?;
-    if soft >= needed {
-        return Ok(());
-    }
-    if hard < needed {
+    let (_, limit) =
+        weft_proto::process::raise_open_file_limit().context("cannot raise the open-file limit")?;
+    if limit < needed {
         bail!(
-            "{agents} agents need {needed} open files but the hard limit is {hard}: raise it (ulimit -Hn) or simulate fewer agents"
+            "{agents} agents need {needed} open files but the hard limit is {limit}: raise it (ulimit -Hn) or simulate fewer agents"
         );
     }
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("cannot raise RLIMIT_NOFILE")
+    Ok(())
 }

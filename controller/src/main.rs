@@ -62,18 +62,16 @@ fn parse_range(s: &str) -> Result<Ipv4Network, String> {
     Ok(net)
 }
 
-/// Raises the soft limit on open files to the hard one. Each agent holds two connections, and
-/// the usual soft limit of 1024 would leave agents past the 500th unanswered in the listen
-/// backlog until their keepalives give up.
+/// Raises the open-file limit as far as allowed. Each agent holds two connections, and the
+/// usual soft limit of 1024 would leave agents past the 500th unanswered in the listen backlog
+/// until their keepalives give up.
 fn allow_connections() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => info!(from = soft, to = hard, "raised the open-file limit"),
-            Err(e) => warn!(soft, hard, "cannot raise the open-file limit: {e}"),
-        },
-        Ok((soft, _)) => info!(limit = soft, "open-file limit"),
-        Err(e) => warn!("cannot read the open-file limit: {e}"),
+    match weft_proto::process::raise_open_file_limit() {
+        Ok((before, now)) if before < now => {
+            info!(from = before, to = now, "raised the open-file limit")
+        }
+        Ok((_, now)) => info!(limit = now, "open-file limit"),
+        Err(e) => warn!("cannot raise the open-file limit: {e}"),
     }
 }
 
