@@ -6,23 +6,21 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::Streaming;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use weft_proto::v1::controller_client::ControllerClient;
 use weft_proto::v1::{Peer, RegisterRequest, WatchEvent, WatchRequest, watch_event::Event};
 
+use crate::client;
 use crate::dump::receive_snapshot;
 
 /// weft-agent's settings (agent/src/agent.rs), so the controller sees the same traffic.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_SNAPSHOT_BYTES: usize = 256 << 20;
-/// Generous: at this scale the controller queues attaches behind each other's fsyncs.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One simulated agent.
 pub struct SimAgent {
@@ -42,20 +40,12 @@ fn vtep(i: usize) -> Ipv4Addr {
 impl SimAgent {
     /// Opens both connections of agent `name`.
     pub async fn connect(url: &str, name: String, i: usize) -> anyhow::Result<SimAgent> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| anyhow!("invalid controller URL {url}: {e}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
+        let endpoint = client::endpoint(url)?
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        let connect = |endpoint: Endpoint| async move {
-            endpoint
-                .connect()
-                .await
-                .with_context(|| format!("controller {url} is unreachable"))
-        };
-        let watch = connect(endpoint.clone()).await?;
-        let unary = connect(endpoint.timeout(REQUEST_TIMEOUT)).await?;
+        let watch = client::open(endpoint.clone(), url).await?;
+        let unary = client::open(endpoint.timeout(client::REQUEST_TIMEOUT), url).await?;
         Ok(SimAgent {
             peer: Peer {
                 name,

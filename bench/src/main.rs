@@ -4,6 +4,7 @@
 //! `scale` measures the controller under a fleet of simulated agents; `footprint` measures any
 //! process's memory and CPU over a while.
 
+mod client;
 mod dump;
 mod fleet;
 mod populate;
@@ -18,20 +19,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use weft_proto::v1::Peer;
 use weft_proto::v1::controller_client::ControllerClient;
 
 use crate::populate::Population;
 use crate::scale::Scale;
 use crate::usage::Meter;
-
-/// How long to wait for a TCP connection to the controller.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one request may take; generous, since the controller queues attaches behind fsyncs.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// weft-load: puts load on a weft-controller through its gRPC API.
 #[derive(Parser, Debug)]
@@ -230,12 +226,6 @@ async fn populate(url: &str, population: Population, list: Option<PathBuf>) -> a
 
 /// One HTTP/2 connection; concurrent requests share it, as an agent's do.
 async fn connect(url: &str) -> anyhow::Result<ControllerClient<Channel>> {
-    let channel = Endpoint::from_shared(url.to_string())
-        .map_err(|e| anyhow!("invalid controller URL {url}: {e}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
-        .connect()
-        .await
-        .with_context(|| format!("controller {url} is unreachable"))?;
-    Ok(ControllerClient::new(channel))
+    let endpoint = client::endpoint(url)?.timeout(client::REQUEST_TIMEOUT);
+    Ok(ControllerClient::new(client::open(endpoint, url).await?))
 }
