@@ -165,8 +165,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 endpoints_per_agent,
                 concurrency: concurrency.max(1),
                 join_concurrency: join_concurrency.max(1),
-                syncs,
-                changes,
+                // At least one of each: the goals are judged on them.
+                syncs: syncs.max(1),
+                changes: changes.max(1),
                 idle: Duration::from_secs(idle_secs),
             };
             scale.run().await

@@ -1,31 +1,25 @@
-//! Summaries of measured durations.
+//! Summaries of measured durations, in milliseconds.
 
 use std::fmt;
 use std::time::Duration;
 
-/// Percentiles of a set of durations, nearest rank.
+use weft_integration::bench::percentile;
+
+/// Durations measured (at least one), for their percentiles.
 pub struct Spread {
-    sorted: Vec<Duration>,
+    ms: Vec<f64>,
 }
 
 impl Spread {
-    pub fn new(mut samples: Vec<Duration>) -> Spread {
-        samples.sort();
-        Spread { sorted: samples }
-    }
-
-    /// The smallest sample at least `p` percent of all are not above; zero when empty.
-    pub fn percentile(&self, p: f64) -> Duration {
-        let n = self.sorted.len();
-        if n == 0 {
-            return Duration::ZERO;
+    pub fn new(samples: Vec<Duration>) -> Spread {
+        Spread {
+            ms: samples.into_iter().map(ms).collect(),
         }
-        let rank = ((p / 100.0) * n as f64).ceil() as usize;
-        self.sorted[rank.clamp(1, n) - 1]
     }
 
-    pub fn max(&self) -> Duration {
-        self.sorted.last().copied().unwrap_or_default()
+    /// The `p`th percentile in milliseconds, by nearest rank (see [`percentile`]).
+    pub fn percentile(&self, p: f64) -> f64 {
+        percentile(self.ms.clone(), p)
     }
 }
 
@@ -38,26 +32,10 @@ impl fmt::Display for Spread {
         write!(
             f,
             "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (n={})",
-            ms(self.percentile(50.0)),
-            ms(self.percentile(99.0)),
-            ms(self.max()),
-            self.sorted.len()
+            self.percentile(50.0),
+            self.percentile(99.0),
+            self.percentile(100.0),
+            self.ms.len()
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nearest_rank() {
-        let spread = Spread::new((1..=100).rev().map(Duration::from_millis).collect());
-        assert_eq!(spread.percentile(50.0), Duration::from_millis(50));
-        assert_eq!(spread.percentile(99.0), Duration::from_millis(99));
-        assert_eq!(spread.max(), Duration::from_millis(100));
-        let five = Spread::new((1..=5).map(Duration::from_millis).collect());
-        assert_eq!(five.percentile(50.0), Duration::from_millis(3));
-        assert_eq!(Spread::new(vec![]).percentile(99.0), Duration::ZERO);
     }
 }

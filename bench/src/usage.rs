@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use weft_integration::bench::field_kib;
 
 /// How often a meter reads the resident memory, for its peak over the span.
 const RSS_EVERY: Duration = Duration::from_millis(100);
@@ -27,13 +28,8 @@ fn sample(pid: u32) -> anyhow::Result<Sample> {
     let status_path = format!("/proc/{pid}/status");
     let status = fs::read_to_string(&status_path)
         .with_context(|| format!("cannot read {status_path}: has process {pid} exited?"))?;
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .ok_or_else(|| anyhow!("no {key} in {status_path}"))
-    };
+    let kib =
+        |key: &str| field_kib(&status, key).ok_or_else(|| anyhow!("no {key} in {status_path}"));
     let (rss_kib, hwm_kib) = (kib("VmRSS")?, kib("VmHWM")?);
     let stat_path = format!("/proc/{pid}/stat");
     let stat = fs::read_to_string(&stat_path)
