@@ -205,8 +205,8 @@ fn write_batches(entries: &Entries, fdb_batch: &Path, neigh_batch: &Path) {
     fs::write(neigh_batch, neigh).expect("writing the neighbour batch file");
 }
 
-/// Starts host2's agent on a host without weft's devices and returns what it reported for the
-/// reconcile that programmed the endpoints, once the kernel is checked to hold them.
+/// One timed round of weft: [`program`], then stops host2's agent, so that the next round starts
+/// again from a host without weft's devices.
 fn weft_round(world: &mut World, entries: &Entries) -> Reconciled {
     let reconciled = program(world, entries);
     world.stop_agent(HOST);
