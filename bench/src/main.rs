@@ -1,9 +1,16 @@
 //! weft-load: drives a weft-controller over its real gRPC protocol, as many agents and containers
 //! would, to put load on it and to fill its tables for benchmarks (by hand, not in CI), and
 //! reads its tables back (`dump`, which the integration tests use to ask the controller itself).
+//! `scale` measures the controller under a fleet of simulated agents; `footprint` measures any
+//! process's memory and CPU over a while.
 
+mod client;
 mod dump;
+mod fleet;
 mod populate;
+mod scale;
+mod stats;
+mod usage;
 
 use std::fs;
 use std::io::Write;
@@ -12,18 +19,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use weft_proto::v1::Peer;
 use weft_proto::v1::controller_client::ControllerClient;
 
 use crate::populate::Population;
-
-/// How long to wait for a TCP connection to the controller.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one request may take; generous, since the controller queues attaches behind fsyncs.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::scale::Scale;
+use crate::usage::Meter;
 
 /// weft-load: puts load on a weft-controller through its gRPC API.
 #[derive(Parser, Debug)]
@@ -63,6 +67,46 @@ enum Command {
     /// Print the controller's tables (revision, peers, networks, endpoints) as one JSON object,
     /// from the snapshot a Watch starts with.
     Dump,
+    /// Simulate a fleet of agents against the controller: fill it, let every agent sync in full
+    /// and keep watching, then measure a new agent's full sync, the fan-out of single changes,
+    /// and the controller's CPU and memory (from /proc) throughout. Prints labelled figures.
+    Scale {
+        /// Process id of the controller, whose /proc entries are read.
+        #[arg(long)]
+        controller_pid: u32,
+        /// Simulated agents (peers), each with 2 connections and one Watch.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Containers attached per agent.
+        #[arg(long, default_value_t = 100)]
+        endpoints_per_agent: usize,
+        /// Attach requests in flight at once while filling.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Agents joining (each receiving a full snapshot) at once.
+        #[arg(long, default_value_t = 8)]
+        join_concurrency: usize,
+        /// New agents whose full sync is measured, one at a time.
+        #[arg(long, default_value_t = 5)]
+        syncs: usize,
+        /// Single attaches whose fan-out to every watcher is measured, one at a time.
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+        /// Seconds of idling (nothing changes) whose cost is measured.
+        #[arg(long, default_value_t = 10)]
+        idle_secs: u64,
+    },
+    /// Measure a process's resident memory and CPU use over a while (e.g. an idle agent).
+    Footprint {
+        #[arg(long)]
+        pid: u32,
+        /// How long to measure.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Also say whether the largest RSS seen stayed below this many MB (10^6 bytes).
+        #[arg(long, value_name = "MB")]
+        rss_goal_mb: Option<f64>,
+    },
 }
 
 #[tokio::main]
@@ -78,7 +122,6 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = connect(&cli.controller).await?;
     match cli.command {
         Command::Populate {
             peer,
@@ -97,45 +140,93 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 concurrency: concurrency.max(1),
                 addrs,
             };
-            let started = Instant::now();
-            let made = population.run(client).await?;
-            let took = started.elapsed();
-            if let Some(path) = list {
-                let mut text = Vec::new();
-                for ep in &made {
-                    for cidr in &ep.cidrs {
-                        writeln!(text, "{} {cidr}", ep.mac)?;
-                    }
-                }
-                fs::write(&path, text)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-            }
-            println!(
-                "populated peer {} ({}): {} endpoints in {:.1} s ({:.0} attaches/s, {} in flight)",
-                population.peer.name,
-                population.peer.advertise_addr,
-                made.len(),
-                took.as_secs_f64(),
-                made.len() as f64 / took.as_secs_f64(),
-                population.concurrency
-            );
-            Ok(())
+            populate(&cli.controller, population, list).await
         }
         Command::Dump => {
+            let client = connect(&cli.controller).await?;
             println!("{}", dump::dump(client).await?);
+            Ok(())
+        }
+        Command::Scale {
+            controller_pid,
+            agents,
+            endpoints_per_agent,
+            concurrency,
+            join_concurrency,
+            syncs,
+            changes,
+            idle_secs,
+        } => {
+            fleet::allow_connections(agents)?;
+            let scale = Scale {
+                url: cli.controller,
+                controller_pid,
+                agents: agents.max(1),
+                endpoints_per_agent,
+                concurrency: concurrency.max(1),
+                join_concurrency: join_concurrency.max(1),
+                // At least one of each: the goals are judged on them.
+                syncs: syncs.max(1),
+                changes: changes.max(1),
+                idle: Duration::from_secs(idle_secs),
+            };
+            scale.run().await
+        }
+        Command::Footprint {
+            pid,
+            seconds,
+            rss_goal_mb,
+        } => {
+            let meter = Meter::start(pid)?;
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            let usage = meter.stop().await?;
+            println!("pid {pid}: {usage}");
+            if let Some(goal) = rss_goal_mb {
+                let peak = usage.rss_peak_kib;
+                println!(
+                    "goal: RSS < {goal} MB while measured: {} ({:.1} MB, {:.1} MiB at most)",
+                    if usage::mb(peak) < goal {
+                        "met"
+                    } else {
+                        "MISSED"
+                    },
+                    usage::mb(peak),
+                    usage::mib(peak)
+                );
+            }
             Ok(())
         }
     }
 }
 
+async fn populate(url: &str, population: Population, list: Option<PathBuf>) -> anyhow::Result<()> {
+    let client = connect(url).await?;
+    let started = Instant::now();
+    let made = population.run(client).await?;
+    let took = started.elapsed();
+    if let Some(path) = list {
+        let mut text = Vec::new();
+        for ep in &made {
+            for cidr in &ep.cidrs {
+                writeln!(text, "{} {cidr}", ep.mac)?;
+            }
+        }
+        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!(
+        "populated peer {} ({}): {} endpoints in {:.1} s ({:.0} attaches/s, {} in flight)",
+        population.peer.name,
+        population.peer.advertise_addr,
+        made.len(),
+        took.as_secs_f64(),
+        made.len() as f64 / took.as_secs_f64(),
+        population.concurrency
+    );
+    Ok(())
+}
+
 /// One HTTP/2 connection; concurrent requests share it, as an agent's do.
 async fn connect(url: &str) -> anyhow::Result<ControllerClient<Channel>> {
-    let channel = Endpoint::from_shared(url.to_string())
-        .map_err(|e| anyhow!("invalid controller URL {url}: {e}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
-        .connect()
-        .await
-        .with_context(|| format!("controller {url} is unreachable"))?;
-    Ok(ControllerClient::new(channel))
+    let endpoint = client::endpoint(url)?.timeout(client::REQUEST_TIMEOUT);
+    Ok(ControllerClient::new(client::open(endpoint, url).await?))
 }

@@ -7,4 +7,5 @@ pub mod ipam;
 pub mod liveness;
 pub mod rules;
 pub mod service;
+pub mod state;
 pub mod store;

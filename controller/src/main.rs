@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use ipnetwork::Ipv4Network;
-use tracing::info;
+use tracing::{info, warn};
 use weft_controller::rules::TableRules;
 use weft_controller::service::ControllerService;
 use weft_controller::store::Store;
@@ -62,6 +62,19 @@ fn parse_range(s: &str) -> Result<Ipv4Network, String> {
     Ok(net)
 }
 
+/// Raises the open-file limit as far as allowed. Each agent holds two connections, and the
+/// usual soft limit of 1024 would leave agents past the 500th unanswered in the listen backlog
+/// until their keepalives give up.
+fn allow_connections() {
+    match weft_proto::process::raise_open_file_limit() {
+        Ok((before, now)) if before < now => {
+            info!(from = before, to = now, "raised the open-file limit")
+        }
+        Ok((_, now)) => info!(limit = now, "open-file limit"),
+        Err(e) => warn!("cannot raise the open-file limit: {e}"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     weft_proto::process::init_logging();
@@ -75,12 +88,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    allow_connections();
     let (store, tables) = Store::open(&args.data_dir)?;
     info!(revision = tables.revision, data_dir = %args.data_dir.display(), "store loaded");
-    let service = ControllerService::new(store, tables, args.peer_lease);
+    let service = ControllerService::new(store, tables, args.peer_lease)
+        .context("cannot start the committing thread")?;
     let range = args.ipalloc_range;
     service
-        .mutate(|t| Ok(((), t.ensure_default_network(range)?)))
+        .mutate(move |t| Ok(((), t.ensure_default_network(range)?)))
+        .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
