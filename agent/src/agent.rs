@@ -30,7 +30,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_millis(1500);
 /// after TCP's retransmissions give up.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
-/// The largest snapshot the agent accepts: room for about a million endpoints.
+/// The largest message the agent accepts: room for a whole snapshot of about a million
+/// endpoints.
 const MAX_SNAPSHOT_BYTES: usize = 256 << 20;
 /// How long a local command waits for its own change to come back through the watch.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -133,8 +134,8 @@ impl Agent {
             name,
             advertise_addr,
             client: ControllerClient::new(endpoint.clone().timeout(REQUEST_TIMEOUT).connect_lazy()),
-            // A snapshot is one message: 10,000 endpoints are about 1 MB, far past tonic's 4 MB
-            // default at the scale weft is for.
+            // A snapshot comes in parts, but its first holds every peer and network, and a
+            // controller of an earlier version sends it whole.
             watch_client: ControllerClient::new(endpoint.connect_lazy())
                 .max_decoding_message_size(MAX_SNAPSHOT_BYTES),
             controller_url,

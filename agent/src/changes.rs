@@ -45,7 +45,9 @@ impl Agent {
     }
 
     /// Has the controller claim or allocate `addrs` for a container of this host, and record
-    /// its DNS name (empty: keep the one it has).
+    /// its DNS name (empty: keep the one it has). Does not wait for the change to arrive through
+    /// the watch: the caller plugs meanwhile (a reconcile from older tables leaves a new veth
+    /// alone while the container is locked) and then calls [`Agent::caught_up`].
     pub async fn attach_at_controller(
         &self,
         container_id: &str,
@@ -65,7 +67,7 @@ impl Agent {
             .await
             .map_err(|s| self.controller_status(s))?
             .into_inner();
-        self.caught_up(done.revision).await;
+        self.made(done.revision);
         Ok(done)
     }
 

@@ -68,11 +68,8 @@ impl Report {
 /// VXLAN devices and bridges, and with them every FDB and neighbour entry and exposed address.
 /// Links that are not weft's are left alone. Returns the names removed.
 pub async fn remove_all(handle: &Handle, port: u16) -> anyhow::Result<Vec<String>> {
-    let ours = |name: &str| {
-        vni_of_device(name, port).is_some()
-            || name.starts_with(HOST_IFNAME_PREFIX)
-            || name.starts_with(&guest_tmp_ifname(HOST_IFNAME_PREFIX))
-    };
+    let ours =
+        |name: &str| vni_of_device(name, port).is_some() || name.starts_with(HOST_IFNAME_PREFIX);
     let mut removed = Vec::new();
     for link in netlink::links(handle).await? {
         if ours(&link.name) {
@@ -233,12 +230,9 @@ impl Datapath {
         links: &[Link],
         networks: &BTreeMap<u32, NetworkState>,
     ) -> anyhow::Result<()> {
-        let stray_prefix = guest_tmp_ifname(HOST_IFNAME_PREFIX);
         for link in links {
-            let ours =
-                link.name.starts_with(HOST_IFNAME_PREFIX) || link.name.starts_with(&stray_prefix);
             let wanted = networks.values().any(|n| n.ports.contains(&link.name));
-            if ours && !wanted {
+            if link.name.starts_with(HOST_IFNAME_PREFIX) && !wanted {
                 warn!(veth = %link.name, "no endpoint calls for this veth; removing it");
                 netlink::delete_link(&self.handle, link).await?;
             }
@@ -327,35 +321,39 @@ impl Datapath {
         })?;
         let mac: Mac = ep.mac.parse().map_err(|e: String| anyhow!(e))?;
         let (bridge, _) = self.ensure_devices_locked(vni).await?;
-        let mtu = self.mtu;
         let guest_name = guest_tmp_ifname(&ep.host_ifname);
-        let (host, guest) =
-            netlink::create_veth(&self.handle, &ep.host_ifname, &guest_name, mtu).await?;
-        let inside_name = inside.clone();
-        let result = async {
-            netlink::move_to_netns(&self.handle, &guest, &netns_file).await?;
-            netns::run_in(&container.netns, move |handle| async move {
-                let guest = netlink::link_by_name(&handle, &guest_name)
-                    .await?
-                    .with_context(|| format!("{guest_name} did not arrive in the container"))?;
-                netlink::configure_container_if(&handle, &guest, &inside, mac, mtu, &cidrs).await
-            })
-            .await?;
-            netlink::attach_to_bridge(&self.handle, &host, &bridge, mtu).await?;
-            // The attach answers once both ends pass frames: the container's first ARP would
-            // otherwise be dropped, and retried only a second later.
-            let (host_up, inside_up) = tokio::join!(
-                netlink::wait_running(&self.handle, &ep.host_ifname, RUNNING_WAIT),
-                netns::run_in(&container.netns, move |handle| async move {
-                    netlink::wait_running(&handle, &inside_name, RUNNING_WAIT).await
-                })
-            );
-            if !(host_up? && inside_up?) {
-                warn!(veth = %ep.host_ifname, "the veth is not running after {RUNNING_WAIT:?}");
+        let host = netlink::create_veth_into(
+            &self.handle,
+            &ep.host_ifname,
+            &bridge,
+            &guest_name,
+            mac,
+            self.mtu,
+            &netns_file,
+        )
+        .await?;
+        let inside_ready = netns::run_in(&container.netns, move |handle| async move {
+            let guest = netlink::link_by_name(&handle, &guest_name)
+                .await?
+                .with_context(|| format!("{guest_name} did not arrive in the container"))?;
+            netlink::configure_container_if(&handle, &guest, &inside, &cidrs).await?;
+            netlink::wait_running(&handle, &inside, RUNNING_WAIT).await
+        });
+        // The attach answers once both ends pass frames: the container's first ARP would
+        // otherwise be dropped, and retried only a second later.
+        let (host_up, inside_up) = tokio::join!(
+            netlink::wait_running(&self.handle, &ep.host_ifname, RUNNING_WAIT),
+            inside_ready
+        );
+        let result = match (host_up, inside_up) {
+            (Ok(host_up), Ok(inside_up)) => {
+                if !(host_up && inside_up) {
+                    warn!(veth = %ep.host_ifname, "the veth is not running after {RUNNING_WAIT:?}");
+                }
+                Ok(())
             }
-            anyhow::Ok(())
-        }
-        .await;
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
         if result.is_err() {
             // Deleting one end of a veth deletes both, wherever the other end is.
             if let Err(e) = netlink::delete_link(&self.handle, &host).await {

@@ -300,6 +300,8 @@ impl AgentApi for LocalApi {
             .agent
             .attach_at_controller(EXPOSE_ID, addrs, "")
             .await?;
+        // A reconcile from tables without the exposed address would take it off the bridge.
+        self.agent.caught_up(done.revision).await;
         for ep in &done.endpoints {
             let vni = attached_vni(&done, ep);
             let exposed = Exposed::of(ep);
@@ -427,6 +429,7 @@ impl AgentApi for LocalApi {
             }
             return Err(e);
         }
+        self.agent.caught_up(done.revision).await;
         self.serve_dns(&container, req.rewrite_resolv).await?;
         Ok(Response::new(LocalAttachResponse {
             ips: ips_of(&done.cidrs),

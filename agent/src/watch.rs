@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use tracing::{info, warn};
+use weft_proto::snapshot::Joiner;
 use weft_proto::v1::{RegisterRequest, WatchRequest};
 
 use crate::agent::{Agent, describe};
@@ -58,16 +59,22 @@ async fn session(agent: &Agent, healthy: &mut bool) -> anyhow::Result<()> {
         .watch(WatchRequest {
             peer: agent.name.clone(),
             from_revision: agent.revision(),
+            snapshot_in_parts: true,
         })
         .await
         .map_err(|s| anyhow!("watch failed: {}", describe(&s)))?
         .into_inner();
     info!(controller = %agent.controller_url, "registered; watching");
+    // The tables change only once a snapshot's last part is in.
+    let mut joiner = Joiner::default();
     while let Some(event) = stream
         .message()
         .await
         .map_err(|s| anyhow!("watch stream broke: {}", describe(&s)))?
     {
+        let Some(event) = joiner.take(event)? else {
+            continue;
+        };
         agent.apply(event)?;
         if !*healthy {
             *healthy = true;

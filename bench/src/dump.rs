@@ -3,9 +3,13 @@
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+use tonic::Streaming;
 use tonic::transport::Channel;
+use weft_proto::snapshot::Joiner;
 use weft_proto::v1::controller_client::ControllerClient;
-use weft_proto::v1::{Endpoint, Network, Peer, Snapshot, WatchRequest, watch_event::Event};
+use weft_proto::v1::{
+    Endpoint, Network, Peer, Snapshot, WatchEvent, WatchRequest, watch_event::Event,
+};
 
 /// The controller's tables as JSON: `{"revision", "peers", "networks", "endpoints"}`, watched
 /// as `watcher`. The controller counts it as a watcher only while the dump runs; a name that is
@@ -16,21 +20,39 @@ pub async fn dump(mut client: ControllerClient<Channel>, watcher: &str) -> anyho
             peer: watcher.to_string(),
             // No revision of ours: the controller must answer with a whole snapshot.
             from_revision: 0,
+            snapshot_in_parts: true,
         })
         .await
         .context("watch failed")?
         .into_inner();
-    let first = stream
-        .message()
-        .await
-        .context("watch stream broke")?
-        .context("watch stream ended before its first event")?;
-    match first.event {
-        Some(Event::Snapshot(snapshot)) => Ok(tables_json(first.revision, &snapshot)),
-        other => bail!(
-            "the first event of a watch from revision 0 is not a snapshot: {other:?} at revision {}",
-            first.revision
-        ),
+    let (revision, snapshot) = receive_snapshot(&mut stream).await?;
+    Ok(tables_json(revision, &snapshot))
+}
+
+/// Reads the snapshot a watch from revision 0 starts with, all its parts; returns it with its
+/// revision.
+pub async fn receive_snapshot(
+    stream: &mut Streaming<WatchEvent>,
+) -> anyhow::Result<(u64, Snapshot)> {
+    let mut joiner = Joiner::default();
+    loop {
+        let event = stream
+            .message()
+            .await
+            .context("watch stream broke")?
+            .context("watch stream ended before the snapshot was whole")?;
+        match joiner.take(event)? {
+            None => {}
+            Some(WatchEvent {
+                revision,
+                event: Some(Event::Snapshot(snapshot)),
+            }) => return Ok((revision, snapshot)),
+            Some(other) => bail!(
+                "the first event of a watch from revision 0 is not a snapshot: {:?} at revision {}",
+                other.event,
+                other.revision
+            ),
+        }
     }
 }
 

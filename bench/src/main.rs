@@ -1,9 +1,16 @@
 //! weft-load: drives a weft-controller over its real gRPC protocol, as many agents and containers
 //! would, to put load on it and to fill its tables for benchmarks (by hand, not in CI), and
 //! reads its tables back (`dump`, which the integration tests use to ask the controller itself).
+//! `scale` measures the controller under a fleet of simulated agents; `footprint` measures any
+//! process's memory and CPU over a while.
 
+mod client;
 mod dump;
+mod fleet;
 mod populate;
+mod scale;
+mod stats;
+mod usage;
 
 use std::fs;
 use std::io::Write;
@@ -14,16 +21,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use weft_proto::v1::controller_client::ControllerClient;
 use weft_proto::v1::{AttachRequest, DetachRequest, Peer, RegisterRequest};
 
 use crate::populate::Population;
-
-/// How long to wait for a TCP connection to the controller.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one request may take; generous, since the controller queues attaches behind fsyncs.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+use crate::scale::Scale;
+use crate::usage::Meter;
 
 /// weft-load: puts load on a weft-controller through its gRPC API.
 #[derive(Parser, Debug)]
@@ -32,7 +36,8 @@ struct Cli {
     /// The controller's URL.
     #[arg(long, default_value = "http://127.0.0.1:6786", global = true)]
     controller: String,
-    /// Client certificate (PEM) for an https:// controller; none: connect without one.
+    /// Client certificate (PEM) for an https:// controller (dump, populate and the single
+    /// calls); none: connect without one.
     #[arg(long, global = true, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     #[arg(long, global = true)]
@@ -100,6 +105,46 @@ enum Command {
         #[arg(long, default_value = "")]
         only_mac: String,
     },
+    /// Simulate a fleet of agents against the controller: fill it, let every agent sync in full
+    /// and keep watching, then measure a new agent's full sync, the fan-out of single changes,
+    /// and the controller's CPU and memory (from /proc) throughout. Prints labelled figures.
+    Scale {
+        /// Process id of the controller, whose /proc entries are read.
+        #[arg(long)]
+        controller_pid: u32,
+        /// Simulated agents (peers), each with 2 connections and one Watch.
+        #[arg(long, default_value_t = 1000)]
+        agents: usize,
+        /// Containers attached per agent.
+        #[arg(long, default_value_t = 100)]
+        endpoints_per_agent: usize,
+        /// Attach requests in flight at once while filling.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Agents joining (each receiving a full snapshot) at once.
+        #[arg(long, default_value_t = 8)]
+        join_concurrency: usize,
+        /// New agents whose full sync is measured, one at a time.
+        #[arg(long, default_value_t = 5)]
+        syncs: usize,
+        /// Single attaches whose fan-out to every watcher is measured, one at a time.
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+        /// Seconds of idling (nothing changes) whose cost is measured.
+        #[arg(long, default_value_t = 10)]
+        idle_secs: u64,
+    },
+    /// Measure a process's resident memory and CPU use over a while (e.g. an idle agent).
+    Footprint {
+        #[arg(long)]
+        pid: u32,
+        /// How long to measure.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Also say whether the largest RSS seen stayed below this many MB (10^6 bytes).
+        #[arg(long, value_name = "MB")]
+        rss_goal_mb: Option<f64>,
+    },
 }
 
 #[tokio::main]
@@ -115,7 +160,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = connect(&cli).await?;
+    let tls = client_tls(&cli)?;
     match cli.command {
         Command::Populate {
             peer,
@@ -134,31 +179,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 concurrency: concurrency.max(1),
                 addrs,
             };
-            let started = Instant::now();
-            let made = population.run(client).await?;
-            let took = started.elapsed();
-            if let Some(path) = list {
-                let mut text = Vec::new();
-                for ep in &made {
-                    for cidr in &ep.cidrs {
-                        writeln!(text, "{} {cidr}", ep.mac)?;
-                    }
-                }
-                fs::write(&path, text)
-                    .with_context(|| format!("cannot write {}", path.display()))?;
-            }
-            println!(
-                "populated peer {} ({}): {} endpoints in {:.1} s ({:.0} attaches/s, {} in flight)",
-                population.peer.name,
-                population.peer.advertise_addr,
-                made.len(),
-                took.as_secs_f64(),
-                made.len() as f64 / took.as_secs_f64(),
-                population.concurrency
-            );
-            Ok(())
+            populate(&cli.controller, tls, population, list).await
         }
         Command::Dump { peer } => {
+            let client = connect(&cli.controller, tls).await?;
             println!("{}", dump::dump(client, &peer).await?);
             Ok(())
         }
@@ -170,12 +194,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 name: peer,
                 advertise_addr: advertise_addr.to_string(),
             };
-            refused(
-                client
-                    .clone()
-                    .register(RegisterRequest { peer: Some(peer) })
-                    .await,
-            )?;
+            let mut client = connect(&cli.controller, tls).await?;
+            refused(client.register(RegisterRequest { peer: Some(peer) }).await)?;
             Ok(())
         }
         Command::Attach {
@@ -189,7 +209,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 addrs,
                 dns_name: String::new(),
             };
-            let reply = refused(client.clone().attach(request).await)?;
+            let mut client = connect(&cli.controller, tls).await?;
+            let reply = refused(client.attach(request).await)?;
             println!("{}", reply.cidrs.join(" "));
             Ok(())
         }
@@ -204,11 +225,106 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 addrs: vec![],
                 only_mac,
             };
-            let reply = refused(client.clone().detach(request).await)?;
+            let mut client = connect(&cli.controller, tls).await?;
+            let reply = refused(client.detach(request).await)?;
             println!("{}", reply.released.join(" "));
             Ok(())
         }
+        Command::Scale {
+            controller_pid,
+            agents,
+            endpoints_per_agent,
+            concurrency,
+            join_concurrency,
+            syncs,
+            changes,
+            idle_secs,
+        } => {
+            fleet::allow_connections(agents)?;
+            let scale = Scale {
+                url: cli.controller,
+                controller_pid,
+                agents: agents.max(1),
+                endpoints_per_agent,
+                concurrency: concurrency.max(1),
+                join_concurrency: join_concurrency.max(1),
+                // At least one of each: the goals are judged on them.
+                syncs: syncs.max(1),
+                changes: changes.max(1),
+                idle: Duration::from_secs(idle_secs),
+            };
+            scale.run().await
+        }
+        Command::Footprint {
+            pid,
+            seconds,
+            rss_goal_mb,
+        } => {
+            let meter = Meter::start(pid)?;
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            let usage = meter.stop().await?;
+            println!("pid {pid}: {usage}");
+            if let Some(goal) = rss_goal_mb {
+                let peak = usage.rss_peak_kib;
+                println!(
+                    "goal: RSS < {goal} MB while measured: {} ({:.1} MB, {:.1} MiB at most)",
+                    if usage::mb(peak) < goal {
+                        "met"
+                    } else {
+                        "MISSED"
+                    },
+                    usage::mb(peak),
+                    usage::mib(peak)
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+async fn populate(
+    url: &str,
+    tls: Option<ClientTlsConfig>,
+    population: Population,
+    list: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let client = connect(url, tls).await?;
+    let started = Instant::now();
+    let made = population.run(client).await?;
+    let took = started.elapsed();
+    if let Some(path) = list {
+        let mut text = Vec::new();
+        for ep in &made {
+            for cidr in &ep.cidrs {
+                writeln!(text, "{} {cidr}", ep.mac)?;
+            }
+        }
+        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!(
+        "populated peer {} ({}): {} endpoints in {:.1} s ({:.0} attaches/s, {} in flight)",
+        population.peer.name,
+        population.peer.advertise_addr,
+        made.len(),
+        took.as_secs_f64(),
+        made.len() as f64 / took.as_secs_f64(),
+        population.concurrency
+    );
+    Ok(())
+}
+
+/// The TLS settings the flags give, if any: the CA, and the client certificate if given.
+fn client_tls(cli: &Cli) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let Some(ca) = &cli.tls_ca else {
+        return Ok(None);
+    };
+    let read =
+        |p: &PathBuf| fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+    if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
 }
 
 /// A refusal as `refused: CODE: message[: root cause]`, the code as tonic names it (e.g.
@@ -224,30 +340,13 @@ fn refused<T>(reply: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Resul
 }
 
 /// One HTTP/2 connection; concurrent requests share it, as an agent's do.
-async fn connect(cli: &Cli) -> anyhow::Result<ControllerClient<Channel>> {
-    let url = &cli.controller;
-    let mut endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| anyhow!("invalid controller URL {url}: {e}"))?;
-    if let Some(ca) = &cli.tls_ca {
-        let read = |p: &PathBuf| {
-            fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
-        };
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
-        if let (Some(cert), Some(key)) = (&cli.tls_cert, &cli.tls_key) {
-            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-        }
+async fn connect(
+    url: &str,
+    tls: Option<ClientTlsConfig>,
+) -> anyhow::Result<ControllerClient<Channel>> {
+    let mut endpoint = client::endpoint(url)?.timeout(client::REQUEST_TIMEOUT);
+    if let Some(tls) = tls {
         endpoint = endpoint.tls_config(tls).context("invalid TLS settings")?;
     }
-    let channel = endpoint
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| {
-            anyhow!(
-                "controller {url} is unreachable: {}",
-                weft_proto::error::root_cause(&e)
-            )
-        })?;
-    Ok(ControllerClient::new(channel))
+    Ok(ControllerClient::new(client::open(endpoint, url).await?))
 }

@@ -45,14 +45,22 @@ pub struct Pool {
     pub network: String,
     pub subnet: Ipv4Network,
     held: BTreeMap<Ipv4Addr, Holder>,
+    /// The addresses containers can have that nobody holds, as disjoint ranges (first → last,
+    /// inclusive), so that the lowest free one is found without walking every held address.
+    free: BTreeMap<u32, u32>,
 }
 
 impl Pool {
     pub fn new(network: &str, subnet: Ipv4Network) -> Pool {
+        let (first, last) = pool_bounds(subnet);
         Pool {
             network: network.to_string(),
             subnet,
             held: BTreeMap::new(),
+            free: (first <= last)
+                .then_some((first, last))
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -60,6 +68,20 @@ impl Pool {
     /// was claimed).
     pub fn note_held(&mut self, ip: Ipv4Addr, holder: Holder) {
         self.held.insert(ip, holder);
+        let ip = u32::from(ip);
+        let Some((&start, &end)) = self.free.range(..=ip).next_back() else {
+            return;
+        };
+        if ip > end {
+            return;
+        }
+        self.free.remove(&start);
+        if start < ip {
+            self.free.insert(start, ip - 1);
+        }
+        if ip < end {
+            self.free.insert(ip + 1, end);
+        }
     }
 
     pub fn used(&self) -> usize {
@@ -107,20 +129,15 @@ impl Pool {
         if holder.0 == EXPOSE_ID && self.holder_with(gw, taken).is_none() {
             return Ok(gw);
         }
-        let (first, last) = pool_bounds(self.subnet);
-        // Held addresses in order: the first gap after `first` not taken is the lowest free.
-        let mut held = self
-            .held
-            .range(Ipv4Addr::from(first)..=Ipv4Addr::from(last))
-            .map(|(ip, _)| u32::from(*ip))
-            .peekable();
-        let mut candidate = first;
-        while candidate <= last {
-            while held.next_if(|ip| *ip < candidate).is_some() {}
-            if held.peek() != Some(&candidate) && !taken.contains_key(&Ipv4Addr::from(candidate)) {
-                return Ok(Ipv4Addr::from(candidate));
-            }
-            candidate += 1;
+        // The request has taken only a few addresses: this looks at no more than those.
+        let lowest = self
+            .free
+            .iter()
+            .flat_map(|(&start, &end)| start..=end)
+            .map(Ipv4Addr::from)
+            .find(|ip| !taken.contains_key(ip));
+        if let Some(ip) = lowest {
+            return Ok(ip);
         }
         Err(IpamError::Exhausted {
             network: self.network.clone(),
@@ -130,7 +147,26 @@ impl Pool {
     }
 
     pub fn release(&mut self, ip: Ipv4Addr) {
-        self.held.remove(&ip);
+        if self.held.remove(&ip).is_none() {
+            return;
+        }
+        let ip = u32::from(ip);
+        let (first, last) = pool_bounds(self.subnet);
+        if !(first..=last).contains(&ip) {
+            return;
+        }
+        // Joined with the free ranges that end just below and start just above it.
+        let (mut start, mut end) = (ip, ip);
+        if let Some((&s, &e)) = self.free.range(..ip).next_back()
+            && e.checked_add(1) == Some(ip)
+        {
+            self.free.remove(&s);
+            start = s;
+        }
+        if let Some(e) = ip.checked_add(1).and_then(|above| self.free.remove(&above)) {
+            end = e;
+        }
+        self.free.insert(start, end);
     }
 }
 
@@ -292,6 +328,9 @@ mod tests {
                     Op::Allocate(h) => match alloc(&mut p, &holder(h)) {
                         Ok(ip) => {
                             prop_assert!(!model.contains_key(&ip), "{ip} handed out twice");
+                            let (first, last) = pool_bounds(subnet);
+                            let lowest = (first..=last).map(Ipv4Addr::from).find(|a| !model.contains_key(a));
+                            prop_assert_eq!(Some(ip), lowest, "not the lowest free address");
                             prop_assert_eq!(reserved_reason(subnet, ip), None);
                             prop_assert!(subnet.contains(ip));
                             model.insert(ip, h);

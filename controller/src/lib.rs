@@ -10,6 +10,7 @@ pub mod limits;
 pub mod liveness;
 pub mod rules;
 pub mod service;
+pub mod state;
 pub mod store;
 pub mod tls;
 pub mod tokens;

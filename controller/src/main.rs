@@ -86,6 +86,19 @@ fn parse_range(s: &str) -> Result<Ipv4Network, String> {
     Ok(net)
 }
 
+/// Raises the open-file limit as far as allowed. Each agent holds two connections, and the
+/// usual soft limit of 1024 would leave agents past the 500th unanswered in the listen backlog
+/// until their keepalives give up.
+fn allow_connections() {
+    match weft_proto::process::raise_open_file_limit() {
+        Ok((before, now)) if before < now => {
+            info!(from = before, to = now, "raised the open-file limit")
+        }
+        Ok((_, now)) => info!(limit = now, "open-file limit"),
+        Err(e) => warn!("cannot raise the open-file limit: {e}"),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     // tonic logs refused TLS handshakes (a client certificate from another CA, say) at debug
@@ -162,13 +175,16 @@ fn server_names(listen: SocketAddr, extra: &[String]) -> anyhow::Result<Vec<Stri
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    allow_connections();
     let security = security(&args)?;
     let (store, tables) = Store::open(&args.data_dir)?;
     info!(revision = tables.revision, data_dir = %args.data_dir.display(), "store loaded");
-    let service = ControllerService::new(store, tables, args.peer_lease);
+    let service = ControllerService::new(store, tables, args.peer_lease)
+        .context("cannot start the committing thread")?;
     let range = args.ipalloc_range;
     service
-        .mutate(|t| Ok(((), t.ensure_default_network(range)?)))
+        .mutate(move |t| Ok(((), t.ensure_default_network(range)?)))
+        .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
 
     // Bound before the port: once agents can connect, tokens can be made.

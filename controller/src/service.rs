@@ -1,8 +1,7 @@
-//! The Controller gRPC service: checks each request against the tables, persists the changes,
-//! applies them, and fans them out to every watching agent as revisioned deltas.
+//! The Controller gRPC service: hands each request that changes the tables to the committer
+//! ([`crate::state`]), and fans the changes out to every watching agent as revisioned deltas.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc};
@@ -12,43 +11,37 @@ use tracing::{info, warn};
 use weft_proto::addr::{AddrError, AddrSpec};
 use weft_proto::dns_name;
 use weft_proto::names::Mac;
+use weft_proto::snapshot;
 use weft_proto::tables::Tables;
 use weft_proto::v1::controller_server::Controller;
 use weft_proto::v1::{
     AttachRequest, AttachResponse, CreateNetworkRequest, CreateNetworkResponse,
-    DeleteNetworkRequest, DeleteNetworkResponse, Delta, DetachRequest, DetachResponse,
-    ListPeersRequest, ListPeersResponse, PeerStatus, RegisterRequest, RegisterResponse,
-    RemovePeerRequest, RemovePeerResponse, Resumed, UpdateDnsRequest, UpdateDnsResponse,
-    WatchEvent, WatchRequest, delta::Change, watch_event::Event,
+    DeleteNetworkRequest, DeleteNetworkResponse, DetachRequest, DetachResponse, ListPeersRequest,
+    ListPeersResponse, PeerStatus, RegisterRequest, RegisterResponse, RemovePeerRequest,
+    RemovePeerResponse, UpdateDnsRequest, UpdateDnsResponse, WatchEvent, WatchRequest,
+    delta::Change,
 };
 
 use crate::authority::act_for;
-use crate::index::Index;
 use crate::ipam::IpamError;
 use crate::limits;
 use crate::liveness::Liveness;
 use crate::rules::{TableError, TableRules, View};
+use crate::state::{Committer, MutateError, Shared, Start};
 use crate::store::Store;
 
 /// Deltas kept for watchers that fall behind; one that falls further gets a new snapshot.
 const EVENT_BUFFER: usize = 4096;
-/// Events queued per watcher before its stream applies back-pressure.
-const WATCHER_QUEUE: usize = 64;
-/// Deltas kept for agents that reconnect: one further behind gets a snapshot.
-const HISTORY: usize = 50_000;
-
-struct State {
-    tables: Tables,
-    index: Index,
-    store: Store,
-    /// The latest deltas, oldest first, for agents that reconnect and resume.
-    history: VecDeque<WatchEvent>,
-}
+/// Events (snapshot parts too) queued per watcher before its stream applies back-pressure:
+/// few, since a thousand agents joining at once each hold this many parts in memory.
+const WATCHER_QUEUE: usize = 16;
 
 struct Inner {
-    state: Mutex<State>,
-    events: broadcast::Sender<WatchEvent>,
-    liveness: Mutex<Liveness>,
+    shared: Arc<Shared>,
+    committer: Committer,
+    /// Shared with the plans of rmpeer, which read it under the state lock: never take the state
+    /// lock while holding this one.
+    liveness: Arc<Mutex<Liveness>>,
 }
 
 #[derive(Clone)]
@@ -80,6 +73,10 @@ fn status_of(err: TableError) -> Status {
     }
 }
 
+fn lock_liveness(liveness: &Mutex<Liveness>) -> MutexGuard<'_, Liveness> {
+    liveness.lock().expect("liveness lock poisoned")
+}
+
 fn parse_addrs(addrs: &[String]) -> Result<Vec<AddrSpec>, Status> {
     addrs
         .iter()
@@ -92,124 +89,80 @@ fn parse_addrs(addrs: &[String]) -> Result<Vec<AddrSpec>, Status> {
 
 impl ControllerService {
     /// `peer_lease`: how long a peer may be gone before it is shown as unreachable.
-    pub fn new(store: Store, tables: Tables, peer_lease: Duration) -> Self {
+    pub fn new(store: Store, tables: Tables, peer_lease: Duration) -> std::io::Result<Self> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        ControllerService {
+        let shared = Arc::new(Shared::new(store, tables, events));
+        Ok(ControllerService {
             inner: Arc::new(Inner {
-                state: Mutex::new(State {
-                    index: Index::build(&tables),
-                    tables,
-                    store,
-                    history: VecDeque::new(),
-                }),
-                events,
-                liveness: Mutex::new(Liveness::new(peer_lease, Instant::now())),
+                committer: Committer::start(shared.clone())?,
+                shared,
+                liveness: Arc::new(Mutex::new(Liveness::new(peer_lease, Instant::now()))),
             }),
-        }
+        })
     }
 
-    /// Runs `plan` against the tables; persists and publishes the changes it returns. Returns
-    /// the plan's result and the revision the tables are at afterwards.
-    /// Blocking (the store fsyncs): call it from `spawn_blocking`.
-    pub fn mutate<T>(
-        &self,
-        plan: impl FnOnce(&View) -> Result<(T, Vec<Change>), TableError>,
-    ) -> Result<(T, u64), Status> {
-        let mut state = self
-            .inner
-            .state
-            .lock()
-            .expect("controller state lock poisoned");
-        let view = View {
-            tables: &state.tables,
-            index: &state.index,
-        };
-        let (out, changes) = plan(&view).map_err(status_of)?;
-        if changes.is_empty() {
-            return Ok((out, state.tables.revision));
-        }
-        let revision = state.tables.revision + changes.len() as u64;
-        state.store.commit(&changes, revision).map_err(|e| {
-            warn!("persisting failed: {e}");
-            Status::internal(e.to_string())
-        })?;
-        for change in changes {
-            let State { tables, index, .. } = &mut *state;
-            index.apply(tables, &change);
-            tables.apply(&change);
-            let event = WatchEvent {
-                revision: state.tables.revision,
-                event: Some(Event::Delta(Delta {
-                    change: Some(change),
-                })),
-            };
-            state.history.push_back(event.clone());
-            if state.history.len() > HISTORY {
-                state.history.pop_front();
-            }
-            // No receivers is fine: nobody is watching yet.
-            let _ = self.inner.events.send(event);
-        }
-        Ok((out, state.tables.revision))
-    }
-
-    async fn mutate_async<T: Send + 'static>(
+    /// Runs `plan` against the tables; persists and publishes the changes it returns (see
+    /// [`Committer::mutate`]). Returns the plan's result and the revision after its changes.
+    pub async fn mutate<T: Send + 'static>(
         &self,
         plan: impl FnOnce(&View) -> Result<(T, Vec<Change>), TableError> + Send + 'static,
     ) -> Result<(T, u64), Status> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.mutate(plan))
+        self.inner
+            .committer
+            .mutate(plan)
             .await
-            .map_err(|e| Status::internal(format!("controller task failed: {e}")))?
+            .map_err(|e| match e {
+                MutateError::Rejected(e) => status_of(e),
+                MutateError::Persist(_) | MutateError::Stopped => Status::internal(e.to_string()),
+            })
     }
 
-    /// Where a watch from `from` (the watcher's revision, 0 for none) starts: a snapshot, or
-    /// `Resumed` and the deltas it missed; and a subscription to what comes after them.
-    fn subscribe(&self, from: u64) -> (Vec<WatchEvent>, broadcast::Receiver<WatchEvent>) {
-        let state = self
-            .inner
-            .state
-            .lock()
-            .expect("controller state lock poisoned");
-        let current = state.tables.revision;
-        let oldest_kept = state.history.front().map_or(current + 1, |e| e.revision);
-        // Resumable when the watcher is not ahead of us (a controller that lost its store) and
-        // every delta after its revision is still here.
-        let start = if from > 0 && from <= current && from + 1 >= oldest_kept {
-            let missed: Vec<WatchEvent> = state
-                .history
-                .iter()
-                .filter(|e| e.revision > from)
-                .cloned()
-                .collect();
-            let mut start = vec![WatchEvent {
-                revision: from,
-                event: Some(Event::Resumed(Resumed {
-                    missed: missed.len() as u64,
-                })),
-            }];
-            start.extend(missed);
-            start
-        } else {
-            vec![WatchEvent {
-                revision: current,
-                event: Some(Event::Snapshot(state.tables.snapshot())),
-            }]
+    /// Sends where the watch starts, a snapshot in parts if the watcher joins them (else
+    /// whole); false once the watcher is gone. `sent` follows the revision of what was sent.
+    async fn send_start(
+        start: Start,
+        in_parts: bool,
+        tx: &mpsc::Sender<Result<WatchEvent, Status>>,
+        sent: &mut u64,
+    ) -> bool {
+        let events: Box<dyn Iterator<Item = WatchEvent> + Send> = match start {
+            // One part cloned at a time, as the watcher takes them.
+            Start::Snapshot(parts) if in_parts => {
+                Box::new((0..parts.len()).map(move |i| parts[i].clone()))
+            }
+            Start::Snapshot(parts) => Box::new(std::iter::once(snapshot::whole(&parts))),
+            Start::Resume(events) => Box::new(events.into_iter()),
         };
-        (start, self.inner.events.subscribe())
+        for event in events {
+            *sent = event.revision;
+            if tx.send(Ok(event)).await.is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     /// A detach that names, by `only_mac`, an endpoint of another peer is refused as such, not
     /// answered "not attached": it is an attempt to act on another host's endpoints.
-    fn refuse_others_mac(&self, peer: &str, only_mac: &str) -> Result<(), Status> {
-        if only_mac.is_empty() {
+    fn refuse_others_mac(
+        &self,
+        peer: &str,
+        container_id: &str,
+        only_mac: &str,
+    ) -> Result<(), Status> {
+        let state = self.inner.shared.lock();
+        // The usual case, an agent releasing its own endpoint, and an unknown MAC are cheap;
+        // only a MAC of some other endpoint costs a look through them all.
+        if only_mac.is_empty()
+            || !state.index.macs.contains(only_mac)
+            || state
+                .index
+                .endpoints_of(&state.tables, peer, container_id)
+                .iter()
+                .any(|ep| ep.mac == only_mac)
+        {
             return Ok(());
         }
-        let state = self
-            .inner
-            .state
-            .lock()
-            .expect("controller state lock poisoned");
         match state
             .tables
             .endpoints
@@ -224,18 +177,19 @@ impl ControllerService {
         }
     }
 
-    fn liveness(&self) -> std::sync::MutexGuard<'_, Liveness> {
-        self.inner.liveness.lock().expect("liveness lock poisoned")
+    fn liveness(&self) -> MutexGuard<'_, Liveness> {
+        lock_liveness(&self.inner.liveness)
     }
 
     async fn feed_watcher(
         self,
         peer: String,
         from: u64,
+        in_parts: bool,
         tx: mpsc::Sender<Result<WatchEvent, Status>>,
     ) {
         self.liveness().connect(&peer, Instant::now());
-        self.stream_events(&peer, from, tx).await;
+        self.stream_events(&peer, from, in_parts, tx).await;
         self.liveness().disconnect(&peer, Instant::now());
         info!(%peer, "watch ended");
     }
@@ -244,15 +198,13 @@ impl ControllerService {
         &self,
         peer: &str,
         from: u64,
+        in_parts: bool,
         tx: mpsc::Sender<Result<WatchEvent, Status>>,
     ) {
         let mut sent = from;
-        let (start, mut events) = self.subscribe(from);
-        for event in start {
-            sent = event.revision;
-            if tx.send(Ok(event)).await.is_err() {
-                return;
-            }
+        let (start, mut events) = self.inner.shared.watch_from(from);
+        if !Self::send_start(start, in_parts, &tx, &mut sent).await {
+            return;
         }
         loop {
             let event = tokio::select! {
@@ -271,13 +223,10 @@ impl ControllerService {
                     // Too far behind the live stream: catch up from the history (or a snapshot)
                     // as a reconnecting watcher would.
                     warn!(%peer, missed, "watcher fell behind; resuming it");
-                    let (start, fresh) = self.subscribe(sent);
+                    let (start, fresh) = self.inner.shared.watch_from(sent);
                     events = fresh;
-                    for event in start {
-                        sent = event.revision;
-                        if tx.send(Ok(event)).await.is_err() {
-                            return;
-                        }
+                    if !Self::send_start(start, in_parts, &tx, &mut sent).await {
+                        return;
                     }
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
@@ -300,7 +249,7 @@ impl Controller for ControllerService {
         limits::peer_name(&peer.name)?;
         act_for(&request, &peer.name)?;
         info!(name = %peer.name, addr = %peer.advertise_addr, "peer registers");
-        self.mutate_async(move |t| Ok(((), t.register_peer(peer)?)))
+        self.mutate(move |t| Ok(((), t.register_peer(peer)?)))
             .await?;
         Ok(Response::new(RegisterResponse {}))
     }
@@ -316,10 +265,14 @@ impl Controller for ControllerService {
         let WatchRequest {
             peer,
             from_revision,
+            snapshot_in_parts,
         } = request.into_inner();
-        info!(%peer, from_revision, "watch starts");
+        info!(%peer, from_revision, snapshot_in_parts, "watch starts");
         let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
-        tokio::spawn(self.clone().feed_watcher(peer, from_revision, tx));
+        tokio::spawn(
+            self.clone()
+                .feed_watcher(peer, from_revision, snapshot_in_parts, tx),
+        );
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -342,7 +295,7 @@ impl Controller for ControllerService {
             name => dns_name::normalize(name).map_err(Status::invalid_argument)?,
         };
         let (done, revision) = self
-            .mutate_async({
+            .mutate({
                 let (peer, container_id) = (peer.clone(), container_id.clone());
                 move |t| t.attach(&peer, &container_id, &specs, &dns_name, &mut Mac::random)
             })
@@ -362,7 +315,8 @@ impl Controller for ControllerService {
         request: Request<DetachRequest>,
     ) -> Result<Response<DetachResponse>, Status> {
         act_for(&request, &request.get_ref().peer)?;
-        self.refuse_others_mac(&request.get_ref().peer, &request.get_ref().only_mac)?;
+        let r = request.get_ref();
+        self.refuse_others_mac(&r.peer, &r.container_id, &r.only_mac)?;
         let DetachRequest {
             peer,
             container_id,
@@ -373,7 +327,7 @@ impl Controller for ControllerService {
         limits::count("addrs", addrs.len(), limits::MAX_ADDRS)?;
         let specs = parse_addrs(&addrs)?;
         let (done, revision) = self
-            .mutate_async({
+            .mutate({
                 let (peer, container_id) = (peer.clone(), container_id.clone());
                 move |t| {
                     let still_there = only_mac.is_empty()
@@ -406,7 +360,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<CreateNetworkResponse>, Status> {
         let CreateNetworkRequest { name, subnet } = request.into_inner();
         let (network, revision) = self
-            .mutate_async(move |t| t.create_network(&name, &subnet))
+            .mutate(move |t| t.create_network(&name, &subnet))
             .await?;
         info!(name = %network.name, subnet = %network.subnet, vni = network.vni, "network created");
         Ok(Response::new(CreateNetworkResponse {
@@ -421,7 +375,7 @@ impl Controller for ControllerService {
     ) -> Result<Response<DeleteNetworkResponse>, Status> {
         let name = request.into_inner().name;
         let ((), revision) = self
-            .mutate_async({
+            .mutate({
                 let name = name.clone();
                 move |t| Ok(((), t.delete_network(&name)?))
             })
@@ -435,11 +389,15 @@ impl Controller for ControllerService {
         request: Request<RemovePeerRequest>,
     ) -> Result<Response<RemovePeerResponse>, Status> {
         let name = request.into_inner().name;
-        let connected = self.liveness().is_connected(&name);
         let (released, revision) = self
-            .mutate_async({
-                let name = name.clone();
-                move |t| t.remove_peer(&name, connected)
+            .mutate({
+                let (name, liveness) = (name.clone(), self.inner.liveness.clone());
+                move |t| {
+                    // Read when the request's turn comes, not before it queued behind a batch:
+                    // the peer's agent may have connected meanwhile.
+                    let connected = lock_liveness(&liveness).is_connected(&name);
+                    t.remove_peer(&name, connected)
+                }
             })
             .await?;
         info!(peer = %name, released = released.len(), "peer removed");
@@ -459,7 +417,7 @@ impl Controller for ControllerService {
         let count = records.len();
         limits::count("records", count, limits::MAX_RECORDS)?;
         let ((), revision) = self
-            .mutate_async({
+            .mutate({
                 let peer = peer.clone();
                 move |t| Ok(((), t.update_dns(&peer, remove, &records)?))
             })
@@ -473,22 +431,14 @@ impl Controller for ControllerService {
         _request: Request<ListPeersRequest>,
     ) -> Result<Response<ListPeersResponse>, Status> {
         let tables: Vec<_> = {
-            let state = self
-                .inner
-                .state
-                .lock()
-                .expect("controller state lock poisoned");
+            let state = self.inner.shared.lock();
             state
                 .tables
                 .peers
                 .values()
                 .map(|p| {
-                    let endpoints = state
-                        .tables
-                        .endpoints
-                        .values()
-                        .filter(|ep| ep.peer == p.name)
-                        .count();
+                    // Each endpoint has a host veth of its own: its name is unique on the peer.
+                    let endpoints = state.index.host_ifnames.get(&p.name).map_or(0, |n| n.len());
                     (p.clone(), endpoints as u32)
                 })
                 .collect()
@@ -509,5 +459,144 @@ impl Controller for ControllerService {
             })
             .collect();
         Ok(Response::new(ListPeersResponse { peers }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+    use weft_proto::v1::{Endpoint, Peer, Snapshot, watch_event::Event};
+
+    use super::*;
+
+    /// A controller whose tables hold `endpoints` endpoints on host1.
+    async fn controller_with(dir: &std::path::Path, endpoints: usize) -> ControllerService {
+        let (store, tables) = Store::open(dir).unwrap();
+        let service = ControllerService::new(store, tables, Duration::from_secs(60)).unwrap();
+        let changes: Vec<Change> = (0..endpoints)
+            .map(|i| {
+                Change::EndpointPut(Endpoint {
+                    network: "default".into(),
+                    container_id: format!("c{i}"),
+                    peer: "host1".into(),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        service.mutate(move |_| Ok(((), changes))).await.unwrap();
+        service
+    }
+
+    /// The snapshot a watch from revision 0 starts with, as the messages it came in.
+    async fn first_snapshot(service: &ControllerService, in_parts: bool) -> Vec<Snapshot> {
+        let mut stream = service
+            .watch(Request::new(WatchRequest {
+                peer: "host1".into(),
+                from_revision: 0,
+                snapshot_in_parts: in_parts,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut messages = Vec::new();
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("the snapshot comes within 10 s")
+                .expect("the watch goes on")
+                .unwrap();
+            let Some(Event::Snapshot(snapshot)) = event.event else {
+                panic!("not a snapshot: {event:?}");
+            };
+            let more = snapshot.more;
+            messages.push(snapshot);
+            if !more {
+                return messages;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn peers_are_listed_with_their_endpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = controller_with(dir.path(), 0).await;
+        let range = "10.32.0.0/12".parse().unwrap();
+        service
+            .mutate(move |t| Ok(((), t.ensure_default_network(range)?)))
+            .await
+            .unwrap();
+        service
+            .create_network(Request::new(CreateNetworkRequest {
+                name: "blue".into(),
+                subnet: "10.9.0.0/24".into(),
+            }))
+            .await
+            .unwrap();
+        // host1: c0 in two networks (two endpoints), c1 and c2; host2: c0; host3: none.
+        let attaches = [
+            ("host1", "c0", "net:default"),
+            ("host1", "c0", "net:blue"),
+            ("host1", "c1", "net:default"),
+            ("host1", "c2", "net:blue"),
+            ("host2", "c0", "net:default"),
+        ];
+        for n in 1..=3 {
+            let peer = Peer {
+                name: format!("host{n}"),
+                advertise_addr: format!("198.18.0.{n}"),
+            };
+            let request = RegisterRequest { peer: Some(peer) };
+            service.register(Request::new(request)).await.unwrap();
+        }
+        for (peer, container, addr) in attaches {
+            let request = AttachRequest {
+                peer: peer.into(),
+                container_id: container.into(),
+                addrs: vec![addr.into()],
+                dns_name: String::new(),
+            };
+            service.attach(Request::new(request)).await.unwrap();
+        }
+        let detach = DetachRequest {
+            peer: "host1".into(),
+            container_id: "c1".into(),
+            ..Default::default()
+        };
+        service.detach(Request::new(detach)).await.unwrap();
+        let listed = service
+            .list_peers(Request::new(ListPeersRequest {}))
+            .await
+            .unwrap()
+            .into_inner()
+            .peers;
+        let counts: Vec<(String, u32)> = listed
+            .into_iter()
+            .map(|s| (s.peer.unwrap().name, s.endpoints))
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("host1".into(), 3),
+                ("host2".into(), 1),
+                ("host3".into(), 0)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_does_not_ask_for_parts_gets_one_whole_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoints = 3 * snapshot::ENDPOINTS_PER_PART;
+        let service = controller_with(dir.path(), endpoints).await;
+        // What an agent from before parts reads: the first event is all the tables.
+        let whole = first_snapshot(&service, false).await;
+        assert_eq!(whole.len(), 1);
+        assert_eq!(whole[0].endpoints.len(), endpoints);
+        let parts = first_snapshot(&service, true).await;
+        assert_eq!(parts.len(), 3);
+        assert_eq!(
+            parts.iter().map(|p| p.endpoints.len()).sum::<usize>(),
+            endpoints
+        );
     }
 }

@@ -34,12 +34,18 @@ struct Controllers {
 fn controllers() -> Controllers {
     let dir = tempfile::tempdir().expect("temp dir");
     let (store, tables) = Store::open(dir.path()).expect("store");
-    let service = ControllerService::new(store, tables, Duration::from_secs(180));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let service =
+        ControllerService::new(store, tables, Duration::from_secs(180)).expect("controller");
     let ca = Ca::load_or_create(dir.path()).expect("CA");
     let enrollment =
         EnrollmentService::new(Arc::new(ca), Tokens::open(dir.path()).expect("tokens"));
-    service
-        .mutate(|t| {
+    runtime
+        .block_on(service.mutate(|t| {
             let mut changes = t.ensure_default_network("10.32.0.0/12".parse().unwrap())?;
             for (name, addr) in [("host1", "198.18.0.1"), ("host2", "198.18.0.2")] {
                 changes.push(delta::Change::PeerPut(Peer {
@@ -48,17 +54,14 @@ fn controllers() -> Controllers {
                 }));
             }
             Ok(((), changes))
-        })
+        }))
         .expect("setup");
     let spec: AddrSpec = "192.168.0.3/24".parse().unwrap();
-    service
-        .mutate(|t| t.attach("host2", "netns:c2", &[spec], "", &mut Mac::random))
+    runtime
+        .block_on(
+            service.mutate(move |t| t.attach("host2", "netns:c2", &[spec], "", &mut Mac::random)),
+        )
         .expect("host2's endpoint");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
     Controllers {
         service,
         enrollment,
@@ -67,9 +70,10 @@ fn controllers() -> Controllers {
     }
 }
 
-fn host2_state(service: &ControllerService) -> String {
-    let (state, _) = service
-        .mutate(|t| {
+fn host2_state(c: &Controllers) -> String {
+    let (state, _) = c
+        .runtime
+        .block_on(c.service.mutate(|t| {
             let peer = t.tables.peers.get("host2").cloned();
             let endpoints: Vec<_> = t
                 .tables
@@ -79,7 +83,7 @@ fn host2_state(service: &ControllerService) -> String {
                 .cloned()
                 .collect();
             Ok((format!("{peer:?} {endpoints:?}"), vec![]))
-        })
+        }))
         .expect("reading the tables");
     state
 }
@@ -233,13 +237,13 @@ async fn handle(c: &Controllers, kind: u8, bytes: &[u8]) -> Option<Result<(), St
 #[test]
 fn no_request_breaks_the_controller_or_touches_another_peer() {
     let c = controllers();
-    let host2 = host2_state(&c.service);
+    let host2 = host2_state(&c);
     let (mac, _) = c
-        .service
-        .mutate(|t| {
+        .runtime
+        .block_on(c.service.mutate(|t| {
             let ep = t.tables.endpoints.values().find(|ep| ep.peer == "host2");
             Ok((ep.map(|ep| ep.mac.clone()).unwrap_or_default(), vec![]))
-        })
+        }))
         .expect("reading the tables");
     assert!(!mac.is_empty(), "host2 has no endpoint: {host2}");
     fuzz("requests", call(mac), |(kind, bytes)| {
@@ -253,12 +257,7 @@ fn no_request_breaks_the_controller_or_touches_another_peer() {
                 status
             );
         }
-        prop_assert_eq!(
-            &host2_state(&c.service),
-            &host2,
-            "request {} changed host2",
-            kind
-        );
+        prop_assert_eq!(&host2_state(&c), &host2, "request {} changed host2", kind);
         Ok(())
     });
 }

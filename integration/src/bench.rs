@@ -45,9 +45,7 @@ pub fn print_machine() {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = field(&cpuinfo, "model name").unwrap_or("unknown CPU");
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib: f64 = field(&meminfo, "MemTotal")
-        .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
+    let mem_kib = field_kib(&meminfo, "MemTotal").unwrap_or(0) as f64;
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(
         "machine: {cpus} CPUs ({model}), {:.1} GiB memory, Linux {}",
@@ -88,10 +86,15 @@ pub fn tool_version(argv: &[&str]) -> String {
 }
 
 /// The value of the first `key: value` line of a /proc file.
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+pub fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines()
         .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == key))
         .map(|(_, v)| v.trim())
+}
+
+/// The value of the first `key: N kB` line of a /proc file, in KiB (e.g. VmRSS, MemTotal).
+pub fn field_kib(text: &str, key: &str) -> Option<u64> {
+    field(text, key)?.trim_end_matches("kB").trim().parse().ok()
 }
 
 /// Runs `cmd` to completion (no stdin) and returns its wall time with what it left. Not the
@@ -146,6 +149,15 @@ pub fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_fields() {
+        let status = "Name:\tweft-agent\nVmHWM:\t   26312 kB\nVmRSS:\t   26300 kB\n";
+        assert_eq!(field(status, "Name"), Some("weft-agent"));
+        assert_eq!(field_kib(status, "VmRSS"), Some(26300));
+        assert_eq!(field_kib(status, "VmHWM"), Some(26312));
+        assert_eq!(field_kib(status, "VmSwap"), None);
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {

@@ -2,7 +2,7 @@
 //! test instead of hanging the whole CI run.
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::{self, JoinHandle, sleep};
 use std::time::{Duration, Instant};
 
@@ -52,10 +52,32 @@ pub fn run_for(mut cmd: Command, timeout: Duration) -> Output {
     // Drain both pipes concurrently so a chatty child cannot block on a full pipe.
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
+    let status = wait_within(&mut child, &shown, timeout);
+    Output {
+        code: status.code(),
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+/// Runs `cmd` with its output going where the caller's goes, for a long step whose progress
+/// a person watches (a benchmark's load generator). Panics if it cannot start or overruns
+/// `timeout`; returns whether it succeeded.
+pub fn run_shown(mut cmd: Command, timeout: Duration) -> bool {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    wait_within(&mut child, &shown, timeout).success()
+}
+
+/// Waits for `child`; kills it and panics once `timeout` has passed.
+fn wait_within(child: &mut Child, shown: &str, timeout: Duration) -> ExitStatus {
     let deadline = Instant::now() + timeout;
-    let status = loop {
+    loop {
         if let Some(status) = child.try_wait().expect("waiting for a child process") {
-            break status;
+            return status;
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
@@ -63,11 +85,6 @@ pub fn run_for(mut cmd: Command, timeout: Duration) -> Output {
             panic!("{shown} did not finish within {timeout:?}");
         }
         sleep(Duration::from_millis(10));
-    };
-    Output {
-        code: status.code(),
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
     }
 }
 

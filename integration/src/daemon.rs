@@ -118,6 +118,15 @@ impl Daemon {
         self.child.as_mut()?.try_wait().ok().flatten()
     }
 
+    /// The process id while it runs (for reading its /proc entries).
+    pub fn pid(&mut self) -> Option<u32> {
+        if self.running() {
+            self.child.as_ref().map(Child::id)
+        } else {
+            None
+        }
+    }
+
     /// The file the process's stdout and stderr go to.
     pub fn log(&self) -> &Path {
         &self.log

@@ -23,8 +23,8 @@ pub use cmd::Output;
 pub use daemon::Background;
 pub use kernel::{Link, fdb, link, links, neighbours, rx_packets, tx_dropped};
 pub use netns::{
-    Netns, disable_ipv6, exec, exec_for, ip, listening, ping, ping_counts, ping_in_background,
-    ping_n,
+    Netns, disable_ipv6, exec, exec_for, exec_shown, ip, listening, ping, ping_counts,
+    ping_in_background, ping_n,
 };
 pub use podman::{CONTAINER_IMAGE, Podman};
 pub use run::exit_code_of;

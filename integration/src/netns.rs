@@ -86,6 +86,12 @@ pub fn exec_for(ns: &str, args: &[&str], timeout: Duration) -> Output {
     cmd::run_for(in_netns(ns, args[0], &args[1..]), timeout)
 }
 
+/// Runs `args` inside namespace `ns` with its output shown as it comes (see
+/// [`cmd::run_shown`]); returns whether it succeeded.
+pub fn exec_shown(ns: &str, args: &[&str], timeout: Duration) -> bool {
+    cmd::run_shown(in_netns(ns, args[0], &args[1..]), timeout)
+}
+
 /// A namespace outside any world (loopback up), deleted when dropped, also while panicking:
 /// for a reference measurement that must start from an empty kernel each time.
 pub struct Netns {

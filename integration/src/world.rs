@@ -50,6 +50,10 @@ pub enum Security {
 /// Distinguishes the worlds of one test process; the pid distinguishes test processes.
 static WORLDS: AtomicUsize = AtomicUsize::new(0);
 
+fn controller_ns(prefix: &str) -> String {
+    format!("{prefix}-ctl")
+}
+
 /// Underlay address of host `host` (1-based), which its agent advertises.
 pub fn host_addr(host: usize) -> String {
     format!("198.18.0.{host}")
@@ -77,8 +81,9 @@ pub struct World {
 }
 
 impl World {
-    /// Builds the underlay, starts the controller and `hosts` agents, and returns once every
-    /// agent answers `weftctl ps`. Panics with the reason (and the processes' logs) otherwise.
+    /// Builds the underlay, starts the controller and `hosts` agents (none: a controller alone),
+    /// and returns once every agent answers `weftctl ps`. Panics with the reason (and the
+    /// processes' logs) otherwise.
     pub fn new(hosts: usize) -> World {
         World::with_agent_args(hosts, &[])
     }
@@ -91,10 +96,7 @@ impl World {
     /// [`World::with_agent_args`] with the given security.
     pub fn with_options(hosts: usize, agent_args: &[&str], security: Security) -> World {
         netns::require_privileges_and_tools();
-        assert!(
-            (1..100).contains(&hosts),
-            "a world has 1 to 99 hosts, not {hosts}"
-        );
+        assert!(hosts < 100, "a world has at most 99 hosts, not {hosts}");
         let bins = Bins::locate();
         let prefix = format!(
             "wft{}x{}",
@@ -105,7 +107,7 @@ impl World {
             .prefix(&format!("{prefix}-"))
             .tempdir()
             .expect("creating the world's temp dir");
-        let ctl_ns = format!("{prefix}-ctl");
+        let ctl_ns = controller_ns(&prefix);
         let mut controller_args = vec![
             "--listen".into(),
             format!("{CONTROLLER_IP}:{CONTROLLER_PORT}"),
@@ -238,6 +240,21 @@ impl World {
         &self.prefix
     }
 
+    /// The controller's namespace, where [`CONTROLLER_URL`] is a local address.
+    pub fn controller_ns(&self) -> String {
+        controller_ns(&self.prefix)
+    }
+
+    /// The controller's process id while it runs.
+    pub fn controller_pid(&self) -> Option<u32> {
+        self.controller().pid()
+    }
+
+    /// Host `host`'s agent's process id while it runs.
+    pub fn agent_pid(&self, host: usize) -> Option<u32> {
+        self.agent(host).pid()
+    }
+
     /// The namespace of host `host`.
     pub fn host_ns(&self, host: usize) -> String {
         format!("{}-h{host}", self.prefix)
@@ -304,7 +321,7 @@ impl World {
     /// (Re)starts the controller and waits until it listens.
     pub fn start_controller(&self) {
         self.controller().start();
-        let ctl_ns = format!("{}-ctl", self.prefix);
+        let ctl_ns = self.controller_ns();
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.controller().exited() {

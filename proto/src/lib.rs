@@ -6,6 +6,7 @@ pub mod dns_name;
 pub mod error;
 pub mod names;
 pub mod process;
+pub mod snapshot;
 pub mod subnet;
 pub mod tables;
 pub mod tls;

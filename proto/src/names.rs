@@ -87,7 +87,8 @@ pub fn host_ifname(mac: Mac) -> String {
     format!("{HOST_IFNAME_PREFIX}{low:07x}")
 }
 
-/// Name the container end has in the host namespace, before it moves into the container.
+/// Name the container end is created with in the container, until its plug renames it (so a
+/// plug cut short leaves no interface that looks finished).
 pub fn guest_tmp_ifname(host_ifname: &str) -> String {
     host_ifname.replacen("vethwepl", "vethwepg", 1)
 }

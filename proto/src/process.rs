@@ -1,5 +1,5 @@
 //! What every weft binary does alike: log through `tracing` to stderr, filtered by `RUST_LOG`,
-//! and stop cleanly on SIGTERM or SIGINT.
+//! and stop cleanly on SIGTERM or SIGINT; and what those holding many connections do.
 
 pub fn init_logging() {
     init_logging_with(&[]);
@@ -71,4 +71,16 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         _ => return Err(format!("\"{s}\" is not a duration like 90s, 3m or 1h")),
     };
     Ok(std::time::Duration::from_secs(secs))
+}
+
+/// Raises the soft limit on open files to the hard one, for a process that holds a socket or two
+/// per agent: the usual soft limit of 1024 is reached at about 500 agents. Returns the soft limit
+/// before and after.
+pub fn raise_open_file_limit() -> std::io::Result<(u64, u64)> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok((soft, hard))
 }

@@ -69,6 +69,48 @@ impl Tables {
         }
     }
 
+    /// The change that puts back what `change` would replace: applied right after `change`, it
+    /// restores these tables' contents (not their revision). For undoing changes that could
+    /// not be persisted.
+    pub fn undo(&self, change: &Change) -> Change {
+        match change {
+            Change::PeerPut(Peer { name, .. }) | Change::PeerDeleted(name) => {
+                match self.peers.get(name) {
+                    Some(old) => Change::PeerPut(old.clone()),
+                    None => Change::PeerDeleted(name.clone()),
+                }
+            }
+            Change::NetworkPut(Network { name, .. }) | Change::NetworkDeleted(name) => {
+                match self.networks.get(name) {
+                    Some(old) => Change::NetworkPut(old.clone()),
+                    None => Change::NetworkDeleted(name.clone()),
+                }
+            }
+            Change::EndpointPut(ep) => self.undo_endpoint(endpoint_id(ep)),
+            Change::EndpointDeleted(key) => self.undo_endpoint(key_id(key)),
+            Change::DnsRecordPut(r) | Change::DnsRecordDeleted(r) => {
+                match self.dns_records.get(&dns_record_id(r)) {
+                    Some(old) => Change::DnsRecordPut(old.clone()),
+                    None => Change::DnsRecordDeleted(r.clone()),
+                }
+            }
+        }
+    }
+
+    fn undo_endpoint(&self, id: EndpointId) -> Change {
+        match self.endpoints.get(&id) {
+            Some(old) => Change::EndpointPut(old.clone()),
+            None => {
+                let (peer, network, container_id) = id;
+                Change::EndpointDeleted(EndpointKey {
+                    peer,
+                    container_id,
+                    network,
+                })
+            }
+        }
+    }
+
     /// Applies one change and counts it as one revision.
     pub fn apply(&mut self, change: &Change) {
         self.revision += 1;
@@ -99,13 +141,64 @@ impl Tables {
             }
         }
     }
+}
 
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            peers: self.peers.values().cloned().collect(),
-            networks: self.networks.values().cloned().collect(),
-            endpoints: self.endpoints.values().cloned().collect(),
-            dns_records: self.dns_records.values().cloned().collect(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(container: &str, cidr: &str) -> Endpoint {
+        Endpoint {
+            network: DEFAULT_NETWORK.into(),
+            container_id: container.into(),
+            cidrs: vec![cidr.into()],
+            peer: "host1".into(),
+            ..Default::default()
         }
+    }
+
+    #[test]
+    fn undoing_changes_in_reverse_restores_the_tables() {
+        let mut tables = Tables::default();
+        tables.apply(&Change::PeerPut(Peer {
+            name: "host1".into(),
+            advertise_addr: "198.18.0.1".into(),
+        }));
+        tables.apply(&Change::EndpointPut(ep("a", "10.32.0.2/12")));
+        let before = tables.clone();
+        let changes = [
+            Change::PeerPut(Peer {
+                name: "host1".into(),
+                advertise_addr: "198.18.0.9".into(),
+            }),
+            Change::PeerPut(Peer {
+                name: "host2".into(),
+                advertise_addr: "198.18.0.2".into(),
+            }),
+            Change::NetworkPut(Network {
+                name: "blue".into(),
+                subnet: "10.9.0.0/24".into(),
+                vni: 2,
+            }),
+            Change::EndpointPut(ep("a", "10.32.0.3/12")),
+            Change::EndpointPut(ep("b", "10.32.0.4/12")),
+            Change::EndpointDeleted(EndpointKey {
+                peer: "host1".into(),
+                container_id: "a".into(),
+                network: DEFAULT_NETWORK.into(),
+            }),
+            Change::PeerDeleted("nobody".into()),
+        ];
+        let mut undo = Vec::new();
+        for change in &changes {
+            undo.push(tables.undo(change));
+            tables.apply(change);
+        }
+        assert_ne!(tables.endpoints, before.endpoints);
+        for change in undo.iter().rev() {
+            tables.apply(change);
+        }
+        tables.revision = before.revision;
+        assert_eq!(tables, before);
     }
 }

@@ -6,6 +6,8 @@
 //! figure is the `elapsed_ms` of its `datapath reconciled` log line; baseline, a fresh namespace
 //! gets the same bridge and VXLAN device by hand, and `bridge -batch` and `ip -batch` write the
 //! same FDB and neighbour entries. Both sides are checked against the kernel afterwards.
+//! Last, the agent programs them once more and is left idle while weft-load reads its memory
+//! and CPU use from /proc.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -32,13 +34,18 @@ const LOAD_ADDR: &str = "198.18.0.50";
 const FLOOD_MAC: &str = "00:00:00:00:00:00";
 /// The host whose agent is measured; host1 only lends its namespace to weft-load.
 const HOST: usize = 2;
-/// 10,000 attaches took 1.5 to 2 minutes on two cores: each costs the controller O(N) CPU.
+/// Generous: 10,000 attaches took 1.5 to 2 minutes on two cores before the controller grouped
+/// its commits and found free addresses without walking the held ones; now a few seconds.
 const POPULATE_TIMEOUT: Duration = Duration::from_secs(240);
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause before each timed step: the kernel frees the previous round's 20,000 entries (and, for
 /// a deleted namespace, its devices) in the background, which would otherwise eat into the next
 /// measurement on a two-core machine.
 const SETTLE: Duration = Duration::from_secs(1);
+/// How long the idle agent is measured: its periodic reconcile (every 30 s) falls in twice.
+const IDLE: Duration = Duration::from_secs(60);
+/// The goal for an idle agent with the endpoints programmed, in MB (10^6 bytes).
+const GOAL_AGENT_RSS_MB: f64 = 30.0;
 
 fn main() -> ExitCode {
     bench::stop_on_interrupt();
@@ -131,6 +138,8 @@ fn run() {
         baseline.push(base);
     }
     report(&weft, &baseline);
+    idle_footprint(&mut world, &entries);
+    bench::print_load("at end");
 }
 
 /// Fills the controller through weft-load, run in host1's namespace, and returns the entries
@@ -198,9 +207,17 @@ fn write_batches(entries: &Entries, fdb_batch: &Path, neigh_batch: &Path) {
     fs::write(neigh_batch, neigh).expect("writing the neighbour batch file");
 }
 
+/// One timed round of weft: [`program`], then stops host2's agent, so that the next round starts
+/// again from a host without weft's devices.
+fn weft_round(world: &mut World, entries: &Entries) -> Reconciled {
+    let reconciled = program(world, entries);
+    world.stop_agent(HOST);
+    reconciled
+}
+
 /// Starts host2's agent on a host without weft's devices and returns what it reported for the
 /// reconcile that programmed the endpoints, once the kernel is checked to hold them.
-fn weft_round(world: &mut World, entries: &Entries) -> Reconciled {
+fn program(world: &mut World, entries: &Entries) -> Reconciled {
     let ns = world.host_ns(HOST);
     // Deleting the VXLAN device drops its FDB and neighbour entries with it.
     for dev in [VXLAN_DEV, BRIDGE] {
@@ -230,8 +247,47 @@ fn weft_round(world: &mut World, entries: &Entries) -> Reconciled {
     );
     let reconciled = reconciled.expect("found above");
     check_kernel(&ns, entries, reconciled.neigh_added > 0, "weft-agent");
-    world.stop_agent(HOST);
     reconciled
+}
+
+/// The agent that has programmed the endpoints, left alone: its memory and CPU as weft-load
+/// reads them from /proc while nothing changes.
+fn idle_footprint(world: &mut World, entries: &Entries) {
+    println!(
+        "idle footprint: host{HOST}'s agent programs the {ENDPOINTS} endpoints as in a round, waits {SETTLE:?}, then nothing changes for {} s (its periodic reconcile runs every 30 s):",
+        IDLE.as_secs()
+    );
+    check_interrupted();
+    program(world, entries);
+    sleep(SETTLE);
+    let pid = world
+        .agent_pid(HOST)
+        .unwrap_or_else(|| panic!("host{HOST}'s agent exited after programming"))
+        .to_string();
+    let load = locate_bin("weft-load");
+    let seconds = IDLE.as_secs().to_string();
+    let goal = GOAL_AGENT_RSS_MB.to_string();
+    let argv = [
+        path_str(&load),
+        "footprint",
+        "--pid",
+        &pid,
+        "--seconds",
+        &seconds,
+        "--rss-goal-mb",
+        &goal,
+    ];
+    let out = exec_for(&world.host_ns(HOST), &argv, IDLE + RECONCILE_TIMEOUT);
+    check_interrupted();
+    assert!(
+        out.success(),
+        "weft-load footprint failed: {}",
+        out.stderr.trim()
+    );
+    for line in out.stdout.lines() {
+        println!("  weft-agent {line}");
+    }
+    world.stop_agent(HOST);
 }
 
 /// Reads `... datapath reconciled fdb_added=N fdb_removed=N neigh_added=N neigh_removed=N
@@ -362,5 +418,4 @@ fn report(weft: &[f64], baseline: &[Baseline]) {
         "target <= {TARGET}: {}",
         if ratio <= TARGET { "met" } else { "missed" }
     );
-    bench::print_load("at end");
 }

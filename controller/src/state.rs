@@ -1,0 +1,501 @@
+//! The controller's state (tables, their index, the store, the latest deltas) and how requests
+//! change it: group commit. One thread takes the requests in arrival order, plans each against
+//! the tables as the ones before it left them, and persists all that queued up while the
+//! previous batch was being written in one transaction, one fsync. Nothing of a batch is
+//! answered, published to watchers or shown in a snapshot before that transaction is durable
+//! (the state lock is held until then); if it fails, the batch is undone in memory and every
+//! request in it fails. A panic while committing ends the process (see [`EXIT_PANICKED`]).
+//! Also where a watch starts: a resume from the latest deltas, or a snapshot.
+
+use std::collections::VecDeque;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::thread;
+
+use tokio::sync::{broadcast, oneshot};
+use tracing::{error, warn};
+use weft_proto::snapshot;
+use weft_proto::tables::Tables;
+use weft_proto::v1::{Delta, Resumed, WatchEvent, delta::Change, watch_event::Event};
+
+use crate::index::Index;
+use crate::rules::{TableError, View};
+use crate::store::{Store, StoreError};
+
+/// Deltas kept for agents that reconnect: one further behind gets a snapshot.
+const HISTORY: usize = 50_000;
+/// Requests planned and persisted together at most: bounds how long the state lock is held.
+const MAX_BATCH: usize = 256;
+/// The controller's exit status after a panic while committing (EX_SOFTWARE). It exits rather
+/// than serve on without a committer and with the state lock poisoned; a supervisor (systemd's
+/// Restart=on-failure) starts it again from its store, which holds every answered change.
+pub(crate) const EXIT_PANICKED: i32 = 70;
+
+pub(crate) struct State {
+    pub(crate) tables: Tables,
+    pub(crate) index: Index,
+    store: Store,
+    /// The latest deltas, oldest first, for agents that reconnect and resume.
+    history: VecDeque<WatchEvent>,
+    /// The parts of the latest snapshot sent, while a watcher is still sending them: agents
+    /// that start at the same revision share one copy of the tables.
+    shared_snapshot: Weak<Vec<WatchEvent>>,
+}
+
+/// The state and the channel its changes are published on, once durable.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    events: broadcast::Sender<WatchEvent>,
+}
+
+/// Where a watch starts.
+pub(crate) enum Start {
+    /// The parts of a snapshot (see [`snapshot::parts`]).
+    Snapshot(Arc<Vec<WatchEvent>>),
+    /// `Resumed`, then the deltas the watcher missed.
+    Resume(Vec<WatchEvent>),
+}
+
+impl Shared {
+    pub(crate) fn new(
+        store: Store,
+        tables: Tables,
+        events: broadcast::Sender<WatchEvent>,
+    ) -> Shared {
+        Shared {
+            state: Mutex::new(State {
+                index: Index::build(&tables),
+                tables,
+                store,
+                history: VecDeque::new(),
+                shared_snapshot: Weak::new(),
+            }),
+            events,
+        }
+    }
+
+    /// The state as of the last durable change.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("controller state lock poisoned")
+    }
+
+    /// Where a watch from `from` (the watcher's revision, 0 for none) starts, and a
+    /// subscription to what comes after it.
+    pub(crate) fn watch_from(&self, from: u64) -> (Start, broadcast::Receiver<WatchEvent>) {
+        let mut state = self.lock();
+        let current = state.tables.revision;
+        let oldest_kept = state.history.front().map_or(current + 1, |e| e.revision);
+        // Resumable when the watcher is not ahead of us (a controller that lost its store) and
+        // every delta after its revision is still here.
+        let start = if from > 0 && from <= current && from + 1 >= oldest_kept {
+            let missed: Vec<WatchEvent> = state
+                .history
+                .iter()
+                .filter(|e| e.revision > from)
+                .cloned()
+                .collect();
+            let mut start = vec![WatchEvent {
+                revision: from,
+                event: Some(Event::Resumed(Resumed {
+                    missed: missed.len() as u64,
+                })),
+            }];
+            start.extend(missed);
+            Start::Resume(start)
+        } else {
+            let parts = match state.shared_snapshot.upgrade() {
+                Some(parts) if parts.first().map(|p| p.revision) == Some(current) => parts,
+                _ => {
+                    let parts = Arc::new(snapshot::parts(&state.tables));
+                    state.shared_snapshot = Arc::downgrade(&parts);
+                    parts
+                }
+            };
+            Start::Snapshot(parts)
+        };
+        // Subscribed under the lock: no change is published between the start and the stream.
+        (start, self.events.subscribe())
+    }
+}
+
+/// Why a change was not made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum MutateError {
+    #[error(transparent)]
+    Rejected(#[from] TableError),
+    /// Shared by every request of the batch that failed.
+    #[error("persisting failed: {0}")]
+    Persist(#[source] Arc<StoreError>),
+    #[error("the controller is stopping")]
+    Stopped,
+}
+
+type Plan = Box<dyn for<'a> FnOnce(&View<'a>) -> Result<Vec<Change>, TableError> + Send>;
+
+struct Job {
+    plan: Plan,
+    /// The revision the tables are at after this request's changes.
+    done: oneshot::Sender<Result<u64, MutateError>>,
+}
+
+/// Hands requests to the committing thread. The thread ends when the last clone is dropped.
+#[derive(Clone)]
+pub(crate) struct Committer {
+    jobs: std_mpsc::Sender<Job>,
+}
+
+impl Committer {
+    pub(crate) fn start(shared: Arc<Shared>) -> std::io::Result<Committer> {
+        let (jobs, queue) = std_mpsc::channel();
+        thread::Builder::new()
+            .name("weft-commit".into())
+            .spawn(move || {
+                let run = panic::catch_unwind(AssertUnwindSafe(|| {
+                    while let Ok(first) = queue.recv() {
+                        let mut batch = vec![first];
+                        batch.extend(queue.try_iter().take(MAX_BATCH - 1));
+                        commit_batch(&shared, batch, Store::commit);
+                    }
+                }));
+                if let Err(panic) = run {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .copied()
+                        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                        .unwrap_or("(no message)");
+                    error!("committing panicked, exiting: {why}");
+                    std::process::exit(EXIT_PANICKED);
+                }
+            })?;
+        Ok(Committer { jobs })
+    }
+
+    /// Runs `plan` against the tables; persists and publishes the changes it returns. Returns
+    /// the plan's result and the revision the tables are at after its changes.
+    pub(crate) async fn mutate<T: Send + 'static>(
+        &self,
+        plan: impl FnOnce(&View) -> Result<(T, Vec<Change>), TableError> + Send + 'static,
+    ) -> Result<(T, u64), MutateError> {
+        let (out_tx, mut out_rx) = oneshot::channel();
+        let (done, result) = oneshot::channel();
+        let plan: Plan = Box::new(move |view| {
+            let (out, changes) = plan(view)?;
+            let _ = out_tx.send(out);
+            Ok(changes)
+        });
+        self.jobs
+            .send(Job { plan, done })
+            .map_err(|_| MutateError::Stopped)?;
+        let revision = result.await.map_err(|_| MutateError::Stopped)??;
+        // Sent before the plan returned its changes, so before `done`.
+        let out = out_rx.try_recv().map_err(|_| MutateError::Stopped)?;
+        Ok((out, revision))
+    }
+}
+
+/// Plans the batch's requests in turn, makes their changes in memory, has `persist` write them
+/// (all in one transaction, as [`Store::commit`] does), then publishes them and answers; undoes
+/// them instead if `persist` fails.
+fn commit_batch(
+    shared: &Shared,
+    batch: Vec<Job>,
+    persist: impl FnOnce(&Store, &[Change], u64) -> Result<(), StoreError>,
+) {
+    let mut guard = shared.lock();
+    let state = &mut *guard;
+    let start = state.tables.revision;
+    let mut undo = Vec::new();
+    let mut changed = Vec::new();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for job in batch {
+        // Its caller gave up (a gRPC deadline, a client that went away) while it queued: nobody
+        // would learn of the change, and the caller may be retrying it already.
+        if job.done.is_closed() {
+            continue;
+        }
+        let view = View {
+            tables: &state.tables,
+            index: &state.index,
+        };
+        let outcome = (job.plan)(&view).map(|changes| {
+            for change in changes {
+                undo.push(state.tables.undo(&change));
+                state.index.apply(&state.tables, &change);
+                state.tables.apply(&change);
+                changed.push(change);
+            }
+            state.tables.revision
+        });
+        outcomes.push((job.done, outcome.map_err(MutateError::from)));
+    }
+    if !changed.is_empty() {
+        if let Err(e) = persist(&state.store, &changed, state.tables.revision) {
+            warn!(requests = outcomes.len(), "persisting failed: {e}");
+            let e = Arc::new(e);
+            for change in undo.iter().rev() {
+                state.index.apply(&state.tables, change);
+                state.tables.apply(change);
+            }
+            state.tables.revision = start;
+            // Refusals too: one may be due to an earlier request of the batch, now undone.
+            for (_, outcome) in &mut outcomes {
+                *outcome = Err(MutateError::Persist(e.clone()));
+            }
+        } else {
+            publish(state, &shared.events, start, changed);
+        }
+    }
+    drop(guard);
+    for (done, outcome) in outcomes {
+        // A caller that gave up is no reason to stop.
+        let _ = done.send(outcome);
+    }
+}
+
+/// Records the batch's changes, numbered from `start` + 1, as deltas for resuming agents, and
+/// sends them to the watchers.
+fn publish(
+    state: &mut State,
+    events: &broadcast::Sender<WatchEvent>,
+    start: u64,
+    changed: Vec<Change>,
+) {
+    for (revision, change) in (start + 1..).zip(changed) {
+        let event = WatchEvent {
+            revision,
+            event: Some(Event::Delta(Delta {
+                change: Some(change),
+            })),
+        };
+        state.history.push_back(event.clone());
+        if state.history.len() > HISTORY {
+            state.history.pop_front();
+        }
+        // No receivers is fine: nobody is watching yet.
+        let _ = events.send(event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::future::join_all;
+    use weft_proto::v1::Peer;
+
+    use weft_proto::names::Mac;
+
+    use super::*;
+    use crate::rules::TableRules;
+
+    fn peer(n: usize) -> Peer {
+        Peer {
+            name: format!("host{n}"),
+            advertise_addr: format!("198.18.0.{n}"),
+        }
+    }
+
+    fn shared(dir: &std::path::Path) -> Shared {
+        let (store, tables) = Store::open(dir).unwrap();
+        Shared::new(store, tables, broadcast::channel(1024).0)
+    }
+
+    type Answer = oneshot::Receiver<Result<u64, MutateError>>;
+
+    /// A request that makes the changes `plan` returns, and where its answer comes.
+    fn job(
+        plan: impl for<'a> FnOnce(&View<'a>) -> Result<Vec<Change>, TableError> + Send + 'static,
+    ) -> (Job, Answer) {
+        let (done, answer) = oneshot::channel();
+        let plan: Plan = Box::new(plan);
+        (Job { plan, done }, answer)
+    }
+
+    /// A request that registers `peer`.
+    fn register(peer: Peer) -> (Job, Answer) {
+        job(move |view| view.register_peer(peer))
+    }
+
+    /// A request that attaches `container` on host1 with `addr`.
+    fn attach(container: &'static str, addr: &'static str) -> (Job, Answer) {
+        job(move |view| {
+            let specs = [addr.parse().unwrap()];
+            let (_, changes) = view.attach("host1", container, &specs, "", &mut Mac::random)?;
+            Ok(changes)
+        })
+    }
+
+    /// Commits `jobs` as one batch; returns their answers.
+    fn commit(
+        shared: &Shared,
+        jobs: Vec<(Job, Answer)>,
+        persist: impl FnOnce(&Store, &[Change], u64) -> Result<(), StoreError>,
+    ) -> Vec<Result<u64, MutateError>> {
+        let (batch, answers): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+        commit_batch(shared, batch, persist);
+        answers
+            .into_iter()
+            .map(|a| a.blocking_recv().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_that_cannot_be_persisted_is_undone_and_fails_every_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let range = "10.32.0.0/12".parse().unwrap();
+        let setup = vec![
+            job(move |view| view.ensure_default_network(range)),
+            register(peer(1)),
+            attach("c0", "net:default"),
+            attach("c1", "net:default"),
+        ];
+        assert!(
+            commit(&shared, setup, Store::commit)
+                .iter()
+                .all(Result::is_ok)
+        );
+        let (tables, index) = {
+            let state = shared.lock();
+            (state.tables.clone(), state.index.clone())
+        };
+        let c0 = "10.32.0.2/12";
+        assert_eq!(tables.endpoints.values().next().unwrap().cidrs, [c0]);
+        let mut watcher = shared.events.subscribe();
+
+        let batch = vec![
+            // Allocates an address, a MAC and a veth name.
+            attach("c2", "net:default"),
+            // Releases c0's address, which the next request takes.
+            job(|view| Ok(view.detach("host1", "c0", &[])?.1)),
+            attach("c3", c0),
+            // Refused only because c3 took the address earlier in the batch.
+            attach("c4", c0),
+        ];
+        let disk_full = || StoreError::CreateDir {
+            path: dir.path().to_path_buf(),
+            source: std::io::Error::other("disk full"),
+        };
+        let answers = commit(&shared, batch, |_, _, _| Err(disk_full()));
+        for answer in &answers {
+            let Err(e @ MutateError::Persist(_)) = answer else {
+                panic!("every request fails to persist, not {answer:?}");
+            };
+            assert!(e.to_string().contains("disk full"), "{e}");
+        }
+        {
+            let state = shared.lock();
+            assert_eq!(state.tables, tables);
+            // The address pools (IPAM), MACs, veth names and containers as before.
+            assert_eq!(state.index, index);
+            assert_eq!(state.index, Index::build(&state.tables));
+        }
+        assert!(watcher.try_recv().is_err(), "nothing undone is published");
+
+        // The next batch goes on from the revision before the failed one.
+        let answers = commit(&shared, vec![attach("c5", "net:default")], Store::commit);
+        assert_eq!(answers[0].as_ref().unwrap(), &(tables.revision + 1));
+        assert_eq!(watcher.try_recv().unwrap().revision, tables.revision + 1);
+    }
+
+    #[test]
+    fn requests_whose_caller_has_gone_are_not_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let (abandoned, gone) = register(peer(1));
+        drop(gone);
+        let (wanted, answer) = register(peer(2));
+        commit_batch(&shared, vec![abandoned, wanted], Store::commit);
+        assert_eq!(answer.blocking_recv().unwrap().unwrap(), 1);
+        let state = shared.lock();
+        assert_eq!(state.tables.peers.keys().collect::<Vec<_>>(), ["host2"]);
+    }
+
+    /// Set in the child process of the test below.
+    const PANIC_IN_PLAN: &str = "WEFT_TEST_PANIC_IN_PLAN";
+
+    #[test]
+    fn a_panic_while_committing_ends_the_process() {
+        if std::env::var_os(PANIC_IN_PLAN).is_some() {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, tables) = Store::open(dir.path()).unwrap();
+            let shared = Arc::new(Shared::new(store, tables, broadcast::channel(1).0));
+            let committer = Committer::start(shared).unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let result = runtime.block_on(
+                committer.mutate(|_| -> Result<((), _), _> { panic!("a plan that panics") }),
+            );
+            // Not reached if the process exits as it should.
+            panic!("the controller goes on after a panic while committing: {result:?}");
+        }
+        let test = "state::tests::a_panic_while_committing_ends_the_process";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(PANIC_IN_PLAN, "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(EXIT_PANICKED), "stderr: {stderr}");
+        assert!(stderr.contains("a plan that panics"), "stderr: {stderr}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_each_get_their_own_revision_and_all_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, tables) = Store::open(dir.path()).unwrap();
+        let (events, mut watcher) = broadcast::channel(1024);
+        let shared = Arc::new(Shared::new(store, tables, events));
+        let committer = Committer::start(shared.clone()).unwrap();
+        let requests = (1..=100).map(|n| {
+            let committer = committer.clone();
+            async move {
+                committer
+                    .mutate(move |t| {
+                        // Every tenth names no peer: refused, and no hindrance to the others.
+                        let p = if n % 10 == 0 {
+                            Peer::default()
+                        } else {
+                            peer(n)
+                        };
+                        Ok((n, t.register_peer(p)?))
+                    })
+                    .await
+            }
+        });
+        let results = join_all(requests).await;
+        let mut revisions: Vec<u64> = Vec::new();
+        for (i, result) in results.into_iter().enumerate() {
+            let n = i + 1;
+            match result {
+                Ok((out, revision)) => {
+                    assert_eq!(out, n);
+                    assert_ne!(n % 10, 0, "request {n} should have been refused");
+                    revisions.push(revision);
+                }
+                Err(MutateError::Rejected(TableError::Invalid(_))) => assert_eq!(n % 10, 0),
+                Err(e) => panic!("request {n}: {e}"),
+            }
+        }
+        revisions.sort();
+        assert_eq!(revisions, (1..=90).collect::<Vec<u64>>());
+        for revision in 1..=90 {
+            let event = watcher.try_recv().expect("every change is published");
+            assert_eq!(event.revision, revision);
+        }
+        let held = shared.lock().tables.clone();
+        assert_eq!(held.peers.len(), 90);
+        // The committing thread ends, and lets go of the store, once the last committer is gone.
+        drop(committer);
+        for _ in 0..500 {
+            if Arc::strong_count(&shared) == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        drop(shared);
+        let (_, reloaded) = Store::open(dir.path()).unwrap();
+        assert_eq!(reloaded, held);
+    }
+}
