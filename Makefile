@@ -46,7 +46,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Run by hand, not in CI (about 12 minutes, needs root); method and figures in BENCHMARKS.md.
+# Run by hand, not in CI (about 15 minutes, needs root); method and figures in BENCHMARKS.md.
 # Release builds, as in production. Each benchmark has its own target; `bench` runs them all.
 BENCHES := fdb datapath converge attach controller
 RUN_BENCH = $(CARGO) run --quiet --release -p weft-integration --bin weft-bench-
@@ -65,5 +65,6 @@ bench-build: bench-deps
 bench: bench-build
 	@for b in $(BENCHES); do $(RUN_BENCH)$$b || exit 1; done
 
+# ARGS go to the one benchmark run, e.g. `make bench-datapath ARGS=--control`.
 $(addprefix bench-,$(BENCHES)): bench-%: bench-build
-	$(RUN_BENCH)$*
+	$(RUN_BENCH)$* $(ARGS)

@@ -146,6 +146,41 @@ pub fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
     values[rank.clamp(1, values.len()) - 1]
 }
 
+/// Where the true median lies, from samples alone: two of them, and how sure that is.
+pub struct Interval {
+    pub low: f64,
+    pub high: f64,
+    /// The chance that `low..=high` holds the true median.
+    pub confidence: f64,
+}
+
+/// The narrowest interval of the sorted samples `[x(k), x(n+1-k)]` that holds the true median
+/// with at least 95 % confidence, or, with too few samples for that, their whole range. How
+/// many samples fall below the median is Binomial(n, 1/2) whatever the distribution (the sign
+/// test), so the interval needs no model of the machine's noise.
+pub fn median_interval(mut values: Vec<f64>) -> Interval {
+    assert!(!values.is_empty(), "interval of no samples");
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    // below[j]: the chance that at most j samples fall below the median.
+    let mut below = Vec::with_capacity(n + 1);
+    let (mut ways, mut sum, all) = (1.0, 0.0, 2f64.powi(n as i32));
+    for j in 0..=n {
+        sum += ways;
+        below.push(sum / all);
+        ways = ways * (n - j) as f64 / (j + 1) as f64;
+    }
+    let mut k = 1;
+    while k < n.div_ceil(2) && 1.0 - 2.0 * below[k] >= 0.95 {
+        k += 1;
+    }
+    Interval {
+        low: values[k - 1],
+        high: values[n - k],
+        confidence: 1.0 - 2.0 * below[k - 1],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +198,18 @@ mod tests {
     fn median_of_odd_and_even_counts() {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+    }
+
+    #[test]
+    fn median_interval_by_the_sign_test() {
+        // Nine samples: the 2nd and 8th, which hold the median with 1 - 2 * 10/512.
+        let nine = median_interval((1..=9).rev().map(f64::from).collect());
+        assert_eq!((nine.low, nine.high), (2.0, 8.0));
+        assert!((nine.confidence - (1.0 - 20.0 / 512.0)).abs() < 1e-12);
+        // Five are too few for 95 %: the whole range, at 1 - 2/32.
+        let five = median_interval(vec![5.0, 1.0, 4.0, 2.0, 3.0]);
+        assert_eq!((five.low, five.high), (1.0, 5.0));
+        assert!((five.confidence - 0.9375).abs() < 1e-12);
     }
 
     #[test]
