@@ -2,7 +2,8 @@
 //! the underlay between the two hosts and to the same kind of datapath built by hand (bridge,
 //! VXLAN device without learning, static FDB), measured alternately in one run.
 //!
-//! One world of two hosts carries all the systems, so they share the underlay: weft's
+//! Each world of two hosts (several, built one after the other, as one world can favour one
+//! system for all its rounds) carries all the systems, so they share the underlay: weft's
 //! containers are attached by the agents; the hosts' namespaces are the underlay's ends; the
 //! hand-built overlay has its own bridge, VXLAN device (another VNI and UDP port) and container
 //! namespaces in the same two hosts, with the MTU weft gave its containers. With `--control`, a
