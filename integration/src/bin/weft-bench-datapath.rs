@@ -27,7 +27,7 @@ use weft_integration::{
 /// to run on a shared 2-core VM, and one world of namespaces can keep a system 10 % above or
 /// below the others for all its rounds (in either direction, weft or hand-built), so a ratio
 /// near the goal needs short runs in several worlds rather than many rounds in one.
-const DEFAULT_WORLDS: usize = 3;
+const DEFAULT_WORLDS: usize = 6;
 const DEFAULT_ROUNDS: usize = 3;
 const MIN_RUNS: usize = 5;
 /// Seconds each iperf3 run measures, after [`OMIT`] seconds it leaves out (TCP slow start).
