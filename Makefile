@@ -30,7 +30,7 @@ build:
 # The last line totals every test binary's result (cargo's own last line is often a doc-test
 # run with nothing in it).
 test: deps build
-	set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.txt
+	mkdir -p target; set -o pipefail; $(CARGO) test --workspace 2>&1 | tee target/test-output.txt
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "tests: %d passed, %d failed\n", p, f }' target/test-output.txt
 
 demo: deps build
