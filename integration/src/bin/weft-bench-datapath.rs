@@ -607,7 +607,7 @@ fn report(samples: &BTreeMap<(Test, &str), Vec<Sample>>, options: &Options) {
     }
     let (w, h) = (med(Test::Ping, "weft"), med(Test::Ping, "hand-built"));
     println!(
-        " {:>13.1} µs {:>11.1} µs",
+        " {:>+13.1} µs {:>+11.1} µs",
         w - h,
         w - med(Test::Ping, "underlay")
     );
