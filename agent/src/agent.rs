@@ -283,7 +283,11 @@ impl Agent {
         match event.event {
             Some(Event::Snapshot(snapshot)) => {
                 info!(revision = event.revision, "snapshot received");
-                *tables = Some(Tables::from_snapshot(event.revision, snapshot));
+                *tables = Some(Tables::from_snapshot(
+                    event.revision,
+                    event.store_id,
+                    snapshot,
+                ));
             }
             Some(Event::Delta(delta)) => {
                 let Some(current) = tables.as_mut() else {

@@ -60,6 +60,7 @@ async fn session(agent: &Agent, healthy: &mut bool) -> anyhow::Result<()> {
             peer: agent.name.clone(),
             from_revision: agent.revision(),
             snapshot_in_parts: true,
+            store_id: String::new(),
         })
         .await
         .map_err(|s| anyhow!("watch failed: {}", describe(&s)))?

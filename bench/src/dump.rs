@@ -21,6 +21,7 @@ pub async fn dump(mut client: ControllerClient<Channel>, watcher: &str) -> anyho
             // No revision of ours: the controller must answer with a whole snapshot.
             from_revision: 0,
             snapshot_in_parts: true,
+            store_id: String::new(),
         })
         .await
         .context("watch failed")?
@@ -46,6 +47,7 @@ pub async fn receive_snapshot(
             Some(WatchEvent {
                 revision,
                 event: Some(Event::Snapshot(snapshot)),
+                ..
             }) => return Ok((revision, snapshot)),
             Some(other) => bail!(
                 "the first event of a watch from revision 0 is not a snapshot: {:?} at revision {}",

@@ -85,6 +85,7 @@ impl SimAgent {
                 peer: name.clone(),
                 from_revision: 0,
                 snapshot_in_parts: true,
+                store_id: String::new(),
             })
             .await
             .with_context(|| format!("{name}: watch failed"))?

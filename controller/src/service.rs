@@ -266,6 +266,7 @@ impl Controller for ControllerService {
             peer,
             from_revision,
             snapshot_in_parts,
+            store_id: _,
         } = request.into_inner();
         info!(%peer, from_revision, snapshot_in_parts, "watch starts");
         let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
@@ -494,6 +495,7 @@ mod tests {
                 peer: "host1".into(),
                 from_revision: 0,
                 snapshot_in_parts: in_parts,
+                store_id: String::new(),
             }))
             .await
             .unwrap()

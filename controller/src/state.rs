@@ -100,6 +100,7 @@ impl Shared {
                 event: Some(Event::Resumed(Resumed {
                     missed: missed.len() as u64,
                 })),
+                store_id: state.tables.store_id.clone(),
             }];
             start.extend(missed);
             Start::Resume(start)
@@ -267,6 +268,7 @@ fn publish(
             event: Some(Event::Delta(Delta {
                 change: Some(change),
             })),
+            store_id: String::new(),
         };
         state.history.push_back(event.clone());
         if state.history.len() > HISTORY {

@@ -45,6 +45,7 @@ pub fn parts(tables: &Tables) -> Vec<WatchEvent> {
             WatchEvent {
                 revision: tables.revision,
                 event: Some(Event::Snapshot(snapshot)),
+                store_id: tables.store_id.clone(),
             }
         })
         .collect()
@@ -65,6 +66,10 @@ pub fn whole(parts: &[WatchEvent]) -> WatchEvent {
     WatchEvent {
         revision: parts.first().map_or(0, |p| p.revision),
         event: Some(Event::Snapshot(whole)),
+        store_id: parts
+            .first()
+            .map(|p| p.store_id.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -79,8 +84,8 @@ pub enum PartsError {
 /// Joins the parts of a snapshot as a watch delivers them.
 #[derive(Debug, Default)]
 pub struct Joiner {
-    /// The parts so far, and their revision.
-    partial: Option<(u64, Snapshot)>,
+    /// The parts so far: their revision, their store and the tables they hold.
+    partial: Option<(u64, String, Snapshot)>,
 }
 
 impl Joiner {
@@ -88,10 +93,14 @@ impl Joiner {
     /// part is in (as one snapshot without `more`), any other event as it is; `None` while a
     /// snapshot is incomplete.
     pub fn take(&mut self, event: WatchEvent) -> Result<Option<WatchEvent>, PartsError> {
-        let revision = event.revision;
-        let part = match (event.event, self.partial.take()) {
-            (Some(Event::Snapshot(part)), None) => (revision, part),
-            (Some(Event::Snapshot(part)), Some((at, mut so_far))) => {
+        let WatchEvent {
+            revision,
+            event,
+            store_id,
+        } = event;
+        let (revision, store_id, snapshot) = match (event, self.partial.take()) {
+            (Some(Event::Snapshot(part)), None) => (revision, store_id, part),
+            (Some(Event::Snapshot(part)), Some((at, store_id, mut so_far))) => {
                 if at != revision {
                     return Err(PartsError::MixedRevisions { at, got: revision });
                 }
@@ -100,24 +109,25 @@ impl Joiner {
                 so_far.dns_records.extend(part.dns_records);
                 so_far.endpoints.extend(part.endpoints);
                 so_far.more = part.more;
-                (at, so_far)
+                (at, store_id, so_far)
             }
-            (_, Some((at, _))) => return Err(PartsError::Interrupted { at, got: revision }),
+            (_, Some((at, ..))) => return Err(PartsError::Interrupted { at, got: revision }),
             (other, None) => {
                 return Ok(Some(WatchEvent {
                     revision,
                     event: other,
+                    store_id,
                 }));
             }
         };
-        let (revision, snapshot) = part;
         if snapshot.more {
-            self.partial = Some((revision, snapshot));
+            self.partial = Some((revision, store_id, snapshot));
             return Ok(None);
         }
         Ok(Some(WatchEvent {
             revision,
             event: Some(Event::Snapshot(snapshot)),
+            store_id,
         }))
     }
 }
@@ -173,7 +183,11 @@ mod tests {
                 panic!("not a snapshot: {:?}", whole[0]);
             };
             assert!(!snapshot.more);
-            assert_eq!(Tables::from_snapshot(whole[0].revision, snapshot), t, "{n}");
+            assert_eq!(
+                Tables::from_snapshot(whole[0].revision, whole[0].store_id.clone(), snapshot),
+                t,
+                "{n}"
+            );
         }
     }
 
@@ -187,7 +201,11 @@ mod tests {
                 panic!("not a snapshot: {whole:?}");
             };
             assert!(!snapshot.more, "{n}");
-            assert_eq!(Tables::from_snapshot(t.revision, snapshot), t, "{n}");
+            assert_eq!(
+                Tables::from_snapshot(t.revision, t.store_id.clone(), snapshot),
+                t,
+                "{n}"
+            );
         }
     }
 
@@ -196,12 +214,14 @@ mod tests {
         let delta = WatchEvent {
             revision: 9,
             event: Some(Event::Delta(Delta { change: None })),
+            store_id: String::new(),
         };
         let mut joiner = Joiner::default();
         assert_eq!(joiner.take(delta.clone()), Ok(Some(delta.clone())));
         let resumed = WatchEvent {
             revision: 3,
             event: Some(Event::Resumed(Resumed { missed: 0 })),
+            store_id: "s1".into(),
         };
         assert_eq!(joiner.take(resumed.clone()), Ok(Some(resumed)));
 

@@ -35,6 +35,9 @@ pub fn dns_record_id(r: &DnsRecord) -> DnsRecordId {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tables {
     pub revision: u64,
+    /// The identity of the controller's store these tables come from, made once when the store
+    /// was created (empty: a controller from before identities).
+    pub store_id: String,
     pub peers: BTreeMap<String, Peer>,
     pub networks: BTreeMap<String, Network>,
     pub endpoints: BTreeMap<EndpointId, Endpoint>,
@@ -42,10 +45,11 @@ pub struct Tables {
 }
 
 impl Tables {
-    /// The tables a snapshot taken at `revision` describes.
-    pub fn from_snapshot(revision: u64, snapshot: Snapshot) -> Self {
+    /// The tables a snapshot of store `store_id` taken at `revision` describes.
+    pub fn from_snapshot(revision: u64, store_id: String, snapshot: Snapshot) -> Self {
         Tables {
             revision,
+            store_id,
             peers: snapshot
                 .peers
                 .into_iter()
