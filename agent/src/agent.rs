@@ -8,8 +8,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
+use std::future::Future;
 use tokio::sync::{Notify, OwnedMutexGuard, watch};
+
 use tonic::transport::{self, Channel};
+use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 use weft_proto::tables::Tables;
 use weft_proto::v1::controller_client::ControllerClient;
@@ -20,6 +23,7 @@ use crate::datapath::Datapath;
 use crate::dns::handler::DnsState;
 use crate::dns::listeners::Listeners;
 use crate::docker::DockerApi;
+use crate::following::{Following, Position};
 
 /// How long to wait for a TCP connection to the controller.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -40,8 +44,8 @@ pub struct Agent {
     pub name: String,
     pub advertise_addr: std::net::Ipv4Addr,
     pub controller_url: String,
-    /// For unary requests, each bounded by REQUEST_TIMEOUT.
-    pub client: ControllerClient<Channel>,
+    /// For unary requests, each made through [`Agent::ask`].
+    client: ControllerClient<Channel>,
     /// For the long-lived watch stream, which must not time out.
     pub watch_client: ControllerClient<Channel>,
     pub datapath: Datapath,
@@ -49,6 +53,8 @@ pub struct Agent {
     pub containers: Containers,
     /// DNS inside each local container.
     pub dns: Listeners,
+    /// The controller store the tables come from, and the rule against following another.
+    pub following: Following,
     /// The controller's tables as last received; `None` until the first snapshot.
     tables: RwLock<Option<Tables>>,
     /// The revision of `tables`, for those waiting for a change of theirs to arrive.
@@ -106,16 +112,28 @@ impl Drop for ContainerLock<'_> {
     }
 }
 
+/// The controller an agent follows: where, how, and which of its stores.
+pub struct ControllerConfig {
+    pub url: String,
+    /// None: plaintext (--insecure).
+    pub tls: Option<transport::ClientTlsConfig>,
+    pub following: Following,
+}
+
 impl Agent {
     pub fn new(
         name: String,
         advertise_addr: std::net::Ipv4Addr,
-        controller_url: String,
-        tls: Option<transport::ClientTlsConfig>,
+        controller: ControllerConfig,
         datapath: Datapath,
         docker_url: &str,
         dns: DnsState,
     ) -> anyhow::Result<Agent> {
+        let ControllerConfig {
+            url: controller_url,
+            tls,
+            following,
+        } = controller;
         // Keepalives on both channels: a connection that died in a partition is replaced as
         // soon as it is noticed, not reused after the network heals.
         let mut endpoint = transport::Endpoint::from_shared(controller_url.clone())
@@ -144,6 +162,7 @@ impl Agent {
                 docker: DockerApi::new(docker_url),
             },
             dns: Listeners::new(std::sync::Arc::new(dns)),
+            following,
             tables: RwLock::new(None),
             revision: watch::Sender::new(0),
             changed: Notify::new(),
@@ -257,6 +276,39 @@ impl Agent {
         link.last_error = why;
     }
 
+    /// One request to the controller, bounded by REQUEST_TIMEOUT whatever the connection does:
+    /// a hung controller (SIGSTOP, a full listen backlog) accepts connections and never
+    /// answers, and the channel's own timeout does not cover a reconnect. The deadline goes
+    /// along (`grpc-timeout`), so the controller drops a request that arrives after the agent
+    /// gave up on it.
+    pub async fn ask<Req, T, Call, Answer>(&self, message: Req, call: Call) -> Result<T, Status>
+    where
+        Call: FnOnce(ControllerClient<Channel>, Request<Req>) -> Answer,
+        Answer: Future<Output = Result<Response<T>, Status>>,
+    {
+        // Nothing is changed in, or taken from, a store the agent refuses: its addresses may be
+        // held by this host's running containers.
+        if let Some(why) = self.following.refused() {
+            return Err(Status::failed_precondition(format!(
+                "the agent refuses the controller at {}: {why}; weftctl accept-controller \
+                 follows it",
+                self.controller_url
+            )));
+        }
+        let mut request = Request::new(message);
+        request.set_timeout(REQUEST_TIMEOUT);
+        match tokio::time::timeout(REQUEST_TIMEOUT, call(self.client.clone(), request)).await {
+            Ok(answer) => answer
+                .map(Response::into_inner)
+                .map_err(|s| self.controller_status(s)),
+            Err(_) => Err(Status::unavailable(format!(
+                "controller {} is unreachable: no answer within {}s",
+                self.controller_url,
+                REQUEST_TIMEOUT.as_secs_f64()
+            ))),
+        }
+    }
+
     /// The revision the tables are at; 0 before the first snapshot.
     pub fn revision(&self) -> u64 {
         *self.revision.borrow()
@@ -282,10 +334,17 @@ impl Agent {
         let mut tables = self.tables.write().expect("tables lock poisoned");
         match event.event {
             Some(Event::Snapshot(snapshot)) => {
-                info!(revision = event.revision, "snapshot received");
+                let offered = Position {
+                    store_id: event.store_id,
+                    revision: event.revision,
+                };
+                if let Err(why) = self.following.admit(&offered) {
+                    bail!("refusing the controller's tables: {why}; the datapath stays as it is");
+                }
+                info!(revision = event.revision, store = %offered.store_id, "snapshot received");
                 *tables = Some(Tables::from_snapshot(
                     event.revision,
-                    event.store_id,
+                    offered.store_id,
                     snapshot,
                 ));
             }
@@ -308,9 +367,17 @@ impl Agent {
                 };
                 debug!(revision = event.revision, ?change, "delta");
                 current.apply(&change);
+                self.following.advance(current.revision);
             }
             Some(Event::Resumed(resumed)) => {
                 let at = tables.as_ref().map(|t| t.revision);
+                let offered = Position {
+                    store_id: event.store_id,
+                    revision: event.revision,
+                };
+                if let Err(why) = self.following.admit(&offered) {
+                    bail!("refusing the controller's tables: {why}; the datapath stays as it is");
+                }
                 if at != Some(event.revision) {
                     bail!(
                         "controller resumed at revision {} but the tables are at {at:?}",

@@ -34,12 +34,8 @@ impl Agent {
             only_mac: String::new(),
         };
         let done = self
-            .client
-            .clone()
-            .detach(request)
-            .await
-            .map_err(|s| self.controller_status(s))?
-            .into_inner();
+            .ask(request, |mut c, r| async move { c.detach(r).await })
+            .await?;
         self.caught_up(done.revision).await;
         Ok(done)
     }
@@ -61,12 +57,8 @@ impl Agent {
             dns_name: dns_name.to_string(),
         };
         let done = self
-            .client
-            .clone()
-            .attach(request)
-            .await
-            .map_err(|s| self.controller_status(s))?
-            .into_inner();
+            .ask(request, |mut c, r| async move { c.attach(r).await })
+            .await?;
         self.made(done.revision);
         Ok(done)
     }
@@ -79,7 +71,9 @@ impl Agent {
         done: &DetachResponse,
     ) -> anyhow::Result<()> {
         for ep in &done.removed {
-            self.datapath.unplug(&ep.host_ifname).await?;
+            self.datapath
+                .unplug_from(container, &ep.host_ifname)
+                .await?;
         }
         // The delta of this detach may have been reconciled before the veth was gone, when its
         // network's devices still looked in use: look again.

@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use weft_proto::names::short_container_id;
+use weft_proto::names::{MAX_CONTAINER_ID, excerpt, short_container_id};
 
 use crate::docker::DockerApi;
+use crate::netns::{self, NamespaceError};
 
 /// Where named namespaces live (`ip netns add NAME`).
 const NETNS_DIR: &str = "/var/run/netns";
@@ -27,15 +28,18 @@ pub struct Container {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContainerError {
-    #[error("network namespace {} does not exist", .0.display())]
-    NoNamespace(PathBuf),
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
     #[error("process {0} does not exist")]
     NoProcess(u32),
     #[error(
-        "\"{0}\" is not a container reference: use a container name or ID, netns:NAME, pid:PID \
-         or a namespace path"
+        "\"{}\" is not a container reference: use a container name or ID, netns:NAME, pid:PID \
+         or a namespace path", excerpt(.0)
     )]
     Unsupported(String),
+    #[error("container reference \"{}\" is {len} bytes long, at most {MAX_CONTAINER_ID}",
+        excerpt(.reference))]
+    TooLong { reference: String, len: usize },
     #[error("no container has the name or ID \"{reference}\" at {url}")]
     NoSuchContainer { reference: String, url: String },
     #[error("container {name} ({}) is not running: it is {status}", short_container_id(.id))]
@@ -57,6 +61,12 @@ pub enum ContainerError {
 /// A namespace reference in its canonical form, without checking that it exists (detach must
 /// work after the namespace is gone); `None` for what can only be a Docker container.
 pub fn parse_namespace(reference: &str) -> Result<Option<Container>, ContainerError> {
+    if reference.len() > MAX_CONTAINER_ID {
+        return Err(ContainerError::TooLong {
+            reference: reference.to_string(),
+            len: reference.len(),
+        });
+    }
     let unsupported = || ContainerError::Unsupported(reference.to_string());
     let container = |id: String, netns: PathBuf| {
         Ok(Some(Container {
@@ -123,12 +133,13 @@ impl Containers {
                 status: found.status,
             });
         }
-        if !container.netns.exists() {
-            if let Some(pid) = container.id.strip_prefix("pid:") {
-                return Err(ContainerError::NoProcess(pid.parse().unwrap_or_default()));
-            }
-            return Err(ContainerError::NoNamespace(container.netns));
+        if let Some(pid) = container.id.strip_prefix("pid:")
+            && !container.netns.exists()
+        {
+            return Err(ContainerError::NoProcess(pid.parse().unwrap_or_default()));
         }
+        // Checked (and opened without blocking) before anything is asked of the controller.
+        netns::open(&container.netns)?;
         Ok(container)
     }
 

@@ -2,7 +2,6 @@
 //! local endpoint, and the VXLAN FDB that sends remote MACs to their hosts.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -12,8 +11,8 @@ use ipnetwork::Ipv4Network;
 use rtnetlink::Handle;
 use tracing::{info, warn};
 use weft_proto::names::{
-    HOST_IFNAME_PREFIX, Mac, bridge_name, container_ifname, guest_tmp_ifname, host_ifname,
-    vni_of_device, vxlan_name,
+    HOST_IFNAME_PREFIX, Mac, bridge_name, container_ifname, guest_tmp_ifname, vni_of_device,
+    vxlan_name,
 };
 use weft_proto::v1::Endpoint;
 
@@ -313,12 +312,7 @@ impl Datapath {
             warn!(veth = %ep.host_ifname, "replacing a veth left from an earlier endpoint");
             netlink::delete_link(&self.handle, &host).await?;
         }
-        let netns_file = File::open(&container.netns).with_context(|| {
-            format!(
-                "cannot open network namespace {}",
-                container.netns.display()
-            )
-        })?;
+        let netns_file = netns::open(&container.netns)?;
         let mac: Mac = ep.mac.parse().map_err(|e: String| anyhow!(e))?;
         let (bridge, _) = self.ensure_devices_locked(vni).await?;
         let guest_name = guest_tmp_ifname(&ep.host_ifname);
@@ -365,36 +359,94 @@ impl Datapath {
         Ok(())
     }
 
-    /// The MACs of weft's interfaces in `container` (`ethwe`, `ethwe1`, ...); none if it is gone.
-    pub async fn container_interfaces(&self, container: &Container) -> anyhow::Result<Vec<Mac>> {
-        if !container.netns.exists() {
+    /// Weft's interfaces in `container` (`ethwe`, `ethwe1`, ...); none if it is gone.
+    pub async fn container_interfaces(&self, container: &Container) -> anyhow::Result<Vec<Link>> {
+        Ok(self
+            .container_links(container)
+            .await?
+            .into_iter()
+            .filter(|l| l.name.starts_with(&container_ifname(0)))
+            .collect())
+    }
+
+    /// Every link in `container`'s namespace; none if it is gone.
+    async fn container_links(&self, container: &Container) -> anyhow::Result<Vec<Link>> {
+        if container.netns.as_os_str().is_empty() || !container.netns.exists() {
             return Ok(Vec::new());
         }
         netns::run_in(&container.netns, |handle| async move {
-            let links = netlink::links(&handle).await?;
-            Ok(links
-                .into_iter()
-                .filter(|l| l.name.starts_with(&container_ifname(0)))
-                .filter_map(|l| l.mac)
-                .collect())
+            netlink::links(&handle).await
         })
         .await
     }
 
-    /// Removes the veths of weft's interfaces in `container` (their host ends are named from
-    /// their MAC), whatever the tables say; returns the host ends removed.
+    /// Removes the veths whose other end is in `container` (weft's interfaces there, and any a
+    /// plug cut short left under its temporary name), whatever the tables say; returns the host
+    /// ends removed.
     pub async fn unplug_container(&self, container: &Container) -> anyhow::Result<Vec<String>> {
         let _lock = self.lock.lock().await;
-        let macs = self.container_interfaces(container).await?;
+        let peers: BTreeSet<u32> = self
+            .container_links(container)
+            .await?
+            .into_iter()
+            .filter_map(|l| l.peer)
+            .collect();
         let mut removed = Vec::new();
-        for name in macs.into_iter().map(host_ifname) {
-            if let Some(link) = netlink::link_by_name(&self.handle, &name).await? {
+        for link in netlink::links(&self.handle).await? {
+            if link.name.starts_with(HOST_IFNAME_PREFIX) && peers.contains(&link.index) {
                 netlink::delete_link(&self.handle, &link).await?;
-                info!(veth = %name, "unplugged");
-                removed.push(name);
+                info!(veth = %link.name, "unplugged");
+                removed.push(link.name);
             }
         }
         Ok(removed)
+    }
+
+    /// Removes the veth `host_ifname` if its other end is in `container`. Its name comes from its
+    /// MAC, which comes from its first address: once the controller has detached the endpoint,
+    /// the address, and so the name, may already be another container's, whose veth this
+    /// detach must not touch. Returns whether it was removed.
+    pub async fn unplug_from(
+        &self,
+        container: &Container,
+        host_ifname: &str,
+    ) -> anyhow::Result<bool> {
+        let _lock = self.lock.lock().await;
+        let Some(host) = netlink::link_by_name(&self.handle, host_ifname).await? else {
+            return Ok(false);
+        };
+        let ours = self
+            .container_links(container)
+            .await?
+            .iter()
+            .any(|l| l.peer == Some(host.index));
+        if !ours {
+            info!(container = %container.id, veth = host_ifname,
+                "the veth is not in this container (another endpoint has it now); leaving it");
+            return Ok(false);
+        }
+        netlink::delete_link(&self.handle, &host).await?;
+        info!(veth = host_ifname, "unplugged");
+        Ok(true)
+    }
+
+    /// Whether `container` holds the interface `ifname` with `mac`, the other end of the veth
+    /// `host_ifname`: an attach has done its work only then.
+    pub async fn holds(
+        &self,
+        container: &Container,
+        ifname: &str,
+        mac: Mac,
+        host_ifname: &str,
+    ) -> anyhow::Result<bool> {
+        let Some(host) = netlink::link_by_name(&self.handle, host_ifname).await? else {
+            return Ok(false);
+        };
+        Ok(self
+            .container_links(container)
+            .await?
+            .iter()
+            .any(|l| l.name == ifname && l.mac == Some(mac) && l.peer == Some(host.index)))
     }
 
     /// Removes `cidrs` from an endpoint's interface in the container; gone ones are fine.

@@ -1,6 +1,7 @@
 //! weft-agent: turns the controller's tables into this host's kernel datapath.
 //!
-//! - [`watch`] follows the controller (snapshot, then deltas) into [`agent::Agent`]'s tables;
+//! - [`watch`] follows the controller (snapshot, then deltas) into [`agent::Agent`]'s tables,
+//!   never to another store or back in time ([`following`]);
 //! - [`desired`] computes the kernel state the tables call for, and the diff to the current one;
 //! - [`reconcile`] runs the loop that applies it whenever something changed;
 //! - [`datapath`] applies it (bridge, VXLAN, veths, FDB) through [`netlink`], entering container
@@ -19,6 +20,7 @@ pub mod desired;
 pub mod dns;
 pub mod docker;
 pub mod docker_watch;
+pub mod following;
 pub mod health;
 pub mod join;
 pub mod local_api;

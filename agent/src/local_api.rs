@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::{Code, Request, Response, Status};
 use tracing::warn;
@@ -10,18 +11,18 @@ use weft_proto::addr::AddrSpec;
 use weft_proto::dns_name;
 use weft_proto::names::{EXPOSE_ID, short_container_id};
 use weft_proto::subnet::pool_size;
-use weft_proto::tables::{DEFAULT_NETWORK, Tables};
+use weft_proto::tables::{DEFAULT_NETWORK, Tables, endpoint_id};
 use weft_proto::v1::agent_server::Agent as AgentApi;
 use weft_proto::v1::{
-    AttachResponse, CreateNetworkRequest, CreateNetworkResponse, DeleteNetworkRequest,
-    DeleteNetworkResponse, DnsEntry, DnsLookupRequest, DnsLookupResponse, DnsRecord,
-    DnsStatusRequest, DnsStatusResponse, Endpoint, ExposeRequest, ExposeResponse, HideRequest,
-    HideResponse, IpamStatusRequest, IpamStatusResponse, ListPeersRequest, ListPeersResponse,
-    LocalAttachRequest, LocalAttachResponse, LocalDetachRequest, LocalDetachResponse,
-    LocalDnsUpdateRequest, LocalDnsUpdateResponse, NetworkInfo, NetworkListRequest,
-    NetworkListResponse, PeerIpam, PsEntry, PsRequest, PsResponse, RemovePeerRequest,
-    RemovePeerResponse, ResetRequest, ResetResponse, StatusRequest, StatusResponse,
-    UpdateDnsRequest,
+    AcceptControllerRequest, AcceptControllerResponse, AttachResponse, CreateNetworkRequest,
+    CreateNetworkResponse, DeleteNetworkRequest, DeleteNetworkResponse, DnsEntry, DnsLookupRequest,
+    DnsLookupResponse, DnsRecord, DnsStatusRequest, DnsStatusResponse, Endpoint, ExposeRequest,
+    ExposeResponse, HideRequest, HideResponse, IpamStatusRequest, IpamStatusResponse,
+    ListPeersRequest, ListPeersResponse, LocalAttachRequest, LocalAttachResponse,
+    LocalDetachRequest, LocalDetachResponse, LocalDnsUpdateRequest, LocalDnsUpdateResponse,
+    NetworkInfo, NetworkListRequest, NetworkListResponse, PeerIpam, PsEntry, PsRequest, PsResponse,
+    RemovePeerRequest, RemovePeerResponse, ResetRequest, ResetResponse, StatusRequest,
+    StatusResponse, UpdateDnsRequest,
 };
 
 use crate::agent::Agent;
@@ -29,6 +30,10 @@ use crate::container::{Container, ContainerError};
 use crate::desired::Exposed;
 use crate::dns::records::name_in_domain;
 use crate::dns::resolv_conf;
+use crate::netns::NamespaceError;
+
+/// How long `weftctl accept-controller` waits for the controller's tables.
+const ACCEPT_WAIT: Duration = Duration::from_secs(5);
 
 pub struct LocalApi {
     agent: Arc<Agent>,
@@ -41,12 +46,16 @@ fn internal(e: anyhow::Error) -> Status {
 fn container_status(e: ContainerError) -> Status {
     let message = e.to_string();
     match e {
-        ContainerError::NoNamespace(_)
+        ContainerError::Namespace(NamespaceError::Missing(_))
         | ContainerError::NoProcess(_)
         | ContainerError::NoSuchContainer { .. } => Status::not_found(message),
-        ContainerError::Unsupported(_) | ContainerError::Ambiguous { .. } => {
-            Status::invalid_argument(message)
+        ContainerError::Namespace(NamespaceError::Unreadable { .. }) => {
+            Status::permission_denied(message)
         }
+        ContainerError::Namespace(NamespaceError::NotNetwork { .. })
+        | ContainerError::Unsupported(_)
+        | ContainerError::TooLong { .. }
+        | ContainerError::Ambiguous { .. } => Status::invalid_argument(message),
         ContainerError::NotRunning { .. } => Status::failed_precondition(message),
         ContainerError::DockerUnreachable { .. } => Status::unavailable(message),
     }
@@ -232,6 +241,48 @@ impl LocalApi {
     }
 }
 
+impl LocalApi {
+    /// An attach reports success only when the container holds each of its interfaces (with
+    /// its MAC, on its veth) and the tables, once they have caught up, hold each endpoint.
+    async fn confirm_attached(
+        &self,
+        container: &Container,
+        done: &AttachResponse,
+    ) -> Result<(), Status> {
+        for ep in &done.endpoints {
+            let mac = ep.mac.parse().map_err(|e: String| Status::internal(e))?;
+            let held = self
+                .agent
+                .datapath
+                .holds(container, &ep.container_ifname, mac, &ep.host_ifname)
+                .await
+                .map_err(internal)?;
+            if !held {
+                return Err(Status::aborted(format!(
+                    "{} lost its interface {} (veth {}) while it was being attached",
+                    short_container_id(&container.id),
+                    ep.container_ifname,
+                    ep.host_ifname
+                )));
+            }
+            let recorded = self.agent.with_tables(|t| {
+                t.revision < done.revision
+                    || t.endpoints
+                        .get(&endpoint_id(ep))
+                        .is_some_and(|now| now.mac == ep.mac)
+            });
+            if recorded == Some(false) {
+                return Err(Status::aborted(format!(
+                    "the controller no longer holds the endpoint of {} in network {}",
+                    short_container_id(&container.id),
+                    ep.network
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The VNI of an endpoint's network, as the attach that made it says.
 fn attached_vni(done: &AttachResponse, ep: &Endpoint) -> Option<u32> {
     done.networks
@@ -261,6 +312,7 @@ impl AgentApi for LocalApi {
             connected: link.connected,
             for_secs: link.since.elapsed().as_secs(),
             last_error: link.last_error,
+            refused: agent.following.refused().unwrap_or_default(),
             ..StatusResponse::default()
         };
         // Before the first snapshot there is nothing more to tell.
@@ -412,7 +464,12 @@ impl AgentApi for LocalApi {
             .agent
             .attach_at_controller(&container.id, req.addrs, &name)
             .await?;
-        if let Err(e) = self.plug_attached(&container, &mut done).await {
+        let plugged = async {
+            self.plug_attached(&container, &mut done).await?;
+            self.agent.caught_up(done.revision).await;
+            self.confirm_attached(&container, &done).await
+        };
+        if let Err(e) = plugged.await {
             // Give back what this attach took: a failed attach must leave nothing claimed.
             match self
                 .agent
@@ -429,7 +486,6 @@ impl AgentApi for LocalApi {
             }
             return Err(e);
         }
-        self.agent.caught_up(done.revision).await;
         self.serve_dns(&container, req.rewrite_resolv).await?;
         Ok(Response::new(LocalAttachResponse {
             ips: ips_of(&done.cidrs),
@@ -519,13 +575,12 @@ impl AgentApi for LocalApi {
     ) -> Result<Response<CreateNetworkResponse>, Status> {
         let created = self
             .agent
-            .client
-            .clone()
-            .create_network(request.into_inner())
-            .await
-            .map_err(|s| self.agent.controller_status(s))?;
-        self.agent.caught_up(created.get_ref().revision).await;
-        Ok(created)
+            .ask(request.into_inner(), |mut c, r| async move {
+                c.create_network(r).await
+            })
+            .await?;
+        self.agent.caught_up(created.revision).await;
+        Ok(Response::new(created))
     }
 
     async fn delete_network(
@@ -534,13 +589,12 @@ impl AgentApi for LocalApi {
     ) -> Result<Response<DeleteNetworkResponse>, Status> {
         let deleted = self
             .agent
-            .client
-            .clone()
-            .delete_network(request.into_inner())
-            .await
-            .map_err(|s| self.agent.controller_status(s))?;
-        self.agent.caught_up(deleted.get_ref().revision).await;
-        Ok(deleted)
+            .ask(request.into_inner(), |mut c, r| async move {
+                c.delete_network(r).await
+            })
+            .await?;
+        self.agent.caught_up(deleted.revision).await;
+        Ok(Response::new(deleted))
     }
 
     async fn list_networks(
@@ -574,12 +628,13 @@ impl AgentApi for LocalApi {
         &self,
         request: Request<ListPeersRequest>,
     ) -> Result<Response<ListPeersResponse>, Status> {
-        self.agent
-            .client
-            .clone()
-            .list_peers(request.into_inner())
-            .await
-            .map_err(|s| self.agent.controller_status(s))
+        let peers = self
+            .agent
+            .ask(request.into_inner(), |mut c, r| async move {
+                c.list_peers(r).await
+            })
+            .await?;
+        Ok(Response::new(peers))
     }
 
     async fn remove_peer(
@@ -588,13 +643,12 @@ impl AgentApi for LocalApi {
     ) -> Result<Response<RemovePeerResponse>, Status> {
         let removed = self
             .agent
-            .client
-            .clone()
-            .remove_peer(request.into_inner())
-            .await
-            .map_err(|s| self.agent.controller_status(s))?;
-        self.agent.caught_up(removed.get_ref().revision).await;
-        Ok(removed)
+            .ask(request.into_inner(), |mut c, r| async move {
+                c.remove_peer(r).await
+            })
+            .await?;
+        self.agent.caught_up(removed.revision).await;
+        Ok(Response::new(removed))
     }
 
     async fn dns_lookup(
@@ -695,17 +749,43 @@ impl AgentApi for LocalApi {
             .collect();
         let done = self
             .agent
-            .client
-            .clone()
-            .update_dns(UpdateDnsRequest {
-                peer: me.clone(),
-                remove: req.remove,
-                records: records.clone(),
-            })
-            .await
-            .map_err(|s| self.agent.controller_status(s))?;
-        self.agent.caught_up(done.get_ref().revision).await;
+            .ask(
+                UpdateDnsRequest {
+                    peer: me.clone(),
+                    remove: req.remove,
+                    records: records.clone(),
+                },
+                |mut c, r| async move { c.update_dns(r).await },
+            )
+            .await?;
+        self.agent.caught_up(done.revision).await;
         Ok(Response::new(LocalDnsUpdateResponse { records }))
+    }
+
+    async fn accept_controller(
+        &self,
+        _request: Request<AcceptControllerRequest>,
+    ) -> Result<Response<AcceptControllerResponse>, Status> {
+        let following = &self.agent.following;
+        if following.accept_next() {
+            // The watch reconnects within a second and takes what the controller offers.
+            let deadline = tokio::time::Instant::now() + ACCEPT_WAIT;
+            while following.refused().is_some() || following.accept_pending() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Status::unavailable(format!(
+                        "the controller at {} has offered no tables in {}s; the agent follows \
+                         the next ones it offers",
+                        self.agent.controller_url,
+                        ACCEPT_WAIT.as_secs()
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(Response::new(AcceptControllerResponse {
+            store_id: following.store_id(),
+            revision: self.agent.revision(),
+        }))
     }
 
     async fn dns_status(

@@ -8,11 +8,12 @@ use anyhow::{Context, anyhow, bail};
 use clap::Parser;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
-use weft_agent::agent::Agent;
+use weft_agent::agent::{Agent, ControllerConfig};
 use weft_agent::datapath::{Datapath, remove_all};
 use weft_agent::dns::handler::DnsState;
 use weft_agent::dns::{DEFAULT_DOMAIN, upstreams_of_resolv_conf};
 use weft_agent::docker::DEFAULT_HOST;
+use weft_agent::following::Following;
 use weft_agent::join::{Auth, credentials};
 use weft_agent::local_api::LocalApi;
 use weft_agent::netlink;
@@ -186,8 +187,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let agent = Arc::new(Agent::new(
         name,
         advertise_addr,
-        controller,
-        creds.map(|c| c.client_tls()),
+        ControllerConfig {
+            url: controller,
+            tls: creds.map(|c| c.client_tls()),
+            following: Following::load(&args.state_dir),
+        },
         datapath,
         &args.docker_host,
         dns,

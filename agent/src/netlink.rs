@@ -38,6 +38,8 @@ pub struct Link {
     /// dropped (RFC 2863 state, set a moment after the carrier comes on).
     pub running: bool,
     pub controller: Option<u32>,
+    /// For a veth, the index of its other end (in the namespace that end is in).
+    pub peer: Option<u32>,
     pub kind: Option<InfoKind>,
     pub vxlan: Vec<InfoVxlan>,
 }
@@ -52,6 +54,7 @@ impl Link {
             up: msg.header.flags.contains(LinkFlags::Up),
             running: false,
             controller: None,
+            peer: None,
             kind: None,
             vxlan: Vec::new(),
         };
@@ -62,6 +65,7 @@ impl Link {
                 LinkAttribute::Mtu(mtu) => link.mtu = mtu,
                 LinkAttribute::OperState(state) => link.running = state == State::Up,
                 LinkAttribute::Controller(index) => link.controller = Some(index),
+                LinkAttribute::Link(index) => link.peer = Some(index),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {

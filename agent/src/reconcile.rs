@@ -69,6 +69,11 @@ impl Agent {
         let local = self.fresh_local_endpoints(|_| true);
         self.release_unplugged(&local).await?;
         self.refresh_dns().await;
+        // Once a pass made the kernel follow the tables: a restarted agent then refuses a store
+        // behind them.
+        if let Err(e) = self.following.save() {
+            warn!("cannot record the controller store followed in the state dir: {e}");
+        }
         Ok(())
     }
 
@@ -181,9 +186,12 @@ impl Agent {
             addrs: vec![format!("net:{}", ep.network)],
             only_mac: ep.mac.clone(),
         };
-        match self.client.clone().detach(request).await {
+        match self
+            .ask(request, |mut c, r| async move { c.detach(r).await })
+            .await
+        {
             // Until the tables show the release, they would show the endpoint again.
-            Ok(done) => self.made(done.into_inner().revision),
+            Ok(done) => self.made(done.revision),
             Err(status) => {
                 warn!(container = %ep.container_id, "release failed: {}", status.message())
             }

@@ -15,6 +15,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Kept short: a host cut off from the controller must be back in sync within moments of the
 /// network healing, and a failed attempt costs one TCP connect.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How long registering and opening the watch may take: a hung controller accepts the
+/// connection and never answers, and `weftctl status` must say so.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn follow_controller(agent: &Agent) {
     let mut backoff = MIN_BACKOFF;
@@ -38,11 +41,12 @@ pub async fn follow_controller(agent: &Agent) {
 /// One connection: returns when the stream ends or fails; `healthy` once an event arrived.
 async fn session(agent: &Agent, healthy: &mut bool) -> anyhow::Result<()> {
     let mut client = agent.watch_client.clone();
-    client
-        .register(RegisterRequest {
-            peer: Some(agent.peer()),
-        })
+    let register = client.register(RegisterRequest {
+        peer: Some(agent.peer()),
+    });
+    tokio::time::timeout(OPEN_TIMEOUT, register)
         .await
+        .map_err(|_| anyhow!("register failed: no answer within {OPEN_TIMEOUT:?}"))?
         .map_err(|s| {
             // Under TLS 1.3 a controller that refuses the client certificate does so after the
             // client's side of the handshake: the call only looks cancelled.
@@ -55,14 +59,15 @@ async fn session(agent: &Agent, healthy: &mut bool) -> anyhow::Result<()> {
             };
             anyhow!("register failed: {}{hint}", describe(&s))
         })?;
-    let mut stream = client
-        .watch(WatchRequest {
-            peer: agent.name.clone(),
-            from_revision: agent.revision(),
-            snapshot_in_parts: true,
-            store_id: String::new(),
-        })
+    let watch = client.watch(WatchRequest {
+        peer: agent.name.clone(),
+        from_revision: agent.revision(),
+        snapshot_in_parts: true,
+        store_id: agent.following.store_id(),
+    });
+    let mut stream = tokio::time::timeout(OPEN_TIMEOUT, watch)
         .await
+        .map_err(|_| anyhow!("watch failed: no answer within {OPEN_TIMEOUT:?}"))?
         .map_err(|s| anyhow!("watch failed: {}", describe(&s)))?
         .into_inner();
     info!(controller = %agent.controller_url, "registered; watching");

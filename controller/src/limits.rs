@@ -10,8 +10,7 @@ pub const MAX_REQUEST_BYTES: usize = 256 << 10;
 pub const MAX_ADDRS: usize = 64;
 /// DNS records in one UpdateDns.
 pub const MAX_RECORDS: usize = 256;
-/// A container reference: a 64-digit ID, or a namespace path.
-pub const MAX_CONTAINER_ID: usize = 4096;
+pub use weft_proto::names::MAX_CONTAINER_ID;
 
 /// A peer name is a DNS name (what hostnames are): dot-separated labels of 1 to 63 letters,
 /// digits and '-', not starting or ending with '-'; at most 253 bytes.

@@ -388,8 +388,25 @@ impl TableRules for View<'_> {
                 }
                 AddrSpec::Allocate(r) => {
                     let network = plan.network_by_ref(r)?;
-                    let cidr = plan.allocate(&network, &holder)?;
-                    added.push(cidr.to_string());
+                    // As Weave's IPAM does, a container that holds an address in the network
+                    // gets that one: a retried attach must not pile addresses up.
+                    let taken = wanted.get(&network).map_or(&[][..], Vec::as_slice);
+                    let held = self
+                        .tables
+                        .endpoints
+                        .get(&(peer.to_string(), network.clone(), container_id.to_string()))
+                        .into_iter()
+                        .flat_map(|ep| &ep.cidrs)
+                        .filter_map(|c| c.parse::<Ipv4Network>().ok())
+                        .find(|c| !taken.contains(c));
+                    let cidr = match held {
+                        Some(cidr) => cidr,
+                        None => {
+                            let cidr = plan.allocate(&network, &holder)?;
+                            added.push(cidr.to_string());
+                            cidr
+                        }
+                    };
                     (network, cidr)
                 }
             };
@@ -1021,6 +1038,36 @@ mod tests {
         );
         let ep = &t.endpoints[&("host1".into(), DEFAULT_NETWORK.into(), "c3".into())];
         assert_eq!(ep.cidrs, ["10.32.0.4/12", "10.32.0.5/12"]);
+    }
+
+    #[test]
+    fn a_container_asking_again_gets_the_address_it_holds() {
+        let mut t = two_hosts();
+        let (blue, changes) = t.create_network("blue", "10.9.0.0/24").unwrap();
+        apply_all(&mut t, changes);
+        let first = attach(&mut t, "host1", "c1", &[]).unwrap();
+        assert_eq!(first, ["10.32.0.2/12"]);
+        for again in [&[][..], &["net:default"], &["net:10.32.0.0/12"]] {
+            assert_eq!(attach(&mut t, "host1", "c1", again).as_ref(), Ok(&first));
+        }
+        assert_eq!(
+            attach(&mut t, "host1", "c1", &["net:blue"]),
+            Ok(vec!["10.9.0.2/24".into()])
+        );
+        assert_eq!(
+            attach(&mut t, "host1", "c1", &[&format!("net:{}", blue.name)]),
+            Ok(vec!["10.9.0.2/24".into()])
+        );
+        // Two asked for at once: the one held, and one more.
+        assert_eq!(
+            attach(&mut t, "host1", "c1", &["net:default", "net:default"]),
+            Ok(vec!["10.32.0.2/12".into(), "10.32.0.3/12".into()])
+        );
+        // The same container on another host is another holder.
+        assert_eq!(
+            attach(&mut t, "host2", "c1", &[]),
+            Ok(vec!["10.32.0.4/12".into()])
+        );
     }
 
     #[test]

@@ -25,8 +25,19 @@ pub struct Cli {
         global = true
     )]
     pub socket: PathBuf,
+    /// How long to wait for the agent's (or the controller's admin API's) answer: seconds, or a
+    /// number with s or m. Past it weftctl gives up, saying so.
+    #[arg(long, default_value = "10s", value_parser = parse_timeout, global = true)]
+    pub timeout: std::time::Duration,
     #[command(subcommand)]
     pub command: Command,
+}
+
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match weft_proto::process::parse_duration(s)? {
+        d if d.is_zero() => Err("the timeout must be at least 1s".into()),
+        d => Ok(d),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,6 +92,10 @@ pub enum Command {
     },
     /// Detach everything on this host, remove every kernel object weft made here, stop the agent.
     Reset,
+    /// Follow the controller's tables although the agent refused them (the controller's store
+    /// was emptied, replaced or restored from an older copy): the datapath then follows the
+    /// store the controller serves now. Prints that store and the revision.
+    AcceptController,
     /// Create, list and remove networks.
     #[command(subcommand)]
     Network(NetworkCommand),

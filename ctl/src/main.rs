@@ -12,13 +12,15 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use weft_proto::addr::AddrSpec;
 use weft_proto::dns_name;
 use weft_proto::error::root_cause;
+use weft_proto::names::excerpt;
 use weft_proto::v1::admin_client::AdminClient;
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{
-    CreateNetworkRequest, CreateTokenRequest, DeleteNetworkRequest, DnsLookupRequest,
-    DnsStatusRequest, ExposeRequest, HideRequest, IpamStatusRequest, IpamStatusResponse,
-    ListPeersRequest, LocalAttachRequest, LocalDetachRequest, LocalDnsUpdateRequest,
-    NetworkListRequest, PsRequest, RemovePeerRequest, ResetRequest, StatusRequest,
+    AcceptControllerRequest, CreateNetworkRequest, CreateTokenRequest, DeleteNetworkRequest,
+    DnsLookupRequest, DnsStatusRequest, ExposeRequest, HideRequest, IpamStatusRequest,
+    IpamStatusResponse, ListPeersRequest, LocalAttachRequest, LocalDetachRequest,
+    LocalDnsUpdateRequest, NetworkListRequest, PsRequest, RemovePeerRequest, ResetRequest,
+    StatusRequest,
 };
 
 use crate::cli::{Cli, Command, DnsRecordArgs, NetworkCommand, Shell, StatusCommand, TokenCommand};
@@ -41,13 +43,26 @@ impl Failure {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
-        Ok(out) => {
+    let timeout = cli.timeout;
+    // Whom weftctl waits for: a stopped (SIGSTOP) or wedged agent accepts the connection and
+    // never answers.
+    let asked = match &cli.command {
+        Command::Token(TokenCommand::Create { admin_socket, .. }) => {
+            format!("the controller's admin API at {}", admin_socket.display())
+        }
+        _ => format!("weft-agent at {}", cli.socket.display()),
+    };
+    match tokio::time::timeout(timeout, run(cli)).await {
+        Ok(Ok(out)) => {
             print!("{out}");
             ExitCode::SUCCESS
         }
-        Err(f) => {
+        Ok(Err(f)) => {
             eprintln!("weftctl: {}: {}", f.what, f.why);
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("weftctl: {asked} did not answer in {}s", timeout.as_secs());
             ExitCode::FAILURE
         }
     }
@@ -59,7 +74,7 @@ fn addrs_and_container(
     verb: &str,
 ) -> Result<(Vec<String>, String, String), Failure> {
     let container = args.pop().expect("clap requires at least one argument");
-    let what = format!("{verb} {container}");
+    let what = format!("{verb} {}", excerpt(&container));
     check_addrs(&args, &what)?;
     Ok((args, container, what))
 }
@@ -81,7 +96,7 @@ fn dns_record_args(a: &DnsRecordArgs, verb: &str) -> Result<(Vec<String>, String
     };
     let what = match container.as_str() {
         "" => verb.to_string(),
-        c => format!("{verb} {c}"),
+        c => format!("{verb} {}", excerpt(c)),
     };
     for ip in &args {
         ip.parse::<Ipv4Addr>()
@@ -337,6 +352,14 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .map_err(fail("hide"))?
                 .into_inner();
             Ok(render::ips(&reply.ips))
+        }
+        Command::AcceptController => {
+            let reply = agent
+                .accept_controller(AcceptControllerRequest {})
+                .await
+                .map_err(fail("accept-controller"))?
+                .into_inner();
+            Ok(render::following(&reply.store_id, reply.revision))
         }
         Command::Reset => {
             let reply = agent

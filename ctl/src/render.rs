@@ -206,6 +206,11 @@ pub fn status_peers(peers: &[PeerStatus], as_json: bool) -> String {
     table::render(&["NAME", "ADDRESS", "STATE", "ENDPOINTS"], &rows)
 }
 
+/// `weftctl accept-controller`: the store followed now.
+pub fn following(store_id: &str, revision: u64) -> String {
+    format!("following store {store_id} at revision {revision}\n")
+}
+
 /// `weftctl status`: the summary block, in the spirit of `weave status`. `reachable` is how
 /// many peers the controller counts as reachable, when it could be asked.
 pub fn status(st: &StatusResponse, reachable: Option<usize>, as_json: bool) -> String {
@@ -217,6 +222,7 @@ pub fn status(st: &StatusResponse, reachable: Option<usize>, as_json: bool) -> S
             "controller": {
                 "url": st.controller_url, "connected": st.connected, "for_secs": st.for_secs,
                 "last_error": st.last_error, "revision": st.revision,
+                "refused": st.refused,
             },
             "peers": { "count": st.peers, "reachable": reachable },
             "networks": st.networks,
@@ -225,7 +231,12 @@ pub fn status(st: &StatusResponse, reachable: Option<usize>, as_json: bool) -> S
             "dns": { "domain": st.dns_domain, "entries": st.dns_entries },
         }));
     }
-    let controller = if st.connected {
+    let controller = if !st.refused.is_empty() {
+        format!(
+            "{} (refused): {}; weftctl accept-controller follows it",
+            st.controller_url, st.refused
+        )
+    } else if st.connected {
         format!(
             "{} (connected, revision {})",
             st.controller_url, st.revision
@@ -342,7 +353,7 @@ mod tests {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("tests/golden")
             .join(name);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
             std::fs::write(&path, actual).unwrap();
         }
         let expected = std::fs::read_to_string(&path)
@@ -465,6 +476,7 @@ mod tests {
             endpoints: 3,
             dns_domain: "weave.local".into(),
             dns_entries: 2,
+            refused: String::new(),
         }
     }
 
@@ -509,6 +521,13 @@ mod tests {
             "status.json",
             &status(&status_response(true), Some(2), true),
         );
+        let refused = StatusResponse {
+            refused: "its store 5e3f00000000 (revision 0) is not the store 8a1c00000000 this \
+                      agent follows (revision 42): the controller's store was emptied or replaced"
+                .into(),
+            ..status_response(false)
+        };
+        golden("status-refused.txt", &status(&refused, None, false));
     }
 
     #[test]

@@ -72,6 +72,21 @@ pub fn is_docker_id(id: &str) -> bool {
     id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// The longest container reference anyone takes: a 64-digit ID, or a namespace path.
+pub const MAX_CONTAINER_ID: usize = 4096;
+
+/// How much of an over-long input an error message quotes.
+const EXCERPT_CHARS: usize = 64;
+
+/// `s` as an error message quotes it: whole if short, else its first characters and "...", so
+/// that a message stays one readable line whatever was typed.
+pub fn excerpt(s: &str) -> String {
+    match s.char_indices().nth(EXCERPT_CHARS) {
+        Some((end, _)) => format!("{}...", &s[..end]),
+        None => s.to_string(),
+    }
+}
+
 /// The container id of a host's own endpoints (`weftctl expose`): its place on a network's
 /// bridge. As `weave ps` shows it.
 pub const EXPOSE_ID: &str = "weft:expose";
