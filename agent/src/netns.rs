@@ -7,6 +7,7 @@
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::ErrorKind;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -67,18 +68,27 @@ pub fn open(path: &Path) -> Result<File, NamespaceError> {
     if !on_nsfs {
         return Err(not_network("a regular file"));
     }
-    // An nsfs file reads back as "TYPE:[INODE]" through /proc: net, mnt, pid, uts, ...
-    let target =
-        std::fs::read_link(format!("/proc/self/fd/{}", fd_of(&file))).map_err(unreadable)?;
-    match target.to_string_lossy().split_once(":[") {
-        Some(("net", _)) => Ok(file),
-        Some((other, _)) => Err(not_network(&format!("a {other} namespace"))),
-        None => Err(not_network("a namespace of unknown kind")),
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the open descriptor's namespace.
+    let kind = unsafe { ns_get_nstype(file.as_raw_fd()) }.map_err(|e| unreadable(e.into()))?;
+    match CloneFlags::from_bits_truncate(kind) {
+        CloneFlags::CLONE_NEWNET => Ok(file),
+        other => Err(not_network(&format!("a {} namespace", kind_name(other)))),
     }
 }
 
-fn fd_of(file: &File) -> std::os::fd::RawFd {
-    std::os::fd::AsRawFd::as_raw_fd(file)
+// NS_GET_NSTYPE, _IO(0xb7, 0x3) in linux/nsfs.h: the CLONE_NEW* flag of a namespace file.
+nix::ioctl_none!(ns_get_nstype, 0xb7, 0x3);
+
+fn kind_name(kind: CloneFlags) -> &'static str {
+    match kind {
+        CloneFlags::CLONE_NEWNS => "mnt",
+        CloneFlags::CLONE_NEWUTS => "uts",
+        CloneFlags::CLONE_NEWIPC => "ipc",
+        CloneFlags::CLONE_NEWUSER => "user",
+        CloneFlags::CLONE_NEWPID => "pid",
+        CloneFlags::CLONE_NEWCGROUP => "cgroup",
+        _ => "non-network",
+    }
 }
 
 /// Runs `work` with a netlink handle bound to the namespace at `netns`.
@@ -107,7 +117,7 @@ where
 {
     let file = open(netns)?;
     setns(&file, CloneFlags::CLONE_NEWNET)
-        .with_context(|| format!("{} is not a network namespace", netns.display()))?;
+        .with_context(|| format!("cannot enter network namespace {}", netns.display()))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

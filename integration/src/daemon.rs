@@ -184,3 +184,23 @@ impl Drop for Background {
         self.daemon.stop();
     }
 }
+
+/// A process held stopped (SIGSTOP), as a hung one would be, until dropped (SIGCONT), also
+/// while panicking, so a failed test leaves nothing frozen.
+pub struct Paused {
+    pid: Pid,
+}
+
+impl Paused {
+    pub fn new(pid: u32) -> Paused {
+        let pid = Pid::from_raw(pid as i32);
+        signal::kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+        Paused { pid }
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = signal::kill(self.pid, Signal::SIGCONT);
+    }
+}

@@ -13,6 +13,7 @@ mod kernel;
 mod netns;
 mod podman;
 mod run;
+pub mod views;
 mod world;
 
 use std::thread::sleep;
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 
 pub use bins::{bin_dir, locate_bin};
 pub use cmd::Output;
-pub use daemon::Background;
+pub use daemon::{Background, Paused};
 pub use kernel::{Link, fdb, link, links, neighbours, rx_packets, tx_dropped};
 pub use netns::{
     Netns, disable_ipv6, exec, exec_for, exec_shown, ip, listening, ping, ping_counts,
@@ -32,6 +33,9 @@ pub use world::{
     BRIDGE, CONTROLLER_IP, CONTROLLER_URL, CONTROLLER_URL_INSECURE, Security, VXLAN_DEV, World,
     host_addr,
 };
+
+/// The all-zero MAC of the FDB entries that flood broadcast, multicast and unknown unicast.
+pub const FLOOD_MAC: &str = "00:00:00:00:00:00";
 
 /// Checks the shape every weftctl error shares (exit status 1, one stderr line starting
 /// `weftctl: `) and that the line contains `needle`, the culprit the message must name.

@@ -167,6 +167,11 @@ impl World {
         }
     }
 
+    /// How many hosts the world has.
+    pub fn hosts(&self) -> usize {
+        self.agents.len()
+    }
+
     /// The controller's admin socket (`weftctl token create --admin-socket`).
     pub fn admin_socket(&self) -> PathBuf {
         self.dir.path().join("admin.sock")

@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_integration::{
-    BRIDGE, Output, VXLAN_DEV, World, assert_reaches, assert_rejected, disable_ipv6, exec, fdb,
-    host_addr, link, links, locate_bin, neighbours, ping, ping_n, rx_packets, wait_until,
+    BRIDGE, FLOOD_MAC, Output, VXLAN_DEV, World, assert_reaches, assert_rejected, disable_ipv6,
+    exec, fdb, host_addr, link, links, locate_bin, neighbours, ping, ping_n, rx_packets,
+    wait_until,
 };
 
 const CONVERGE: Duration = Duration::from_secs(5);
@@ -21,7 +22,6 @@ const CONVERGE: Duration = Duration::from_secs(5);
 const REPAIR: Duration = Duration::from_secs(2);
 /// How long what expose or hide did is watched for being undone.
 const STAY: Duration = Duration::from_secs(1);
-const FLOOD_MAC: &str = "00:00:00:00:00:00";
 /// The broadcast address of the default network, 10.32.0.0/12.
 const DEFAULT_BROADCAST: &str = "10.47.255.255";
 /// ICMP echo request overhead inside an IP packet: IPv4 header (20) + ICMP header (8).

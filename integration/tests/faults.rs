@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_integration::{
-    BRIDGE, CONTROLLER_IP, CONTROLLER_URL, Output, VXLAN_DEV, World, assert_rejected, exec, fdb,
-    link, links, neighbours, ping, ping_counts, ping_in_background, wait_until,
+    CONTROLLER_IP, CONTROLLER_URL, Output, World, assert_rejected, exec, link, links, ping,
+    ping_counts, ping_in_background, views, wait_until,
 };
 
 /// The pace of the pings that must lose nothing: ten a second, so a gap of 100 ms shows.
@@ -27,7 +27,6 @@ const GIVE_UP: Duration = Duration::from_secs(2);
 /// How soon `weftctl status` must call a silently dead connection unreachable: the agent's
 /// HTTP/2 keepalives (every second) notice it within about 3 s.
 const NOTICE: Duration = Duration::from_secs(5);
-const FLOOD_MAC: &str = "00:00:00:00:00:00";
 /// What the agent logs when its tables equal the controller's again, after a full snapshot or
 /// after resuming from its own revision.
 const IN_SYNC: [&str; 2] = ["snapshot received revision=", "resumed revision="];
@@ -626,175 +625,6 @@ fn report(ops: &[Operation]) {
     println!("failures by reason: {reasons:#?}");
 }
 
-/// One endpoint as the controller's tables hold it.
-#[derive(Debug)]
-struct TableEndpoint {
-    peer: String,
-    network: String,
-    container: String,
-    mac: String,
-    cidrs: BTreeSet<String>,
-    host_ifname: String,
-    container_ifname: String,
-}
-
-fn text(v: &Value, key: &str) -> String {
-    v[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("no {key} in {v}"))
-        .to_owned()
-}
-
-fn table_endpoints(tables: &Value) -> Vec<TableEndpoint> {
-    let all = tables["endpoints"].as_array();
-    all.unwrap_or_else(|| panic!("no endpoints in {tables}"))
-        .iter()
-        .map(|ep| TableEndpoint {
-            peer: text(ep, "peer"),
-            network: text(ep, "network"),
-            container: text(ep, "container_id"),
-            mac: text(ep, "mac"),
-            cidrs: ep["cidrs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|c| c.as_str().unwrap_or_default().to_owned())
-                .collect(),
-            host_ifname: text(ep, "host_ifname"),
-            container_ifname: text(ep, "container_ifname"),
-        })
-        .collect()
-}
-
-/// Peer name → VTEP address, from the controller's tables.
-fn table_peers(tables: &Value) -> BTreeMap<String, String> {
-    let all = tables["peers"].as_array();
-    all.unwrap_or_else(|| panic!("no peers in {tables}"))
-        .iter()
-        .map(|p| (text(p, "name"), text(p, "advertise_addr")))
-        .collect()
-}
-
-/// What host `me` must hold for the endpoints of the other peers: FDB entries (each MAC, and
-/// one flood entry per peer with endpoints) and permanent neighbours (each address → MAC).
-type Remote = (BTreeSet<(String, String)>, BTreeSet<(String, String)>);
-
-fn remote_entries(me: &str, eps: &[TableEndpoint], peers: &BTreeMap<String, String>) -> Remote {
-    let (mut fdb, mut neigh) = (BTreeSet::new(), BTreeSet::new());
-    for ep in eps.iter().filter(|ep| ep.peer != me) {
-        let vtep = peers.get(&ep.peer).cloned().unwrap_or_default();
-        fdb.insert((ep.mac.clone(), vtep.clone()));
-        fdb.insert((FLOOD_MAC.to_owned(), vtep));
-        for cidr in &ep.cidrs {
-            let ip = cidr.split('/').next().unwrap_or(cidr);
-            neigh.insert((ip.to_owned(), ep.mac.clone()));
-        }
-    }
-    (fdb, neigh)
-}
-
-/// Where the controller's tables, the hosts' kernels and the containers' interfaces disagree,
-/// and how many endpoints the tables hold.
-fn disagreements(world: &World, pool: &[(usize, String)]) -> (Vec<String>, usize) {
-    let tables = world.controller_tables();
-    let (eps, peers) = (table_endpoints(&tables), table_peers(&tables));
-    let mut found: Vec<String> = eps
-        .iter()
-        .filter(|ep| {
-            ep.network != "default"
-                || ep.container_ifname != "ethwe"
-                || !peers.contains_key(&ep.peer)
-        })
-        .map(|ep| format!("tables: an endpoint the test never asked for {ep:?}"))
-        .collect();
-    for host in 1..=HOSTS {
-        found.extend(host_disagreements(world, host, &eps, &peers));
-    }
-    found.extend(container_disagreements(pool, &eps));
-    (found, eps.len())
-}
-
-/// Where host `host`'s kernel differs from what the tables call for: the remote entries of its
-/// VXLAN device, and one veth on the bridge per local endpoint. Only the default network is
-/// used, so its devices are the only ones.
-fn host_disagreements(
-    world: &World,
-    host: usize,
-    eps: &[TableEndpoint],
-    peers: &BTreeMap<String, String>,
-) -> Vec<String> {
-    let (me, ns) = (format!("host{host}"), world.host_ns(host));
-    let (fdb_want, neigh_want) = remote_entries(&me, eps, peers);
-    let veths_want: BTreeSet<(String, Option<String>)> = eps
-        .iter()
-        .filter(|ep| ep.peer == me)
-        .map(|ep| (ep.host_ifname.clone(), Some(BRIDGE.to_owned())))
-        .collect();
-    let veths_have: BTreeSet<(String, Option<String>)> = links(&ns)
-        .into_iter()
-        .filter(|l| l.name.starts_with("vethwepl"))
-        .map(|l| (l.name, l.master))
-        .collect();
-    [
-        ("FDB", fdb(&ns, VXLAN_DEV), fdb_want),
-        ("neighbours", neighbours(&ns, VXLAN_DEV), neigh_want),
-    ]
-    .into_iter()
-    .filter(|(_, have, want)| have != want)
-    .map(|(what, have, want)| {
-        format!(
-            "{me} {what}: missing {:?}, extra {:?}",
-            want.difference(&have).collect::<Vec<_>>(),
-            have.difference(&want).collect::<Vec<_>>()
-        )
-    })
-    .chain((veths_have != veths_want).then(|| {
-        format!("{me} veths (name, bridge): {veths_have:?}, tables call for {veths_want:?}")
-    }))
-    .collect()
-}
-
-/// A container's interface: name, MAC, CIDRs.
-type Interface = (String, String, BTreeSet<String>);
-
-/// Where a container's `ethwe` (MAC, addresses) differs from its endpoint in the tables, or
-/// exists without one, or the container holds any other interface besides its loopback (say,
-/// half of a veth pair); or where the tables hold an endpoint of no container of the test.
-fn container_disagreements(pool: &[(usize, String)], eps: &[TableEndpoint]) -> Vec<String> {
-    let mut found = Vec::new();
-    for (host, ns) in pool {
-        let id = format!("netns:{ns}");
-        let mine: Vec<&TableEndpoint> = eps.iter().filter(|ep| ep.container == id).collect();
-        let want: Vec<Interface> = match mine[..] {
-            [] => Vec::new(),
-            [ep] if ep.peer == format!("host{host}") => {
-                vec![("ethwe".to_owned(), ep.mac.clone(), ep.cidrs.clone())]
-            }
-            _ => {
-                found.push(format!("tables: {id} of host{host} has endpoints {mine:?}"));
-                continue;
-            }
-        };
-        let have: Vec<Interface> = links(ns)
-            .into_iter()
-            .filter(|l| l.name != "lo")
-            .map(|l| (l.name, l.mac, l.addrs.into_iter().collect()))
-            .collect();
-        if have != want {
-            found.push(format!(
-                "{ns}: interfaces (name, MAC, CIDRs) {have:?}, tables call for {want:?}"
-            ));
-        }
-    }
-    let known: BTreeSet<String> = pool.iter().map(|(_, ns)| format!("netns:{ns}")).collect();
-    found.extend(
-        eps.iter()
-            .filter(|ep| !known.contains(&ep.container))
-            .map(|ep| format!("tables: endpoint of no test container {ep:?}")),
-    );
-    found
-}
-
 /// What the last operation on each container says it must hold in the end: the address a
 /// successful attach printed, or nothing after a successful detach. A failed last operation
 /// says nothing (the controller may have made the change without answering).
@@ -829,7 +659,7 @@ fn a_thousand_operations_across_crashes_leave_every_view_equal() {
     let settle = Instant::now();
     let mut last = (Vec::new(), 0);
     let agreed = wait_until(SETTLE, || {
-        last = disagreements(&world, &pool);
+        last = views::disagreements(&world, &pool);
         last.0.is_empty()
     });
     let (found, endpoints) = last;

@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use weft_integration::{
-    BRIDGE, Link, VXLAN_DEV, World, assert_reaches, fdb, host_addr, link, links, ping, wait_until,
+    BRIDGE, FLOOD_MAC, Link, VXLAN_DEV, World, assert_reaches, fdb, host_addr, link, links, ping,
+    wait_until,
 };
 
 /// The bridge and VXLAN device of a network other than the default one.
@@ -39,7 +40,6 @@ fn devices_of(world: &World, subnet: &str) -> Devices {
     }
 }
 
-const FLOOD_MAC: &str = "00:00:00:00:00:00";
 const CONVERGE: Duration = Duration::from_secs(5);
 
 fn ethwe(ns: &str) -> Link {
