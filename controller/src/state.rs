@@ -127,7 +127,7 @@ pub(crate) enum MutateError {
     Rejected(#[from] TableError),
     /// Shared by every request of the batch that failed.
     #[error("persisting failed: {0}")]
-    Persist(#[source] Arc<StoreError>),
+    Persist(Arc<StoreError>),
     #[error("the controller is stopping")]
     Stopped,
 }
