@@ -36,9 +36,9 @@ const STORE_ID: &str = "store_id";
 pub const STORE_FILE: &str = "weft.redb";
 /// The marker of the store the data dir holds: its id and a newline.
 pub const MARKER_FILE: &str = "store-id";
-/// Files only the controller (root) may read: the data dir's and its stores'.
+/// Only the controller (root) may read the data dir and its stores.
 const PRIVATE_DIR: u32 = 0o700;
-pub(crate) const PRIVATE_FILE: u32 = 0o600;
+const PRIVATE_FILE: u32 = 0o600;
 
 /// What to do with a store file found empty (or missing) in a data dir that held a store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub enum StoreError {
     },
 }
 
-/// Opens the redb database at a path: [`Database::create`], but for tests.
+/// Opens the redb database at a path: [`open_private_db`], but for tests.
 type OpenDb = Box<dyn Fn(&Path) -> Result<Database, DatabaseError> + Send>;
 
 pub struct Store {
@@ -97,15 +97,29 @@ pub struct Store {
     poisoned: bool,
 }
 
-/// Sets `path`'s mode to `mode` unless it is that already (a store from before modes were
-/// restricted).
-pub(crate) fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+/// Sets `path`'s mode to `mode` unless it is that already (made by a controller from before
+/// modes were restricted).
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
     let had = fs::metadata(path)?.permissions().mode() & 0o777;
     if had != mode {
         fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
         info!(path = %path.display(), from = format!("{had:o}"), to = format!("{mode:o}"), "restricted the mode");
     }
     Ok(())
+}
+
+/// Opens the redb database at `path`, made root-only: created so, or restricted.
+pub(crate) fn open_private_db(path: &Path) -> Result<Database, DatabaseError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(PRIVATE_FILE)
+        .open(path)?;
+    restrict(path, PRIVATE_FILE)?;
+    redb::Builder::new().create_with_backend(redb::backends::FileBackend::new(file)?)
 }
 
 fn file_err(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -166,7 +180,7 @@ impl Store {
     /// is refused unless `emptied` says to begin again; so is one that is not the store the
     /// marker names.
     pub fn open(dir: &Path, emptied: Emptied) -> Result<(Store, Tables), StoreError> {
-        Store::open_with(dir, emptied, Box::new(|path| Database::create(path)))
+        Store::open_with(dir, emptied, Box::new(open_private_db))
     }
 
     fn open_with(
@@ -174,8 +188,13 @@ impl Store {
         emptied: Emptied,
         open_db: OpenDb,
     ) -> Result<(Store, Tables), StoreError> {
-        fs::create_dir_all(dir).map_err(file_err("create the data directory", dir))?;
-        restrict(dir, PRIVATE_DIR).map_err(file_err("restrict the mode of", dir))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            let mut create = fs::DirBuilder::new();
+            create.recursive(true).mode(PRIVATE_DIR).create(dir)
+        }
+        .and_then(|()| restrict(dir, PRIVATE_DIR))
+        .map_err(file_err("create the data directory", dir))?;
         let path = dir.join(STORE_FILE);
         let marker = dir.join(MARKER_FILE);
         let marked = read_marker(&marker)?;
@@ -194,7 +213,6 @@ impl Store {
             path: path.clone(),
             cause: e.into(),
         })?;
-        restrict(&path, PRIVATE_FILE).map_err(file_err("restrict the mode of", &path))?;
         let mut store = Store {
             db: Some(db),
             path,

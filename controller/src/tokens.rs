@@ -8,7 +8,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use tracing::warn;
 use weft_proto::tls::{JoinToken, pin_of};
 
-use crate::store::{Emptied, PRIVATE_FILE, restrict};
+use crate::store::{Emptied, open_private_db};
 
 /// The token store's file in the data dir.
 pub const TOKENS_FILE: &str = "tokens.redb";
@@ -68,8 +68,7 @@ impl Tokens {
                 ),
             }
         }
-        let db = Database::create(&path).map_err(|e| store_err(e.to_string()))?;
-        restrict(&path, PRIVATE_FILE).map_err(|e| store_err(e.to_string()))?;
+        let db = open_private_db(&path).map_err(|e| store_err(e.to_string()))?;
         Ok(Tokens { db, path })
     }
 
