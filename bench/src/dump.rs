@@ -11,7 +11,7 @@ use weft_proto::v1::{
     Endpoint, Network, Peer, Snapshot, WatchEvent, WatchRequest, watch_event::Event,
 };
 
-/// The controller's tables as JSON: `{"revision", "peers", "networks", "endpoints"}`, watched
+/// The controller's tables as JSON: `{"revision", "store_id", "peers", "networks", "endpoints"}`, watched
 /// as `watcher`. The controller counts it as a watcher only while the dump runs; a name that is
 /// no peer of the tables never shows in `status peers`.
 pub async fn dump(mut client: ControllerClient<Channel>, watcher: &str) -> anyhow::Result<Value> {
@@ -26,15 +26,15 @@ pub async fn dump(mut client: ControllerClient<Channel>, watcher: &str) -> anyho
         .await
         .context("watch failed")?
         .into_inner();
-    let (revision, snapshot) = receive_snapshot(&mut stream).await?;
-    Ok(tables_json(revision, &snapshot))
+    let (revision, store_id, snapshot) = receive_snapshot(&mut stream).await?;
+    Ok(tables_json(revision, &store_id, &snapshot))
 }
 
 /// Reads the snapshot a watch from revision 0 starts with, all its parts; returns it with its
-/// revision.
+/// revision and the id of the controller's store.
 pub async fn receive_snapshot(
     stream: &mut Streaming<WatchEvent>,
-) -> anyhow::Result<(u64, Snapshot)> {
+) -> anyhow::Result<(u64, String, Snapshot)> {
     let mut joiner = Joiner::default();
     loop {
         let event = stream
@@ -47,8 +47,8 @@ pub async fn receive_snapshot(
             Some(WatchEvent {
                 revision,
                 event: Some(Event::Snapshot(snapshot)),
-                ..
-            }) => return Ok((revision, snapshot)),
+                store_id,
+            }) => return Ok((revision, store_id, snapshot)),
             Some(other) => bail!(
                 "the first event of a watch from revision 0 is not a snapshot: {:?} at revision {}",
                 other.event,
@@ -58,9 +58,10 @@ pub async fn receive_snapshot(
     }
 }
 
-fn tables_json(revision: u64, snapshot: &Snapshot) -> Value {
+fn tables_json(revision: u64, store_id: &str, snapshot: &Snapshot) -> Value {
     json!({
         "revision": revision,
+        "store_id": store_id,
         "peers": snapshot.peers.iter().map(peer_json).collect::<Vec<_>>(),
         "networks": snapshot.networks.iter().map(network_json).collect::<Vec<_>>(),
         "endpoints": snapshot.endpoints.iter().map(endpoint_json).collect::<Vec<_>>(),

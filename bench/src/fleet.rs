@@ -90,7 +90,7 @@ impl SimAgent {
             .await
             .with_context(|| format!("{name}: watch failed"))?
             .into_inner();
-        let (revision, snapshot) = receive_snapshot(&mut stream)
+        let (revision, _, snapshot) = receive_snapshot(&mut stream)
             .await
             .with_context(|| format!("{name}: no snapshot"))?;
         let synced = Synced {

@@ -16,7 +16,7 @@ use weft_controller::enrollment::EnrollmentService;
 use weft_controller::limits::MAX_REQUEST_BYTES;
 use weft_controller::rules::TableRules;
 use weft_controller::service::ControllerService;
-use weft_controller::store::Store;
+use weft_controller::store::{Emptied, Store};
 use weft_controller::tls::{Ca, ServerIdentity};
 use weft_controller::tokens::Tokens;
 use weft_proto::tls::read_pem;
@@ -29,6 +29,9 @@ use weft_proto::v1::enrollment_server::EnrollmentServer;
 /// Agents register with it and watch its tables; it persists them under --data-dir.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long connections get to close after SIGTERM or SIGINT, once the watch streams ended:
+/// a stop must not wait on an agent that is slow to hang up (systemd would wait 90 s).
+const STOP_GRACE: Duration = Duration::from_millis(1500);
 
 #[derive(Parser, Debug)]
 #[command(version)]
@@ -36,9 +39,15 @@ struct Args {
     /// Address and port of the gRPC service agents connect to.
     #[arg(long, default_value = "0.0.0.0:6786")]
     listen: SocketAddr,
-    /// Directory of the embedded store.
+    /// Directory of the embedded store (mode 0700), its CA and its join tokens.
     #[arg(long, default_value = "/var/lib/weft/controller")]
     data_dir: PathBuf,
+    /// Start even though weft.redb (or tokens.redb) is missing or empty in a data dir that held
+    /// a store: begin again with empty tables, as a new store (agents keep their datapath and
+    /// refuse it until told to follow it), or with no join tokens. Without it such a start is
+    /// refused.
+    #[arg(long)]
+    accept_empty_store: bool,
     /// Subnet of the default network (net:default).
     #[arg(long, default_value = "10.32.0.0/12", value_parser = parse_range)]
     ipalloc_range: Ipv4Network,
@@ -176,9 +185,15 @@ fn server_names(listen: SocketAddr, extra: &[String]) -> anyhow::Result<Vec<Stri
 
 async fn run(args: Args) -> anyhow::Result<()> {
     allow_connections();
+    let emptied = if args.accept_empty_store {
+        Emptied::BeginAgain
+    } else {
+        Emptied::Refuse
+    };
+    // Before the CA is made there: a fresh data dir must not look like one that held a store.
+    let (store, tables) = Store::open(&args.data_dir, emptied)?;
+    info!(revision = tables.revision, store_id = %tables.store_id, data_dir = %args.data_dir.display(), "store loaded");
     let security = security(&args)?;
-    let (store, tables) = Store::open(&args.data_dir)?;
-    info!(revision = tables.revision, data_dir = %args.data_dir.display(), "store loaded");
     let service = ControllerService::new(store, tables, args.peer_lease)
         .context("cannot start the committing thread")?;
     let range = args.ipalloc_range;
@@ -201,6 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // Notice an agent that vanished without closing its stream (a crash, a partition).
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+    let stopper = service.clone();
     let controller = ControllerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
     let (router, admin) = match security {
         Security::Insecure => (builder.add_service(controller), None),
@@ -211,7 +227,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .identity(Identity::from_pem(&identity.chain_pem, &identity.key_pem))
                 .client_ca_root(Certificate::from_pem(&ca.cert_pem))
                 .client_auth_optional(true);
-            let enrollment = EnrollmentService::new(ca, Tokens::open(&args.data_dir)?);
+            let enrollment = EnrollmentService::new(ca, Tokens::open(&args.data_dir, emptied)?);
             let router = builder
                 .tls_config(tls)
                 .context("invalid TLS configuration")?
@@ -236,13 +252,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .context("admin API failed")
     };
     info!(listen = %args.listen, "serving");
+    let (signalled, stopping) = tokio::sync::oneshot::channel();
     let served = router.serve_with_incoming_shutdown(
         tokio_stream::wrappers::TcpListenerStream::new(listener),
-        weft_proto::process::shutdown_signal(),
+        async move {
+            weft_proto::process::shutdown_signal().await;
+            info!("stopping: ending the watch streams");
+            stopper.stop();
+            let _ = signalled.send(());
+        },
     );
+    let grace_over = async {
+        if stopping.await.is_ok() {
+            tokio::time::sleep(STOP_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
         served = served => served.context("gRPC server failed")?,
         failed = admin => return failed,
+        () = grace_over => warn!("connections still open {STOP_GRACE:?} after the stop; closing them"),
     }
     if serves_admin {
         let _ = std::fs::remove_file(&args.admin_socket);

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
@@ -42,6 +42,9 @@ struct Inner {
     /// Shared with the plans of rmpeer, which read it under the state lock: never take the state
     /// lock while holding this one.
     liveness: Arc<Mutex<Liveness>>,
+    /// Set when the controller stops: every watch stream ends then, or the server's graceful
+    /// shutdown would wait for them forever.
+    stopping: watch::Sender<bool>,
 }
 
 #[derive(Clone)]
@@ -97,8 +100,16 @@ impl ControllerService {
                 committer: Committer::start(shared.clone())?,
                 shared,
                 liveness: Arc::new(Mutex::new(Liveness::new(peer_lease, Instant::now()))),
+                stopping: watch::Sender::new(false),
             }),
         })
+    }
+
+    /// Ends every watch stream, now and of watches that start later: agents see their stream
+    /// close (the controller is stopping) rather than a stream that stays open on a server that
+    /// no longer listens.
+    pub fn stop(&self) {
+        self.inner.stopping.send_replace(true);
     }
 
     /// Runs `plan` against the tables; persists and publishes the changes it returns (see
@@ -185,11 +196,19 @@ impl ControllerService {
         self,
         peer: String,
         from: u64,
+        store_id: String,
         in_parts: bool,
         tx: mpsc::Sender<Result<WatchEvent, Status>>,
     ) {
         self.liveness().connect(&peer, Instant::now());
-        self.stream_events(&peer, from, in_parts, tx).await;
+        let mut stopping = self.inner.stopping.subscribe();
+        tokio::select! {
+            _ = self.stream_events(&peer, from, &store_id, in_parts, &tx) => {}
+            _ = stopping.wait_for(|stopping| *stopping) => {
+                // Why the stream ends, if the watcher has room for it; it ends either way.
+                let _ = tx.try_send(Err(Status::unavailable("the controller is stopping")));
+            }
+        }
         self.liveness().disconnect(&peer, Instant::now());
         info!(%peer, "watch ended");
     }
@@ -198,12 +217,13 @@ impl ControllerService {
         &self,
         peer: &str,
         from: u64,
+        store_id: &str,
         in_parts: bool,
-        tx: mpsc::Sender<Result<WatchEvent, Status>>,
+        tx: &mpsc::Sender<Result<WatchEvent, Status>>,
     ) {
         let mut sent = from;
-        let (start, mut events) = self.inner.shared.watch_from(from);
-        if !Self::send_start(start, in_parts, &tx, &mut sent).await {
+        let (start, mut events) = self.inner.shared.watch_from(from, store_id);
+        if !Self::send_start(start, in_parts, tx, &mut sent).await {
             return;
         }
         loop {
@@ -223,9 +243,10 @@ impl ControllerService {
                     // Too far behind the live stream: catch up from the history (or a snapshot)
                     // as a reconnecting watcher would.
                     warn!(%peer, missed, "watcher fell behind; resuming it");
-                    let (start, fresh) = self.inner.shared.watch_from(sent);
+                    // What it has is ours by now.
+                    let (start, fresh) = self.inner.shared.watch_from(sent, "");
                     events = fresh;
-                    if !Self::send_start(start, in_parts, &tx, &mut sent).await {
+                    if !Self::send_start(start, in_parts, tx, &mut sent).await {
                         return;
                     }
                 }
@@ -266,14 +287,17 @@ impl Controller for ControllerService {
             peer,
             from_revision,
             snapshot_in_parts,
-            store_id: _,
+            store_id,
         } = request.into_inner();
-        info!(%peer, from_revision, snapshot_in_parts, "watch starts");
+        info!(%peer, from_revision, %store_id, snapshot_in_parts, "watch starts");
         let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
-        tokio::spawn(
-            self.clone()
-                .feed_watcher(peer, from_revision, snapshot_in_parts, tx),
-        );
+        tokio::spawn(self.clone().feed_watcher(
+            peer,
+            from_revision,
+            store_id,
+            snapshot_in_parts,
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -472,7 +496,7 @@ mod tests {
 
     /// A controller whose tables hold `endpoints` endpoints on host1.
     async fn controller_with(dir: &std::path::Path, endpoints: usize) -> ControllerService {
-        let (store, tables) = Store::open(dir).unwrap();
+        let (store, tables) = Store::open(dir, crate::store::Emptied::Refuse).unwrap();
         let service = ControllerService::new(store, tables, Duration::from_secs(60)).unwrap();
         let changes: Vec<Change> = (0..endpoints)
             .map(|i| {

@@ -80,15 +80,31 @@ impl Shared {
         self.state.lock().expect("controller state lock poisoned")
     }
 
-    /// Where a watch from `from` (the watcher's revision, 0 for none) starts, and a
-    /// subscription to what comes after it.
-    pub(crate) fn watch_from(&self, from: u64) -> (Start, broadcast::Receiver<WatchEvent>) {
+    /// Where a watch from `from` (the watcher's revision, 0 for none) of store `store_id` (""
+    /// for ours, or a watcher from before identities) starts, and a subscription to what comes
+    /// after it.
+    pub(crate) fn watch_from(
+        &self,
+        from: u64,
+        store_id: &str,
+    ) -> (Start, broadcast::Receiver<WatchEvent>) {
         let mut state = self.lock();
         let current = state.tables.revision;
         let oldest_kept = state.history.front().map_or(current + 1, |e| e.revision);
+        // A revision of another store says nothing of ours: the watcher gets our snapshot, which
+        // names our store, and decides whether to follow it.
+        let ours = store_id.is_empty() || store_id == state.tables.store_id;
+        if !ours {
+            warn!(
+                watcher_store = store_id,
+                store = %state.tables.store_id,
+                from,
+                "watcher follows another store; sending a snapshot of this one"
+            );
+        }
         // Resumable when the watcher is not ahead of us (a controller that lost its store) and
         // every delta after its revision is still here.
-        let start = if from > 0 && from <= current && from + 1 >= oldest_kept {
+        let start = if ours && from > 0 && from <= current && from + 1 >= oldest_kept {
             let missed: Vec<WatchEvent> = state
                 .history
                 .iter()
@@ -127,7 +143,7 @@ pub(crate) enum MutateError {
     Rejected(#[from] TableError),
     /// Shared by every request of the batch that failed.
     #[error("persisting failed: {0}")]
-    Persist(#[source] Arc<StoreError>),
+    Persist(Arc<StoreError>),
     #[error("the controller is stopping")]
     Stopped,
 }
@@ -201,7 +217,7 @@ impl Committer {
 fn commit_batch(
     shared: &Shared,
     batch: Vec<Job>,
-    persist: impl FnOnce(&Store, &[Change], u64) -> Result<(), StoreError>,
+    persist: impl FnOnce(&mut Store, &[Change], u64) -> Result<(), StoreError>,
 ) {
     let mut guard = shared.lock();
     let state = &mut *guard;
@@ -231,7 +247,7 @@ fn commit_batch(
         outcomes.push((job.done, outcome.map_err(MutateError::from)));
     }
     if !changed.is_empty() {
-        if let Err(e) = persist(&state.store, &changed, state.tables.revision) {
+        if let Err(e) = persist(&mut state.store, &changed, state.tables.revision) {
             warn!(requests = outcomes.len(), "persisting failed: {e}");
             let e = Arc::new(e);
             for change in undo.iter().rev() {
@@ -288,6 +304,7 @@ mod tests {
 
     use super::*;
     use crate::rules::TableRules;
+    use crate::store::Emptied;
 
     fn peer(n: usize) -> Peer {
         Peer {
@@ -297,7 +314,7 @@ mod tests {
     }
 
     fn shared(dir: &std::path::Path) -> Shared {
-        let (store, tables) = Store::open(dir).unwrap();
+        let (store, tables) = Store::open(dir, Emptied::Refuse).unwrap();
         Shared::new(store, tables, broadcast::channel(1024).0)
     }
 
@@ -330,7 +347,7 @@ mod tests {
     fn commit(
         shared: &Shared,
         jobs: Vec<(Job, Answer)>,
-        persist: impl FnOnce(&Store, &[Change], u64) -> Result<(), StoreError>,
+        persist: impl FnOnce(&mut Store, &[Change], u64) -> Result<(), StoreError>,
     ) -> Vec<Result<u64, MutateError>> {
         let (batch, answers): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
         commit_batch(shared, batch, persist);
@@ -373,9 +390,10 @@ mod tests {
             // Refused only because c3 took the address earlier in the batch.
             attach("c4", c0),
         ];
-        let disk_full = || StoreError::CreateDir {
+        let disk_full = || StoreError::File {
+            doing: "write",
             path: dir.path().to_path_buf(),
-            source: std::io::Error::other("disk full"),
+            cause: std::io::Error::other("disk full"),
         };
         let answers = commit(&shared, batch, |_, _, _| Err(disk_full()));
         for answer in &answers {
@@ -400,6 +418,38 @@ mod tests {
     }
 
     #[test]
+    fn only_a_watcher_of_this_store_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let answers = commit(
+            &shared,
+            vec![register(peer(1)), register(peer(2))],
+            Store::commit,
+        );
+        assert!(answers.iter().all(Result::is_ok));
+        let ours = shared.lock().tables.store_id.clone();
+        for same in [ours.as_str(), ""] {
+            let (Start::Resume(events), _) = shared.watch_from(1, same) else {
+                panic!("a watcher of this store ({same:?}) at revision 1 gets a snapshot");
+            };
+            assert_eq!(events.len(), 2, "Resumed and the one delta missed");
+            assert_eq!(events[0].revision, 1);
+            assert_eq!(events[0].store_id, ours);
+            assert!(matches!(events[0].event, Some(Event::Resumed(_))));
+        }
+        let other = "0123456789abcdef0123456789abcdef";
+        let (Start::Snapshot(parts), _) = shared.watch_from(1, other) else {
+            panic!("a watcher of another store resumes");
+        };
+        assert_eq!(parts[0].revision, 2);
+        assert_eq!(parts[0].store_id, ours);
+        let Some(Event::Snapshot(snapshot)) = &parts[0].event else {
+            panic!("not a snapshot: {:?}", parts[0]);
+        };
+        assert_eq!(snapshot.peers.len(), 2);
+    }
+
+    #[test]
     fn requests_whose_caller_has_gone_are_not_made() {
         let dir = tempfile::tempdir().unwrap();
         let shared = shared(dir.path());
@@ -419,7 +469,7 @@ mod tests {
     fn a_panic_while_committing_ends_the_process() {
         if std::env::var_os(PANIC_IN_PLAN).is_some() {
             let dir = tempfile::tempdir().unwrap();
-            let (store, tables) = Store::open(dir.path()).unwrap();
+            let (store, tables) = Store::open(dir.path(), Emptied::Refuse).unwrap();
             let shared = Arc::new(Shared::new(store, tables, broadcast::channel(1).0));
             let committer = Committer::start(shared).unwrap();
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -446,7 +496,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_each_get_their_own_revision_and_all_are_durable() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, tables) = Store::open(dir.path()).unwrap();
+        let (store, tables) = Store::open(dir.path(), Emptied::Refuse).unwrap();
         let (events, mut watcher) = broadcast::channel(1024);
         let shared = Arc::new(Shared::new(store, tables, events));
         let committer = Committer::start(shared.clone()).unwrap();
@@ -497,7 +547,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         drop(shared);
-        let (_, reloaded) = Store::open(dir.path()).unwrap();
+        let (_, reloaded) = Store::open(dir.path(), Emptied::Refuse).unwrap();
         assert_eq!(reloaded, held);
     }
 }

@@ -21,11 +21,11 @@ const CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("{0}")]
+    #[error(transparent)]
     Pem(#[from] weft_proto::tls::TlsError),
     #[error("{path}: {why}")]
     File { path: String, why: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Cert(#[from] rcgen::Error),
 }
 

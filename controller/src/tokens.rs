@@ -5,7 +5,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableTable, TableDefinition};
+use tracing::warn;
 use weft_proto::tls::{JoinToken, pin_of};
+
+use crate::store::{Emptied, open_private_db};
+
+/// The token store's file in the data dir.
+pub const TOKENS_FILE: &str = "tokens.redb";
 
 /// id → (SHA-256 of the secret, expiry in seconds since the epoch, peer that used it or "").
 const TOKENS: TableDefinition<&str, (&[u8], u64, &str)> = TableDefinition::new("join_tokens");
@@ -22,6 +28,10 @@ pub enum TokenError {
     Used { id: String, peer: String },
     #[error("token store {path}: {why}")]
     Store { path: PathBuf, why: String },
+    #[error(
+        "{path} is empty (0 bytes): the join tokens made before are lost; remove it, or start with --accept-empty-store, to begin again with no join tokens"
+    )]
+    Emptied { path: PathBuf },
 }
 
 pub struct Tokens {
@@ -33,19 +43,32 @@ fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn random_hex(bytes: usize) -> String {
+/// `bytes` random bytes as lower-case hex.
+pub(crate) fn random_hex(bytes: usize) -> String {
     (0..bytes)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect()
 }
 
 impl Tokens {
-    pub fn open(dir: &Path) -> Result<Tokens, TokenError> {
-        let path = dir.join("tokens.redb");
-        let db = Database::create(&path).map_err(|e| TokenError::Store {
+    /// Opens (or creates) the token store in `dir`. An empty (0-byte) file, which redb would
+    /// silently make a new store of, is refused unless `emptied` says to begin again.
+    pub fn open(dir: &Path, emptied: Emptied) -> Result<Tokens, TokenError> {
+        let path = dir.join(TOKENS_FILE);
+        let store_err = |why: String| TokenError::Store {
             path: path.clone(),
-            why: e.to_string(),
-        })?;
+            why,
+        };
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
+            match emptied {
+                Emptied::Refuse => return Err(TokenError::Emptied { path }),
+                Emptied::BeginAgain => warn!(
+                    path = %path.display(),
+                    "--accept-empty-store: the token store is empty; beginning again with no join tokens"
+                ),
+            }
+        }
+        let db = open_private_db(&path).map_err(|e| store_err(e.to_string()))?;
         Ok(Tokens { db, path })
     }
 
@@ -134,7 +157,7 @@ mod tests {
     #[test]
     fn a_token_is_good_once_and_only_until_it_expires() {
         let dir = tempfile::tempdir().unwrap();
-        let tokens = Tokens::open(dir.path()).unwrap();
+        let tokens = Tokens::open(dir.path(), Emptied::Refuse).unwrap();
         let now = SystemTime::now();
         let (token, _) = tokens.create(Duration::from_secs(60), PIN, now).unwrap();
         let (late, _) = tokens.create(Duration::from_secs(60), PIN, now).unwrap();
@@ -159,5 +182,30 @@ mod tests {
             .redeem(&late, PIN, "host2", now + Duration::from_secs(61))
             .unwrap_err();
         assert!(matches!(expired, TokenError::Expired { .. }), "{expired}");
+    }
+
+    #[test]
+    fn an_empty_token_store_is_refused_unless_told_to_begin_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TOKENS_FILE);
+        std::fs::File::create(&path).unwrap();
+        let Err(e) = Tokens::open(dir.path(), Emptied::Refuse) else {
+            panic!("an empty token store is opened");
+        };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} is empty (0 bytes): the join tokens made before are lost; remove it, or start with --accept-empty-store, to begin again with no join tokens",
+                path.display()
+            )
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        let tokens = Tokens::open(dir.path(), Emptied::BeginAgain).unwrap();
+        let now = SystemTime::now();
+        let (token, _) = tokens.create(Duration::from_secs(60), PIN, now).unwrap();
+        tokens.redeem(&token, PIN, "host1", now).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

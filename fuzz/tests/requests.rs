@@ -13,7 +13,7 @@ use weft_controller::authority::PeerIdentity;
 use weft_controller::enrollment::EnrollmentService;
 use weft_controller::rules::TableRules;
 use weft_controller::service::ControllerService;
-use weft_controller::store::Store;
+use weft_controller::store::{Emptied, Store};
 use weft_controller::tls::Ca;
 use weft_controller::tokens::Tokens;
 use weft_fuzz::{addr_like, fuzz};
@@ -33,7 +33,7 @@ struct Controllers {
 /// A controller with host1 and host2 registered and one endpoint on host2.
 fn controllers() -> Controllers {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (store, tables) = Store::open(dir.path()).expect("store");
+    let (store, tables) = Store::open(dir.path(), Emptied::Refuse).expect("store");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -42,8 +42,10 @@ fn controllers() -> Controllers {
     let service =
         ControllerService::new(store, tables, Duration::from_secs(180)).expect("controller");
     let ca = Ca::load_or_create(dir.path()).expect("CA");
-    let enrollment =
-        EnrollmentService::new(Arc::new(ca), Tokens::open(dir.path()).expect("tokens"));
+    let enrollment = EnrollmentService::new(
+        Arc::new(ca),
+        Tokens::open(dir.path(), Emptied::Refuse).expect("tokens"),
+    );
     runtime
         .block_on(service.mutate(|t| {
             let mut changes = t.ensure_default_network("10.32.0.0/12".parse().unwrap())?;

@@ -55,6 +55,11 @@ impl Daemon {
     /// Starts the process; its stdout and stderr are appended to the log, so a restart keeps the
     /// earlier run's lines.
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// [`Daemon::start`] with `extra` flags after its own, for this run only.
+    pub fn start_with(&mut self, extra: &[&str]) {
         assert!(
             self.child.is_none(),
             "{} is already running",
@@ -65,17 +70,8 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log.display()));
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        let mut cmd = match &self.ns {
-            Some(ns) => netns::in_netns(ns, &self.program, &args),
-            None => {
-                let mut cmd = Command::new(&self.program);
-                cmd.args(&args);
-                cmd
-            }
-        };
-        cmd.env("RUST_LOG", "info")
-            .stdin(Stdio::null())
+        let mut cmd = self.command(extra);
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("duplicating the log file"))
             .stderr(log);
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
@@ -90,19 +86,46 @@ impl Daemon {
         self.child = Some(child);
     }
 
+    /// The command that runs the process (in its namespace, with its flags and `extra`), for a
+    /// caller that runs it itself, e.g. to see it refuse to start.
+    pub fn command(&self, extra: &[&str]) -> Command {
+        let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        let mut cmd = match &self.ns {
+            Some(ns) => netns::in_netns(ns, &self.program, &args),
+            None => {
+                let mut cmd = Command::new(&self.program);
+                cmd.args(&args);
+                cmd
+            }
+        };
+        cmd.env("RUST_LOG", "info");
+        cmd
+    }
+
     /// SIGTERM, then SIGKILL if it has not exited within [`GRACE`]. No-op when not running.
     pub fn stop(&mut self) {
+        self.terminate(GRACE);
+        self.kill();
+    }
+
+    /// SIGTERM; returns how the process ended if it did within `limit` (None: it still runs,
+    /// or was not running).
+    pub fn terminate(&mut self, limit: Duration) -> Option<ExitStatus> {
         if self.running()
             && let Some(child) = &self.child
         {
             // Only a child not yet reaped is signalled: after reaping, its pid may be reused.
             let _ = signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + GRACE;
+            let deadline = Instant::now() + limit;
             while self.running() && Instant::now() < deadline {
-                sleep(Duration::from_millis(20));
+                sleep(Duration::from_millis(10));
             }
+            let status = self.exited()?;
+            self.child = None;
+            return Some(status);
         }
-        self.kill();
+        None
     }
 
     /// SIGKILL, as a crash would. No-op when not running.

@@ -325,7 +325,12 @@ impl World {
 
     /// (Re)starts the controller and waits until it listens.
     pub fn start_controller(&self) {
-        self.controller().start();
+        self.start_controller_with(&[]);
+    }
+
+    /// [`World::start_controller`] with `extra` flags, for this run only.
+    pub fn start_controller_with(&self, extra: &[&str]) {
+        self.controller().start_with(extra);
         let ctl_ns = self.controller_ns();
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -341,6 +346,19 @@ impl World {
             );
             sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Runs the (stopped) controller with `extra` flags to its end, as for a start it must refuse;
+    /// fails if it is still running after [`READY_TIMEOUT`].
+    pub fn run_controller(&self, extra: &[&str]) -> Output {
+        let cmd = self.controller().command(extra);
+        cmd::run_for(cmd, READY_TIMEOUT)
+    }
+
+    /// Sends the controller SIGTERM; returns how it ended if it did within `limit` (it is
+    /// SIGKILLed when the world ends otherwise).
+    pub fn terminate_controller(&self, limit: Duration) -> Option<ExitStatus> {
+        self.controller().terminate(limit)
     }
 
     /// Stops host `host`'s agent with SIGTERM (SIGKILL if it lingers).
