@@ -382,6 +382,18 @@ impl World {
         self.wait_agent_ready(host);
     }
 
+    /// (Re)starts host `host`'s agent without waiting for it to have the controller's tables
+    /// (an agent that refuses them never has); returns once it answers `weftctl status`.
+    pub fn launch_agent(&self, host: usize) {
+        self.agent(host).start();
+        let answers =
+            crate::wait_until(READY_TIMEOUT, || self.weftctl(host, &["status"]).success());
+        assert!(
+            answers,
+            "weft-agent on host{host} does not answer after {READY_TIMEOUT:?}"
+        );
+    }
+
     /// The log file of host `host`'s agent; restarts append to it.
     pub fn agent_log(&self, host: usize) -> PathBuf {
         self.agent(host).log().to_path_buf()

@@ -12,7 +12,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weft_integration::{CONTROLLER_URL, Output, World, assert_rejected, wait_until};
+use weft_integration::{
+    CONTROLLER_URL, Output, VXLAN_DEV, World, assert_reaches, assert_rejected, fdb, neighbours,
+    wait_until,
+};
 
 /// How long a stopped controller may take to exit: it should take about 2 s at most.
 const STOP_LIMIT: Duration = Duration::from_secs(5);
@@ -125,6 +128,105 @@ fn an_emptied_or_removed_store_is_refused_until_it_is_restored_or_begun_again() 
             && l.contains("beginning again with empty tables as a new store")),
         "no warning of the new store in the log:\n{log}"
     );
+}
+
+/// A host's VXLAN FDB entries (MAC, VTEP) and neighbour entries (IP, MAC).
+type Entries = (BTreeSet<(String, String)>, BTreeSet<(String, String)>);
+
+/// Host `host`'s VXLAN FDB and neighbour entries.
+fn entries(world: &World, host: usize) -> Entries {
+    let ns = world.host_ns(host);
+    (fdb(&ns, VXLAN_DEV), neighbours(&ns, VXLAN_DEV))
+}
+
+/// The revision of host `host`'s tables, as `weftctl status --json` says.
+fn agent_revision(world: &World, host: usize) -> u64 {
+    let status: Value = serde_json::from_str(&world.ctl(host, &["status", "--json"])).unwrap();
+    status["controller"]["revision"]
+        .as_u64()
+        .expect("a revision")
+}
+
+#[test]
+fn agents_refuse_a_store_begun_again_and_keep_their_datapath_until_told() {
+    let mut world = World::new(2);
+    let (c1, c2) = (world.container(1, "c1"), world.container(2, "c2"));
+    let (_, ip2) = (attach(&world, 1, &c1), attach(&world, 2, &c2));
+    assert_reaches(&c1, &ip2);
+    let old = store_id(&world.controller_tables());
+    let before = [entries(&world, 1), entries(&world, 2)];
+    let revisions = [agent_revision(&world, 1), agent_revision(&world, 2)];
+
+    world.kill_controller();
+    fs::File::create(world.controller_dir().join("weft.redb")).unwrap();
+    world.start_controller_with(&["--accept-empty-store"]);
+    let new = store_id(&world.controller_tables());
+    let refusal = |host: usize| {
+        format!(
+            "is not the store {} this agent follows (revision {}): the controller's store was \
+             emptied or replaced",
+            &old[..12],
+            revisions[host - 1]
+        )
+    };
+    for host in 1..=2 {
+        let refused = wait_until(NOTICE, || {
+            world
+                .ctl(host, &["status"])
+                .replace("\n            ", " ")
+                .contains(&refusal(host))
+        });
+        assert!(refused, "host{host}: {}", world.ctl(host, &["status"]));
+        let status: Value = serde_json::from_str(&world.ctl(host, &["status", "--json"])).unwrap();
+        let why = status["controller"]["refused"].as_str().unwrap();
+        assert!(
+            why.starts_with(&format!("its store {} (revision ", &new[..12]))
+                && why.contains(&refusal(host)),
+            "host{host}: {why}"
+        );
+    }
+    // Nothing of the datapath changed, traffic flows, and nothing is asked of the new store.
+    assert_eq!([entries(&world, 1), entries(&world, 2)], before);
+    assert_reaches(&c1, &ip2);
+    let c3 = world.container(1, "c3");
+    let out = world.weftctl(1, &["attach", &format!("netns:{c3}")]);
+    assert_rejected(
+        &out,
+        &format!("the agent refuses the controller at {CONTROLLER_URL}: its store"),
+    );
+
+    // A restarted agent keeps the rule: it remembers the store it followed.
+    world.kill_agent(2);
+    world.launch_agent(2);
+    let refused = wait_until(NOTICE, || {
+        world
+            .ctl(2, &["status"])
+            .replace("\n            ", " ")
+            .contains(&refusal(2))
+    });
+    assert!(refused, "restarted host2: {}", world.ctl(2, &["status"]));
+    assert_eq!(entries(&world, 2), before[1]);
+
+    // Told to, host1 follows the new store, whose tables know no container of before.
+    let out = world.ctl(1, &["accept-controller"]);
+    assert!(
+        out.starts_with(&format!("following store {new} at revision ")),
+        "{out}"
+    );
+    assert!(!world.ctl(1, &["status"]).contains("(refused)"));
+    let (fdb1, neigh1) = (
+        wait_until(NOTICE, || entries(&world, 1).0.is_empty()),
+        entries(&world, 1).1,
+    );
+    assert!(
+        fdb1,
+        "host1 FDB after following the new store: {:?}",
+        entries(&world, 1)
+    );
+    assert_eq!(neigh1, BTreeSet::new());
+    assert_eq!(attach(&world, 1, &c3), "10.32.0.2");
+    // host2 still refuses, with its entries as they were.
+    assert!(world.ctl(2, &["status"]).contains("(refused)"));
 }
 
 #[test]
