@@ -193,27 +193,46 @@ fn a_retried_attach_gets_back_the_address_the_container_holds() {
 fn an_attach_beside_a_detach_under_a_hung_controller_reports_only_what_holds() {
     let mut world = World::new(1);
     let mut pool = Vec::new();
-    for round in 0..3 {
+    // The controller runs the two requests, held in its socket while it is stopped, in an
+    // order of its own: the rounds send them in both orders.
+    for round in 0..4 {
         let (a, b) = (
             world.container(1, &format!("a{round}")),
             world.container(1, &format!("b{round}")),
         );
         pool.extend([(1, a.clone()), (1, b.clone())]);
-        world.ctl(1, &["attach", &netns_ref(&a)]);
+        // b asks for a's address: once a's detach is made, the address (and so its MAC and
+        // veth name) is free for b while a's veth may still be there.
+        let ip = world.ctl(1, &["attach", &netns_ref(&a)]);
+        let cidr = format!("{}/12", ip.trim());
+        let detach_args = ["detach".to_string(), netns_ref(&a)];
+        let attach_args = ["attach".to_string(), cidr.clone(), netns_ref(&b)];
+        let (first, second) = if round % 2 == 0 {
+            (&detach_args[..], &attach_args[..])
+        } else {
+            (&attach_args[..], &detach_args[..])
+        };
         let hung = Paused::new(world.controller_pid().expect("controller runs"));
-        let (detached, attached) = thread::scope(|s| {
-            let detach = s.spawn(|| world.weftctl(1, &["detach", &netns_ref(&a)]));
-            // Steers towards the detach reaching the controller first, so that the attach gets
-            // a's address (and so its MAC and veth name); what holds is checked either way.
+        let (one, two) = thread::scope(|s| {
+            let run = |args: &[String]| {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                world.weftctl(1, &args)
+            };
+            let one = s.spawn(move || run(first));
+            // Orders the two requests on their way; what holds is checked whatever the order.
             sleep(Duration::from_millis(200));
-            let attach = s.spawn(|| world.weftctl(1, &["attach", &netns_ref(&b)]));
+            let two = s.spawn(move || run(second));
             // Back before the agent gives up on either.
             sleep(Duration::from_millis(700));
             drop(hung);
-            (detach.join().unwrap(), attach.join().unwrap())
+            (one.join().unwrap(), two.join().unwrap())
         });
+        let (detached, attached) = if round % 2 == 0 {
+            (one, two)
+        } else {
+            (two, one)
+        };
         if attached.success() {
-            let cidr = format!("{}/12", attached.stdout.trim());
             assert_eq!(
                 link(&b, "ethwe").map(|l| l.addrs),
                 Some(vec![cidr]),
