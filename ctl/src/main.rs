@@ -462,6 +462,13 @@ mod tests {
         }
         let man = generated(&Command::Man).unwrap();
         assert!(man.starts_with(".ie"), "not roff: {}", &man[..40]);
-        assert!(man.contains("weftctl\\-attach") || man.contains("attach"));
+        // Every command has its entry, and the global flags are there.
+        for sub in Cli::command().get_subcommands() {
+            let entry = format!("weftctl\\-{}(1)", sub.get_name().replace('-', "\\-"));
+            assert!(man.contains(&entry), "the man page lacks {entry}");
+        }
+        for flag in ["\\-\\-socket", "\\-\\-timeout"] {
+            assert!(man.contains(flag), "the man page lacks {flag}");
+        }
     }
 }

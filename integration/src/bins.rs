@@ -1,8 +1,11 @@
 //! Finding the weft binaries the tests run. They are built by `cargo build --workspace --bins`
 //! (cargo test does not build other packages' binaries), next to the test executable's target dir.
+//! One older than the sources it is built from is refused: a bare `cargo test` after an edit
+//! would otherwise test the code as it was.
 
 use std::env;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// Paths of the three weft programs.
 #[derive(Debug, Clone)]
@@ -48,6 +51,37 @@ fn profile_dir() -> PathBuf {
     }
 }
 
+/// The workspace directories each program is built from (its package and what it links).
+fn sources_of(name: &str) -> &'static [&'static str] {
+    match name {
+        "weft-controller" => &["controller/src", "proto/src", "proto/proto"],
+        "weft-agent" => &["agent/src", "proto/src", "proto/proto"],
+        "weftctl" => &["ctl/src", "proto/src", "proto/proto"],
+        "weft-load" => &["bench/src", "integration/src", "proto/src", "proto/proto"],
+        _ => &[],
+    }
+}
+
+/// The newest modification time of the files under `dir`, and which file has it.
+fn newest(dir: &Path) -> Option<(SystemTime, PathBuf)> {
+    let mut found: Option<(SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let candidate = if path.is_dir() {
+            newest(&path)
+        } else {
+            let modified = entry.metadata().ok()?.modified().ok()?;
+            Some((modified, path))
+        };
+        if let Some(c) = candidate
+            && found.as_ref().is_none_or(|f| c.0 > f.0)
+        {
+            found = Some(c);
+        }
+    }
+    found
+}
+
 fn find(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
@@ -55,5 +89,20 @@ fn find(dir: &Path, name: &str) -> PathBuf {
         "{} not found: run `cargo build --workspace --bins` first (or set WEFT_BIN_DIR)",
         path.display()
     );
+    let built = path.metadata().and_then(|m| m.modified()).ok();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the integration crate is in the workspace");
+    for source in sources_of(name) {
+        if let (Some(built), Some((changed, file))) = (built, newest(&workspace.join(source)))
+            && changed > built
+        {
+            panic!(
+                "{} is older than {}: run `cargo build --workspace --bins` first (make test does)",
+                path.display(),
+                file.display()
+            );
+        }
+    }
     path
 }

@@ -124,4 +124,11 @@ fn usage_error() {
     let world = World::new(1);
     let out = world.weftctl(1, &["attach"]);
     assert_eq!(out.code, Some(2), "stderr: {}", out.stderr);
+    assert_eq!(
+        out.stderr,
+        "error: the following required arguments were not provided:\n  <ARG>...\n\n\
+         Usage: weftctl attach [--name FQDN] [--[no-]rewrite-resolv] [ADDR...] CONTAINER\n\n\
+         For more information, try '--help'.\n"
+    );
+    assert_eq!(out.stdout, "", "nothing on stdout");
 }
