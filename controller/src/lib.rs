@@ -4,6 +4,7 @@
 
 pub mod authority;
 pub mod enrollment;
+pub mod failpoint;
 pub mod index;
 pub mod ipam;
 pub mod limits;

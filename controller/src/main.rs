@@ -48,6 +48,9 @@ struct Args {
     /// refused.
     #[arg(long)]
     accept_empty_store: bool,
+    /// Test-only fault injection: crash-after-commit:attach|detach (see failpoint.rs).
+    #[arg(long, hide = true)]
+    failpoint: Option<String>,
     /// Subnet of the default network (net:default).
     #[arg(long, default_value = "10.32.0.0/12", value_parser = parse_range)]
     ipalloc_range: Ipv4Network,
@@ -184,6 +187,10 @@ fn server_names(listen: SocketAddr, extra: &[String]) -> anyhow::Result<Vec<Stri
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(spec) = &args.failpoint {
+        weft_controller::failpoint::arm(spec).map_err(anyhow::Error::msg)?;
+        warn!(failpoint = %spec, "a test failpoint is armed");
+    }
     allow_connections();
     let emptied = if args.accept_empty_store {
         Emptied::BeginAgain

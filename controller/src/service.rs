@@ -326,6 +326,7 @@ impl Controller for ControllerService {
             })
             .await?;
         info!(container = %container_id, %peer, cidrs = ?done.cidrs, revision, "attached");
+        crate::failpoint::after_commit("attach");
         Ok(Response::new(AttachResponse {
             endpoints: done.endpoints,
             cidrs: done.cidrs,
@@ -371,6 +372,7 @@ impl Controller for ControllerService {
             })
             .await?;
         info!(container = %container_id, %peer, released = ?done.released, revision, "detached");
+        crate::failpoint::after_commit("detach");
         Ok(Response::new(DetachResponse {
             updated: done.updated,
             removed: done.removed,

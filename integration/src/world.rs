@@ -361,6 +361,11 @@ impl World {
         self.controller().terminate(limit)
     }
 
+    /// How the controller ended, if it has (say, at a failpoint).
+    pub fn controller_exited(&self) -> Option<ExitStatus> {
+        self.controller().exited()
+    }
+
     /// Stops host `host`'s agent with SIGTERM (SIGKILL if it lingers).
     pub fn stop_agent(&self, host: usize) {
         self.agent(host).stop();
