@@ -86,6 +86,20 @@ pub struct ControllerLink {
     pub since: Instant,
     /// Why the last attempt failed, when not connected.
     pub last_error: String,
+    /// How the latest watch started.
+    pub start: WatchStart,
+}
+
+/// How a watch started: with the whole tables, or from the agent's own revision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WatchStart {
+    #[default]
+    None,
+    Snapshot,
+    Resume {
+        /// The deltas that followed to catch up.
+        missed: u64,
+    },
 }
 
 /// Held while an attach, detach or release of one container is under way.
@@ -171,6 +185,7 @@ impl Agent {
                 connected: false,
                 since: Instant::now(),
                 last_error: String::new(),
+                start: WatchStart::None,
             }),
             checked_containers: AtomicBool::new(false),
             dns_caught_up: AtomicBool::new(false),
@@ -260,11 +275,9 @@ impl Agent {
 
     pub(crate) fn link_up(&self) {
         let mut link = self.link.lock().expect("link lock poisoned");
-        *link = ControllerLink {
-            connected: true,
-            since: Instant::now(),
-            last_error: String::new(),
-        };
+        link.connected = true;
+        link.since = Instant::now();
+        link.last_error.clear();
     }
 
     pub(crate) fn link_lost(&self, why: String) {
@@ -342,6 +355,7 @@ impl Agent {
                     bail!("refusing the controller's tables: {why}; the datapath stays as it is");
                 }
                 info!(revision = event.revision, store = %offered.store_id, "snapshot received");
+                self.link.lock().expect("link lock poisoned").start = WatchStart::Snapshot;
                 *tables = Some(Tables::from_snapshot(
                     event.revision,
                     offered.store_id,
@@ -389,6 +403,9 @@ impl Agent {
                     missed = resumed.missed,
                     "resumed"
                 );
+                self.link.lock().expect("link lock poisoned").start = WatchStart::Resume {
+                    missed: resumed.missed,
+                };
             }
             None => bail!(
                 "controller sent an empty event at revision {}",

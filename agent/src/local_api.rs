@@ -25,7 +25,7 @@ use weft_proto::v1::{
     StatusResponse, UpdateDnsRequest,
 };
 
-use crate::agent::Agent;
+use crate::agent::{Agent, WatchStart};
 use crate::container::{Container, ContainerError};
 use crate::desired::Exposed;
 use crate::dns::records::name_in_domain;
@@ -313,6 +313,16 @@ impl AgentApi for LocalApi {
             for_secs: link.since.elapsed().as_secs(),
             last_error: link.last_error,
             refused: agent.following.refused().unwrap_or_default(),
+            watch_start: match link.start {
+                WatchStart::None => "",
+                WatchStart::Snapshot => "snapshot",
+                WatchStart::Resume { .. } => "resume",
+            }
+            .to_string(),
+            watch_missed: match link.start {
+                WatchStart::Resume { missed } => missed,
+                _ => 0,
+            },
             ..StatusResponse::default()
         };
         // Before the first snapshot there is nothing more to tell.

@@ -48,6 +48,10 @@ struct Args {
     /// refused.
     #[arg(long)]
     accept_empty_store: bool,
+    /// How many of the latest changes the store keeps for agents that reconnect: they resume
+    /// with just the changes they missed; one further behind gets the whole tables.
+    #[arg(long, default_value_t = weft_controller::store::DELTAS_KEPT, value_name = "CHANGES")]
+    history: u64,
     /// Test-only fault injection: crash-after-commit:attach|detach (see failpoint.rs).
     #[arg(long, hide = true)]
     failpoint: Option<String>,
@@ -198,7 +202,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Emptied::Refuse
     };
     // Before the CA is made there: a fresh data dir must not look like one that held a store.
-    let (store, tables) = Store::open(&args.data_dir, emptied)?;
+    let (mut store, tables) = Store::open(&args.data_dir, emptied)?;
+    store.keep_changes(args.history);
     info!(revision = tables.revision, store_id = %tables.store_id, data_dir = %args.data_dir.display(), "store loaded");
     let security = security(&args)?;
     let service = ControllerService::new(store, tables, args.peer_lease)

@@ -23,8 +23,6 @@ use crate::index::Index;
 use crate::rules::{TableError, View};
 use crate::store::{Store, StoreError};
 
-/// Deltas kept for agents that reconnect: one further behind gets a snapshot.
-const HISTORY: usize = 50_000;
 /// Requests planned and persisted together at most: bounds how long the state lock is held.
 const MAX_BATCH: usize = 256;
 /// The controller's exit status after a panic while committing (EX_SOFTWARE). It exits rather
@@ -63,12 +61,20 @@ impl Shared {
         tables: Tables,
         events: broadcast::Sender<WatchEvent>,
     ) -> Shared {
+        // Without it agents get snapshots, as from a controller that has just begun.
+        let mut history = store.history(tables.revision).unwrap_or_else(|e| {
+            warn!("cannot read the latest changes from the store: {e}");
+            VecDeque::new()
+        });
+        // A store that kept more than it is told to keep now.
+        let excess = history.len().saturating_sub(store.kept() as usize);
+        history.drain(..excess);
         Shared {
             state: Mutex::new(State {
                 index: Index::build(&tables),
                 tables,
                 store,
-                history: VecDeque::new(),
+                history,
                 shared_snapshot: Weak::new(),
             }),
             events,
@@ -287,7 +293,7 @@ fn publish(
             store_id: String::new(),
         };
         state.history.push_back(event.clone());
-        if state.history.len() > HISTORY {
+        if state.history.len() as u64 > state.store.kept() {
             state.history.pop_front();
         }
         // No receivers is fine: nobody is watching yet.

@@ -5,6 +5,7 @@
 //! beside it (`store-id`), so that an emptied, removed or replaced `weft.redb` is noticed at the
 //! next start instead of being served as a new, empty cluster.
 
+use std::collections::VecDeque;
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
@@ -14,7 +15,9 @@ use prost::Message;
 use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 use tracing::{info, warn};
 use weft_proto::tls::write_private;
-use weft_proto::v1::{DnsRecord, Endpoint, Network, Peer, delta::Change};
+use weft_proto::v1::{
+    Delta, DnsRecord, Endpoint, Network, Peer, WatchEvent, delta::Change, watch_event::Event,
+};
 
 use weft_proto::tables::{Tables, dns_record_id, endpoint_id};
 
@@ -27,6 +30,12 @@ const ENDPOINTS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::n
 /// Keyed by (name, ip). Stores from before it have none.
 const DNS_RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("dns_records");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The latest changes by revision, each a `Delta`: a restarted controller resumes agents from
+/// them as a running one does. Stores from before it have none.
+const DELTAS: TableDefinition<u64, &[u8]> = TableDefinition::new("deltas");
+/// How many of the latest changes are kept unless told otherwise (`--history`): an agent
+/// further behind gets a snapshot.
+pub const DELTAS_KEPT: u64 = 50_000;
 const REVISION: &str = "revision";
 /// Stores from before identities have none (they get one on open).
 const IDENTITY: TableDefinition<&str, &str> = TableDefinition::new("identity");
@@ -95,6 +104,8 @@ pub struct Store {
     /// A commit failed: redb fails every later one ("Previous I/O error") until the database is
     /// opened again, which the next commit does first.
     poisoned: bool,
+    /// How many of the latest changes are kept.
+    kept: u64,
 }
 
 /// Sets `path`'s mode to `mode` unless it is that already (made by a controller from before
@@ -218,6 +229,7 @@ impl Store {
             path,
             open_db,
             poisoned: false,
+            kept: DELTAS_KEPT,
         };
         let mut tables = store.load()?;
         if tables.store_id.is_empty() {
@@ -360,6 +372,47 @@ impl Store {
         Ok(tables)
     }
 
+    /// Keeps the latest `n` changes (at least one) from the next commit on.
+    pub fn keep_changes(&mut self, n: u64) {
+        self.kept = n.max(1);
+    }
+
+    /// How many of the latest changes are kept.
+    pub fn kept(&self) -> u64 {
+        self.kept
+    }
+
+    /// The changes kept that lead up to `revision`, oldest first, as the deltas a watch sends:
+    /// only an unbroken run ending at `revision` (none from a store from before they were kept).
+    pub fn history(&self, revision: u64) -> Result<VecDeque<WatchEvent>, StoreError> {
+        let db = self.db.as_ref().expect("the store's database is open");
+        let txn = db.begin_read().map_err(|e| self.redb_err(e))?;
+        let deltas = match txn.open_table(DELTAS) {
+            Ok(deltas) => deltas,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(VecDeque::new()),
+            Err(e) => return Err(self.redb_err(e)),
+        };
+        let mut history = VecDeque::new();
+        for row in deltas
+            .range(..=revision)
+            .map_err(|e| self.redb_err(e))?
+            .rev()
+        {
+            let (at, bytes) = row.map_err(|e| self.redb_err(e))?;
+            let at = at.value();
+            if at + history.len() as u64 != revision {
+                break;
+            }
+            let delta: Delta = self.decode(bytes.value())?;
+            history.push_front(WatchEvent {
+                revision: at,
+                event: Some(Event::Delta(delta)),
+                store_id: String::new(),
+            });
+        }
+        Ok(history)
+    }
+
     /// Writes `changes` and the revision they lead to in one durable transaction. After a
     /// failed one the database is opened again first (redb repairs it then, if it must), so a
     /// full disk fails commits only while it is full, each naming its cause.
@@ -370,6 +423,7 @@ impl Store {
     }
 
     fn write(&mut self, changes: &[Change], revision: u64) -> Result<(), StoreError> {
+        let kept = self.kept;
         let db = self.db()?;
         let written = (|| -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
@@ -379,6 +433,18 @@ impl Store {
                 let mut endpoints = txn.open_table(ENDPOINTS)?;
                 let mut dns_records = txn.open_table(DNS_RECORDS)?;
                 let mut meta = txn.open_table(META)?;
+                let mut deltas = txn.open_table(DELTAS)?;
+                let first = revision + 1 - changes.len() as u64;
+                for (at, change) in (first..).zip(changes) {
+                    let delta = Delta {
+                        change: Some(change.clone()),
+                    };
+                    deltas.insert(at, delta.encode_to_vec().as_slice())?;
+                    if at > kept {
+                        // Those before it went as it came: one goes per one that comes.
+                        deltas.remove(at - kept)?;
+                    }
+                }
                 for change in changes {
                     match change {
                         Change::PeerPut(p) => {
@@ -491,10 +557,37 @@ mod tests {
             }
             store.commit(&changes, expected.revision).unwrap();
         }
-        let (_, reloaded) = Store::open(dir.path(), Emptied::Refuse).unwrap();
+        let (store, reloaded) = Store::open(dir.path(), Emptied::Refuse).unwrap();
         assert_eq!(reloaded, expected);
         assert_eq!(reloaded.revision, 5);
         assert_eq!(reloaded.endpoints.len(), 1);
+        // The changes too, numbered by their revisions, for resuming agents after a restart.
+        let history = store.history(5).unwrap();
+        let revisions: Vec<u64> = history.iter().map(|e| e.revision).collect();
+        assert_eq!(revisions, [1, 2, 3, 4, 5]);
+        let Some(Event::Delta(Delta {
+            change: Some(first),
+        })) = &history[0].event
+        else {
+            panic!("not a delta: {:?}", history[0]);
+        };
+        assert_eq!(first, &peer(1));
+        // Only an unbroken run up to the revision asked for.
+        assert_eq!(store.history(3).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn only_the_latest_changes_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(dir.path(), Emptied::Refuse).unwrap();
+        let batch: Vec<Change> = (0..1000).map(|n| peer(n % 7)).collect();
+        let batches = DELTAS_KEPT / 1000 + 2;
+        for b in 1..=batches {
+            store.commit(&batch, b * 1000).unwrap();
+        }
+        let history = store.history(batches * 1000).unwrap();
+        assert_eq!(history.len() as u64, DELTAS_KEPT);
+        assert_eq!(history[0].revision, batches * 1000 - DELTAS_KEPT + 1);
     }
 
     #[test]

@@ -223,6 +223,7 @@ pub fn status(st: &StatusResponse, reachable: Option<usize>, as_json: bool) -> S
                 "url": st.controller_url, "connected": st.connected, "for_secs": st.for_secs,
                 "last_error": st.last_error, "revision": st.revision,
                 "refused": st.refused,
+                "watch": { "start": st.watch_start, "missed": st.watch_missed },
             },
             "peers": { "count": st.peers, "reachable": reachable },
             "networks": st.networks,
@@ -477,6 +478,8 @@ mod tests {
             dns_domain: "weave.local".into(),
             dns_entries: 2,
             refused: String::new(),
+            watch_start: "resume".into(),
+            watch_missed: 3,
         }
     }
 
