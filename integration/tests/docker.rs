@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use weft_integration::{CONTAINER_IMAGE, Output, Podman, World, assert_rejected, wait_until};
+use weft_integration::{
+    CONTAINER_IMAGE, Output, Podman, World, assert_rejected, links, wait_until,
+};
 
 // What weftctl's error line must say, besides naming the culprit, for each reason an attach by
 // name can fail. Each reason must be told apart: a line may contain its own needle only.
@@ -216,6 +218,75 @@ fn attach_by_name_without_docker_api_names_the_api() {
     let target = format!("netns:{c1}");
     assert_eq!(
         world.ctl(1, &["attach", "192.168.0.2/24", &target]),
+        "192.168.0.2\n"
+    );
+}
+
+/// Host `host`'s weft veths.
+fn host_veths(world: &World, host: usize) -> Vec<String> {
+    links(&world.host_ns(host))
+        .into_iter()
+        .map(|l| l.name)
+        .filter(|n| n.starts_with("vethwepl"))
+        .collect()
+}
+
+/// A container attached by `pid:` whose namespace goes away (`docker rm -f`): the agent closes
+/// its DNS listener, which kept the namespace alive, so the veth goes with the namespace, and
+/// the agent releases the address.
+#[test]
+fn a_removed_container_attached_by_pid_loses_its_veth_and_its_address() {
+    let podman = Podman::start();
+    let world = World::new(1);
+    let c1 = podman.run_detached("c1", &[]);
+    let target = format!("pid:{}", podman.pid(&c1));
+    assert_eq!(world.ctl(1, &["attach", &target]), "10.32.0.2\n");
+    assert_eq!(host_veths(&world, 1).len(), 1);
+    podman.docker_ok(&["rm", "-f", &c1]);
+    let removed = Instant::now();
+    // Only a closed listener lets the namespace, and so the veth, go.
+    assert!(
+        wait_until(RELEASE, || host_veths(&world, 1).is_empty()),
+        "the veth is still there {RELEASE:?} after docker rm -f: {:?}",
+        host_veths(&world, 1)
+    );
+    assert!(
+        wait_until(RELEASE, || world.ctl(1, &["ps"]).is_empty()),
+        "host1 still lists {target}: {}",
+        world.ctl(1, &["ps"])
+    );
+    println!(
+        "veth gone and address released {:?} after docker rm -f",
+        removed.elapsed()
+    );
+    let tables = world.controller_tables();
+    assert_eq!(tables["endpoints"], serde_json::json!([]), "{tables}");
+}
+
+/// Containers that stop while the agent is down are released when it starts again.
+#[test]
+fn a_container_removed_while_the_agent_was_down_is_released_when_it_is_back() {
+    let podman = Podman::start();
+    let world = World::with_agent_args(1, &["--docker-host", &podman.url()]);
+    let c1 = podman.run_detached("my-test1", &[]);
+    let c2 = podman.run_detached("my-test2", &[]);
+    world.ctl(1, &["attach", "192.168.0.2/24", &c1]);
+    world.ctl(1, &["attach", "192.168.0.3/24", &c2]);
+    world.stop_agent(1);
+    podman.docker_ok(&["rm", "-f", &c1]);
+    world.start_agent(1);
+    let started = Instant::now();
+    assert!(
+        wait_until(RELEASE, || world.ctl(1, &["ps"])
+            == ps_line(&podman, &c2, "192.168.0.3/24")),
+        "host1 lists {}",
+        world.ctl(1, &["ps"])
+    );
+    println!("released {:?} after the agent was back", started.elapsed());
+    // The address is free for another container.
+    let c3 = podman.run_detached("my-test3", &[]);
+    assert_eq!(
+        world.ctl(1, &["attach", "192.168.0.2/24", &c3]),
         "192.168.0.2\n"
     );
 }
