@@ -12,8 +12,9 @@ export PATH := $(PATH):$(HOME)/.cargo/bin
 
 .PHONY: deps build test demo lint bench fuzz
 
-# ip, bridge, ss; ping; Podman's API service and its runtime; the test containers' image.
-DEB_PACKAGES := iproute2 iputils-ping podman runc busybox-static bind9-dnsutils
+# ip, bridge, ss; ping; Podman's API service and its runtime; the test containers' image; dig;
+# dnsmasq, a real upstream resolver for the DNS tests (the binary only, no service).
+DEB_PACKAGES := iproute2 iputils-ping podman runc busybox-static bind9-dnsutils dnsmasq-base
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
-use weft_integration::{World, exec, wait_until};
+use weft_integration::{Background, CONTROLLER_IP, World, exec, listening, wait_until};
 
 /// An address on the test world's underlay with nothing behind it: names outside the domain
 /// are forwarded there and never answered, and no packet leaves the test's namespaces.
@@ -218,4 +218,88 @@ fn an_unreachable_upstream_fails_fast_and_bad_queries_do_no_harm() {
     println!("answered {:?} after the flood", flooded.elapsed());
     // TCP too.
     assert_eq!(dig(&c1, &["+tcp", "bbox1"]).0, ["10.2.0.2"]);
+}
+
+/// The answer lines of `dig +noall +answer NAME` in `container`, in the order served.
+fn answer_lines(container: &str, name: &str) -> Vec<String> {
+    let out = exec(
+        container,
+        &[
+            "dig",
+            "@127.0.0.11",
+            "+tries=1",
+            "+time=3",
+            "+noall",
+            "+answer",
+            name,
+        ],
+    );
+    assert!(out.success(), "dig {name} in {container}: {}", out.stderr);
+    out.stdout.lines().map(str::to_owned).collect()
+}
+
+/// A real resolver as the upstream (dnsmasq, in the controller's namespace on the underlay):
+/// names outside the domain get its answer; names inside carry the --dns-ttl and come in
+/// varying order when several containers share one.
+#[test]
+fn an_answering_upstream_is_forwarded_to_and_answers_carry_the_ttl_in_varying_order() {
+    let mut world = World::with_agent_args(1, &["--dns-upstream", CONTROLLER_IP, "--dns-ttl", "7"]);
+    let dir = tempfile::tempdir().unwrap();
+    let ns = world.controller_ns();
+    let _upstream = Background::start(
+        &ns,
+        "dnsmasq",
+        &[
+            "--keep-in-foreground",
+            "--log-facility=-",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--pid-file=",
+            "--bind-interfaces",
+            &format!("--listen-address={CONTROLLER_IP}"),
+            "--address=/upstream.test/192.0.2.77",
+        ],
+        dir.path().join("dnsmasq.log"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || listening(&ns, 53)),
+        "dnsmasq is not listening in {ns}"
+    );
+    let (a, b, asker) = (
+        world.container(1, "a"),
+        world.container(1, "b"),
+        world.container(1, "asker"),
+    );
+    for (c, cidr) in [
+        (&a, "10.2.0.2/24"),
+        (&b, "10.2.0.3/24"),
+        (&asker, "10.2.0.4/24"),
+    ] {
+        let name = if *c == asker { "asker" } else { "both" };
+        world.ctl(1, &["attach", "--name", name, cidr, &format!("netns:{c}")]);
+    }
+    assert_eq!(
+        dig(&asker, &["upstream.test"]),
+        (vec!["192.0.2.77".to_string()], "NOERROR".to_string())
+    );
+    let mut orders = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let lines = answer_lines(&asker, "both.weave.local");
+        let fields: Vec<Vec<&str>> = lines
+            .iter()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(fields.len(), 2, "{lines:?}");
+        for f in &fields {
+            assert_eq!(f[..4], ["both.weave.local.", "7", "IN", "A"], "{lines:?}");
+        }
+        orders.insert(fields.iter().map(|f| f[4].to_owned()).collect::<Vec<_>>());
+    }
+    assert_eq!(
+        orders.len(),
+        2,
+        "30 answers came in one order only: {orders:?}"
+    );
 }
