@@ -2,6 +2,7 @@
 //! weftctl's `weftctl: <what failed>: <why>` line, so each names the culprit.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,6 +69,21 @@ fn dns_name_for(given: &str, container: &Container) -> Result<String, Status> {
         return dns_name::normalize(given).map_err(Status::invalid_argument);
     }
     Ok(dns_name::normalize(&container.hostname).unwrap_or_default())
+}
+
+/// The file system whose resolv.conf an attach points at weft's DNS: a Docker container's,
+/// unless told not to (`rewrite`: None is the default). Refused before anything is attached
+/// for a namespace, which has none.
+fn resolv_root(container: &Container, rewrite: Option<bool>) -> Result<Option<&Path>, Status> {
+    match (rewrite, &container.root) {
+        (Some(false), _) | (None, None) => Ok(None),
+        (Some(true), None) => Err(Status::failed_precondition(format!(
+            "{} has no file system of its own to write a resolv.conf in; \
+             --rewrite-resolv is for Docker containers",
+            container.id
+        ))),
+        (_, Some(root)) => Ok(Some(root)),
+    }
 }
 
 /// Checks the ADDR arguments here, so that a typo never reaches the controller.
@@ -172,25 +188,23 @@ impl LocalApi {
 }
 
 impl LocalApi {
-    /// Opens DNS inside a container just attached and, if asked (by default for Docker
-    /// containers), points its resolv.conf at it. A DNS that cannot be served does not undo
+    /// Opens DNS inside a container just attached and points the resolv.conf under
+    /// `resolv_root` (see [`resolv_root`]) at it. A DNS that cannot be served does not undo
     /// the attach; a resolv.conf that was asked for and cannot be written is an error.
-    async fn serve_dns(&self, container: &Container, rewrite: Option<bool>) -> Result<(), Status> {
+    async fn serve_dns(
+        &self,
+        container: &Container,
+        resolv_root: Option<&Path>,
+    ) -> Result<(), Status> {
         if let Err(e) = self.agent.dns.ensure(container).await {
             warn!(container = %container.id, "no DNS for this container: {e:#}");
             return Ok(());
         }
+        let Some(root) = resolv_root else {
+            return Ok(());
+        };
         let domain = &self.agent.dns.state().domain;
-        match (rewrite, &container.root) {
-            (Some(false), _) | (None, None) => Ok(()),
-            (Some(true), None) => Err(Status::failed_precondition(format!(
-                "{} has no file system of its own to write a resolv.conf in; \
-                 --rewrite-resolv is for Docker containers",
-                container.id
-            ))),
-            (_, Some(root)) => resolv_conf::point_to_weft(root, domain)
-                .map_err(|e| Status::internal(format!("{e:#}"))),
-        }
+        resolv_conf::point_to_weft(root, domain).map_err(|e| Status::internal(format!("{e:#}")))
     }
 
     /// Plugs the endpoints of an attach in. A new veth's endpoint may also hold addresses this
@@ -468,6 +482,7 @@ impl AgentApi for LocalApi {
             .await
             .map_err(container_status)?;
         let name = dns_name_for(&req.dns_name, &container)?;
+        let resolv_root = resolv_root(&container, req.rewrite_resolv)?;
         let _lock = self.agent.lock_container(&container.id).await;
         // The controller claims the addresses first, so no two hosts can plug the same one.
         let mut done = self
@@ -496,7 +511,7 @@ impl AgentApi for LocalApi {
             }
             return Err(e);
         }
-        self.serve_dns(&container, req.rewrite_resolv).await?;
+        self.serve_dns(&container, resolv_root).await?;
         Ok(Response::new(LocalAttachResponse {
             ips: ips_of(&done.cidrs),
         }))

@@ -290,3 +290,45 @@ fn a_container_removed_while_the_agent_was_down_is_released_when_it_is_back() {
         "192.168.0.2\n"
     );
 }
+
+/// `attach` points a Docker container's resolv.conf at weft's DNS, with the domain first in its
+/// search list; `--no-rewrite-resolv` leaves it alone; `--rewrite-resolv` is refused for a
+/// namespace, before anything is attached.
+#[test]
+fn attach_points_a_containers_resolv_conf_at_weft_unless_told_not_to() {
+    let podman = Podman::start();
+    let mut world = World::with_agent_args(1, &["--docker-host", &podman.url()]);
+    let (c1, c2) = (
+        podman.run_detached("my-test1", &[]),
+        podman.run_detached("my-test2", &[]),
+    );
+    let resolv = |c: &str| podman.exec(c, &["cat", "/etc/resolv.conf"]).stdout;
+    let untouched = resolv(&c2);
+    world.ctl(1, &["attach", &c1]);
+    let rewritten = resolv(&c1);
+    let nameservers: Vec<&str> = rewritten
+        .lines()
+        .filter(|l| l.starts_with("nameserver"))
+        .collect();
+    assert_eq!(nameservers, ["nameserver 127.0.0.11"], "{rewritten}");
+    let search = rewritten.lines().find(|l| l.starts_with("search "));
+    assert!(
+        search.is_some_and(|l| l.starts_with("search weave.local")),
+        "{rewritten}"
+    );
+    world.ctl(1, &["attach", "--no-rewrite-resolv", &c2]);
+    assert_eq!(resolv(&c2), untouched);
+
+    let ns = world.container(1, "n1");
+    let target = format!("netns:{ns}");
+    let out = world.weftctl(1, &["attach", "--rewrite-resolv", &target]);
+    assert_rejected(
+        &out,
+        &format!(
+            "{target} has no file system of its own to write a resolv.conf in; \
+             --rewrite-resolv is for Docker containers"
+        ),
+    );
+    let ps = world.ctl(1, &["ps", &target]);
+    assert_eq!(ps, "", "a refused attach attaches nothing");
+}
