@@ -30,8 +30,8 @@ pub use netns::{
 pub use podman::{CONTAINER_IMAGE, Podman};
 pub use run::exit_code_of;
 pub use world::{
-    BRIDGE, CONTROLLER_IP, CONTROLLER_URL, CONTROLLER_URL_INSECURE, Security, VXLAN_DEV, World,
-    host_addr,
+    Alone, BRIDGE, CONTROLLER_IP, CONTROLLER_URL, CONTROLLER_URL_INSECURE, Security, VXLAN_DEV,
+    World, host_addr,
 };
 
 /// The all-zero MAC of the FDB entries that flood broadcast, multicast and unknown unicast.

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{self, Command, ExitStatus};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread::{self, sleep};
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,38 @@ pub enum Security {
 /// Distinguishes the worlds of one test process; the pid distinguishes test processes.
 static WORLDS: AtomicUsize = AtomicUsize::new(0);
 
+/// Worlds of one test process share it: each holds it shared while it lives, and a heavy test
+/// (hundreds of namespaces, a thousand operations) holds it alone, so the tight time bounds of
+/// other tests never meet its load.
+static LOAD: RwLock<()> = RwLock::new(());
+
+thread_local! {
+    /// This thread holds LOAD alone: its worlds need no share of it.
+    static ALONE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Held by a heavy test while it runs: no other world of the process runs meanwhile.
+pub struct Alone {
+    _guard: RwLockWriteGuard<'static, ()>,
+}
+
+impl Alone {
+    /// Waits until no other world of this process runs, and keeps new ones waiting.
+    pub fn take() -> Alone {
+        let guard = LOAD
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        ALONE.with(|a| a.set(true));
+        Alone { _guard: guard }
+    }
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        ALONE.with(|a| a.set(false));
+    }
+}
+
 fn controller_ns(prefix: &str) -> String {
     format!("{prefix}-ctl")
 }
@@ -78,6 +110,8 @@ pub struct World {
     security: Security,
     /// The join token each host's agent was started with (Security::Join).
     join_tokens: Vec<String>,
+    /// Its share of LOAD (none in a heavy test, which holds it alone); dropped last.
+    _load: Option<RwLockReadGuard<'static, ()>>,
 }
 
 impl World {
@@ -139,6 +173,8 @@ impl World {
             containers: Vec::new(),
             security,
             join_tokens: Vec::new(),
+            _load: (!ALONE.with(|a| a.get()))
+                .then(|| LOAD.read().unwrap_or_else(|poisoned| poisoned.into_inner())),
         };
         let underlay = format!("{}-ul", world.prefix);
         world.add_ns(&underlay);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_integration::{
-    CONTROLLER_IP, CONTROLLER_URL, Output, World, assert_rejected, exec, link, links, ping,
+    Alone, CONTROLLER_IP, CONTROLLER_URL, Output, World, assert_rejected, exec, link, links, ping,
     ping_counts, ping_in_background, views, wait_until,
 };
 
@@ -644,6 +644,8 @@ fn expected(ops: &[Operation]) -> BTreeMap<&str, Option<String>> {
 
 #[test]
 fn a_thousand_operations_across_crashes_leave_every_view_equal() {
+    // Heavy: no other test of this binary runs beside it, nor its tight time bounds.
+    let _alone = Alone::take();
     let started = Instant::now();
     let mut world = World::new(HOSTS);
     let pool: Vec<(usize, String)> = (1..=HOSTS)

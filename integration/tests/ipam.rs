@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use weft_integration::{Link, World, assert_rejected, link, links, wait_until};
+use weft_integration::{Alone, Link, World, assert_rejected, link, links, wait_until};
 
 /// The controller's default `--ipalloc-range`, the default network's subnet.
 const RANGE: &str = "10.32.0.0/12";
@@ -556,6 +556,8 @@ impl Observed {
 
 #[test]
 fn storm_across_a_controller_crash() {
+    // Heavy: no other test of this binary runs beside it, nor its tight time bounds.
+    let _alone = Alone::take();
     let started = Instant::now();
     let mut world = World::new(STORM_HOSTS);
     let containers: Vec<(usize, String)> = (1..=STORM_HOSTS)
