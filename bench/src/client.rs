@@ -24,3 +24,15 @@ pub async fn open(endpoint: Endpoint, url: &str) -> anyhow::Result<Channel> {
         .await
         .with_context(|| format!("controller {url} is unreachable"))
 }
+
+/// A refusal as `refused: CODE: message[: root cause]`, the code as tonic names it (e.g.
+/// PermissionDenied).
+pub fn refused<T>(reply: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
+    reply.map(tonic::Response::into_inner).map_err(|s| {
+        anyhow!(
+            "refused: {:?}: {}",
+            s.code(),
+            weft_proto::error::describe(&s)
+        )
+    })
+}

@@ -8,24 +8,27 @@ use tonic::transport::Channel;
 use weft_proto::snapshot::Joiner;
 use weft_proto::v1::controller_client::ControllerClient;
 use weft_proto::v1::{
-    Endpoint, Network, Peer, Snapshot, WatchEvent, WatchRequest, watch_event::Event,
+    DnsRecord, Endpoint, Network, Peer, Snapshot, WatchEvent, WatchRequest, watch_event::Event,
 };
 
-/// The controller's tables as JSON: `{"revision", "store_id", "peers", "networks", "endpoints"}`, watched
+use crate::client::refused;
+
+/// The controller's tables as JSON: `{"revision", "store_id", "peers", "networks", "endpoints",
+/// "dns_records"}`, watched
 /// as `watcher`. The controller counts it as a watcher only while the dump runs; a name that is
 /// no peer of the tables never shows in `status peers`.
 pub async fn dump(mut client: ControllerClient<Channel>, watcher: &str) -> anyhow::Result<Value> {
-    let mut stream = client
-        .watch(WatchRequest {
-            peer: watcher.to_string(),
-            // No revision of ours: the controller must answer with a whole snapshot.
-            from_revision: 0,
-            snapshot_in_parts: true,
-            store_id: String::new(),
-        })
-        .await
-        .context("watch failed")?
-        .into_inner();
+    let mut stream = refused(
+        client
+            .watch(WatchRequest {
+                peer: watcher.to_string(),
+                // No revision of ours: the controller must answer with a whole snapshot.
+                from_revision: 0,
+                snapshot_in_parts: true,
+                store_id: String::new(),
+            })
+            .await,
+    )?;
     let (revision, store_id, snapshot) = receive_snapshot(&mut stream).await?;
     Ok(tables_json(revision, &store_id, &snapshot))
 }
@@ -65,6 +68,7 @@ fn tables_json(revision: u64, store_id: &str, snapshot: &Snapshot) -> Value {
         "peers": snapshot.peers.iter().map(peer_json).collect::<Vec<_>>(),
         "networks": snapshot.networks.iter().map(network_json).collect::<Vec<_>>(),
         "endpoints": snapshot.endpoints.iter().map(endpoint_json).collect::<Vec<_>>(),
+        "dns_records": snapshot.dns_records.iter().map(dns_json).collect::<Vec<_>>(),
     })
 }
 
@@ -86,4 +90,8 @@ fn endpoint_json(ep: &Endpoint) -> Value {
         "host_ifname": ep.host_ifname,
         "container_ifname": ep.container_ifname,
     })
+}
+
+fn dns_json(r: &DnsRecord) -> Value {
+    json!({"name": r.name, "ip": r.ip, "peer": r.peer, "container_id": r.container_id})
 }

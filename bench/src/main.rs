@@ -19,12 +19,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use weft_proto::v1::controller_client::ControllerClient;
-use weft_proto::v1::{AttachRequest, DetachRequest, Peer, RegisterRequest};
+use weft_proto::v1::{
+    AttachRequest, DetachRequest, DnsRecord, Peer, RegisterRequest, UpdateDnsRequest,
+};
 
+use crate::client::refused;
 use crate::populate::Population;
 use crate::scale::Scale;
 use crate::usage::Meter;
@@ -73,8 +76,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         list: Option<PathBuf>,
     },
-    /// Print the controller's tables (revision, peers, networks, endpoints) as one JSON object,
-    /// from the snapshot a Watch starts with.
+    /// Print the controller's tables (revision, peers, networks, endpoints, DNS records) as one
+    /// JSON object, from the snapshot a Watch starts with (prints the status on refusal).
     Dump {
         /// The peer name to watch as (over TLS, the one of the client certificate).
         #[arg(long, default_value = "weft-load-dump")]
@@ -104,6 +107,18 @@ enum Command {
         container: String,
         #[arg(long, default_value = "")]
         only_mac: String,
+    },
+    /// One UpdateDns of one record, as an agent would send it.
+    Dns {
+        #[arg(long)]
+        peer: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        ip: Ipv4Addr,
+        /// Remove the record instead of adding it.
+        #[arg(long)]
+        remove: bool,
     },
     /// Simulate a fleet of agents against the controller: fill it, let every agent sync in full
     /// and keep watching, then measure a new agent's full sync, the fan-out of single changes,
@@ -230,6 +245,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", reply.released.join(" "));
             Ok(())
         }
+        Command::Dns {
+            peer,
+            name,
+            ip,
+            remove,
+        } => {
+            let record = DnsRecord {
+                name,
+                ip: ip.to_string(),
+                peer: peer.clone(),
+                container_id: String::new(),
+            };
+            let request = UpdateDnsRequest {
+                peer,
+                remove,
+                records: vec![record],
+            };
+            let mut client = connect(&cli.controller, tls).await?;
+            refused(client.update_dns(request).await)?;
+            Ok(())
+        }
         Command::Scale {
             controller_pid,
             agents,
@@ -325,18 +361,6 @@ fn client_tls(cli: &Cli) -> anyhow::Result<Option<ClientTlsConfig>> {
         tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
     }
     Ok(Some(tls))
-}
-
-/// A refusal as `refused: CODE: message[: root cause]`, the code as tonic names it (e.g.
-/// PermissionDenied).
-fn refused<T>(reply: Result<tonic::Response<T>, tonic::Status>) -> anyhow::Result<T> {
-    reply.map(tonic::Response::into_inner).map_err(|s| {
-        anyhow!(
-            "refused: {:?}: {}",
-            s.code(),
-            weft_proto::error::describe(&s)
-        )
-    })
 }
 
 /// One HTTP/2 connection; concurrent requests share it, as an agent's do.

@@ -1,7 +1,8 @@
 //! Who is calling, and what they may do. Over TLS every call but Join carries a client
 //! certificate signed by the controller's CA (checked in the handshake); the peer name in it is
 //! the caller's identity, and a call may act only for that peer. Under --insecure there is no
-//! identity and nothing is checked.
+//! identity and nothing is checked; a call that carries neither an identity nor the --insecure
+//! mark came by a route that checked nothing, and acts for no peer.
 
 use tonic::{Request, Status};
 use x509_parser::extensions::GeneralName;
@@ -51,13 +52,33 @@ pub fn require_certificate(mut request: Request<()>) -> Result<Request<()>, Stat
     Ok(request)
 }
 
-/// Refuses a call that acts for `peer` from a caller whose certificate names another peer.
+/// The mark of a call served under --insecure, where callers have no identity.
+#[derive(Debug, Clone, Copy)]
+pub struct Insecure;
+
+/// The interceptor in front of the Controller service under --insecure: marks the call so that
+/// [`act_for`] lets it act for any peer.
+pub fn mark_insecure(mut request: Request<()>) -> Result<Request<()>, Status> {
+    request.extensions_mut().insert(Insecure);
+    Ok(request)
+}
+
+/// Refuses a call that acts for `peer` from a caller whose certificate names another peer, and
+/// one that passed neither interceptor.
 pub fn act_for<T>(request: &Request<T>, peer: &str) -> Result<(), Status> {
-    match request.extensions().get::<PeerIdentity>() {
-        Some(PeerIdentity(me)) if me != peer => Err(Status::permission_denied(format!(
+    let extensions = request.extensions();
+    match (
+        extensions.get::<PeerIdentity>(),
+        extensions.get::<Insecure>(),
+    ) {
+        (Some(PeerIdentity(me)), _) if me != peer => Err(Status::permission_denied(format!(
             "peer {me} may not act for peer {peer}"
         ))),
-        _ => Ok(()),
+        (Some(_), _) | (None, Some(Insecure)) => Ok(()),
+        (None, None) => Err(Status::unauthenticated(format!(
+            "no verified caller: the call reached the controller without the client-certificate \
+             check, so it may not act for peer {peer}"
+        ))),
     }
 }
 
@@ -90,8 +111,20 @@ mod tests {
     }
 
     #[test]
-    fn without_tls_there_is_no_identity_to_check() {
-        assert!(act_for(&Request::new(()), "host2").is_ok());
+    fn under_insecure_any_caller_acts_for_any_peer() {
+        let request = mark_insecure(Request::new(())).unwrap();
+        assert!(act_for(&request, "host2").is_ok());
+    }
+
+    #[test]
+    fn a_call_with_neither_identity_nor_the_insecure_mark_acts_for_no_peer() {
+        let refused = act_for(&Request::new(()), "host2").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            refused.message(),
+            "no verified caller: the call reached the controller without the client-certificate \
+             check, so it may not act for peer host2"
+        );
     }
 
     #[test]

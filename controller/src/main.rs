@@ -11,7 +11,7 @@ use ipnetwork::Ipv4Network;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
-use weft_controller::authority::require_certificate;
+use weft_controller::authority::{mark_insecure, require_certificate};
 use weft_controller::enrollment::EnrollmentService;
 use weft_controller::limits::MAX_REQUEST_BYTES;
 use weft_controller::rules::TableRules;
@@ -231,7 +231,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let stopper = service.clone();
     let controller = ControllerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
     let (router, admin) = match security {
-        Security::Insecure => (builder.add_service(controller), None),
+        Security::Insecure => (
+            builder.add_service(InterceptedService::new(controller, mark_insecure)),
+            None,
+        ),
         Security::Tls { identity, ca } => {
             // Client certificates are optional in the handshake so that an agent without one
             // can Join; every other call is refused without one by require_certificate.

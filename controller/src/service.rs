@@ -496,6 +496,13 @@ mod tests {
 
     use super::*;
 
+    /// A request as it reaches the service under --insecure.
+    fn insecure<T>(message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.extensions_mut().insert(crate::authority::Insecure);
+        request
+    }
+
     /// A controller whose tables hold `endpoints` endpoints on host1.
     async fn controller_with(dir: &std::path::Path, endpoints: usize) -> ControllerService {
         let (store, tables) = Store::open(dir, crate::store::Emptied::Refuse).unwrap();
@@ -517,7 +524,7 @@ mod tests {
     /// The snapshot a watch from revision 0 starts with, as the messages it came in.
     async fn first_snapshot(service: &ControllerService, in_parts: bool) -> Vec<Snapshot> {
         let mut stream = service
-            .watch(Request::new(WatchRequest {
+            .watch(insecure(WatchRequest {
                 peer: "host1".into(),
                 from_revision: 0,
                 snapshot_in_parts: in_parts,
@@ -574,7 +581,7 @@ mod tests {
                 advertise_addr: format!("198.18.0.{n}"),
             };
             let request = RegisterRequest { peer: Some(peer) };
-            service.register(Request::new(request)).await.unwrap();
+            service.register(insecure(request)).await.unwrap();
         }
         for (peer, container, addr) in attaches {
             let request = AttachRequest {
@@ -583,14 +590,14 @@ mod tests {
                 addrs: vec![addr.into()],
                 dns_name: String::new(),
             };
-            service.attach(Request::new(request)).await.unwrap();
+            service.attach(insecure(request)).await.unwrap();
         }
         let detach = DetachRequest {
             peer: "host1".into(),
             container_id: "c1".into(),
             ..Default::default()
         };
-        service.detach(Request::new(detach)).await.unwrap();
+        service.detach(insecure(detach)).await.unwrap();
         let listed = service
             .list_peers(Request::new(ListPeersRequest {}))
             .await

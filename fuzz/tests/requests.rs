@@ -1,7 +1,9 @@
 //! Every request of the controller's gRPC API, as bytes off the wire (random, or encoded from
 //! random fields), decoded and handled by the controller as host1's agent: nothing panics, no
-//! refusal is an internal error, host2's peer record and endpoints never change, and a Join
-//! without a real token never yields a certificate.
+//! refusal is an internal error, host2's peer record and endpoints never change (host2 stays
+//! connected, so RemovePeer may not take it), no DNS record is added or changed in host2's name
+//! and only an UpdateDns naming one of host2's records (DNS records are operator-wide) removes
+//! it, and a Join without a real token never yields a certificate.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,14 +25,30 @@ use weft_proto::v1::controller_server::Controller;
 use weft_proto::v1::enrollment_server::Enrollment;
 use weft_proto::v1::*;
 
+/// host2's own DNS record.
+const HOST2_NAME: &str = "printer.weave.local";
+const HOST2_IP: &str = "10.2.0.99";
+
 struct Controllers {
     service: ControllerService,
     enrollment: EnrollmentService,
     runtime: tokio::runtime::Runtime,
+    /// host2's agent's watch, which keeps it connected.
+    _host2_watch: tokio::sync::mpsc::Receiver<Result<WatchEvent, Status>>,
     _dir: tempfile::TempDir,
 }
 
-/// A controller with host1 and host2 registered and one endpoint on host2.
+fn host2_record() -> DnsRecord {
+    DnsRecord {
+        name: HOST2_NAME.into(),
+        ip: HOST2_IP.into(),
+        peer: "host2".into(),
+        container_id: String::new(),
+    }
+}
+
+/// A controller with host1 and host2 registered, one endpoint and one DNS record of host2's, and
+/// host2's agent watching.
 fn controllers() -> Controllers {
     let dir = tempfile::tempdir().expect("temp dir");
     let (store, tables) = Store::open(dir.path(), Emptied::Refuse).expect("store");
@@ -64,15 +82,39 @@ fn controllers() -> Controllers {
             service.mutate(move |t| t.attach("host2", "netns:c2", &[spec], "", &mut Mac::random)),
         )
         .expect("host2's endpoint");
+    put_host2_record(&service, &runtime);
+    let watch = WatchRequest {
+        peer: "host2".into(),
+        ..Default::default()
+    };
+    let host2_watch = runtime.block_on(async {
+        let watch = service.watch(from_peer("host2", watch)).await;
+        let mut events = watch.expect("host2's watch").into_inner().into_inner();
+        // Its first event comes once the watcher counts as connected.
+        events
+            .recv()
+            .await
+            .expect("a snapshot")
+            .expect("a snapshot");
+        events
+    });
     Controllers {
         service,
         enrollment,
         runtime,
+        _host2_watch: host2_watch,
         _dir: dir,
     }
 }
 
-fn host2_state(c: &Controllers) -> String {
+fn put_host2_record(service: &ControllerService, runtime: &tokio::runtime::Runtime) {
+    runtime
+        .block_on(service.mutate(|t| Ok(((), t.update_dns("host2", false, &[host2_record()])?))))
+        .expect("host2's DNS record");
+}
+
+/// host2's peer record and endpoints, and its DNS records.
+fn host2_state(c: &Controllers) -> (String, Vec<DnsRecord>) {
     let (state, _) = c
         .runtime
         .block_on(c.service.mutate(|t| {
@@ -84,19 +126,30 @@ fn host2_state(c: &Controllers) -> String {
                 .filter(|ep| ep.peer == "host2")
                 .cloned()
                 .collect();
-            Ok((format!("{peer:?} {endpoints:?}"), vec![]))
+            let dns: Vec<_> = t
+                .tables
+                .dns_records
+                .values()
+                .filter(|r| r.peer == "host2")
+                .cloned()
+                .collect();
+            Ok(((format!("{peer:?} {endpoints:?}"), dns), vec![]))
         }))
         .expect("reading the tables");
     state
 }
 
-/// A request from host1's agent, as the TLS interceptor passes it on.
-fn from_host1<T>(message: T) -> Request<T> {
+/// A request from `peer`'s agent, as the TLS interceptor passes it on.
+fn from_peer<T>(peer: &str, message: T) -> Request<T> {
     let mut request = Request::new(message);
     request
         .extensions_mut()
-        .insert(PeerIdentity("host1".to_string()));
+        .insert(PeerIdentity(peer.to_string()));
     request
+}
+
+fn from_host1<T>(message: T) -> Request<T> {
+    from_peer("host1", message)
 }
 
 fn peer() -> impl Strategy<Value = String> {
@@ -122,7 +175,7 @@ fn call(host2_mac: String) -> impl Strategy<Value = (u8, Vec<u8>)> {
     let bytes = prop::collection::vec(any::<u8>(), 0..256);
     let addrs = || prop::collection::vec(addr_like(), 0..4);
     let structured = prop_oneof![
-        (peer(), "[0-9.]{0,16}").prop_map(|(name, advertise_addr)| (
+        1 => (peer(), "[0-9.]{0,16}").prop_map(|(name, advertise_addr)| (
             0,
             RegisterRequest {
                 peer: Some(Peer {
@@ -132,7 +185,7 @@ fn call(host2_mac: String) -> impl Strategy<Value = (u8, Vec<u8>)> {
             }
             .encode_to_vec()
         )),
-        (peer(), container(), addrs(), "[a-z.]{0,10}").prop_map(
+        1 => (peer(), container(), addrs(), "[a-z.]{0,10}").prop_map(
             |(peer, container_id, addrs, dns_name)| (
                 2,
                 AttachRequest {
@@ -144,7 +197,7 @@ fn call(host2_mac: String) -> impl Strategy<Value = (u8, Vec<u8>)> {
                 .encode_to_vec()
             )
         ),
-        (
+        1 => (
             peer(),
             container(),
             addrs(),
@@ -160,10 +213,28 @@ fn call(host2_mac: String) -> impl Strategy<Value = (u8, Vec<u8>)> {
                 }
                 .encode_to_vec()
             )),
-        ("[a-z0-9./-]{0,12}", "[0-9./]{0,18}")
+        1 => ("[a-z0-9./-]{0,12}", "[0-9./]{0,18}")
             .prop_map(|(name, subnet)| (4, CreateNetworkRequest { name, subnet }.encode_to_vec())),
-        (peer(), any::<bool>(), "[a-z.]{0,10}", "[0-9.]{0,15}").prop_map(
-            |(peer, remove, name, ip)| (
+        // host2's network (in use), the default one, or any.
+        1 => prop_oneof![
+            Just("192.168.0.0/24".to_string()),
+            Just("default".to_string()),
+            "[a-z0-9./-]{0,18}"
+        ]
+        .prop_map(|name| (5, DeleteNetworkRequest { name }.encode_to_vec())),
+        1 => peer().prop_map(|name| (6, RemovePeerRequest { name }.encode_to_vec())),
+        // Weighted up: it reaches host2's DNS records only with the right name, IP and peer.
+        4 => (
+            peer(),
+            any::<bool>(),
+            prop_oneof![Just(HOST2_NAME.to_string()), "[a-z.]{0,10}"],
+            prop_oneof![
+                Just(HOST2_IP.to_string()),
+                Just("10.2.0.7".to_string()),
+                "[0-9.]{0,15}"
+            ]
+        )
+            .prop_map(|(peer, remove, name, ip)| (
                 8,
                 UpdateDnsRequest {
                     peer: peer.clone(),
@@ -176,9 +247,8 @@ fn call(host2_mac: String) -> impl Strategy<Value = (u8, Vec<u8>)> {
                     }]
                 }
                 .encode_to_vec()
-            )
-        ),
-        (any::<String>(), peer(), any::<String>()).prop_map(|(token, peer, csr_pem)| (
+            )),
+        1 => (any::<String>(), peer(), any::<String>()).prop_map(|(token, peer, csr_pem)| (
             9,
             JoinRequest {
                 token,
@@ -188,7 +258,7 @@ fn call(host2_mac: String) -> impl Strategy<Value = (u8, Vec<u8>)> {
             .encode_to_vec()
         )),
     ];
-    prop_oneof![(0u8..10, bytes), structured]
+    prop_oneof![1 => (0u8..10, bytes), 3 => structured]
 }
 
 /// Decodes `bytes` as request kind `kind` and handles it; `None` when they do not decode.
@@ -247,7 +317,7 @@ fn no_request_breaks_the_controller_or_touches_another_peer() {
             Ok((ep.map(|ep| ep.mac.clone()).unwrap_or_default(), vec![]))
         }))
         .expect("reading the tables");
-    assert!(!mac.is_empty(), "host2 has no endpoint: {host2}");
+    assert!(!mac.is_empty(), "host2 has no endpoint: {}", host2.0);
     fuzz("requests", call(mac), |(kind, bytes)| {
         let outcome = c.runtime.block_on(handle(&c, kind, &bytes));
         if let Some(Err(status)) = outcome {
@@ -259,7 +329,19 @@ fn no_request_breaks_the_controller_or_touches_another_peer() {
                 status
             );
         }
-        prop_assert_eq!(&host2_state(&c), &host2, "request {} changed host2", kind);
+        let (record, dns) = host2_state(&c);
+        prop_assert_eq!(&record, &host2.0, "request {} changed host2", kind);
+        prop_assert!(
+            dns.iter().all(|r| host2.1.contains(r)),
+            "request {} {:?} added a DNS record in host2's name: {:?}",
+            kind,
+            bytes,
+            dns
+        );
+        if dns != host2.1 {
+            prop_assert_eq!(kind, 8, "request {} removed host2's DNS record", kind);
+            put_host2_record(&c.service, &c.runtime);
+        }
         Ok(())
     });
 }
