@@ -342,18 +342,25 @@ impl Agent {
             .map(read)
     }
 
+    /// Takes the controller's word on its store and revision, or refuses its tables, keeping
+    /// the refusal in the state dir at once.
+    fn admit(&self, store_id: String, revision: u64) -> anyhow::Result<Position> {
+        let offered = Position { store_id, revision };
+        if let Err(why) = self.following.admit(&offered) {
+            if let Err(e) = self.following.save() {
+                warn!("cannot record the refusal in the state dir: {e}");
+            }
+            bail!("refusing the controller's tables: {why}; the datapath stays as it is");
+        }
+        Ok(offered)
+    }
+
     /// Takes one event of the watch into the tables and wakes the reconciler.
     pub fn apply(&self, event: WatchEvent) -> anyhow::Result<()> {
         let mut tables = self.tables.write().expect("tables lock poisoned");
         match event.event {
             Some(Event::Snapshot(snapshot)) => {
-                let offered = Position {
-                    store_id: event.store_id,
-                    revision: event.revision,
-                };
-                if let Err(why) = self.following.admit(&offered) {
-                    bail!("refusing the controller's tables: {why}; the datapath stays as it is");
-                }
+                let offered = self.admit(event.store_id, event.revision)?;
                 info!(revision = event.revision, store = %offered.store_id, "snapshot received");
                 self.link.lock().expect("link lock poisoned").start = WatchStart::Snapshot;
                 *tables = Some(Tables::from_snapshot(
@@ -385,13 +392,7 @@ impl Agent {
             }
             Some(Event::Resumed(resumed)) => {
                 let at = tables.as_ref().map(|t| t.revision);
-                let offered = Position {
-                    store_id: event.store_id,
-                    revision: event.revision,
-                };
-                if let Err(why) = self.following.admit(&offered) {
-                    bail!("refusing the controller's tables: {why}; the datapath stays as it is");
-                }
+                self.admit(event.store_id, event.revision)?;
                 if at != Some(event.revision) {
                     bail!(
                         "controller resumed at revision {} but the tables are at {at:?}",

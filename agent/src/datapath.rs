@@ -369,7 +369,9 @@ impl Datapath {
             .collect())
     }
 
-    /// Every link in `container`'s namespace; none if it is gone.
+    /// Every link in `container`'s namespace; none if it is gone. A link's `peer` there is an
+    /// index in the host's namespace only if `peer_elsewhere` says its other end is out there
+    /// (a container's own veth pairs or tunnels point inside it).
     async fn container_links(&self, container: &Container) -> anyhow::Result<Vec<Link>> {
         if container.netns.as_os_str().is_empty() || !container.netns.exists() {
             return Ok(Vec::new());
@@ -389,6 +391,7 @@ impl Datapath {
             .container_links(container)
             .await?
             .into_iter()
+            .filter(|l| l.peer_elsewhere)
             .filter_map(|l| l.peer)
             .collect();
         let mut removed = Vec::new();
@@ -419,7 +422,7 @@ impl Datapath {
             .container_links(container)
             .await?
             .iter()
-            .any(|l| l.peer == Some(host.index));
+            .any(|l| l.peer_elsewhere && l.peer == Some(host.index));
         if !ours {
             info!(container = %container.id, veth = host_ifname,
                 "the veth is not in this container (another endpoint has it now); leaving it");
@@ -442,11 +445,9 @@ impl Datapath {
         let Some(host) = netlink::link_by_name(&self.handle, host_ifname).await? else {
             return Ok(false);
         };
-        Ok(self
-            .container_links(container)
-            .await?
-            .iter()
-            .any(|l| l.name == ifname && l.mac == Some(mac) && l.peer == Some(host.index)))
+        Ok(self.container_links(container).await?.iter().any(|l| {
+            l.name == ifname && l.mac == Some(mac) && l.peer_elsewhere && l.peer == Some(host.index)
+        }))
     }
 
     /// Removes `cidrs` from an endpoint's interface in the container; gone ones are fine.

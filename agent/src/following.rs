@@ -10,11 +10,12 @@ use std::sync::Mutex;
 
 use tracing::warn;
 
-/// The file in the state dir: `STORE_ID REVISION`.
+/// The file in the state dir: `STORE_ID REVISION`, and on a second line why the controller's
+/// tables are refused, while they are.
 const FILE: &str = "controller-store";
 
 /// A store and a revision of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Position {
     pub store_id: String,
     pub revision: u64,
@@ -60,7 +61,7 @@ struct State {
     /// The store and revision of the tables, or as the state dir had them at start.
     followed: Option<Position>,
     /// What was last written to the state dir.
-    written: Option<Position>,
+    written: Option<(Position, Option<String>)>,
     /// Why the controller's tables are refused now.
     refused: Option<String>,
     /// The operator said to follow whatever the controller offers next.
@@ -76,18 +77,22 @@ impl Following {
     /// The rule as the state dir left it (nothing followed yet if it holds no record).
     pub fn load(state_dir: &Path) -> Following {
         let path = state_dir.join(FILE);
-        let followed = std::fs::read_to_string(&path).ok().and_then(|text| {
-            let (store_id, revision) = text.trim().split_once(' ')?;
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut lines = text.lines();
+        let followed = lines.next().and_then(|line| {
+            let (store_id, revision) = line.rsplit_once(' ')?;
             Some(Position {
                 store_id: store_id.to_string(),
                 revision: revision.parse().ok()?,
             })
         });
+        let refused = lines.next().filter(|why| !why.is_empty()).map(String::from);
         Following {
             path,
             state: Mutex::new(State {
-                written: followed.clone(),
+                written: followed.clone().map(|p| (p, refused.clone())),
                 followed,
+                refused,
                 ..State::default()
             }),
         }
@@ -106,19 +111,37 @@ impl Following {
             .unwrap_or_default()
     }
 
+    /// The store and revision followed.
+    pub fn position(&self) -> Option<Position> {
+        self.lock().followed.clone()
+    }
+
     /// Whether the controller's tables at `offered` may be taken; records the refusal if not.
+    /// A refusal stands until the operator lifts it: a controller restored to an older revision
+    /// of the same store would otherwise be followed again once it passed the agent's revision,
+    /// with changes of another history.
     pub fn admit(&self, offered: &Position) -> Result<(), String> {
         let mut state = self.lock();
         if state.accept_next {
             warn!(store = %offered.store_id, revision = offered.revision,
                 "following the controller's store, as the operator said");
             state.accept_next = false;
+        } else if let Some(why) = &state.refused {
+            return Err(why.clone());
         } else if let Err(why) = judge(state.followed.as_ref(), offered) {
             state.refused = Some(why.clone());
             return Err(why);
         }
         state.refused = None;
-        state.followed = Some(offered.clone());
+        // A controller from before store identities names none: the one followed stays.
+        let store_id = match (&state.followed, offered.store_id.as_str()) {
+            (Some(followed), "") => followed.store_id.clone(),
+            _ => offered.store_id.clone(),
+        };
+        state.followed = Some(Position {
+            store_id,
+            revision: offered.revision,
+        });
         Ok(())
     }
 
@@ -151,12 +174,16 @@ impl Following {
     /// Written through a temporary file and a rename, so a crash leaves the old record or the
     /// new one.
     pub fn save(&self) -> std::io::Result<()> {
-        let position = {
+        let (position, refused) = {
             let state = self.lock();
-            match &state.followed {
-                Some(p) if state.written.as_ref() != Some(p) => p.clone(),
-                _ => return Ok(()),
+            let Some(position) = state.followed.clone() else {
+                return Ok(());
+            };
+            let now = (position, state.refused.clone());
+            if state.written.as_ref() == Some(&now) {
+                return Ok(());
             }
+            now
         };
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -164,8 +191,13 @@ impl Following {
         let tmp = self.path.with_extension("tmp");
         let mut file = std::fs::File::create(&tmp)?;
         writeln!(file, "{} {}", position.store_id, position.revision)?;
+        if let Some(why) = &refused {
+            writeln!(file, "{why}")?;
+        }
+        // Durable before it replaces the old record: a refusal must survive a power loss.
+        file.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
-        self.lock().written = Some(position);
+        self.lock().written = Some((position, refused));
         Ok(())
     }
 }
@@ -221,11 +253,34 @@ mod tests {
         assert_eq!(restarted.store_id(), "aaaa");
         let why = restarted.admit(&at("bbbb", 1)).unwrap_err();
         assert_eq!(restarted.refused(), Some(why));
-        assert!(restarted.admit(&at("aaaa", 5)).is_err(), "older than 6");
+        // Refused until lifted: even the store followed, ahead of the agent now.
+        assert!(restarted.admit(&at("aaaa", 9)).is_err());
+        // The refusal is kept in the state dir too.
+        restarted.save().unwrap();
+        let again = Following::load(dir.path());
+        assert_eq!(again.refused(), restarted.refused());
+        assert!(again.admit(&at("aaaa", 9)).is_err());
         assert!(restarted.accept_next());
         restarted.admit(&at("bbbb", 1)).unwrap();
         assert_eq!(restarted.refused(), None);
         // Lifted once: going back again is refused again.
         assert!(restarted.admit(&at("bbbb", 0)).is_err());
+    }
+
+    #[test]
+    fn a_controller_without_identities_leaves_the_store_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let following = Following::load(dir.path());
+        following.admit(&at("aaaa", 4)).unwrap();
+        following.admit(&at("", 5)).unwrap();
+        assert_eq!(following.store_id(), "aaaa");
+        following.save().unwrap();
+        assert!(Following::load(dir.path()).admit(&at("bbbb", 9)).is_err());
+        // One that never had an identity is recorded and read back too.
+        let other = tempfile::tempdir().unwrap();
+        let plain = Following::load(other.path());
+        plain.admit(&at("", 3)).unwrap();
+        plain.save().unwrap();
+        assert!(Following::load(other.path()).admit(&at("", 2)).is_err());
     }
 }

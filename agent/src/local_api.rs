@@ -807,9 +807,10 @@ impl AgentApi for LocalApi {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        let followed = following.position().unwrap_or_default();
         Ok(Response::new(AcceptControllerResponse {
-            store_id: following.store_id(),
-            revision: self.agent.revision(),
+            store_id: followed.store_id,
+            revision: followed.revision,
         }))
     }
 

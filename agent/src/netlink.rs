@@ -40,6 +40,9 @@ pub struct Link {
     pub controller: Option<u32>,
     /// For a veth, the index of its other end (in the namespace that end is in).
     pub peer: Option<u32>,
+    /// That other end is in another namespace (IFLA_LINK_NETNSID): `peer` is not an index of
+    /// this one.
+    pub peer_elsewhere: bool,
     pub kind: Option<InfoKind>,
     pub vxlan: Vec<InfoVxlan>,
 }
@@ -55,6 +58,7 @@ impl Link {
             running: false,
             controller: None,
             peer: None,
+            peer_elsewhere: false,
             kind: None,
             vxlan: Vec::new(),
         };
@@ -66,6 +70,7 @@ impl Link {
                 LinkAttribute::OperState(state) => link.running = state == State::Up,
                 LinkAttribute::Controller(index) => link.controller = Some(index),
                 LinkAttribute::Link(index) => link.peer = Some(index),
+                LinkAttribute::LinkNetNsId(_) => link.peer_elsewhere = true,
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {
