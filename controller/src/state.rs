@@ -29,6 +29,9 @@ const MAX_BATCH: usize = 256;
 /// than serve on without a committer and with the state lock poisoned; a supervisor (systemd's
 /// Restart=on-failure) starts it again from its store, which holds every answered change.
 pub(crate) const EXIT_PANICKED: i32 = 70;
+/// The controller's exit status when its store turns out to hold a commit it reported as failed
+/// (EX_IOERR).
+const EXIT_DIVERGED: i32 = 74;
 
 pub(crate) struct State {
     pub(crate) tables: Tables,
@@ -254,6 +257,12 @@ fn commit_batch(
     }
     if !changed.is_empty() {
         if let Err(e) = persist(&mut state.store, &changed, state.tables.revision) {
+            if matches!(e, StoreError::Diverged { .. }) {
+                // Serving on would answer from tables behind the store's: stop, and let the
+                // supervisor start the controller again from what the store holds.
+                error!("{e}");
+                std::process::exit(EXIT_DIVERGED);
+            }
             warn!(requests = outcomes.len(), "persisting failed: {e}");
             let e = Arc::new(e);
             for change in undo.iter().rev() {

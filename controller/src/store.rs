@@ -91,6 +91,14 @@ pub enum StoreError {
         marker: PathBuf,
         marked: String,
     },
+    #[error(
+        "store {path} holds revision {held} after a failed commit, not {expected}: the commit reached the disk after all; the controller stops, to serve what the store holds once started again"
+    )]
+    Diverged {
+        path: PathBuf,
+        held: u64,
+        expected: u64,
+    },
 }
 
 /// Opens the redb database at a path: [`open_private_db`], but for tests.
@@ -106,6 +114,8 @@ pub struct Store {
     poisoned: bool,
     /// How many of the latest changes are kept.
     kept: u64,
+    /// The revision of the last commit that succeeded (or of the tables loaded).
+    committed: u64,
 }
 
 /// Sets `path`'s mode to `mode` unless it is that already (made by a controller from before
@@ -230,6 +240,7 @@ impl Store {
             open_db,
             poisoned: false,
             kept: DELTAS_KEPT,
+            committed: 0,
         };
         let mut tables = store.load()?;
         if tables.store_id.is_empty() {
@@ -268,6 +279,7 @@ impl Store {
             write_private(&marker, &format!("{}\n", tables.store_id))
                 .map_err(file_err("write", &marker))?;
         }
+        store.committed = tables.revision;
         Ok((store, tables))
     }
 
@@ -292,7 +304,26 @@ impl Store {
             self.db = None;
             let db = (self.open_db)(&self.path).map_err(|e| self.redb_err(e))?;
             info!(path = %self.path.display(), "store opened again after a failed commit");
+            // A commit can fail at its last step yet be on the disk: the tables in memory,
+            // undone, would then lag the store's.
+            let held = (|| -> Result<u64, redb::Error> {
+                let txn = db.begin_read()?;
+                let meta = match txn.open_table(META) {
+                    Ok(meta) => meta,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                    Err(e) => return Err(e.into()),
+                };
+                Ok(meta.get(REVISION)?.map_or(0, |r| r.value()))
+            })()
+            .map_err(|e| self.redb_err(e))?;
             self.db = Some(db);
+            if held != self.committed {
+                return Err(StoreError::Diverged {
+                    path: self.path.clone(),
+                    held,
+                    expected: self.committed,
+                });
+            }
             self.poisoned = false;
         }
         Ok(self.db.as_ref().expect("the store's database is open"))
@@ -419,6 +450,9 @@ impl Store {
     pub fn commit(&mut self, changes: &[Change], revision: u64) -> Result<(), StoreError> {
         let written = self.write(changes, revision);
         self.poisoned = written.is_err();
+        if written.is_ok() {
+            self.committed = revision;
+        }
         written
     }
 
@@ -574,6 +608,25 @@ mod tests {
         assert_eq!(first, &peer(1));
         // Only an unbroken run up to the revision asked for.
         assert_eq!(store.history(3).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_failed_commit_that_reached_the_disk_is_found_on_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(dir.path(), Emptied::Refuse).unwrap();
+        store.commit(&[peer(1)], 1).unwrap();
+        store.commit(&[peer(2)], 2).unwrap();
+        // As if the second had been reported failed: the store holds more than the tables.
+        store.committed = 1;
+        store.poisoned = true;
+        let e = store.commit(&[peer(3)], 2).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "store {} holds revision 2 after a failed commit, not 1: the commit reached the disk after all; the controller stops, to serve what the store holds once started again",
+                dir.path().join(STORE_FILE).display()
+            )
+        );
     }
 
     #[test]
