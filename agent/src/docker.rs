@@ -2,6 +2,8 @@
 //! operator names (name, full ID or unique ID prefix), and hearing when one stops or goes away.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
 
 use bollard::query_parameters::{EventsOptionsBuilder, ListContainersOptionsBuilder};
 use bollard::{API_DEFAULT_VERSION, Docker};
@@ -18,6 +20,12 @@ const REQUEST_TIMEOUT_SECS: u64 = 5;
 /// The events after which a container no longer needs its endpoints ("remove" is Podman's
 /// word for Docker's "destroy").
 const STOP_EVENTS: [&str; 3] = ["die", "destroy", "remove"];
+/// How often, and how far apart, a reply the client cannot decode is asked for again. Podman
+/// reports a container it is stopping or removing as `stopped`, a state the Docker API (and so
+/// bollard) does not know, until its cleanup a moment later; one such container anywhere on the
+/// host would otherwise fail every listing.
+const UNDECODABLE_TRIES: u32 = 10;
+const UNDECODABLE_PAUSE: Duration = Duration::from_millis(100);
 
 /// A container as the Docker API describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,11 +93,9 @@ impl DockerApi {
 
     /// The containers, all or only the running ones: (ID, names).
     async fn list(&self, all: bool) -> Result<Vec<(String, Vec<String>)>, ContainerError> {
+        let client = self.client().await?;
         let options = ListContainersOptionsBuilder::new().all(all).build();
-        let list = self
-            .client()
-            .await?
-            .list_containers(Some(options))
+        let list = decoded(|| client.list_containers(Some(options.clone())))
             .await
             .map_err(|e| self.unreachable(&e))?;
         Ok(list
@@ -124,10 +130,8 @@ impl DockerApi {
                 });
             }
         };
-        let found = self
-            .client()
-            .await?
-            .inspect_container(&id, None)
+        let client = self.client().await?;
+        let found = decoded(|| client.inspect_container(&id, None))
             .await
             .map_err(|e| match e {
                 // Removed between the listing and now.
@@ -187,6 +191,24 @@ impl DockerApi {
                 Err(e) => Some(Err(self.unreachable(&e))),
             }
         }))
+    }
+}
+
+/// `request`'s reply, asked for again while it cannot be decoded (see [`UNDECODABLE_TRIES`]).
+async fn decoded<T, F, R>(request: F) -> Result<T, bollard::errors::Error>
+where
+    F: Fn() -> R,
+    R: Future<Output = Result<T, bollard::errors::Error>>,
+{
+    let mut tries = 1;
+    loop {
+        match request().await {
+            Err(bollard::errors::Error::JsonDataError { .. }) if tries < UNDECODABLE_TRIES => {
+                tries += 1;
+                tokio::time::sleep(UNDECODABLE_PAUSE).await;
+            }
+            reply => return reply,
+        }
     }
 }
 
