@@ -9,7 +9,9 @@ pub mod bench;
 mod bins;
 mod cmd;
 mod daemon;
+mod handbuilt;
 mod kernel;
+mod neighcount;
 mod netns;
 mod podman;
 mod run;
@@ -22,9 +24,11 @@ use std::time::{Duration, Instant};
 pub use bins::{bin_dir, locate_bin};
 pub use cmd::Output;
 pub use daemon::{Background, Paused};
+pub use handbuilt::{HB_IF, HandBuilt};
 pub use kernel::{Link, fdb, link, links, neighbours, rx_packets, tx_dropped};
+pub use neighcount::permanent_neighbours;
 pub use netns::{
-    Netns, disable_ipv6, exec, exec_for, exec_shown, ip, listening, ping, ping_counts,
+    Netns, bridge, disable_ipv6, exec, exec_for, exec_shown, ip, listening, ping, ping_counts,
     ping_in_background, ping_n,
 };
 pub use podman::{CONTAINER_IMAGE, Podman};

@@ -69,6 +69,13 @@ pub fn ip(ns: &str, args: &[&str]) -> Output {
     cmd::check(cmd)
 }
 
+/// Runs `bridge -n NS ARGS...` and panics unless it succeeds.
+pub fn bridge(ns: &str, args: &[&str]) -> Output {
+    let mut cmd = command(&["bridge", "-n", ns]);
+    cmd.args(args);
+    cmd::check(cmd)
+}
+
 /// Runs `args` inside namespace `ns` and reports how it ended.
 pub fn exec(ns: &str, args: &[&str]) -> Output {
     cmd::run(in_netns(ns, args[0], &args[1..]))

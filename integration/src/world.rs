@@ -423,6 +423,12 @@ impl World {
         self.wait_agent_ready(host);
     }
 
+    /// Starts host `host`'s agent and returns at once, for a caller that watches the kernel
+    /// for what it does.
+    pub fn spawn_agent(&self, host: usize) {
+        self.agent(host).start();
+    }
+
     /// (Re)starts host `host`'s agent without waiting for it to have the controller's tables
     /// (an agent that refuses them never has); returns once it answers `weftctl status`.
     pub fn launch_agent(&self, host: usize) {

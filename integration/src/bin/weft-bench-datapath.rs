@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use weft_integration::bench::{self, check_interrupted, median};
 use weft_integration::{
-    Background, VXLAN_DEV, World, assert_reaches, exec, exec_for, exit_code_of, host_addr, ip,
-    link, listening, ping_n, rx_packets,
+    Background, HB_IF, HandBuilt, VXLAN_DEV, World, assert_reaches, exec, exec_for, exit_code_of,
+    host_addr, link, listening, ping_n, rx_packets,
 };
 
 /// Worlds, and rounds in each, when `--worlds W` and `--rounds R` are not given; the fewest
@@ -72,9 +72,6 @@ const CONTROL: HandBuilt = HandBuilt {
     subnet: "10.98.0",
     weft_options: true,
 };
-/// The container's end of a hand-built veth.
-const HB_IF: &str = "eth0";
-const FLOOD_MAC: &str = "00:00:00:00:00:00";
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -113,34 +110,6 @@ impl Test {
             Test::Udp => format!("UDP at {UDP_RATE}bit/s"),
             Test::Ping => "ping RTT".into(),
         }
-    }
-}
-
-/// A hand-built overlay: device names `<prefix>br0` (bridge), `<prefix>vx0` (VXLAN) and
-/// `<prefix>v0` (host end of the veth), container addresses `<subnet>.<host>/24`.
-struct HandBuilt {
-    label: &'static str,
-    prefix: &'static str,
-    vni: &'static str,
-    port: &'static str,
-    subnet: &'static str,
-    /// `proxy` on the VXLAN device and a permanent neighbour entry for the other container there,
-    /// as weft has them.
-    weft_options: bool,
-}
-
-impl HandBuilt {
-    fn bridge(&self) -> String {
-        format!("{}br0", self.prefix)
-    }
-    fn vxlan(&self) -> String {
-        format!("{}vx0", self.prefix)
-    }
-    fn veth(&self) -> String {
-        format!("{}v0", self.prefix)
-    }
-    fn addr(&self, host: usize) -> String {
-        format!("{}.{host}", self.subnet)
     }
 }
 
@@ -301,110 +270,17 @@ fn weft_path(world: &mut World) -> System {
     }
 }
 
-/// Builds `hb` in both hosts: what weft builds for a network, by hand with `ip` and `bridge`: a
-/// bridge, a VXLAN device without learning on the host's underlay address, a container
-/// namespace plugged in with a veth, all with `mtu`, and static FDB entries for the other
-/// container and for flooding (ARP).
+/// Builds `hb` in both hosts ([`HandBuilt::build`]) and checks that its containers reach each
+/// other.
 fn hand_built_path(world: &mut World, hb: &HandBuilt, mtu: u64) -> System {
-    let mtu = mtu.to_string();
-    let (bridge_dev, vxlan, veth) = (hb.bridge(), hb.vxlan(), hb.veth());
-    let containers: Vec<String> = (1..=2)
-        .map(|h| world.container(h, &format!("{}{h}", hb.prefix)))
-        .collect();
-    for h in 1..=2 {
-        let host = world.host_ns(h);
-        let local = host_addr(h);
-        let c = &containers[h - 1];
-        ip(
-            &host,
-            &["link", "add", &bridge_dev, "mtu", &mtu, "type", "bridge"],
-        );
-        let mut add_vxlan = vec![
-            "link",
-            "add",
-            &vxlan,
-            "mtu",
-            &mtu,
-            "type",
-            "vxlan",
-            "id",
-            hb.vni,
-            "dstport",
-            hb.port,
-            "local",
-            &local,
-            "nolearning",
-        ];
-        if hb.weft_options {
-            add_vxlan.push("proxy");
-        }
-        ip(&host, &add_vxlan);
-        ip(
-            &host,
-            &[
-                "link", "add", &veth, "mtu", &mtu, "type", "veth", "peer", "name", HB_IF, "mtu",
-                &mtu, "netns", c,
-            ],
-        );
-        for dev in [&vxlan, &veth] {
-            ip(&host, &["link", "set", dev, "master", &bridge_dev, "up"]);
-        }
-        ip(&host, &["link", "set", &bridge_dev, "up"]);
-        ip(
-            c,
-            &["addr", "add", &format!("{}/24", hb.addr(h)), "dev", HB_IF],
-        );
-        ip(c, &["link", "set", HB_IF, "up"]);
-    }
-    for h in 1..=2 {
-        let other = 3 - h;
-        let dst = host_addr(other);
-        let mac = link(&containers[other - 1], HB_IF)
-            .expect("hand-built interface")
-            .mac;
-        let host = world.host_ns(h);
-        for (verb, mac) in [("add", mac.as_str()), ("append", FLOOD_MAC)] {
-            bridge(
-                &host,
-                &[
-                    "fdb",
-                    verb,
-                    mac,
-                    "dev",
-                    &vxlan,
-                    "dst",
-                    &dst,
-                    "self",
-                    "permanent",
-                ],
-            );
-        }
-        if hb.weft_options {
-            let other_ip = hb.addr(other);
-            ip(
-                &host,
-                &[
-                    "neigh",
-                    "add",
-                    &other_ip,
-                    "lladdr",
-                    &mac,
-                    "dev",
-                    &vxlan,
-                    "nud",
-                    "permanent",
-                ],
-            );
-        }
-    }
-    assert_reaches(&containers[0], &hb.addr(2));
-    let mut containers = containers.into_iter();
+    let [client, server] = hb.build(world, mtu);
+    assert_reaches(&client, &hb.addr(2));
     System {
         label: hb.label,
-        client: containers.next().expect("two containers"),
-        server: containers.next().expect("two containers"),
+        client,
+        server,
         server_ip: hb.addr(2),
-        vxlan: Some(vxlan),
+        vxlan: Some(hb.vxlan()),
     }
 }
 
@@ -662,17 +538,5 @@ fn report(samples: &BTreeMap<(Test, &str), Vec<Sample>>, options: &Options) {
         } else {
             "missed"
         }
-    );
-}
-
-/// Runs `bridge ARGS...` in `ns` and panics unless it succeeds.
-fn bridge(ns: &str, args: &[&str]) {
-    let argv: Vec<&str> = ["bridge"].iter().chain(args).copied().collect();
-    let out = exec(ns, &argv);
-    assert!(
-        out.success(),
-        "{} in {ns}: {}",
-        argv.join(" "),
-        out.stderr.trim()
     );
 }
