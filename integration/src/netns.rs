@@ -113,6 +113,15 @@ impl Netns {
         }
     }
 
+    /// Names the network namespace of process `pid` `name` (`ip netns attach`), which keeps it
+    /// alive after the process is gone, as a runtime that holds a pod's namespace does.
+    pub fn of_process(name: &str, pid: u32) -> Netns {
+        cmd::check(command(&["ip", "netns", "attach", name, &pid.to_string()]));
+        Netns {
+            name: name.to_owned(),
+        }
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

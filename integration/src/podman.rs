@@ -121,6 +121,31 @@ impl Podman {
         format!("{}-{name}", self.prefix)
     }
 
+    /// Stops the API service, as a Docker daemon that goes down would: its containers run on.
+    pub fn stop_service(&mut self) {
+        self.service.stop();
+    }
+
+    /// Starts the API service again; returns once it answers.
+    pub fn start_service(&mut self) {
+        self.service.start();
+        self.wait_ready();
+    }
+
+    /// `podman ARGS...` with this guard's settings, for a step that must succeed while the API
+    /// service is down; returns what it printed.
+    pub fn podman_ok(&self, args: &[&str]) -> String {
+        let out = self.podman(args);
+        assert!(
+            out.success(),
+            "podman {} failed ({:?}): {}",
+            args.join(" "),
+            out.code,
+            out.stderr.trim()
+        );
+        out.stdout
+    }
+
     /// Runs the Docker CLI against this guard's service and reports how it ended.
     pub fn docker(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new("docker");

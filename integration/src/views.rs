@@ -75,6 +75,16 @@ fn remote_entries(me: &str, eps: &[TableEndpoint], peers: &BTreeMap<String, Stri
     (fdb, neigh)
 }
 
+/// Host `host`'s agent is connected at the controller's revision, and the kernels and the
+/// containers of `pool` agree with the controller's tables: in sync, seen from outside.
+pub fn in_sync(world: &World, host: usize, pool: &[(usize, String)]) -> bool {
+    let controller = world.controller_tables()["revision"].as_u64();
+    let status = world.status(host);
+    status["controller"]["connected"] == true
+        && status["controller"]["revision"].as_u64() == controller
+        && disagreements(world, pool).0.is_empty()
+}
+
 /// Where the controller's tables, the hosts' kernels and the containers' interfaces disagree,
 /// and how many endpoints the tables hold.
 pub fn disagreements(world: &World, pool: &[(usize, String)]) -> (Vec<String>, usize) {

@@ -262,6 +262,13 @@ impl World {
         args
     }
 
+    /// `weftctl status --json` on host `host`.
+    pub fn status(&self, host: usize) -> serde_json::Value {
+        let out = self.ctl(host, &["status", "--json"]);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("status --json on host{host}: {e}: {out}"))
+    }
+
     /// The controller's tables as the controller itself holds them, from `weft-load dump` run
     /// in host1's namespace with host1's identity.
     pub fn controller_tables(&self) -> serde_json::Value {

@@ -14,13 +14,9 @@ const HISTORY: &str = "5";
 /// A generous bound on catching up once the agent runs again.
 const RESYNC: Duration = Duration::from_secs(5);
 
-fn status(world: &World, host: usize) -> Value {
-    serde_json::from_str(&world.ctl(host, &["status", "--json"])).expect("status --json")
-}
-
 /// How host `host`'s latest watch started, and the deltas it missed.
 fn watch_start(world: &World, host: usize) -> (String, u64) {
-    let watch = &status(world, host)["controller"]["watch"];
+    let watch = &world.status(host)["controller"]["watch"];
     (
         watch["start"].as_str().unwrap_or_default().to_owned(),
         watch["missed"].as_u64().unwrap_or_default(),
@@ -28,19 +24,9 @@ fn watch_start(world: &World, host: usize) -> (String, u64) {
 }
 
 fn revision(world: &World, host: usize) -> u64 {
-    status(world, host)["controller"]["revision"]
+    world.status(host)["controller"]["revision"]
         .as_u64()
         .expect("a revision")
-}
-
-/// Host `host`'s tables are at the controller's revision, connected, and the kernels and
-/// containers agree with the controller's tables.
-fn in_sync(world: &World, host: usize, pool: &[(usize, String)]) -> bool {
-    let controller = world.controller_tables()["revision"].as_u64();
-    let st = status(world, host);
-    st["controller"]["connected"] == true
-        && st["controller"]["revision"].as_u64() == controller
-        && views::disagreements(world, pool).0.is_empty()
 }
 
 /// Restarts the controller, as a crash would, keeping HISTORY changes.
@@ -53,9 +39,9 @@ fn restart_controller(world: &World) {
 fn resync(world: &World, host: usize, pool: &[(usize, String)]) -> Duration {
     let started = Instant::now();
     assert!(
-        wait_until(RESYNC, || in_sync(world, host, pool)),
+        wait_until(RESYNC, || views::in_sync(world, host, pool)),
         "host{host} not in sync after {RESYNC:?}: {}",
-        status(world, host)
+        world.status(host)
     );
     started.elapsed()
 }
