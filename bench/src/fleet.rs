@@ -1,7 +1,8 @@
 //! Simulated agents: each speaks to the controller as weft-agent does, over two HTTP/2
 //! connections of its own (one for Register and Watch, one for unary requests such as Attach),
 //! with the agent's keepalives, and holds its Watch open. No datapath: a simulated agent only
-//! decodes what the controller sends and notes when each delta arrives.
+//! decodes what the controller sends and notes when each delta arrives. Under mutual TLS each
+//! has a client certificate naming its peer, as a joined agent has.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use tonic::transport::Channel;
 use weft_proto::v1::controller_client::ControllerClient;
 use weft_proto::v1::{Peer, RegisterRequest, WatchEvent, WatchRequest, watch_event::Event};
 
+use crate::certs::AgentCa;
 use crate::client;
 use crate::dump::receive_snapshot;
 
@@ -42,12 +44,23 @@ fn vtep(i: usize) -> Ipv4Addr {
 }
 
 impl SimAgent {
-    /// Opens both connections of agent `name`.
-    pub async fn connect(url: &str, name: String, i: usize) -> anyhow::Result<SimAgent> {
-        let endpoint = client::endpoint(url)?
+    /// Opens both connections of agent `name`, with the client certificate naming it that `ca`
+    /// gives (none: plaintext).
+    pub async fn connect(
+        url: &str,
+        name: String,
+        i: usize,
+        ca: Option<&AgentCa>,
+    ) -> anyhow::Result<SimAgent> {
+        let mut endpoint = client::endpoint(url)?
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
+        if let Some(ca) = ca {
+            endpoint = endpoint
+                .tls_config(ca.tls_for(&name)?)
+                .context("invalid TLS settings")?;
+        }
         let watch = client::open(endpoint.clone(), url).await?;
         let unary = client::open(endpoint.timeout(client::REQUEST_TIMEOUT), url).await?;
         Ok(SimAgent {

@@ -4,6 +4,7 @@
 //! `scale` measures the controller under a fleet of simulated agents; `footprint` measures any
 //! process's memory and CPU over a while.
 
+mod certs;
 mod client;
 mod dump;
 mod fleet;
@@ -27,6 +28,7 @@ use weft_proto::v1::{
     AttachRequest, DetachRequest, DnsRecord, Peer, RegisterRequest, UpdateDnsRequest,
 };
 
+use crate::certs::AgentCa;
 use crate::client::refused;
 use crate::populate::Population;
 use crate::scale::Scale;
@@ -148,6 +150,11 @@ enum Command {
         /// Seconds of idling (nothing changes) whose cost is measured.
         #[arg(long, default_value_t = 10)]
         idle_secs: u64,
+        /// The controller's data dir, for an https:// controller: its CA (ca.pem, ca.key) gives
+        /// each simulated agent a client certificate naming it, as joining would, and is the CA
+        /// trusted for the controller's own. Without it the agents speak plaintext.
+        #[arg(long, value_name = "DIR")]
+        sign_with: Option<PathBuf>,
     },
     /// Measure a process's resident memory and CPU use over a while (e.g. an idle agent).
     Footprint {
@@ -275,10 +282,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             syncs,
             changes,
             idle_secs,
+            sign_with,
         } => {
             fleet::allow_connections(agents)?;
+            let ca = sign_with.as_deref().map(AgentCa::load).transpose()?;
             let scale = Scale {
                 url: cli.controller,
+                ca,
                 controller_pid,
                 agents: agents.max(1),
                 endpoints_per_agent,

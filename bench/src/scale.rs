@@ -11,6 +11,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use tokio::sync::mpsc;
 use weft_proto::v1::AttachRequest;
 
+use crate::certs::AgentCa;
 use crate::fleet::{Report, SimAgent, Synced, follow};
 use crate::stats::{Spread, ms};
 use crate::usage::{Meter, Usage, mb, mib};
@@ -28,6 +29,9 @@ const CONNECTS_AT_ONCE: usize = 32;
 
 pub struct Scale {
     pub url: String,
+    /// The controller's CA, which gives each simulated agent its client certificate; none:
+    /// plaintext.
+    pub ca: Option<AgentCa>,
     pub controller_pid: u32,
     pub agents: usize,
     pub endpoints_per_agent: usize,
@@ -46,8 +50,14 @@ impl Scale {
     pub async fn run(&self) -> anyhow::Result<()> {
         let endpoints = self.agents * self.endpoints_per_agent;
         println!(
-            "{} simulated agents, 2 HTTP/2 connections each (as weft-agent: Register+Watch, and unary requests), {} endpoints each ({endpoints} in all)",
-            self.agents, self.endpoints_per_agent
+            "{} simulated agents, 2 HTTP/2 connections each (as weft-agent: Register+Watch, and unary requests), {}, {} endpoints each ({endpoints} in all)",
+            self.agents,
+            if self.ca.is_some() {
+                "mutual TLS (a client certificate each, from the controller's CA)"
+            } else {
+                "plaintext"
+            },
+            self.endpoints_per_agent
         );
         let fleet = self.connect_fleet().await?;
 
@@ -153,7 +163,7 @@ impl Scale {
     async fn connect_fleet(&self) -> anyhow::Result<Vec<SimAgent>> {
         let started = Instant::now();
         let fleet: Vec<SimAgent> = stream::iter(0..self.agents)
-            .map(|i| SimAgent::connect(&self.url, format!("agent-{i:04}"), i))
+            .map(|i| SimAgent::connect(&self.url, format!("agent-{i:04}"), i, self.ca.as_ref()))
             .buffered(CONNECTS_AT_ONCE)
             .try_collect()
             .await?;
@@ -212,8 +222,13 @@ impl Scale {
         let mut took = Vec::new();
         for k in 0..self.syncs {
             tokio::time::sleep(BETWEEN).await;
-            let agent =
-                SimAgent::connect(&self.url, format!("newcomer-{k}"), self.agents + k).await?;
+            let agent = SimAgent::connect(
+                &self.url,
+                format!("newcomer-{k}"),
+                self.agents + k,
+                self.ca.as_ref(),
+            )
+            .await?;
             let (synced, _watch) = agent.sync().await?;
             check_snapshot(&agent.peer.name, &synced, endpoints)?;
             took.push(synced.took);
