@@ -6,7 +6,8 @@
 //! - [`reconcile`] runs the loop that applies it whenever something changed;
 //! - [`datapath`] applies it (bridge, VXLAN, veths, FDB) through [`netlink`], entering container
 //!   namespaces with [`netns`];
-//! - [`local_api`] serves weftctl, with the steps of its commands in [`changes`];
+//! - [`local_api`] serves weftctl, with the steps of its commands in [`changes`] and what it
+//!   shows of the tables in [`views`];
 //!   [`container`] resolves its CONTAINER references, Docker/Podman ones through [`docker`];
 //! - [`docker_watch`] releases the endpoints of Docker containers that stop or are removed;
 //! - [`dns`] serves containers' names to the containers of this host;
@@ -27,4 +28,5 @@ pub mod local_api;
 pub mod netlink;
 pub mod netns;
 pub mod reconcile;
+pub mod views;
 pub mod watch;

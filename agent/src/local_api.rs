@@ -1,7 +1,7 @@
 //! The API weftctl speaks to on the agent's unix socket. Error messages are the "why" of
 //! weftctl's `weftctl: <what failed>: <why>` line, so each names the culprit.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +11,7 @@ use tracing::warn;
 use weft_proto::addr::AddrSpec;
 use weft_proto::dns_name;
 use weft_proto::names::{EXPOSE_ID, short_container_id};
-use weft_proto::subnet::pool_size;
-use weft_proto::tables::{DEFAULT_NETWORK, Tables, endpoint_id};
+use weft_proto::tables::{Tables, endpoint_id};
 use weft_proto::v1::agent_server::Agent as AgentApi;
 use weft_proto::v1::{
     AcceptControllerRequest, AcceptControllerResponse, AttachResponse, CreateNetworkRequest,
@@ -21,9 +20,9 @@ use weft_proto::v1::{
     ExposeResponse, HideRequest, HideResponse, IpamStatusRequest, IpamStatusResponse,
     ListPeersRequest, ListPeersResponse, LocalAttachRequest, LocalAttachResponse,
     LocalDetachRequest, LocalDetachResponse, LocalDnsUpdateRequest, LocalDnsUpdateResponse,
-    NetworkInfo, NetworkListRequest, NetworkListResponse, PeerIpam, PsEntry, PsRequest, PsResponse,
-    RemovePeerRequest, RemovePeerResponse, ResetRequest, ResetResponse, StatusRequest,
-    StatusResponse, UpdateDnsRequest,
+    NetworkListRequest, NetworkListResponse, PsRequest, PsResponse, RemovePeerRequest,
+    RemovePeerResponse, ResetRequest, ResetResponse, StatusRequest, StatusResponse,
+    UpdateDnsRequest,
 };
 
 use crate::agent::{Agent, WatchStart};
@@ -32,6 +31,7 @@ use crate::desired::Exposed;
 use crate::dns::records::name_in_domain;
 use crate::dns::resolv_conf;
 use crate::netns::NamespaceError;
+use crate::views;
 
 /// How long `weftctl accept-controller` waits for the controller's tables.
 const ACCEPT_WAIT: Duration = Duration::from_secs(5);
@@ -102,72 +102,6 @@ fn ips_of(cidrs: &[String]) -> Vec<String> {
             c.split_once('/')
                 .map_or(c.as_str(), |(ip, _)| ip)
                 .to_string()
-        })
-        .collect()
-}
-
-/// Each network with its endpoint count, pool size and addresses in use, in VNI order (so the
-/// default network comes first).
-fn network_infos(t: &Tables) -> Vec<NetworkInfo> {
-    let mut counts: HashMap<&str, (u32, u64)> = HashMap::new();
-    for ep in t.endpoints.values() {
-        let c = counts.entry(ep.network.as_str()).or_default();
-        c.0 += 1;
-        c.1 += ep.cidrs.len() as u64;
-    }
-    let mut nets: Vec<_> = t.networks.values().collect();
-    nets.sort_by_key(|net| net.vni);
-    nets.into_iter()
-        .map(|net| {
-            let (endpoints, used) = counts.get(net.name.as_str()).copied().unwrap_or_default();
-            NetworkInfo {
-                network: Some(net.clone()),
-                endpoints,
-                pool: net.subnet.parse().map(pool_size).unwrap_or_default(),
-                used,
-            }
-        })
-        .collect()
-}
-
-/// One entry per container on `me`, as `weave ps` has it: the MAC of its first interface
-/// (`ethwe`) and every address it holds, interface by interface.
-fn ps_entries(t: &Tables, me: &str) -> Vec<PsEntry> {
-    let mut by_container: BTreeMap<&str, Vec<&Endpoint>> = BTreeMap::new();
-    for ep in t.endpoints.values().filter(|ep| ep.peer == me) {
-        by_container.entry(&ep.container_id).or_default().push(ep);
-    }
-    // The host itself first, as `weave ps` shows it.
-    let mut order: Vec<_> = by_container.into_iter().collect();
-    order.sort_by_key(|(container, _)| *container != EXPOSE_ID);
-    order
-        .into_iter()
-        .map(|(container, mut eps)| {
-            // ethwe, ethwe1, ..., ethwe10: by length, then by name.
-            eps.sort_by_key(|ep| (ep.container_ifname.len(), ep.container_ifname.clone()));
-            PsEntry {
-                container_id: container.to_string(),
-                mac: eps[0].mac.clone(),
-                cidrs: eps.iter().flat_map(|ep| ep.cidrs.iter().cloned()).collect(),
-                dns_name: eps[0].dns_name.clone(),
-            }
-        })
-        .collect()
-}
-
-/// Addresses in use per (peer, network).
-fn peer_usage(t: &Tables) -> Vec<PeerIpam> {
-    let mut used: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for ep in t.endpoints.values() {
-        *used
-            .entry((ep.peer.as_str(), ep.network.as_str()))
-            .or_default() += ep.cidrs.len() as u64;
-    }
-    used.into_iter()
-        .map(|((peer, network), used)| PeerIpam {
-            peer: peer.to_string(),
-            network: network.to_string(),
-            used,
         })
         .collect()
 }
@@ -341,26 +275,10 @@ impl AgentApi for LocalApi {
         };
         // Before the first snapshot there is nothing more to tell.
         agent.with_tables(|t| {
-            status.revision = t.revision;
-            status.peers = t.peers.len() as u32;
-            status.networks = t.networks.len() as u32;
-            status.endpoints = t
-                .endpoints
-                .values()
-                .filter(|ep| ep.peer == agent.name)
-                .count() as u32;
+            views::tables_status(t, &agent.name, &mut status);
             let records = agent.dns.state().records();
             status.dns_domain = agent.dns.state().domain.clone();
             status.dns_entries = records.len() as u32;
-            if let Some(default) = network_infos(t).into_iter().find(|i| {
-                i.network
-                    .as_ref()
-                    .is_some_and(|n| n.name == DEFAULT_NETWORK)
-            }) {
-                status.ipam_range = default.network.map(|n| n.subnet).unwrap_or_default();
-                status.ipam_used = default.used;
-                status.ipam_free = default.pool.saturating_sub(default.used);
-            }
         });
         Ok(Response::new(status))
     }
@@ -587,7 +505,7 @@ impl AgentApi for LocalApi {
                 .map_err(container_status)?;
             wanted.insert(container.id);
         }
-        let mut entries = self.read_tables(|t| ps_entries(t, &self.agent.name))?;
+        let mut entries = self.read_tables(|t| views::ps_entries(t, &self.agent.name))?;
         if !wanted.is_empty() {
             entries.retain(|e| wanted.contains(&e.container_id));
         }
@@ -626,7 +544,7 @@ impl AgentApi for LocalApi {
         &self,
         _request: Request<NetworkListRequest>,
     ) -> Result<Response<NetworkListResponse>, Status> {
-        let networks = self.read_tables(network_infos)?;
+        let networks = self.read_tables(views::network_infos)?;
         Ok(Response::new(NetworkListResponse { networks }))
     }
 
@@ -634,19 +552,7 @@ impl AgentApi for LocalApi {
         &self,
         _request: Request<IpamStatusRequest>,
     ) -> Result<Response<IpamStatusResponse>, Status> {
-        let (range, networks, peers) = self.read_tables(|t| {
-            let range = t
-                .networks
-                .get(DEFAULT_NETWORK)
-                .map(|n| n.subnet.clone())
-                .unwrap_or_default();
-            (range, network_infos(t), peer_usage(t))
-        })?;
-        Ok(Response::new(IpamStatusResponse {
-            range,
-            networks,
-            peers,
-        }))
+        Ok(Response::new(self.read_tables(views::ipam_status)?))
     }
 
     async fn list_peers(
@@ -840,7 +746,6 @@ impl AgentApi for LocalApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_proto::v1::Network;
 
     #[test]
     fn bad_addresses_are_named() {
@@ -858,77 +763,6 @@ mod tests {
         assert_eq!(
             ips_of(&["192.168.0.2/24".into(), "10.0.0.1/8".into()]),
             vec!["192.168.0.2", "10.0.0.1"]
-        );
-    }
-
-    #[test]
-    fn usage_is_counted_per_network_and_peer() {
-        let mut t = Tables::default();
-        for (name, subnet, vni) in [("default", "10.32.0.0/12", 1), ("blue", "10.9.0.0/24", 2)] {
-            t.networks.insert(
-                name.into(),
-                Network {
-                    name: name.into(),
-                    subnet: subnet.into(),
-                    vni,
-                },
-            );
-        }
-        for (peer, network, container, cidrs) in [
-            (
-                "host1",
-                "default",
-                "c1",
-                vec!["10.32.0.2/12", "10.32.0.3/12"],
-            ),
-            ("host2", "default", "c2", vec!["10.32.0.4/12"]),
-            ("host2", "blue", "c2", vec!["10.9.0.2/24"]),
-        ] {
-            let ep = Endpoint {
-                container_ifname: if network == "blue" { "ethwe1" } else { "ethwe" }.into(),
-                network: network.into(),
-                container_id: container.into(),
-                peer: peer.into(),
-                cidrs: cidrs.into_iter().map(String::from).collect(),
-                ..Endpoint::default()
-            };
-            t.endpoints.insert(weft_proto::tables::endpoint_id(&ep), ep);
-        }
-        let ps: Vec<_> = ps_entries(&t, "host2")
-            .into_iter()
-            .map(|e| (e.container_id, e.cidrs))
-            .collect();
-        assert_eq!(
-            ps,
-            [(
-                "c2".to_string(),
-                vec!["10.32.0.4/12".to_string(), "10.9.0.2/24".to_string()]
-            )]
-        );
-        let infos = network_infos(&t);
-        let summary: Vec<_> = infos
-            .iter()
-            .map(|i| {
-                (
-                    i.network.as_ref().unwrap().name.as_str(),
-                    i.endpoints,
-                    i.pool,
-                    i.used,
-                )
-            })
-            .collect();
-        assert_eq!(summary, [("default", 2, 1_048_573, 3), ("blue", 1, 253, 1)]);
-        let peers: Vec<_> = peer_usage(&t)
-            .into_iter()
-            .map(|p| (p.peer, p.network, p.used))
-            .collect();
-        assert_eq!(
-            peers,
-            [
-                ("host1".into(), "default".into(), 2),
-                ("host2".into(), "blue".into(), 1),
-                ("host2".into(), "default".into(), 1)
-            ]
         );
     }
 }
