@@ -421,7 +421,7 @@ impl Agent {
     }
 
     /// Waits until the tables hold `revision`, the controller's answer to a change this agent
-    /// asked for: what the agent does and shows next then includes that change, and no
+    /// asked for: what the agent does, shows and resolves next then includes that change, and no
     /// reconcile from older tables undoes it. Gives up (with a warning) after CATCH_UP_TIMEOUT.
     pub async fn caught_up(&self, revision: u64) {
         self.made(revision);
@@ -433,5 +433,8 @@ impl Agent {
                 "the controller's change has not arrived through the watch yet"
             );
         }
+        // The reconcile the change woke serves its names too, but later: a name just added
+        // must resolve as soon as the command that added it returns.
+        self.serve_names();
     }
 }

@@ -81,19 +81,16 @@ impl Agent {
     /// from this host lose their listener; after a start, those attached before get theirs
     /// (attach opens it for new ones).
     async fn refresh_dns(&self) {
-        let domain = &self.dns.state().domain;
-        let Some((records, local)) = self.with_tables(|t| {
-            let local: BTreeSet<String> = t
-                .endpoints
+        self.serve_names();
+        let Some(local) = self.with_tables(|t| {
+            t.endpoints
                 .values()
                 .filter(|ep| ep.peer == self.name && ep.container_id != EXPOSE_ID)
                 .map(|ep| ep.container_id.clone())
-                .collect();
-            (Records::from_tables(t, domain), local)
+                .collect::<BTreeSet<String>>()
         }) else {
             return;
         };
-        self.dns.state().set_records(records);
         self.dns.retain(|id| local.contains(id));
         if self.dns_caught_up.swap(true, Ordering::SeqCst) {
             return;
@@ -106,6 +103,14 @@ impl Agent {
             if let Err(e) = served {
                 warn!(container = %id, "no DNS for this container: {e:#}");
             }
+        }
+    }
+
+    /// Gives the DNS server the names the tables hold now.
+    pub(crate) fn serve_names(&self) {
+        let domain = &self.dns.state().domain;
+        if let Some(records) = self.with_tables(|t| Records::from_tables(t, domain)) {
+            self.dns.state().set_records(records);
         }
     }
 
