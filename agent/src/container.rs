@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use weft_proto::names::{MAX_CONTAINER_ID, excerpt, short_container_id};
 
-use crate::docker::DockerApi;
+use crate::docker::{DockerApi, DockerError};
 use crate::netns::{self, NamespaceError};
 
 /// Where named namespaces live (`ip netns add NAME`).
@@ -40,22 +40,14 @@ pub enum ContainerError {
     #[error("container reference \"{}\" is {len} bytes long, at most {MAX_CONTAINER_ID}",
         excerpt(.reference))]
     TooLong { reference: String, len: usize },
-    #[error("no container has the name or ID \"{reference}\" at {url}")]
-    NoSuchContainer { reference: String, url: String },
     #[error("container {name} ({}) is not running: it is {status}", short_container_id(.id))]
     NotRunning {
         name: String,
         id: String,
         status: String,
     },
-    #[error("ID prefix \"{prefix}\" matches {} containers: {}", .matches.len(),
-        .matches.iter().map(|id| short_container_id(id)).collect::<Vec<_>>().join(", "))]
-    Ambiguous {
-        prefix: String,
-        matches: Vec<String>,
-    },
-    #[error("cannot reach the Docker API at {url}: {why}")]
-    DockerUnreachable { url: String, why: String },
+    #[error(transparent)]
+    Docker(#[from] DockerError),
 }
 
 /// A namespace reference in its canonical form, without checking that it exists (detach must

@@ -11,7 +11,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::OnceCell;
 use weft_proto::error::root_cause;
 
-use crate::container::ContainerError;
+use weft_proto::names::short_container_id;
 
 /// Where the Docker API is when neither `--docker-host` nor `$DOCKER_HOST` says.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -26,6 +26,21 @@ const STOP_EVENTS: [&str; 3] = ["die", "destroy", "remove"];
 /// host would otherwise fail every listing.
 const UNDECODABLE_TRIES: u32 = 10;
 const UNDECODABLE_PAUSE: Duration = Duration::from_millis(100);
+
+/// Why the Docker API did not give the container asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DockerError {
+    #[error("no container has the name or ID \"{reference}\" at {url}")]
+    NoSuchContainer { reference: String, url: String },
+    #[error("ID prefix \"{prefix}\" matches {} containers: {}", .matches.len(),
+        .matches.iter().map(|id| short_container_id(id)).collect::<Vec<_>>().join(", "))]
+    Ambiguous {
+        prefix: String,
+        matches: Vec<String>,
+    },
+    #[error("cannot reach the Docker API at {url}: {why}")]
+    Unreachable { url: String, why: String },
+}
 
 /// A container as the Docker API describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,14 +74,14 @@ impl DockerApi {
         &self.url
     }
 
-    fn unreachable(&self, err: &bollard::errors::Error) -> ContainerError {
+    fn unreachable(&self, err: &bollard::errors::Error) -> DockerError {
         let why = match err {
             bollard::errors::Error::SocketNotFoundError(_) => {
                 "the socket does not exist (is Docker, or Podman's API service, running?)".into()
             }
             err => root_cause(err),
         };
-        ContainerError::DockerUnreachable {
+        DockerError::Unreachable {
             url: self.url.clone(),
             why,
         }
@@ -74,7 +89,7 @@ impl DockerApi {
 
     /// The client, speaking the newest API version both sides know (Podman's is older than
     /// Docker's).
-    async fn client(&self) -> Result<&Docker, ContainerError> {
+    async fn client(&self) -> Result<&Docker, DockerError> {
         self.client
             .get_or_try_init(|| async {
                 let client = if self.url.starts_with("tcp://") || self.url.starts_with("http://") {
@@ -92,7 +107,7 @@ impl DockerApi {
     }
 
     /// The containers, all or only the running ones: (ID, names).
-    async fn list(&self, all: bool) -> Result<Vec<(String, Vec<String>)>, ContainerError> {
+    async fn list(&self, all: bool) -> Result<Vec<(String, Vec<String>)>, DockerError> {
         let client = self.client().await?;
         let options = ListContainersOptionsBuilder::new().all(all).build();
         let list = decoded(|| client.list_containers(Some(options.clone())))
@@ -113,18 +128,18 @@ impl DockerApi {
 
     /// The container a reference names: its full ID, its name, or a prefix of exactly one ID
     /// (in that order, as the Docker CLI takes them).
-    pub async fn find(&self, reference: &str) -> Result<DockerContainer, ContainerError> {
+    pub async fn find(&self, reference: &str) -> Result<DockerContainer, DockerError> {
         let all = self.list(true).await?;
         let id = match pick(reference, &all) {
             Pick::One(id) => id,
             Pick::None => {
-                return Err(ContainerError::NoSuchContainer {
+                return Err(DockerError::NoSuchContainer {
                     reference: reference.to_string(),
                     url: self.url.clone(),
                 });
             }
             Pick::Many(ids) => {
-                return Err(ContainerError::Ambiguous {
+                return Err(DockerError::Ambiguous {
                     prefix: reference.to_string(),
                     matches: ids,
                 });
@@ -137,7 +152,7 @@ impl DockerApi {
                 // Removed between the listing and now.
                 bollard::errors::Error::DockerResponseServerError {
                     status_code: 404, ..
-                } => ContainerError::NoSuchContainer {
+                } => DockerError::NoSuchContainer {
                     reference: reference.to_string(),
                     url: self.url.clone(),
                 },
@@ -161,7 +176,7 @@ impl DockerApi {
     }
 
     /// The IDs of the containers running now.
-    pub async fn running(&self) -> Result<HashSet<String>, ContainerError> {
+    pub async fn running(&self) -> Result<HashSet<String>, DockerError> {
         Ok(self
             .list(false)
             .await?
@@ -175,7 +190,7 @@ impl DockerApi {
     pub async fn stops(
         &self,
         since: u64,
-    ) -> Result<impl Stream<Item = Result<String, ContainerError>> + '_, ContainerError> {
+    ) -> Result<impl Stream<Item = Result<String, DockerError>> + '_, DockerError> {
         let filters = HashMap::from([("type", vec!["container"]), ("event", STOP_EVENTS.to_vec())]);
         let options = EventsOptionsBuilder::new()
             .since(&since.to_string())

@@ -10,7 +10,7 @@ use weft_proto::names::is_docker_id;
 use weft_proto::v1::Endpoint;
 
 use crate::agent::Agent;
-use crate::container::ContainerError;
+use crate::docker::DockerError;
 
 /// How long to wait before trying the Docker API again, at most.
 const RETRY_MAX: Duration = Duration::from_secs(10);
@@ -39,7 +39,7 @@ impl Agent {
         }
     }
 
-    async fn follow_docker_once(&self) -> Result<(), ContainerError> {
+    async fn follow_docker_once(&self) -> Result<(), DockerError> {
         let docker = &self.containers.docker;
         // Events from a second before the catch-up on: a container that stops during it is
         // still heard of.

@@ -30,6 +30,7 @@ use crate::container::{Container, ContainerError};
 use crate::desired::Exposed;
 use crate::dns::records::name_in_domain;
 use crate::dns::resolv_conf;
+use crate::docker::DockerError;
 use crate::netns::NamespaceError;
 use crate::views;
 
@@ -49,16 +50,18 @@ fn container_status(e: ContainerError) -> Status {
     match e {
         ContainerError::Namespace(NamespaceError::Missing(_))
         | ContainerError::NoProcess(_)
-        | ContainerError::NoSuchContainer { .. } => Status::not_found(message),
+        | ContainerError::Docker(DockerError::NoSuchContainer { .. }) => Status::not_found(message),
         ContainerError::Namespace(NamespaceError::Unreadable { .. }) => {
             Status::permission_denied(message)
         }
         ContainerError::Namespace(NamespaceError::NotNetwork { .. })
         | ContainerError::Unsupported(_)
         | ContainerError::TooLong { .. }
-        | ContainerError::Ambiguous { .. } => Status::invalid_argument(message),
+        | ContainerError::Docker(DockerError::Ambiguous { .. }) => {
+            Status::invalid_argument(message)
+        }
         ContainerError::NotRunning { .. } => Status::failed_precondition(message),
-        ContainerError::DockerUnreachable { .. } => Status::unavailable(message),
+        ContainerError::Docker(DockerError::Unreachable { .. }) => Status::unavailable(message),
     }
 }
 
