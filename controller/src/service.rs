@@ -63,6 +63,7 @@ fn status_of(err: TableError) -> Status {
         TableError::UnknownPeer(_)
         | TableError::NetworkInUse { .. }
         | TableError::PeerConnected(_) => Status::failed_precondition(msg),
+        TableError::OthersMac { .. } => Status::permission_denied(msg),
         TableError::UnknownNetwork(_)
         | TableError::NoDnsRecord { .. }
         | TableError::NotAttached { .. }
@@ -151,41 +152,6 @@ impl ControllerService {
             }
         }
         true
-    }
-
-    /// A detach that names, by `only_mac`, an endpoint of another peer is refused as such, not
-    /// answered "not attached": it is an attempt to act on another host's endpoints.
-    fn refuse_others_mac(
-        &self,
-        peer: &str,
-        container_id: &str,
-        only_mac: &str,
-    ) -> Result<(), Status> {
-        let state = self.inner.shared.lock();
-        // The usual case, an agent releasing its own endpoint, and an unknown MAC are cheap;
-        // only a MAC of some other endpoint costs a look through them all.
-        if only_mac.is_empty()
-            || !state.index.macs.contains(only_mac)
-            || state
-                .index
-                .endpoints_of(&state.tables, peer, container_id)
-                .iter()
-                .any(|ep| ep.mac == only_mac)
-        {
-            return Ok(());
-        }
-        match state
-            .tables
-            .endpoints
-            .values()
-            .find(|ep| ep.mac == only_mac && ep.peer != peer)
-        {
-            Some(ep) => Err(Status::permission_denied(format!(
-                "MAC {only_mac} belongs to an endpoint of peer {}, not of {peer}",
-                ep.peer
-            ))),
-            None => Ok(()),
-        }
     }
 
     fn liveness(&self) -> MutexGuard<'_, Liveness> {
@@ -341,8 +307,6 @@ impl Controller for ControllerService {
         request: Request<DetachRequest>,
     ) -> Result<Response<DetachResponse>, Status> {
         act_for(&request, &request.get_ref().peer)?;
-        let r = request.get_ref();
-        self.refuse_others_mac(&r.peer, &r.container_id, &r.only_mac)?;
         let DetachRequest {
             peer,
             container_id,
@@ -355,20 +319,7 @@ impl Controller for ControllerService {
         let (done, revision) = self
             .mutate({
                 let (peer, container_id) = (peer.clone(), container_id.clone());
-                move |t| {
-                    let still_there = only_mac.is_empty()
-                        || t.index
-                            .endpoints_of(t.tables, &peer, &container_id)
-                            .iter()
-                            .any(|ep| ep.mac == only_mac);
-                    if !still_there {
-                        return Err(TableError::NotAttached {
-                            container: format!("{container_id} with MAC {only_mac}"),
-                            peer,
-                        });
-                    }
-                    t.detach(&peer, &container_id, &specs)
-                }
+                move |t| t.detach(&peer, &container_id, &specs, &only_mac)
             })
             .await?;
         info!(container = %container_id, %peer, released = ?done.released, revision, "detached");

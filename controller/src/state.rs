@@ -400,7 +400,7 @@ mod tests {
             // Allocates an address, a MAC and a veth name.
             attach("c2", "net:default"),
             // Releases c0's address, which the next request takes.
-            job(|view| Ok(view.detach("host1", "c0", &[])?.1)),
+            job(|view| Ok(view.detach("host1", "c0", &[], "")?.1)),
             attach("c3", c0),
             // Refused only because c3 took the address earlier in the batch.
             attach("c4", c0),

@@ -1,0 +1,60 @@
+//! DNS records beside the containers' own names: added and removed by their peer, gone with
+//! their container or peer.
+
+use std::net::Ipv4Addr;
+
+use weft_proto::dns_name;
+use weft_proto::tables::{Tables, dns_record_id};
+use weft_proto::v1::{DnsRecord, delta::Change};
+
+use super::{TableError, View};
+
+pub(super) fn update_dns(
+    view: &View,
+    peer: &str,
+    remove: bool,
+    records: &[DnsRecord],
+) -> Result<Vec<Change>, TableError> {
+    if !view.tables.peers.contains_key(peer) {
+        return Err(TableError::UnknownPeer(peer.to_string()));
+    }
+    let mut changes = Vec::new();
+    for record in records {
+        let name = dns_name::normalize(&record.name).map_err(TableError::Invalid)?;
+        let ip: Ipv4Addr = record.ip.parse().map_err(|_| {
+            TableError::Invalid(format!("\"{}\" is not an IPv4 address", record.ip))
+        })?;
+        let record = DnsRecord {
+            name,
+            ip: ip.to_string(),
+            peer: peer.to_string(),
+            container_id: record.container_id.clone(),
+        };
+        let existing = view.tables.dns_records.get(&dns_record_id(&record));
+        match (remove, existing) {
+            (false, Some(r)) if *r == record => {}
+            (false, _) => changes.push(Change::DnsRecordPut(record)),
+            (true, Some(r)) => changes.push(Change::DnsRecordDeleted(r.clone())),
+            (true, None) => {
+                return Err(TableError::NoDnsRecord {
+                    name: record.name,
+                    ip: record.ip,
+                });
+            }
+        }
+    }
+    Ok(changes)
+}
+
+/// The changes that delete the DNS records `which` selects.
+pub(super) fn delete_dns_records(
+    tables: &Tables,
+    which: impl Fn(&DnsRecord) -> bool,
+) -> Vec<Change> {
+    tables
+        .dns_records
+        .values()
+        .filter(|r| which(r))
+        .map(|r| Change::DnsRecordDeleted(r.clone()))
+        .collect()
+}

@@ -1,0 +1,337 @@
+//! Attach and detach: which addresses a container gets or gives back, in which networks, and the
+//! MAC and interface names of its new endpoints.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use weft_proto::addr::{AddrSpec, NetRef};
+use weft_proto::names::{Mac, container_ifname, host_ifname, mac_for_address};
+use weft_proto::tables::endpoint_id;
+use weft_proto::v1::{Endpoint, EndpointKey, delta::Change};
+
+use super::dns::delete_dns_records;
+use super::planner::Planner;
+use super::{Attached, Detached, MAC_TRIES, TableError, View, cidr_of};
+use crate::index::Index;
+
+pub(super) fn attach(
+    view: &View,
+    peer: &str,
+    container_id: &str,
+    addrs: &[AddrSpec],
+    dns_name: &str,
+    new_mac: &mut dyn FnMut() -> Mac,
+) -> Result<(Attached, Vec<Change>), TableError> {
+    if !view.tables.peers.contains_key(peer) {
+        return Err(TableError::UnknownPeer(peer.to_string()));
+    }
+    if container_id.is_empty() {
+        return Err(TableError::Invalid("container id is empty".into()));
+    }
+    let default = [AddrSpec::Allocate(NetRef::Default)];
+    let addrs = if addrs.is_empty() {
+        &default[..]
+    } else {
+        addrs
+    };
+    let holder = (container_id.to_string(), peer.to_string());
+    let mut plan = Planner::new(view);
+    // Network → the addresses this attach gives the container there, in request order.
+    let mut wanted: BTreeMap<String, Vec<Ipv4Network>> = BTreeMap::new();
+    let (mut cidrs, mut added) = (Vec::new(), Vec::new());
+    for addr in addrs {
+        let (network, cidr) = match addr {
+            AddrSpec::Static(cidr) => {
+                let subnet = Ipv4Network::new(cidr.network(), cidr.prefix())
+                    .expect("a prefix that parsed is valid");
+                let network = plan
+                    .network_for_subnet(subnet, true)?
+                    .expect("created when missing");
+                if plan.claim(&network, *cidr, &holder)? {
+                    added.push(cidr.to_string());
+                }
+                (network, *cidr)
+            }
+            AddrSpec::Allocate(r) => {
+                let network = plan.network_by_ref(r)?;
+                // As Weave's IPAM does, a container that holds an address in the network
+                // gets that one: a retried attach must not pile addresses up.
+                let taken = wanted.get(&network).map_or(&[][..], Vec::as_slice);
+                let held = view
+                    .tables
+                    .endpoints
+                    .get(&(peer.to_string(), network.clone(), container_id.to_string()))
+                    .into_iter()
+                    .flat_map(|ep| &ep.cidrs)
+                    .filter_map(|c| c.parse::<Ipv4Network>().ok())
+                    .find(|c| !taken.contains(c));
+                let cidr = match held {
+                    Some(cidr) => cidr,
+                    None => {
+                        let cidr = plan.allocate(&network, &holder)?;
+                        added.push(cidr.to_string());
+                        cidr
+                    }
+                };
+                (network, cidr)
+            }
+        };
+        cidrs.push(cidr.to_string());
+        wanted.entry(network).or_default().push(cidr);
+    }
+
+    let held = view.index.endpoints_of(view.tables, peer, container_id);
+    let mut names = Names::new(view, peer, &held);
+    // A name belongs to the container: all its endpoints carry the same one.
+    let dns_name = match dns_name {
+        "" => held.first().map_or("", |ep| ep.dns_name.as_str()),
+        name => name,
+    };
+    let mut endpoints = Vec::new();
+    for (network, new_cidrs) in wanted {
+        let id = (peer.to_string(), network.clone(), container_id.to_string());
+        let ep = match view.tables.endpoints.get(&id) {
+            Some(existing) => {
+                let mut ep = existing.clone();
+                ep.dns_name = dns_name.to_string();
+                for cidr in new_cidrs.iter().map(|c| c.to_string()) {
+                    if !ep.cidrs.contains(&cidr) {
+                        ep.cidrs.push(cidr);
+                    }
+                }
+                ep
+            }
+            None => {
+                let (mac, ifname, cname) = names.pick(new_cidrs[0].ip(), new_mac)?;
+                let mut dedup: Vec<String> = Vec::new();
+                for cidr in new_cidrs.iter().map(|c| c.to_string()) {
+                    if !dedup.contains(&cidr) {
+                        dedup.push(cidr);
+                    }
+                }
+                Endpoint {
+                    network,
+                    container_id: container_id.to_string(),
+                    mac: mac.to_string(),
+                    cidrs: dedup,
+                    peer: peer.to_string(),
+                    host_ifname: ifname,
+                    container_ifname: cname,
+                    dns_name: dns_name.to_string(),
+                }
+            }
+        };
+        if view.tables.endpoints.get(&endpoint_id(&ep)) != Some(&ep) {
+            plan.changes.push(Change::EndpointPut(ep.clone()));
+        }
+        endpoints.push(ep);
+    }
+    for other in held.iter().filter(|ep| ep.dns_name != dns_name) {
+        if !endpoints.iter().any(|ep| ep.network == other.network) {
+            let mut renamed = (*other).clone();
+            renamed.dns_name = dns_name.to_string();
+            plan.changes.push(Change::EndpointPut(renamed));
+        }
+    }
+    let networks = endpoints
+        .iter()
+        .map(|ep| plan.networks[&ep.network].clone())
+        .collect();
+    Ok((
+        Attached {
+            endpoints,
+            networks,
+            cidrs,
+            added,
+        },
+        plan.changes,
+    ))
+}
+
+pub(super) fn detach(
+    view: &View,
+    peer: &str,
+    container_id: &str,
+    addrs: &[AddrSpec],
+    only_mac: &str,
+) -> Result<(Detached, Vec<Change>), TableError> {
+    check_only_mac(view, peer, container_id, only_mac)?;
+    let mut current: BTreeMap<String, Endpoint> = view
+        .index
+        .endpoints_of(view.tables, peer, container_id)
+        .into_iter()
+        .map(|ep| (ep.network.clone(), ep.clone()))
+        .collect();
+    if current.is_empty() {
+        return Err(TableError::NotAttached {
+            container: container_id.to_string(),
+            peer: peer.to_string(),
+        });
+    }
+    let not_held = |what: String| TableError::NotHeld {
+        what,
+        container: container_id.to_string(),
+        peer: peer.to_string(),
+    };
+    let plan = Planner::new(view);
+    let mut released = Vec::new();
+    if addrs.is_empty() {
+        for ep in current.values_mut() {
+            released.append(&mut ep.cidrs);
+        }
+    }
+    for addr in addrs {
+        match addr {
+            AddrSpec::Static(cidr) => {
+                let held = current.values_mut().find_map(|ep| {
+                    let at = ep
+                        .cidrs
+                        .iter()
+                        .position(|c| cidr_of(c).map(|c| c.ip()) == Ok(cidr.ip()))?;
+                    Some(ep.cidrs.remove(at))
+                });
+                released.push(held.ok_or_else(|| not_held(format!("address {}", cidr.ip())))?);
+            }
+            AddrSpec::Allocate(r) => {
+                let network = plan.existing_network(r)?;
+                let ep = current
+                    .get_mut(&network)
+                    .filter(|ep| !ep.cidrs.is_empty())
+                    .ok_or_else(|| not_held(format!("an address in network {network}")))?;
+                released.append(&mut ep.cidrs);
+            }
+        }
+    }
+    let mut done = Detached {
+        released,
+        ..Detached::default()
+    };
+    let mut changes = Vec::new();
+    for ep in current.into_values() {
+        let before = &view.tables.endpoints[&endpoint_id(&ep)];
+        if ep.cidrs.is_empty() {
+            changes.push(Change::EndpointDeleted(EndpointKey {
+                peer: ep.peer.clone(),
+                container_id: ep.container_id.clone(),
+                network: ep.network.clone(),
+            }));
+            done.removed.push(ep);
+        } else if *before != ep {
+            changes.push(Change::EndpointPut(ep.clone()));
+            done.updated.push(ep);
+        }
+    }
+    if done.removed.len()
+        == view
+            .index
+            .endpoints_of(view.tables, peer, container_id)
+            .len()
+    {
+        // The container is gone from the peer, and the names added for it with it.
+        changes.extend(delete_dns_records(view.tables, |r| {
+            r.peer == peer && r.container_id == container_id
+        }));
+    }
+    Ok((done, changes))
+}
+
+/// A detach by `only_mac` goes ahead only while the container has the endpoint of that MAC. A MAC
+/// of another peer's endpoint is refused as such, not as "not attached": it is an attempt to act
+/// on another host's endpoints.
+fn check_only_mac(
+    view: &View,
+    peer: &str,
+    container_id: &str,
+    only_mac: &str,
+) -> Result<(), TableError> {
+    if only_mac.is_empty()
+        || view
+            .index
+            .endpoints_of(view.tables, peer, container_id)
+            .iter()
+            .any(|ep| ep.mac == only_mac)
+    {
+        return Ok(());
+    }
+    // Only a MAC of some endpoint costs a look through them all.
+    let owner = view
+        .index
+        .macs
+        .contains(only_mac)
+        .then(|| {
+            view.tables
+                .endpoints
+                .values()
+                .find(|ep| ep.mac == only_mac && ep.peer != peer)
+        })
+        .flatten();
+    Err(match owner {
+        Some(ep) => TableError::OthersMac {
+            mac: only_mac.to_string(),
+            owner: ep.peer.clone(),
+            peer: peer.to_string(),
+        },
+        None => TableError::NotAttached {
+            container: format!("{container_id} with MAC {only_mac}"),
+            peer: peer.to_string(),
+        },
+    })
+}
+
+/// The MAC and interface names of one attach's new endpoints: none that an endpoint of the
+/// tables (the index knows them) or an earlier endpoint of the same attach has.
+struct Names<'a> {
+    index: &'a Index,
+    /// Host-side interface names of the peer's endpoints.
+    peer_ifnames: Option<&'a HashSet<String>>,
+    /// Container-side interface names the container has or this attach gave it.
+    container_ifnames: BTreeSet<String>,
+    new_macs: BTreeSet<String>,
+    new_ifnames: BTreeSet<String>,
+}
+
+impl<'a> Names<'a> {
+    fn new(view: &View<'a>, peer: &str, held: &[&Endpoint]) -> Self {
+        Names {
+            index: view.index,
+            peer_ifnames: view.index.host_ifnames.get(peer),
+            container_ifnames: held.iter().map(|ep| ep.container_ifname.clone()).collect(),
+            new_macs: BTreeSet::new(),
+            new_ifnames: BTreeSet::new(),
+        }
+    }
+
+    /// A MAC, its host interface name and the container interface name for a new endpoint whose
+    /// first address is `ip`. The MAC of an address is the same whoever holds it, so a container
+    /// that gets an address another one had is reached at once: others' ARP caches (which no
+    /// gratuitous ARP can update through proxying VXLAN devices) stay right. Random MACs from
+    /// `new_mac` are the fallback when that one is taken.
+    fn pick(
+        &mut self,
+        ip: Ipv4Addr,
+        new_mac: &mut dyn FnMut() -> Mac,
+    ) -> Result<(Mac, String, String), TableError> {
+        let (mac, ifname) = std::iter::once(mac_for_address(ip))
+            .chain((0..MAC_TRIES).map(|_| new_mac()))
+            .map(|mac| (mac, host_ifname(mac)))
+            .find(|(mac, ifname)| {
+                let mac = mac.to_string();
+                !self.index.macs.contains(&mac)
+                    && !self.new_macs.contains(&mac)
+                    && !self
+                        .peer_ifnames
+                        .is_some_and(|names| names.contains(ifname))
+                    && !self.new_ifnames.contains(ifname)
+            })
+            .ok_or(TableError::NoFreeMac)?;
+        self.new_macs.insert(mac.to_string());
+        self.new_ifnames.insert(ifname.clone());
+        let cname = (0..)
+            .map(container_ifname)
+            .find(|n| !self.container_ifnames.contains(n))
+            .expect("unbounded");
+        self.container_ifnames.insert(cname.clone());
+        Ok((mac, ifname, cname))
+    }
+}

@@ -1,0 +1,227 @@
+//! The rules that keep the controller's tables consistent. Pure: every request is first checked
+//! and turned into a list of changes, which the caller persists and only then applies, so a
+//! failed write changes nothing. One file per thing ruled on: [`endpoints`] (attach, detach),
+//! [`networks`], [`peers`], [`dns`]; [`planner`] holds what one request has taken so far.
+
+use ipnetwork::Ipv4Network;
+use weft_proto::addr::{AddrSpec, parse_cidr};
+use weft_proto::names::{Mac, short_container_id};
+use weft_proto::subnet::{PREFIX_RANGE, canonical};
+use weft_proto::tables::Tables;
+use weft_proto::v1::{DnsRecord, Endpoint, Network, Peer, delta::Change};
+
+use crate::index::Index;
+use crate::ipam::IpamError;
+
+mod dns;
+mod endpoints;
+mod networks;
+mod peers;
+mod planner;
+#[cfg(test)]
+mod tests;
+
+/// Tries at a MAC (and so a veth name) no other endpoint has.
+const MAC_TRIES: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("peer {0} is not registered with the controller")]
+    UnknownPeer(String),
+    #[error("unknown network {0}")]
+    UnknownNetwork(String),
+    #[error(transparent)]
+    Ipam(#[from] IpamError),
+    #[error("network {name} already exists ({subnet})")]
+    NetworkExists { name: String, subnet: String },
+    #[error("subnet {subnet} overlaps network {other} ({other_subnet})")]
+    Overlap {
+        subnet: String,
+        other: String,
+        other_subnet: String,
+    },
+    #[error("network {name} still has {count} endpoint(s), e.g. {example}")]
+    NetworkInUse {
+        name: String,
+        count: usize,
+        example: String,
+    },
+    #[error("{} is not attached on {peer}", short_container_id(.container))]
+    NotAttached { container: String, peer: String },
+    #[error("{what} is not held by {} on {peer}", short_container_id(.container))]
+    NotHeld {
+        what: String,
+        container: String,
+        peer: String,
+    },
+    #[error("MAC {mac} belongs to an endpoint of peer {owner}, not of {peer}")]
+    OthersMac {
+        mac: String,
+        owner: String,
+        peer: String,
+    },
+    #[error("peer {0} is connected: only a peer whose agent is gone can be removed")]
+    PeerConnected(String),
+    #[error("no free MAC address found after {MAC_TRIES} tries")]
+    NoFreeMac,
+    #[error("no DNS record {name} {ip}")]
+    NoDnsRecord { name: String, ip: String },
+}
+
+/// What an attach did: the container's endpoints in the networks it touched (and those
+/// networks), every address it asked for (with prefix), and which of them are new.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attached {
+    pub endpoints: Vec<Endpoint>,
+    pub networks: Vec<Network>,
+    pub cidrs: Vec<String>,
+    pub added: Vec<String>,
+}
+
+/// What a detach did.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Detached {
+    pub updated: Vec<Endpoint>,
+    pub removed: Vec<Endpoint>,
+    pub released: Vec<String>,
+}
+
+/// Checks requests against the tables and plans the changes they make.
+pub trait TableRules {
+    /// Makes the default network exist with `range`; refuses to move a stored one.
+    fn ensure_default_network(&self, range: Ipv4Network) -> Result<Vec<Change>, TableError>;
+    /// Adds or updates a peer; nothing changes when it is already known as it is.
+    fn register_peer(&self, peer: Peer) -> Result<Vec<Change>, TableError>;
+    /// Claims or allocates `addrs` (none: one from the default network) for a container, and
+    /// names it `dns_name` (empty: keeps the name it has).
+    fn attach(
+        &self,
+        peer: &str,
+        container_id: &str,
+        addrs: &[AddrSpec],
+        dns_name: &str,
+        new_mac: &mut dyn FnMut() -> Mac,
+    ) -> Result<(Attached, Vec<Change>), TableError>;
+    /// Releases `addrs` (none: all) of a container; with `only_mac`, only if the container still
+    /// has the endpoint of that MAC (an agent releasing what it saw without a veth).
+    fn detach(
+        &self,
+        peer: &str,
+        container_id: &str,
+        addrs: &[AddrSpec],
+        only_mac: &str,
+    ) -> Result<(Detached, Vec<Change>), TableError>;
+    fn create_network(
+        &self,
+        name: &str,
+        subnet: &str,
+    ) -> Result<(Network, Vec<Change>), TableError>;
+    fn delete_network(&self, name: &str) -> Result<Vec<Change>, TableError>;
+    /// Forgets a peer that is not `connected`, releasing its endpoints.
+    fn remove_peer(
+        &self,
+        name: &str,
+        connected: bool,
+    ) -> Result<(Vec<String>, Vec<Change>), TableError>;
+    /// Adds DNS records for `peer`, or removes them (by name and address).
+    fn update_dns(
+        &self,
+        peer: &str,
+        remove: bool,
+        records: &[DnsRecord],
+    ) -> Result<Vec<Change>, TableError>;
+}
+
+/// The tables and their index, as the rules read them.
+pub struct View<'a> {
+    pub tables: &'a Tables,
+    pub index: &'a Index,
+}
+
+impl TableRules for View<'_> {
+    fn ensure_default_network(&self, range: Ipv4Network) -> Result<Vec<Change>, TableError> {
+        networks::ensure_default_network(self, range)
+    }
+
+    fn register_peer(&self, peer: Peer) -> Result<Vec<Change>, TableError> {
+        peers::register_peer(self, peer)
+    }
+
+    fn attach(
+        &self,
+        peer: &str,
+        container_id: &str,
+        addrs: &[AddrSpec],
+        dns_name: &str,
+        new_mac: &mut dyn FnMut() -> Mac,
+    ) -> Result<(Attached, Vec<Change>), TableError> {
+        endpoints::attach(self, peer, container_id, addrs, dns_name, new_mac)
+    }
+
+    fn detach(
+        &self,
+        peer: &str,
+        container_id: &str,
+        addrs: &[AddrSpec],
+        only_mac: &str,
+    ) -> Result<(Detached, Vec<Change>), TableError> {
+        endpoints::detach(self, peer, container_id, addrs, only_mac)
+    }
+
+    fn create_network(
+        &self,
+        name: &str,
+        subnet: &str,
+    ) -> Result<(Network, Vec<Change>), TableError> {
+        networks::create_network(self, name, subnet)
+    }
+
+    fn delete_network(&self, name: &str) -> Result<Vec<Change>, TableError> {
+        networks::delete_network(self, name)
+    }
+
+    fn remove_peer(
+        &self,
+        name: &str,
+        connected: bool,
+    ) -> Result<(Vec<String>, Vec<Change>), TableError> {
+        peers::remove_peer(self, name, connected)
+    }
+
+    fn update_dns(
+        &self,
+        peer: &str,
+        remove: bool,
+        records: &[DnsRecord],
+    ) -> Result<Vec<Change>, TableError> {
+        dns::update_dns(self, peer, remove, records)
+    }
+}
+
+pub(super) fn check_prefix(subnet: Ipv4Network) -> Result<(), TableError> {
+    if PREFIX_RANGE.contains(&subnet.prefix()) {
+        return Ok(());
+    }
+    Err(TableError::Invalid(format!(
+        "prefix /{} of {} is outside /{}../{}",
+        subnet.prefix(),
+        canonical(subnet),
+        PREFIX_RANGE.start(),
+        PREFIX_RANGE.end()
+    )))
+}
+
+pub(super) fn network_subnet(net: &Network) -> Result<Ipv4Network, TableError> {
+    net.subnet.parse().map_err(|_| {
+        TableError::Invalid(format!(
+            "network {} has a corrupt subnet \"{}\"",
+            net.name, net.subnet
+        ))
+    })
+}
+
+pub(super) fn cidr_of(cidr: &str) -> Result<Ipv4Network, TableError> {
+    parse_cidr(cidr, cidr).map_err(|e| TableError::Invalid(e.to_string()))
+}

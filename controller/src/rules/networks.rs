@@ -1,0 +1,97 @@
+//! Networks: the default one, created once from `--ipalloc-range`; others created by name and
+//! subnet, removed once empty.
+
+use ipnetwork::Ipv4Network;
+use weft_proto::addr::parse_subnet;
+use weft_proto::subnet::canonical;
+use weft_proto::tables::{DEFAULT_NETWORK, DEFAULT_VNI};
+use weft_proto::v1::{Endpoint, Network, delta::Change};
+
+use super::planner::Planner;
+use super::{TableError, View, check_prefix};
+
+const MAX_NETWORK_NAME: usize = 64;
+
+pub(super) fn ensure_default_network(
+    view: &View,
+    range: Ipv4Network,
+) -> Result<Vec<Change>, TableError> {
+    check_prefix(range)?;
+    let subnet = canonical(range);
+    match view.tables.networks.get(DEFAULT_NETWORK) {
+        Some(net) if net.subnet == subnet => Ok(vec![]),
+        Some(net) => Err(TableError::Invalid(format!(
+            "the stored default network is {} but --ipalloc-range is {subnet}",
+            net.subnet
+        ))),
+        None => Ok(vec![Change::NetworkPut(Network {
+            name: DEFAULT_NETWORK.into(),
+            subnet,
+            vni: DEFAULT_VNI,
+        })]),
+    }
+}
+
+pub(super) fn create_network(
+    view: &View,
+    name: &str,
+    subnet: &str,
+) -> Result<(Network, Vec<Change>), TableError> {
+    validate_network_name(name)?;
+    let parsed = parse_subnet(subnet, subnet)
+        .map_err(|e| TableError::Invalid(format!("invalid subnet \"{subnet}\": {}", e.reason)))?;
+    if let Some(net) = view.tables.networks.get(name) {
+        return Err(TableError::NetworkExists {
+            name: name.to_string(),
+            subnet: net.subnet.clone(),
+        });
+    }
+    let mut plan = Planner::new(view);
+    if let Some(other) = plan.network_for_subnet(parsed, false)? {
+        return Err(TableError::Invalid(format!(
+            "subnet {} is already network {other}",
+            canonical(parsed)
+        )));
+    }
+    let net = plan.add_network(name, parsed)?;
+    Ok((net, plan.changes))
+}
+
+pub(super) fn delete_network(view: &View, name: &str) -> Result<Vec<Change>, TableError> {
+    if name == DEFAULT_NETWORK {
+        return Err(TableError::Invalid(
+            "the default network cannot be removed".into(),
+        ));
+    }
+    if !view.tables.networks.contains_key(name) {
+        return Err(TableError::UnknownNetwork(name.to_string()));
+    }
+    let members: Vec<&Endpoint> = view
+        .tables
+        .endpoints
+        .values()
+        .filter(|ep| ep.network == name)
+        .collect();
+    if let Some(first) = members.first() {
+        return Err(TableError::NetworkInUse {
+            name: name.to_string(),
+            count: members.len(),
+            example: format!("{} on {}", first.container_id, first.peer),
+        });
+    }
+    Ok(vec![Change::NetworkDeleted(name.to_string())])
+}
+
+fn validate_network_name(name: &str) -> Result<(), TableError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "._-/".contains(c);
+    if name.is_empty()
+        || name.len() > MAX_NETWORK_NAME
+        || name.starts_with('-')
+        || !name.chars().all(ok_char)
+    {
+        return Err(TableError::Invalid(format!(
+            "invalid network name \"{name}\": use 1 to {MAX_NETWORK_NAME} letters, digits, '.', '_', '-' or '/'"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! The tables as one request sees them while it is planned: networks it creates and addresses it
+//! takes count at once, so two parts of one request cannot take the same thing.
+
+use std::collections::BTreeMap;
+
+use ipnetwork::Ipv4Network;
+use weft_proto::addr::NetRef;
+use weft_proto::subnet::canonical;
+use weft_proto::tables::{DEFAULT_NETWORK, DEFAULT_VNI};
+use weft_proto::v1::{Network, delta::Change};
+
+use super::{TableError, View, check_prefix, network_subnet};
+use crate::index::Index;
+use crate::ipam::{Holder, Pool, Taken};
+
+/// Largest VNI VXLAN has (24 bits).
+const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// What one request has planned so far.
+pub(super) struct Planner<'a> {
+    pub(super) index: &'a Index,
+    pub(super) networks: BTreeMap<String, Network>,
+    /// Pools of the networks this request creates.
+    pub(super) new_pools: BTreeMap<String, Pool>,
+    /// Addresses this request takes, per network.
+    pub(super) taken: BTreeMap<String, Taken>,
+    pub(super) changes: Vec<Change>,
+}
+
+impl<'a> Planner<'a> {
+    pub(super) fn new(view: &View<'a>) -> Self {
+        Planner {
+            index: view.index,
+            networks: view.tables.networks.clone(),
+            new_pools: BTreeMap::new(),
+            taken: BTreeMap::new(),
+            changes: Vec::new(),
+        }
+    }
+
+    /// The network whose subnet is `subnet`. With `create`, one is made (named by the subnet)
+    /// when no network has it; a network that overlaps without being equal is an error.
+    pub(super) fn network_for_subnet(
+        &mut self,
+        subnet: Ipv4Network,
+        create: bool,
+    ) -> Result<Option<String>, TableError> {
+        check_prefix(subnet)?;
+        let wanted = canonical(subnet);
+        for net in self.networks.values() {
+            let theirs = network_subnet(net)?;
+            if theirs == subnet {
+                return Ok(Some(net.name.clone()));
+            }
+            if theirs.overlaps(subnet) {
+                return Err(TableError::Overlap {
+                    subnet: wanted,
+                    other: net.name.clone(),
+                    other_subnet: net.subnet.clone(),
+                });
+            }
+        }
+        if !create {
+            return Ok(None);
+        }
+        self.add_network(&wanted, subnet)?;
+        Ok(Some(wanted))
+    }
+
+    pub(super) fn add_network(
+        &mut self,
+        name: &str,
+        subnet: Ipv4Network,
+    ) -> Result<Network, TableError> {
+        let vni = self
+            .networks
+            .values()
+            .map(|n| n.vni)
+            .max()
+            .unwrap_or(DEFAULT_VNI)
+            + 1;
+        if vni > MAX_VNI {
+            return Err(TableError::Invalid("no VNI left for a new network".into()));
+        }
+        let net = Network {
+            name: name.to_string(),
+            subnet: canonical(subnet),
+            vni,
+        };
+        self.networks.insert(net.name.clone(), net.clone());
+        self.new_pools
+            .insert(net.name.clone(), Pool::new(name, subnet));
+        self.changes.push(Change::NetworkPut(net.clone()));
+        Ok(net)
+    }
+
+    pub(super) fn network_by_ref(&mut self, r: &NetRef) -> Result<String, TableError> {
+        match r {
+            NetRef::Default => Ok(DEFAULT_NETWORK.to_string()),
+            NetRef::Subnet(subnet) => Ok(self
+                .network_for_subnet(*subnet, true)?
+                .expect("created when missing")),
+            NetRef::Name(name) if self.networks.contains_key(name) => Ok(name.clone()),
+            NetRef::Name(name) => Err(TableError::UnknownNetwork(name.clone())),
+        }
+    }
+
+    /// The network's pool (recorded addresses) and what this request has taken there.
+    pub(super) fn pool(&mut self, network: &str) -> Result<(&Pool, &mut Taken), TableError> {
+        let pool = self
+            .new_pools
+            .get(network)
+            .or_else(|| self.index.pools.get(network))
+            .ok_or_else(|| TableError::UnknownNetwork(network.to_string()))?;
+        Ok((pool, self.taken.entry(network.to_string()).or_default()))
+    }
+
+    /// Claims `cidr` in `network`; true if the holder did not have it yet.
+    pub(super) fn claim(
+        &mut self,
+        network: &str,
+        cidr: Ipv4Network,
+        holder: &Holder,
+    ) -> Result<bool, TableError> {
+        let (pool, taken) = self.pool(network)?;
+        let new = pool.claim(cidr.ip(), holder, taken)?;
+        taken.insert(cidr.ip(), holder.clone());
+        Ok(new)
+    }
+
+    /// Takes the lowest free address of `network`, with the network's prefix.
+    pub(super) fn allocate(
+        &mut self,
+        network: &str,
+        holder: &Holder,
+    ) -> Result<Ipv4Network, TableError> {
+        let (pool, taken) = self.pool(network)?;
+        let ip = pool.allocate(holder, taken)?;
+        let cidr = Ipv4Network::new(ip, pool.subnet.prefix()).expect("a valid prefix");
+        taken.insert(ip, holder.clone());
+        Ok(cidr)
+    }
+
+    /// The network a detach's `net:` argument means, which must exist.
+    pub(super) fn existing_network(&self, r: &NetRef) -> Result<String, TableError> {
+        match r {
+            NetRef::Default => Ok(DEFAULT_NETWORK.to_string()),
+            NetRef::Name(name) if self.networks.contains_key(name) => Ok(name.clone()),
+            NetRef::Name(name) => Err(TableError::UnknownNetwork(name.clone())),
+            NetRef::Subnet(subnet) => self
+                .networks
+                .values()
+                .find(|n| n.subnet == canonical(*subnet))
+                .map(|n| n.name.clone())
+                .ok_or_else(|| TableError::UnknownNetwork(canonical(*subnet))),
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! The rules' unit tests: every request against small tables, with the index built afresh.
+
+use std::collections::BTreeSet;
+
+use weft_proto::tables::{DEFAULT_NETWORK, DEFAULT_VNI};
+
+use super::*;
+
+/// The rules on the tables alone, with the index built afresh for each call, as the
+/// controller has it after a restart: the index must not change any answer.
+trait OnTables {
+    fn view<R>(&self, f: impl FnOnce(&View) -> R) -> R;
+    fn ensure_default_network(&self, range: Ipv4Network) -> Result<Vec<Change>, TableError> {
+        self.view(|v| v.ensure_default_network(range))
+    }
+    fn register_peer(&self, peer: Peer) -> Result<Vec<Change>, TableError> {
+        self.view(|v| v.register_peer(peer))
+    }
+    fn attach(
+        &self,
+        peer: &str,
+        container_id: &str,
+        addrs: &[AddrSpec],
+        dns_name: &str,
+        new_mac: &mut dyn FnMut() -> Mac,
+    ) -> Result<(Attached, Vec<Change>), TableError> {
+        self.view(|v| v.attach(peer, container_id, addrs, dns_name, new_mac))
+    }
+    fn detach(
+        &self,
+        peer: &str,
+        container_id: &str,
+        addrs: &[AddrSpec],
+        only_mac: &str,
+    ) -> Result<(Detached, Vec<Change>), TableError> {
+        self.view(|v| v.detach(peer, container_id, addrs, only_mac))
+    }
+    fn create_network(
+        &self,
+        name: &str,
+        subnet: &str,
+    ) -> Result<(Network, Vec<Change>), TableError> {
+        self.view(|v| v.create_network(name, subnet))
+    }
+    fn delete_network(&self, name: &str) -> Result<Vec<Change>, TableError> {
+        self.view(|v| v.delete_network(name))
+    }
+    fn remove_peer(
+        &self,
+        name: &str,
+        connected: bool,
+    ) -> Result<(Vec<String>, Vec<Change>), TableError> {
+        self.view(|v| v.remove_peer(name, connected))
+    }
+    fn update_dns(
+        &self,
+        peer: &str,
+        remove: bool,
+        records: &[DnsRecord],
+    ) -> Result<Vec<Change>, TableError> {
+        self.view(|v| v.update_dns(peer, remove, records))
+    }
+}
+
+impl OnTables for Tables {
+    fn view<R>(&self, f: impl FnOnce(&View) -> R) -> R {
+        let index = Index::build(self);
+        f(&View {
+            tables: self,
+            index: &index,
+        })
+    }
+}
+
+fn peer(name: &str, addr: &str) -> Peer {
+    Peer {
+        name: name.into(),
+        advertise_addr: addr.into(),
+    }
+}
+
+fn apply_all(t: &mut Tables, changes: Vec<Change>) {
+    for c in &changes {
+        t.apply(c);
+    }
+}
+
+fn two_hosts() -> Tables {
+    let mut t = Tables::default();
+    let changes = t
+        .ensure_default_network("10.32.0.0/12".parse().unwrap())
+        .unwrap();
+    apply_all(&mut t, changes);
+    for (name, addr) in [("host1", "198.18.0.1"), ("host2", "198.18.0.2")] {
+        let changes = t.register_peer(peer(name, addr)).unwrap();
+        apply_all(&mut t, changes);
+    }
+    t
+}
+
+/// MACs 02:00:00:00:00:01, :02, ... in turn.
+fn macs() -> impl FnMut() -> Mac {
+    let mut n = 0u8;
+    move || {
+        n += 1;
+        Mac([2, 0, 0, 0, 0, n])
+    }
+}
+
+fn specs(addrs: &[&str]) -> Vec<AddrSpec> {
+    addrs.iter().map(|a| a.parse().unwrap()).collect()
+}
+
+/// Attaches and applies; returns the addresses the attach gave.
+fn attach(
+    t: &mut Tables,
+    peer: &str,
+    container: &str,
+    addrs: &[&str],
+) -> Result<Vec<String>, String> {
+    let (done, changes) = t
+        .attach(peer, container, &specs(addrs), "", &mut macs_from(t))
+        .map_err(|e| e.to_string())?;
+    apply_all(t, changes);
+    Ok(done.cidrs)
+}
+
+/// A MAC source that skips MACs the tables already hold.
+fn macs_from(t: &Tables) -> impl FnMut() -> Mac + use<> {
+    let held: BTreeSet<String> = t.endpoints.values().map(|e| e.mac.clone()).collect();
+    let mut next = macs();
+    move || loop {
+        let mac = next();
+        if !held.contains(&mac.to_string()) {
+            return mac;
+        }
+    }
+}
+
+fn detach(
+    t: &mut Tables,
+    peer: &str,
+    container: &str,
+    addrs: &[&str],
+) -> Result<Vec<String>, String> {
+    let (done, changes) = t
+        .detach(peer, container, &specs(addrs), "")
+        .map_err(|e| e.to_string())?;
+    apply_all(t, changes);
+    Ok(done.released)
+}
+
+#[test]
+fn default_network_is_created_once_and_never_moved() {
+    let t = two_hosts();
+    assert_eq!(t.networks[DEFAULT_NETWORK].subnet, "10.32.0.0/12");
+    assert_eq!(t.networks[DEFAULT_NETWORK].vni, DEFAULT_VNI);
+    assert_eq!(
+        t.ensure_default_network("10.32.0.0/12".parse().unwrap()),
+        Ok(vec![])
+    );
+    assert_eq!(
+        t.ensure_default_network("10.40.0.0/16".parse().unwrap())
+            .unwrap_err()
+            .to_string(),
+        "the stored default network is 10.32.0.0/12 but --ipalloc-range is 10.40.0.0/16"
+    );
+}
+
+#[test]
+fn peers_register_once_and_bad_addresses_are_refused() {
+    let t = two_hosts();
+    assert_eq!(t.revision, 3);
+    assert_eq!(t.register_peer(peer("host1", "198.18.0.1")), Ok(vec![]));
+    assert_eq!(
+        t.register_peer(peer("host1", "nope"))
+            .unwrap_err()
+            .to_string(),
+        "peer host1: advertise address \"nope\" is not an IPv4 address"
+    );
+}
+
+#[test]
+fn static_addresses_create_their_network_and_name_holders() {
+    let mut t = two_hosts();
+    assert_eq!(
+        attach(&mut t, "host1", "c1", &["192.168.0.2/24"]),
+        Ok(vec!["192.168.0.2/24".into()])
+    );
+    let net = &t.networks["192.168.0.0/24"];
+    assert_eq!((net.subnet.as_str(), net.vni), ("192.168.0.0/24", 2));
+    let ep = &t.endpoints[&("host1".into(), "192.168.0.0/24".into(), "c1".into())];
+    assert_eq!(ep.mac, "0a:77:c0:a8:00:02");
+    assert_eq!(ep.host_ifname, "vethwepl0a80002");
+    assert_eq!(ep.container_ifname, "ethwe");
+    assert_eq!(
+        attach(&mut t, "host2", "c2", &["192.168.0.2/24"]),
+        Err("address 192.168.0.2 already in use by c1 on host1".into())
+    );
+    // A retried attach of what the container already holds is harmless, and adds nothing.
+    let (again, changes) = t
+        .attach("host1", "c1", &specs(&["192.168.0.2/24"]), "", &mut macs())
+        .unwrap();
+    assert_eq!((again.added.len(), changes.len()), (0, 0));
+    assert_eq!(again.networks[0].name, "192.168.0.0/24");
+    let rev = t.revision;
+    assert_eq!(
+        attach(&mut t, "host1", "c1", &["192.168.0.2/24"]),
+        Ok(vec!["192.168.0.2/24".into()])
+    );
+    assert_eq!(t.revision, rev);
+    // A second network gets the next VNI and the container its next interface.
+    assert_eq!(
+        attach(&mut t, "host1", "c1", &["192.168.10.10/24"]),
+        Ok(vec!["192.168.10.10/24".into()])
+    );
+    assert_eq!(t.networks["192.168.10.0/24"].vni, 3);
+    let ep2 = &t.endpoints[&("host1".into(), "192.168.10.0/24".into(), "c1".into())];
+    assert_eq!(ep2.container_ifname, "ethwe1");
+}
+
+#[test]
+fn a_name_belongs_to_the_whole_container() {
+    let mut t = two_hosts();
+    let name_of = |t: &Tables, net: &str| {
+        t.endpoints[&("host1".into(), net.into(), "c1".into())]
+            .dns_name
+            .clone()
+    };
+    let (_, changes) = t
+        .attach(
+            "host1",
+            "c1",
+            &specs(&["192.168.0.2/24"]),
+            "bbox1",
+            &mut macs(),
+        )
+        .unwrap();
+    apply_all(&mut t, changes);
+    // A later attach without a name keeps it, also on the container's new endpoint.
+    attach(&mut t, "host1", "c1", &["10.32.0.9/12"]).unwrap();
+    assert_eq!(name_of(&t, "192.168.0.0/24"), "bbox1");
+    assert_eq!(name_of(&t, "default"), "bbox1");
+    // A new name renames every endpoint, also those the attach does not touch.
+    let (_, changes) = t
+        .attach(
+            "host1",
+            "c1",
+            &specs(&["10.32.0.9/12"]),
+            "bbox2",
+            &mut macs(),
+        )
+        .unwrap();
+    apply_all(&mut t, changes);
+    assert_eq!(name_of(&t, "192.168.0.0/24"), "bbox2");
+    assert_eq!(name_of(&t, "default"), "bbox2");
+}
+
+#[test]
+fn docker_ids_are_shown_short_in_errors() {
+    let mut t = two_hosts();
+    let id = "3f2a9c1d7e55".to_string() + &"0".repeat(52);
+    attach(&mut t, "host2", &id, &["192.168.0.2/24"]).unwrap();
+    assert_eq!(
+        attach(&mut t, "host1", "c2", &["192.168.0.2/24"]),
+        Err("address 192.168.0.2 already in use by 3f2a9c1d7e55 on host2".into())
+    );
+}
+
+#[test]
+fn dns_records_live_with_their_container_and_peer() {
+    let mut t = two_hosts();
+    attach(&mut t, "host1", "c1", &["192.168.0.2/24"]).unwrap();
+    let record = |name: &str, ip: &str, container: &str| DnsRecord {
+        name: name.into(),
+        ip: ip.into(),
+        container_id: container.into(),
+        ..DnsRecord::default()
+    };
+    let changes = t
+        .update_dns(
+            "host1",
+            false,
+            &[
+                record("Web.", "192.168.0.2", "c1"),
+                record("db", "10.9.9.9", ""),
+            ],
+        )
+        .unwrap();
+    apply_all(&mut t, changes);
+    let names: Vec<_> = t.dns_records.keys().cloned().collect();
+    assert_eq!(
+        names,
+        [
+            ("db".to_string(), "10.9.9.9".to_string()),
+            ("web".to_string(), "192.168.0.2".to_string())
+        ]
+    );
+    // Adding again changes nothing; removing what is not there is refused, naming it.
+    let again = t
+        .update_dns("host1", false, &[record("web", "192.168.0.2", "c1")])
+        .unwrap();
+    assert!(again.is_empty());
+    assert_eq!(
+        t.update_dns("host1", true, &[record("web", "192.168.0.9", "")])
+            .unwrap_err()
+            .to_string(),
+        "no DNS record web 192.168.0.9"
+    );
+    // The container's last endpoint takes its records along; the other stays until rmpeer.
+    let (_, changes) = t.detach("host1", "c1", &[], "").unwrap();
+    apply_all(&mut t, changes);
+    assert_eq!(t.dns_records.len(), 1);
+    let (_, changes) = t.remove_peer("host1", false).unwrap();
+    apply_all(&mut t, changes);
+    assert!(t.dns_records.is_empty());
+}
+
+#[test]
+fn attach_without_addresses_allocates_from_the_default_network() {
+    let mut t = two_hosts();
+    assert_eq!(
+        attach(&mut t, "host1", "c1", &[]),
+        Ok(vec!["10.32.0.2/12".into()])
+    );
+    assert_eq!(
+        attach(&mut t, "host2", "c2", &["net:default"]),
+        Ok(vec!["10.32.0.3/12".into()])
+    );
+    assert_eq!(
+        attach(&mut t, "host1", "c3", &["net:default", "net:default"]),
+        Ok(vec!["10.32.0.4/12".into(), "10.32.0.5/12".into()])
+    );
+    let ep = &t.endpoints[&("host1".into(), DEFAULT_NETWORK.into(), "c3".into())];
+    assert_eq!(ep.cidrs, ["10.32.0.4/12", "10.32.0.5/12"]);
+}
+
+#[test]
+fn a_container_asking_again_gets_the_address_it_holds() {
+    let mut t = two_hosts();
+    let (blue, changes) = t.create_network("blue", "10.9.0.0/24").unwrap();
+    apply_all(&mut t, changes);
+    let first = attach(&mut t, "host1", "c1", &[]).unwrap();
+    assert_eq!(first, ["10.32.0.2/12"]);
+    for again in [&[][..], &["net:default"], &["net:10.32.0.0/12"]] {
+        assert_eq!(attach(&mut t, "host1", "c1", again).as_ref(), Ok(&first));
+    }
+    assert_eq!(
+        attach(&mut t, "host1", "c1", &["net:blue"]),
+        Ok(vec!["10.9.0.2/24".into()])
+    );
+    assert_eq!(
+        attach(&mut t, "host1", "c1", &[&format!("net:{}", blue.name)]),
+        Ok(vec!["10.9.0.2/24".into()])
+    );
+    // Two asked for at once: the one held, and one more.
+    assert_eq!(
+        attach(&mut t, "host1", "c1", &["net:default", "net:default"]),
+        Ok(vec!["10.32.0.2/12".into(), "10.32.0.3/12".into()])
+    );
+    // The same container on another host is another holder.
+    assert_eq!(
+        attach(&mut t, "host2", "c1", &[]),
+        Ok(vec!["10.32.0.4/12".into()])
+    );
+}
+
+#[test]
+fn net_cidr_and_net_name_allocate_in_their_network() {
+    let mut t = two_hosts();
+    assert_eq!(
+        attach(&mut t, "host1", "c1", &["net:10.2.0.0/30"]),
+        Ok(vec!["10.2.0.2/30".into()])
+    );
+    assert_eq!(
+        attach(&mut t, "host1", "c2", &["net:10.2.0.0/30"]),
+        Err("network 10.2.0.0/30 (10.2.0.0/30) has no free address: all 1 are in use".into())
+    );
+    let (blue, changes) = t.create_network("blue", "10.9.0.0/24").unwrap();
+    apply_all(&mut t, changes);
+    assert_eq!(blue.vni, 3);
+    assert_eq!(
+        attach(&mut t, "host2", "c3", &["net:blue"]),
+        Ok(vec!["10.9.0.2/24".into()])
+    );
+    assert_eq!(
+        attach(&mut t, "host2", "c3", &["net:red"]),
+        Err("unknown network red".into())
+    );
+}
+
+#[test]
+fn failed_attaches_change_nothing() {
+    let mut t = two_hosts();
+    attach(&mut t, "host1", "c1", &["192.168.0.2/24"]).unwrap();
+    let before = t.clone();
+    for (addrs, why) in [
+        (
+            &["192.168.0.3/24", "192.168.0.2/24"][..],
+            "address 192.168.0.2 already in use by c1 on host1",
+        ),
+        (
+            &["192.168.0.0/24"],
+            "address 192.168.0.0 is the network address of 192.168.0.0/24",
+        ),
+        (
+            &["192.168.0.255/24"],
+            "address 192.168.0.255 is the broadcast address of 192.168.0.0/24",
+        ),
+        (
+            &["192.168.0.1/24"],
+            "address 192.168.0.1 is the gateway address, kept for the host of 192.168.0.0/24",
+        ),
+        (
+            &["192.168.0.9/23"],
+            "subnet 192.168.0.0/23 overlaps network 192.168.0.0/24 (192.168.0.0/24)",
+        ),
+        (
+            &["10.33.0.9/16"],
+            "subnet 10.33.0.0/16 overlaps network default (10.32.0.0/12)",
+        ),
+        (
+            &["10.0.0.2/31"],
+            "prefix /31 of 10.0.0.2/31 is outside /8../30",
+        ),
+        (
+            &["10.0.0.2/7"],
+            "prefix /7 of 10.0.0.0/7 is outside /8../30",
+        ),
+    ] {
+        assert_eq!(attach(&mut t, "host2", "c2", addrs), Err(why.to_string()));
+        assert_eq!(t, before, "state after {addrs:?}");
+    }
+    assert_eq!(
+        attach(&mut t, "host9", "c2", &[]),
+        Err("peer host9 is not registered with the controller".into())
+    );
+}
+
+#[test]
+fn detach_releases_what_it_names_and_removes_empty_endpoints() {
+    let mut t = two_hosts();
+    attach(
+        &mut t,
+        "host1",
+        "c1",
+        &["192.168.0.2/24", "192.168.0.3/24", "192.168.10.2/24"],
+    )
+    .unwrap();
+    assert_eq!(
+        detach(&mut t, "host1", "c1", &["192.168.0.3/24"]),
+        Ok(vec!["192.168.0.3/24".into()])
+    );
+    assert_eq!(
+        detach(&mut t, "host1", "c1", &["192.168.0.3/24"]),
+        Err("address 192.168.0.3 is not held by c1 on host1".into())
+    );
+    assert_eq!(
+        detach(&mut t, "host1", "c1", &["net:192.168.10.0/24"]),
+        Ok(vec!["192.168.10.2/24".into()])
+    );
+    assert_eq!(t.endpoints.len(), 1, "the emptied endpoint is gone");
+    // Released addresses are free again.
+    assert!(attach(&mut t, "host2", "c2", &["192.168.0.3/24"]).is_ok());
+    assert_eq!(
+        detach(&mut t, "host1", "c1", &[]),
+        Ok(vec!["192.168.0.2/24".into()])
+    );
+    assert_eq!(
+        detach(&mut t, "host1", "c1", &[]),
+        Err("c1 is not attached on host1".into())
+    );
+}
+
+#[test]
+fn networks_are_created_checked_and_removed() {
+    let mut t = two_hosts();
+    let create = |t: &Tables, name: &str, subnet: &str| {
+        t.create_network(name, subnet)
+            .map(|(n, _)| n)
+            .map_err(|e| e.to_string())
+    };
+    let (net, changes) = t.create_network("blue", "10.9.0.0/24").unwrap();
+    apply_all(&mut t, changes);
+    assert_eq!(
+        (net.name.as_str(), net.subnet.as_str(), net.vni),
+        ("blue", "10.9.0.0/24", 2)
+    );
+    assert_eq!(
+        create(&t, "blue", "10.8.0.0/24"),
+        Err("network blue already exists (10.9.0.0/24)".into())
+    );
+    assert_eq!(
+        create(&t, "red", "10.9.0.0/24"),
+        Err("subnet 10.9.0.0/24 is already network blue".into())
+    );
+    assert_eq!(
+        create(&t, "red", "10.9.0.0/16"),
+        Err("subnet 10.9.0.0/16 overlaps network blue (10.9.0.0/24)".into())
+    );
+    assert_eq!(
+        create(&t, "red", "10.9.1.1/24"),
+        Err("invalid subnet \"10.9.1.1/24\": host bits set; the subnet is 10.9.1.0/24".into())
+    );
+    assert_eq!(
+        create(&t, "red", "10.9.1.0/31"),
+        Err("prefix /31 of 10.9.1.0/31 is outside /8../30".into())
+    );
+    assert_eq!(
+        create(&t, "red", "banana"),
+        Err("invalid subnet \"banana\": expected IP/LEN, e.g. 192.168.0.2/24".into())
+    );
+    assert!(
+        create(&t, "a b", "10.7.0.0/24")
+            .unwrap_err()
+            .starts_with("invalid network name \"a b\"")
+    );
+    attach(&mut t, "host1", "c1", &["net:blue"]).unwrap();
+    assert_eq!(
+        t.delete_network("blue").unwrap_err().to_string(),
+        "network blue still has 1 endpoint(s), e.g. c1 on host1"
+    );
+    assert_eq!(
+        t.delete_network("default").unwrap_err().to_string(),
+        "the default network cannot be removed"
+    );
+    assert_eq!(
+        t.delete_network("green").unwrap_err().to_string(),
+        "unknown network green"
+    );
+    detach(&mut t, "host1", "c1", &[]).unwrap();
+    let changes = t.delete_network("blue").unwrap();
+    apply_all(&mut t, changes);
+    assert!(!t.networks.contains_key("blue"));
+}
+
+#[test]
+fn removing_a_dead_peer_frees_its_addresses() {
+    let mut t = two_hosts();
+    attach(&mut t, "host2", "c2", &["192.168.0.2/24"]).unwrap();
+    assert_eq!(
+        t.remove_peer("host2", true).unwrap_err().to_string(),
+        "peer host2 is connected: only a peer whose agent is gone can be removed"
+    );
+    let (released, changes) = t.remove_peer("host2", false).unwrap();
+    assert_eq!(released, ["192.168.0.2/24"]);
+    apply_all(&mut t, changes);
+    assert!(!t.peers.contains_key("host2"));
+    assert!(attach(&mut t, "host1", "c1", &["192.168.0.2/24"]).is_ok());
+}
+
+#[test]
+fn a_detach_by_mac_releases_only_that_endpoint_and_never_another_peers() {
+    let mut t = two_hosts();
+    attach(&mut t, "host1", "c1", &[]).unwrap();
+    attach(&mut t, "host2", "c2", &[]).unwrap();
+    let mac_of = |t: &Tables, c: &str| {
+        let ep = t.endpoints.values().find(|ep| ep.container_id == c);
+        ep.unwrap().mac.clone()
+    };
+    let (c1, c2) = (mac_of(&t, "c1"), mac_of(&t, "c2"));
+    let refused = |t: &Tables, mac: &str| t.detach("host1", "c1", &[], mac).unwrap_err();
+    assert_eq!(
+        refused(&t, &c2).to_string(),
+        format!("MAC {c2} belongs to an endpoint of peer host2, not of host1")
+    );
+    assert_eq!(
+        refused(&t, "02:00:00:00:00:99").to_string(),
+        "c1 with MAC 02:00:00:00:00:99 is not attached on host1"
+    );
+    let (done, changes) = t.detach("host1", "c1", &[], &c1).unwrap();
+    assert_eq!(done.released, ["10.32.0.2/12"]);
+    apply_all(&mut t, changes);
+    assert_eq!(t.endpoints.len(), 1, "c2's endpoint stays");
+}
