@@ -59,19 +59,20 @@ pub struct Agent {
     tables: RwLock<Option<Tables>>,
     /// The revision of `tables`, for those waiting for a change of theirs to arrive.
     revision: watch::Sender<u64>,
-    pub(crate) changed: Notify,
+    /// Wakes the reconciler: the tables changed, or a pass was asked for.
+    changed: Notify,
     /// One lock per container with an attach, detach or release under way: they take turns, so
     /// none acts on what another is half-way through changing.
     container_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     link: Mutex<ControllerLink>,
     /// Whether the first reconcile after start has looked into the containers.
-    pub(crate) checked_containers: AtomicBool,
+    checked_containers: AtomicBool,
     /// Whether DNS has been opened in the containers attached before the agent started.
-    pub(crate) dns_caught_up: AtomicBool,
+    dns_caught_up: AtomicBool,
     /// The latest revision the controller gave for a change this agent asked for.
     own_revision: AtomicU64,
     /// Set by a reset: the agent changes nothing more and stops.
-    pub(crate) stopping: AtomicBool,
+    stopping: AtomicBool,
     stopped: Notify,
 }
 
@@ -219,6 +220,28 @@ impl Agent {
     /// Asks the reconciler for a pass, e.g. after a detach emptied a network on this host.
     pub fn request_reconcile(&self) {
         self.changed.notify_one();
+    }
+
+    /// Resolves at the next [`Agent::request_reconcile`] or change of the tables (or at once if
+    /// one came since the last wait).
+    pub(crate) async fn reconcile_requested(&self) {
+        self.changed.notified().await
+    }
+
+    /// Whether a reset has stopped the agent changing anything.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// True the first time only: the first reconcile after start looks into the containers.
+    pub(crate) fn first_container_check(&self) -> bool {
+        !self.checked_containers.swap(true, Ordering::SeqCst)
+    }
+
+    /// True the first time only: DNS is then opened in the containers attached before the
+    /// agent started.
+    pub(crate) fn first_dns_catch_up(&self) -> bool {
+        !self.dns_caught_up.swap(true, Ordering::SeqCst)
     }
 
     /// Waits until no attach, detach or release of `container_id` is under way, and keeps others

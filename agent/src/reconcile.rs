@@ -3,7 +3,6 @@
 //! fix: see `Datapath::reconcile`), and give back addresses of endpoints that lost their veth.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::bail;
@@ -27,19 +26,19 @@ impl Agent {
     pub async fn reconcile_loop(&self) {
         loop {
             tokio::select! {
-                _ = self.changed.notified() => {}
+                _ = self.reconcile_requested() => {}
                 _ = tokio::time::sleep(RESYNC_EVERY) => {}
             }
             if let Err(e) = self.reconcile().await {
                 warn!("reconcile failed, retrying: {e:#}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                self.changed.notify_one();
+                self.request_reconcile();
             }
         }
     }
 
     async fn reconcile(&self) -> anyhow::Result<()> {
-        if self.stopping.load(Ordering::SeqCst) {
+        if self.is_stopping() {
             return Ok(());
         }
         // Stray veths (no endpoint calls for them) are removed only when the tables hold every
@@ -92,7 +91,7 @@ impl Agent {
             return;
         };
         self.dns.retain(|id| local.contains(id));
-        if self.dns_caught_up.swap(true, Ordering::SeqCst) {
+        if !self.first_dns_catch_up() {
             return;
         }
         for id in local.iter().filter(|id| !self.dns.serves(id)) {
@@ -158,7 +157,7 @@ impl Agent {
         if local.is_empty() {
             return Ok(());
         }
-        let first_pass = !self.checked_containers.swap(true, Ordering::SeqCst);
+        let first_pass = self.first_container_check();
         for seen in local {
             let Some(_lock) = self.try_lock_container(&seen.container_id) else {
                 continue;
