@@ -31,6 +31,7 @@ use crate::desired::Exposed;
 use crate::dns::records::name_in_domain;
 use crate::dns::resolv_conf;
 use crate::docker::DockerError;
+use crate::netlink::InterfaceExists;
 use crate::netns::NamespaceError;
 use crate::views;
 
@@ -41,8 +42,20 @@ pub struct LocalApi {
     agent: Arc<Agent>,
 }
 
-fn internal(e: anyhow::Error) -> Status {
-    Status::internal(format!("{e:#}"))
+/// The status of a failed step, by the kind of error at its root: a container that is not as
+/// the attach needs it is the caller's problem, not the agent's.
+fn status_of(e: anyhow::Error) -> Status {
+    let message = format!("{e:#}");
+    let kind = |code| Status::new(code, message.clone());
+    for cause in e.chain() {
+        if cause.is::<InterfaceExists>() {
+            return kind(Code::AlreadyExists);
+        }
+        if let Some(e) = cause.downcast_ref::<NamespaceError>() {
+            return kind(container_status(ContainerError::Namespace(e.clone())).code());
+        }
+    }
+    Status::internal(message)
 }
 
 fn container_status(e: ContainerError) -> Status {
@@ -160,7 +173,7 @@ impl LocalApi {
                 .datapath
                 .link_exists(&ep.host_ifname)
                 .await
-                .map_err(internal)?;
+                .map_err(status_of)?;
             if !plugged {
                 let (asked, left): (Vec<String>, Vec<String>) =
                     ep.cidrs.drain(..).partition(|c| done.cidrs.contains(c));
@@ -186,7 +199,7 @@ impl LocalApi {
                 .datapath
                 .plug(container, ep, vni)
                 .await
-                .map_err(internal)?;
+                .map_err(status_of)?;
         }
         Ok(())
     }
@@ -207,7 +220,7 @@ impl LocalApi {
                 .datapath
                 .holds(container, &ep.container_ifname, mac, &ep.host_ifname)
                 .await
-                .map_err(internal)?;
+                .map_err(status_of)?;
             if !held {
                 return Err(Status::aborted(format!(
                     "{} lost its interface {} (veth {}) while it was being attached",
@@ -321,7 +334,7 @@ impl AgentApi for LocalApi {
                     );
                 }
                 self.agent.request_reconcile();
-                return Err(internal(e));
+                return Err(status_of(e));
             }
         }
         Ok(Response::new(ExposeResponse {
@@ -343,7 +356,7 @@ impl AgentApi for LocalApi {
                     .datapath
                     .expose(vni, exposed.as_ref())
                     .await
-                    .map_err(internal)?;
+                    .map_err(status_of)?;
             }
         }
         Ok(Response::new(HideResponse {
@@ -378,7 +391,7 @@ impl AgentApi for LocalApi {
                 }
             }
         }
-        let removed = self.agent.datapath.reset().await.map_err(internal);
+        let removed = self.agent.datapath.reset().await.map_err(status_of);
         self.agent.finish_stop();
         Ok(Response::new(ResetResponse {
             removed: removed?,
@@ -460,7 +473,7 @@ impl AgentApi for LocalApi {
                 .datapath
                 .container_interfaces(&container)
                 .await
-                .map_err(internal)?
+                .map_err(status_of)?
                 .is_empty();
         let done = match self
             .agent
@@ -477,7 +490,7 @@ impl AgentApi for LocalApi {
                     .datapath
                     .unplug_container(&container)
                     .await
-                    .map_err(internal)?;
+                    .map_err(status_of)?;
                 if removed.is_empty() && !had_interfaces {
                     return Err(s);
                 }
@@ -491,7 +504,7 @@ impl AgentApi for LocalApi {
         self.agent
             .unplug_detached(&container, &done)
             .await
-            .map_err(internal)?;
+            .map_err(status_of)?;
         Ok(Response::new(LocalDetachResponse {
             ips: ips_of(&done.released),
         }))
@@ -759,6 +772,20 @@ mod tests {
             bad.message(),
             "invalid address \"192.168.0.300/24\": \"192.168.0.300\" is not an IPv4 address"
         );
+    }
+
+    #[test]
+    fn a_failed_step_is_coded_by_its_root_cause() {
+        let exists = anyhow::Error::new(InterfaceExists("ethwe".into())).context("plugging c1");
+        let status = status_of(exists);
+        assert_eq!(status.code(), Code::AlreadyExists);
+        assert_eq!(
+            status.message(),
+            "plugging c1: the container already has an interface ethwe"
+        );
+        let gone = anyhow::Error::new(NamespaceError::Missing("/run/netns/c1".into()));
+        assert_eq!(status_of(gone).code(), Code::NotFound);
+        assert_eq!(status_of(anyhow::anyhow!("boom")).code(), Code::Internal);
     }
 
     #[test]

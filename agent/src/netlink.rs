@@ -87,6 +87,11 @@ impl Link {
     }
 }
 
+/// The container has an interface of the name weft gives its own (another tool's, say).
+#[derive(Debug, thiserror::Error)]
+#[error("the container already has an interface {0}")]
+pub struct InterfaceExists(pub String);
+
 /// The kernel's errno behind a netlink error, if there is one.
 fn errno(err: &rtnetlink::Error) -> Option<Errno> {
     match err {
@@ -367,7 +372,7 @@ pub async fn configure_container_if(
         .execute()
         .await
         .map_err(|e| match errno(&e) {
-            Some(Errno::EEXIST) => anyhow!("the container already has an interface {name}"),
+            Some(Errno::EEXIST) => InterfaceExists(name.to_string()).into(),
             _ => reason(e).context(format!("cannot bring {name} up")),
         })?;
     // Multicast goes out on the weft interface, as Weave does. A container in several networks
