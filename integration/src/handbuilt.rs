@@ -80,19 +80,7 @@ impl HandBuilt {
                 .expect("hand-built interface")
                 .mac;
             self.learn(world, h, other, &mac, &self.addr(other));
-            let dst = host_addr(other);
-            let flood = [
-                "fdb",
-                "append",
-                FLOOD_MAC,
-                "dev",
-                &vxlan,
-                "dst",
-                &dst,
-                "self",
-                "permanent",
-            ];
-            crate::bridge(&world.host_ns(h), &flood);
+            self.fdb_entry(world, h, "append", FLOOD_MAC, other);
         }
         containers
     }
@@ -135,21 +123,7 @@ impl HandBuilt {
     pub fn learn(&self, world: &World, host: usize, remote: usize, mac: &str, addr: &str) {
         let host_ns = world.host_ns(host);
         let vxlan = self.vxlan();
-        let dst = host_addr(remote);
-        crate::bridge(
-            &host_ns,
-            &[
-                "fdb",
-                "add",
-                mac,
-                "dev",
-                &vxlan,
-                "dst",
-                &dst,
-                "self",
-                "permanent",
-            ],
-        );
+        self.fdb_entry(world, host, "add", mac, remote);
         if self.weft_options {
             ip(
                 &host_ns,
@@ -166,6 +140,24 @@ impl HandBuilt {
                 ],
             );
         }
+    }
+
+    /// `bridge fdb VERB MAC dev <vxlan> dst <host remote's address> self permanent` on host
+    /// `host`.
+    fn fdb_entry(&self, world: &World, host: usize, verb: &str, mac: &str, remote: usize) {
+        let (vxlan, dst) = (self.vxlan(), host_addr(remote));
+        let entry = [
+            "fdb",
+            verb,
+            mac,
+            "dev",
+            &vxlan,
+            "dst",
+            &dst,
+            "self",
+            "permanent",
+        ];
+        crate::bridge(&world.host_ns(host), &entry);
     }
 
     /// Undoes [`HandBuilt::learn`] on host `host`.

@@ -135,15 +135,7 @@ impl Podman {
     /// `podman ARGS...` with this guard's settings, for a step that must succeed while the API
     /// service is down; returns what it printed.
     pub fn podman_ok(&self, args: &[&str]) -> String {
-        let out = self.podman(args);
-        assert!(
-            out.success(),
-            "podman {} failed ({:?}): {}",
-            args.join(" "),
-            out.code,
-            out.stderr.trim()
-        );
-        out.stdout
+        succeeded("podman", args, self.podman(args))
     }
 
     /// Runs the Docker CLI against this guard's service and reports how it ended.
@@ -155,15 +147,7 @@ impl Podman {
 
     /// [`Podman::docker`] for a step that must succeed; returns what it printed.
     pub fn docker_ok(&self, args: &[&str]) -> String {
-        let out = self.docker(args);
-        assert!(
-            out.success(),
-            "docker {} failed ({:?}): {}",
-            args.join(" "),
-            out.code,
-            out.stderr.trim()
-        );
-        out.stdout
+        succeeded("docker", args, self.docker(args))
     }
 
     /// `docker run -d --network none --name <prefix>-<name> EXTRA... IMAGE sleep 1d`: a running
@@ -299,6 +283,18 @@ impl Podman {
             self.service.log_tail(LOG_TAIL_LINES)
         );
     }
+}
+
+/// What `tool ARGS...` printed, once it is seen to have succeeded.
+fn succeeded(tool: &str, args: &[&str], out: Output) -> String {
+    assert!(
+        out.success(),
+        "{tool} {} failed ({:?}): {}",
+        args.join(" "),
+        out.code,
+        out.stderr.trim()
+    );
+    out.stdout
 }
 
 impl Drop for Podman {

@@ -196,10 +196,22 @@ impl Monitor {
         monitor
     }
 
-    /// What the monitors saw about weft's devices (the bridge, VXLAN devices and veths).
+    /// What the monitors saw about weft's devices (the bridge, VXLAN devices and veths), but
+    /// for the bridge's own learning: it learns the source MAC of every frame that arrives on a
+    /// port (frames from the other host's bridge, with its MAC, arrive now and then), an entry
+    /// that is not permanent (`MAC dev vxlan-6784 master weave`, and as a neighbour of the
+    /// bridge family `dev vxlan-6784 lladdr MAC REACHABLE`). Every entry weft writes is.
     fn weft_events(&self) -> Vec<String> {
+        let learned = |l: &str| {
+            let entry = l.strip_prefix("Deleted ").unwrap_or(l);
+            let first = entry.split_whitespace().next().unwrap_or_default();
+            let fdb_line = first.len() == 17 && first.matches(':').count() == 5;
+            let neighbour_line = first == "dev" && entry.contains(" lladdr ");
+            (fdb_line || neighbour_line) && !entry.to_ascii_lowercase().contains("permanent")
+        };
         let ours = |l: &str| {
             !l.contains(PROBE_LINK)
+                && !learned(l)
                 && [BRIDGE, VXLAN_DEV, "vethwepl"]
                     .iter()
                     .any(|name| l.contains(name))

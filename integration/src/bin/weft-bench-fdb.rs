@@ -338,23 +338,25 @@ fn path_str(path: &Path) -> &str {
 /// Checks that `ns`'s VXLAN device holds exactly the expected FDB and neighbour entries, so
 /// neither side is timed for work it did not finish.
 fn check_kernel(ns: &str, entries: &Entries, who: &str) {
-    let held = fdb(ns, VXLAN_DEV);
-    assert!(
-        held == entries.fdb,
-        "{who}: the kernel holds {} FDB entries with a dst, not the {} expected ({} missing, {} extra)",
-        held.len(),
-        entries.fdb.len(),
-        entries.fdb.difference(&held).count(),
-        held.difference(&entries.fdb).count()
+    let fdb_held = fdb(ns, VXLAN_DEV);
+    check_entries(who, "FDB entries with a dst", &fdb_held, &entries.fdb);
+    let neigh_held = neighbours(ns, VXLAN_DEV);
+    check_entries(
+        who,
+        "permanent neighbour entries",
+        &neigh_held,
+        &entries.neighbours,
     );
-    let held = neighbours(ns, VXLAN_DEV);
+}
+
+fn check_entries<T: Ord>(who: &str, what: &str, held: &BTreeSet<T>, expected: &BTreeSet<T>) {
     assert!(
-        held == entries.neighbours,
-        "{who}: the kernel holds {} permanent neighbour entries, not the {} expected ({} missing, {} extra)",
+        held == expected,
+        "{who}: the kernel holds {} {what}, not the {} expected ({} missing, {} extra)",
         held.len(),
-        entries.neighbours.len(),
-        entries.neighbours.difference(&held).count(),
-        held.difference(&entries.neighbours).count()
+        expected.len(),
+        expected.difference(held).count(),
+        held.difference(expected).count()
     );
 }
 
