@@ -78,11 +78,24 @@ fn remote_entries(me: &str, eps: &[TableEndpoint], peers: &BTreeMap<String, Stri
 /// Host `host`'s agent is connected at the controller's revision, and the kernels and the
 /// containers of `pool` agree with the controller's tables: in sync, seen from outside.
 pub fn in_sync(world: &World, host: usize, pool: &[(usize, String)]) -> bool {
-    let controller = world.controller_tables()["revision"].as_u64();
+    let revision = world.controller_tables()["revision"].as_u64();
+    connected_at(world, host, revision) && disagreements(world, pool).0.is_empty()
+}
+
+/// [`in_sync`] for every host, looking at the controller's tables and the kernels once.
+pub fn hosts_in_sync(world: &World, pool: &[(usize, String)]) -> Vec<bool> {
+    let revision = world.controller_tables()["revision"].as_u64();
+    let agree = disagreements(world, pool).0.is_empty();
+    (1..=world.hosts())
+        .map(|host| agree && connected_at(world, host, revision))
+        .collect()
+}
+
+/// Host `host`'s agent says it is connected, with its tables at `revision`.
+fn connected_at(world: &World, host: usize, revision: Option<u64>) -> bool {
     let status = world.status(host);
     status["controller"]["connected"] == true
-        && status["controller"]["revision"].as_u64() == controller
-        && disagreements(world, pool).0.is_empty()
+        && status["controller"]["revision"].as_u64() == revision
 }
 
 /// Where the controller's tables, the hosts' kernels and the containers' interfaces disagree,

@@ -201,8 +201,8 @@ fn assert_connected_at(world: &World, host: usize, revision: u64) {
 
 /// How long after `since` each host was in sync, seen from outside ([`views::in_sync`]: its
 /// agent connected at the controller's revision, kernels and `pool`'s containers agreeing with
-/// the controller's tables); `None` for a host that was not within a few seconds. A look at one
-/// host takes a few hundred ms (weftctl, the controller's tables, every kernel), so the figures
+/// the controller's tables); `None` for a host that was not within a few seconds. A look takes a
+/// few hundred ms (the controller's tables, every kernel, weftctl on each host), so the figures
 /// err late by about that.
 fn resync_times(
     world: &World,
@@ -211,8 +211,8 @@ fn resync_times(
 ) -> Vec<(String, Option<Duration>)> {
     let mut times = vec![None; world.hosts()];
     wait_until(RESYNC * 3, || {
-        for (h, time) in (1..).zip(times.iter_mut()) {
-            if time.is_none() && views::in_sync(world, h, pool) {
+        for (time, synced) in times.iter_mut().zip(views::hosts_in_sync(world, pool)) {
+            if time.is_none() && synced {
                 *time = Some(since.elapsed());
             }
         }
