@@ -134,8 +134,15 @@ fn containers_resolve_each_other_across_hosts() {
     // addresses under a second name; removed again, or with their container.
     world.ctl(1, &["dns-add", "10.2.0.99", "-h", "printer.weave.local"]);
     world.ctl(2, &["dns-add", &format!("netns:{c3}"), "-h", "www"]);
+    // Host1's own record resolves there as soon as dns-add returns; host2's once the change has
+    // reached host1 through the controller.
     assert_eq!(dig(&c1, &["printer"]).0, ["10.2.0.99"]);
-    assert_eq!(dig(&c1, &["www.weave.local"]).0, ["10.2.0.4"]);
+    assert!(
+        wait_until(Duration::from_secs(1), || dig(&c1, &["www.weave.local"]).0
+            == ["10.2.0.4"]),
+        "www (added on host2) does not resolve on host1: {:?}",
+        dig(&c1, &["www.weave.local"])
+    );
     let refused = world.weftctl(1, &["dns-remove", "10.2.0.98", "-h", "printer"]);
     assert_eq!(
         (refused.code, refused.stderr.as_str()),
