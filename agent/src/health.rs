@@ -13,10 +13,10 @@ use axum::routing::get;
 use crate::agent::Agent;
 
 async fn healthz(State(agent): State<Arc<Agent>>) -> (StatusCode, String) {
-    match agent.revision() {
+    match agent.tables().revision() {
         0 => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("no snapshot from controller {} yet\n", agent.controller_url),
+            format!("no snapshot from controller {} yet\n", agent.link().url()),
         ),
         revision => (StatusCode::OK, format!("ok, revision {revision}\n")),
     }

@@ -76,7 +76,7 @@ pub async fn join(url: &str, token: &str, peer: &str, dir: &Path) -> anyhow::Res
     )
     .await
     .map_err(|_| anyhow!("joining {url}: no answer within {JOIN_TIMEOUT:?}"))?
-    .map_err(|s| anyhow!("joining {url} refused: {}", crate::agent::describe(&s)))?
+    .map_err(|s| anyhow!("joining {url} refused: {}", weft_proto::error::describe(&s)))?
     .into_inner();
     let creds = Credentials {
         cert_pem: reply.cert_pem,

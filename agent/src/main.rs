@@ -13,10 +13,12 @@ use weft_agent::datapath::{Datapath, remove_all};
 use weft_agent::dns::handler::DnsState;
 use weft_agent::dns::{DEFAULT_DOMAIN, upstreams_of_resolv_conf};
 use weft_agent::docker::DEFAULT_HOST;
+use weft_agent::docker_watch::DockerFollower;
 use weft_agent::following::Following;
 use weft_agent::join::{Auth, credentials};
 use weft_agent::local_api::LocalApi;
 use weft_agent::netlink;
+use weft_agent::reconcile::{Reconciler, follow_link_events};
 use weft_agent::watch::follow_controller;
 use weft_proto::tables::DEFAULT_VNI;
 use weft_proto::v1::agent_server::AgentServer;
@@ -203,7 +205,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // A reset stops the agent too, once its answer is on its way.
             tokio::select! {
                 _ = weft_proto::process::shutdown_signal() => {}
-                _ = agent.stopped() => {}
+                _ = agent.lifecycle().stopped() => {}
             }
         });
     info!(socket = %args.socket.display(), "serving weftctl");
@@ -212,12 +214,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         served = api => served.context("local API failed"),
         served = health => served,
         _ = follow_controller(&agent) => unreachable!("the watch loop never ends"),
-        _ = agent.reconcile_loop() => unreachable!("the reconcile loop never ends"),
-        _ = agent.follow_docker() => unreachable!("the Docker loop never ends"),
-        _ = agent.dns.close_when_namespaces_go(Duration::from_millis(500)) => {
+        _ = Reconciler::new(&agent).run() => unreachable!("the reconcile loop never ends"),
+        _ = DockerFollower::new(&agent).run() => unreachable!("the Docker loop never ends"),
+        _ = agent.dns().close_when_namespaces_go(Duration::from_millis(500)) => {
             unreachable!("the DNS clean-up never ends")
         }
-        watched = agent.follow_link_events(args.port) => watched,
+        watched = follow_link_events(agent.tables(), args.port) => watched,
     };
     let _ = std::fs::remove_file(&args.socket);
     info!("stopped; the datapath stays in place");

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use tracing::{info, warn};
+use weft_proto::error::describe;
 use weft_proto::snapshot::Joiner;
 use weft_proto::v1::{RegisterRequest, WatchRequest};
 
-use crate::agent::{Agent, describe};
+use crate::agent::Agent;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 /// Kept short: a host cut off from the controller must be back in sync within moments of the
@@ -27,8 +28,8 @@ pub async fn follow_controller(agent: &Agent) {
             Ok(()) => "the watch stream closed".to_string(),
             Err(e) => format!("{e:#}"),
         };
-        warn!(controller = %agent.controller_url, "{why}");
-        agent.link_lost(why);
+        warn!(controller = %agent.link().url(), "{why}");
+        agent.link().lost(why);
         if healthy {
             backoff = MIN_BACKOFF;
         }
@@ -40,7 +41,7 @@ pub async fn follow_controller(agent: &Agent) {
 
 /// One connection: returns when the stream ends or fails; `healthy` once an event arrived.
 async fn session(agent: &Agent, healthy: &mut bool) -> anyhow::Result<()> {
-    let mut client = agent.watch_client.clone();
+    let mut client = agent.link().watch_client();
     let register = client.register(RegisterRequest {
         peer: Some(agent.peer()),
     });
@@ -51,7 +52,7 @@ async fn session(agent: &Agent, healthy: &mut bool) -> anyhow::Result<()> {
             // Under TLS 1.3 a controller that refuses the client certificate does so after the
             // client's side of the handshake: the call only looks cancelled.
             let hint = if s.code() == tonic::Code::Cancelled
-                && agent.controller_url.starts_with("https://")
+                && agent.link().url().starts_with("https://")
             {
                 " (did the controller refuse this agent's certificate? its log says why)"
             } else {
@@ -60,17 +61,17 @@ async fn session(agent: &Agent, healthy: &mut bool) -> anyhow::Result<()> {
             anyhow!("register failed: {}{hint}", describe(&s))
         })?;
     let watch = client.watch(WatchRequest {
-        peer: agent.name.clone(),
-        from_revision: agent.revision(),
+        peer: agent.name().to_string(),
+        from_revision: agent.tables().revision(),
         snapshot_in_parts: true,
-        store_id: agent.following.store_id(),
+        store_id: agent.tables().following().store_id(),
     });
     let mut stream = tokio::time::timeout(OPEN_TIMEOUT, watch)
         .await
         .map_err(|_| anyhow!("watch failed: no answer within {OPEN_TIMEOUT:?}"))?
         .map_err(|s| anyhow!("watch failed: {}", describe(&s)))?
         .into_inner();
-    info!(controller = %agent.controller_url, "registered; watching");
+    info!(controller = %agent.link().url(), "registered; watching");
     // The tables change only once a snapshot's last part is in.
     let mut joiner = Joiner::default();
     while let Some(event) = stream
@@ -81,10 +82,12 @@ async fn session(agent: &Agent, healthy: &mut bool) -> anyhow::Result<()> {
         let Some(event) = joiner.take(event)? else {
             continue;
         };
-        agent.apply(event)?;
+        if let Some(start) = agent.tables().apply(event)? {
+            agent.link().started(start);
+        }
         if !*healthy {
             *healthy = true;
-            agent.link_up();
+            agent.link().up();
         }
     }
     Ok(())

@@ -15,9 +15,11 @@ use tracing::debug;
 
 use super::LISTEN_ADDR;
 use super::handler::{DnsHandler, DnsState};
+use super::records::Records;
 use crate::container::Container;
 use crate::netlink;
 use crate::netns;
+use crate::tables::TablesCopy;
 
 /// The inode of a namespace file: another inode (or none) means another namespace (or none).
 fn inode_of(netns: &Path) -> Option<u64> {
@@ -123,6 +125,13 @@ impl Listeners {
                     }
                     here
                 });
+        }
+    }
+
+    /// Gives the DNS server the names the tables hold now.
+    pub fn serve_names(&self, tables: &TablesCopy) {
+        if let Some(records) = tables.read(|t| Records::from_tables(t, &self.state.domain)) {
+            self.state.set_records(records);
         }
     }
 

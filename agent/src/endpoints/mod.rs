@@ -1,0 +1,124 @@
+//! The endpoint core: the one way anything changes this host's endpoints. weftctl (through
+//! `local_api.rs`), and every other front end, calls these functions, so the guarantees hold for
+//! all of them: attaches, detaches and releases of one container take turns ([`locks`]), the
+//! controller claims addresses before the kernel is touched, a failed plug gives back what its
+//! attach claimed, and a retried attach gives back what an unanswered one left.
+//!
+//! - [`attach`]: attach and expose; [`detach`]: detach, hide and the releases of endpoints
+//!   whose container or veth is gone; [`names`]: DNS names;
+//! - [`seam`]: what the core needs of the host and the controller, as traits.
+
+pub mod attach;
+pub mod detach;
+pub mod error;
+pub mod locks;
+pub mod names;
+pub mod seam;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use weft_proto::addr::AddrSpec;
+use weft_proto::v1::{AttachRequest, AttachResponse, DetachRequest, DetachResponse};
+
+pub use error::EndpointError;
+use locks::ContainerLocks;
+use seam::{Claims, Host, KernelHost};
+
+use crate::controller_link::ControllerLink;
+use crate::dns::listeners::Listeners;
+use crate::tables::TablesCopy;
+
+pub struct Endpoints<H = KernelHost, C = ControllerLink> {
+    host: H,
+    claims: Arc<C>,
+    tables: Arc<TablesCopy>,
+    dns: Arc<Listeners>,
+    locks: ContainerLocks,
+}
+
+/// Checks ADDR arguments before anything is asked, so that a typo never reaches the controller.
+fn check_addrs(addrs: &[String]) -> Result<(), EndpointError> {
+    for addr in addrs {
+        addr.parse::<AddrSpec>()
+            .map_err(|e| EndpointError::Invalid(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// The addresses of CIDRs, without their prefix length: what the commands report.
+pub fn ips_of(cidrs: &[String]) -> Vec<String> {
+    cidrs
+        .iter()
+        .map(|c| {
+            c.split_once('/')
+                .map_or(c.as_str(), |(ip, _)| ip)
+                .to_string()
+        })
+        .collect()
+}
+
+impl<H: Host, C: Claims> Endpoints<H, C> {
+    pub fn new(host: H, claims: Arc<C>, tables: Arc<TablesCopy>, dns: Arc<Listeners>) -> Self {
+        Endpoints {
+            host,
+            claims,
+            tables,
+            dns,
+            locks: ContainerLocks::default(),
+        }
+    }
+
+    /// No attach, detach or release is under way.
+    pub fn is_idle(&self) -> bool {
+        self.locks.is_idle()
+    }
+
+    /// Waits until the tables hold `revision` (see [`TablesCopy::caught_up`]) and serves the
+    /// names they hold: a name just added resolves as soon as the command that added it
+    /// returns, not at the reconcile the change wakes.
+    pub async fn caught_up(&self, revision: u64) {
+        self.tables.caught_up(revision).await;
+        self.dns.serve_names(&self.tables);
+    }
+
+    /// Has the controller claim or allocate `addrs` for a container of this host, and record
+    /// its DNS name (empty: keep the one it has). Does not wait for the change to arrive through
+    /// the watch: the caller plugs meanwhile (a reconcile from older tables leaves a new veth
+    /// alone while the container is locked) and then calls [`Endpoints::caught_up`].
+    async fn claim(
+        &self,
+        container_id: &str,
+        addrs: Vec<String>,
+        dns_name: &str,
+    ) -> Result<AttachResponse, EndpointError> {
+        let request = AttachRequest {
+            peer: self.tables.me().to_string(),
+            container_id: container_id.to_string(),
+            addrs,
+            dns_name: dns_name.to_string(),
+        };
+        let done = self.claims.attach(request).await?;
+        self.tables.made(done.revision);
+        Ok(done)
+    }
+
+    /// Has the controller release `addrs` of a container of this host (none: all it has), and
+    /// waits for the change to arrive.
+    async fn give_back(
+        &self,
+        container_id: &str,
+        addrs: Vec<String>,
+    ) -> Result<DetachResponse, EndpointError> {
+        let request = DetachRequest {
+            peer: self.tables.me().to_string(),
+            container_id: container_id.to_string(),
+            addrs,
+            only_mac: String::new(),
+        };
+        let done = self.claims.detach(request).await?;
+        self.caught_up(done.revision).await;
+        Ok(done)
+    }
+}

@@ -1,0 +1,388 @@
+//! The core's undo paths with a fake host and a fake controller: no kernel, no processes.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tonic::{Code, Status};
+use weft_proto::names::Mac;
+use weft_proto::v1::{
+    AttachRequest, AttachResponse, DetachRequest, DetachResponse, Endpoint, Network,
+    UpdateDnsRequest, UpdateDnsResponse,
+};
+
+use super::attach::AttachOrder;
+use super::seam::{Claims, Host};
+use super::{EndpointError, Endpoints};
+use crate::container::{Container, ContainerError};
+use crate::desired::Exposed;
+use crate::dns::handler::DnsState;
+use crate::dns::listeners::Listeners;
+use crate::following::Following;
+use crate::tables::TablesCopy;
+
+const VETH: &str = "vethwepl0a1b2c3";
+
+/// A host whose kernel is a few sets: the veths there, what was plugged and unplugged.
+#[derive(Default)]
+struct FakeHost {
+    /// Host ends of veths that exist.
+    veths: Mutex<BTreeSet<String>>,
+    /// Every step taken, in order.
+    steps: Mutex<Vec<String>>,
+    /// Plugging fails with this.
+    plug_fails: Option<&'static str>,
+    /// The container loses its interface right after it is plugged.
+    loses_interface: bool,
+    /// What `unplug_container` finds to remove.
+    leftover: Vec<String>,
+    fail_expose: bool,
+}
+
+impl FakeHost {
+    fn step(&self, step: String) {
+        self.steps.lock().unwrap().push(step);
+    }
+
+    fn steps(&self) -> Vec<String> {
+        self.steps.lock().unwrap().clone()
+    }
+}
+
+fn container(reference: &str) -> Container {
+    Container {
+        id: reference.to_string(),
+        // No such file: the fake host never enters it, and DNS cannot be opened there.
+        netns: PathBuf::from(format!("/nonexistent/{reference}")),
+        hostname: String::new(),
+        root: None,
+    }
+}
+
+impl Host for FakeHost {
+    async fn resolve(&self, reference: &str) -> Result<Container, ContainerError> {
+        Ok(container(reference))
+    }
+
+    async fn identify(&self, reference: &str) -> Result<Container, ContainerError> {
+        Ok(container(reference))
+    }
+
+    async fn link_exists(&self, name: &str) -> anyhow::Result<bool> {
+        Ok(self.veths.lock().unwrap().contains(name))
+    }
+
+    async fn plug(&self, _: &Container, ep: &Endpoint, _vni: u32) -> anyhow::Result<()> {
+        self.step(format!("plug {} {}", ep.host_ifname, ep.cidrs.join(",")));
+        if let Some(why) = self.plug_fails {
+            anyhow::bail!("{why}");
+        }
+        self.veths.lock().unwrap().insert(ep.host_ifname.clone());
+        Ok(())
+    }
+
+    async fn holds(&self, _: &Container, _: &str, _: Mac, host: &str) -> anyhow::Result<bool> {
+        Ok(!self.loses_interface && self.veths.lock().unwrap().contains(host))
+    }
+
+    async fn container_has(&self, _: &Container, _: &str) -> anyhow::Result<bool> {
+        Ok(true)
+    }
+
+    async fn has_interfaces(&self, _: &Container) -> anyhow::Result<bool> {
+        Ok(!self.leftover.is_empty())
+    }
+
+    async fn unplug_container(&self, _: &Container) -> anyhow::Result<Vec<String>> {
+        self.step("unplug_container".into());
+        Ok(self.leftover.clone())
+    }
+
+    async fn unplug_from(&self, _: &Container, host: &str) -> anyhow::Result<bool> {
+        self.step(format!("unplug {host}"));
+        Ok(self.veths.lock().unwrap().remove(host))
+    }
+
+    async fn unplug(&self, host: &str) -> anyhow::Result<()> {
+        self.step(format!("unplug {host}"));
+        self.veths.lock().unwrap().remove(host);
+        Ok(())
+    }
+
+    async fn remove_addresses(
+        &self,
+        _: &Container,
+        _: &Endpoint,
+        _: &[String],
+    ) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    async fn expose(&self, vni: u32, exposed: Option<&Exposed>) -> anyhow::Result<()> {
+        self.step(format!("expose {vni} {}", exposed.is_some()));
+        if self.fail_expose {
+            anyhow::bail!("cannot add the address to weave");
+        }
+        Ok(())
+    }
+}
+
+/// A controller that answers attaches as told and records every detach.
+struct FakeClaims {
+    attach: Mutex<Option<Result<AttachResponse, Status>>>,
+    /// Answers to the detaches, in turn; once used up, each releases what it was asked.
+    detach: Mutex<VecDeque<Result<DetachResponse, Status>>>,
+    attaches: Mutex<Vec<AttachRequest>>,
+    detaches: Mutex<Vec<DetachRequest>>,
+}
+
+impl FakeClaims {
+    fn answering(attach: Result<AttachResponse, Status>) -> FakeClaims {
+        FakeClaims {
+            attach: Mutex::new(Some(attach)),
+            detach: Mutex::default(),
+            attaches: Mutex::default(),
+            detaches: Mutex::default(),
+        }
+    }
+
+    fn then_detach(self, answer: Result<DetachResponse, Status>) -> FakeClaims {
+        self.detach.lock().unwrap().push_back(answer);
+        self
+    }
+
+    /// The ADDRs of each detach asked, in order.
+    fn detached(&self) -> Vec<Vec<String>> {
+        let detaches = self.detaches.lock().unwrap();
+        detaches.iter().map(|d| d.addrs.clone()).collect()
+    }
+}
+
+impl Claims for FakeClaims {
+    fn url(&self) -> &str {
+        "http://controller.test"
+    }
+
+    async fn attach(&self, request: AttachRequest) -> Result<AttachResponse, Status> {
+        self.attaches.lock().unwrap().push(request);
+        self.attach.lock().unwrap().take().expect("one attach")
+    }
+
+    async fn detach(&self, request: DetachRequest) -> Result<DetachResponse, Status> {
+        let released = request.addrs.clone();
+        self.detaches.lock().unwrap().push(request);
+        let next = self.detach.lock().unwrap().pop_front();
+        next.unwrap_or(Ok(DetachResponse {
+            released,
+            ..DetachResponse::default()
+        }))
+    }
+
+    async fn update_dns(&self, _: UpdateDnsRequest) -> Result<UpdateDnsResponse, Status> {
+        Ok(UpdateDnsResponse::default())
+    }
+}
+
+fn endpoint(container_id: &str, cidrs: &[&str]) -> Endpoint {
+    Endpoint {
+        network: "default".into(),
+        container_id: container_id.into(),
+        mac: "02:00:0a:20:00:05".into(),
+        cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
+        peer: "host1".into(),
+        host_ifname: VETH.into(),
+        container_ifname: "ethwe".into(),
+        dns_name: String::new(),
+    }
+}
+
+/// The controller's answer to an attach of `c1` that claimed `cidrs` and whose endpoint holds
+/// `held` (more, when an unanswered attach left some).
+fn attached(cidrs: &[&str], held: &[&str]) -> AttachResponse {
+    let cidrs: Vec<String> = cidrs.iter().map(|c| c.to_string()).collect();
+    AttachResponse {
+        endpoints: vec![endpoint("c1", held)],
+        added: cidrs.clone(),
+        cidrs,
+        networks: vec![Network {
+            name: "default".into(),
+            subnet: "10.32.0.0/12".into(),
+            vni: 1,
+        }],
+        revision: 0,
+    }
+}
+
+fn core_of(
+    host: FakeHost,
+    claims: FakeClaims,
+) -> (Endpoints<FakeHost, FakeClaims>, Arc<FakeClaims>) {
+    let claims = Arc::new(claims);
+    let following = Arc::new(Following::load(std::path::Path::new("/nonexistent")));
+    let tables = Arc::new(TablesCopy::new("host1".into(), following));
+    let dns = Arc::new(Listeners::new(Arc::new(DnsState {
+        domain: "weave.local".into(),
+        ttl: 1,
+        upstreams: Vec::new(),
+        records: Default::default(),
+    })));
+    (Endpoints::new(host, claims.clone(), tables, dns), claims)
+}
+
+fn order(addrs: &[&str]) -> AttachOrder {
+    AttachOrder {
+        container: "c1".into(),
+        addrs: addrs.iter().map(|a| a.to_string()).collect(),
+        ..AttachOrder::default()
+    }
+}
+
+#[tokio::test]
+async fn an_attach_plugs_what_the_controller_claimed() {
+    let claims = FakeClaims::answering(Ok(attached(&["10.32.0.5/12"], &["10.32.0.5/12"])));
+    let (core, claims) = core_of(FakeHost::default(), claims);
+    let ips = core.attach(order(&[])).await.unwrap();
+    assert_eq!(ips, vec!["10.32.0.5"]);
+    assert_eq!(core.host.steps(), vec![format!("plug {VETH} 10.32.0.5/12")]);
+    assert!(claims.detached().is_empty());
+    assert!(core.is_idle(), "the container's turn ends with the attach");
+}
+
+#[tokio::test]
+async fn a_failed_plug_gives_back_what_the_attach_claimed() {
+    let host = FakeHost {
+        plug_fails: Some("the container already has an interface ethwe"),
+        ..FakeHost::default()
+    };
+    let undone = DetachResponse {
+        removed: vec![endpoint("c1", &["10.32.0.5/12"])],
+        released: vec!["10.32.0.5/12".into()],
+        ..DetachResponse::default()
+    };
+    let claims = FakeClaims::answering(Ok(attached(&["10.32.0.5/12"], &["10.32.0.5/12"])))
+        .then_detach(Ok(undone));
+    let (core, claims) = core_of(host, claims);
+    let e = core.attach(order(&[])).await.unwrap_err();
+    assert!(matches!(e, EndpointError::Kernel(_)), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "the container already has an interface ethwe"
+    );
+    assert_eq!(claims.detached(), vec![vec!["10.32.0.5/12".to_string()]]);
+    assert_eq!(
+        core.host.steps(),
+        vec![
+            format!("plug {VETH} 10.32.0.5/12"),
+            format!("unplug {VETH}")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn what_an_unanswered_attach_left_is_given_back_before_plugging() {
+    // The endpoint holds 10.32.0.9 too, which an attach the controller recorded but never
+    // answered claimed; this one asked for 10.32.0.5 only, and the veth is not there.
+    let claims = FakeClaims::answering(Ok(attached(
+        &["10.32.0.5/12"],
+        &["10.32.0.9/12", "10.32.0.5/12"],
+    )));
+    let (core, claims) = core_of(FakeHost::default(), claims);
+    let ips = core.attach(order(&["10.32.0.5/12"])).await.unwrap();
+    assert_eq!(ips, vec!["10.32.0.5"]);
+    assert_eq!(claims.detached(), vec![vec!["10.32.0.9/12".to_string()]]);
+    assert_eq!(core.host.steps(), vec![format!("plug {VETH} 10.32.0.5/12")]);
+}
+
+#[tokio::test]
+async fn an_interface_lost_while_attaching_undoes_the_attach() {
+    let host = FakeHost {
+        loses_interface: true,
+        ..FakeHost::default()
+    };
+    let claims = FakeClaims::answering(Ok(attached(&["10.32.0.5/12"], &["10.32.0.5/12"])));
+    let (core, claims) = core_of(host, claims);
+    let e = core.attach(order(&[])).await.unwrap_err();
+    assert!(matches!(e, EndpointError::Lost(_)), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        format!("c1 lost its interface ethwe (veth {VETH}) while it was being attached")
+    );
+    assert_eq!(claims.detached(), vec![vec!["10.32.0.5/12".to_string()]]);
+}
+
+#[tokio::test]
+async fn a_refused_claim_touches_nothing() {
+    let refused = Status::resource_exhausted("network default has no free address");
+    let (core, claims) = core_of(FakeHost::default(), FakeClaims::answering(Err(refused)));
+    let e = core.attach(order(&[])).await.unwrap_err();
+    let EndpointError::Controller(status) = e else {
+        panic!("{e:?}");
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(core.host.steps().is_empty());
+    assert!(claims.detached().is_empty());
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_anything_is_asked() {
+    let claims = FakeClaims::answering(Ok(attached(&[], &[])));
+    let (core, claims) = core_of(FakeHost::default(), claims);
+    let e = core.attach(order(&["192.168.0.300/24"])).await.unwrap_err();
+    assert!(matches!(e, EndpointError::Invalid(_)), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        "invalid address \"192.168.0.300/24\": \"192.168.0.300\" is not an IPv4 address"
+    );
+    let named = AttachOrder {
+        dns_name: "a..b".into(),
+        ..order(&[])
+    };
+    let e = core.attach(named).await.unwrap_err();
+    assert!(matches!(e, EndpointError::Invalid(_)), "{e:?}");
+    let e = core.detach("c1", vec!["net:".into()]).await.unwrap_err();
+    assert!(matches!(e, EndpointError::Invalid(_)), "{e:?}");
+    assert!(claims.attaches.lock().unwrap().is_empty());
+    assert!(claims.detached().is_empty());
+    assert!(core.host.steps().is_empty());
+}
+
+#[tokio::test]
+async fn a_detach_the_controller_already_made_removes_the_leftover_interfaces() {
+    let not_attached = || Err(Status::not_found("c1 is not attached"));
+    let host = FakeHost {
+        leftover: vec![VETH.into()],
+        ..FakeHost::default()
+    };
+    let claims = FakeClaims::answering(Ok(attached(&[], &[]))).then_detach(not_attached());
+    let (core, _) = core_of(host, claims);
+    assert_eq!(
+        core.detach("c1", Vec::new()).await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(core.host.steps(), vec!["unplug_container"]);
+
+    // Nothing left either: the controller's answer stands.
+    let claims = FakeClaims::answering(Ok(attached(&[], &[]))).then_detach(not_attached());
+    let (core, _) = core_of(FakeHost::default(), claims);
+    let e = core.detach("c1", Vec::new()).await.unwrap_err();
+    let EndpointError::Controller(status) = e else {
+        panic!("{e:?}");
+    };
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(status.message(), "c1 is not attached");
+}
+
+#[tokio::test]
+async fn a_failed_expose_gives_back_its_addresses() {
+    let host = FakeHost {
+        fail_expose: true,
+        ..FakeHost::default()
+    };
+    let mut exposed = attached(&["10.32.0.1/12"], &["10.32.0.1/12"]);
+    exposed.endpoints[0].container_id = weft_proto::names::EXPOSE_ID.into();
+    let (core, claims) = core_of(host, FakeClaims::answering(Ok(exposed)));
+    let e = core.expose(Vec::new()).await.unwrap_err();
+    assert_eq!(e.to_string(), "cannot add the address to weave");
+    assert_eq!(claims.detached(), vec![vec!["10.32.0.1/12".to_string()]]);
+    assert_eq!(core.host.steps(), vec!["expose 1 true"]);
+}

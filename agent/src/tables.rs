@@ -1,0 +1,235 @@
+//! The agent's copy of the controller's tables: what the watch feeds in, the revision those
+//! waiting for a change of theirs watch, and the one rule on when the copy may be trusted to
+//! say what is stale (it holds every change this agent made).
+
+use std::sync::Arc;
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::bail;
+use tokio::sync::{Notify, watch};
+use tracing::{debug, info, warn};
+use weft_proto::names::EXPOSE_ID;
+use weft_proto::tables::{Tables, endpoint_id};
+use weft_proto::v1::{Endpoint, WatchEvent, watch_event::Event};
+
+use crate::following::{Following, Position};
+
+/// How long a local command waits for its own change to come back through the watch.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct TablesCopy {
+    /// This host's peer name: "local" endpoints are those of this peer.
+    me: String,
+    /// `None` until the first snapshot.
+    tables: RwLock<Option<Tables>>,
+    /// The revision of `tables`, for those waiting for a change of theirs to arrive.
+    revision: watch::Sender<u64>,
+    /// Wakes the reconciler: the tables changed, or a pass was asked for.
+    changed: Notify,
+    /// The latest revision the controller gave for a change this agent asked for.
+    own_revision: AtomicU64,
+    /// The controller store the tables come from, and the rule against following another.
+    following: Arc<Following>,
+}
+
+/// How a watch started: with the whole tables, or from the agent's own revision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WatchStart {
+    #[default]
+    None,
+    Snapshot,
+    Resume {
+        /// The deltas that followed to catch up.
+        missed: u64,
+    },
+}
+
+impl TablesCopy {
+    pub fn new(me: String, following: Arc<Following>) -> TablesCopy {
+        TablesCopy {
+            me,
+            tables: RwLock::new(None),
+            revision: watch::Sender::new(0),
+            changed: Notify::new(),
+            own_revision: AtomicU64::new(0),
+            following,
+        }
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    pub fn following(&self) -> &Following {
+        &self.following
+    }
+
+    /// The revision the tables are at; 0 before the first snapshot.
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
+    /// Resolves once the first snapshot has arrived.
+    pub async fn wait_for_tables(&self) {
+        let mut seen = self.revision.subscribe();
+        let _ = seen.wait_for(|have| *have > 0).await;
+    }
+
+    /// Reads the tables; `None` until the first snapshot has arrived.
+    pub fn read<T>(&self, read: impl FnOnce(&Tables) -> T) -> Option<T> {
+        self.tables
+            .read()
+            .expect("tables lock poisoned")
+            .as_ref()
+            .map(read)
+    }
+
+    /// Whether `tables` (read from this copy) hold every change this agent made: only then can
+    /// they say that a veth or an endpoint is stale, since older ones may not yet show one that
+    /// a detach and a new attach have replaced.
+    pub fn is_fresh(&self, tables: &Tables) -> bool {
+        tables.revision >= self.own_revision.load(Ordering::SeqCst)
+    }
+
+    /// This host's container endpoints that `keep` selects, from tables that are fresh (none
+    /// from older ones).
+    pub fn fresh_local_endpoints(&self, keep: impl Fn(&Endpoint) -> bool) -> Vec<Endpoint> {
+        self.read(|t| {
+            if !self.is_fresh(t) {
+                return Vec::new();
+            }
+            t.endpoints
+                .values()
+                .filter(|ep| ep.peer == self.me && ep.container_id != EXPOSE_ID)
+                .filter(|ep| keep(ep))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+
+    /// The endpoint as the tables hold it now, if they are fresh and it still has the MAC it
+    /// had.
+    pub fn current(&self, ep: &Endpoint) -> Option<Endpoint> {
+        self.read(|t| {
+            t.endpoints
+                .get(&endpoint_id(ep))
+                .filter(|now| self.is_fresh(t) && now.mac == ep.mac)
+                .cloned()
+        })
+        .flatten()
+    }
+
+    /// Notes `revision` as the controller's answer to a change this agent asked for.
+    pub fn made(&self, revision: u64) {
+        self.own_revision.fetch_max(revision, Ordering::SeqCst);
+    }
+
+    /// Waits until the tables hold `revision`, the controller's answer to a change this agent
+    /// asked for: what the agent does, shows and resolves next then includes that change, and no
+    /// reconcile from older tables undoes it. Gives up (with a warning) after CATCH_UP_TIMEOUT.
+    pub async fn caught_up(&self, revision: u64) {
+        self.made(revision);
+        let mut seen = self.revision.subscribe();
+        let wait = seen.wait_for(|have| *have >= revision);
+        if tokio::time::timeout(CATCH_UP_TIMEOUT, wait).await.is_err() {
+            warn!(
+                revision,
+                "the controller's change has not arrived through the watch yet"
+            );
+        }
+    }
+
+    /// Asks the reconciler for a pass, e.g. after a detach emptied a network on this host.
+    pub fn request_reconcile(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Resolves at the next [`TablesCopy::request_reconcile`] or change of the tables (or at
+    /// once if one came since the last wait).
+    pub async fn reconcile_requested(&self) {
+        self.changed.notified().await
+    }
+
+    /// Takes the controller's word on its store and revision, or refuses its tables, keeping
+    /// the refusal in the state dir at once.
+    fn admit(&self, store_id: String, revision: u64) -> anyhow::Result<Position> {
+        let offered = Position { store_id, revision };
+        if let Err(why) = self.following.admit(&offered) {
+            if let Err(e) = self.following.save() {
+                warn!("cannot record the refusal in the state dir: {e}");
+            }
+            bail!("refusing the controller's tables: {why}; the datapath stays as it is");
+        }
+        Ok(offered)
+    }
+
+    /// Takes one event of the watch into the tables and wakes the reconciler. Returns how the
+    /// watch started when the event starts one (a snapshot or a resume).
+    pub fn apply(&self, event: WatchEvent) -> anyhow::Result<Option<WatchStart>> {
+        let mut tables = self.tables.write().expect("tables lock poisoned");
+        let start = match event.event {
+            Some(Event::Snapshot(snapshot)) => {
+                let offered = self.admit(event.store_id, event.revision)?;
+                info!(revision = event.revision, store = %offered.store_id, "snapshot received");
+                *tables = Some(Tables::from_snapshot(
+                    event.revision,
+                    offered.store_id,
+                    snapshot,
+                ));
+                Some(WatchStart::Snapshot)
+            }
+            Some(Event::Delta(delta)) => {
+                let Some(current) = tables.as_mut() else {
+                    bail!("controller sent a delta before any snapshot");
+                };
+                if event.revision != current.revision + 1 {
+                    bail!(
+                        "controller skipped from revision {} to {}",
+                        current.revision,
+                        event.revision
+                    );
+                }
+                let Some(change) = delta.change else {
+                    bail!(
+                        "controller sent an empty delta at revision {}",
+                        event.revision
+                    );
+                };
+                debug!(revision = event.revision, ?change, "delta");
+                current.apply(&change);
+                self.following.advance(current.revision);
+                None
+            }
+            Some(Event::Resumed(resumed)) => {
+                let at = tables.as_ref().map(|t| t.revision);
+                self.admit(event.store_id, event.revision)?;
+                if at != Some(event.revision) {
+                    bail!(
+                        "controller resumed at revision {} but the tables are at {at:?}",
+                        event.revision
+                    );
+                }
+                info!(
+                    revision = event.revision,
+                    missed = resumed.missed,
+                    "resumed"
+                );
+                Some(WatchStart::Resume {
+                    missed: resumed.missed,
+                })
+            }
+            None => bail!(
+                "controller sent an empty event at revision {}",
+                event.revision
+            ),
+        };
+        if let Some(current) = tables.as_ref() {
+            self.revision.send_replace(current.revision);
+        }
+        self.changed.notify_one();
+        Ok(start)
+    }
+}
