@@ -17,7 +17,7 @@ use weft_proto::names::{
 use weft_proto::v1::Endpoint;
 
 use crate::container::Container;
-use crate::desired::{Exposed, NetworkState, diff};
+use crate::desired::{Exposed, FdbEntry, Neighbour, NetworkState, diff};
 use crate::netlink::{self, Link, VxlanSpec};
 use crate::netns;
 
@@ -162,38 +162,68 @@ impl Datapath {
         let mut report = Report::default();
         let fdb = netlink::fdb_entries(&self.handle).await?;
         let neighbours = netlink::neighbours(&self.handle).await?;
+        // Each network on its own: one that cannot be fixed (say, its VXLAN device cannot be
+        // made) leaves the others to be fixed all the same, and fails the pass at its end.
         let mut bridges = BTreeMap::new();
+        let mut failed = Vec::new();
         for (vni, state) in networks {
-            let (bridge, vxlan) = self.ensure_devices_locked(*vni).await?;
-            let (add, remove) = diff(&on_link(&fdb, vxlan.index), &state.fdb);
-            pipelined(&remove, |e| netlink::fdb_del(&self.handle, vxlan.index, e)).await?;
-            pipelined(&add, |e| netlink::fdb_add(&self.handle, vxlan.index, e)).await?;
-            report.fdb_added += add.len();
-            report.fdb_removed += remove.len();
-            let (add, remove) = diff(&on_link(&neighbours, vxlan.index), &state.neighbours);
-            pipelined(&remove, |n| {
-                netlink::neigh_del(&self.handle, vxlan.index, n)
-            })
-            .await?;
-            pipelined(&add, |n| netlink::neigh_add(&self.handle, vxlan.index, n)).await?;
-            report.neigh_added += add.len();
-            report.neigh_removed += remove.len();
-            self.settle_exposed(&bridge, state.exposed.as_ref()).await?;
-            bridges.insert(*vni, bridge);
+            let fixed = self
+                .reconcile_network(*vni, state, &fdb, &neighbours, &mut report)
+                .await;
+            match fixed {
+                Ok(bridge) => {
+                    bridges.insert(*vni, bridge);
+                }
+                Err(e) => failed.push(format!("network with VNI {vni}: {e:#}")),
+            }
         }
         let links = netlink::links(&self.handle).await?;
-        for (vni, state) in networks {
+        for (vni, bridge) in &bridges {
             // A port knocked off its bridge (say, the bridge was deleted and made anew) goes back.
-            for link in links.iter().filter(|l| state.ports.contains(&l.name)) {
-                netlink::attach_to_bridge(&self.handle, link, &bridges[vni], self.mtu).await?;
+            for link in links
+                .iter()
+                .filter(|l| networks[vni].ports.contains(&l.name))
+            {
+                netlink::attach_to_bridge(&self.handle, link, bridge, self.mtu).await?;
             }
         }
         if desired.remove_stray_veths {
             self.remove_stray_veths(&links, networks).await?;
         }
         self.remove_left_networks(&links, networks).await?;
+        if !failed.is_empty() {
+            anyhow::bail!("{}", failed.join("; "));
+        }
         report.elapsed = started.elapsed();
         Ok(Some(report))
+    }
+
+    /// Makes one network's devices exist and its VXLAN device hold what `state` says, from
+    /// dumps of every link's entries; returns its bridge.
+    async fn reconcile_network(
+        &self,
+        vni: u32,
+        state: &NetworkState,
+        fdb: &[(u32, FdbEntry)],
+        neighbours: &[(u32, Neighbour)],
+        report: &mut Report,
+    ) -> anyhow::Result<Link> {
+        let (bridge, vxlan) = self.ensure_devices_locked(vni).await?;
+        let (add, remove) = diff(&on_link(fdb, vxlan.index), &state.fdb);
+        pipelined(&remove, |e| netlink::fdb_del(&self.handle, vxlan.index, e)).await?;
+        pipelined(&add, |e| netlink::fdb_add(&self.handle, vxlan.index, e)).await?;
+        report.fdb_added += add.len();
+        report.fdb_removed += remove.len();
+        let (add, remove) = diff(&on_link(neighbours, vxlan.index), &state.neighbours);
+        pipelined(&remove, |n| {
+            netlink::neigh_del(&self.handle, vxlan.index, n)
+        })
+        .await?;
+        pipelined(&add, |n| netlink::neigh_add(&self.handle, vxlan.index, n)).await?;
+        report.neigh_added += add.len();
+        report.neigh_removed += remove.len();
+        self.settle_exposed(&bridge, state.exposed.as_ref()).await?;
+        Ok(bridge)
     }
 
     /// Makes the host's place on network `vni`'s bridge as `exposed` says (none: hidden).

@@ -19,11 +19,11 @@ use crate::certs::AgentCa;
 use crate::client;
 use crate::dump::receive_snapshot;
 
-/// weft-agent's keepalives and message limit (agent/src/agent.rs), so the controller sees the
-/// same pings and keeps the same state per connection. Not its connect and request timeouts
-/// (1.5 s each): the simulated agents have weft-load's ([`client`], 5 s and 60 s), since while
-/// 2,000 connections open and 64 attaches queue behind each other's fsyncs a request can take
-/// longer, and the benchmark measures how long rather than failing it as weft-agent would.
+/// weft-agent's keepalives and message limit (agent/src/controller_link.rs), so the controller
+/// sees the same pings and keeps the same state per connection. Not its connect and request
+/// timeouts (1.5 s each): the simulated agents have weft-load's ([`client`], 5 s and 60 s), since
+/// while 2,000 connections open and 64 attaches queue behind each other's fsyncs a request can
+/// take longer, and the benchmark measures how long rather than failing it as weft-agent would.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_SNAPSHOT_BYTES: usize = 256 << 20;
