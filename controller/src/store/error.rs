@@ -1,0 +1,56 @@
+//! Why the store cannot go on, each naming the file.
+
+use std::path::{Path, PathBuf};
+
+use super::STORE_FILE;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot {doing} {path}: {cause}")]
+    File {
+        doing: &'static str,
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("store {path}: {cause}")]
+    Redb { path: PathBuf, cause: redb::Error },
+    #[error("store {path}: corrupt record: {cause}")]
+    Decode {
+        path: PathBuf,
+        cause: prost::DecodeError,
+    },
+    #[error(
+        "{path} {how}, but this data dir held a store ({}): restore {STORE_FILE} from a backup, or start with --accept-empty-store to begin again with empty tables (agents keep their datapath and refuse the new store until told to follow it)",
+        .evidence.join("; ")
+    )]
+    Emptied {
+        path: PathBuf,
+        how: &'static str,
+        evidence: Vec<String>,
+    },
+    #[error(
+        "{path} holds store {held}, but {marker} names store {marked}: {STORE_FILE} was replaced by another store's; put this data dir's own back, or remove {marker} to serve the store it holds"
+    )]
+    Replaced {
+        path: PathBuf,
+        held: String,
+        marker: PathBuf,
+        marked: String,
+    },
+    #[error(
+        "store {path} holds revision {held} after a failed commit, not {expected}: the commit reached the disk after all; the controller stops, to serve what the store holds once started again"
+    )]
+    Diverged {
+        path: PathBuf,
+        held: u64,
+        expected: u64,
+    },
+}
+
+pub(super) fn file_err(
+    doing: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |cause| StoreError::File { doing, path, cause }
+}

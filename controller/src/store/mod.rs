@@ -1,0 +1,390 @@
+//! Durable copy of the tables in redb (one file under `--data-dir`). Every batch of changes is
+//! written in one transaction, fsynced before the caller reports success.
+//!
+//! A store has an identity, made when it is created and kept both in the file and in a marker
+//! beside it (`store-id`), so that an emptied, removed or replaced `weft.redb` is noticed at the
+//! next start instead of being served as a new, empty cluster.
+
+mod data_dir;
+mod error;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+use tracing::{info, warn};
+use weft_proto::tls::write_private;
+use weft_proto::v1::{
+    Delta, DnsRecord, Endpoint, Network, Peer, WatchEvent, delta::Change, watch_event::Event,
+};
+
+use weft_proto::tables::{Tables, dns_record_id, endpoint_id};
+
+use crate::tokens::random_hex;
+pub use data_dir::{Emptied, open_private_db};
+use data_dir::{check_emptied, read_marker};
+pub use error::StoreError;
+use error::file_err;
+
+const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
+const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
+/// Keyed by (peer, network, container id).
+const ENDPOINTS: TableDefinition<(&str, &str, &str), &[u8]> = TableDefinition::new("endpoints");
+/// Keyed by (name, ip). Stores from before it have none.
+const DNS_RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("dns_records");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The latest changes by revision, each a `Delta`: a restarted controller resumes agents from
+/// them as a running one does. Stores from before it have none.
+const DELTAS: TableDefinition<u64, &[u8]> = TableDefinition::new("deltas");
+/// How many of the latest changes are kept unless told otherwise (`--history`): an agent
+/// further behind gets a snapshot.
+pub const DELTAS_KEPT: u64 = 50_000;
+const REVISION: &str = "revision";
+/// Stores from before identities have none (they get one on open).
+const IDENTITY: TableDefinition<&str, &str> = TableDefinition::new("identity");
+const STORE_ID: &str = "store_id";
+
+/// The store's file in the data dir.
+pub const STORE_FILE: &str = "weft.redb";
+/// The marker of the store the data dir holds: its id and a newline.
+pub const MARKER_FILE: &str = "store-id";
+
+/// Opens the redb database at a path: [`open_private_db`], but for tests.
+type OpenDb = Box<dyn Fn(&Path) -> Result<Database, DatabaseError> + Send>;
+
+pub struct Store {
+    /// None only while it is being opened again.
+    db: Option<Database>,
+    path: PathBuf,
+    open_db: OpenDb,
+    /// A commit failed: redb fails every later one ("Previous I/O error") until the database is
+    /// opened again, which the next commit does first.
+    poisoned: bool,
+    /// How many of the latest changes are kept.
+    kept: u64,
+    /// The revision of the last commit that succeeded (or of the tables loaded).
+    committed: u64,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and loads the tables it holds, with their store id.
+    /// A store file that is missing, empty or holds nothing where the data dir shows a store was
+    /// is refused unless `emptied` says to begin again; so is one that is not the store the
+    /// marker names.
+    pub fn open(dir: &Path, emptied: Emptied) -> Result<(Store, Tables), StoreError> {
+        Store::open_with(dir, emptied, Box::new(open_private_db))
+    }
+
+    fn open_with(
+        dir: &Path,
+        emptied: Emptied,
+        open_db: OpenDb,
+    ) -> Result<(Store, Tables), StoreError> {
+        data_dir::create(dir)?;
+        let path = dir.join(STORE_FILE);
+        let marker = dir.join(MARKER_FILE);
+        let marked = read_marker(&marker)?;
+        // Decided before opening: redb makes an empty store of a missing or empty file.
+        let blank = match fs::metadata(&path) {
+            Ok(m) if m.len() > 0 => None,
+            Ok(_) => Some("is empty (0 bytes)"),
+            Err(e) if e.kind() == ErrorKind::NotFound => Some("is missing"),
+            Err(e) => return Err(file_err("read", &path)(e)),
+        };
+        let mut begun_again = match blank {
+            Some(how) => check_emptied(dir, how, marked.as_deref(), emptied)?,
+            None => None,
+        };
+        let db = open_db(&path).map_err(|e| StoreError::Redb {
+            path: path.clone(),
+            cause: e.into(),
+        })?;
+        let mut store = Store {
+            db: Some(db),
+            path,
+            open_db,
+            poisoned: false,
+            kept: DELTAS_KEPT,
+            committed: 0,
+        };
+        let mut tables = store.load()?;
+        if tables.store_id.is_empty() {
+            let id = if tables.revision > 0 {
+                // From before identities; a backup of this data dir's store keeps its id.
+                let id = marked.clone().unwrap_or_else(|| random_hex(16));
+                info!(store_id = %id, "the store had no identity: it has one now");
+                id
+            } else {
+                if blank.is_none() {
+                    begun_again =
+                        check_emptied(dir, "holds no tables", marked.as_deref(), emptied)?;
+                }
+                random_hex(16)
+            };
+            store.write_identity(&id)?;
+            tables.store_id = id;
+        } else if let Some(marked) = marked.as_ref().filter(|m| **m != tables.store_id) {
+            return Err(StoreError::Replaced {
+                path: store.path.clone(),
+                held: tables.store_id.clone(),
+                marker,
+                marked: marked.clone(),
+            });
+        }
+        if let Some(evidence) = begun_again {
+            warn!(
+                store_id = %tables.store_id,
+                "--accept-empty-store: {} was emptied while this data dir held a store ({}); beginning again with empty tables as a new store",
+                store.path.display(),
+                evidence.join("; ")
+            );
+        }
+        if marked.as_deref() != Some(tables.store_id.as_str()) {
+            // After the id is in the store: a crash in between leaves a marker to rewrite.
+            write_private(&marker, &format!("{}\n", tables.store_id))
+                .map_err(file_err("write", &marker))?;
+        }
+        store.committed = tables.revision;
+        Ok((store, tables))
+    }
+
+    fn redb_err(&self, e: impl Into<redb::Error>) -> StoreError {
+        StoreError::Redb {
+            path: self.path.clone(),
+            cause: e.into(),
+        }
+    }
+
+    fn decode<M: Message + Default>(&self, bytes: &[u8]) -> Result<M, StoreError> {
+        M::decode(bytes).map_err(|cause| StoreError::Decode {
+            path: self.path.clone(),
+            cause,
+        })
+    }
+
+    /// The database, opened again first if a commit failed since it was last opened.
+    fn db(&mut self) -> Result<&Database, StoreError> {
+        if self.poisoned {
+            // redb holds a lock on the file: the old handle must go before a new one opens.
+            self.db = None;
+            let db = (self.open_db)(&self.path).map_err(|e| self.redb_err(e))?;
+            info!(path = %self.path.display(), "store opened again after a failed commit");
+            // A commit can fail at its last step yet be on the disk: the tables in memory,
+            // undone, would then lag the store's.
+            let held = (|| -> Result<u64, redb::Error> {
+                let txn = db.begin_read()?;
+                let meta = match txn.open_table(META) {
+                    Ok(meta) => meta,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                    Err(e) => return Err(e.into()),
+                };
+                Ok(meta.get(REVISION)?.map_or(0, |r| r.value()))
+            })()
+            .map_err(|e| self.redb_err(e))?;
+            self.db = Some(db);
+            if held != self.committed {
+                return Err(StoreError::Diverged {
+                    path: self.path.clone(),
+                    held,
+                    expected: self.committed,
+                });
+            }
+            self.poisoned = false;
+        }
+        Ok(self.db.as_ref().expect("the store's database is open"))
+    }
+
+    fn write_identity(&mut self, id: &str) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let written = (|| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            txn.open_table(IDENTITY)?.insert(STORE_ID, id)?;
+            Ok(txn.commit()?)
+        })();
+        written.map_err(|e| self.redb_err(e))
+    }
+
+    fn load(&self) -> Result<Tables, StoreError> {
+        let mut tables = Tables::default();
+        let db = self.db.as_ref().expect("the store's database is open");
+        let txn = db.begin_read().map_err(|e| self.redb_err(e))?;
+        match txn.open_table(IDENTITY) {
+            Ok(identity) => {
+                if let Some(id) = identity.get(STORE_ID).map_err(|e| self.redb_err(e))? {
+                    tables.store_id = id.value().to_string();
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.redb_err(e)),
+        }
+        // Tables that were never written do not exist yet: an empty store.
+        let Ok(meta) = txn.open_table(META) else {
+            return Ok(tables);
+        };
+        if let Some(rev) = meta.get(REVISION).map_err(|e| self.redb_err(e))? {
+            tables.revision = rev.value();
+        }
+        for row in txn
+            .open_table(PEERS)
+            .map_err(|e| self.redb_err(e))?
+            .iter()
+            .map_err(|e| self.redb_err(e))?
+        {
+            let (_, v) = row.map_err(|e| self.redb_err(e))?;
+            let peer: Peer = self.decode(v.value())?;
+            tables.peers.insert(peer.name.clone(), peer);
+        }
+        for row in txn
+            .open_table(NETWORKS)
+            .map_err(|e| self.redb_err(e))?
+            .iter()
+            .map_err(|e| self.redb_err(e))?
+        {
+            let (_, v) = row.map_err(|e| self.redb_err(e))?;
+            let net: Network = self.decode(v.value())?;
+            tables.networks.insert(net.name.clone(), net);
+        }
+        for row in txn
+            .open_table(ENDPOINTS)
+            .map_err(|e| self.redb_err(e))?
+            .iter()
+            .map_err(|e| self.redb_err(e))?
+        {
+            let (_, v) = row.map_err(|e| self.redb_err(e))?;
+            let ep: Endpoint = self.decode(v.value())?;
+            tables.endpoints.insert(endpoint_id(&ep), ep);
+        }
+        match txn.open_table(DNS_RECORDS) {
+            Ok(records) => {
+                for row in records.iter().map_err(|e| self.redb_err(e))? {
+                    let (_, v) = row.map_err(|e| self.redb_err(e))?;
+                    let record: DnsRecord = self.decode(v.value())?;
+                    tables.dns_records.insert(dns_record_id(&record), record);
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.redb_err(e)),
+        }
+        Ok(tables)
+    }
+
+    /// Keeps the latest `n` changes (at least one) from the next commit on.
+    pub fn keep_changes(&mut self, n: u64) {
+        self.kept = n.max(1);
+    }
+
+    /// How many of the latest changes are kept.
+    pub fn kept(&self) -> u64 {
+        self.kept
+    }
+
+    /// The changes kept that lead up to `revision`, oldest first, as the deltas a watch sends:
+    /// only an unbroken run ending at `revision` (none from a store from before they were kept).
+    pub fn history(&self, revision: u64) -> Result<VecDeque<WatchEvent>, StoreError> {
+        let db = self.db.as_ref().expect("the store's database is open");
+        let txn = db.begin_read().map_err(|e| self.redb_err(e))?;
+        let deltas = match txn.open_table(DELTAS) {
+            Ok(deltas) => deltas,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(VecDeque::new()),
+            Err(e) => return Err(self.redb_err(e)),
+        };
+        let mut history = VecDeque::new();
+        for row in deltas
+            .range(..=revision)
+            .map_err(|e| self.redb_err(e))?
+            .rev()
+        {
+            let (at, bytes) = row.map_err(|e| self.redb_err(e))?;
+            let at = at.value();
+            if at + history.len() as u64 != revision {
+                break;
+            }
+            let delta: Delta = self.decode(bytes.value())?;
+            history.push_front(WatchEvent {
+                revision: at,
+                event: Some(Event::Delta(delta)),
+                store_id: String::new(),
+            });
+        }
+        Ok(history)
+    }
+
+    /// Writes `changes` and the revision they lead to in one durable transaction. After a
+    /// failed one the database is opened again first (redb repairs it then, if it must), so a
+    /// full disk fails commits only while it is full, each naming its cause.
+    pub fn commit(&mut self, changes: &[Change], revision: u64) -> Result<(), StoreError> {
+        let written = self.write(changes, revision);
+        self.poisoned = written.is_err();
+        if written.is_ok() {
+            self.committed = revision;
+        }
+        written
+    }
+
+    fn write(&mut self, changes: &[Change], revision: u64) -> Result<(), StoreError> {
+        let kept = self.kept;
+        let db = self.db()?;
+        let written = (|| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            {
+                let mut peers = txn.open_table(PEERS)?;
+                let mut networks = txn.open_table(NETWORKS)?;
+                let mut endpoints = txn.open_table(ENDPOINTS)?;
+                let mut dns_records = txn.open_table(DNS_RECORDS)?;
+                let mut meta = txn.open_table(META)?;
+                let mut deltas = txn.open_table(DELTAS)?;
+                let first = revision + 1 - changes.len() as u64;
+                for (at, change) in (first..).zip(changes) {
+                    let delta = Delta {
+                        change: Some(change.clone()),
+                    };
+                    deltas.insert(at, delta.encode_to_vec().as_slice())?;
+                    if at > kept {
+                        // Those before it went as it came: one goes per one that comes.
+                        deltas.remove(at - kept)?;
+                    }
+                }
+                for change in changes {
+                    match change {
+                        Change::PeerPut(p) => {
+                            peers.insert(p.name.as_str(), p.encode_to_vec().as_slice())?
+                        }
+                        Change::PeerDeleted(name) => peers.remove(name.as_str())?,
+                        Change::NetworkPut(n) => {
+                            networks.insert(n.name.as_str(), n.encode_to_vec().as_slice())?
+                        }
+                        Change::NetworkDeleted(name) => networks.remove(name.as_str())?,
+                        Change::EndpointPut(ep) => endpoints.insert(
+                            (
+                                ep.peer.as_str(),
+                                ep.network.as_str(),
+                                ep.container_id.as_str(),
+                            ),
+                            ep.encode_to_vec().as_slice(),
+                        )?,
+                        Change::EndpointDeleted(k) => endpoints.remove((
+                            k.peer.as_str(),
+                            k.network.as_str(),
+                            k.container_id.as_str(),
+                        ))?,
+                        Change::DnsRecordPut(r) => dns_records.insert(
+                            (r.name.as_str(), r.ip.as_str()),
+                            r.encode_to_vec().as_slice(),
+                        )?,
+                        Change::DnsRecordDeleted(r) => {
+                            dns_records.remove((r.name.as_str(), r.ip.as_str()))?
+                        }
+                    };
+                }
+                meta.insert(REVISION, revision)?;
+            }
+            Ok(txn.commit()?)
+        })();
+        written.map_err(|e| self.redb_err(e))
+    }
+}
