@@ -1,0 +1,119 @@
+//! Addresses of links.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context, anyhow};
+use futures::TryStreamExt;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use nix::errno::Errno;
+use rtnetlink::Handle;
+
+use super::{Link, reason, tolerate};
+
+/// Adds addresses to a link; ones it already has are fine.
+pub async fn add_addresses(
+    handle: &Handle,
+    link: &Link,
+    cidrs: &[ipnetwork::Ipv4Network],
+) -> anyhow::Result<()> {
+    for cidr in cidrs {
+        let added = handle
+            .address()
+            .add(link.index, IpAddr::V4(cidr.ip()), cidr.prefix())
+            .execute()
+            .await;
+        tolerate(added, Errno::EEXIST)
+            .map_err(reason)
+            .with_context(|| format!("cannot add address {cidr}"))?;
+    }
+    Ok(())
+}
+
+/// The IPv4 addresses a link holds, with their prefixes.
+pub async fn ipv4_addresses(
+    handle: &Handle,
+    link: &Link,
+) -> anyhow::Result<std::collections::BTreeSet<ipnetwork::Ipv4Network>> {
+    let held = address_messages(handle, link).await?;
+    Ok(held
+        .iter()
+        .flat_map(|msg| {
+            msg.attributes.iter().filter_map(|attr| match attr {
+                AddressAttribute::Address(IpAddr::V4(ip)) => {
+                    ipnetwork::Ipv4Network::new(*ip, msg.header.prefix_len).ok()
+                }
+                _ => None,
+            })
+        })
+        .collect())
+}
+
+/// Removes addresses from a link; ones it does not have are fine.
+pub async fn del_addresses(
+    handle: &Handle,
+    link: &Link,
+    cidrs: &[ipnetwork::Ipv4Network],
+) -> anyhow::Result<()> {
+    let held = address_messages(handle, link).await?;
+    for msg in held {
+        let prefix = msg.header.prefix_len;
+        let listed = msg.attributes.iter().any(|attr| {
+            matches!(attr, AddressAttribute::Address(IpAddr::V4(ip))
+                if cidrs.iter().any(|c| c.ip() == *ip && c.prefix() == prefix))
+        });
+        if listed {
+            handle
+                .address()
+                .del(msg)
+                .execute()
+                .await
+                .map_err(reason)
+                .with_context(|| format!("cannot remove an address of {}", link.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// The MTU of the link that holds `addr`.
+pub async fn mtu_of_address_holder(handle: &Handle, addr: Ipv4Addr) -> anyhow::Result<u32> {
+    // Read the whole dump: a dump dropped half-way leaves netlink replies with nobody to take them.
+    let holders: Vec<AddressMessage> = handle
+        .address()
+        .get()
+        .set_address_filter(IpAddr::V4(addr))
+        .execute()
+        .try_collect()
+        .await
+        .map_err(reason)
+        .context("cannot list addresses")?;
+    let holder = holders
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("no interface holds the advertise address {addr}"))?;
+    let index = holder.header.index;
+    let link = handle
+        .link()
+        .get()
+        .match_index(index)
+        .execute()
+        .try_next()
+        .await
+        .map_err(reason)
+        .with_context(|| format!("cannot read link {index}"))?
+        .map(Link::from_message)
+        .ok_or_else(|| anyhow!("link {index} holding {addr} vanished"))?;
+    Ok(link.mtu)
+}
+
+/// The kernel's address messages of one link: the one dump the address functions read.
+async fn address_messages(handle: &Handle, link: &Link) -> anyhow::Result<Vec<AddressMessage>> {
+    handle
+        .address()
+        .get()
+        .set_link_index_filter(link.index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(reason)
+        .with_context(|| format!("cannot list the addresses of {}", link.name))
+}

@@ -1,0 +1,155 @@
+//! FDB entries of the VXLAN devices (which VTEP holds a MAC) and their neighbour entries (the
+//! ARP answers for remote endpoints).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::Context;
+use futures::TryStreamExt;
+use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use nix::errno::Errno;
+use rtnetlink::Handle;
+use weft_proto::names::Mac;
+
+use super::{acked, reason, tolerate};
+use crate::desired::{FdbEntry, Neighbour};
+
+fn fdb_message(vxlan: u32, entry: &FdbEntry) -> NeighbourMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Bridge;
+    msg.header.ifindex = vxlan;
+    msg.header.state = NeighbourState::Permanent;
+    // NTF_SELF: the entry belongs to the VXLAN device's own table, where `dst` means a VTEP.
+    msg.header.flags = NeighbourFlags::Own;
+    msg.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(entry.mac.0.to_vec()));
+    msg.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+            entry.dst,
+        )));
+    msg
+}
+
+/// A neighbour-table dump of one address family.
+async fn dump_neighbours(
+    handle: &Handle,
+    family: AddressFamily,
+    what: &str,
+) -> anyhow::Result<Vec<NeighbourMessage>> {
+    handle
+        .neighbours()
+        .get()
+        .set_address_family(family)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(reason)
+        .with_context(|| format!("cannot dump the {what}"))
+}
+
+/// The link-layer address and IPv4 destination of a neighbour or FDB entry, where it has them.
+fn mac_and_ipv4(msg: NeighbourMessage) -> Option<(Mac, Ipv4Addr)> {
+    let (mut mac, mut ip) = (None, None);
+    for attr in msg.attributes {
+        match attr {
+            NeighbourAttribute::LinkLayerAddress(bytes) => mac = Mac::from_slice(&bytes),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)) => ip = Some(addr),
+            // Bridge-family dumps do not say the address family of NDA_DST: go by length.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+                ip = <[u8; 4]>::try_from(bytes.as_slice())
+                    .ok()
+                    .map(Ipv4Addr::from)
+            }
+            _ => {}
+        }
+    }
+    Some((mac?, ip?))
+}
+
+/// Every device's own FDB entries that have a destination VTEP (VXLAN devices'), with the
+/// device's index: one dump serves every network.
+pub async fn fdb_entries(handle: &Handle) -> anyhow::Result<Vec<(u32, FdbEntry)>> {
+    let msgs = dump_neighbours(handle, AddressFamily::Bridge, "FDB").await?;
+    Ok(msgs
+        .into_iter()
+        .filter(|msg| msg.header.flags.contains(NeighbourFlags::Own))
+        .filter_map(|msg| {
+            let index = msg.header.ifindex;
+            let (mac, dst) = mac_and_ipv4(msg)?;
+            Some((index, FdbEntry { mac, dst }))
+        })
+        .collect())
+}
+
+/// Adds a permanent FDB entry. Flood entries (all-zero MAC) are appended, since there is one per
+/// remote peer under the same MAC; unicast entries replace any older destination of their MAC.
+pub async fn fdb_add(handle: &Handle, vxlan: u32, entry: &FdbEntry) -> anyhow::Result<()> {
+    let how = if entry.mac.is_zero() {
+        NLM_F_CREATE | NLM_F_APPEND
+    } else {
+        NLM_F_CREATE | NLM_F_REPLACE
+    };
+    acked(
+        handle,
+        RouteNetlinkMessage::NewNeighbour(fdb_message(vxlan, entry)),
+        how,
+    )
+    .await
+    .map_err(reason)
+    .with_context(|| format!("cannot add FDB entry {entry}"))
+}
+
+pub async fn fdb_del(handle: &Handle, vxlan: u32, entry: &FdbEntry) -> anyhow::Result<()> {
+    let deleted = handle
+        .neighbours()
+        .del(fdb_message(vxlan, entry))
+        .execute()
+        .await;
+    tolerate(deleted, Errno::ENOENT)
+        .map_err(reason)
+        .with_context(|| format!("cannot delete FDB entry {entry}"))
+}
+
+/// Every permanent IPv4 neighbour entry with its link's index: the VXLAN devices' ARP answers.
+pub async fn neighbours(handle: &Handle) -> anyhow::Result<Vec<(u32, Neighbour)>> {
+    let msgs = dump_neighbours(handle, AddressFamily::Inet, "neighbour table").await?;
+    Ok(msgs
+        .into_iter()
+        .filter(|msg| msg.header.state == NeighbourState::Permanent)
+        .filter_map(|msg| {
+            let index = msg.header.ifindex;
+            let (mac, ip) = mac_and_ipv4(msg)?;
+            Some((index, Neighbour { ip, mac }))
+        })
+        .collect())
+}
+
+/// Adds (or corrects) a permanent neighbour entry.
+pub async fn neigh_add(handle: &Handle, index: u32, n: &Neighbour) -> anyhow::Result<()> {
+    handle
+        .neighbours()
+        .add(index, IpAddr::V4(n.ip))
+        .link_layer_address(&n.mac.0)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .map_err(reason)
+        .with_context(|| format!("cannot add neighbour {} lladdr {}", n.ip, n.mac))
+}
+
+pub async fn neigh_del(handle: &Handle, index: u32, n: &Neighbour) -> anyhow::Result<()> {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.ifindex = index;
+    msg.attributes
+        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+            n.ip,
+        )));
+    tolerate(handle.neighbours().del(msg).execute().await, Errno::ENOENT)
+        .map_err(reason)
+        .with_context(|| format!("cannot delete neighbour {}", n.ip))
+}
