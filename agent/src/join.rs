@@ -8,9 +8,9 @@ use anyhow::{Context, anyhow, bail};
 use rcgen::{CertificateParams, KeyPair};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tracing::info;
-use weft_proto::tls::{JoinToken, pinned_channel, read_pem, write_private};
 use weft_proto::v1::JoinRequest;
 use weft_proto::v1::enrollment_client::EnrollmentClient;
+use weft_tls::{JoinToken, pinned_channel, read_pem, write_private};
 
 /// How long the Join call may take, connection included.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -128,7 +128,7 @@ fn parse_mtu(s: &str) -> Result<Mtu, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    weft_proto::process::init_logging();
+    weft_process::init_logging();
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -198,13 +198,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &args.docker_host,
         dns,
     )?);
-    let listener = weft_proto::process::bind_private_socket(&args.socket).await?;
+    let listener = weft_process::bind_private_socket(&args.socket).await?;
     let api = tonic::transport::Server::builder()
         .add_service(AgentServer::new(LocalApi::new(agent.clone())))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
             // A reset stops the agent too, once its answer is on its way.
             tokio::select! {
-                _ = weft_proto::process::shutdown_signal() => {}
+                _ = weft_process::shutdown_signal() => {}
                 _ = agent.lifecycle().stopped() => {}
             }
         });

@@ -174,7 +174,7 @@ pub fn allow_connections(agents: usize) -> anyhow::Result<()> {
     // Room beside the sockets for the runtime and /proc reads.
     let needed = 2 * agents as u64 + 64;
     let (_, limit) =
-        weft_proto::process::raise_open_file_limit().context("cannot raise the open-file limit")?;
+        weft_process::raise_open_file_limit().context("cannot raise the open-file limit")?;
     if limit < needed {
         bail!(
             "{agents} agents need {needed} open files but the hard limit is {limit}: raise it (ulimit -Hn) or simulate fewer agents"

@@ -6,10 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
-use weft_proto::tls::JoinToken;
 use weft_proto::v1::admin_server::Admin;
 use weft_proto::v1::enrollment_server::Enrollment;
 use weft_proto::v1::{CreateTokenRequest, CreateTokenResponse, JoinRequest, JoinResponse};
+use weft_tls::JoinToken;
 
 use crate::limits;
 use crate::tls::Ca;
@@ -62,7 +62,7 @@ impl Enrollment for EnrollmentService {
         limits::peer_name(&peer)?;
         let token: JoinToken = token
             .parse()
-            .map_err(|e: weft_proto::tls::TlsError| Status::unauthenticated(e.to_string()))?;
+            .map_err(|e: weft_tls::TlsError| Status::unauthenticated(e.to_string()))?;
         let id = token.id.clone();
         let cert_pem = self
             .blocking({

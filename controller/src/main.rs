@@ -19,10 +19,10 @@ use weft_controller::service::ControllerService;
 use weft_controller::store::{Emptied, Store};
 use weft_controller::tls::{Ca, ServerIdentity};
 use weft_controller::tokens::Tokens;
-use weft_proto::tls::read_pem;
 use weft_proto::v1::admin_server::AdminServer;
 use weft_proto::v1::controller_server::ControllerServer;
 use weft_proto::v1::enrollment_server::EnrollmentServer;
+use weft_tls::read_pem;
 
 /// weft's controller: the authority for peers, networks, endpoints and addresses.
 ///
@@ -60,7 +60,7 @@ struct Args {
     ipalloc_range: Ipv4Network,
     /// How long a peer's agent may be gone before the peer is shown as unreachable: seconds, or
     /// a number with s, m or h.
-    #[arg(long, default_value = "3m", value_parser = weft_proto::process::parse_duration)]
+    #[arg(long, default_value = "3m", value_parser = weft_process::parse_duration)]
     peer_lease: Duration,
     /// The server certificate (PEM, chain) agents check [default: one made at each start by the
     /// controller's own CA, kept in --data-dir].
@@ -106,7 +106,7 @@ fn parse_range(s: &str) -> Result<Ipv4Network, String> {
 /// usual soft limit of 1024 would leave agents past the 500th unanswered in the listen backlog
 /// until their keepalives give up.
 fn allow_connections() {
-    match weft_proto::process::raise_open_file_limit() {
+    match weft_process::raise_open_file_limit() {
         Ok((before, now)) if before < now => {
             info!(from = before, to = now, "raised the open-file limit")
         }
@@ -119,7 +119,7 @@ fn allow_connections() {
 async fn main() -> ExitCode {
     // tonic logs refused TLS handshakes (a client certificate from another CA, say) at debug
     // level only: they are worth an operator's eye.
-    weft_proto::process::init_logging_with(&["tonic::transport::server::io_stream=debug"]);
+    weft_process::init_logging_with(&["tonic::transport::server::io_stream=debug"]);
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -216,9 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     // Bound before the port: once agents can connect, tokens can be made.
     let admin_listener = match security {
-        Security::Tls { .. } => {
-            Some(weft_proto::process::bind_private_socket(&args.admin_socket).await?)
-        }
+        Security::Tls { .. } => Some(weft_process::bind_private_socket(&args.admin_socket).await?),
         Security::Insecure => None,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -271,7 +269,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let served = router.serve_with_incoming_shutdown(
         tokio_stream::wrappers::TcpListenerStream::new(listener),
         async move {
-            weft_proto::process::shutdown_signal().await;
+            weft_process::shutdown_signal().await;
             info!("stopping: ending the watch streams");
             stopper.stop();
             let _ = signalled.send(());

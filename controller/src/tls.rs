@@ -10,7 +10,7 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::OffsetDateTime;
-use weft_proto::tls::{first_cert, pin_of, read_pem, write_private};
+use weft_tls::{first_cert, pin_of, read_pem, write_private};
 
 /// How long a certificate the controller signs is valid. Server certificates are made afresh
 /// on each start; an agent's lasts until it joins again.
@@ -22,7 +22,7 @@ const CLOCK_SKEW: Duration = Duration::from_secs(300);
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error(transparent)]
-    Pem(#[from] weft_proto::tls::TlsError),
+    Pem(#[from] weft_tls::TlsError),
     #[error("{path}: {why}")]
     File { path: String, why: String },
     #[error(transparent)]

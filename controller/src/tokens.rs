@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableTable, TableDefinition};
 use tracing::warn;
-use weft_proto::tls::{JoinToken, pin_of};
+use weft_tls::{JoinToken, pin_of};
 
 use crate::store::{Emptied, open_private_db};
 

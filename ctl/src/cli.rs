@@ -34,7 +34,7 @@ pub struct Cli {
 }
 
 fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
-    match weft_proto::process::parse_duration(s)? {
+    match weft_process::parse_duration(s)? {
         d if d.is_zero() => Err("the timeout must be at least 1s".into()),
         d => Ok(d),
     }
@@ -182,7 +182,7 @@ pub enum TokenCommand {
     /// certificate. Prints the token.
     Create {
         /// How long the token may be used: seconds, or a number with s, m or h.
-        #[arg(long, default_value = "1h", value_parser = weft_proto::process::parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = weft_process::parse_duration)]
         ttl: std::time::Duration,
         /// The controller's admin socket.
         #[arg(long, default_value = "/run/weft/controller.sock", value_name = "PATH")]

@@ -54,10 +54,28 @@ fn profile_dir() -> PathBuf {
 /// The workspace directories each program is built from (its package and what it links).
 fn sources_of(name: &str) -> &'static [&'static str] {
     match name {
-        "weft-controller" => &["controller/src", "proto/src", "proto/proto"],
-        "weft-agent" => &["agent/src", "proto/src", "proto/proto"],
-        "weftctl" => &["ctl/src", "proto/src", "proto/proto"],
-        "weft-load" => &["bench/src", "integration/src", "proto/src", "proto/proto"],
+        "weft-controller" => &[
+            "controller/src",
+            "proto/src",
+            "proto/proto",
+            "process/src",
+            "tls/src",
+        ],
+        "weft-agent" => &[
+            "agent/src",
+            "proto/src",
+            "proto/proto",
+            "process/src",
+            "tls/src",
+        ],
+        "weftctl" => &["ctl/src", "proto/src", "proto/proto", "process/src"],
+        "weft-load" => &[
+            "bench/src",
+            "integration/src",
+            "proto/src",
+            "proto/proto",
+            "process/src",
+        ],
         _ => &[],
     }
 }

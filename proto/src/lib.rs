@@ -5,11 +5,9 @@ pub mod addr;
 pub mod dns_name;
 pub mod error;
 pub mod names;
-pub mod process;
 pub mod snapshot;
 pub mod subnet;
 pub mod tables;
-pub mod tls;
 
 /// Generated from `proto/weft.proto`, package `weft.v1`.
 pub mod v1 {

@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use prost::Message;
 use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
 use tracing::{info, warn};
-use weft_proto::tls::write_private;
 use weft_proto::v1::{
     Delta, DnsRecord, Endpoint, Network, Peer, WatchEvent, delta::Change, watch_event::Event,
 };
+use weft_tls::write_private;
 
 use weft_proto::tables::{Tables, dns_record_id, endpoint_id};
 
