@@ -1,8 +1,8 @@
 //! The kernel datapath as the agent keeps it: restarts that change nothing that is right and
 //! drop no packet, stale entries removed once the agent is back, devices deleted by hand made
-//! again, broadcast and multicast to every host once, ARP answered on the asking host, the MTU
-//! of the VXLAN overhead, exposing the host on a network, reset, and a stopped agent that leaves
-//! containers talking.
+//! again, a network that cannot be fixed leaving the others fixed, broadcast and multicast to
+//! every host once, ARP answered on the asking host, the MTU of the VXLAN overhead, exposing the
+//! host on a network, reset, and a stopped agent that leaves containers talking.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -432,6 +432,86 @@ fn devices_deleted_by_hand_come_back() {
         Datapath::of(&h1)
     );
     assert_reaches(&c1, &ip2);
+}
+
+#[test]
+fn a_network_that_cannot_be_fixed_leaves_the_others_fixed() {
+    let mut world = World::new(2);
+    // Two networks besides the default, a container of each on each host: the one a pass
+    // reaches first (lower VNI) is broken, the other must be fixed all the same.
+    let mut nets = Vec::new();
+    for (subnet, ip1, ip2) in [
+        ("192.168.0.0/24", "192.168.0.2/24", "192.168.0.3"),
+        ("192.168.1.0/24", "192.168.1.2/24", "192.168.1.3"),
+    ] {
+        let here = world.container(1, &format!("n{}", nets.len()));
+        let there = world.container(2, &format!("m{}", nets.len()));
+        attach(&world, 1, &[ip1], &here);
+        attach(&world, 2, &[&format!("{ip2}/24")], &there);
+        let bridge = bridge_of(&world, subnet);
+        let vni: u32 = bridge["weave-".len()..].parse().expect("weave-VNI");
+        nets.push((vni, bridge, here, ip2));
+    }
+    nets.sort();
+    let [
+        (broken_vni, broken_bridge, broken_c, broken_ip),
+        (vni, bridge, c, ip),
+    ] = <[_; 2]>::try_from(nets).expect("two networks");
+    let vxlan = format!("vx-{vni}");
+    let h1 = world.host_ns(1);
+
+    // While the agent is stopped: the first network's bridge name goes to a veth, which the
+    // agent must not take; the second loses its VXLAN device, which the agent can make again.
+    world.stop_agent(1);
+    run_in(&h1, &["ip", "link", "del", &broken_bridge]);
+    // (A veth: this kernel has no dummy links.)
+    run_in(
+        &h1,
+        &[
+            "ip",
+            "link",
+            "add",
+            &broken_bridge,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "notweft0",
+        ],
+    );
+    run_in(&h1, &["ip", "link", "del", &vxlan]);
+    world.start_agent(1);
+
+    let why =
+        format!("network with VNI {broken_vni}: link {broken_bridge} exists and is not a bridge");
+    let logged = wait_until(CONVERGE, || {
+        fs::read_to_string(world.agent_log(1)).is_ok_and(|log| log.contains(&why))
+    });
+    assert!(logged, "host1's agent log does not say {why:?}");
+    let back = wait_until(CONVERGE, || {
+        link(&h1, &vxlan).is_some_and(|l| l.master.as_ref() == Some(&bridge))
+    });
+    assert!(back, "{vxlan} not back on {bridge} within {CONVERGE:?}");
+    assert_reaches(&c, ip);
+    assert!(
+        link(&h1, &broken_bridge).is_some_and(|l| l.master.is_none()),
+        "the veth {broken_bridge} is left as it is"
+    );
+    assert!(
+        !ping(&broken_c, broken_ip),
+        "{broken_c} reaches {broken_ip} without a bridge"
+    );
+
+    // Once the name is free again, the retried reconcile makes that network too.
+    run_in(&h1, &["ip", "link", "del", &broken_bridge]);
+    let fixed = wait_until(CONVERGE, || {
+        link(&h1, &broken_bridge).is_some() && ping(&broken_c, broken_ip)
+    });
+    assert!(
+        fixed,
+        "{broken_bridge} not back with {broken_c} reaching {broken_ip} within {CONVERGE:?}"
+    );
+    assert_reaches(&c, ip);
 }
 
 /// Lets `container` answer pings sent to a broadcast or multicast address, as Linux does not by
