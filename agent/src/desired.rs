@@ -66,7 +66,7 @@ impl Exposed {
 pub fn host_networks(tables: &Tables, me: &str) -> BTreeMap<u32, NetworkState> {
     let mut needed: BTreeMap<&str, NetworkState> = BTreeMap::new();
     needed.insert(DEFAULT_NETWORK, NetworkState::default());
-    for ep in tables.endpoints.values().filter(|ep| ep.peer == me) {
+    for ep in tables.endpoints_on(me) {
         let state = needed.entry(&ep.network).or_default();
         if ep.container_id == EXPOSE_ID {
             state.exposed = Exposed::of(ep);
@@ -74,7 +74,7 @@ pub fn host_networks(tables: &Tables, me: &str) -> BTreeMap<u32, NetworkState> {
             state.ports.insert(ep.host_ifname.clone());
         }
     }
-    for ep in tables.endpoints.values().filter(|ep| ep.peer != me) {
+    for ep in tables.endpoints_off(me) {
         let Some(state) = needed.get_mut(ep.network.as_str()) else {
             continue;
         };
@@ -154,7 +154,8 @@ mod tests {
                 container_ifname: "ethwe".into(),
                 dns_name: String::new(),
             };
-            t.endpoints.insert(weft_proto::tables::endpoint_id(&ep), ep);
+            t.endpoints
+                .insert(weft_proto::tables::EndpointId::of(&ep), ep);
         }
         t
     }
@@ -257,7 +258,7 @@ mod tests {
         blue.network = "blue".into();
         blue.mac = "02:00:00:00:00:0b".into();
         t.endpoints
-            .insert(weft_proto::tables::endpoint_id(&blue), blue);
+            .insert(weft_proto::tables::EndpointId::of(&blue), blue);
         let on_host1 = host_networks(&t, "host1");
         assert_eq!(on_host1.keys().copied().collect::<Vec<_>>(), [1, 2]);
         assert_eq!(

@@ -113,9 +113,8 @@ impl Reconciler {
         self.dns.serve_names(&self.tables);
         let me = self.tables.me();
         let Some(local) = self.tables.read(|t| {
-            t.endpoints
-                .values()
-                .filter(|ep| ep.peer == me && ep.container_id != EXPOSE_ID)
+            t.endpoints_on(me)
+                .filter(|ep| ep.container_id != EXPOSE_ID)
                 .map(|ep| ep.container_id.clone())
                 .collect::<BTreeSet<String>>()
         }) else {

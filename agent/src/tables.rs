@@ -11,7 +11,7 @@ use anyhow::bail;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 use weft_proto::names::EXPOSE_ID;
-use weft_proto::tables::{Tables, endpoint_id};
+use weft_proto::tables::{EndpointId, Tables};
 use weft_proto::v1::{Endpoint, WatchEvent, watch_event::Event};
 
 use crate::following::{Following, Position};
@@ -100,9 +100,8 @@ impl TablesCopy {
             if !self.is_fresh(t) {
                 return Vec::new();
             }
-            t.endpoints
-                .values()
-                .filter(|ep| ep.peer == self.me && ep.container_id != EXPOSE_ID)
+            t.endpoints_on(&self.me)
+                .filter(|ep| ep.container_id != EXPOSE_ID)
                 .filter(|ep| keep(ep))
                 .cloned()
                 .collect()
@@ -115,7 +114,7 @@ impl TablesCopy {
     pub fn current(&self, ep: &Endpoint) -> Option<Endpoint> {
         self.read(|t| {
             t.endpoints
-                .get(&endpoint_id(ep))
+                .get(&EndpointId::of(ep))
                 .filter(|now| self.is_fresh(t) && now.mac == ep.mac)
                 .cloned()
         })

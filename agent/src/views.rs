@@ -39,7 +39,7 @@ pub fn network_infos(t: &Tables) -> Vec<NetworkInfo> {
 /// (`ethwe`) and every address it holds, interface by interface.
 pub fn ps_entries(t: &Tables, me: &str) -> Vec<PsEntry> {
     let mut by_container: BTreeMap<&str, Vec<&Endpoint>> = BTreeMap::new();
-    for ep in t.endpoints.values().filter(|ep| ep.peer == me) {
+    for ep in t.endpoints_on(me) {
         by_container.entry(&ep.container_id).or_default().push(ep);
     }
     // The host itself first, as `weave ps` shows it.
@@ -96,7 +96,7 @@ pub fn tables_status(t: &Tables, me: &str, status: &mut StatusResponse) {
     status.revision = t.revision;
     status.peers = t.peers.len() as u32;
     status.networks = t.networks.len() as u32;
-    status.endpoints = t.endpoints.values().filter(|ep| ep.peer == me).count() as u32;
+    status.endpoints = t.endpoints_on(me).count() as u32;
     let default = network_infos(t).into_iter().find(|i| {
         i.network
             .as_ref()
@@ -146,7 +146,8 @@ mod tests {
                 cidrs: cidrs.into_iter().map(String::from).collect(),
                 ..Endpoint::default()
             };
-            t.endpoints.insert(weft_proto::tables::endpoint_id(&ep), ep);
+            t.endpoints
+                .insert(weft_proto::tables::EndpointId::of(&ep), ep);
         }
         t.revision = 7;
         t

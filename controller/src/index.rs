@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use weft_proto::tables::{Tables, endpoint_id};
+use weft_proto::tables::{EndpointId, Tables};
 use weft_proto::v1::{Endpoint, delta::Change};
 
 use crate::ipam::Pool;
@@ -42,18 +42,13 @@ impl Index {
                 self.pools.remove(name);
             }
             Change::EndpointPut(ep) => {
-                if let Some(old) = tables.endpoints.get(&endpoint_id(ep)) {
+                if let Some(old) = tables.endpoints.get(&EndpointId::of(ep)) {
                     self.remove_endpoint(old);
                 }
                 self.add_endpoint(ep);
             }
             Change::EndpointDeleted(key) => {
-                let id = (
-                    key.peer.clone(),
-                    key.network.clone(),
-                    key.container_id.clone(),
-                );
-                if let Some(old) = tables.endpoints.get(&id) {
+                if let Some(old) = tables.endpoints.get(&EndpointId::of_key(key)) {
                     self.remove_endpoint(old);
                 }
             }
@@ -134,11 +129,7 @@ impl Index {
             .get(&key)
             .into_iter()
             .flatten()
-            .filter_map(|net| {
-                tables
-                    .endpoints
-                    .get(&(peer.to_string(), net.clone(), container.to_string()))
-            })
+            .filter_map(|net| tables.endpoints.get(&EndpointId::new(peer, net, container)))
             .collect()
     }
 }

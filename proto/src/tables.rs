@@ -10,19 +10,52 @@ pub const DEFAULT_NETWORK: &str = "default";
 /// VNI of the default network.
 pub const DEFAULT_VNI: u32 = 1;
 
-/// (peer, network, container id): one container's interface in one network on one host.
-pub type EndpointId = (String, String, String);
-
-pub fn endpoint_id(ep: &Endpoint) -> EndpointId {
-    (ep.peer.clone(), ep.network.clone(), ep.container_id.clone())
+/// One container's interface in one network on one host: what an endpoint is known by.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EndpointId {
+    pub peer: String,
+    pub network: String,
+    pub container: String,
 }
 
-fn key_id(key: &EndpointKey) -> EndpointId {
-    (
-        key.peer.clone(),
-        key.network.clone(),
-        key.container_id.clone(),
-    )
+impl EndpointId {
+    pub fn new(peer: &str, network: &str, container: &str) -> EndpointId {
+        EndpointId {
+            peer: peer.to_string(),
+            network: network.to_string(),
+            container: container.to_string(),
+        }
+    }
+
+    pub fn of(ep: &Endpoint) -> EndpointId {
+        EndpointId {
+            peer: ep.peer.clone(),
+            network: ep.network.clone(),
+            container: ep.container_id.clone(),
+        }
+    }
+
+    pub fn of_key(key: &EndpointKey) -> EndpointId {
+        EndpointId {
+            peer: key.peer.clone(),
+            network: key.network.clone(),
+            container: key.container_id.clone(),
+        }
+    }
+
+    /// The least id on `peer`: where its endpoints begin in an ordered map.
+    fn first_of(peer: &str) -> EndpointId {
+        EndpointId::new(peer, "", "")
+    }
+
+    /// The wire form, as a deletion names it.
+    pub fn key(&self) -> EndpointKey {
+        EndpointKey {
+            peer: self.peer.clone(),
+            network: self.network.clone(),
+            container_id: self.container.clone(),
+        }
+    }
 }
 
 /// (name, ip): one DNS record added with `weftctl dns-add`.
@@ -63,7 +96,7 @@ impl Tables {
             endpoints: snapshot
                 .endpoints
                 .into_iter()
-                .map(|e| (endpoint_id(&e), e))
+                .map(|e| (EndpointId::of(&e), e))
                 .collect(),
             dns_records: snapshot
                 .dns_records
@@ -90,8 +123,8 @@ impl Tables {
                     None => Change::NetworkDeleted(name.clone()),
                 }
             }
-            Change::EndpointPut(ep) => self.undo_endpoint(endpoint_id(ep)),
-            Change::EndpointDeleted(key) => self.undo_endpoint(key_id(key)),
+            Change::EndpointPut(ep) => self.undo_endpoint(EndpointId::of(ep)),
+            Change::EndpointDeleted(key) => self.undo_endpoint(EndpointId::of_key(key)),
             Change::DnsRecordPut(r) | Change::DnsRecordDeleted(r) => {
                 match self.dns_records.get(&dns_record_id(r)) {
                     Some(old) => Change::DnsRecordPut(old.clone()),
@@ -104,15 +137,31 @@ impl Tables {
     fn undo_endpoint(&self, id: EndpointId) -> Change {
         match self.endpoints.get(&id) {
             Some(old) => Change::EndpointPut(old.clone()),
-            None => {
-                let (peer, network, container_id) = id;
-                Change::EndpointDeleted(EndpointKey {
-                    peer,
-                    container_id,
-                    network,
-                })
-            }
+            None => Change::EndpointDeleted(id.key()),
         }
+    }
+
+    /// The endpoints on `peer` (a range of the map: it is ordered by peer first).
+    pub fn endpoints_on<'a>(&'a self, peer: &'a str) -> impl Iterator<Item = &'a Endpoint> + 'a {
+        self.endpoints
+            .range(EndpointId::first_of(peer)..)
+            .take_while(move |(id, _)| id.peer == peer)
+            .map(|(_, ep)| ep)
+    }
+
+    /// The endpoints on every peer but `peer`.
+    pub fn endpoints_off<'a>(&'a self, peer: &'a str) -> impl Iterator<Item = &'a Endpoint> + 'a {
+        self.endpoints.values().filter(move |ep| ep.peer != peer)
+    }
+
+    /// The endpoints of container `container` on `peer`, one per network.
+    pub fn endpoints_of<'a>(
+        &'a self,
+        peer: &'a str,
+        container: &'a str,
+    ) -> impl Iterator<Item = &'a Endpoint> + 'a {
+        self.endpoints_on(peer)
+            .filter(move |ep| ep.container_id == container)
     }
 
     /// Applies one change and counts it as one revision.
@@ -132,10 +181,10 @@ impl Tables {
                 self.networks.remove(name);
             }
             Change::EndpointPut(ep) => {
-                self.endpoints.insert(endpoint_id(ep), ep.clone());
+                self.endpoints.insert(EndpointId::of(ep), ep.clone());
             }
             Change::EndpointDeleted(key) => {
-                self.endpoints.remove(&key_id(key));
+                self.endpoints.remove(&EndpointId::of_key(key));
             }
             Change::DnsRecordPut(r) => {
                 self.dns_records.insert(dns_record_id(r), r.clone());
@@ -159,6 +208,36 @@ mod tests {
             peer: "host1".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_endpoints_of_a_peer_are_its_own_and_all_of_them() {
+        let mut tables = Tables::default();
+        for (peer, container) in [
+            ("host1", "a"),
+            ("host10", "b"),
+            ("host1", "c"),
+            ("host2", "a"),
+        ] {
+            let mut e = ep(container, "10.32.0.2/12");
+            e.peer = peer.into();
+            tables.apply(&Change::EndpointPut(e));
+        }
+        let on = |peer| -> Vec<String> {
+            let eps = tables.endpoints_on(peer);
+            eps.map(|e| format!("{}/{}", e.peer, e.container_id))
+                .collect()
+        };
+        assert_eq!(on("host1"), ["host1/a", "host1/c"]);
+        assert_eq!(on("host10"), ["host10/b"]);
+        assert_eq!(on("host"), Vec::<String>::new());
+        let off: Vec<&str> = tables
+            .endpoints_off("host1")
+            .map(|e| e.peer.as_str())
+            .collect();
+        assert_eq!(off, ["host10", "host2"]);
+        assert_eq!(tables.endpoints_of("host2", "a").count(), 1);
+        assert_eq!(tables.endpoints_of("host2", "c").count(), 0);
     }
 
     #[test]

@@ -266,7 +266,8 @@ mod tests {
                 peer: "host1".into(),
                 ..Default::default()
             };
-            t.endpoints.insert(weft_proto::tables::endpoint_id(&ep), ep);
+            t.endpoints
+                .insert(weft_proto::tables::EndpointId::of(&ep), ep);
         }
         Records::from_tables(&t, "weave.local")
     }

@@ -85,7 +85,7 @@ pub fn reverse_address(name: &str) -> Option<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weft_proto::tables::endpoint_id;
+    use weft_proto::tables::EndpointId;
     use weft_proto::v1::Endpoint;
 
     fn tables(eps: &[(&str, &str, &[&str])]) -> Tables {
@@ -99,7 +99,7 @@ mod tests {
                 peer: "host1".into(),
                 ..Endpoint::default()
             };
-            t.endpoints.insert(endpoint_id(&ep), ep);
+            t.endpoints.insert(EndpointId::of(&ep), ep);
         }
         t
     }

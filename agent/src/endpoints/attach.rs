@@ -6,7 +6,7 @@ use std::path::Path;
 use tracing::warn;
 use weft_proto::dns_name;
 use weft_proto::names::{EXPOSE_ID, short_container_id};
-use weft_proto::tables::endpoint_id;
+use weft_proto::tables::EndpointId;
 use weft_proto::v1::{AttachResponse, Endpoint};
 
 use super::seam::{Claims, Host};
@@ -165,7 +165,7 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
             let recorded = self.tables.read(|t| {
                 t.revision < done.revision
                     || t.endpoints
-                        .get(&endpoint_id(ep))
+                        .get(&EndpointId::of(ep))
                         .is_some_and(|now| now.mac == ep.mac)
             });
             if recorded == Some(false) {

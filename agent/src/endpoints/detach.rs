@@ -115,9 +115,7 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         let containers: BTreeSet<String> = self
             .tables
             .read(|t| {
-                t.endpoints
-                    .values()
-                    .filter(|ep| ep.peer == me)
+                t.endpoints_on(me)
                     .map(|ep| ep.container_id.clone())
                     .collect()
             })

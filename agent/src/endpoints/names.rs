@@ -34,11 +34,7 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
             Some(c) => self
                 .tables
                 .read(|t| {
-                    let eps: Vec<&Endpoint> = t
-                        .endpoints
-                        .values()
-                        .filter(|ep| ep.peer == me && ep.container_id == c.id)
-                        .collect();
+                    let eps: Vec<&Endpoint> = t.endpoints_of(me, &c.id).collect();
                     let ips = eps.iter().flat_map(|ep| ips_of(&ep.cidrs)).collect();
                     let name = eps
                         .first()

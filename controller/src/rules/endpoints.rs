@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use weft_proto::addr::{AddrSpec, NetRef};
 use weft_proto::names::{Mac, container_ifname, host_ifname, mac_for_address};
-use weft_proto::tables::endpoint_id;
-use weft_proto::v1::{Endpoint, EndpointKey, delta::Change};
+use weft_proto::tables::EndpointId;
+use weft_proto::v1::{Endpoint, delta::Change};
 
 use super::dns::delete_dns_records;
 use super::planner::Planner;
@@ -61,7 +61,7 @@ pub(super) fn attach(
                 let held = view
                     .tables
                     .endpoints
-                    .get(&(peer.to_string(), network.clone(), container_id.to_string()))
+                    .get(&EndpointId::new(peer, &network, container_id))
                     .into_iter()
                     .flat_map(|ep| &ep.cidrs)
                     .filter_map(|c| c.parse::<Ipv4Network>().ok())
@@ -90,7 +90,7 @@ pub(super) fn attach(
     };
     let mut endpoints = Vec::new();
     for (network, new_cidrs) in wanted {
-        let id = (peer.to_string(), network.clone(), container_id.to_string());
+        let id = EndpointId::new(peer, &network, container_id);
         let ep = match view.tables.endpoints.get(&id) {
             Some(existing) => {
                 let mut ep = existing.clone();
@@ -122,7 +122,7 @@ pub(super) fn attach(
                 }
             }
         };
-        if view.tables.endpoints.get(&endpoint_id(&ep)) != Some(&ep) {
+        if view.tables.endpoints.get(&EndpointId::of(&ep)) != Some(&ep) {
             plan.changes.push(Change::EndpointPut(ep.clone()));
         }
         endpoints.push(ep);
@@ -209,13 +209,9 @@ pub(super) fn detach(
     };
     let mut changes = Vec::new();
     for ep in current.into_values() {
-        let before = &view.tables.endpoints[&endpoint_id(&ep)];
+        let before = &view.tables.endpoints[&EndpointId::of(&ep)];
         if ep.cidrs.is_empty() {
-            changes.push(Change::EndpointDeleted(EndpointKey {
-                peer: ep.peer.clone(),
-                container_id: ep.container_id.clone(),
-                network: ep.network.clone(),
-            }));
+            changes.push(Change::EndpointDeleted(EndpointId::of(&ep).key()));
             done.removed.push(ep);
         } else if *before != ep {
             changes.push(Change::EndpointPut(ep.clone()));

@@ -2,7 +2,8 @@
 
 use std::net::Ipv4Addr;
 
-use weft_proto::v1::{EndpointKey, Peer, delta::Change};
+use weft_proto::tables::EndpointId;
+use weft_proto::v1::{Peer, delta::Change};
 
 use super::dns::delete_dns_records;
 use super::{TableError, View};
@@ -36,13 +37,9 @@ pub(super) fn remove_peer(
     }
     let mut released = Vec::new();
     let mut changes = Vec::new();
-    for ep in view.tables.endpoints.values().filter(|ep| ep.peer == name) {
+    for ep in view.tables.endpoints_on(name) {
         released.extend(ep.cidrs.iter().cloned());
-        changes.push(Change::EndpointDeleted(EndpointKey {
-            peer: ep.peer.clone(),
-            container_id: ep.container_id.clone(),
-            network: ep.network.clone(),
-        }));
+        changes.push(Change::EndpointDeleted(EndpointId::of(ep).key()));
     }
     changes.extend(delete_dns_records(view.tables, |r| r.peer == name));
     changes.push(Change::PeerDeleted(name.to_string()));

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use weft_proto::tables::{DEFAULT_NETWORK, DEFAULT_VNI};
+use weft_proto::tables::{DEFAULT_NETWORK, DEFAULT_VNI, EndpointId};
 
 use super::*;
 
@@ -189,7 +189,7 @@ fn static_addresses_create_their_network_and_name_holders() {
     );
     let net = &t.networks["192.168.0.0/24"];
     assert_eq!((net.subnet.as_str(), net.vni), ("192.168.0.0/24", 2));
-    let ep = &t.endpoints[&("host1".into(), "192.168.0.0/24".into(), "c1".into())];
+    let ep = &t.endpoints[&EndpointId::new("host1", "192.168.0.0/24", "c1")];
     assert_eq!(ep.mac, "0a:77:c0:a8:00:02");
     assert_eq!(ep.host_ifname, "vethwepl0a80002");
     assert_eq!(ep.container_ifname, "ethwe");
@@ -215,7 +215,7 @@ fn static_addresses_create_their_network_and_name_holders() {
         Ok(vec!["192.168.10.10/24".into()])
     );
     assert_eq!(t.networks["192.168.10.0/24"].vni, 3);
-    let ep2 = &t.endpoints[&("host1".into(), "192.168.10.0/24".into(), "c1".into())];
+    let ep2 = &t.endpoints[&EndpointId::new("host1", "192.168.10.0/24", "c1")];
     assert_eq!(ep2.container_ifname, "ethwe1");
 }
 
@@ -223,7 +223,7 @@ fn static_addresses_create_their_network_and_name_holders() {
 fn a_name_belongs_to_the_whole_container() {
     let mut t = two_hosts();
     let name_of = |t: &Tables, net: &str| {
-        t.endpoints[&("host1".into(), net.into(), "c1".into())]
+        t.endpoints[&EndpointId::new("host1", net, "c1")]
             .dns_name
             .clone()
     };
@@ -331,7 +331,7 @@ fn attach_without_addresses_allocates_from_the_default_network() {
         attach(&mut t, "host1", "c3", &["net:default", "net:default"]),
         Ok(vec!["10.32.0.4/12".into(), "10.32.0.5/12".into()])
     );
-    let ep = &t.endpoints[&("host1".into(), DEFAULT_NETWORK.into(), "c3".into())];
+    let ep = &t.endpoints[&EndpointId::new("host1", DEFAULT_NETWORK, "c3")];
     assert_eq!(ep.cidrs, ["10.32.0.4/12", "10.32.0.5/12"]);
 }
 

@@ -23,7 +23,7 @@ use weft_proto::v1::{
 };
 use weft_tls::write_private;
 
-use weft_proto::tables::{Tables, dns_record_id, endpoint_id};
+use weft_proto::tables::{EndpointId, Tables, dns_record_id};
 
 use crate::tokens::random_hex;
 pub use data_dir::{Emptied, open_private_db};
@@ -257,7 +257,7 @@ impl Store {
         {
             let (_, v) = row.map_err(|e| self.redb_err(e))?;
             let ep: Endpoint = self.decode(v.value())?;
-            tables.endpoints.insert(endpoint_id(&ep), ep);
+            tables.endpoints.insert(EndpointId::of(&ep), ep);
         }
         match txn.open_table(DNS_RECORDS) {
             Ok(records) => {
