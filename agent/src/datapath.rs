@@ -14,6 +14,7 @@ use weft_proto::names::{
     HOST_IFNAME_PREFIX, Mac, bridge_name, container_ifname, guest_tmp_ifname, vni_of_device,
     vxlan_name,
 };
+use weft_proto::rows;
 use weft_proto::v1::Endpoint;
 
 use crate::container::Container;
@@ -101,16 +102,6 @@ where
         .buffer_unordered(NETLINK_PIPELINE)
         .try_collect()
         .await
-}
-
-fn parse_cidrs(cidrs: &[String]) -> anyhow::Result<Vec<Ipv4Network>> {
-    cidrs
-        .iter()
-        .map(|c| {
-            c.parse()
-                .map_err(|_| anyhow!("invalid address {c} in the tables"))
-        })
-        .collect()
 }
 
 impl Datapath {
@@ -321,7 +312,7 @@ impl Datapath {
     /// set up completely is removed again.
     pub async fn plug(&self, container: &Container, ep: &Endpoint, vni: u32) -> anyhow::Result<()> {
         let _lock = self.lock.lock().await;
-        let cidrs = parse_cidrs(&ep.cidrs)?;
+        let cidrs = rows::cidrs(&ep.cidrs)?;
         let inside = ep.container_ifname.clone();
         if let Some(host) = netlink::link_by_name(&self.handle, &ep.host_ifname).await? {
             let (name, more) = (inside.clone(), cidrs.clone());
@@ -487,7 +478,7 @@ impl Datapath {
         ep: &Endpoint,
         cidrs: &[String],
     ) -> anyhow::Result<()> {
-        let cidrs = parse_cidrs(cidrs)?;
+        let cidrs = rows::cidrs(cidrs)?;
         let inside = ep.container_ifname.clone();
         netns::run_in(&container.netns, move |handle| async move {
             match netlink::link_by_name(&handle, &inside).await? {

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use weft_proto::names::{EXPOSE_ID, Mac};
+use weft_proto::rows::{EndpointAddrs, peer_addr};
 use weft_proto::tables::{DEFAULT_NETWORK, Tables};
 use weft_proto::v1::Endpoint;
 
@@ -51,12 +52,13 @@ pub struct Exposed {
 }
 
 impl Exposed {
-    /// The host's place on a bridge as its endpoint in the tables says; `None` if the endpoint's
-    /// MAC is unreadable.
+    /// The host's place on a bridge as its endpoint in the tables says; `None` for a row that
+    /// does not read (which the agent's tables never hold: they refuse it as it arrives).
     pub fn of(ep: &Endpoint) -> Option<Exposed> {
+        let addrs = EndpointAddrs::of(ep).ok()?;
         Some(Exposed {
-            mac: ep.mac.parse().ok()?,
-            cidrs: ep.cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
+            mac: addrs.mac,
+            cidrs: addrs.cidrs.into_iter().collect(),
         })
     }
 }
@@ -78,15 +80,12 @@ pub fn host_networks(tables: &Tables, me: &str) -> BTreeMap<u32, NetworkState> {
         let Some(state) = needed.get_mut(ep.network.as_str()) else {
             continue;
         };
-        // An endpoint whose peer or MAC we cannot read cannot be reached; skip it, not the rest.
-        let Some(dst) = tables
-            .peers
-            .get(&ep.peer)
-            .and_then(|p| p.advertise_addr.parse::<Ipv4Addr>().ok())
-        else {
+        // An endpoint of a peer the tables do not hold (yet) cannot be reached. Rows that do not
+        // read never get here: the agent's tables refuse them as they arrive (`rows::check`).
+        let Some(dst) = tables.peers.get(&ep.peer).and_then(|p| peer_addr(p).ok()) else {
             continue;
         };
-        let Ok(mac) = ep.mac.parse::<Mac>() else {
+        let Ok(EndpointAddrs { mac, cidrs }) = EndpointAddrs::of(ep) else {
             continue;
         };
         state.fdb.insert(FdbEntry { mac, dst });
@@ -94,10 +93,8 @@ pub fn host_networks(tables: &Tables, me: &str) -> BTreeMap<u32, NetworkState> {
             mac: Mac::ZERO,
             dst,
         });
-        for cidr in &ep.cidrs {
-            if let Ok(net) = cidr.parse::<Ipv4Network>() {
-                state.neighbours.insert(Neighbour { ip: net.ip(), mac });
-            }
+        for net in cidrs {
+            state.neighbours.insert(Neighbour { ip: net.ip(), mac });
         }
     }
     tables

@@ -11,6 +11,7 @@ use anyhow::bail;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 use weft_proto::names::EXPOSE_ID;
+use weft_proto::rows;
 use weft_proto::tables::{EndpointId, Tables};
 use weft_proto::v1::{Endpoint, WatchEvent, watch_event::Event};
 
@@ -170,9 +171,15 @@ impl TablesCopy {
     pub fn apply(&self, event: WatchEvent) -> anyhow::Result<Option<WatchStart>> {
         let mut tables = self.tables.write().expect("tables lock poisoned");
         let start = match event.event {
-            Some(Event::Snapshot(snapshot)) => {
+            Some(Event::Snapshot(mut snapshot)) => {
                 let offered = self.admit(event.store_id, event.revision)?;
                 info!(revision = event.revision, store = %offered.store_id, "snapshot received");
+                for bad in rows::refuse_bad_rows(&mut snapshot) {
+                    warn!(
+                        revision = event.revision,
+                        "refused a row of the snapshot: {bad}"
+                    );
+                }
                 *tables = Some(Tables::from_snapshot(
                     event.revision,
                     offered.store_id,
@@ -198,7 +205,14 @@ impl TablesCopy {
                     );
                 };
                 debug!(revision = event.revision, ?change, "delta");
-                current.apply(&change);
+                match rows::check(&change) {
+                    Ok(()) => current.apply(&change),
+                    // The tables keep what they had; the revision counts all the same.
+                    Err(bad) => {
+                        warn!(revision = event.revision, "refused a row of a delta: {bad}");
+                        current.revision += 1;
+                    }
+                }
                 self.following.advance(current.revision);
                 None
             }
@@ -230,5 +244,79 @@ impl TablesCopy {
         }
         self.changed.notify_one();
         Ok(start)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use weft_proto::v1::{Delta, Snapshot, delta::Change};
+
+    use super::*;
+
+    fn ep(container: &str, mac: &str) -> Endpoint {
+        Endpoint {
+            peer: "host2".into(),
+            network: "default".into(),
+            container_id: container.into(),
+            mac: mac.into(),
+            cidrs: vec!["10.32.0.5/12".into()],
+            ..Endpoint::default()
+        }
+    }
+
+    fn delta(revision: u64, change: Change) -> WatchEvent {
+        WatchEvent {
+            revision,
+            event: Some(Event::Delta(Delta {
+                change: Some(change),
+            })),
+            store_id: String::new(),
+        }
+    }
+
+    fn containers(copy: &TablesCopy) -> Vec<String> {
+        let held = copy.read(|t| {
+            t.endpoints
+                .values()
+                .map(|e| e.container_id.clone())
+                .collect()
+        });
+        held.unwrap_or_default()
+    }
+
+    #[test]
+    fn rows_that_do_not_read_are_refused_as_they_arrive() {
+        let following = Arc::new(Following::load(Path::new("/nonexistent")));
+        let copy = TablesCopy::new("host1".into(), following);
+        let snapshot = Snapshot {
+            endpoints: vec![ep("good", "02:00:0a:20:00:05"), ep("bad", "02:00")],
+            ..Snapshot::default()
+        };
+        let event = WatchEvent {
+            revision: 7,
+            event: Some(Event::Snapshot(snapshot)),
+            store_id: "s1".into(),
+        };
+        copy.apply(event).unwrap();
+        assert_eq!(containers(&copy), ["good"]);
+
+        // A delta whose row does not read changes nothing but still counts its revision, so
+        // the next one follows on.
+        copy.apply(delta(8, Change::EndpointPut(ep("good", "zz"))))
+            .unwrap();
+        copy.apply(delta(
+            9,
+            Change::EndpointPut(ep("new", "02:00:0a:20:00:06")),
+        ))
+        .unwrap();
+        assert_eq!(containers(&copy), ["good", "new"]);
+        let good_mac = copy.read(|t| {
+            let good = t.endpoints.values().find(|e| e.container_id == "good");
+            good.map(|e| e.mac.clone())
+        });
+        assert_eq!(good_mac.flatten().as_deref(), Some("02:00:0a:20:00:05"));
+        assert_eq!(copy.read(|t| t.revision), Some(9));
     }
 }

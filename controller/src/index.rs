@@ -4,8 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use weft_proto::rows;
 use weft_proto::tables::{EndpointId, Tables};
-use weft_proto::v1::{Endpoint, delta::Change};
+use weft_proto::v1::{Endpoint, Network, delta::Change};
 
 use crate::ipam::Pool;
 
@@ -25,7 +26,7 @@ impl Index {
     pub fn build(tables: &Tables) -> Index {
         let mut index = Index::default();
         for net in tables.networks.values() {
-            index.add_network(&net.name, &net.subnet);
+            index.add_network(net);
         }
         for ep in tables.endpoints.values() {
             index.add_endpoint(ep);
@@ -37,7 +38,7 @@ impl Index {
     /// change replaces or removes.
     pub fn apply(&mut self, tables: &Tables, change: &Change) {
         match change {
-            Change::NetworkPut(net) => self.add_network(&net.name, &net.subnet),
+            Change::NetworkPut(net) => self.add_network(net),
             Change::NetworkDeleted(name) => {
                 self.pools.remove(name);
             }
@@ -59,21 +60,17 @@ impl Index {
         }
     }
 
-    fn add_network(&mut self, name: &str, subnet: &str) {
-        if let Ok(subnet) = subnet.parse() {
+    fn add_network(&mut self, net: &Network) {
+        if let Ok(subnet) = rows::network_subnet(net) {
             self.pools
-                .entry(name.to_string())
-                .or_insert_with(|| Pool::new(name, subnet));
+                .entry(net.name.clone())
+                .or_insert_with(|| Pool::new(&net.name, subnet));
         }
     }
 
     fn add_endpoint(&mut self, ep: &Endpoint) {
         if let Some(pool) = self.pools.get_mut(&ep.network) {
-            for ip in ep
-                .cidrs
-                .iter()
-                .filter_map(|c| c.parse::<ipnetwork::Ipv4Network>().ok())
-            {
+            for ip in rows::cidrs(&ep.cidrs).into_iter().flatten() {
                 pool.note_held(ip.ip(), (ep.container_id.clone(), ep.peer.clone()));
             }
         }
@@ -93,11 +90,7 @@ impl Index {
 
     fn remove_endpoint(&mut self, ep: &Endpoint) {
         if let Some(pool) = self.pools.get_mut(&ep.network) {
-            for ip in ep
-                .cidrs
-                .iter()
-                .filter_map(|c| c.parse::<ipnetwork::Ipv4Network>().ok())
-            {
+            for ip in rows::cidrs(&ep.cidrs).into_iter().flatten() {
                 pool.release(ip.ip());
             }
         }

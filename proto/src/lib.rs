@@ -5,6 +5,7 @@ pub mod addr;
 pub mod dns_name;
 pub mod error;
 pub mod names;
+pub mod rows;
 pub mod snapshot;
 pub mod subnet;
 pub mod tables;

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use weft_proto::rows;
 use weft_proto::tables::Tables;
 
 /// Names and addresses, both ways. Names are lower case, without the final dot.
@@ -34,15 +35,15 @@ impl Records {
             let Some(name) = name_in_domain(&ep.dns_name, domain) else {
                 continue;
             };
-            for cidr in &ep.cidrs {
-                if let Some(ip) = cidr.split('/').next().and_then(|ip| ip.parse().ok()) {
-                    records.add(&name, ip);
-                }
+            for net in rows::cidrs(&ep.cidrs).into_iter().flatten() {
+                records.add(&name, net.ip());
             }
         }
         for record in tables.dns_records.values() {
-            if let (Some(name), Ok(ip)) = (name_in_domain(&record.name, domain), record.ip.parse())
-            {
+            if let (Some(name), Ok(ip)) = (
+                name_in_domain(&record.name, domain),
+                rows::record_ip(record),
+            ) {
                 records.add(&name, ip);
             }
         }

@@ -10,10 +10,11 @@ use weft_proto::tables::EndpointId;
 use weft_proto::v1::{AttachResponse, Endpoint};
 
 use super::seam::{Claims, Host};
-use super::{EndpointError, Endpoints, check_addrs, ips_of};
+use super::{EndpointError, Endpoints, check_addrs};
 use crate::container::Container;
 use crate::desired::Exposed;
 use crate::dns::resolv_conf;
+use weft_proto::rows::ips_of;
 
 /// What a front end asks of an attach.
 #[derive(Debug, Clone, Default)]

@@ -9,9 +9,10 @@ use weft_proto::names::EXPOSE_ID;
 use weft_proto::v1::{DetachRequest, DetachResponse, Endpoint};
 
 use super::seam::{Claims, Host};
-use super::{EndpointError, Endpoints, check_addrs, ips_of};
+use super::{EndpointError, Endpoints, check_addrs};
 use crate::container::Container;
 use crate::desired::Exposed;
+use weft_proto::rows::ips_of;
 
 impl<H: Host, C: Claims> Endpoints<H, C> {
     /// Detaches `addrs` of a container (none: all it has), running or gone; returns the

@@ -51,18 +51,6 @@ fn check_addrs(addrs: &[String]) -> Result<(), EndpointError> {
     Ok(())
 }
 
-/// The addresses of CIDRs, without their prefix length: what the commands report.
-pub fn ips_of(cidrs: &[String]) -> Vec<String> {
-    cidrs
-        .iter()
-        .map(|c| {
-            c.split_once('/')
-                .map_or(c.as_str(), |(ip, _)| ip)
-                .to_string()
-        })
-        .collect()
-}
-
 impl<H: Host, C: Claims> Endpoints<H, C> {
     pub fn new(host: H, claims: Arc<C>, tables: Arc<TablesCopy>, dns: Arc<Listeners>) -> Self {
         Endpoints {

@@ -6,8 +6,9 @@ use weft_proto::names::short_container_id;
 use weft_proto::v1::{DnsRecord, Endpoint, UpdateDnsRequest};
 
 use super::seam::{Claims, Host};
-use super::{EndpointError, Endpoints, ips_of};
+use super::{EndpointError, Endpoints};
 use crate::dns::records::name_in_domain;
+use weft_proto::rows::ips_of;
 
 /// What a front end asks of a DNS update.
 #[derive(Debug, Clone, Default)]
