@@ -29,16 +29,14 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         // Whether the container holds weft interfaces as the detach starts: the reconcile may
         // remove leftover ones (below) while the controller is asked.
         let had_interfaces = whole && self.host.has_interfaces(&container).await?;
-        let answer = self.give_back(&container.id, addrs).await;
-        let unanswered = self.note_detach_answer(&container.id, &answer);
-        let done = match answer {
+        let done = match self.give_back(&container.id, addrs).await {
             // Detaching everything, refused as not attached: an earlier detach the controller
             // recorded may never have been answered (it died), leaving the container's
             // interfaces here until the watch brings the change and a reconcile removes them.
-            // Removing them (or finding them removed, after that unanswered detach) finishes it.
+            // Removing them (or finding them removed) finishes it.
             Err(EndpointError::Controller(s)) if whole && s.code() == Code::NotFound => {
                 let removed = self.host.unplug_container(&container).await?;
-                if removed.is_empty() && !had_interfaces && !unanswered {
+                if removed.is_empty() && !had_interfaces {
                     return Err(EndpointError::Controller(s));
                 }
                 warn!(container = %container.id, veths = ?removed,
@@ -50,18 +48,6 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         };
         self.unplug_detached(&container, &done).await?;
         Ok(ips_of(&done.released))
-    }
-
-    /// Records whether the controller answered a detach of `container_id`; returns whether the
-    /// one before went unanswered.
-    fn note_detach_answer<T>(&self, container_id: &str, answer: &Result<T, EndpointError>) -> bool {
-        let mut unanswered = self.unanswered_detaches.lock().unwrap();
-        match answer {
-            Err(EndpointError::Controller(s)) if s.code() == Code::Unavailable => {
-                !unanswered.insert(container_id.to_string())
-            }
-            _ => unanswered.remove(container_id),
-        }
     }
 
     /// Makes the kernel follow a detach: removed endpoints lose their veth, updated ones the

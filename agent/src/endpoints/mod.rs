@@ -17,8 +17,7 @@ pub mod seam;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use weft_proto::addr::AddrSpec;
 use weft_proto::v1::{AttachRequest, AttachResponse, DetachRequest, DetachResponse};
@@ -37,9 +36,6 @@ pub struct Endpoints<H = KernelHost, C = ControllerLink> {
     tables: Arc<TablesCopy>,
     dns: Arc<Listeners>,
     locks: ContainerLocks,
-    /// Containers whose last detach went unanswered (the controller may have made it): the
-    /// next detach finishes it even when the reconcile has removed their interfaces already.
-    unanswered_detaches: Mutex<BTreeSet<String>>,
 }
 
 /// Checks ADDR arguments before anything is asked, so that a typo never reaches the controller.
@@ -59,7 +55,6 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
             tables,
             dns,
             locks: ContainerLocks::default(),
-            unanswered_detaches: Mutex::default(),
         }
     }
 

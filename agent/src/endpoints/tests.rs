@@ -373,28 +373,6 @@ async fn a_detach_the_controller_already_made_removes_the_leftover_interfaces() 
 }
 
 #[tokio::test]
-async fn a_detach_after_an_unanswered_one_finishes_it_even_with_nothing_left() {
-    // The controller made the first detach but died before answering; the reconcile then
-    // removed the interfaces. Retried, the detach is done; once more, the container is not
-    // attached.
-    let unanswered = Status::unavailable("controller http://controller.test is unreachable");
-    let not_attached = || Err(Status::not_found("c1 is not attached"));
-    let claims = FakeClaims::answering(Ok(attached(&[], &[])))
-        .then_detach(Err(unanswered))
-        .then_detach(not_attached())
-        .then_detach(not_attached());
-    let (core, _) = core_of(FakeHost::default(), claims);
-    let e = core.detach("c1", Vec::new()).await.unwrap_err();
-    assert!(e.to_string().contains("is unreachable"), "{e}");
-    assert_eq!(
-        core.detach("c1", Vec::new()).await.unwrap(),
-        Vec::<String>::new()
-    );
-    let e = core.detach("c1", Vec::new()).await.unwrap_err();
-    assert_eq!(e.to_string(), "c1 is not attached");
-}
-
-#[tokio::test]
 async fn a_failed_expose_gives_back_its_addresses() {
     let host = FakeHost {
         fail_expose: true,
