@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use weft_integration::bench::percentile;
+use weft_bench::harness::percentile;
 
 /// Durations measured (at least one), for their percentiles.
 pub struct Spread {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use weft_integration::bench::field_kib;
+use weft_bench::harness::field_kib;
 
 /// How often a meter reads the resident memory, for its peak over the span.
 const RSS_EVERY: Duration = Duration::from_millis(100);

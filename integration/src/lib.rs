@@ -5,13 +5,10 @@
 //! a per-process, per-world prefix so tests can run in parallel. Real Docker-style containers come
 //! from [`Podman`], named with a prefix of the same kind.
 
-pub mod bench;
 mod bins;
 mod cmd;
 mod daemon;
-mod handbuilt;
 mod kernel;
-mod neighcount;
 mod netns;
 mod podman;
 mod run;
@@ -24,9 +21,7 @@ use std::time::{Duration, Instant};
 pub use bins::{bin_dir, locate_bin};
 pub use cmd::Output;
 pub use daemon::{Background, Paused};
-pub use handbuilt::{HB_IF, HandBuilt};
 pub use kernel::{Link, fdb, link, links, neighbours, rx_packets, tx_dropped};
-pub use neighcount::permanent_neighbours;
 pub use netns::{
     Netns, bridge, disable_ipv6, exec, exec_for, exec_shown, ip, listening, ping, ping_counts,
     ping_in_background, ping_n,

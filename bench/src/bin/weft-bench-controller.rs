@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use weft_integration::bench::{self, check_interrupted};
+use weft_bench::harness::{self, check_interrupted};
 use weft_integration::{Security, World, exec_shown, exit_code_of, locate_bin};
 
 /// The whole run: about 3 minutes at the defaults, most of it the 1,000 agents joining (2 minutes);
@@ -16,7 +16,7 @@ use weft_integration::{Security, World, exec_shown, exit_code_of, locate_bin};
 const TIMEOUT: Duration = Duration::from_secs(1800);
 
 fn main() -> ExitCode {
-    bench::stop_on_interrupt();
+    harness::stop_on_interrupt();
     exit_code_of("weft-bench-controller", run)
 }
 
@@ -24,7 +24,7 @@ fn run() {
     println!(
         "weft-bench-controller: weft-controller under many simulated agents (weft-load scale)"
     );
-    bench::print_machine();
+    harness::print_machine();
     // Mutual TLS, as deployed: weft-load gives each simulated agent a certificate from the
     // controller's CA.
     let world = World::with_options(0, &[], Security::Join);
@@ -48,5 +48,5 @@ fn run() {
     let ok = exec_shown(&world.controller_ns(), &argv, TIMEOUT);
     check_interrupted();
     assert!(ok, "weft-load scale failed (its error is above)");
-    bench::print_load("at the end");
+    harness::print_load("at the end");
 }

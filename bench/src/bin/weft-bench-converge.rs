@@ -23,10 +23,10 @@ use nix::sched::{CloneFlags, setns};
 use nix::sys::socket::{
     AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrIn, recv, sendto, socket,
 };
-use weft_integration::bench::{self, check_interrupted, percentile};
+use weft_bench::harness::{self, check_interrupted, percentile};
+use weft_bench::{HB_IF, HandBuilt};
 use weft_integration::{
-    HB_IF, HandBuilt, Netns, VXLAN_DEV, World, exec, exit_code_of, fdb, link, neighbours,
-    tx_dropped, wait_until,
+    Netns, VXLAN_DEV, World, exec, exit_code_of, fdb, link, neighbours, tx_dropped, wait_until,
 };
 
 const ATTACHES: usize = 100;
@@ -62,7 +62,7 @@ const HAND_BUILT: HandBuilt = HandBuilt {
 };
 
 fn main() -> ExitCode {
-    bench::stop_on_interrupt();
+    harness::stop_on_interrupt();
     exit_code_of("weft-bench-converge", run)
 }
 
@@ -79,7 +79,7 @@ fn run() {
     println!(
         "weft-bench-converge: time from running `weftctl attach` on host{HOST_A} until a container on another host gets its first ping reply from the new container; in the world of 2, the same done by hand beside it"
     );
-    bench::print_machine();
+    harness::print_machine();
     println!(
         "method: {ATTACHES} attaches of a fresh namespace per world, each a static address not used before in the default network (10.32.0.0/12); the probing container sends an ICMP echo every {PROBE_INTERVAL:?} from a raw socket, started {LEAD:?} before the attach, and takes the receive time of the first echo reply; its ARP retransmits as often as the kernel allows (retrans_time_ms={ARP_RETRANS_MS}, mcast_solicit={ARP_PROBES}; the kernel waits at least HZ/100 jiffies, so the resolution is that plus the 1 ms probe interval); after each detach, the next attach waits until host B has dropped the container's FDB and neighbour entries; hand-built: a second overlay in the same two hosts (VNI {}, port {}, proxy), a veth plugged into its bridge on host{HOST_A} (ip), then the FDB entry (bridge) and neighbour entry (ip) on host B, timed from the first command",
         HAND_BUILT.vni, HAND_BUILT.port
@@ -129,7 +129,7 @@ fn run() {
         "goal: weft's p99 <= {GOAL_P99_MS} ms: {}",
         if met { "met" } else { "missed" }
     );
-    bench::print_load("at end");
+    harness::print_load("at end");
 }
 
 /// The samples of weft and, in the world of 2 hosts, of the hand-built reference (ms).
@@ -179,7 +179,7 @@ fn weft_attach(world: &World, prober_ns: &str, i: usize) -> Sample {
     sleep(LEAD);
     let cmd = world.weftctl_command(HOST_A, &["attach", &format!("{ip}/12"), &container]);
     let asked = Instant::now();
-    let (took, out) = bench::timed(cmd);
+    let (took, out) = harness::timed(cmd);
     assert!(
         out.success() && out.stdout.trim() == ip.to_string(),
         "weftctl attach {ip}/12 {container} on host{HOST_A}: {:?} {}{}",

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode};
 
 use serde_json::Value;
-use weft_integration::bench::{self, check_interrupted, percentile};
+use weft_bench::harness::{self, check_interrupted, percentile};
 use weft_integration::{Netns, Output, World, exit_code_of};
 
 const ATTACHES: usize = 100;
@@ -26,7 +26,7 @@ const CNI_SUBNET: &str = "10.88.0.0/16";
 const GOAL: &str = "weft p50 <= bridge plugin p50";
 
 fn main() -> ExitCode {
-    bench::stop_on_interrupt();
+    harness::stop_on_interrupt();
     exit_code_of("weft-bench-attach", run)
 }
 
@@ -100,7 +100,7 @@ impl Cni {
 
     /// ADD for `ns`, timed; panics unless it succeeded and gave an address.
     fn add(&self, ns: &str) -> f64 {
-        let (took, out) = bench::timed_with_stdin(self.command("ADD", ns), &self.config);
+        let (took, out) = harness::timed_with_stdin(self.command("ADD", ns), &self.config);
         let result: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
         assert!(
             out.success() && result["ips"][0]["address"].is_string(),
@@ -113,7 +113,7 @@ impl Cni {
     }
 
     fn del(&self, ns: &str) {
-        let (_, out) = bench::timed_with_stdin(self.command("DEL", ns), &self.config);
+        let (_, out) = harness::timed_with_stdin(self.command("DEL", ns), &self.config);
         checked(out, &format!("{CNI_PLUGIN} DEL for {ns}"));
     }
 }
@@ -122,7 +122,7 @@ fn run() {
     println!(
         "weft-bench-attach: weftctl attach vs the CNI bridge plugin's ADD (host-local IPAM), each on {ATTACHES} fresh namespaces, alternating"
     );
-    bench::print_machine();
+    harness::print_machine();
     println!("CNI plugins: {}", cni_version());
     let scratch = tempfile::tempdir().expect("creating a temp dir");
     let mut world = World::new(1);
@@ -158,14 +158,14 @@ fn run() {
         }
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &world.host_ns(1), "true"]);
-        floor.push(ms(bench::timed(cmd).0));
+        floor.push(ms(harness::timed(cmd).0));
         if (i + 1) % 10 == 0 {
             println!("  {}/{ATTACHES} iterations done", i + 1);
         }
     }
     cni.del(cni_base.name());
     report(&samples, floor);
-    bench::print_load("at end");
+    harness::print_load("at end");
 }
 
 /// The static address of iteration `i`: in the default network, never used before in the run.
@@ -177,7 +177,7 @@ fn static_ip(i: usize) -> Ipv4Addr {
 fn weft_attach(world: &World, ns: &str, ip: Option<Ipv4Addr>) -> f64 {
     let container = format!("netns:{ns}");
     let addr = ip.map_or("net:default".to_owned(), |ip| format!("{ip}/12"));
-    let (took, out) = bench::timed(world.weftctl_command(1, &["attach", &addr, &container]));
+    let (took, out) = harness::timed(world.weftctl_command(1, &["attach", &addr, &container]));
     let printed: Option<Ipv4Addr> = out.stdout.trim().parse().ok();
     assert!(
         out.success() && printed.is_some() && (ip.is_none() || printed == ip),

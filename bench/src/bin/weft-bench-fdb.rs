@@ -18,10 +18,11 @@ use std::process::{Command, ExitCode};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use weft_integration::bench::{self, check_interrupted, median};
+use weft_bench::harness::{self, check_interrupted, median};
+use weft_bench::permanent_neighbours;
 use weft_integration::{
     BRIDGE, FLOOD_MAC, Netns, VXLAN_DEV, World, exec, exec_for, exit_code_of, fdb, host_addr, ip,
-    locate_bin, neighbours, permanent_neighbours, wait_until,
+    locate_bin, neighbours, wait_until,
 };
 
 const ENDPOINTS: usize = 10_000;
@@ -50,7 +51,7 @@ const IDLE: Duration = Duration::from_secs(60);
 const GOAL_AGENT_RSS_MB: f64 = 30.0;
 
 fn main() -> ExitCode {
-    bench::stop_on_interrupt();
+    harness::stop_on_interrupt();
     exit_code_of("weft-bench-fdb", run)
 }
 
@@ -81,7 +82,7 @@ fn run() {
     println!(
         "weft-bench-fdb: time to program {ENDPOINTS} remote endpoints on one host, weft-agent vs iproute2 batch files"
     );
-    bench::print_machine();
+    harness::print_machine();
     let scratch = tempfile::tempdir().expect("creating a temp dir");
     let mut world = World::new(2);
     // Both agents stay down while the controller fills, and host1's for good: on two cores, an
@@ -119,7 +120,7 @@ fn run() {
     }
     report(&weft, &baseline);
     idle_footprint(&mut world, &entries);
-    bench::print_load("at end");
+    harness::print_load("at end");
 }
 
 /// Fills the controller through weft-load, run in host1's namespace with host1's certificate,
@@ -321,7 +322,7 @@ fn baseline_round(
 fn timed(argv: &[&str]) -> f64 {
     let mut cmd = Command::new(argv[0]);
     cmd.args(&argv[1..]);
-    let (elapsed, out) = bench::timed(cmd);
+    let (elapsed, out) = harness::timed(cmd);
     assert!(
         out.success(),
         "{} failed: {}",

@@ -16,10 +16,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weft_integration::bench::{self, check_interrupted, median};
+use weft_bench::harness::{self, check_interrupted, median};
+use weft_bench::{HB_IF, HandBuilt};
 use weft_integration::{
-    Background, HB_IF, HandBuilt, VXLAN_DEV, World, assert_reaches, exec, exec_for, exit_code_of,
-    host_addr, link, listening, ping_n, rx_packets,
+    Background, VXLAN_DEV, World, assert_reaches, exec, exec_for, exit_code_of, host_addr, link,
+    listening, ping_n, rx_packets,
 };
 
 /// Worlds, and rounds in each, when `--worlds W` and `--rounds R` are not given; the fewest
@@ -76,7 +77,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
-    bench::stop_on_interrupt();
+    harness::stop_on_interrupt();
     exit_code_of("weft-bench-datapath", run)
 }
 
@@ -138,8 +139,11 @@ fn run() {
     println!(
         "weft-bench-datapath: container to container on two hosts, weft vs hand-built bridge + VXLAN (nolearning) + static FDB vs the underlay"
     );
-    bench::print_machine();
-    println!("iperf3: {}", bench::tool_version(&["iperf3", "--version"]));
+    harness::print_machine();
+    println!(
+        "iperf3: {}",
+        harness::tool_version(&["iperf3", "--version"])
+    );
     if options.control {
         println!(
             "control: hand-built again with weft's VXLAN options (dstport {}, proxy, a permanent neighbour entry)",
@@ -187,7 +191,7 @@ fn run() {
         }
     }
     report(&samples, &options);
-    bench::print_load("at end");
+    harness::print_load("at end");
 }
 
 /// Builds and checks, in `world`, the systems compared: weft, hand-built, the underlay and, with
@@ -505,7 +509,7 @@ fn report(samples: &BTreeMap<(Test, &str), Vec<Sample>>, options: &Options) {
                 .zip(values(test, "hand-built"))
                 .map(|(a, b)| a / b)
                 .collect();
-            let interval = bench::median_interval(ratios.clone());
+            let interval = harness::median_interval(ratios.clone());
             let (low, high) = ratios
                 .iter()
                 .fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));

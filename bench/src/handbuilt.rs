@@ -2,7 +2,7 @@
 //! reference the benchmarks measure weft against. Its devices have names, a VNI and a UDP port of
 //! their own, so they never meet weft's, which the agents leave alone.
 
-use crate::{FLOOD_MAC, World, host_addr, ip, link};
+use weft_integration::{FLOOD_MAC, World, bridge, host_addr, ip, link};
 
 /// The container's end of a hand-built veth.
 pub const HB_IF: &str = "eth0";
@@ -157,14 +157,14 @@ impl HandBuilt {
             "self",
             "permanent",
         ];
-        crate::bridge(&world.host_ns(host), &entry);
+        bridge(&world.host_ns(host), &entry);
     }
 
     /// Undoes [`HandBuilt::learn`] on host `host`.
     pub fn forget(&self, world: &World, host: usize, mac: &str, addr: &str) {
         let host_ns = world.host_ns(host);
         let vxlan = self.vxlan();
-        crate::bridge(&host_ns, &["fdb", "del", mac, "dev", &vxlan, "self"]);
+        bridge(&host_ns, &["fdb", "del", mac, "dev", &vxlan, "self"]);
         if self.weft_options {
             ip(&host_ns, &["neigh", "del", addr, "dev", &vxlan]);
         }

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-use crate::bins::bin_dir;
-use crate::cmd::Output;
+use weft_integration::{Output, bin_dir};
 
 /// Set by SIGINT or SIGTERM: the run stops at the next [`check_interrupted`] by panicking, so
 /// that unwinding deletes every namespace it made, which dying of the signal would leave behind.
