@@ -2,7 +2,6 @@
 //! an agent checks each row as it arrives and refuses one that does not read, naming it, so
 //! what it keeps always does; the controller reads addresses with the same parser.
 
-use std::fmt;
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
@@ -18,16 +17,6 @@ use crate::v1::{DnsRecord, Endpoint, Network, Peer, Snapshot, delta::Change};
 pub struct BadRow {
     pub row: String,
     pub why: String,
-}
-
-impl fmt::Display for EndpointId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "endpoint of {} in network {} on {}",
-            self.container, self.network, self.peer
-        )
-    }
 }
 
 /// An endpoint's address list (`IP/LEN` each): the one parser of it.

@@ -2,6 +2,7 @@
 //! changes them; agents follow them through a snapshot and then one [`Change`] per revision.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use crate::v1::{DnsRecord, Endpoint, EndpointKey, Network, Peer, Snapshot, delta::Change};
 
@@ -55,6 +56,16 @@ impl EndpointId {
             network: self.network.clone(),
             container_id: self.container.clone(),
         }
+    }
+}
+
+impl fmt::Display for EndpointId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "endpoint of {} in network {} on {}",
+            self.container, self.network, self.peer
+        )
     }
 }
 

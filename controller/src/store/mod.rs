@@ -229,48 +229,39 @@ impl Store {
         if let Some(rev) = meta.get(REVISION).map_err(|e| self.redb_err(e))? {
             tables.revision = rev.value();
         }
-        for row in txn
-            .open_table(PEERS)
-            .map_err(|e| self.redb_err(e))?
-            .iter()
-            .map_err(|e| self.redb_err(e))?
-        {
-            let (_, v) = row.map_err(|e| self.redb_err(e))?;
-            let peer: Peer = self.decode(v.value())?;
+        for peer in self.rows::<_, Peer>(&txn, PEERS)? {
             tables.peers.insert(peer.name.clone(), peer);
         }
-        for row in txn
-            .open_table(NETWORKS)
-            .map_err(|e| self.redb_err(e))?
-            .iter()
-            .map_err(|e| self.redb_err(e))?
-        {
-            let (_, v) = row.map_err(|e| self.redb_err(e))?;
-            let net: Network = self.decode(v.value())?;
+        for net in self.rows::<_, Network>(&txn, NETWORKS)? {
             tables.networks.insert(net.name.clone(), net);
         }
-        for row in txn
-            .open_table(ENDPOINTS)
-            .map_err(|e| self.redb_err(e))?
-            .iter()
-            .map_err(|e| self.redb_err(e))?
-        {
-            let (_, v) = row.map_err(|e| self.redb_err(e))?;
-            let ep: Endpoint = self.decode(v.value())?;
+        for ep in self.rows::<_, Endpoint>(&txn, ENDPOINTS)? {
             tables.endpoints.insert(EndpointId::of(&ep), ep);
         }
-        match txn.open_table(DNS_RECORDS) {
-            Ok(records) => {
-                for row in records.iter().map_err(|e| self.redb_err(e))? {
-                    let (_, v) = row.map_err(|e| self.redb_err(e))?;
-                    let record: DnsRecord = self.decode(v.value())?;
-                    tables.dns_records.insert(dns_record_id(&record), record);
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(self.redb_err(e)),
+        for record in self.rows::<_, DnsRecord>(&txn, DNS_RECORDS)? {
+            tables.dns_records.insert(dns_record_id(&record), record);
         }
         Ok(tables)
+    }
+
+    /// Every row of `table`, decoded, in key order; none if it was never written (a store from
+    /// before it).
+    fn rows<K: redb::Key + 'static, M: Message + Default>(
+        &self,
+        txn: &redb::ReadTransaction,
+        table: TableDefinition<K, &[u8]>,
+    ) -> Result<Vec<M>, StoreError> {
+        let table = match txn.open_table(table) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.redb_err(e)),
+        };
+        let rows = table.iter().map_err(|e| self.redb_err(e))?;
+        rows.map(|row| {
+            let (_, v) = row.map_err(|e| self.redb_err(e))?;
+            self.decode(v.value())
+        })
+        .collect()
     }
 
     /// Keeps the latest `n` changes (at least one) from the next commit on.
