@@ -5,17 +5,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use futures::{StreamExt, TryStreamExt, stream};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use rtnetlink::Handle;
 use tracing::{info, warn};
 use weft_proto::names::{
     HOST_IFNAME_PREFIX, Mac, bridge_name, container_ifname, guest_tmp_ifname, vni_of_device,
     vxlan_name,
 };
-use weft_proto::rows;
-use weft_proto::v1::Endpoint;
+use weft_proto::rows::EndpointRow;
 
 use crate::container::Container;
 use crate::desired::{Exposed, FdbEntry, Neighbour, NetworkState, diff};
@@ -238,8 +237,11 @@ impl Datapath {
         if let Some(e) = exposed.filter(|e| bridge.mac != Some(e.mac)) {
             netlink::set_mac(&self.handle, bridge, e.mac).await?;
         }
-        netlink::del_addresses(&self.handle, bridge, &remove).await?;
-        netlink::add_addresses(&self.handle, bridge, &add).await
+        let family = |cidrs: Vec<Ipv4Network>| -> Vec<IpNetwork> {
+            cidrs.into_iter().map(IpNetwork::V4).collect()
+        };
+        netlink::del_addresses(&self.handle, bridge, &family(remove)).await?;
+        netlink::add_addresses(&self.handle, bridge, &family(add)).await
     }
 
     /// Removes veths no endpoint calls for: left by an agent that died after the controller
@@ -310,9 +312,14 @@ impl Datapath {
     /// and its interface in the container with the endpoint's MAC, the MTU and every address.
     /// An endpoint already plugged only gets the addresses it lacks. A new veth that cannot be
     /// set up completely is removed again.
-    pub async fn plug(&self, container: &Container, ep: &Endpoint, vni: u32) -> anyhow::Result<()> {
+    pub async fn plug(
+        &self,
+        container: &Container,
+        ep: &EndpointRow,
+        vni: u32,
+    ) -> anyhow::Result<()> {
         let _lock = self.lock.lock().await;
-        let cidrs = rows::cidrs(&ep.cidrs)?;
+        let cidrs = ep.cidrs.clone();
         let inside = ep.container_ifname.clone();
         if let Some(host) = netlink::link_by_name(&self.handle, &ep.host_ifname).await? {
             let (name, more) = (inside.clone(), cidrs.clone());
@@ -334,7 +341,7 @@ impl Datapath {
             netlink::delete_link(&self.handle, &host).await?;
         }
         let netns_file = netns::open(&container.netns)?;
-        let mac: Mac = ep.mac.parse().map_err(|e: String| anyhow!(e))?;
+        let mac = ep.mac;
         let (bridge, _) = self.ensure_devices_locked(vni).await?;
         let guest_name = guest_tmp_ifname(&ep.host_ifname);
         let host = netlink::create_veth_into(
@@ -475,10 +482,10 @@ impl Datapath {
     pub async fn remove_addresses(
         &self,
         container: &Container,
-        ep: &Endpoint,
-        cidrs: &[String],
+        ep: &EndpointRow,
+        cidrs: &[IpNetwork],
     ) -> anyhow::Result<()> {
-        let cidrs = rows::cidrs(cidrs)?;
+        let cidrs = cidrs.to_vec();
         let inside = ep.container_ifname.clone();
         netns::run_in(&container.netns, move |handle| async move {
             match netlink::link_by_name(&handle, &inside).await? {

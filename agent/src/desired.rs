@@ -7,9 +7,8 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use weft_proto::names::{EXPOSE_ID, Mac};
-use weft_proto::rows::{EndpointAddrs, peer_addr};
+use weft_proto::rows::{self, EndpointRow};
 use weft_proto::tables::{DEFAULT_NETWORK, Tables};
-use weft_proto::v1::Endpoint;
 
 /// A permanent entry in a VXLAN device's FDB: frames for `mac` go to the VTEP `dst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,14 +51,12 @@ pub struct Exposed {
 }
 
 impl Exposed {
-    /// The host's place on a bridge as its endpoint in the tables says; `None` for a row that
-    /// does not read (which the agent's tables never hold: they refuse it as it arrives).
-    pub fn of(ep: &Endpoint) -> Option<Exposed> {
-        let addrs = EndpointAddrs::of(ep).ok()?;
-        Some(Exposed {
-            mac: addrs.mac,
-            cidrs: addrs.cidrs.into_iter().collect(),
-        })
+    /// The host's place on a bridge as its endpoint in the tables says.
+    pub fn of(ep: &EndpointRow) -> Exposed {
+        Exposed {
+            mac: ep.mac,
+            cidrs: ep.cidrs.iter().copied().filter_map(rows::ipv4).collect(),
+        }
     }
 }
 
@@ -69,31 +66,29 @@ pub fn host_networks(tables: &Tables, me: &str) -> BTreeMap<u32, NetworkState> {
     let mut needed: BTreeMap<&str, NetworkState> = BTreeMap::new();
     needed.insert(DEFAULT_NETWORK, NetworkState::default());
     for ep in tables.endpoints_on(me) {
-        let state = needed.entry(&ep.network).or_default();
-        if ep.container_id == EXPOSE_ID {
-            state.exposed = Exposed::of(ep);
+        let state = needed.entry(&ep.id.network).or_default();
+        if ep.id.container == EXPOSE_ID {
+            state.exposed = Some(Exposed::of(ep));
         } else {
             state.ports.insert(ep.host_ifname.clone());
         }
     }
     for ep in tables.endpoints_off(me) {
-        let Some(state) = needed.get_mut(ep.network.as_str()) else {
+        let Some(state) = needed.get_mut(ep.id.network.as_str()) else {
             continue;
         };
-        // An endpoint of a peer the tables do not hold (yet) cannot be reached. Rows that do not
-        // read never get here: the agent's tables refuse them as they arrive (`rows::check`).
-        let Some(dst) = tables.peers.get(&ep.peer).and_then(|p| peer_addr(p).ok()) else {
+        // An endpoint of a peer the tables do not hold (yet) cannot be reached.
+        let peer = tables.peers.get(&ep.id.peer);
+        let Some(dst) = peer.and_then(|p| rows::ipv4_addr(p.addr)) else {
             continue;
         };
-        let Ok(EndpointAddrs { mac, cidrs }) = EndpointAddrs::of(ep) else {
-            continue;
-        };
+        let mac = ep.mac;
         state.fdb.insert(FdbEntry { mac, dst });
         state.fdb.insert(FdbEntry {
             mac: Mac::ZERO,
             dst,
         });
-        for net in cidrs {
+        for net in ep.cidrs.iter().copied().filter_map(rows::ipv4) {
             state.neighbours.insert(Neighbour { ip: net.ip(), mac });
         }
     }
@@ -114,8 +109,18 @@ pub fn diff<T: Ord + Clone>(current: &BTreeSet<T>, desired: &BTreeSet<T>) -> (Ve
 
 #[cfg(test)]
 mod tests {
+    use weft_proto::rows::{NetworkRow, PeerRow};
+    use weft_proto::tables::EndpointId;
+
     use super::*;
-    use weft_proto::v1::{Network, Peer};
+
+    fn network(name: &str, subnet: &str, vni: u32) -> NetworkRow {
+        NetworkRow {
+            name: name.into(),
+            subnet: subnet.parse().unwrap(),
+            vni,
+        }
+    }
 
     fn tables(endpoints: &[(&str, &str, &str)]) -> Tables {
         let mut t = Tables::default();
@@ -124,35 +129,27 @@ mod tests {
             ("host2", "198.18.0.2"),
             ("host3", "198.18.0.3"),
         ] {
+            let addr = addr.parse().unwrap();
             t.peers.insert(
                 name.into(),
-                Peer {
+                PeerRow {
                     name: name.into(),
-                    advertise_addr: addr.into(),
+                    addr,
                 },
             );
         }
-        t.networks.insert(
-            DEFAULT_NETWORK.into(),
-            Network {
-                name: DEFAULT_NETWORK.into(),
-                subnet: "192.168.0.0/24".into(),
-                vni: 1,
-            },
-        );
+        let default = network(DEFAULT_NETWORK, "192.168.0.0/24", 1);
+        t.networks.insert(DEFAULT_NETWORK.into(), default);
         for (i, (peer, container, mac)) in endpoints.iter().enumerate() {
-            let ep = Endpoint {
-                network: DEFAULT_NETWORK.into(),
-                container_id: container.to_string(),
-                mac: mac.to_string(),
-                cidrs: vec![format!("192.168.0.{}/24", i + 2)],
-                peer: peer.to_string(),
+            let ep = EndpointRow {
+                id: EndpointId::new(peer, DEFAULT_NETWORK, container),
+                mac: mac.parse().unwrap(),
+                cidrs: vec![format!("192.168.0.{}/24", i + 2).parse().unwrap()],
                 host_ifname: format!("vethwepl{i}"),
                 container_ifname: "ethwe".into(),
                 dns_name: String::new(),
             };
-            t.endpoints
-                .insert(weft_proto::tables::EndpointId::of(&ep), ep);
+            t.endpoints.insert(ep.id.clone(), ep);
         }
         t
     }
@@ -241,21 +238,17 @@ mod tests {
             ("host1", "netns:a", "02:00:00:00:00:01"),
             ("host2", "netns:b", "02:00:00:00:00:02"),
         ]);
-        for (name, vni) in [(DEFAULT_NETWORK, 1), ("blue", 2), ("red", 3)] {
-            t.networks.insert(
-                name.into(),
-                Network {
-                    name: name.into(),
-                    subnet: String::new(),
-                    vni,
-                },
-            );
+        for (name, subnet, vni) in [
+            (DEFAULT_NETWORK, "192.168.0.0/24", 1),
+            ("blue", "10.9.0.0/24", 2),
+            ("red", "10.8.0.0/24", 3),
+        ] {
+            t.networks.insert(name.into(), network(name, subnet, vni));
         }
         let mut blue = t.endpoints.values().next().unwrap().clone();
-        blue.network = "blue".into();
-        blue.mac = "02:00:00:00:00:0b".into();
-        t.endpoints
-            .insert(weft_proto::tables::EndpointId::of(&blue), blue);
+        blue.id.network = "blue".into();
+        blue.mac = "02:00:00:00:00:0b".parse().unwrap();
+        t.endpoints.insert(blue.id.clone(), blue);
         let on_host1 = host_networks(&t, "host1");
         assert_eq!(on_host1.keys().copied().collect::<Vec<_>>(), [1, 2]);
         assert_eq!(

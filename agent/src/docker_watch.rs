@@ -68,14 +68,14 @@ impl DockerFollower {
         let running = docker.running().await?;
         info!(url = docker.url(), "following Docker containers");
         let gone = self.tables.fresh_local_endpoints(|ep| {
-            is_docker_id(&ep.container_id) && !running.contains(&ep.container_id)
+            is_docker_id(&ep.id.container) && !running.contains(&ep.id.container)
         });
         self.endpoints.release_stopped(&gone).await;
         while let Some(id) = stops.next().await {
             let id = id?;
             let endpoints = self
                 .tables
-                .fresh_local_endpoints(|ep| ep.container_id == id);
+                .fresh_local_endpoints(|ep| ep.id.container == id);
             self.endpoints.release_stopped(&endpoints).await;
         }
         Ok(())

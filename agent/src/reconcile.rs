@@ -114,8 +114,8 @@ impl Reconciler {
         let me = self.tables.me();
         let Some(local) = self.tables.read(|t| {
             t.endpoints_on(me)
-                .filter(|ep| ep.container_id != EXPOSE_ID)
-                .map(|ep| ep.container_id.clone())
+                .filter(|ep| ep.id.container != EXPOSE_ID)
+                .map(|ep| ep.id.container.clone())
                 .collect::<BTreeSet<String>>()
         }) else {
             return;

@@ -11,9 +11,9 @@ use anyhow::bail;
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 use weft_proto::names::EXPOSE_ID;
-use weft_proto::rows;
-use weft_proto::tables::{EndpointId, Tables};
-use weft_proto::v1::{Endpoint, WatchEvent, watch_event::Event};
+use weft_proto::rows::{EndpointRow, RowChange};
+use weft_proto::tables::Tables;
+use weft_proto::v1::{WatchEvent, watch_event::Event};
 
 use crate::following::{Following, Position};
 
@@ -96,13 +96,13 @@ impl TablesCopy {
 
     /// This host's container endpoints that `keep` selects, from tables that are fresh (none
     /// from older ones).
-    pub fn fresh_local_endpoints(&self, keep: impl Fn(&Endpoint) -> bool) -> Vec<Endpoint> {
+    pub fn fresh_local_endpoints(&self, keep: impl Fn(&EndpointRow) -> bool) -> Vec<EndpointRow> {
         self.read(|t| {
             if !self.is_fresh(t) {
                 return Vec::new();
             }
             t.endpoints_on(&self.me)
-                .filter(|ep| ep.container_id != EXPOSE_ID)
+                .filter(|ep| ep.id.container != EXPOSE_ID)
                 .filter(|ep| keep(ep))
                 .cloned()
                 .collect()
@@ -112,10 +112,10 @@ impl TablesCopy {
 
     /// The endpoint as the tables hold it now, if they are fresh and it still has the MAC it
     /// had.
-    pub fn current(&self, ep: &Endpoint) -> Option<Endpoint> {
+    pub fn current(&self, ep: &EndpointRow) -> Option<EndpointRow> {
         self.read(|t| {
             t.endpoints
-                .get(&EndpointId::of(ep))
+                .get(&ep.id)
                 .filter(|now| self.is_fresh(t) && now.mac == ep.mac)
                 .cloned()
         })
@@ -171,20 +171,18 @@ impl TablesCopy {
     pub fn apply(&self, event: WatchEvent) -> anyhow::Result<Option<WatchStart>> {
         let mut tables = self.tables.write().expect("tables lock poisoned");
         let start = match event.event {
-            Some(Event::Snapshot(mut snapshot)) => {
+            Some(Event::Snapshot(snapshot)) => {
                 let offered = self.admit(event.store_id, event.revision)?;
                 info!(revision = event.revision, store = %offered.store_id, "snapshot received");
-                for bad in rows::refuse_bad_rows(&mut snapshot) {
+                let (read, refused) =
+                    Tables::from_snapshot(event.revision, offered.store_id, &snapshot);
+                for bad in refused {
                     warn!(
                         revision = event.revision,
                         "refused a row of the snapshot: {bad}"
                     );
                 }
-                *tables = Some(Tables::from_snapshot(
-                    event.revision,
-                    offered.store_id,
-                    snapshot,
-                ));
+                *tables = Some(read);
                 Some(WatchStart::Snapshot)
             }
             Some(Event::Delta(delta)) => {
@@ -205,8 +203,8 @@ impl TablesCopy {
                     );
                 };
                 debug!(revision = event.revision, ?change, "delta");
-                match rows::check(&change) {
-                    Ok(()) => current.apply(&change),
+                match RowChange::read(&change) {
+                    Ok(change) => current.apply(change),
                     // The tables keep what they had; the revision counts all the same.
                     Err(bad) => {
                         warn!(revision = event.revision, "refused a row of a delta: {bad}");
@@ -251,7 +249,7 @@ impl TablesCopy {
 mod tests {
     use std::path::Path;
 
-    use weft_proto::v1::{Delta, Snapshot, delta::Change};
+    use weft_proto::v1::{Delta, Endpoint, Snapshot, delta::Change};
 
     use super::*;
 
@@ -280,7 +278,7 @@ mod tests {
         let held = copy.read(|t| {
             t.endpoints
                 .values()
-                .map(|e| e.container_id.clone())
+                .map(|e| e.id.container.clone())
                 .collect()
         });
         held.unwrap_or_default()
@@ -313,8 +311,8 @@ mod tests {
         .unwrap();
         assert_eq!(containers(&copy), ["good", "new"]);
         let good_mac = copy.read(|t| {
-            let good = t.endpoints.values().find(|e| e.container_id == "good");
-            good.map(|e| e.mac.clone())
+            let good = t.endpoints.values().find(|e| e.id.container == "good");
+            good.map(|e| e.mac.to_string())
         });
         assert_eq!(good_mac.flatten().as_deref(), Some("02:00:0a:20:00:05"));
         assert_eq!(copy.read(|t| t.revision), Some(9));

@@ -5,18 +5,17 @@
 use std::collections::{BTreeMap, HashMap};
 
 use weft_proto::names::EXPOSE_ID;
+use weft_proto::rows::{self, EndpointRow};
 use weft_proto::subnet::pool_size;
 use weft_proto::tables::{DEFAULT_NETWORK, Tables};
-use weft_proto::v1::{
-    Endpoint, IpamStatusResponse, NetworkInfo, PeerIpam, PsEntry, StatusResponse,
-};
+use weft_proto::v1::{IpamStatusResponse, NetworkInfo, PeerIpam, PsEntry, StatusResponse};
 
 /// Each network with its endpoint count, pool size and addresses in use, in VNI order (so the
 /// default network comes first).
 pub fn network_infos(t: &Tables) -> Vec<NetworkInfo> {
     let mut counts: HashMap<&str, (u32, u64)> = HashMap::new();
     for ep in t.endpoints.values() {
-        let c = counts.entry(ep.network.as_str()).or_default();
+        let c = counts.entry(ep.id.network.as_str()).or_default();
         c.0 += 1;
         c.1 += ep.cidrs.len() as u64;
     }
@@ -26,9 +25,9 @@ pub fn network_infos(t: &Tables) -> Vec<NetworkInfo> {
         .map(|net| {
             let (endpoints, used) = counts.get(net.name.as_str()).copied().unwrap_or_default();
             NetworkInfo {
-                network: Some(net.clone()),
+                network: Some(net.wire()),
                 endpoints,
-                pool: net.subnet.parse().map(pool_size).unwrap_or_default(),
+                pool: rows::ipv4(net.subnet).map(pool_size).unwrap_or_default(),
                 used,
             }
         })
@@ -38,9 +37,9 @@ pub fn network_infos(t: &Tables) -> Vec<NetworkInfo> {
 /// One entry per container on `me`, as `weave ps` has it: the MAC of its first interface
 /// (`ethwe`) and every address it holds, interface by interface.
 pub fn ps_entries(t: &Tables, me: &str) -> Vec<PsEntry> {
-    let mut by_container: BTreeMap<&str, Vec<&Endpoint>> = BTreeMap::new();
+    let mut by_container: BTreeMap<&str, Vec<&EndpointRow>> = BTreeMap::new();
     for ep in t.endpoints_on(me) {
-        by_container.entry(&ep.container_id).or_default().push(ep);
+        by_container.entry(&ep.id.container).or_default().push(ep);
     }
     // The host itself first, as `weave ps` shows it.
     let mut order: Vec<_> = by_container.into_iter().collect();
@@ -52,8 +51,11 @@ pub fn ps_entries(t: &Tables, me: &str) -> Vec<PsEntry> {
             eps.sort_by_key(|ep| (ep.container_ifname.len(), ep.container_ifname.clone()));
             PsEntry {
                 container_id: container.to_string(),
-                mac: eps[0].mac.clone(),
-                cidrs: eps.iter().flat_map(|ep| ep.cidrs.iter().cloned()).collect(),
+                mac: eps[0].mac.to_string(),
+                cidrs: eps
+                    .iter()
+                    .flat_map(|ep| rows::cidr_strings(&ep.cidrs))
+                    .collect(),
                 dns_name: eps[0].dns_name.clone(),
             }
         })
@@ -65,7 +67,7 @@ fn peer_usage(t: &Tables) -> Vec<PeerIpam> {
     let mut used: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for ep in t.endpoints.values() {
         *used
-            .entry((ep.peer.as_str(), ep.network.as_str()))
+            .entry((ep.id.peer.as_str(), ep.id.network.as_str()))
             .or_default() += ep.cidrs.len() as u64;
     }
     used.into_iter()
@@ -83,7 +85,7 @@ pub fn ipam_status(t: &Tables) -> IpamStatusResponse {
         range: t
             .networks
             .get(DEFAULT_NETWORK)
-            .map(|n| n.subnet.clone())
+            .map(|n| n.subnet.to_string())
             .unwrap_or_default(),
         networks: network_infos(t),
         peers: peer_usage(t),
@@ -111,8 +113,10 @@ pub fn tables_status(t: &Tables, me: &str, status: &mut StatusResponse) {
 
 #[cfg(test)]
 mod tests {
+    use weft_proto::rows::NetworkRow;
+    use weft_proto::tables::EndpointId;
+
     use super::*;
-    use weft_proto::v1::Network;
 
     /// Networks default (10.32.0.0/12) and blue (10.9.0.0/24); c1 on host1 with two addresses
     /// in default, c2 on host2 with one in each.
@@ -121,9 +125,9 @@ mod tests {
         for (name, subnet, vni) in [("default", "10.32.0.0/12", 1), ("blue", "10.9.0.0/24", 2)] {
             t.networks.insert(
                 name.into(),
-                Network {
+                NetworkRow {
                     name: name.into(),
-                    subnet: subnet.into(),
+                    subnet: subnet.parse().unwrap(),
                     vni,
                 },
             );
@@ -138,16 +142,15 @@ mod tests {
             ("host2", "default", "c2", vec!["10.32.0.4/12"]),
             ("host2", "blue", "c2", vec!["10.9.0.2/24"]),
         ] {
-            let ep = Endpoint {
+            let ep = EndpointRow {
+                id: EndpointId::new(peer, network, container),
+                mac: weft_proto::names::Mac::ZERO,
+                cidrs: cidrs.into_iter().map(|c| c.parse().unwrap()).collect(),
+                host_ifname: String::new(),
                 container_ifname: if network == "blue" { "ethwe1" } else { "ethwe" }.into(),
-                network: network.into(),
-                container_id: container.into(),
-                peer: peer.into(),
-                cidrs: cidrs.into_iter().map(String::from).collect(),
-                ..Endpoint::default()
+                dns_name: String::new(),
             };
-            t.endpoints
-                .insert(weft_proto::tables::EndpointId::of(&ep), ep);
+            t.endpoints.insert(ep.id.clone(), ep);
         }
         t.revision = 7;
         t

@@ -4,16 +4,16 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use weft_proto::rows;
+use weft_proto::names::Mac;
+use weft_proto::rows::{self, EndpointRow, NetworkRow, RowChange};
 use weft_proto::tables::{EndpointId, Tables};
-use weft_proto::v1::{Endpoint, Network, delta::Change};
 
 use crate::ipam::Pool;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Index {
     pub pools: BTreeMap<String, Pool>,
-    pub macs: HashSet<String>,
+    pub macs: HashSet<Mac>,
     /// Per peer.
     pub host_ifnames: HashMap<String, HashSet<String>>,
     /// Per (peer, container id): the networks it has an endpoint in, sorted. A vector, not a
@@ -36,74 +36,77 @@ impl Index {
 
     /// Follows one change. Call it before `tables` apply the change: it needs the endpoint the
     /// change replaces or removes.
-    pub fn apply(&mut self, tables: &Tables, change: &Change) {
+    pub fn apply(&mut self, tables: &Tables, change: &RowChange) {
         match change {
-            Change::NetworkPut(net) => self.add_network(net),
-            Change::NetworkDeleted(name) => {
+            RowChange::NetworkPut(net) => self.add_network(net),
+            RowChange::NetworkDeleted(name) => {
                 self.pools.remove(name);
             }
-            Change::EndpointPut(ep) => {
-                if let Some(old) = tables.endpoints.get(&EndpointId::of(ep)) {
+            RowChange::EndpointPut(ep) => {
+                if let Some(old) = tables.endpoints.get(&ep.id) {
                     self.remove_endpoint(old);
                 }
                 self.add_endpoint(ep);
             }
-            Change::EndpointDeleted(key) => {
-                if let Some(old) = tables.endpoints.get(&EndpointId::of_key(key)) {
+            RowChange::EndpointDeleted(id) => {
+                if let Some(old) = tables.endpoints.get(id) {
                     self.remove_endpoint(old);
                 }
             }
-            Change::PeerPut(_)
-            | Change::PeerDeleted(_)
-            | Change::DnsRecordPut(_)
-            | Change::DnsRecordDeleted(_) => {}
+            RowChange::PeerPut(_)
+            | RowChange::PeerDeleted(_)
+            | RowChange::RecordPut(_)
+            | RowChange::RecordDeleted(_) => {}
         }
     }
 
-    fn add_network(&mut self, net: &Network) {
-        if let Ok(subnet) = rows::network_subnet(net) {
+    /// A pool for the network's subnet; the IPAM has pools of IPv4 subnets only.
+    fn add_network(&mut self, net: &NetworkRow) {
+        if let Some(subnet) = rows::ipv4(net.subnet) {
             self.pools
                 .entry(net.name.clone())
                 .or_insert_with(|| Pool::new(&net.name, subnet));
         }
     }
 
-    fn add_endpoint(&mut self, ep: &Endpoint) {
-        if let Some(pool) = self.pools.get_mut(&ep.network) {
-            for ip in rows::cidrs(&ep.cidrs).into_iter().flatten() {
-                pool.note_held(ip.ip(), (ep.container_id.clone(), ep.peer.clone()));
+    fn add_endpoint(&mut self, ep: &EndpointRow) {
+        let id = &ep.id;
+        if let Some(pool) = self.pools.get_mut(&id.network) {
+            for ip in ep.cidrs.iter().copied().filter_map(rows::ipv4) {
+                pool.note_held(ip.ip(), (id.container.clone(), id.peer.clone()));
             }
         }
-        self.macs.insert(ep.mac.clone());
+        self.macs.insert(ep.mac);
         self.host_ifnames
-            .entry(ep.peer.clone())
+            .entry(id.peer.clone())
             .or_default()
             .insert(ep.host_ifname.clone());
         let networks = self
             .containers
-            .entry((ep.peer.clone(), ep.container_id.clone()))
+            .entry((id.peer.clone(), id.container.clone()))
             .or_default();
-        if let Err(at) = networks.binary_search(&ep.network) {
-            networks.insert(at, ep.network.clone());
+        if let Err(at) = networks.binary_search(&id.network) {
+            networks.insert(at, id.network.clone());
         }
     }
 
-    fn remove_endpoint(&mut self, ep: &Endpoint) {
-        if let Some(pool) = self.pools.get_mut(&ep.network) {
-            for ip in rows::cidrs(&ep.cidrs).into_iter().flatten() {
+    fn remove_endpoint(&mut self, ep: &EndpointRow) {
+        let id = &ep.id;
+        if let Some(pool) = self.pools.get_mut(&id.network) {
+            for ip in ep.cidrs.iter().copied().filter_map(rows::ipv4) {
                 pool.release(ip.ip());
             }
         }
         self.macs.remove(&ep.mac);
-        if let Some(names) = self.host_ifnames.get_mut(&ep.peer) {
+        if let Some(names) = self.host_ifnames.get_mut(&id.peer) {
             names.remove(&ep.host_ifname);
             if names.is_empty() {
-                self.host_ifnames.remove(&ep.peer);
+                self.host_ifnames.remove(&id.peer);
             }
         }
-        let key = (ep.peer.clone(), ep.container_id.clone());
+        let key = (id.peer.clone(), id.container.clone());
         if let Some(networks) = self.containers.get_mut(&key) {
-            networks.retain(|n| *n != ep.network);
+            networks.retain(|n| *n != id.network);
             if networks.is_empty() {
                 self.containers.remove(&key);
             }
@@ -116,7 +119,7 @@ impl Index {
         tables: &'t Tables,
         peer: &str,
         container: &str,
-    ) -> Vec<&'t Endpoint> {
+    ) -> Vec<&'t EndpointRow> {
         let key = (peer.to_string(), container.to_string());
         self.containers
             .get(&key)
@@ -129,7 +132,7 @@ impl Index {
 
 #[cfg(test)]
 mod tests {
-    use weft_proto::v1::{EndpointKey, Network};
+    use weft_proto::v1::{Endpoint, EndpointKey, Network, delta::Change};
 
     use super::*;
 
@@ -170,14 +173,16 @@ mod tests {
             Change::EndpointPut(endpoint("a", "02:00:00:00:00:01", &["10.9.0.4/24"])),
         ];
         let (mut tables, mut index) = (Tables::default(), Index::default());
-        for change in &changes {
-            index.apply(&tables, change);
-            tables.apply(change);
+        for change in changes.iter().map(|c| RowChange::read(c).unwrap()) {
+            index.apply(&tables, &change);
+            tables.apply(change.clone());
             assert_eq!(index, Index::build(&tables), "after {change:?}");
         }
         assert_eq!(index.pools["blue"].used(), 1);
+        let mac = |s: &str| s.parse::<Mac>().unwrap();
         assert!(
-            index.macs.contains("02:00:00:00:00:01") && !index.macs.contains("02:00:00:00:00:02")
+            index.macs.contains(&mac("02:00:00:00:00:01"))
+                && !index.macs.contains(&mac("02:00:00:00:00:02"))
         );
         let a = index.endpoints_of(&tables, "host1", "a");
         assert_eq!(a.len(), 1);

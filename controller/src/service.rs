@@ -11,6 +11,7 @@ use tracing::{info, warn};
 use weft_proto::addr::{AddrError, AddrSpec};
 use weft_proto::dns_name;
 use weft_proto::names::Mac;
+use weft_proto::rows::{self, EndpointRow, NetworkRow, RowChange};
 use weft_proto::snapshot;
 use weft_proto::tables::Tables;
 use weft_proto::v1::controller_server::Controller;
@@ -19,7 +20,6 @@ use weft_proto::v1::{
     DeleteNetworkRequest, DeleteNetworkResponse, DetachRequest, DetachResponse, ListPeersRequest,
     ListPeersResponse, PeerStatus, RegisterRequest, RegisterResponse, RemovePeerRequest,
     RemovePeerResponse, UpdateDnsRequest, UpdateDnsResponse, WatchEvent, WatchRequest,
-    delta::Change,
 };
 
 use crate::authority::act_for;
@@ -117,7 +117,7 @@ impl ControllerService {
     /// [`Committer::mutate`]). Returns the plan's result and the revision after its changes.
     pub async fn mutate<T: Send + 'static>(
         &self,
-        plan: impl FnOnce(&View) -> Result<(T, Vec<Change>), TableError> + Send + 'static,
+        plan: impl FnOnce(&View) -> Result<(T, Vec<RowChange>), TableError> + Send + 'static,
     ) -> Result<(T, u64), Status> {
         self.inner
             .committer
@@ -288,16 +288,18 @@ impl Controller for ControllerService {
         let (done, revision) = self
             .mutate({
                 let (peer, container_id) = (peer.clone(), container_id.clone());
-                move |t| t.attach(&peer, &container_id, &specs, &dns_name, &mut Mac::random)
+                move |t| {
+                    crate::failpoint::planning("attach");
+                    t.attach(&peer, &container_id, &specs, &dns_name, &mut Mac::random)
+                }
             })
             .await?;
         info!(container = %container_id, %peer, cidrs = ?done.cidrs, revision, "attached");
-        crate::failpoint::after_commit("attach");
         Ok(Response::new(AttachResponse {
-            endpoints: done.endpoints,
+            endpoints: done.endpoints.iter().map(EndpointRow::wire).collect(),
             cidrs: done.cidrs,
             added: done.added,
-            networks: done.networks,
+            networks: done.networks.iter().map(NetworkRow::wire).collect(),
             revision,
         }))
     }
@@ -319,15 +321,17 @@ impl Controller for ControllerService {
         let (done, revision) = self
             .mutate({
                 let (peer, container_id) = (peer.clone(), container_id.clone());
-                move |t| t.detach(&peer, &container_id, &specs, &only_mac)
+                move |t| {
+                    crate::failpoint::planning("detach");
+                    t.detach(&peer, &container_id, &specs, &only_mac)
+                }
             })
             .await?;
         info!(container = %container_id, %peer, released = ?done.released, revision, "detached");
-        crate::failpoint::after_commit("detach");
         Ok(Response::new(DetachResponse {
-            updated: done.updated,
-            removed: done.removed,
-            released: done.released,
+            updated: done.updated.iter().map(EndpointRow::wire).collect(),
+            removed: done.removed.iter().map(EndpointRow::wire).collect(),
+            released: rows::cidr_strings(&done.released),
             revision,
         }))
     }
@@ -342,7 +346,7 @@ impl Controller for ControllerService {
             .await?;
         info!(name = %network.name, subnet = %network.subnet, vni = network.vni, "network created");
         Ok(Response::new(CreateNetworkResponse {
-            network: Some(network),
+            network: Some(network.wire()),
             revision,
         }))
     }
@@ -379,7 +383,10 @@ impl Controller for ControllerService {
             })
             .await?;
         info!(peer = %name, released = released.len(), "peer removed");
-        Ok(Response::new(RemovePeerResponse { released, revision }))
+        Ok(Response::new(RemovePeerResponse {
+            released: rows::cidr_strings(&released),
+            revision,
+        }))
     }
 
     async fn update_dns(
@@ -417,7 +424,7 @@ impl Controller for ControllerService {
                 .map(|p| {
                     // Each endpoint has a host veth of its own: its name is unique on the peer.
                     let endpoints = state.index.host_ifnames.get(&p.name).map_or(0, |n| n.len());
-                    (p.clone(), endpoints as u32)
+                    (p.wire(), endpoints as u32)
                 })
                 .collect()
         };
@@ -443,7 +450,8 @@ impl Controller for ControllerService {
 #[cfg(test)]
 mod tests {
     use tokio_stream::StreamExt;
-    use weft_proto::v1::{Endpoint, Peer, Snapshot, watch_event::Event};
+    use weft_proto::tables::EndpointId;
+    use weft_proto::v1::{Peer, Snapshot, watch_event::Event};
 
     use super::*;
 
@@ -458,13 +466,15 @@ mod tests {
     async fn controller_with(dir: &std::path::Path, endpoints: usize) -> ControllerService {
         let (store, tables) = Store::open(dir, crate::store::Emptied::Refuse).unwrap();
         let service = ControllerService::new(store, tables, Duration::from_secs(60)).unwrap();
-        let changes: Vec<Change> = (0..endpoints)
+        let changes: Vec<RowChange> = (0..endpoints)
             .map(|i| {
-                Change::EndpointPut(Endpoint {
-                    network: "default".into(),
-                    container_id: format!("c{i}"),
-                    peer: "host1".into(),
-                    ..Default::default()
+                RowChange::EndpointPut(EndpointRow {
+                    id: EndpointId::new("host1", "default", &format!("c{i}")),
+                    mac: Mac([2, 0, 0, 0, (i >> 8) as u8, i as u8]),
+                    cidrs: Vec::new(),
+                    host_ifname: String::new(),
+                    container_ifname: String::new(),
+                    dns_name: String::new(),
                 })
             })
             .collect();

@@ -15,6 +15,7 @@ use std::thread;
 
 use tokio::sync::{broadcast, oneshot};
 use tracing::{error, warn};
+use weft_proto::rows::RowChange;
 use weft_proto::snapshot;
 use weft_proto::tables::Tables;
 use weft_proto::v1::{Delta, Resumed, WatchEvent, delta::Change, watch_event::Event};
@@ -157,7 +158,7 @@ pub(crate) enum MutateError {
     Stopped,
 }
 
-type Plan = Box<dyn for<'a> FnOnce(&View<'a>) -> Result<Vec<Change>, TableError> + Send>;
+type Plan = Box<dyn for<'a> FnOnce(&View<'a>) -> Result<Vec<RowChange>, TableError> + Send>;
 
 struct Job {
     plan: Plan,
@@ -201,7 +202,7 @@ impl Committer {
     /// the plan's result and the revision the tables are at after its changes.
     pub(crate) async fn mutate<T: Send + 'static>(
         &self,
-        plan: impl FnOnce(&View) -> Result<(T, Vec<Change>), TableError> + Send + 'static,
+        plan: impl FnOnce(&View) -> Result<(T, Vec<RowChange>), TableError> + Send + 'static,
     ) -> Result<(T, u64), MutateError> {
         let (out_tx, mut out_rx) = oneshot::channel();
         let (done, result) = oneshot::channel();
@@ -248,8 +249,9 @@ fn commit_batch(
             for change in changes {
                 undo.push(state.tables.undo(&change));
                 state.index.apply(&state.tables, &change);
-                state.tables.apply(&change);
-                changed.push(change);
+                // The wire form, once: what is stored and what watchers get.
+                changed.push(change.wire());
+                state.tables.apply(change);
             }
             state.tables.revision
         });
@@ -265,8 +267,8 @@ fn commit_batch(
             }
             warn!(requests = outcomes.len(), "persisting failed: {e}");
             let e = Arc::new(e);
-            for change in undo.iter().rev() {
-                state.index.apply(&state.tables, change);
+            for change in undo.into_iter().rev() {
+                state.index.apply(&state.tables, &change);
                 state.tables.apply(change);
             }
             state.tables.revision = start;
@@ -275,6 +277,7 @@ fn commit_batch(
                 *outcome = Err(MutateError::Persist(e.clone()));
             }
         } else {
+            crate::failpoint::after_persist();
             publish(state, &shared.events, start, changed);
         }
     }
@@ -337,7 +340,7 @@ mod tests {
 
     /// A request that makes the changes `plan` returns, and where its answer comes.
     fn job(
-        plan: impl for<'a> FnOnce(&View<'a>) -> Result<Vec<Change>, TableError> + Send + 'static,
+        plan: impl for<'a> FnOnce(&View<'a>) -> Result<Vec<RowChange>, TableError> + Send + 'static,
     ) -> (Job, Answer) {
         let (done, answer) = oneshot::channel();
         let plan: Plan = Box::new(plan);
@@ -393,7 +396,10 @@ mod tests {
             (state.tables.clone(), state.index.clone())
         };
         let c0 = "10.32.0.2/12";
-        assert_eq!(tables.endpoints.values().next().unwrap().cidrs, [c0]);
+        assert_eq!(
+            tables.endpoints.values().next().unwrap().cidrs,
+            [c0.parse().unwrap()]
+        );
         let mut watcher = shared.events.subscribe();
 
         let batch = vec![

@@ -21,6 +21,7 @@ use weft_controller::tokens::Tokens;
 use weft_fuzz::{addr_like, fuzz};
 use weft_proto::addr::AddrSpec;
 use weft_proto::names::Mac;
+use weft_proto::rows::{PeerRow, RecordRow, RowChange};
 use weft_proto::v1::controller_server::Controller;
 use weft_proto::v1::enrollment_server::Enrollment;
 use weft_proto::v1::*;
@@ -68,9 +69,9 @@ fn controllers() -> Controllers {
         .block_on(service.mutate(|t| {
             let mut changes = t.ensure_default_network("10.32.0.0/12".parse().unwrap())?;
             for (name, addr) in [("host1", "198.18.0.1"), ("host2", "198.18.0.2")] {
-                changes.push(delta::Change::PeerPut(Peer {
+                changes.push(RowChange::PeerPut(PeerRow {
                     name: name.into(),
-                    advertise_addr: addr.into(),
+                    addr: addr.parse().unwrap(),
                 }));
             }
             Ok(((), changes))
@@ -123,7 +124,7 @@ fn host2_state(c: &Controllers) -> (String, Vec<DnsRecord>) {
                 .tables
                 .endpoints
                 .values()
-                .filter(|ep| ep.peer == "host2")
+                .filter(|ep| ep.id.peer == "host2")
                 .cloned()
                 .collect();
             let dns: Vec<_> = t
@@ -131,7 +132,7 @@ fn host2_state(c: &Controllers) -> (String, Vec<DnsRecord>) {
                 .dns_records
                 .values()
                 .filter(|r| r.peer == "host2")
-                .cloned()
+                .map(RecordRow::wire)
                 .collect();
             Ok(((format!("{peer:?} {endpoints:?}"), dns), vec![]))
         }))
@@ -313,8 +314,8 @@ fn no_request_breaks_the_controller_or_touches_another_peer() {
     let (mac, _) = c
         .runtime
         .block_on(c.service.mutate(|t| {
-            let ep = t.tables.endpoints.values().find(|ep| ep.peer == "host2");
-            Ok((ep.map(|ep| ep.mac.clone()).unwrap_or_default(), vec![]))
+            let ep = t.tables.endpoints.values().find(|ep| ep.id.peer == "host2");
+            Ok((ep.map(|ep| ep.mac.to_string()).unwrap_or_default(), vec![]))
         }))
         .expect("reading the tables");
     assert!(!mac.is_empty(), "host2 has no endpoint: {}", host2.0);

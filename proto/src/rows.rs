@@ -1,15 +1,16 @@
-//! The typed values in the tables' rows, read from their wire strings by one set of parsers:
-//! an agent checks each row as it arrives and refuses one that does not read, naming it, so
-//! what it keeps always does; the controller reads addresses with the same parser.
+//! The tables' rows as typed values, converted from their wire form once: where a row arrives
+//! (an agent's watch, the controller's store) it is read here or refused, naming it; everything
+//! after works on [`PeerRow`], [`NetworkRow`], [`EndpointRow`] and [`RecordRow`], and turns them
+//! back into wire rows only to send or store them. Addresses are family-generic (`IpAddr`,
+//! `IpNetwork`); the parts of weft that speak IPv4 only take the IPv4 ones with [`ipv4`].
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 
-use crate::addr::{AddrError, parse_cidr};
 use crate::names::Mac;
 use crate::tables::EndpointId;
-use crate::v1::{DnsRecord, Endpoint, Network, Peer, Snapshot, delta::Change};
+use crate::v1::{DnsRecord, Endpoint, Network, Peer, delta::Change};
 
 /// A row that does not read: which one, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,106 +20,238 @@ pub struct BadRow {
     pub why: String,
 }
 
-/// An endpoint's address list (`IP/LEN` each): the one parser of it.
-pub fn cidrs(list: &[String]) -> Result<Vec<Ipv4Network>, AddrError> {
-    list.iter().map(|c| parse_cidr(c, c)).collect()
+/// A host: its name and the VTEP address other hosts send VXLAN traffic to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRow {
+    pub name: String,
+    pub addr: IpAddr,
+}
+
+/// A layer-2 segment: one bridge and one VXLAN device (one VNI) on every host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkRow {
+    pub name: String,
+    pub subnet: IpNetwork,
+    pub vni: u32,
+}
+
+/// One container's interface in one network on one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointRow {
+    pub id: EndpointId,
+    pub mac: Mac,
+    /// Its addresses, each with the prefix length of its network.
+    pub cidrs: Vec<IpNetwork>,
+    pub host_ifname: String,
+    pub container_ifname: String,
+    /// The container's DNS name; empty: none.
+    pub dns_name: String,
+}
+
+/// A DNS record added with `weftctl dns-add`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordRow {
+    pub name: String,
+    pub ip: IpAddr,
+    /// The peer that added it.
+    pub peer: String,
+    /// The container it was added for; empty: none.
+    pub container: String,
+}
+
+/// One change of the tables, with typed rows: what [`Change`] carries on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowChange {
+    PeerPut(PeerRow),
+    PeerDeleted(String),
+    NetworkPut(NetworkRow),
+    NetworkDeleted(String),
+    EndpointPut(EndpointRow),
+    EndpointDeleted(EndpointId),
+    RecordPut(RecordRow),
+    RecordDeleted(RecordRow),
+}
+
+/// The IPv4 network of an address, if it is one: for the parts that speak IPv4 only until
+/// weft carries IPv6 everywhere.
+pub fn ipv4(net: IpNetwork) -> Option<Ipv4Network> {
+    match net {
+        IpNetwork::V4(net) => Some(net),
+        IpNetwork::V6(_) => None,
+    }
+}
+
+/// An address, if it is an IPv4 one (as [`ipv4`]).
+pub fn ipv4_addr(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// Reads `IP/LEN`, keeping the host bits (an address within its subnet); the one parser of the
+/// rows' addresses.
+pub fn parse_ip_cidr(s: &str) -> Result<IpNetwork, String> {
+    let (ip, len) = s
+        .split_once('/')
+        .ok_or_else(|| format!("\"{s}\" is not IP/LEN"))?;
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| format!("\"{ip}\" is not an IP address"))?;
+    let len: u8 = len
+        .parse()
+        .map_err(|_| format!("\"{len}\" is not a prefix length"))?;
+    IpNetwork::new(ip, len).map_err(|_| format!("\"{s}\": prefix length out of range"))
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse()
+        .map_err(|_| format!("\"{s}\" is not an IP address"))
 }
 
 /// The addresses of CIDRs, without their prefix length: what the commands report.
-pub fn ips_of(list: &[String]) -> Vec<String> {
-    list.iter()
-        .map(|c| {
-            c.split_once('/')
-                .map_or(c.as_str(), |(ip, _)| ip)
-                .to_string()
+pub fn ips_of(cidrs: &[IpNetwork]) -> Vec<String> {
+    cidrs.iter().map(|c| c.ip().to_string()).collect()
+}
+
+/// CIDRs in their wire form.
+pub fn cidr_strings(cidrs: &[IpNetwork]) -> Vec<String> {
+    cidrs.iter().map(IpNetwork::to_string).collect()
+}
+
+impl PeerRow {
+    pub fn read(peer: &Peer) -> Result<PeerRow, BadRow> {
+        Ok(PeerRow {
+            name: peer.name.clone(),
+            addr: parse_ip(&peer.advertise_addr).map_err(|why| BadRow {
+                row: format!("peer {}", peer.name),
+                why,
+            })?,
         })
-        .collect()
+    }
+
+    pub fn wire(&self) -> Peer {
+        Peer {
+            name: self.name.clone(),
+            advertise_addr: self.addr.to_string(),
+        }
+    }
 }
 
-/// What an endpoint row holds beyond names: its MAC and its addresses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointAddrs {
-    pub mac: Mac,
-    pub cidrs: Vec<Ipv4Network>,
+impl NetworkRow {
+    pub fn read(network: &Network) -> Result<NetworkRow, BadRow> {
+        Ok(NetworkRow {
+            name: network.name.clone(),
+            subnet: parse_ip_cidr(&network.subnet).map_err(|why| BadRow {
+                row: format!("network {}", network.name),
+                why,
+            })?,
+            vni: network.vni,
+        })
+    }
+
+    pub fn wire(&self) -> Network {
+        Network {
+            name: self.name.clone(),
+            subnet: self.subnet.to_string(),
+            vni: self.vni,
+        }
+    }
 }
 
-impl EndpointAddrs {
-    pub fn of(ep: &Endpoint) -> Result<EndpointAddrs, BadRow> {
+impl EndpointRow {
+    pub fn read(ep: &Endpoint) -> Result<EndpointRow, BadRow> {
+        let id = EndpointId::of(ep);
         let bad = |why: String| BadRow {
-            row: EndpointId::of(ep).to_string(),
+            row: id.to_string(),
             why,
         };
-        Ok(EndpointAddrs {
-            mac: ep.mac.parse().map_err(bad)?,
-            cidrs: cidrs(&ep.cidrs).map_err(|e| bad(e.to_string()))?,
+        let mac = ep.mac.parse().map_err(bad)?;
+        let cidrs: Result<_, _> = ep.cidrs.iter().map(|c| parse_ip_cidr(c)).collect();
+        Ok(EndpointRow {
+            mac,
+            cidrs: cidrs.map_err(bad)?,
+            host_ifname: ep.host_ifname.clone(),
+            container_ifname: ep.container_ifname.clone(),
+            dns_name: ep.dns_name.clone(),
+            id,
         })
     }
-}
 
-/// A peer's VTEP address.
-pub fn peer_addr(peer: &Peer) -> Result<Ipv4Addr, BadRow> {
-    peer.advertise_addr.parse().map_err(|_| BadRow {
-        row: format!("peer {}", peer.name),
-        why: format!("\"{}\" is not an IPv4 address", peer.advertise_addr),
-    })
-}
-
-/// A network's subnet.
-pub fn network_subnet(network: &Network) -> Result<Ipv4Network, BadRow> {
-    let subnet = &network.subnet;
-    parse_cidr(subnet, subnet).map_err(|e| BadRow {
-        row: format!("network {}", network.name),
-        why: e.to_string(),
-    })
-}
-
-/// A DNS record's address.
-pub fn record_ip(record: &DnsRecord) -> Result<Ipv4Addr, BadRow> {
-    record.ip.parse().map_err(|_| BadRow {
-        row: format!("DNS record {}", record.name),
-        why: format!("\"{}\" is not an IPv4 address", record.ip),
-    })
-}
-
-/// Whether what `change` puts in the tables reads; deletions always do.
-pub fn check(change: &Change) -> Result<(), BadRow> {
-    match change {
-        Change::PeerPut(peer) => peer_addr(peer).map(drop),
-        Change::NetworkPut(network) => network_subnet(network).map(drop),
-        Change::EndpointPut(ep) => EndpointAddrs::of(ep).map(drop),
-        Change::DnsRecordPut(record) => record_ip(record).map(drop),
-        Change::PeerDeleted(_)
-        | Change::NetworkDeleted(_)
-        | Change::EndpointDeleted(_)
-        | Change::DnsRecordDeleted(_) => Ok(()),
+    pub fn wire(&self) -> Endpoint {
+        Endpoint {
+            network: self.id.network.clone(),
+            container_id: self.id.container.clone(),
+            mac: self.mac.to_string(),
+            cidrs: cidr_strings(&self.cidrs),
+            peer: self.id.peer.clone(),
+            host_ifname: self.host_ifname.clone(),
+            container_ifname: self.container_ifname.clone(),
+            dns_name: self.dns_name.clone(),
+        }
     }
 }
 
-/// Takes the rows that do not read out of a snapshot; returns them, each with why.
-pub fn refuse_bad_rows(snapshot: &mut Snapshot) -> Vec<BadRow> {
-    let mut refused = Vec::new();
-    let mut keep = |checked: Result<(), BadRow>| match checked {
-        Ok(()) => true,
-        Err(bad) => {
-            refused.push(bad);
-            false
+impl RecordRow {
+    pub fn read(record: &DnsRecord) -> Result<RecordRow, BadRow> {
+        Ok(RecordRow {
+            name: record.name.clone(),
+            ip: parse_ip(&record.ip).map_err(|why| BadRow {
+                row: format!("DNS record {}", record.name),
+                why,
+            })?,
+            peer: record.peer.clone(),
+            container: record.container_id.clone(),
+        })
+    }
+
+    pub fn wire(&self) -> DnsRecord {
+        DnsRecord {
+            name: self.name.clone(),
+            ip: self.ip.to_string(),
+            peer: self.peer.clone(),
+            container_id: self.container.clone(),
         }
-    };
-    snapshot.peers.retain(|p| keep(peer_addr(p).map(drop)));
-    snapshot
-        .networks
-        .retain(|n| keep(network_subnet(n).map(drop)));
-    snapshot
-        .endpoints
-        .retain(|ep| keep(EndpointAddrs::of(ep).map(drop)));
-    snapshot
-        .dns_records
-        .retain(|r| keep(record_ip(r).map(drop)));
-    refused
+    }
+
+    /// What the record is known by: its name and address.
+    pub fn id(&self) -> (String, IpAddr) {
+        (self.name.clone(), self.ip)
+    }
+}
+
+impl RowChange {
+    pub fn read(change: &Change) -> Result<RowChange, BadRow> {
+        Ok(match change {
+            Change::PeerPut(peer) => RowChange::PeerPut(PeerRow::read(peer)?),
+            Change::PeerDeleted(name) => RowChange::PeerDeleted(name.clone()),
+            Change::NetworkPut(net) => RowChange::NetworkPut(NetworkRow::read(net)?),
+            Change::NetworkDeleted(name) => RowChange::NetworkDeleted(name.clone()),
+            Change::EndpointPut(ep) => RowChange::EndpointPut(EndpointRow::read(ep)?),
+            Change::EndpointDeleted(key) => RowChange::EndpointDeleted(EndpointId::of_key(key)),
+            Change::DnsRecordPut(r) => RowChange::RecordPut(RecordRow::read(r)?),
+            Change::DnsRecordDeleted(r) => RowChange::RecordDeleted(RecordRow::read(r)?),
+        })
+    }
+
+    pub fn wire(&self) -> Change {
+        match self {
+            RowChange::PeerPut(peer) => Change::PeerPut(peer.wire()),
+            RowChange::PeerDeleted(name) => Change::PeerDeleted(name.clone()),
+            RowChange::NetworkPut(net) => Change::NetworkPut(net.wire()),
+            RowChange::NetworkDeleted(name) => Change::NetworkDeleted(name.clone()),
+            RowChange::EndpointPut(ep) => Change::EndpointPut(ep.wire()),
+            RowChange::EndpointDeleted(id) => Change::EndpointDeleted(id.key()),
+            RowChange::RecordPut(r) => Change::DnsRecordPut(r.wire()),
+            RowChange::RecordDeleted(r) => Change::DnsRecordDeleted(r.wire()),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::v1::EndpointKey;
+
     use super::*;
 
     fn ep(mac: &str, cidrs: &[&str]) -> Endpoint {
@@ -128,70 +261,81 @@ mod tests {
             container_id: "c1".into(),
             mac: mac.into(),
             cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
-            ..Endpoint::default()
+            host_ifname: "vethwepl1".into(),
+            container_ifname: "ethwe".into(),
+            dns_name: "web".into(),
         }
     }
 
     #[test]
     fn a_row_that_does_not_read_is_named_with_why() {
-        let good = ep("02:00:0a:20:00:05", &["10.32.0.5/12"]);
-        assert_eq!(
-            EndpointAddrs::of(&good).unwrap(),
-            EndpointAddrs {
-                mac: "02:00:0a:20:00:05".parse().unwrap(),
-                cidrs: vec!["10.32.0.5/12".parse().unwrap()],
-            }
-        );
-        let e = EndpointAddrs::of(&ep("02:00", &["10.32.0.5/12"])).unwrap_err();
+        let e = EndpointRow::read(&ep("02:00", &["10.32.0.5/12"])).unwrap_err();
         assert_eq!(
             e.to_string(),
             "endpoint of c1 in network default on host1: \"02:00\" is not a MAC address"
         );
-        let e = EndpointAddrs::of(&ep("02:00:0a:20:00:05", &["10.32.0.300/12"])).unwrap_err();
-        assert_eq!(
-            e.why,
-            "invalid address \"10.32.0.300/12\": \"10.32.0.300\" is not an IPv4 address"
-        );
+        let e = EndpointRow::read(&ep("02:00:0a:20:00:05", &["10.32.0.300/12"])).unwrap_err();
+        assert_eq!(e.why, "\"10.32.0.300\" is not an IP address");
+        let e = EndpointRow::read(&ep("02:00:0a:20:00:05", &["10.32.0.3/33"])).unwrap_err();
+        assert_eq!(e.why, "\"10.32.0.3/33\": prefix length out of range");
+        let e = EndpointRow::read(&ep("02:00:0a:20:00:05", &["10.32.0.3"])).unwrap_err();
+        assert_eq!(e.why, "\"10.32.0.3\" is not IP/LEN");
         let peer = Peer {
             name: "host2".into(),
             advertise_addr: "nowhere".into(),
         };
         assert_eq!(
-            check(&Change::PeerPut(peer)).unwrap_err().to_string(),
-            "peer host2: \"nowhere\" is not an IPv4 address"
+            RowChange::read(&Change::PeerPut(peer))
+                .unwrap_err()
+                .to_string(),
+            "peer host2: \"nowhere\" is not an IP address"
         );
+        let net = Network {
+            name: "blue".into(),
+            subnet: "10.9.0.300/24".into(),
+            vni: 2,
+        };
+        assert_eq!(NetworkRow::read(&net).unwrap_err().row, "network blue",);
     }
 
     #[test]
-    fn a_snapshot_keeps_the_rows_that_read() {
-        let mut snapshot = Snapshot {
-            endpoints: vec![
-                ep("02:00:0a:20:00:05", &["10.32.0.5/12"]),
-                ep("zz", &["10.32.0.6/12"]),
-            ],
-            networks: vec![Network {
+    fn rows_read_back_as_they_were_sent() {
+        let endpoint = ep("02:00:0a:20:00:05", &["10.32.0.5/12", "2001:db8::5/64"]);
+        let row = EndpointRow::read(&endpoint).unwrap();
+        assert_eq!(row.mac, "02:00:0a:20:00:05".parse().unwrap());
+        assert_eq!(ipv4(row.cidrs[0]), Some("10.32.0.5/12".parse().unwrap()));
+        assert_eq!(ipv4(row.cidrs[1]), None);
+        assert_eq!(row.wire(), endpoint);
+        let changes = [
+            Change::PeerPut(Peer {
+                name: "host1".into(),
+                advertise_addr: "198.18.0.1".into(),
+            }),
+            Change::NetworkPut(Network {
                 name: "blue".into(),
-                subnet: "10.9.0.300/24".into(),
+                subnet: "10.9.0.0/24".into(),
                 vni: 2,
-            }],
-            ..Snapshot::default()
-        };
-        let refused = refuse_bad_rows(&mut snapshot);
-        assert_eq!(snapshot.endpoints.len(), 1);
-        assert_eq!(snapshot.endpoints[0].mac, "02:00:0a:20:00:05");
-        assert!(snapshot.networks.is_empty());
-        let rows: Vec<&str> = refused.iter().map(|b| b.row.as_str()).collect();
-        assert_eq!(
-            rows,
-            ["network blue", "endpoint of c1 in network default on host1"]
-        );
+            }),
+            Change::DnsRecordDeleted(DnsRecord {
+                name: "db".into(),
+                ip: "10.9.0.7".into(),
+                peer: "host1".into(),
+                container_id: String::new(),
+            }),
+            Change::EndpointDeleted(EndpointKey {
+                peer: "host1".into(),
+                container_id: "c1".into(),
+                network: "blue".into(),
+            }),
+        ];
+        for change in changes {
+            assert_eq!(RowChange::read(&change).unwrap().wire(), change);
+        }
     }
 
     #[test]
     fn ips_drop_their_prefix() {
-        assert_eq!(
-            ips_of(&["10.32.0.5/12".into(), "192.168.0.2".into()]),
-            ["10.32.0.5", "192.168.0.2"]
-        );
+        let cidrs = ["10.32.0.5/12", "2001:db8::5/64"].map(|c| c.parse().unwrap());
+        assert_eq!(ips_of(&cidrs), ["10.32.0.5", "2001:db8::5"]);
     }
 }

@@ -41,8 +41,8 @@ pub fn pool_bounds(subnet: Ipv4Network) -> (u32, u32) {
 }
 
 /// The canonical form of a subnet: its network address and prefix.
-pub fn canonical(net: Ipv4Network) -> String {
-    format!("{}/{}", net.network(), net.prefix())
+pub fn canonical(net: Ipv4Network) -> Ipv4Network {
+    Ipv4Network::new(net.network(), net.prefix()).expect("the prefix of a network")
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 
-use crate::v1::{DnsRecord, Endpoint, EndpointKey, Network, Peer, Snapshot, delta::Change};
+use crate::rows::{BadRow, EndpointRow, NetworkRow, PeerRow, RecordRow, RowChange};
+use crate::v1::{Endpoint, EndpointKey, Snapshot};
 
 /// The network every host has, whose subnet is the controller's `--ipalloc-range`.
 pub const DEFAULT_NETWORK: &str = "default";
@@ -70,90 +72,99 @@ impl fmt::Display for EndpointId {
 }
 
 /// (name, ip): one DNS record added with `weftctl dns-add`.
-pub type DnsRecordId = (String, String);
+pub type DnsRecordId = (String, IpAddr);
 
-pub fn dns_record_id(r: &DnsRecord) -> DnsRecordId {
-    (r.name.clone(), r.ip.clone())
-}
-
+/// The tables at a revision, their rows typed.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Tables {
     pub revision: u64,
     /// The identity of the controller's store these tables come from, made once when the store
     /// was created (empty: a controller from before identities).
     pub store_id: String,
-    pub peers: BTreeMap<String, Peer>,
-    pub networks: BTreeMap<String, Network>,
-    pub endpoints: BTreeMap<EndpointId, Endpoint>,
-    pub dns_records: BTreeMap<DnsRecordId, DnsRecord>,
+    pub peers: BTreeMap<String, PeerRow>,
+    pub networks: BTreeMap<String, NetworkRow>,
+    pub endpoints: BTreeMap<EndpointId, EndpointRow>,
+    pub dns_records: BTreeMap<DnsRecordId, RecordRow>,
 }
 
 impl Tables {
-    /// The tables a snapshot of store `store_id` taken at `revision` describes.
-    pub fn from_snapshot(revision: u64, store_id: String, snapshot: Snapshot) -> Self {
-        Tables {
+    /// The tables a snapshot of store `store_id` taken at `revision` describes, and the rows of
+    /// it that do not read (left out), each with why.
+    pub fn from_snapshot(
+        revision: u64,
+        store_id: String,
+        snapshot: &Snapshot,
+    ) -> (Self, Vec<BadRow>) {
+        let mut refused = Vec::new();
+        let mut keep = |row| match row {
+            Ok(row) => Some(row),
+            Err(bad) => {
+                refused.push(bad);
+                None
+            }
+        };
+        let mut tables = Tables {
             revision,
             store_id,
-            peers: snapshot
-                .peers
-                .into_iter()
-                .map(|p| (p.name.clone(), p))
-                .collect(),
-            networks: snapshot
-                .networks
-                .into_iter()
-                .map(|n| (n.name.clone(), n))
-                .collect(),
-            endpoints: snapshot
-                .endpoints
-                .into_iter()
-                .map(|e| (EndpointId::of(&e), e))
-                .collect(),
-            dns_records: snapshot
-                .dns_records
-                .into_iter()
-                .map(|r| (dns_record_id(&r), r))
-                .collect(),
+            ..Tables::default()
+        };
+        for peer in snapshot.peers.iter().map(PeerRow::read) {
+            if let Some(p) = keep(peer.map(RowChange::PeerPut)) {
+                tables.put(p);
+            }
         }
+        for net in snapshot.networks.iter().map(NetworkRow::read) {
+            if let Some(n) = keep(net.map(RowChange::NetworkPut)) {
+                tables.put(n);
+            }
+        }
+        for ep in snapshot.endpoints.iter().map(EndpointRow::read) {
+            if let Some(e) = keep(ep.map(RowChange::EndpointPut)) {
+                tables.put(e);
+            }
+        }
+        for record in snapshot.dns_records.iter().map(RecordRow::read) {
+            if let Some(r) = keep(record.map(RowChange::RecordPut)) {
+                tables.put(r);
+            }
+        }
+        (tables, refused)
     }
 
     /// The change that puts back what `change` would replace: applied right after `change`, it
     /// restores these tables' contents (not their revision). For undoing changes that could
     /// not be persisted.
-    pub fn undo(&self, change: &Change) -> Change {
+    pub fn undo(&self, change: &RowChange) -> RowChange {
         match change {
-            Change::PeerPut(Peer { name, .. }) | Change::PeerDeleted(name) => {
+            RowChange::PeerPut(PeerRow { name, .. }) | RowChange::PeerDeleted(name) => {
                 match self.peers.get(name) {
-                    Some(old) => Change::PeerPut(old.clone()),
-                    None => Change::PeerDeleted(name.clone()),
+                    Some(old) => RowChange::PeerPut(old.clone()),
+                    None => RowChange::PeerDeleted(name.clone()),
                 }
             }
-            Change::NetworkPut(Network { name, .. }) | Change::NetworkDeleted(name) => {
+            RowChange::NetworkPut(NetworkRow { name, .. }) | RowChange::NetworkDeleted(name) => {
                 match self.networks.get(name) {
-                    Some(old) => Change::NetworkPut(old.clone()),
-                    None => Change::NetworkDeleted(name.clone()),
+                    Some(old) => RowChange::NetworkPut(old.clone()),
+                    None => RowChange::NetworkDeleted(name.clone()),
                 }
             }
-            Change::EndpointPut(ep) => self.undo_endpoint(EndpointId::of(ep)),
-            Change::EndpointDeleted(key) => self.undo_endpoint(EndpointId::of_key(key)),
-            Change::DnsRecordPut(r) | Change::DnsRecordDeleted(r) => {
-                match self.dns_records.get(&dns_record_id(r)) {
-                    Some(old) => Change::DnsRecordPut(old.clone()),
-                    None => Change::DnsRecordDeleted(r.clone()),
+            RowChange::EndpointPut(EndpointRow { id, .. }) | RowChange::EndpointDeleted(id) => {
+                match self.endpoints.get(id) {
+                    Some(old) => RowChange::EndpointPut(old.clone()),
+                    None => RowChange::EndpointDeleted(id.clone()),
                 }
             }
-        }
-    }
-
-    fn undo_endpoint(&self, id: EndpointId) -> Change {
-        match self.endpoints.get(&id) {
-            Some(old) => Change::EndpointPut(old.clone()),
-            None => Change::EndpointDeleted(id.key()),
+            RowChange::RecordPut(r) | RowChange::RecordDeleted(r) => {
+                match self.dns_records.get(&r.id()) {
+                    Some(old) => RowChange::RecordPut(old.clone()),
+                    None => RowChange::RecordDeleted(r.clone()),
+                }
+            }
         }
     }
 
     /// The endpoints on `peer` (a range of the map: it is ordered by peer first).
-    pub fn endpoints_on<'a>(&'a self, peer: &'a str) -> impl Iterator<Item = &'a Endpoint> + 'a {
+    pub fn endpoints_on<'a>(&'a self, peer: &'a str) -> impl Iterator<Item = &'a EndpointRow> + 'a {
         self.endpoints
             .range(EndpointId::first_of(peer)..)
             .take_while(move |(id, _)| id.peer == peer)
@@ -161,8 +172,11 @@ impl Tables {
     }
 
     /// The endpoints on every peer but `peer`.
-    pub fn endpoints_off<'a>(&'a self, peer: &'a str) -> impl Iterator<Item = &'a Endpoint> + 'a {
-        self.endpoints.values().filter(move |ep| ep.peer != peer)
+    pub fn endpoints_off<'a>(
+        &'a self,
+        peer: &'a str,
+    ) -> impl Iterator<Item = &'a EndpointRow> + 'a {
+        self.endpoints.values().filter(move |ep| ep.id.peer != peer)
     }
 
     /// The endpoints of container `container` on `peer`, one per network.
@@ -170,38 +184,42 @@ impl Tables {
         &'a self,
         peer: &'a str,
         container: &'a str,
-    ) -> impl Iterator<Item = &'a Endpoint> + 'a {
+    ) -> impl Iterator<Item = &'a EndpointRow> + 'a {
         self.endpoints_on(peer)
-            .filter(move |ep| ep.container_id == container)
+            .filter(move |ep| ep.id.container == container)
     }
 
     /// Applies one change and counts it as one revision.
-    pub fn apply(&mut self, change: &Change) {
+    pub fn apply(&mut self, change: RowChange) {
         self.revision += 1;
+        self.put(change);
+    }
+
+    fn put(&mut self, change: RowChange) {
         match change {
-            Change::PeerPut(peer) => {
-                self.peers.insert(peer.name.clone(), peer.clone());
+            RowChange::PeerPut(peer) => {
+                self.peers.insert(peer.name.clone(), peer);
             }
-            Change::PeerDeleted(name) => {
-                self.peers.remove(name);
+            RowChange::PeerDeleted(name) => {
+                self.peers.remove(&name);
             }
-            Change::NetworkPut(net) => {
-                self.networks.insert(net.name.clone(), net.clone());
+            RowChange::NetworkPut(net) => {
+                self.networks.insert(net.name.clone(), net);
             }
-            Change::NetworkDeleted(name) => {
-                self.networks.remove(name);
+            RowChange::NetworkDeleted(name) => {
+                self.networks.remove(&name);
             }
-            Change::EndpointPut(ep) => {
-                self.endpoints.insert(EndpointId::of(ep), ep.clone());
+            RowChange::EndpointPut(ep) => {
+                self.endpoints.insert(ep.id.clone(), ep);
             }
-            Change::EndpointDeleted(key) => {
-                self.endpoints.remove(&EndpointId::of_key(key));
+            RowChange::EndpointDeleted(id) => {
+                self.endpoints.remove(&id);
             }
-            Change::DnsRecordPut(r) => {
-                self.dns_records.insert(dns_record_id(r), r.clone());
+            RowChange::RecordPut(r) => {
+                self.dns_records.insert(r.id(), r);
             }
-            Change::DnsRecordDeleted(r) => {
-                self.dns_records.remove(&dns_record_id(r));
+            RowChange::RecordDeleted(r) => {
+                self.dns_records.remove(&r.id());
             }
         }
     }
@@ -209,16 +227,26 @@ impl Tables {
 
 #[cfg(test)]
 mod tests {
+    use crate::v1::Network;
+
     use super::*;
 
-    fn ep(container: &str, cidr: &str) -> Endpoint {
-        Endpoint {
-            network: DEFAULT_NETWORK.into(),
-            container_id: container.into(),
-            cidrs: vec![cidr.into()],
-            peer: "host1".into(),
-            ..Default::default()
-        }
+    fn ep(peer: &str, container: &str, cidr: &str) -> RowChange {
+        RowChange::EndpointPut(EndpointRow {
+            id: EndpointId::new(peer, DEFAULT_NETWORK, container),
+            mac: "02:00:00:00:00:01".parse().unwrap(),
+            cidrs: vec![cidr.parse().unwrap()],
+            host_ifname: String::new(),
+            container_ifname: String::new(),
+            dns_name: String::new(),
+        })
+    }
+
+    fn peer(name: &str, addr: &str) -> RowChange {
+        RowChange::PeerPut(PeerRow {
+            name: name.into(),
+            addr: addr.parse().unwrap(),
+        })
     }
 
     #[test]
@@ -230,13 +258,11 @@ mod tests {
             ("host1", "c"),
             ("host2", "a"),
         ] {
-            let mut e = ep(container, "10.32.0.2/12");
-            e.peer = peer.into();
-            tables.apply(&Change::EndpointPut(e));
+            tables.apply(ep(peer, container, "10.32.0.2/12"));
         }
         let on = |peer| -> Vec<String> {
             let eps = tables.endpoints_on(peer);
-            eps.map(|e| format!("{}/{}", e.peer, e.container_id))
+            eps.map(|e| format!("{}/{}", e.id.peer, e.id.container))
                 .collect()
         };
         assert_eq!(on("host1"), ["host1/a", "host1/c"]);
@@ -244,7 +270,7 @@ mod tests {
         assert_eq!(on("host"), Vec::<String>::new());
         let off: Vec<&str> = tables
             .endpoints_off("host1")
-            .map(|e| e.peer.as_str())
+            .map(|e| e.id.peer.as_str())
             .collect();
         assert_eq!(off, ["host10", "host2"]);
         assert_eq!(tables.endpoints_of("host2", "a").count(), 1);
@@ -254,45 +280,61 @@ mod tests {
     #[test]
     fn undoing_changes_in_reverse_restores_the_tables() {
         let mut tables = Tables::default();
-        tables.apply(&Change::PeerPut(Peer {
-            name: "host1".into(),
-            advertise_addr: "198.18.0.1".into(),
-        }));
-        tables.apply(&Change::EndpointPut(ep("a", "10.32.0.2/12")));
+        tables.apply(peer("host1", "198.18.0.1"));
+        tables.apply(ep("host1", "a", "10.32.0.2/12"));
         let before = tables.clone();
         let changes = [
-            Change::PeerPut(Peer {
-                name: "host1".into(),
-                advertise_addr: "198.18.0.9".into(),
-            }),
-            Change::PeerPut(Peer {
-                name: "host2".into(),
-                advertise_addr: "198.18.0.2".into(),
-            }),
-            Change::NetworkPut(Network {
+            peer("host1", "198.18.0.9"),
+            peer("host2", "198.18.0.2"),
+            RowChange::NetworkPut(NetworkRow {
                 name: "blue".into(),
-                subnet: "10.9.0.0/24".into(),
+                subnet: "10.9.0.0/24".parse().unwrap(),
                 vni: 2,
             }),
-            Change::EndpointPut(ep("a", "10.32.0.3/12")),
-            Change::EndpointPut(ep("b", "10.32.0.4/12")),
-            Change::EndpointDeleted(EndpointKey {
-                peer: "host1".into(),
-                container_id: "a".into(),
-                network: DEFAULT_NETWORK.into(),
-            }),
-            Change::PeerDeleted("nobody".into()),
+            ep("host1", "a", "10.32.0.3/12"),
+            ep("host1", "b", "10.32.0.4/12"),
+            RowChange::EndpointDeleted(EndpointId::new("host1", DEFAULT_NETWORK, "a")),
+            RowChange::PeerDeleted("nobody".into()),
         ];
         let mut undo = Vec::new();
-        for change in &changes {
-            undo.push(tables.undo(change));
+        for change in changes {
+            undo.push(tables.undo(&change));
             tables.apply(change);
         }
         assert_ne!(tables.endpoints, before.endpoints);
-        for change in undo.iter().rev() {
+        for change in undo.into_iter().rev() {
             tables.apply(change);
         }
         tables.revision = before.revision;
         assert_eq!(tables, before);
+    }
+
+    #[test]
+    fn a_snapshot_keeps_the_rows_that_read() {
+        let endpoint = |mac: &str| Endpoint {
+            peer: "host1".into(),
+            network: DEFAULT_NETWORK.into(),
+            container_id: mac.into(),
+            mac: mac.into(),
+            cidrs: vec!["10.32.0.5/12".into()],
+            ..Endpoint::default()
+        };
+        let snapshot = Snapshot {
+            endpoints: vec![endpoint("02:00:0a:20:00:05"), endpoint("zz")],
+            networks: vec![Network {
+                name: "blue".into(),
+                subnet: "10.9.0.300/24".into(),
+                vni: 2,
+            }],
+            ..Snapshot::default()
+        };
+        let (tables, refused) = Tables::from_snapshot(7, "s".into(), &snapshot);
+        assert_eq!((tables.revision, tables.endpoints.len()), (7, 1));
+        assert!(tables.networks.is_empty());
+        let rows: Vec<&str> = refused.iter().map(|b| b.row.as_str()).collect();
+        assert_eq!(
+            rows,
+            ["network blue", "endpoint of zz in network default on host1"]
+        );
     }
 }

@@ -258,16 +258,15 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let ep = weft_proto::v1::Endpoint {
-                network: "default".into(),
-                container_id: format!("c{i}"),
+            let ep = weft_proto::rows::EndpointRow {
+                id: weft_proto::tables::EndpointId::new("host1", "default", &format!("c{i}")),
+                mac: weft_proto::names::Mac::ZERO,
+                cidrs: vec![format!("{ip}/12").parse().unwrap()],
+                host_ifname: String::new(),
+                container_ifname: String::new(),
                 dns_name: name.into(),
-                cidrs: vec![format!("{ip}/12")],
-                peer: "host1".into(),
-                ..Default::default()
             };
-            t.endpoints
-                .insert(weft_proto::tables::EndpointId::of(&ep), ep);
+            t.endpoints.insert(ep.id.clone(), ep);
         }
         Records::from_tables(&t, "weave.local")
     }

@@ -35,14 +35,14 @@ impl Records {
             let Some(name) = name_in_domain(&ep.dns_name, domain) else {
                 continue;
             };
-            for net in rows::cidrs(&ep.cidrs).into_iter().flatten() {
+            for net in ep.cidrs.iter().copied().filter_map(rows::ipv4) {
                 records.add(&name, net.ip());
             }
         }
         for record in tables.dns_records.values() {
-            if let (Some(name), Ok(ip)) = (
+            if let (Some(name), Some(ip)) = (
                 name_in_domain(&record.name, domain),
-                rows::record_ip(record),
+                rows::ipv4_addr(record.ip),
             ) {
                 records.add(&name, ip);
             }
@@ -85,22 +85,24 @@ pub fn reverse_address(name: &str) -> Option<Ipv4Addr> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use weft_proto::names::Mac;
+    use weft_proto::rows::{EndpointRow, RecordRow};
     use weft_proto::tables::EndpointId;
-    use weft_proto::v1::Endpoint;
+
+    use super::*;
 
     fn tables(eps: &[(&str, &str, &[&str])]) -> Tables {
         let mut t = Tables::default();
         for (i, (container, name, cidrs)) in eps.iter().enumerate() {
-            let ep = Endpoint {
-                network: format!("n{i}"),
-                container_id: container.to_string(),
+            let ep = EndpointRow {
+                id: EndpointId::new("host1", &format!("n{i}"), container),
+                mac: Mac::ZERO,
+                cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+                host_ifname: String::new(),
+                container_ifname: String::new(),
                 dns_name: name.to_string(),
-                cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
-                peer: "host1".into(),
-                ..Endpoint::default()
             };
-            t.endpoints.insert(EndpointId::of(&ep), ep);
+            t.endpoints.insert(ep.id.clone(), ep);
         }
         t
     }
@@ -128,13 +130,13 @@ mod tests {
             ("c4", "db.example.com", &["10.32.0.5/12"]),
         ]);
         let mut t = t;
-        let extra = weft_proto::v1::DnsRecord {
+        let extra = RecordRow {
             name: "web".into(),
-            ip: "10.32.0.9".into(),
-            ..Default::default()
+            ip: "10.32.0.9".parse().unwrap(),
+            peer: String::new(),
+            container: String::new(),
         };
-        t.dns_records
-            .insert(weft_proto::tables::dns_record_id(&extra), extra);
+        t.dns_records.insert(extra.id(), extra);
         let r = Records::from_tables(&t, "weave.local");
         let web: Vec<String> = r.addresses["web.weave.local"]
             .iter()

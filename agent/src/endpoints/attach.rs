@@ -6,15 +6,13 @@ use std::path::Path;
 use tracing::warn;
 use weft_proto::dns_name;
 use weft_proto::names::{EXPOSE_ID, short_container_id};
-use weft_proto::tables::EndpointId;
-use weft_proto::v1::{AttachResponse, Endpoint};
+use weft_proto::rows::{EndpointRow, cidr_strings, ips_of};
 
 use super::seam::{Claims, Host};
-use super::{EndpointError, Endpoints, check_addrs};
+use super::{Claimed, EndpointError, Endpoints, check_addrs};
 use crate::container::Container;
 use crate::desired::Exposed;
 use crate::dns::resolv_conf;
-use weft_proto::rows::ips_of;
 
 /// What a front end asks of an attach.
 #[derive(Debug, Clone, Default)]
@@ -58,15 +56,15 @@ fn resolv_root(
 }
 
 /// The VNI of an endpoint's network, as the attach that made it says.
-fn attached_vni(done: &AttachResponse, ep: &Endpoint) -> Result<u32, EndpointError> {
+fn attached_vni(done: &Claimed, ep: &EndpointRow) -> Result<u32, EndpointError> {
     done.networks
         .iter()
-        .find(|n| n.name == ep.network)
+        .find(|n| n.name == ep.id.network)
         .map(|n| n.vni)
         .ok_or_else(|| {
             EndpointError::Internal(format!(
                 "controller sent no network {} with the attach",
-                ep.network
+                ep.id.network
             ))
         })
 }
@@ -100,8 +98,11 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
 
     /// Gives back what a failed attach took, and unplugs what it plugged: a failed attach must
     /// leave nothing claimed.
-    async fn undo_attach(&self, container: &Container, done: &AttachResponse) {
-        match self.give_back(&container.id, done.added.clone()).await {
+    async fn undo_attach(&self, container: &Container, done: &Claimed) {
+        match self
+            .give_back(&container.id, cidr_strings(&done.added))
+            .await
+        {
             Ok(undone) => {
                 if let Err(e) = self.unplug_detached(container, &undone).await {
                     warn!(container = %container.id, "undoing a failed attach: {e:#}");
@@ -119,12 +120,12 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
     async fn plug_attached(
         &self,
         container: &Container,
-        done: &mut AttachResponse,
+        done: &mut Claimed,
     ) -> Result<(), EndpointError> {
         let mut unreported = Vec::new();
         for ep in &mut done.endpoints {
             if !self.host.link_exists(&ep.host_ifname).await? {
-                let (asked, left): (Vec<String>, Vec<String>) =
+                let (asked, left): (Vec<_>, Vec<_>) =
                     ep.cidrs.drain(..).partition(|c| done.cidrs.contains(c));
                 ep.cidrs = asked;
                 unreported.extend(left);
@@ -133,7 +134,8 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         if !unreported.is_empty() {
             warn!(container = %container.id, addresses = ?unreported,
                 "releasing what an unanswered attach left");
-            self.give_back(&container.id, unreported).await?;
+            self.give_back(&container.id, cidr_strings(&unreported))
+                .await?;
         }
         for ep in &done.endpoints {
             let vni = attached_vni(done, ep)?;
@@ -147,13 +149,12 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
     async fn confirm_attached(
         &self,
         container: &Container,
-        done: &AttachResponse,
+        done: &Claimed,
     ) -> Result<(), EndpointError> {
         for ep in &done.endpoints {
-            let mac = ep.mac.parse().map_err(EndpointError::Internal)?;
             let held = self
                 .host
-                .holds(container, &ep.container_ifname, mac, &ep.host_ifname)
+                .holds(container, &ep.container_ifname, ep.mac, &ep.host_ifname)
                 .await?;
             if !held {
                 return Err(EndpointError::Lost(format!(
@@ -165,15 +166,13 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
             }
             let recorded = self.tables.read(|t| {
                 t.revision < done.revision
-                    || t.endpoints
-                        .get(&EndpointId::of(ep))
-                        .is_some_and(|now| now.mac == ep.mac)
+                    || t.endpoints.get(&ep.id).is_some_and(|now| now.mac == ep.mac)
             });
             if recorded == Some(false) {
                 return Err(EndpointError::Lost(format!(
                     "the controller no longer holds the endpoint of {} in network {}",
                     short_container_id(&container.id),
-                    ep.network
+                    ep.id.network
                 )));
             }
         }
@@ -207,22 +206,16 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         // A reconcile from tables without the exposed address would take it off the bridge.
         self.caught_up(done.revision).await;
         for ep in &done.endpoints {
-            let exposed = Exposed::of(ep).ok_or_else(|| {
-                EndpointError::Internal(format!(
-                    "controller sent an unusable endpoint for {}",
-                    ep.network
-                ))
-            });
-            let result = match (attached_vni(&done, ep), exposed) {
-                (Ok(vni), Ok(exposed)) => self
+            let result = match attached_vni(&done, ep) {
+                Ok(vni) => self
                     .host
-                    .expose(vni, Some(&exposed))
+                    .expose(vni, Some(&Exposed::of(ep)))
                     .await
                     .map_err(EndpointError::Kernel),
-                (Err(e), _) | (_, Err(e)) => Err(e),
+                Err(e) => Err(e),
             };
             if let Err(e) = result {
-                if let Err(undo) = self.give_back(EXPOSE_ID, done.added.clone()).await {
+                if let Err(undo) = self.give_back(EXPOSE_ID, cidr_strings(&done.added)).await {
                     warn!("releasing the addresses of a failed expose failed: {undo}");
                 }
                 self.tables.request_reconcile();

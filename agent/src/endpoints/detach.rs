@@ -6,13 +6,13 @@ use std::collections::BTreeSet;
 use tonic::Code;
 use tracing::{info, warn};
 use weft_proto::names::EXPOSE_ID;
-use weft_proto::v1::{DetachRequest, DetachResponse, Endpoint};
+use weft_proto::rows::{EndpointRow, ips_of};
+use weft_proto::v1::DetachRequest;
 
 use super::seam::{Claims, Host};
-use super::{EndpointError, Endpoints, check_addrs};
+use super::{EndpointError, Endpoints, Released, check_addrs};
 use crate::container::Container;
 use crate::desired::Exposed;
-use weft_proto::rows::ips_of;
 
 impl<H: Host, C: Claims> Endpoints<H, C> {
     /// Detaches `addrs` of a container (none: all it has), running or gone; returns the
@@ -55,7 +55,7 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
     pub(super) async fn unplug_detached(
         &self,
         container: &Container,
-        done: &DetachResponse,
+        done: &Released,
     ) -> anyhow::Result<()> {
         for ep in &done.removed {
             self.host.unplug_from(container, &ep.host_ifname).await?;
@@ -81,12 +81,12 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         let _lock = self.locks.lock(EXPOSE_ID).await;
         let done = self.give_back(EXPOSE_ID, addrs).await?;
         let left = done.removed.iter().map(|ep| (ep, None));
-        let kept = done.updated.iter().map(|ep| (ep, Exposed::of(ep)));
+        let kept = done.updated.iter().map(|ep| (ep, Some(Exposed::of(ep))));
         for (ep, exposed) in left.chain(kept) {
             // A network the tables do not know yet has no bridge here to take addresses from.
             let vni = self
                 .tables
-                .read(|t| t.networks.get(&ep.network).map(|n| n.vni))
+                .read(|t| t.networks.get(&ep.id.network).map(|n| n.vni))
                 .flatten();
             if let Some(vni) = vni {
                 self.host.expose(vni, exposed.as_ref()).await?;
@@ -103,7 +103,7 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
             .tables
             .read(|t| {
                 t.endpoints_on(me)
-                    .map(|ep| ep.container_id.clone())
+                    .map(|ep| ep.id.container.clone())
                     .collect()
             })
             .unwrap_or_default();
@@ -120,18 +120,18 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
 
     /// Gives back the addresses of an endpoint this agent saw, and only of that one: a newer
     /// endpoint of the same container in the same network (another MAC) keeps its own.
-    async fn release(&self, ep: &Endpoint) {
+    async fn release(&self, ep: &EndpointRow) {
         let request = DetachRequest {
             peer: self.tables.me().to_string(),
-            container_id: ep.container_id.clone(),
-            addrs: vec![format!("net:{}", ep.network)],
-            only_mac: ep.mac.clone(),
+            container_id: ep.id.container.clone(),
+            addrs: vec![format!("net:{}", ep.id.network)],
+            only_mac: ep.mac.to_string(),
         };
         match self.claims.detach(request).await {
             // Until the tables show the release, they would show the endpoint again.
             Ok(done) => self.tables.made(done.revision),
             Err(status) => {
-                warn!(container = %ep.container_id, "release failed: {}", status.message())
+                warn!(container = %ep.id.container, "release failed: {}", status.message())
             }
         }
     }
@@ -139,19 +139,19 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
     /// Unplugs and releases endpoints of containers that are not running, but none with an
     /// attach or detach under way (a container that is started again and attached keeps its
     /// new endpoint).
-    pub async fn release_stopped(&self, endpoints: &[Endpoint]) {
+    pub async fn release_stopped(&self, endpoints: &[EndpointRow]) {
         for seen in endpoints {
-            let Some(_lock) = self.locks.try_lock(&seen.container_id) else {
+            let Some(_lock) = self.locks.try_lock(&seen.id.container) else {
                 continue;
             };
             // As the tables hold it now: an attach or detach may have finished meanwhile.
             let Some(ep) = self.tables.current(seen) else {
                 continue;
             };
-            info!(container = %ep.container_id, network = %ep.network,
+            info!(container = %ep.id.container, network = %ep.id.network,
                 "container is not running; releasing its addresses");
             if let Err(e) = self.host.unplug(&ep.host_ifname).await {
-                warn!(container = %ep.container_id, veth = %ep.host_ifname, "unplug failed: {e:#}");
+                warn!(container = %ep.id.container, veth = %ep.host_ifname, "unplug failed: {e:#}");
             }
             self.release(&ep).await;
         }
@@ -167,11 +167,11 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
     /// released too.
     pub async fn release_unplugged(
         &self,
-        local: &[Endpoint],
+        local: &[EndpointRow],
         first_pass: bool,
     ) -> anyhow::Result<()> {
         for seen in local {
-            let Some(_lock) = self.locks.try_lock(&seen.container_id) else {
+            let Some(_lock) = self.locks.try_lock(&seen.id.container) else {
                 continue;
             };
             // An attach or detach may have finished since `local` was read.
@@ -182,11 +182,11 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
                 if !first_pass || self.container_side_plugged(&ep).await {
                     continue;
                 }
-                warn!(container = %ep.container_id, veth = %ep.host_ifname,
+                warn!(container = %ep.id.container, veth = %ep.host_ifname,
                     "the container has no interface for its endpoint; unplugging");
                 self.host.unplug(&ep.host_ifname).await?;
             }
-            warn!(container = %ep.container_id, network = %ep.network, veth = %ep.host_ifname,
+            warn!(container = %ep.id.container, network = %ep.id.network, veth = %ep.host_ifname,
                 "endpoint has no veth on this host; releasing its addresses");
             self.release(&ep).await;
         }
@@ -195,8 +195,8 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
 
     /// Whether the endpoint's interface is in its container (a container that is gone counts
     /// as plugged: its veth goes with it, and the release follows from that).
-    async fn container_side_plugged(&self, ep: &Endpoint) -> bool {
-        let Ok(container) = self.host.identify(&ep.container_id).await else {
+    async fn container_side_plugged(&self, ep: &EndpointRow) -> bool {
+        let Ok(container) = self.host.identify(&ep.id.container).await else {
             return true;
         };
         if !container.netns.exists() {
@@ -209,7 +209,7 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         {
             Ok(has) => has,
             Err(e) => {
-                warn!(container = %ep.container_id, "cannot look into the container: {e:#}");
+                warn!(container = %ep.id.container, "cannot look into the container: {e:#}");
                 true
             }
         }

@@ -19,8 +19,10 @@ mod tests;
 
 use std::sync::Arc;
 
+use ipnetwork::IpNetwork;
 use weft_proto::addr::AddrSpec;
-use weft_proto::v1::{AttachRequest, AttachResponse, DetachRequest, DetachResponse};
+use weft_proto::rows::{BadRow, EndpointRow, NetworkRow, parse_ip_cidr};
+use weft_proto::v1::{AttachRequest, AttachResponse, DetachRequest, DetachResponse, Endpoint};
 
 pub use error::EndpointError;
 use locks::ContainerLocks;
@@ -36,6 +38,66 @@ pub struct Endpoints<H = KernelHost, C = ControllerLink> {
     tables: Arc<TablesCopy>,
     dns: Arc<Listeners>,
     locks: ContainerLocks,
+}
+
+/// An attach as the controller answered it, its rows typed.
+struct Claimed {
+    endpoints: Vec<EndpointRow>,
+    networks: Vec<NetworkRow>,
+    /// Every address asked for, with its prefix.
+    cidrs: Vec<IpNetwork>,
+    /// Those of them that are new.
+    added: Vec<IpNetwork>,
+    revision: u64,
+}
+
+/// A detach as the controller answered it, its rows typed.
+struct Released {
+    updated: Vec<EndpointRow>,
+    removed: Vec<EndpointRow>,
+    released: Vec<IpNetwork>,
+}
+
+/// The addresses of a controller's answer.
+fn answer_cidrs(what: &str, cidrs: &[String]) -> Result<Vec<IpNetwork>, BadRow> {
+    let bad = |why| BadRow {
+        row: format!("the {what} addresses of the controller's answer"),
+        why,
+    };
+    cidrs
+        .iter()
+        .map(|c| parse_ip_cidr(c).map_err(bad))
+        .collect()
+}
+
+fn endpoint_rows(endpoints: &[Endpoint]) -> Result<Vec<EndpointRow>, BadRow> {
+    endpoints.iter().map(EndpointRow::read).collect()
+}
+
+impl Claimed {
+    fn read(done: &AttachResponse) -> Result<Claimed, BadRow> {
+        Ok(Claimed {
+            endpoints: endpoint_rows(&done.endpoints)?,
+            networks: done
+                .networks
+                .iter()
+                .map(NetworkRow::read)
+                .collect::<Result<_, _>>()?,
+            cidrs: answer_cidrs("attached", &done.cidrs)?,
+            added: answer_cidrs("added", &done.added)?,
+            revision: done.revision,
+        })
+    }
+}
+
+impl Released {
+    fn read(done: &DetachResponse) -> Result<Released, BadRow> {
+        Ok(Released {
+            updated: endpoint_rows(&done.updated)?,
+            removed: endpoint_rows(&done.removed)?,
+            released: answer_cidrs("released", &done.released)?,
+        })
+    }
 }
 
 /// Checks ADDR arguments before anything is asked, so that a typo never reaches the controller.
@@ -80,7 +142,7 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         container_id: &str,
         addrs: Vec<String>,
         dns_name: &str,
-    ) -> Result<AttachResponse, EndpointError> {
+    ) -> Result<Claimed, EndpointError> {
         let request = AttachRequest {
             peer: self.tables.me().to_string(),
             container_id: container_id.to_string(),
@@ -89,7 +151,7 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         };
         let done = self.claims.attach(request).await?;
         self.tables.made(done.revision);
-        Ok(done)
+        Claimed::read(&done).map_err(|bad| EndpointError::Internal(bad.to_string()))
     }
 
     /// Has the controller release `addrs` of a container of this host (none: all it has), and
@@ -98,7 +160,7 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         &self,
         container_id: &str,
         addrs: Vec<String>,
-    ) -> Result<DetachResponse, EndpointError> {
+    ) -> Result<Released, EndpointError> {
         let request = DetachRequest {
             peer: self.tables.me().to_string(),
             container_id: container_id.to_string(),
@@ -107,6 +169,6 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         };
         let done = self.claims.detach(request).await?;
         self.caught_up(done.revision).await;
-        Ok(done)
+        Released::read(&done).map_err(|bad| EndpointError::Internal(bad.to_string()))
     }
 }

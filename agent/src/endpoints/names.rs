@@ -3,12 +3,12 @@
 
 use weft_proto::dns_name;
 use weft_proto::names::short_container_id;
-use weft_proto::v1::{DnsRecord, Endpoint, UpdateDnsRequest};
+use weft_proto::rows::{EndpointRow, ips_of};
+use weft_proto::v1::{DnsRecord, UpdateDnsRequest};
 
 use super::seam::{Claims, Host};
 use super::{EndpointError, Endpoints};
 use crate::dns::records::name_in_domain;
-use weft_proto::rows::ips_of;
 
 /// What a front end asks of a DNS update.
 #[derive(Debug, Clone, Default)]
@@ -35,7 +35,7 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
             Some(c) => self
                 .tables
                 .read(|t| {
-                    let eps: Vec<&Endpoint> = t.endpoints_of(me, &c.id).collect();
+                    let eps: Vec<&EndpointRow> = t.endpoints_of(me, &c.id).collect();
                     let ips = eps.iter().flat_map(|ep| ips_of(&ep.cidrs)).collect();
                     let name = eps
                         .first()

@@ -5,10 +5,12 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use ipnetwork::IpNetwork;
 use tonic::Status;
 use weft_proto::names::Mac;
+use weft_proto::rows::EndpointRow;
 use weft_proto::v1::{
-    AttachRequest, AttachResponse, DetachRequest, DetachResponse, Endpoint, UpdateDnsRequest,
+    AttachRequest, AttachResponse, DetachRequest, DetachResponse, UpdateDnsRequest,
     UpdateDnsResponse,
 };
 
@@ -36,7 +38,7 @@ pub trait Host: Send + Sync {
     fn plug(
         &self,
         container: &Container,
-        ep: &Endpoint,
+        ep: &EndpointRow,
         vni: u32,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
     fn holds(
@@ -70,8 +72,8 @@ pub trait Host: Send + Sync {
     fn remove_addresses(
         &self,
         container: &Container,
-        ep: &Endpoint,
-        cidrs: &[String],
+        ep: &EndpointRow,
+        cidrs: &[IpNetwork],
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
     fn expose(
         &self,
@@ -113,7 +115,7 @@ impl Host for KernelHost {
         self.datapath.link_exists(name).await
     }
 
-    async fn plug(&self, container: &Container, ep: &Endpoint, vni: u32) -> anyhow::Result<()> {
+    async fn plug(&self, container: &Container, ep: &EndpointRow, vni: u32) -> anyhow::Result<()> {
         self.datapath.plug(container, ep, vni).await
     }
 
@@ -156,8 +158,8 @@ impl Host for KernelHost {
     async fn remove_addresses(
         &self,
         container: &Container,
-        ep: &Endpoint,
-        cidrs: &[String],
+        ep: &EndpointRow,
+        cidrs: &[IpNetwork],
     ) -> anyhow::Result<()> {
         self.datapath.remove_addresses(container, ep, cidrs).await
     }

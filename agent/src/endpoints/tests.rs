@@ -4,8 +4,10 @@ use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use ipnetwork::IpNetwork;
 use tonic::{Code, Status};
 use weft_proto::names::Mac;
+use weft_proto::rows::{self, EndpointRow};
 use weft_proto::v1::{
     AttachRequest, AttachResponse, DetachRequest, DetachResponse, Endpoint, Network,
     UpdateDnsRequest, UpdateDnsResponse,
@@ -72,8 +74,9 @@ impl Host for FakeHost {
         Ok(self.veths.lock().unwrap().contains(name))
     }
 
-    async fn plug(&self, _: &Container, ep: &Endpoint, _vni: u32) -> anyhow::Result<()> {
-        self.step(format!("plug {} {}", ep.host_ifname, ep.cidrs.join(",")));
+    async fn plug(&self, _: &Container, ep: &EndpointRow, _vni: u32) -> anyhow::Result<()> {
+        let cidrs = rows::cidr_strings(&ep.cidrs).join(",");
+        self.step(format!("plug {} {cidrs}", ep.host_ifname));
         if let Some(why) = self.plug_fails {
             anyhow::bail!("{why}");
         }
@@ -112,8 +115,8 @@ impl Host for FakeHost {
     async fn remove_addresses(
         &self,
         _: &Container,
-        _: &Endpoint,
-        _: &[String],
+        _: &EndpointRow,
+        _: &[IpNetwork],
     ) -> anyhow::Result<()> {
         Ok(())
     }

@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, anyhow};
 use futures::TryStreamExt;
+use ipnetwork::IpNetwork;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use nix::errno::Errno;
 use rtnetlink::Handle;
@@ -14,12 +15,12 @@ use super::{Link, reason, tolerate};
 pub async fn add_addresses(
     handle: &Handle,
     link: &Link,
-    cidrs: &[ipnetwork::Ipv4Network],
+    cidrs: &[IpNetwork],
 ) -> anyhow::Result<()> {
     for cidr in cidrs {
         let added = handle
             .address()
-            .add(link.index, IpAddr::V4(cidr.ip()), cidr.prefix())
+            .add(link.index, cidr.ip(), cidr.prefix())
             .execute()
             .await;
         tolerate(added, Errno::EEXIST)
@@ -52,13 +53,13 @@ pub async fn ipv4_addresses(
 pub async fn del_addresses(
     handle: &Handle,
     link: &Link,
-    cidrs: &[ipnetwork::Ipv4Network],
+    cidrs: &[IpNetwork],
 ) -> anyhow::Result<()> {
     let held = address_messages(handle, link).await?;
     for msg in held {
         let prefix = msg.header.prefix_len;
         let listed = msg.attributes.iter().any(|attr| {
-            matches!(attr, AddressAttribute::Address(IpAddr::V4(ip))
+            matches!(attr, AddressAttribute::Address(ip)
                 if cidrs.iter().any(|c| c.ip() == *ip && c.prefix() == prefix))
         });
         if listed {

@@ -243,7 +243,7 @@ pub async fn configure_container_if(
     handle: &Handle,
     link: &Link,
     name: &str,
-    cidrs: &[ipnetwork::Ipv4Network],
+    cidrs: &[ipnetwork::IpNetwork],
 ) -> anyhow::Result<()> {
     add_addresses(handle, link, cidrs)
         .await

@@ -4,8 +4,9 @@
 use std::net::Ipv4Addr;
 
 use weft_proto::dns_name;
-use weft_proto::tables::{Tables, dns_record_id};
-use weft_proto::v1::{DnsRecord, delta::Change};
+use weft_proto::rows::{RecordRow, RowChange};
+use weft_proto::tables::Tables;
+use weft_proto::v1::DnsRecord;
 
 use super::{TableError, View};
 
@@ -14,7 +15,7 @@ pub(super) fn update_dns(
     peer: &str,
     remove: bool,
     records: &[DnsRecord],
-) -> Result<Vec<Change>, TableError> {
+) -> Result<Vec<RowChange>, TableError> {
     if !view.tables.peers.contains_key(peer) {
         return Err(TableError::UnknownPeer(peer.to_string()));
     }
@@ -24,21 +25,21 @@ pub(super) fn update_dns(
         let ip: Ipv4Addr = record.ip.parse().map_err(|_| {
             TableError::Invalid(format!("\"{}\" is not an IPv4 address", record.ip))
         })?;
-        let record = DnsRecord {
+        let record = RecordRow {
             name,
-            ip: ip.to_string(),
+            ip: ip.into(),
             peer: peer.to_string(),
-            container_id: record.container_id.clone(),
+            container: record.container_id.clone(),
         };
-        let existing = view.tables.dns_records.get(&dns_record_id(&record));
+        let existing = view.tables.dns_records.get(&record.id());
         match (remove, existing) {
             (false, Some(r)) if *r == record => {}
-            (false, _) => changes.push(Change::DnsRecordPut(record)),
-            (true, Some(r)) => changes.push(Change::DnsRecordDeleted(r.clone())),
+            (false, _) => changes.push(RowChange::RecordPut(record)),
+            (true, Some(r)) => changes.push(RowChange::RecordDeleted(r.clone())),
             (true, None) => {
                 return Err(TableError::NoDnsRecord {
                     name: record.name,
-                    ip: record.ip,
+                    ip: record.ip.to_string(),
                 });
             }
         }
@@ -49,12 +50,12 @@ pub(super) fn update_dns(
 /// The changes that delete the DNS records `which` selects.
 pub(super) fn delete_dns_records(
     tables: &Tables,
-    which: impl Fn(&DnsRecord) -> bool,
-) -> Vec<Change> {
+    which: impl Fn(&RecordRow) -> bool,
+) -> Vec<RowChange> {
     tables
         .dns_records
         .values()
         .filter(|r| which(r))
-        .map(|r| Change::DnsRecordDeleted(r.clone()))
+        .map(|r| RowChange::RecordDeleted(r.clone()))
         .collect()
 }

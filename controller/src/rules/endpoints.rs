@@ -2,17 +2,17 @@
 //! MAC and interface names of its new endpoints.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use weft_proto::addr::{AddrSpec, NetRef};
 use weft_proto::names::{Mac, container_ifname, host_ifname, mac_for_address};
+use weft_proto::rows::{self, EndpointRow, RowChange};
 use weft_proto::tables::EndpointId;
-use weft_proto::v1::{Endpoint, delta::Change};
 
 use super::dns::delete_dns_records;
 use super::planner::Planner;
-use super::{Attached, Detached, MAC_TRIES, TableError, View, cidr_of};
+use super::{Attached, Detached, MAC_TRIES, TableError, View};
 use crate::index::Index;
 
 pub(super) fn attach(
@@ -22,7 +22,7 @@ pub(super) fn attach(
     addrs: &[AddrSpec],
     dns_name: &str,
     new_mac: &mut dyn FnMut() -> Mac,
-) -> Result<(Attached, Vec<Change>), TableError> {
+) -> Result<(Attached, Vec<RowChange>), TableError> {
     if !view.tables.peers.contains_key(peer) {
         return Err(TableError::UnknownPeer(peer.to_string()));
     }
@@ -63,8 +63,7 @@ pub(super) fn attach(
                     .endpoints
                     .get(&EndpointId::new(peer, &network, container_id))
                     .into_iter()
-                    .flat_map(|ep| &ep.cidrs)
-                    .filter_map(|c| c.parse::<Ipv4Network>().ok())
+                    .flat_map(|ep| ep.cidrs.iter().copied().filter_map(rows::ipv4))
                     .find(|c| !taken.contains(c));
                 let cidr = match held {
                     Some(cidr) => cidr,
@@ -95,48 +94,39 @@ pub(super) fn attach(
             Some(existing) => {
                 let mut ep = existing.clone();
                 ep.dns_name = dns_name.to_string();
-                for cidr in new_cidrs.iter().map(|c| c.to_string()) {
-                    if !ep.cidrs.contains(&cidr) {
-                        ep.cidrs.push(cidr);
-                    }
-                }
+                add_new(&mut ep.cidrs, &new_cidrs);
                 ep
             }
             None => {
-                let (mac, ifname, cname) = names.pick(new_cidrs[0].ip(), new_mac)?;
-                let mut dedup: Vec<String> = Vec::new();
-                for cidr in new_cidrs.iter().map(|c| c.to_string()) {
-                    if !dedup.contains(&cidr) {
-                        dedup.push(cidr);
-                    }
-                }
-                Endpoint {
-                    network,
-                    container_id: container_id.to_string(),
-                    mac: mac.to_string(),
-                    cidrs: dedup,
-                    peer: peer.to_string(),
-                    host_ifname: ifname,
-                    container_ifname: cname,
+                let (mac, host_ifname, container_ifname) =
+                    names.pick(new_cidrs[0].ip(), new_mac)?;
+                let mut cidrs = Vec::new();
+                add_new(&mut cidrs, &new_cidrs);
+                EndpointRow {
+                    id: id.clone(),
+                    mac,
+                    cidrs,
+                    host_ifname,
+                    container_ifname,
                     dns_name: dns_name.to_string(),
                 }
             }
         };
-        if view.tables.endpoints.get(&EndpointId::of(&ep)) != Some(&ep) {
-            plan.changes.push(Change::EndpointPut(ep.clone()));
+        if view.tables.endpoints.get(&id) != Some(&ep) {
+            plan.changes.push(RowChange::EndpointPut(ep.clone()));
         }
         endpoints.push(ep);
     }
     for other in held.iter().filter(|ep| ep.dns_name != dns_name) {
-        if !endpoints.iter().any(|ep| ep.network == other.network) {
+        if !endpoints.iter().any(|ep| ep.id.network == other.id.network) {
             let mut renamed = (*other).clone();
             renamed.dns_name = dns_name.to_string();
-            plan.changes.push(Change::EndpointPut(renamed));
+            plan.changes.push(RowChange::EndpointPut(renamed));
         }
     }
     let networks = endpoints
         .iter()
-        .map(|ep| plan.networks[&ep.network].clone())
+        .map(|ep| plan.networks[&ep.id.network].clone())
         .collect();
     Ok((
         Attached {
@@ -155,13 +145,13 @@ pub(super) fn detach(
     container_id: &str,
     addrs: &[AddrSpec],
     only_mac: &str,
-) -> Result<(Detached, Vec<Change>), TableError> {
+) -> Result<(Detached, Vec<RowChange>), TableError> {
     check_only_mac(view, peer, container_id, only_mac)?;
-    let mut current: BTreeMap<String, Endpoint> = view
+    let mut current: BTreeMap<String, EndpointRow> = view
         .index
         .endpoints_of(view.tables, peer, container_id)
         .into_iter()
-        .map(|ep| (ep.network.clone(), ep.clone()))
+        .map(|ep| (ep.id.network.clone(), ep.clone()))
         .collect();
     if current.is_empty() {
         return Err(TableError::NotAttached {
@@ -188,7 +178,7 @@ pub(super) fn detach(
                     let at = ep
                         .cidrs
                         .iter()
-                        .position(|c| cidr_of(c).map(|c| c.ip()) == Ok(cidr.ip()))?;
+                        .position(|c| c.ip() == IpAddr::V4(cidr.ip()))?;
                     Some(ep.cidrs.remove(at))
                 });
                 released.push(held.ok_or_else(|| not_held(format!("address {}", cidr.ip())))?);
@@ -209,12 +199,12 @@ pub(super) fn detach(
     };
     let mut changes = Vec::new();
     for ep in current.into_values() {
-        let before = &view.tables.endpoints[&EndpointId::of(&ep)];
+        let before = &view.tables.endpoints[&ep.id];
         if ep.cidrs.is_empty() {
-            changes.push(Change::EndpointDeleted(EndpointId::of(&ep).key()));
+            changes.push(RowChange::EndpointDeleted(ep.id.clone()));
             done.removed.push(ep);
         } else if *before != ep {
-            changes.push(Change::EndpointPut(ep.clone()));
+            changes.push(RowChange::EndpointPut(ep.clone()));
             done.updated.push(ep);
         }
     }
@@ -226,10 +216,19 @@ pub(super) fn detach(
     {
         // The container is gone from the peer, and the names added for it with it.
         changes.extend(delete_dns_records(view.tables, |r| {
-            r.peer == peer && r.container_id == container_id
+            r.peer == peer && r.container == container_id
         }));
     }
     Ok((done, changes))
+}
+
+/// Adds the addresses of `new` that `cidrs` does not have yet, in order.
+fn add_new(cidrs: &mut Vec<IpNetwork>, new: &[Ipv4Network]) {
+    for cidr in new.iter().map(|&c| IpNetwork::V4(c)) {
+        if !cidrs.contains(&cidr) {
+            cidrs.push(cidr);
+        }
+    }
 }
 
 /// A detach by `only_mac` goes ahead only while the container has the endpoint of that MAC. A MAC
@@ -241,31 +240,28 @@ fn check_only_mac(
     container_id: &str,
     only_mac: &str,
 ) -> Result<(), TableError> {
-    if only_mac.is_empty()
-        || view
-            .index
-            .endpoints_of(view.tables, peer, container_id)
-            .iter()
-            .any(|ep| ep.mac == only_mac)
-    {
+    if only_mac.is_empty() {
+        return Ok(());
+    }
+    // A MAC that does not read is no endpoint's: "not attached", as for any other.
+    let mac = only_mac.parse::<Mac>().ok();
+    let held = view.index.endpoints_of(view.tables, peer, container_id);
+    if held.iter().any(|ep| Some(ep.mac) == mac) {
         return Ok(());
     }
     // Only a MAC of some endpoint costs a look through them all.
-    let owner = view
-        .index
-        .macs
-        .contains(only_mac)
-        .then(|| {
+    let owner = mac
+        .filter(|mac| view.index.macs.contains(mac))
+        .and_then(|mac| {
             view.tables
                 .endpoints
                 .values()
-                .find(|ep| ep.mac == only_mac && ep.peer != peer)
-        })
-        .flatten();
+                .find(|ep| ep.mac == mac && ep.id.peer != peer)
+        });
     Err(match owner {
         Some(ep) => TableError::OthersMac {
             mac: only_mac.to_string(),
-            owner: ep.peer.clone(),
+            owner: ep.id.peer.clone(),
             peer: peer.to_string(),
         },
         None => TableError::NotAttached {
@@ -283,12 +279,12 @@ struct Names<'a> {
     peer_ifnames: Option<&'a HashSet<String>>,
     /// Container-side interface names the container has or this attach gave it.
     container_ifnames: BTreeSet<String>,
-    new_macs: BTreeSet<String>,
+    new_macs: BTreeSet<Mac>,
     new_ifnames: BTreeSet<String>,
 }
 
 impl<'a> Names<'a> {
-    fn new(view: &View<'a>, peer: &str, held: &[&Endpoint]) -> Self {
+    fn new(view: &View<'a>, peer: &str, held: &[&EndpointRow]) -> Self {
         Names {
             index: view.index,
             peer_ifnames: view.index.host_ifnames.get(peer),
@@ -312,16 +308,15 @@ impl<'a> Names<'a> {
             .chain((0..MAC_TRIES).map(|_| new_mac()))
             .map(|mac| (mac, host_ifname(mac)))
             .find(|(mac, ifname)| {
-                let mac = mac.to_string();
-                !self.index.macs.contains(&mac)
-                    && !self.new_macs.contains(&mac)
+                !self.index.macs.contains(mac)
+                    && !self.new_macs.contains(mac)
                     && !self
                         .peer_ifnames
                         .is_some_and(|names| names.contains(ifname))
                     && !self.new_ifnames.contains(ifname)
             })
             .ok_or(TableError::NoFreeMac)?;
-        self.new_macs.insert(mac.to_string());
+        self.new_macs.insert(mac);
         self.new_ifnames.insert(ifname.clone());
         let cname = (0..)
             .map(container_ifname)

@@ -3,12 +3,13 @@
 //! failed write changes nothing. One file per thing ruled on: [`endpoints`] (attach, detach),
 //! [`networks`], [`peers`], [`dns`]; [`planner`] holds what one request has taken so far.
 
-use ipnetwork::Ipv4Network;
-use weft_proto::addr::{AddrSpec, parse_cidr};
+use ipnetwork::{IpNetwork, Ipv4Network};
+use weft_proto::addr::AddrSpec;
 use weft_proto::names::{Mac, short_container_id};
+use weft_proto::rows::{self, EndpointRow, NetworkRow, RowChange};
 use weft_proto::subnet::{PREFIX_RANGE, canonical};
 use weft_proto::tables::Tables;
-use weft_proto::v1::{DnsRecord, Endpoint, Network, Peer, delta::Change};
+use weft_proto::v1::{DnsRecord, Peer};
 
 use crate::index::Index;
 use crate::ipam::IpamError;
@@ -74,8 +75,8 @@ pub enum TableError {
 /// networks), every address it asked for (with prefix), and which of them are new.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Attached {
-    pub endpoints: Vec<Endpoint>,
-    pub networks: Vec<Network>,
+    pub endpoints: Vec<EndpointRow>,
+    pub networks: Vec<NetworkRow>,
     pub cidrs: Vec<String>,
     pub added: Vec<String>,
 }
@@ -83,17 +84,17 @@ pub struct Attached {
 /// What a detach did.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Detached {
-    pub updated: Vec<Endpoint>,
-    pub removed: Vec<Endpoint>,
-    pub released: Vec<String>,
+    pub updated: Vec<EndpointRow>,
+    pub removed: Vec<EndpointRow>,
+    pub released: Vec<IpNetwork>,
 }
 
 /// Checks requests against the tables and plans the changes they make.
 pub trait TableRules {
     /// Makes the default network exist with `range`; refuses to move a stored one.
-    fn ensure_default_network(&self, range: Ipv4Network) -> Result<Vec<Change>, TableError>;
+    fn ensure_default_network(&self, range: Ipv4Network) -> Result<Vec<RowChange>, TableError>;
     /// Adds or updates a peer; nothing changes when it is already known as it is.
-    fn register_peer(&self, peer: Peer) -> Result<Vec<Change>, TableError>;
+    fn register_peer(&self, peer: Peer) -> Result<Vec<RowChange>, TableError>;
     /// Claims or allocates `addrs` (none: one from the default network) for a container, and
     /// names it `dns_name` (empty: keeps the name it has).
     fn attach(
@@ -103,7 +104,7 @@ pub trait TableRules {
         addrs: &[AddrSpec],
         dns_name: &str,
         new_mac: &mut dyn FnMut() -> Mac,
-    ) -> Result<(Attached, Vec<Change>), TableError>;
+    ) -> Result<(Attached, Vec<RowChange>), TableError>;
     /// Releases `addrs` (none: all) of a container; with `only_mac`, only if the container still
     /// has the endpoint of that MAC (an agent releasing what it saw without a veth).
     fn detach(
@@ -112,26 +113,26 @@ pub trait TableRules {
         container_id: &str,
         addrs: &[AddrSpec],
         only_mac: &str,
-    ) -> Result<(Detached, Vec<Change>), TableError>;
+    ) -> Result<(Detached, Vec<RowChange>), TableError>;
     fn create_network(
         &self,
         name: &str,
         subnet: &str,
-    ) -> Result<(Network, Vec<Change>), TableError>;
-    fn delete_network(&self, name: &str) -> Result<Vec<Change>, TableError>;
+    ) -> Result<(NetworkRow, Vec<RowChange>), TableError>;
+    fn delete_network(&self, name: &str) -> Result<Vec<RowChange>, TableError>;
     /// Forgets a peer that is not `connected`, releasing its endpoints.
     fn remove_peer(
         &self,
         name: &str,
         connected: bool,
-    ) -> Result<(Vec<String>, Vec<Change>), TableError>;
+    ) -> Result<(Vec<IpNetwork>, Vec<RowChange>), TableError>;
     /// Adds DNS records for `peer`, or removes them (by name and address).
     fn update_dns(
         &self,
         peer: &str,
         remove: bool,
         records: &[DnsRecord],
-    ) -> Result<Vec<Change>, TableError>;
+    ) -> Result<Vec<RowChange>, TableError>;
 }
 
 /// The tables and their index, as the rules read them.
@@ -141,11 +142,11 @@ pub struct View<'a> {
 }
 
 impl TableRules for View<'_> {
-    fn ensure_default_network(&self, range: Ipv4Network) -> Result<Vec<Change>, TableError> {
+    fn ensure_default_network(&self, range: Ipv4Network) -> Result<Vec<RowChange>, TableError> {
         networks::ensure_default_network(self, range)
     }
 
-    fn register_peer(&self, peer: Peer) -> Result<Vec<Change>, TableError> {
+    fn register_peer(&self, peer: Peer) -> Result<Vec<RowChange>, TableError> {
         peers::register_peer(self, peer)
     }
 
@@ -156,7 +157,7 @@ impl TableRules for View<'_> {
         addrs: &[AddrSpec],
         dns_name: &str,
         new_mac: &mut dyn FnMut() -> Mac,
-    ) -> Result<(Attached, Vec<Change>), TableError> {
+    ) -> Result<(Attached, Vec<RowChange>), TableError> {
         endpoints::attach(self, peer, container_id, addrs, dns_name, new_mac)
     }
 
@@ -166,7 +167,7 @@ impl TableRules for View<'_> {
         container_id: &str,
         addrs: &[AddrSpec],
         only_mac: &str,
-    ) -> Result<(Detached, Vec<Change>), TableError> {
+    ) -> Result<(Detached, Vec<RowChange>), TableError> {
         endpoints::detach(self, peer, container_id, addrs, only_mac)
     }
 
@@ -174,11 +175,11 @@ impl TableRules for View<'_> {
         &self,
         name: &str,
         subnet: &str,
-    ) -> Result<(Network, Vec<Change>), TableError> {
+    ) -> Result<(NetworkRow, Vec<RowChange>), TableError> {
         networks::create_network(self, name, subnet)
     }
 
-    fn delete_network(&self, name: &str) -> Result<Vec<Change>, TableError> {
+    fn delete_network(&self, name: &str) -> Result<Vec<RowChange>, TableError> {
         networks::delete_network(self, name)
     }
 
@@ -186,7 +187,7 @@ impl TableRules for View<'_> {
         &self,
         name: &str,
         connected: bool,
-    ) -> Result<(Vec<String>, Vec<Change>), TableError> {
+    ) -> Result<(Vec<IpNetwork>, Vec<RowChange>), TableError> {
         peers::remove_peer(self, name, connected)
     }
 
@@ -195,7 +196,7 @@ impl TableRules for View<'_> {
         peer: &str,
         remove: bool,
         records: &[DnsRecord],
-    ) -> Result<Vec<Change>, TableError> {
+    ) -> Result<Vec<RowChange>, TableError> {
         dns::update_dns(self, peer, remove, records)
     }
 }
@@ -213,15 +214,12 @@ pub(super) fn check_prefix(subnet: Ipv4Network) -> Result<(), TableError> {
     )))
 }
 
-pub(super) fn network_subnet(net: &Network) -> Result<Ipv4Network, TableError> {
-    net.subnet.parse().map_err(|_| {
+/// A network's subnet as the IPAM knows it: an IPv4 one.
+pub(super) fn network_subnet(net: &NetworkRow) -> Result<Ipv4Network, TableError> {
+    rows::ipv4(net.subnet).ok_or_else(|| {
         TableError::Invalid(format!(
-            "network {} has a corrupt subnet \"{}\"",
+            "network {} has subnet {}, which is not IPv4",
             net.name, net.subnet
         ))
     })
-}
-
-pub(super) fn cidr_of(cidr: &str) -> Result<Ipv4Network, TableError> {
-    parse_cidr(cidr, cidr).map_err(|e| TableError::Invalid(e.to_string()))
 }

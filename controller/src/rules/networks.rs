@@ -3,9 +3,9 @@
 
 use ipnetwork::Ipv4Network;
 use weft_proto::addr::parse_subnet;
+use weft_proto::rows::{EndpointRow, NetworkRow, RowChange};
 use weft_proto::subnet::canonical;
 use weft_proto::tables::{DEFAULT_NETWORK, DEFAULT_VNI};
-use weft_proto::v1::{Endpoint, Network, delta::Change};
 
 use super::planner::Planner;
 use super::{TableError, View, check_prefix};
@@ -15,18 +15,18 @@ const MAX_NETWORK_NAME: usize = 64;
 pub(super) fn ensure_default_network(
     view: &View,
     range: Ipv4Network,
-) -> Result<Vec<Change>, TableError> {
+) -> Result<Vec<RowChange>, TableError> {
     check_prefix(range)?;
     let subnet = canonical(range);
     match view.tables.networks.get(DEFAULT_NETWORK) {
-        Some(net) if net.subnet == subnet => Ok(vec![]),
+        Some(net) if net.subnet == subnet.into() => Ok(vec![]),
         Some(net) => Err(TableError::Invalid(format!(
             "the stored default network is {} but --ipalloc-range is {subnet}",
             net.subnet
         ))),
-        None => Ok(vec![Change::NetworkPut(Network {
+        None => Ok(vec![RowChange::NetworkPut(NetworkRow {
             name: DEFAULT_NETWORK.into(),
-            subnet,
+            subnet: subnet.into(),
             vni: DEFAULT_VNI,
         })]),
     }
@@ -36,14 +36,14 @@ pub(super) fn create_network(
     view: &View,
     name: &str,
     subnet: &str,
-) -> Result<(Network, Vec<Change>), TableError> {
+) -> Result<(NetworkRow, Vec<RowChange>), TableError> {
     validate_network_name(name)?;
     let parsed = parse_subnet(subnet, subnet)
         .map_err(|e| TableError::Invalid(format!("invalid subnet \"{subnet}\": {}", e.reason)))?;
     if let Some(net) = view.tables.networks.get(name) {
         return Err(TableError::NetworkExists {
             name: name.to_string(),
-            subnet: net.subnet.clone(),
+            subnet: net.subnet.to_string(),
         });
     }
     let mut plan = Planner::new(view);
@@ -57,7 +57,7 @@ pub(super) fn create_network(
     Ok((net, plan.changes))
 }
 
-pub(super) fn delete_network(view: &View, name: &str) -> Result<Vec<Change>, TableError> {
+pub(super) fn delete_network(view: &View, name: &str) -> Result<Vec<RowChange>, TableError> {
     if name == DEFAULT_NETWORK {
         return Err(TableError::Invalid(
             "the default network cannot be removed".into(),
@@ -66,20 +66,20 @@ pub(super) fn delete_network(view: &View, name: &str) -> Result<Vec<Change>, Tab
     if !view.tables.networks.contains_key(name) {
         return Err(TableError::UnknownNetwork(name.to_string()));
     }
-    let members: Vec<&Endpoint> = view
+    let members: Vec<&EndpointRow> = view
         .tables
         .endpoints
         .values()
-        .filter(|ep| ep.network == name)
+        .filter(|ep| ep.id.network == name)
         .collect();
     if let Some(first) = members.first() {
         return Err(TableError::NetworkInUse {
             name: name.to_string(),
             count: members.len(),
-            example: format!("{} on {}", first.container_id, first.peer),
+            example: format!("{} on {}", first.id.container, first.id.peer),
         });
     }
-    Ok(vec![Change::NetworkDeleted(name.to_string())])
+    Ok(vec![RowChange::NetworkDeleted(name.to_string())])
 }
 
 fn validate_network_name(name: &str) -> Result<(), TableError> {

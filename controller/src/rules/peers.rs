@@ -2,33 +2,38 @@
 
 use std::net::Ipv4Addr;
 
-use weft_proto::tables::EndpointId;
-use weft_proto::v1::{Peer, delta::Change};
+use ipnetwork::IpNetwork;
+use weft_proto::rows::{PeerRow, RowChange};
+use weft_proto::v1::Peer;
 
 use super::dns::delete_dns_records;
 use super::{TableError, View};
 
-pub(super) fn register_peer(view: &View, peer: Peer) -> Result<Vec<Change>, TableError> {
+pub(super) fn register_peer(view: &View, peer: Peer) -> Result<Vec<RowChange>, TableError> {
     if peer.name.is_empty() {
         return Err(TableError::Invalid("peer name is empty".into()));
     }
-    peer.advertise_addr.parse::<Ipv4Addr>().map_err(|_| {
+    let addr = peer.advertise_addr.parse::<Ipv4Addr>().map_err(|_| {
         TableError::Invalid(format!(
             "peer {}: advertise address \"{}\" is not an IPv4 address",
             peer.name, peer.advertise_addr
         ))
     })?;
+    let peer = PeerRow {
+        name: peer.name,
+        addr: addr.into(),
+    };
     if view.tables.peers.get(&peer.name) == Some(&peer) {
         return Ok(vec![]);
     }
-    Ok(vec![Change::PeerPut(peer)])
+    Ok(vec![RowChange::PeerPut(peer)])
 }
 
 pub(super) fn remove_peer(
     view: &View,
     name: &str,
     connected: bool,
-) -> Result<(Vec<String>, Vec<Change>), TableError> {
+) -> Result<(Vec<IpNetwork>, Vec<RowChange>), TableError> {
     if !view.tables.peers.contains_key(name) {
         return Err(TableError::UnknownPeer(name.to_string()));
     }
@@ -38,10 +43,10 @@ pub(super) fn remove_peer(
     let mut released = Vec::new();
     let mut changes = Vec::new();
     for ep in view.tables.endpoints_on(name) {
-        released.extend(ep.cidrs.iter().cloned());
-        changes.push(Change::EndpointDeleted(EndpointId::of(ep).key()));
+        released.extend(ep.cidrs.iter().copied());
+        changes.push(RowChange::EndpointDeleted(ep.id.clone()));
     }
     changes.extend(delete_dns_records(view.tables, |r| r.peer == name));
-    changes.push(Change::PeerDeleted(name.to_string()));
+    changes.push(RowChange::PeerDeleted(name.to_string()));
     Ok((released, changes))
 }

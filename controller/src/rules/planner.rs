@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use ipnetwork::Ipv4Network;
 use weft_proto::addr::NetRef;
+use weft_proto::rows::{NetworkRow, RowChange};
 use weft_proto::subnet::canonical;
 use weft_proto::tables::{DEFAULT_NETWORK, DEFAULT_VNI};
-use weft_proto::v1::{Network, delta::Change};
 
 use super::{TableError, View, check_prefix, network_subnet};
 use crate::index::Index;
@@ -19,12 +19,12 @@ const MAX_VNI: u32 = (1 << 24) - 1;
 /// What one request has planned so far.
 pub(super) struct Planner<'a> {
     pub(super) index: &'a Index,
-    pub(super) networks: BTreeMap<String, Network>,
+    pub(super) networks: BTreeMap<String, NetworkRow>,
     /// Pools of the networks this request creates.
     pub(super) new_pools: BTreeMap<String, Pool>,
     /// Addresses this request takes, per network.
     pub(super) taken: BTreeMap<String, Taken>,
-    pub(super) changes: Vec<Change>,
+    pub(super) changes: Vec<RowChange>,
 }
 
 impl<'a> Planner<'a> {
@@ -46,7 +46,7 @@ impl<'a> Planner<'a> {
         create: bool,
     ) -> Result<Option<String>, TableError> {
         check_prefix(subnet)?;
-        let wanted = canonical(subnet);
+        let wanted = canonical(subnet).to_string();
         for net in self.networks.values() {
             let theirs = network_subnet(net)?;
             if theirs == subnet {
@@ -56,7 +56,7 @@ impl<'a> Planner<'a> {
                 return Err(TableError::Overlap {
                     subnet: wanted,
                     other: net.name.clone(),
-                    other_subnet: net.subnet.clone(),
+                    other_subnet: net.subnet.to_string(),
                 });
             }
         }
@@ -71,7 +71,7 @@ impl<'a> Planner<'a> {
         &mut self,
         name: &str,
         subnet: Ipv4Network,
-    ) -> Result<Network, TableError> {
+    ) -> Result<NetworkRow, TableError> {
         let vni = self
             .networks
             .values()
@@ -82,15 +82,15 @@ impl<'a> Planner<'a> {
         if vni > MAX_VNI {
             return Err(TableError::Invalid("no VNI left for a new network".into()));
         }
-        let net = Network {
+        let net = NetworkRow {
             name: name.to_string(),
-            subnet: canonical(subnet),
+            subnet: canonical(subnet).into(),
             vni,
         };
         self.networks.insert(net.name.clone(), net.clone());
         self.new_pools
             .insert(net.name.clone(), Pool::new(name, subnet));
-        self.changes.push(Change::NetworkPut(net.clone()));
+        self.changes.push(RowChange::NetworkPut(net.clone()));
         Ok(net)
     }
 
@@ -150,9 +150,9 @@ impl<'a> Planner<'a> {
             NetRef::Subnet(subnet) => self
                 .networks
                 .values()
-                .find(|n| n.subnet == canonical(*subnet))
+                .find(|n| n.subnet == canonical(*subnet).into())
                 .map(|n| n.name.clone())
-                .ok_or_else(|| TableError::UnknownNetwork(canonical(*subnet))),
+                .ok_or_else(|| TableError::UnknownNetwork(canonical(*subnet).to_string())),
         }
     }
 }

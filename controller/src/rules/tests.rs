@@ -10,10 +10,10 @@ use super::*;
 /// controller has it after a restart: the index must not change any answer.
 trait OnTables {
     fn view<R>(&self, f: impl FnOnce(&View) -> R) -> R;
-    fn ensure_default_network(&self, range: Ipv4Network) -> Result<Vec<Change>, TableError> {
+    fn ensure_default_network(&self, range: Ipv4Network) -> Result<Vec<RowChange>, TableError> {
         self.view(|v| v.ensure_default_network(range))
     }
-    fn register_peer(&self, peer: Peer) -> Result<Vec<Change>, TableError> {
+    fn register_peer(&self, peer: Peer) -> Result<Vec<RowChange>, TableError> {
         self.view(|v| v.register_peer(peer))
     }
     fn attach(
@@ -23,7 +23,7 @@ trait OnTables {
         addrs: &[AddrSpec],
         dns_name: &str,
         new_mac: &mut dyn FnMut() -> Mac,
-    ) -> Result<(Attached, Vec<Change>), TableError> {
+    ) -> Result<(Attached, Vec<RowChange>), TableError> {
         self.view(|v| v.attach(peer, container_id, addrs, dns_name, new_mac))
     }
     fn detach(
@@ -32,24 +32,24 @@ trait OnTables {
         container_id: &str,
         addrs: &[AddrSpec],
         only_mac: &str,
-    ) -> Result<(Detached, Vec<Change>), TableError> {
+    ) -> Result<(Detached, Vec<RowChange>), TableError> {
         self.view(|v| v.detach(peer, container_id, addrs, only_mac))
     }
     fn create_network(
         &self,
         name: &str,
         subnet: &str,
-    ) -> Result<(Network, Vec<Change>), TableError> {
+    ) -> Result<(NetworkRow, Vec<RowChange>), TableError> {
         self.view(|v| v.create_network(name, subnet))
     }
-    fn delete_network(&self, name: &str) -> Result<Vec<Change>, TableError> {
+    fn delete_network(&self, name: &str) -> Result<Vec<RowChange>, TableError> {
         self.view(|v| v.delete_network(name))
     }
     fn remove_peer(
         &self,
         name: &str,
         connected: bool,
-    ) -> Result<(Vec<String>, Vec<Change>), TableError> {
+    ) -> Result<(Vec<IpNetwork>, Vec<RowChange>), TableError> {
         self.view(|v| v.remove_peer(name, connected))
     }
     fn update_dns(
@@ -57,7 +57,7 @@ trait OnTables {
         peer: &str,
         remove: bool,
         records: &[DnsRecord],
-    ) -> Result<Vec<Change>, TableError> {
+    ) -> Result<Vec<RowChange>, TableError> {
         self.view(|v| v.update_dns(peer, remove, records))
     }
 }
@@ -79,8 +79,8 @@ fn peer(name: &str, addr: &str) -> Peer {
     }
 }
 
-fn apply_all(t: &mut Tables, changes: Vec<Change>) {
-    for c in &changes {
+fn apply_all(t: &mut Tables, changes: Vec<RowChange>) {
+    for c in changes {
         t.apply(c);
     }
 }
@@ -127,11 +127,11 @@ fn attach(
 
 /// A MAC source that skips MACs the tables already hold.
 fn macs_from(t: &Tables) -> impl FnMut() -> Mac + use<> {
-    let held: BTreeSet<String> = t.endpoints.values().map(|e| e.mac.clone()).collect();
+    let held: BTreeSet<Mac> = t.endpoints.values().map(|e| e.mac).collect();
     let mut next = macs();
     move || loop {
         let mac = next();
-        if !held.contains(&mac.to_string()) {
+        if !held.contains(&mac) {
             return mac;
         }
     }
@@ -147,13 +147,16 @@ fn detach(
         .detach(peer, container, &specs(addrs), "")
         .map_err(|e| e.to_string())?;
     apply_all(t, changes);
-    Ok(done.released)
+    Ok(rows::cidr_strings(&done.released))
 }
 
 #[test]
 fn default_network_is_created_once_and_never_moved() {
     let t = two_hosts();
-    assert_eq!(t.networks[DEFAULT_NETWORK].subnet, "10.32.0.0/12");
+    assert_eq!(
+        t.networks[DEFAULT_NETWORK].subnet.to_string(),
+        "10.32.0.0/12"
+    );
     assert_eq!(t.networks[DEFAULT_NETWORK].vni, DEFAULT_VNI);
     assert_eq!(
         t.ensure_default_network("10.32.0.0/12".parse().unwrap()),
@@ -188,9 +191,12 @@ fn static_addresses_create_their_network_and_name_holders() {
         Ok(vec!["192.168.0.2/24".into()])
     );
     let net = &t.networks["192.168.0.0/24"];
-    assert_eq!((net.subnet.as_str(), net.vni), ("192.168.0.0/24", 2));
+    assert_eq!(
+        (net.subnet.to_string(), net.vni),
+        ("192.168.0.0/24".into(), 2)
+    );
     let ep = &t.endpoints[&EndpointId::new("host1", "192.168.0.0/24", "c1")];
-    assert_eq!(ep.mac, "0a:77:c0:a8:00:02");
+    assert_eq!(ep.mac.to_string(), "0a:77:c0:a8:00:02");
     assert_eq!(ep.host_ifname, "vethwepl0a80002");
     assert_eq!(ep.container_ifname, "ethwe");
     assert_eq!(
@@ -292,8 +298,8 @@ fn dns_records_live_with_their_container_and_peer() {
     assert_eq!(
         names,
         [
-            ("db".to_string(), "10.9.9.9".to_string()),
-            ("web".to_string(), "192.168.0.2".to_string())
+            ("db".to_string(), "10.9.9.9".parse().unwrap()),
+            ("web".to_string(), "192.168.0.2".parse().unwrap())
         ]
     );
     // Adding again changes nothing; removing what is not there is refused, naming it.
@@ -332,7 +338,10 @@ fn attach_without_addresses_allocates_from_the_default_network() {
         Ok(vec!["10.32.0.4/12".into(), "10.32.0.5/12".into()])
     );
     let ep = &t.endpoints[&EndpointId::new("host1", DEFAULT_NETWORK, "c3")];
-    assert_eq!(ep.cidrs, ["10.32.0.4/12", "10.32.0.5/12"]);
+    assert_eq!(
+        rows::cidr_strings(&ep.cidrs),
+        ["10.32.0.4/12", "10.32.0.5/12"]
+    );
 }
 
 #[test]
@@ -483,8 +492,8 @@ fn networks_are_created_checked_and_removed() {
     let (net, changes) = t.create_network("blue", "10.9.0.0/24").unwrap();
     apply_all(&mut t, changes);
     assert_eq!(
-        (net.name.as_str(), net.subnet.as_str(), net.vni),
-        ("blue", "10.9.0.0/24", 2)
+        (net.name.as_str(), net.subnet.to_string(), net.vni),
+        ("blue", "10.9.0.0/24".into(), 2)
     );
     assert_eq!(
         create(&t, "blue", "10.8.0.0/24"),
@@ -543,7 +552,7 @@ fn removing_a_dead_peer_frees_its_addresses() {
         "peer host2 is connected: only a peer whose agent is gone can be removed"
     );
     let (released, changes) = t.remove_peer("host2", false).unwrap();
-    assert_eq!(released, ["192.168.0.2/24"]);
+    assert_eq!(rows::cidr_strings(&released), ["192.168.0.2/24"]);
     apply_all(&mut t, changes);
     assert!(!t.peers.contains_key("host2"));
     assert!(attach(&mut t, "host1", "c1", &["192.168.0.2/24"]).is_ok());
@@ -555,8 +564,8 @@ fn a_detach_by_mac_releases_only_that_endpoint_and_never_another_peers() {
     attach(&mut t, "host1", "c1", &[]).unwrap();
     attach(&mut t, "host2", "c2", &[]).unwrap();
     let mac_of = |t: &Tables, c: &str| {
-        let ep = t.endpoints.values().find(|ep| ep.container_id == c);
-        ep.unwrap().mac.clone()
+        let ep = t.endpoints.values().find(|ep| ep.id.container == c);
+        ep.unwrap().mac.to_string()
     };
     let (c1, c2) = (mac_of(&t, "c1"), mac_of(&t, "c2"));
     let refused = |t: &Tables, mac: &str| t.detach("host1", "c1", &[], mac).unwrap_err();
@@ -569,7 +578,7 @@ fn a_detach_by_mac_releases_only_that_endpoint_and_never_another_peers() {
         "c1 with MAC 02:00:00:00:00:99 is not attached on host1"
     );
     let (done, changes) = t.detach("host1", "c1", &[], &c1).unwrap();
-    assert_eq!(done.released, ["10.32.0.2/12"]);
+    assert_eq!(rows::cidr_strings(&done.released), ["10.32.0.2/12"]);
     apply_all(&mut t, changes);
     assert_eq!(t.endpoints.len(), 1, "c2's endpoint stays");
 }

@@ -19,6 +19,11 @@ pub enum StoreError {
         path: PathBuf,
         cause: prost::DecodeError,
     },
+    #[error("store {path}: {row}")]
+    BadRow {
+        path: PathBuf,
+        row: weft_proto::rows::BadRow,
+    },
     #[error(
         "{path} {how}, but this data dir held a store ({}): restore {STORE_FILE} from a backup, or start with --accept-empty-store to begin again with empty tables (agents keep their datapath and refuse the new store until told to follow it)",
         .evidence.join("; ")

@@ -23,7 +23,8 @@ use weft_proto::v1::{
 };
 use weft_tls::write_private;
 
-use weft_proto::tables::{EndpointId, Tables, dns_record_id};
+use weft_proto::rows::{EndpointRow, NetworkRow, PeerRow, RecordRow};
+use weft_proto::tables::Tables;
 
 use crate::tokens::random_hex;
 pub use data_dir::{Emptied, open_private_db};
@@ -229,17 +230,26 @@ impl Store {
         if let Some(rev) = meta.get(REVISION).map_err(|e| self.redb_err(e))? {
             tables.revision = rev.value();
         }
+        // Every row was typed when it was made: one that does not read is a corrupt store.
+        let bad = |row| StoreError::BadRow {
+            path: self.path.clone(),
+            row,
+        };
         for peer in self.rows::<_, Peer>(&txn, PEERS)? {
+            let peer = PeerRow::read(&peer).map_err(bad)?;
             tables.peers.insert(peer.name.clone(), peer);
         }
         for net in self.rows::<_, Network>(&txn, NETWORKS)? {
+            let net = NetworkRow::read(&net).map_err(bad)?;
             tables.networks.insert(net.name.clone(), net);
         }
         for ep in self.rows::<_, Endpoint>(&txn, ENDPOINTS)? {
-            tables.endpoints.insert(EndpointId::of(&ep), ep);
+            let ep = EndpointRow::read(&ep).map_err(bad)?;
+            tables.endpoints.insert(ep.id.clone(), ep);
         }
         for record in self.rows::<_, DnsRecord>(&txn, DNS_RECORDS)? {
-            tables.dns_records.insert(dns_record_id(&record), record);
+            let record = RecordRow::read(&record).map_err(bad)?;
+            tables.dns_records.insert(record.id(), record);
         }
         Ok(tables)
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
+use weft_proto::rows::RowChange;
 use weft_proto::v1::EndpointKey;
 
 fn ep(container: &str) -> Endpoint {
@@ -67,7 +68,7 @@ fn tables_survive_a_reopen() {
             }),
         ];
         for c in &changes {
-            expected.apply(c);
+            expected.apply(RowChange::read(c).unwrap());
         }
         store.commit(&changes, expected.revision).unwrap();
     }
