@@ -175,7 +175,7 @@ impl TablesCopy {
                 let offered = self.admit(event.store_id, event.revision)?;
                 info!(revision = event.revision, store = %offered.store_id, "snapshot received");
                 let (read, refused) =
-                    Tables::from_snapshot(event.revision, offered.store_id, &snapshot);
+                    Tables::from_snapshot(event.revision, offered.store_id, snapshot);
                 for bad in refused {
                     warn!(
                         revision = event.revision,
@@ -203,7 +203,7 @@ impl TablesCopy {
                     );
                 };
                 debug!(revision = event.revision, ?change, "delta");
-                match RowChange::read(&change) {
+                match RowChange::read(change) {
                     Ok(change) => current.apply(change),
                     // The tables keep what they had; the revision counts all the same.
                     Err(bad) => {

@@ -173,7 +173,7 @@ mod tests {
             Change::EndpointPut(endpoint("a", "02:00:00:00:00:01", &["10.9.0.4/24"])),
         ];
         let (mut tables, mut index) = (Tables::default(), Index::default());
-        for change in changes.iter().map(|c| RowChange::read(c).unwrap()) {
+        for change in changes.into_iter().map(|c| RowChange::read(c).unwrap()) {
             index.apply(&tables, &change);
             tables.apply(change.clone());
             assert_eq!(index, Index::build(&tables), "after {change:?}");

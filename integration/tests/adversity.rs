@@ -257,11 +257,13 @@ fn an_attach_beside_a_detach_under_a_hung_controller_reports_only_what_holds() {
         }
         both += usize::from(detached.success() && attached.success());
         println!(
-            "round {round}: detach {:?} {}, attach {:?} {}",
+            "round {round}: detach {:?} {}{}, attach {:?} {}{}",
             detached.code,
             detached.stdout.trim(),
+            detached.stderr.trim(),
             attached.code,
-            attached.stdout.trim()
+            attached.stdout.trim(),
+            attached.stderr.trim()
         );
         assert_views_agree(&world, &pool);
     }

@@ -120,13 +120,14 @@ pub fn cidr_strings(cidrs: &[IpNetwork]) -> Vec<String> {
 }
 
 impl PeerRow {
-    pub fn read(peer: &Peer) -> Result<PeerRow, BadRow> {
+    pub fn read(peer: Peer) -> Result<PeerRow, BadRow> {
+        let addr = parse_ip(&peer.advertise_addr).map_err(|why| BadRow {
+            row: format!("peer {}", peer.name),
+            why,
+        })?;
         Ok(PeerRow {
-            name: peer.name.clone(),
-            addr: parse_ip(&peer.advertise_addr).map_err(|why| BadRow {
-                row: format!("peer {}", peer.name),
-                why,
-            })?,
+            name: peer.name,
+            addr,
         })
     }
 
@@ -139,13 +140,14 @@ impl PeerRow {
 }
 
 impl NetworkRow {
-    pub fn read(network: &Network) -> Result<NetworkRow, BadRow> {
+    pub fn read(network: Network) -> Result<NetworkRow, BadRow> {
+        let subnet = parse_ip_cidr(&network.subnet).map_err(|why| BadRow {
+            row: format!("network {}", network.name),
+            why,
+        })?;
         Ok(NetworkRow {
-            name: network.name.clone(),
-            subnet: parse_ip_cidr(&network.subnet).map_err(|why| BadRow {
-                row: format!("network {}", network.name),
-                why,
-            })?,
+            name: network.name,
+            subnet,
             vni: network.vni,
         })
     }
@@ -160,8 +162,13 @@ impl NetworkRow {
 }
 
 impl EndpointRow {
-    pub fn read(ep: &Endpoint) -> Result<EndpointRow, BadRow> {
-        let id = EndpointId::of(ep);
+    /// Takes the row's strings over: a snapshot of many endpoints is not held twice.
+    pub fn read(ep: Endpoint) -> Result<EndpointRow, BadRow> {
+        let id = EndpointId {
+            peer: ep.peer,
+            network: ep.network,
+            container: ep.container_id,
+        };
         let bad = |why: String| BadRow {
             row: id.to_string(),
             why,
@@ -171,9 +178,9 @@ impl EndpointRow {
         Ok(EndpointRow {
             mac,
             cidrs: cidrs.map_err(bad)?,
-            host_ifname: ep.host_ifname.clone(),
-            container_ifname: ep.container_ifname.clone(),
-            dns_name: ep.dns_name.clone(),
+            host_ifname: ep.host_ifname,
+            container_ifname: ep.container_ifname,
+            dns_name: ep.dns_name,
             id,
         })
     }
@@ -193,15 +200,16 @@ impl EndpointRow {
 }
 
 impl RecordRow {
-    pub fn read(record: &DnsRecord) -> Result<RecordRow, BadRow> {
+    pub fn read(record: DnsRecord) -> Result<RecordRow, BadRow> {
+        let ip = parse_ip(&record.ip).map_err(|why| BadRow {
+            row: format!("DNS record {}", record.name),
+            why,
+        })?;
         Ok(RecordRow {
-            name: record.name.clone(),
-            ip: parse_ip(&record.ip).map_err(|why| BadRow {
-                row: format!("DNS record {}", record.name),
-                why,
-            })?,
-            peer: record.peer.clone(),
-            container: record.container_id.clone(),
+            name: record.name,
+            ip,
+            peer: record.peer,
+            container: record.container_id,
         })
     }
 
@@ -221,14 +229,14 @@ impl RecordRow {
 }
 
 impl RowChange {
-    pub fn read(change: &Change) -> Result<RowChange, BadRow> {
+    pub fn read(change: Change) -> Result<RowChange, BadRow> {
         Ok(match change {
             Change::PeerPut(peer) => RowChange::PeerPut(PeerRow::read(peer)?),
-            Change::PeerDeleted(name) => RowChange::PeerDeleted(name.clone()),
+            Change::PeerDeleted(name) => RowChange::PeerDeleted(name),
             Change::NetworkPut(net) => RowChange::NetworkPut(NetworkRow::read(net)?),
-            Change::NetworkDeleted(name) => RowChange::NetworkDeleted(name.clone()),
+            Change::NetworkDeleted(name) => RowChange::NetworkDeleted(name),
             Change::EndpointPut(ep) => RowChange::EndpointPut(EndpointRow::read(ep)?),
-            Change::EndpointDeleted(key) => RowChange::EndpointDeleted(EndpointId::of_key(key)),
+            Change::EndpointDeleted(key) => RowChange::EndpointDeleted(EndpointId::of_key(&key)),
             Change::DnsRecordPut(r) => RowChange::RecordPut(RecordRow::read(r)?),
             Change::DnsRecordDeleted(r) => RowChange::RecordDeleted(RecordRow::read(r)?),
         })
@@ -269,23 +277,23 @@ mod tests {
 
     #[test]
     fn a_row_that_does_not_read_is_named_with_why() {
-        let e = EndpointRow::read(&ep("02:00", &["10.32.0.5/12"])).unwrap_err();
+        let e = EndpointRow::read(ep("02:00", &["10.32.0.5/12"])).unwrap_err();
         assert_eq!(
             e.to_string(),
             "endpoint of c1 in network default on host1: \"02:00\" is not a MAC address"
         );
-        let e = EndpointRow::read(&ep("02:00:0a:20:00:05", &["10.32.0.300/12"])).unwrap_err();
+        let e = EndpointRow::read(ep("02:00:0a:20:00:05", &["10.32.0.300/12"])).unwrap_err();
         assert_eq!(e.why, "\"10.32.0.300\" is not an IP address");
-        let e = EndpointRow::read(&ep("02:00:0a:20:00:05", &["10.32.0.3/33"])).unwrap_err();
+        let e = EndpointRow::read(ep("02:00:0a:20:00:05", &["10.32.0.3/33"])).unwrap_err();
         assert_eq!(e.why, "\"10.32.0.3/33\": prefix length out of range");
-        let e = EndpointRow::read(&ep("02:00:0a:20:00:05", &["10.32.0.3"])).unwrap_err();
+        let e = EndpointRow::read(ep("02:00:0a:20:00:05", &["10.32.0.3"])).unwrap_err();
         assert_eq!(e.why, "\"10.32.0.3\" is not IP/LEN");
         let peer = Peer {
             name: "host2".into(),
             advertise_addr: "nowhere".into(),
         };
         assert_eq!(
-            RowChange::read(&Change::PeerPut(peer))
+            RowChange::read(Change::PeerPut(peer))
                 .unwrap_err()
                 .to_string(),
             "peer host2: \"nowhere\" is not an IP address"
@@ -295,13 +303,13 @@ mod tests {
             subnet: "10.9.0.300/24".into(),
             vni: 2,
         };
-        assert_eq!(NetworkRow::read(&net).unwrap_err().row, "network blue",);
+        assert_eq!(NetworkRow::read(net).unwrap_err().row, "network blue");
     }
 
     #[test]
     fn rows_read_back_as_they_were_sent() {
         let endpoint = ep("02:00:0a:20:00:05", &["10.32.0.5/12", "2001:db8::5/64"]);
-        let row = EndpointRow::read(&endpoint).unwrap();
+        let row = EndpointRow::read(endpoint.clone()).unwrap();
         assert_eq!(row.mac, "02:00:0a:20:00:05".parse().unwrap());
         assert_eq!(ipv4(row.cidrs[0]), Some("10.32.0.5/12".parse().unwrap()));
         assert_eq!(ipv4(row.cidrs[1]), None);
@@ -329,7 +337,7 @@ mod tests {
             }),
         ];
         for change in changes {
-            assert_eq!(RowChange::read(&change).unwrap().wire(), change);
+            assert_eq!(RowChange::read(change.clone()).unwrap().wire(), change);
         }
     }
 

@@ -141,7 +141,7 @@ mod tests {
 
     fn tables(endpoints: usize) -> Tables {
         let mut t = Tables::default();
-        let mut apply = |change: Change| t.apply(RowChange::read(&change).unwrap());
+        let mut apply = |change: Change| t.apply(RowChange::read(change).unwrap());
         apply(Change::PeerPut(Peer {
             name: "host1".into(),
             advertise_addr: "198.18.0.1".into(),
@@ -189,7 +189,7 @@ mod tests {
             };
             assert!(!snapshot.more);
             let (joined, refused) =
-                Tables::from_snapshot(whole[0].revision, whole[0].store_id.clone(), &snapshot);
+                Tables::from_snapshot(whole[0].revision, whole[0].store_id.clone(), snapshot);
             assert_eq!((joined, refused), (t, vec![]), "{n}");
         }
     }
@@ -204,8 +204,7 @@ mod tests {
                 panic!("not a snapshot: {whole:?}");
             };
             assert!(!snapshot.more, "{n}");
-            let (joined, refused) =
-                Tables::from_snapshot(t.revision, t.store_id.clone(), &snapshot);
+            let (joined, refused) = Tables::from_snapshot(t.revision, t.store_id.clone(), snapshot);
             assert_eq!((joined, refused), (t.clone(), vec![]), "{n}");
         }
     }

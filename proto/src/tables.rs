@@ -6,7 +6,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::rows::{BadRow, EndpointRow, NetworkRow, PeerRow, RecordRow, RowChange};
-use crate::v1::{Endpoint, EndpointKey, Snapshot};
+use crate::v1::{EndpointKey, Snapshot};
 
 /// The network every host has, whose subnet is the controller's `--ipalloc-range`.
 pub const DEFAULT_NETWORK: &str = "default";
@@ -27,14 +27,6 @@ impl EndpointId {
             peer: peer.to_string(),
             network: network.to_string(),
             container: container.to_string(),
-        }
-    }
-
-    pub fn of(ep: &Endpoint) -> EndpointId {
-        EndpointId {
-            peer: ep.peer.clone(),
-            network: ep.network.clone(),
-            container: ep.container_id.clone(),
         }
     }
 
@@ -93,7 +85,7 @@ impl Tables {
     pub fn from_snapshot(
         revision: u64,
         store_id: String,
-        snapshot: &Snapshot,
+        snapshot: Snapshot,
     ) -> (Self, Vec<BadRow>) {
         let mut refused = Vec::new();
         let mut keep = |row| match row {
@@ -108,22 +100,22 @@ impl Tables {
             store_id,
             ..Tables::default()
         };
-        for peer in snapshot.peers.iter().map(PeerRow::read) {
+        for peer in snapshot.peers.into_iter().map(PeerRow::read) {
             if let Some(p) = keep(peer.map(RowChange::PeerPut)) {
                 tables.put(p);
             }
         }
-        for net in snapshot.networks.iter().map(NetworkRow::read) {
+        for net in snapshot.networks.into_iter().map(NetworkRow::read) {
             if let Some(n) = keep(net.map(RowChange::NetworkPut)) {
                 tables.put(n);
             }
         }
-        for ep in snapshot.endpoints.iter().map(EndpointRow::read) {
+        for ep in snapshot.endpoints.into_iter().map(EndpointRow::read) {
             if let Some(e) = keep(ep.map(RowChange::EndpointPut)) {
                 tables.put(e);
             }
         }
-        for record in snapshot.dns_records.iter().map(RecordRow::read) {
+        for record in snapshot.dns_records.into_iter().map(RecordRow::read) {
             if let Some(r) = keep(record.map(RowChange::RecordPut)) {
                 tables.put(r);
             }
@@ -227,7 +219,7 @@ impl Tables {
 
 #[cfg(test)]
 mod tests {
-    use crate::v1::Network;
+    use crate::v1::{Endpoint, Network};
 
     use super::*;
 
@@ -328,7 +320,7 @@ mod tests {
             }],
             ..Snapshot::default()
         };
-        let (tables, refused) = Tables::from_snapshot(7, "s".into(), &snapshot);
+        let (tables, refused) = Tables::from_snapshot(7, "s".into(), snapshot);
         assert_eq!((tables.revision, tables.endpoints.len()), (7, 1));
         assert!(tables.networks.is_empty());
         let rows: Vec<&str> = refused.iter().map(|b| b.row.as_str()).collect();

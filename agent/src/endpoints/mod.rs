@@ -70,17 +70,17 @@ fn answer_cidrs(what: &str, cidrs: &[String]) -> Result<Vec<IpNetwork>, BadRow> 
         .collect()
 }
 
-fn endpoint_rows(endpoints: &[Endpoint]) -> Result<Vec<EndpointRow>, BadRow> {
-    endpoints.iter().map(EndpointRow::read).collect()
+fn endpoint_rows(endpoints: Vec<Endpoint>) -> Result<Vec<EndpointRow>, BadRow> {
+    endpoints.into_iter().map(EndpointRow::read).collect()
 }
 
 impl Claimed {
-    fn read(done: &AttachResponse) -> Result<Claimed, BadRow> {
+    fn read(done: AttachResponse) -> Result<Claimed, BadRow> {
         Ok(Claimed {
-            endpoints: endpoint_rows(&done.endpoints)?,
+            endpoints: endpoint_rows(done.endpoints)?,
             networks: done
                 .networks
-                .iter()
+                .into_iter()
                 .map(NetworkRow::read)
                 .collect::<Result<_, _>>()?,
             cidrs: answer_cidrs("attached", &done.cidrs)?,
@@ -91,10 +91,10 @@ impl Claimed {
 }
 
 impl Released {
-    fn read(done: &DetachResponse) -> Result<Released, BadRow> {
+    fn read(done: DetachResponse) -> Result<Released, BadRow> {
         Ok(Released {
-            updated: endpoint_rows(&done.updated)?,
-            removed: endpoint_rows(&done.removed)?,
+            updated: endpoint_rows(done.updated)?,
+            removed: endpoint_rows(done.removed)?,
             released: answer_cidrs("released", &done.released)?,
         })
     }
@@ -151,7 +151,7 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         };
         let done = self.claims.attach(request).await?;
         self.tables.made(done.revision);
-        Claimed::read(&done).map_err(|bad| EndpointError::Internal(bad.to_string()))
+        Claimed::read(done).map_err(|bad| EndpointError::Internal(bad.to_string()))
     }
 
     /// Has the controller release `addrs` of a container of this host (none: all it has), and
@@ -169,6 +169,6 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         };
         let done = self.claims.detach(request).await?;
         self.caught_up(done.revision).await;
-        Released::read(&done).map_err(|bad| EndpointError::Internal(bad.to_string()))
+        Released::read(done).map_err(|bad| EndpointError::Internal(bad.to_string()))
     }
 }

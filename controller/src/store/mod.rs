@@ -236,19 +236,19 @@ impl Store {
             row,
         };
         for peer in self.rows::<_, Peer>(&txn, PEERS)? {
-            let peer = PeerRow::read(&peer).map_err(bad)?;
+            let peer = PeerRow::read(peer).map_err(bad)?;
             tables.peers.insert(peer.name.clone(), peer);
         }
         for net in self.rows::<_, Network>(&txn, NETWORKS)? {
-            let net = NetworkRow::read(&net).map_err(bad)?;
+            let net = NetworkRow::read(net).map_err(bad)?;
             tables.networks.insert(net.name.clone(), net);
         }
         for ep in self.rows::<_, Endpoint>(&txn, ENDPOINTS)? {
-            let ep = EndpointRow::read(&ep).map_err(bad)?;
+            let ep = EndpointRow::read(ep).map_err(bad)?;
             tables.endpoints.insert(ep.id.clone(), ep);
         }
         for record in self.rows::<_, DnsRecord>(&txn, DNS_RECORDS)? {
-            let record = RecordRow::read(&record).map_err(bad)?;
+            let record = RecordRow::read(record).map_err(bad)?;
             tables.dns_records.insert(record.id(), record);
         }
         Ok(tables)

@@ -68,7 +68,7 @@ fn tables_survive_a_reopen() {
             }),
         ];
         for c in &changes {
-            expected.apply(RowChange::read(c).unwrap());
+            expected.apply(RowChange::read(c.clone()).unwrap());
         }
         store.commit(&changes, expected.revision).unwrap();
     }
