@@ -1,7 +1,8 @@
 //! The controller's store under faults a user can cause: an emptied, removed or replaced
 //! `weft.redb` (or `tokens.redb`) is refused rather than served as a new cluster, a full disk
 //! fails changes naming it and stops doing so once there is room, a stop (SIGTERM) ends the
-//! agents' watches and the process within seconds, and the data dir is root-only.
+//! agents' watches and the process within seconds, a damaged store stops the controller at
+//! start in one line, and the data dir is root-only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -130,6 +131,29 @@ fn an_emptied_or_removed_store_is_refused_until_it_is_restored_or_begun_again() 
             && l.contains("beginning again with empty tables as a new store")),
         "no warning of the new store in the log:\n{log}"
     );
+}
+
+#[test]
+fn a_damaged_store_stops_the_controller_at_start_in_one_line() {
+    let world = World::new(0);
+    let store = world.controller_dir().join("weft.redb");
+    world.kill_controller();
+    let damaged = b"overwritten by something that is not a database ".repeat(200);
+    fs::write(&store, &damaged).unwrap();
+    let out = world.run_controller(&[]);
+    assert_refused(
+        &out,
+        &format!(
+            "store {} cannot be read (I/O error: Not a redb database: magic number mismatch): it is damaged or not a weft store; restore weft.redb from a backup",
+            store.display()
+        ),
+    );
+    assert!(
+        !out.stderr.contains("backtrace") && !out.stderr.contains("panicked"),
+        "stderr:\n{}",
+        out.stderr
+    );
+    assert_eq!(fs::read(&store).unwrap(), damaged, "left as it was");
 }
 
 /// A host's VXLAN FDB entries (MAC, VTEP) and neighbour entries (IP, MAC).

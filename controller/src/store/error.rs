@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::STORE_FILE;
+use super::{STORE_FILE, STORE_FORMAT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -14,6 +14,14 @@ pub enum StoreError {
     },
     #[error("store {path}: {cause}")]
     Redb { path: PathBuf, cause: redb::Error },
+    #[error(
+        "store {path} cannot be read ({cause}): it is damaged or not a weft store; restore {STORE_FILE} from a backup"
+    )]
+    Unreadable { path: PathBuf, cause: redb::Error },
+    #[error(
+        "store {path} has format {held}, newer than this weft-controller reads ({STORE_FORMAT}): run the version that wrote it"
+    )]
+    Newer { path: PathBuf, held: u64 },
     #[error("store {path}: corrupt record: {cause}")]
     Decode {
         path: PathBuf,

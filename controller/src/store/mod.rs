@@ -46,6 +46,11 @@ const DELTAS: TableDefinition<u64, &[u8]> = TableDefinition::new("deltas");
 /// further behind gets a snapshot.
 pub const DELTAS_KEPT: u64 = 50_000;
 const REVISION: &str = "revision";
+/// The key in META of the store's format: a controller refuses a store of a newer one, whose
+/// rows it may misread or whose new tables it would ignore.
+const FORMAT: &str = "format";
+/// The format this controller writes: 1 is the tables since the first release.
+pub const STORE_FORMAT: u64 = 1;
 /// Stores from before identities have none (they get one on open).
 const IDENTITY: TableDefinition<&str, &str> = TableDefinition::new("identity");
 const STORE_ID: &str = "store_id";
@@ -101,7 +106,7 @@ impl Store {
             Some(how) => check_emptied(dir, how, marked.as_deref(), emptied)?,
             None => None,
         };
-        let db = open_db(&path).map_err(|e| StoreError::Redb {
+        let db = open_db(&path).map_err(|e| StoreError::Unreadable {
             path: path.clone(),
             cause: e.into(),
         })?;
@@ -113,6 +118,7 @@ impl Store {
             kept: DELTAS_KEPT,
             committed: 0,
         };
+        store.check_format()?;
         let mut tables = store.load()?;
         if tables.store_id.is_empty() {
             let id = if tables.revision > 0 {
@@ -198,6 +204,38 @@ impl Store {
             self.poisoned = false;
         }
         Ok(self.db.as_ref().expect("the store's database is open"))
+    }
+
+    /// Refuses a store of a newer format; marks one of none (new, or from before formats) as
+    /// this controller's.
+    fn check_format(&mut self) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let held = (|| -> Result<Option<u64>, redb::Error> {
+            let txn = db.begin_read()?;
+            let meta = match txn.open_table(META) {
+                Ok(meta) => meta,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(meta.get(FORMAT)?.map(|f| f.value()))
+        })()
+        .map_err(|e| self.redb_err(e))?;
+        match held {
+            Some(held) if held > STORE_FORMAT => Err(StoreError::Newer {
+                path: self.path.clone(),
+                held,
+            }),
+            Some(_) => Ok(()),
+            None => {
+                let db = self.db()?;
+                let written = (|| -> Result<(), redb::Error> {
+                    let txn = db.begin_write()?;
+                    txn.open_table(META)?.insert(FORMAT, STORE_FORMAT)?;
+                    Ok(txn.commit()?)
+                })();
+                written.map_err(|e| self.redb_err(e))
+            }
+        }
     }
 
     fn write_identity(&mut self, id: &str) -> Result<(), StoreError> {

@@ -92,6 +92,52 @@ fn tables_survive_a_reopen() {
 }
 
 #[test]
+fn a_store_of_a_newer_format_or_that_does_not_read_is_refused_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path(), Emptied::Refuse).unwrap());
+    let path = dir.path().join(STORE_FILE);
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        assert_eq!(
+            txn.open_table(META)
+                .unwrap()
+                .get(FORMAT)
+                .unwrap()
+                .map(|f| f.value()),
+            Some(STORE_FORMAT),
+            "a store is marked with its format"
+        );
+        txn.open_table(META).unwrap().insert(FORMAT, 2).unwrap();
+        txn.commit().unwrap();
+    }
+    let e = Store::open(dir.path(), Emptied::Refuse).err().unwrap();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "store {} has format 2, newer than this weft-controller reads (1): run the version that wrote it",
+            path.display()
+        )
+    );
+
+    fs::write(
+        &path,
+        b"not a database, and long enough to be read as a header".repeat(100),
+    )
+    .unwrap();
+    let before = fs::read(&path).unwrap();
+    let e = Store::open(dir.path(), Emptied::Refuse).err().unwrap();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "store {} cannot be read (I/O error: Not a redb database: magic number mismatch): it is damaged or not a weft store; restore weft.redb from a backup",
+            path.display()
+        )
+    );
+    assert_eq!(fs::read(&path).unwrap(), before, "left as it was");
+}
+
+#[test]
 fn a_failed_commit_that_reached_the_disk_is_found_on_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, _) = Store::open(dir.path(), Emptied::Refuse).unwrap();
