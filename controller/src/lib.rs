@@ -1,8 +1,10 @@
 //! weft-controller: the authority for peers, networks, endpoints and addresses ([`ipam`]). It
 //! keeps them in memory
-//! ([`rules`]), durable in redb ([`store`]), and serves them to agents over gRPC ([`service`]).
+//! ([`rules`]), durable in redb ([`store`], copied by [`backup`]), and serves them to agents
+//! over gRPC ([`service`]).
 
 pub mod authority;
+pub mod backup;
 pub mod enrollment;
 pub mod failpoint;
 pub mod index;

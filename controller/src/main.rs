@@ -6,7 +6,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use ipnetwork::Ipv4Network;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
@@ -36,11 +36,13 @@ const STOP_GRACE: Duration = Duration::from_millis(1500);
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address and port of the gRPC service agents connect to.
     #[arg(long, default_value = "0.0.0.0:6786")]
     listen: SocketAddr,
     /// Directory of the embedded store (mode 0700), its CA and its join tokens.
-    #[arg(long, default_value = "/var/lib/weft/controller")]
+    #[arg(long, default_value = "/var/lib/weft/controller", global = true)]
     data_dir: PathBuf,
     /// Start even though weft.redb (or tokens.redb) is missing or empty in a data dir that held
     /// a store: begin again with empty tables, as a new store (agents keep their datapath and
@@ -90,6 +92,49 @@ struct Args {
     insecure: bool,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a consistent copy of the store's tables to FILE (root-only), also while a
+    /// controller serves them.
+    Backup { file: PathBuf },
+    /// Put the tables of backup FILE, with their store identity and revision, into the empty
+    /// store of --data-dir (a new data dir, or the one whose store was lost). No controller may
+    /// be serving it.
+    Restore { file: PathBuf },
+}
+
+/// What `backup` and `restore` print: the store, its revision and what it holds.
+fn described(tables: &weft_proto::tables::Tables) -> String {
+    format!(
+        "store {} at revision {} ({} peers, {} networks, {} endpoints, {} DNS records)",
+        tables.store_id,
+        tables.revision,
+        tables.peers.len(),
+        tables.networks.len(),
+        tables.endpoints.len(),
+        tables.dns_records.len()
+    )
+}
+
+fn copy(command: &Command, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use weft_controller::backup;
+    match command {
+        Command::Backup { file } => {
+            let tables = backup::backup(data_dir, file)?;
+            println!("backed up {} to {}", described(&tables), file.display());
+        }
+        Command::Restore { file } => {
+            let tables = backup::restore(file, data_dir)?;
+            println!(
+                "restored {} into {}",
+                described(&tables),
+                data_dir.join(weft_controller::store::STORE_FILE).display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn parse_range(s: &str) -> Result<Ipv4Network, String> {
     let net: Ipv4Network = s.parse().map_err(|e| format!("not a CIDR: {e}"))?;
     if net.ip() != net.network() {
@@ -120,7 +165,12 @@ async fn main() -> ExitCode {
     // tonic logs refused TLS handshakes (a client certificate from another CA, say) at debug
     // level only: they are worth an operator's eye.
     weft_process::init_logging_with(&["tonic::transport::server::io_stream=debug"]);
-    match run(Args::parse()).await {
+    let args = Args::parse();
+    let done = match &args.command {
+        Some(command) => copy(command, &args.data_dir),
+        None => run(args).await,
+    };
+    match done {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("weft-controller: {e:#}");

@@ -2,7 +2,8 @@
 //! `weft.redb` (or `tokens.redb`) is refused rather than served as a new cluster, a full disk
 //! fails changes naming it and stops doing so once there is room, a stop (SIGTERM) ends the
 //! agents' watches and the process within seconds, a damaged store stops the controller at
-//! start in one line, and the data dir is root-only.
+//! start in one line, a backup taken while serving brings a lost store back, and the data dir
+//! is root-only.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -14,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_integration::{
-    CONTROLLER_URL, Output, VXLAN_DEV, World, assert_reaches, assert_rejected, fdb, neighbours,
-    wait_until,
+    CONTROLLER_URL, Output, VXLAN_DEV, World, assert_reaches, assert_rejected, exec, fdb,
+    locate_bin, neighbours, wait_until,
 };
 
 /// How long a stopped controller may take to exit: it should take about 2 s at most.
@@ -154,6 +155,110 @@ fn a_damaged_store_stops_the_controller_at_start_in_one_line() {
         out.stderr
     );
     assert_eq!(fs::read(&store).unwrap(), damaged, "left as it was");
+}
+
+/// `weft-controller COMMAND FILE --data-dir` (the world's), where the controller runs.
+fn copy(world: &World, command: &str, file: &Path) -> Output {
+    let controller = locate_bin("weft-controller");
+    let dir = world.controller_dir();
+    exec(
+        &world.controller_ns(),
+        &[
+            controller.to_str().unwrap(),
+            command,
+            file.to_str().unwrap(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+    )
+}
+
+/// How many snapshots host `host`'s agent took: resumes take none.
+fn snapshots_taken(world: &World, host: usize) -> usize {
+    let log = fs::read_to_string(world.agent_log(host)).unwrap();
+    log.matches("snapshot received").count()
+}
+
+#[test]
+fn a_backup_taken_while_serving_brings_a_lost_store_back_and_agents_resume_on_it() {
+    let mut world = World::new(2);
+    let (c1, c2) = (world.container(1, "c1"), world.container(2, "c2"));
+    attach(&world, 1, &c1);
+    attach(&world, 2, &c2);
+    let before = world.controller_tables();
+    let id = store_id(&before);
+    let revision = before["revision"].as_u64().unwrap();
+    let store = world.controller_dir().join("weft.redb");
+    let file = world.controller_dir().with_file_name("weft.backup");
+    let held = format!(
+        "store {id} at revision {revision} (2 peers, 1 networks, 2 endpoints, 0 DNS records)"
+    );
+
+    let out = copy(&world, "backup", &file);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (
+            Some(0),
+            format!("backed up {held} to {}\n", file.display()).as_str()
+        ),
+        "stderr: {}",
+        out.stderr
+    );
+    assert_eq!(mode(&file), 0o600, "a backup is root-only");
+
+    // Into the store being served: refused, and it goes on serving.
+    let out = copy(&world, "restore", &file);
+    assert_refused(
+        &out,
+        &format!(
+            "store {} is not empty (it holds store {id} at revision {revision}): a backup is restored into an empty store; give another --data-dir, or move this one aside",
+            store.display()
+        ),
+    );
+    assert!(world.controller_exited().is_none());
+    // So is a second controller on the same data dir.
+    assert_refused(
+        &world.run_controller(&[]),
+        &format!(
+            "store {} is in use by another process (is a weft-controller running on this data dir?)",
+            store.display()
+        ),
+    );
+
+    // The disk holding the store is lost; the data dir's other files are not.
+    let snapshots = [snapshots_taken(&world, 1), snapshots_taken(&world, 2)];
+    world.kill_controller();
+    fs::remove_file(&store).unwrap();
+    let out = copy(&world, "restore", &file);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (
+            Some(0),
+            format!("restored {held} into {}\n", store.display()).as_str()
+        ),
+        "stderr: {}",
+        out.stderr
+    );
+    world.start_controller();
+    let restored = world.controller_tables();
+    assert_eq!(restored, before, "the same tables, store id and revision");
+
+    // The agents follow it as they did the old: resumed, no snapshot, nothing refused.
+    let connected = format!("Controller: {CONTROLLER_URL} (connected, revision {revision}");
+    for host in 1..=2 {
+        let followed = wait_until(NOTICE, || {
+            controller_line(&world, host).starts_with(&connected)
+        });
+        assert!(followed, "host{host}: {}", controller_line(&world, host));
+    }
+    assert_eq!(
+        [snapshots_taken(&world, 1), snapshots_taken(&world, 2)],
+        snapshots,
+        "the agents resumed"
+    );
+    let c3 = world.container(2, "c3");
+    let ip3 = attach(&world, 2, &c3);
+    assert_reaches(&c1, &ip3);
 }
 
 /// A host's VXLAN FDB entries (MAC, VTEP) and neighbour entries (IP, MAC).

@@ -47,7 +47,15 @@ pub fn open_private_db(path: &Path) -> Result<Database, DatabaseError> {
         .mode(PRIVATE_FILE)
         .open(path)?;
     restrict(path, PRIVATE_FILE)?;
-    redb::Builder::new().create_with_backend(redb::backends::FileBackend::new(file)?)
+    shared().create_with_backend(redb::backends::FileBackend::new(file)?)
+}
+
+/// How every handle opens a store: one writer (a second is refused) and any number of
+/// read-only handles that see its commits, such as `weft-controller backup`'s.
+pub(super) fn shared() -> redb::Builder {
+    let mut builder = redb::Builder::new();
+    builder.set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+    builder
 }
 
 /// The store id the marker in `dir` names, if there is one.

@@ -19,6 +19,28 @@ pub enum StoreError {
     )]
     Unreadable { path: PathBuf, cause: redb::Error },
     #[error(
+        "store {path} is in use by another process (is a weft-controller running on this data dir?)"
+    )]
+    InUse { path: PathBuf },
+    #[error("{path} {how}: there is no store to read (is --data-dir right?)")]
+    NoStore { path: PathBuf, how: &'static str },
+    #[error(
+        "store {path} is not empty (it holds store {held} at revision {revision}): a backup is restored into an empty store; give another --data-dir, or move this one aside"
+    )]
+    NotEmpty {
+        path: PathBuf,
+        held: String,
+        revision: u64,
+    },
+    #[error(
+        "{marker} names store {marked}, but the backup is of store {restored}: a data dir takes back only its own store; give another --data-dir, or remove {marker} to put store {restored} here"
+    )]
+    MarkedOther {
+        marker: PathBuf,
+        marked: String,
+        restored: String,
+    },
+    #[error(
         "store {path} has format {held}, newer than this weft-controller reads ({STORE_FORMAT}): run the version that wrote it"
     )]
     Newer { path: PathBuf, held: u64 },

@@ -4,6 +4,9 @@
 //! A store has an identity, made when it is created and kept both in the file and in a marker
 //! beside it (`store-id`), so that an emptied, removed or replaced `weft.redb` is noticed at the
 //! next start instead of being served as a new, empty cluster.
+//!
+//! Every handle shares the file (one writer, any readers): `weft-controller backup` reads a
+//! consistent copy ([`Store::read`]) while a controller serves it.
 
 mod data_dir;
 mod error;
@@ -16,7 +19,10 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
+};
 use tracing::{info, warn};
 use weft_proto::v1::{
     Delta, DnsRecord, Endpoint, Network, Peer, WatchEvent, delta::Change, watch_event::Event,
@@ -28,7 +34,7 @@ use weft_proto::tables::Tables;
 
 use crate::tokens::random_hex;
 pub use data_dir::{Emptied, open_private_db};
-use data_dir::{check_emptied, read_marker};
+use data_dir::{check_emptied, read_marker, shared};
 pub use error::StoreError;
 use error::file_err;
 
@@ -106,10 +112,7 @@ impl Store {
             Some(how) => check_emptied(dir, how, marked.as_deref(), emptied)?,
             None => None,
         };
-        let db = open_db(&path).map_err(|e| StoreError::Unreadable {
-            path: path.clone(),
-            cause: e.into(),
-        })?;
+        let db = open_db(&path).map_err(open_err(&path))?;
         let mut store = Store {
             db: Some(db),
             path,
@@ -160,26 +163,12 @@ impl Store {
         Ok((store, tables))
     }
 
-    fn redb_err(&self, e: impl Into<redb::Error>) -> StoreError {
-        StoreError::Redb {
-            path: self.path.clone(),
-            cause: e.into(),
-        }
-    }
-
-    fn decode<M: Message + Default>(&self, bytes: &[u8]) -> Result<M, StoreError> {
-        M::decode(bytes).map_err(|cause| StoreError::Decode {
-            path: self.path.clone(),
-            cause,
-        })
-    }
-
     /// The database, opened again first if a commit failed since it was last opened.
     fn db(&mut self) -> Result<&Database, StoreError> {
         if self.poisoned {
             // redb holds a lock on the file: the old handle must go before a new one opens.
             self.db = None;
-            let db = (self.open_db)(&self.path).map_err(|e| self.redb_err(e))?;
+            let db = (self.open_db)(&self.path).map_err(|e| redb_err(&self.path, e))?;
             info!(path = %self.path.display(), "store opened again after a failed commit");
             // A commit can fail at its last step yet be on the disk: the tables in memory,
             // undone, would then lag the store's.
@@ -192,7 +181,7 @@ impl Store {
                 };
                 Ok(meta.get(REVISION)?.map_or(0, |r| r.value()))
             })()
-            .map_err(|e| self.redb_err(e))?;
+            .map_err(|e| redb_err(&self.path, e))?;
             self.db = Some(db);
             if held != self.committed {
                 return Err(StoreError::Diverged {
@@ -209,33 +198,19 @@ impl Store {
     /// Refuses a store of a newer format; marks one of none (new, or from before formats) as
     /// this controller's.
     fn check_format(&mut self) -> Result<(), StoreError> {
+        let path = self.path.clone();
         let db = self.db()?;
-        let held = (|| -> Result<Option<u64>, redb::Error> {
-            let txn = db.begin_read()?;
-            let meta = match txn.open_table(META) {
-                Ok(meta) => meta,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(e) => return Err(e.into()),
-            };
-            Ok(meta.get(FORMAT)?.map(|f| f.value()))
-        })()
-        .map_err(|e| self.redb_err(e))?;
-        match held {
-            Some(held) if held > STORE_FORMAT => Err(StoreError::Newer {
-                path: self.path.clone(),
-                held,
-            }),
-            Some(_) => Ok(()),
-            None => {
-                let db = self.db()?;
-                let written = (|| -> Result<(), redb::Error> {
-                    let txn = db.begin_write()?;
-                    txn.open_table(META)?.insert(FORMAT, STORE_FORMAT)?;
-                    Ok(txn.commit()?)
-                })();
-                written.map_err(|e| self.redb_err(e))
-            }
+        let txn = db.begin_read().map_err(|e| redb_err(&path, e))?;
+        if refuse_newer(&path, &txn)?.is_some() {
+            return Ok(());
         }
+        drop(txn);
+        let written = (|| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            txn.open_table(META)?.insert(FORMAT, STORE_FORMAT)?;
+            Ok(txn.commit()?)
+        })();
+        written.map_err(|e| redb_err(&path, e))
     }
 
     fn write_identity(&mut self, id: &str) -> Result<(), StoreError> {
@@ -245,71 +220,96 @@ impl Store {
             txn.open_table(IDENTITY)?.insert(STORE_ID, id)?;
             Ok(txn.commit()?)
         })();
-        written.map_err(|e| self.redb_err(e))
+        written.map_err(|e| redb_err(&self.path, e))
     }
 
     fn load(&self) -> Result<Tables, StoreError> {
-        let mut tables = Tables::default();
         let db = self.db.as_ref().expect("the store's database is open");
-        let txn = db.begin_read().map_err(|e| self.redb_err(e))?;
-        match txn.open_table(IDENTITY) {
-            Ok(identity) => {
-                if let Some(id) = identity.get(STORE_ID).map_err(|e| self.redb_err(e))? {
-                    tables.store_id = id.value().to_string();
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(self.redb_err(e)),
-        }
-        // Tables that were never written do not exist yet: an empty store.
-        let Ok(meta) = txn.open_table(META) else {
-            return Ok(tables);
-        };
-        if let Some(rev) = meta.get(REVISION).map_err(|e| self.redb_err(e))? {
-            tables.revision = rev.value();
-        }
-        // Every row was typed when it was made: one that does not read is a corrupt store.
-        let bad = |row| StoreError::BadRow {
-            path: self.path.clone(),
-            row,
-        };
-        for peer in self.rows::<_, Peer>(&txn, PEERS)? {
-            let peer = PeerRow::read(peer).map_err(bad)?;
-            tables.peers.insert(peer.name.clone(), peer);
-        }
-        for net in self.rows::<_, Network>(&txn, NETWORKS)? {
-            let net = NetworkRow::read(net).map_err(bad)?;
-            tables.networks.insert(net.name.clone(), net);
-        }
-        for ep in self.rows::<_, Endpoint>(&txn, ENDPOINTS)? {
-            let ep = EndpointRow::read(ep).map_err(bad)?;
-            tables.endpoints.insert(ep.id.clone(), ep);
-        }
-        for record in self.rows::<_, DnsRecord>(&txn, DNS_RECORDS)? {
-            let record = RecordRow::read(record).map_err(bad)?;
-            tables.dns_records.insert(record.id(), record);
-        }
-        Ok(tables)
+        let txn = db.begin_read().map_err(|e| redb_err(&self.path, e))?;
+        load(&self.path, &txn)
     }
 
-    /// Every row of `table`, decoded, in key order; none if it was never written (a store from
-    /// before it).
-    fn rows<K: redb::Key + 'static, M: Message + Default>(
-        &self,
-        txn: &redb::ReadTransaction,
-        table: TableDefinition<K, &[u8]>,
-    ) -> Result<Vec<M>, StoreError> {
-        let table = match txn.open_table(table) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(self.redb_err(e)),
+    /// The tables of the store in `dir`, read in one transaction and changing nothing: what
+    /// `weft-controller backup` copies, also while a controller serves them.
+    pub fn read(dir: &Path) -> Result<Tables, StoreError> {
+        let path = dir.join(STORE_FILE);
+        let how = match fs::metadata(&path) {
+            Ok(m) if m.len() > 0 => None,
+            Ok(_) => Some("is empty (0 bytes)"),
+            Err(e) if e.kind() == ErrorKind::NotFound => Some("is missing"),
+            Err(e) => return Err(file_err("read", &path)(e)),
         };
-        let rows = table.iter().map_err(|e| self.redb_err(e))?;
-        rows.map(|row| {
-            let (_, v) = row.map_err(|e| self.redb_err(e))?;
-            self.decode(v.value())
-        })
-        .collect()
+        if let Some(how) = how {
+            return Err(StoreError::NoStore { path, how });
+        }
+        let db = shared().open_read_only(&path).map_err(open_err(&path))?;
+        let txn = db.begin_read().map_err(|e| redb_err(&path, e))?;
+        refuse_newer(&path, &txn)?;
+        load(&path, &txn)
+    }
+
+    /// Puts `tables` (a backup's) with their identity and revision into the store in `dir`,
+    /// which must hold none, in one transaction; then marks the data dir as holding that store.
+    /// The data dir may have held it before (its marker names it): that is how a lost store
+    /// comes back.
+    pub fn restore(dir: &Path, tables: &Tables) -> Result<(), StoreError> {
+        data_dir::create(dir)?;
+        let path = dir.join(STORE_FILE);
+        let marker = dir.join(MARKER_FILE);
+        if let Some(marked) = read_marker(&marker)?.filter(|m| *m != tables.store_id) {
+            return Err(StoreError::MarkedOther {
+                marker,
+                marked,
+                restored: tables.store_id.clone(),
+            });
+        }
+        // Looked at read-only first: opening it to write marks the file, even when refused.
+        if fs::metadata(&path).is_ok_and(|m| m.len() > 0) {
+            refuse_held(&path, Store::read(dir)?)?;
+        }
+        let db = open_private_db(&path).map_err(open_err(&path))?;
+        // Again under the writer's lock, which no controller can take now.
+        let txn = db.begin_read().map_err(|e| redb_err(&path, e))?;
+        refuse_newer(&path, &txn)?;
+        refuse_held(&path, load(&path, &txn)?)?;
+        drop(txn);
+        let puts = (tables.peers.values().map(|p| Change::PeerPut(p.wire())))
+            .chain(
+                tables
+                    .networks
+                    .values()
+                    .map(|n| Change::NetworkPut(n.wire())),
+            )
+            .chain(
+                tables
+                    .endpoints
+                    .values()
+                    .map(|e| Change::EndpointPut(e.wire())),
+            )
+            .chain(
+                tables
+                    .dns_records
+                    .values()
+                    .map(|r| Change::DnsRecordPut(r.wire())),
+            );
+        let written = (|| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            {
+                let mut rows = Rows::open(&txn)?;
+                for put in puts {
+                    rows.apply(&put)?;
+                }
+                let mut meta = txn.open_table(META)?;
+                meta.insert(REVISION, tables.revision)?;
+                meta.insert(FORMAT, STORE_FORMAT)?;
+                txn.open_table(IDENTITY)?
+                    .insert(STORE_ID, tables.store_id.as_str())?;
+            }
+            Ok(txn.commit()?)
+        })();
+        written.map_err(|e| redb_err(&path, e))?;
+        write_private(&marker, &format!("{}\n", tables.store_id))
+            .map_err(file_err("write", &marker))
     }
 
     /// Keeps the latest `n` changes (at least one) from the next commit on.
@@ -326,24 +326,24 @@ impl Store {
     /// only an unbroken run ending at `revision` (none from a store from before they were kept).
     pub fn history(&self, revision: u64) -> Result<VecDeque<WatchEvent>, StoreError> {
         let db = self.db.as_ref().expect("the store's database is open");
-        let txn = db.begin_read().map_err(|e| self.redb_err(e))?;
+        let txn = db.begin_read().map_err(|e| redb_err(&self.path, e))?;
         let deltas = match txn.open_table(DELTAS) {
             Ok(deltas) => deltas,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(VecDeque::new()),
-            Err(e) => return Err(self.redb_err(e)),
+            Err(e) => return Err(redb_err(&self.path, e)),
         };
         let mut history = VecDeque::new();
         for row in deltas
             .range(..=revision)
-            .map_err(|e| self.redb_err(e))?
+            .map_err(|e| redb_err(&self.path, e))?
             .rev()
         {
-            let (at, bytes) = row.map_err(|e| self.redb_err(e))?;
+            let (at, bytes) = row.map_err(|e| redb_err(&self.path, e))?;
             let at = at.value();
             if at + history.len() as u64 != revision {
                 break;
             }
-            let delta: Delta = self.decode(bytes.value())?;
+            let delta: Delta = decode(&self.path, bytes.value())?;
             history.push_front(WatchEvent {
                 revision: at,
                 event: Some(Event::Delta(delta)),
@@ -371,10 +371,7 @@ impl Store {
         let written = (|| -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
             {
-                let mut peers = txn.open_table(PEERS)?;
-                let mut networks = txn.open_table(NETWORKS)?;
-                let mut endpoints = txn.open_table(ENDPOINTS)?;
-                let mut dns_records = txn.open_table(DNS_RECORDS)?;
+                let mut rows = Rows::open(&txn)?;
                 let mut meta = txn.open_table(META)?;
                 let mut deltas = txn.open_table(DELTAS)?;
                 let first = revision + 1 - changes.len() as u64;
@@ -389,41 +386,185 @@ impl Store {
                     }
                 }
                 for change in changes {
-                    match change {
-                        Change::PeerPut(p) => {
-                            peers.insert(p.name.as_str(), p.encode_to_vec().as_slice())?
-                        }
-                        Change::PeerDeleted(name) => peers.remove(name.as_str())?,
-                        Change::NetworkPut(n) => {
-                            networks.insert(n.name.as_str(), n.encode_to_vec().as_slice())?
-                        }
-                        Change::NetworkDeleted(name) => networks.remove(name.as_str())?,
-                        Change::EndpointPut(ep) => endpoints.insert(
-                            (
-                                ep.peer.as_str(),
-                                ep.network.as_str(),
-                                ep.container_id.as_str(),
-                            ),
-                            ep.encode_to_vec().as_slice(),
-                        )?,
-                        Change::EndpointDeleted(k) => endpoints.remove((
-                            k.peer.as_str(),
-                            k.network.as_str(),
-                            k.container_id.as_str(),
-                        ))?,
-                        Change::DnsRecordPut(r) => dns_records.insert(
-                            (r.name.as_str(), r.ip.as_str()),
-                            r.encode_to_vec().as_slice(),
-                        )?,
-                        Change::DnsRecordDeleted(r) => {
-                            dns_records.remove((r.name.as_str(), r.ip.as_str()))?
-                        }
-                    };
+                    rows.apply(change)?;
                 }
                 meta.insert(REVISION, revision)?;
             }
             Ok(txn.commit()?)
         })();
-        written.map_err(|e| self.redb_err(e))
+        written.map_err(|e| redb_err(&self.path, e))
+    }
+}
+
+fn redb_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Redb {
+        path: path.to_path_buf(),
+        cause: e.into(),
+    }
+}
+
+fn decode<M: Message + Default>(path: &Path, bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|cause| StoreError::Decode {
+        path: path.to_path_buf(),
+        cause,
+    })
+}
+
+/// Why the store file at `path` did not open: another process has it, or it is not a store.
+fn open_err(path: &Path) -> impl FnOnce(DatabaseError) -> StoreError {
+    let path = path.to_path_buf();
+    move |e| match e {
+        DatabaseError::DatabaseAlreadyOpen => StoreError::InUse { path },
+        e => StoreError::Unreadable {
+            path,
+            cause: e.into(),
+        },
+    }
+}
+
+/// Refuses to restore into the store at `path`, which holds `held`, unless it is empty.
+fn refuse_held(path: &Path, held: Tables) -> Result<(), StoreError> {
+    if held.revision > 0 || !held.store_id.is_empty() {
+        return Err(StoreError::NotEmpty {
+            path: path.to_path_buf(),
+            held: held.store_id,
+            revision: held.revision,
+        });
+    }
+    Ok(())
+}
+
+/// The store's format (None: not marked with one), refused if newer than this controller's.
+fn refuse_newer(path: &Path, txn: &ReadTransaction) -> Result<Option<u64>, StoreError> {
+    let held = match txn.open_table(META) {
+        Ok(meta) => meta
+            .get(FORMAT)
+            .map_err(|e| redb_err(path, e))?
+            .map(|f| f.value()),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(redb_err(path, e)),
+    };
+    match held {
+        Some(held) if held > STORE_FORMAT => Err(StoreError::Newer {
+            path: path.to_path_buf(),
+            held,
+        }),
+        held => Ok(held),
+    }
+}
+
+/// The tables the store at `path` holds, as `txn` sees them.
+fn load(path: &Path, txn: &ReadTransaction) -> Result<Tables, StoreError> {
+    let mut tables = Tables::default();
+    match txn.open_table(IDENTITY) {
+        Ok(identity) => {
+            if let Some(id) = identity.get(STORE_ID).map_err(|e| redb_err(path, e))? {
+                tables.store_id = id.value().to_string();
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(redb_err(path, e)),
+    }
+    // Tables that were never written do not exist yet: an empty store.
+    let Ok(meta) = txn.open_table(META) else {
+        return Ok(tables);
+    };
+    if let Some(rev) = meta.get(REVISION).map_err(|e| redb_err(path, e))? {
+        tables.revision = rev.value();
+    }
+    // Every row was typed when it was made: one that does not read is a corrupt store.
+    let bad = |row| StoreError::BadRow {
+        path: path.to_path_buf(),
+        row,
+    };
+    for peer in rows::<_, Peer>(path, txn, PEERS)? {
+        let peer = PeerRow::read(peer).map_err(bad)?;
+        tables.peers.insert(peer.name.clone(), peer);
+    }
+    for net in rows::<_, Network>(path, txn, NETWORKS)? {
+        let net = NetworkRow::read(net).map_err(bad)?;
+        tables.networks.insert(net.name.clone(), net);
+    }
+    for ep in rows::<_, Endpoint>(path, txn, ENDPOINTS)? {
+        let ep = EndpointRow::read(ep).map_err(bad)?;
+        tables.endpoints.insert(ep.id.clone(), ep);
+    }
+    for record in rows::<_, DnsRecord>(path, txn, DNS_RECORDS)? {
+        let record = RecordRow::read(record).map_err(bad)?;
+        tables.dns_records.insert(record.id(), record);
+    }
+    Ok(tables)
+}
+
+/// Every row of `table`, decoded, in key order; none if it was never written (a store from
+/// before it).
+fn rows<K: redb::Key + 'static, M: Message + Default>(
+    path: &Path,
+    txn: &ReadTransaction,
+    table: TableDefinition<K, &[u8]>,
+) -> Result<Vec<M>, StoreError> {
+    let table = match txn.open_table(table) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(redb_err(path, e)),
+    };
+    let rows = table.iter().map_err(|e| redb_err(path, e))?;
+    rows.map(|row| {
+        let (_, v) = row.map_err(|e| redb_err(path, e))?;
+        decode(path, v.value())
+    })
+    .collect()
+}
+
+/// The tables of rows, open in a write transaction.
+struct Rows<'t> {
+    peers: redb::Table<'t, &'static str, &'static [u8]>,
+    networks: redb::Table<'t, &'static str, &'static [u8]>,
+    endpoints: redb::Table<'t, (&'static str, &'static str, &'static str), &'static [u8]>,
+    dns_records: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
+}
+
+impl Rows<'_> {
+    fn open(txn: &WriteTransaction) -> Result<Rows<'_>, redb::TableError> {
+        Ok(Rows {
+            peers: txn.open_table(PEERS)?,
+            networks: txn.open_table(NETWORKS)?,
+            endpoints: txn.open_table(ENDPOINTS)?,
+            dns_records: txn.open_table(DNS_RECORDS)?,
+        })
+    }
+
+    fn apply(&mut self, change: &Change) -> Result<(), redb::StorageError> {
+        match change {
+            Change::PeerPut(p) => self
+                .peers
+                .insert(p.name.as_str(), p.encode_to_vec().as_slice())?,
+            Change::PeerDeleted(name) => self.peers.remove(name.as_str())?,
+            Change::NetworkPut(n) => self
+                .networks
+                .insert(n.name.as_str(), n.encode_to_vec().as_slice())?,
+            Change::NetworkDeleted(name) => self.networks.remove(name.as_str())?,
+            Change::EndpointPut(ep) => self.endpoints.insert(
+                (
+                    ep.peer.as_str(),
+                    ep.network.as_str(),
+                    ep.container_id.as_str(),
+                ),
+                ep.encode_to_vec().as_slice(),
+            )?,
+            Change::EndpointDeleted(k) => self.endpoints.remove((
+                k.peer.as_str(),
+                k.network.as_str(),
+                k.container_id.as_str(),
+            ))?,
+            Change::DnsRecordPut(r) => self.dns_records.insert(
+                (r.name.as_str(), r.ip.as_str()),
+                r.encode_to_vec().as_slice(),
+            )?,
+            Change::DnsRecordDeleted(r) => {
+                self.dns_records.remove((r.name.as_str(), r.ip.as_str()))?
+            }
+        };
+        Ok(())
     }
 }
