@@ -13,8 +13,10 @@ export PATH := $(PATH):$(HOME)/.cargo/bin
 .PHONY: deps build test demo lint bench fuzz
 
 # ip, bridge, ss; ping; Podman's API service and its runtime; the test containers' image; dig;
-# dnsmasq, a real upstream resolver for the DNS tests (the binary only, no service).
-DEB_PACKAGES := iproute2 iputils-ping podman runc busybox-static bind9-dnsutils dnsmasq-base
+# dnsmasq, a real upstream resolver for the DNS tests (the binary only, no service); etcd and
+# etcdctl for the etcd store's tests (run in namespaces); protoc, which etcd-client's build needs.
+DEB_PACKAGES := iproute2 iputils-ping podman runc busybox-static bind9-dnsutils dnsmasq-base \
+	etcd-server etcd-client protobuf-compiler
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -43,7 +45,7 @@ FUZZ_SECS ?= 60
 fuzz:
 	WEFT_FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test -p weft-fuzz -- --nocapture --test-threads 1
 
-lint:
+lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

@@ -17,7 +17,7 @@ use weft_proto::snapshot;
 use weft_proto::tables::Tables;
 use weft_proto::v1::{Backup, watch_event::Event};
 
-use crate::store::{STORE_FORMAT, Store, StoreError};
+use crate::store::{Location, STORE_FORMAT, Store, StoreError};
 
 /// What a backup file begins with.
 const MAGIC: &[u8] = b"weft-controller backup\n";
@@ -49,19 +49,19 @@ fn file_err(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> 
     move |cause| BackupError::File { doing, path, cause }
 }
 
-/// Copies the tables of the store in `dir` to `file` (root-only, replaced whole or not at all);
-/// returns them.
-pub fn backup(dir: &Path, file: &Path) -> Result<Tables, BackupError> {
-    let tables = Store::read(dir)?;
+/// Copies the tables of the store at `location` to `file` (root-only, replaced whole or not at
+/// all); returns them.
+pub fn backup(location: &Location, file: &Path) -> Result<Tables, BackupError> {
+    let tables = Store::read(location)?;
     write(file, &encode(&tables))?;
     Ok(tables)
 }
 
-/// Puts the tables of backup `file` into the empty store in `dir`; returns them.
-pub fn restore(file: &Path, dir: &Path) -> Result<Tables, BackupError> {
+/// Puts the tables of backup `file` into the empty store at `location`; returns them.
+pub fn restore(file: &Path, location: &Location) -> Result<Tables, BackupError> {
     let bytes = fs::read(file).map_err(file_err("read", file))?;
     let tables = decode(file, &bytes)?;
-    Store::restore(dir, &tables)?;
+    Store::restore(location, &tables)?;
     Ok(tables)
 }
 
@@ -158,6 +158,10 @@ mod tests {
     use super::*;
     use crate::store::Emptied;
 
+    fn at(dir: &Path) -> Location {
+        Location::Redb(dir.to_path_buf())
+    }
+
     /// A store in a temporary data dir holding a peer, a network and an endpoint.
     fn held() -> (tempfile::TempDir, Tables) {
         use weft_proto::v1::{Endpoint, Network, Peer, delta::Change};
@@ -186,7 +190,7 @@ mod tests {
         ];
         store.commit(&changes, 3).unwrap();
         drop(store);
-        let read = Store::read(dir.path()).unwrap();
+        let read = Store::read(&at(dir.path())).unwrap();
         assert_eq!(read.store_id, tables.store_id);
         (dir, read)
     }
@@ -196,10 +200,10 @@ mod tests {
         let (dir, tables) = held();
         assert_eq!((tables.revision, tables.endpoints.len()), (3, 1));
         let file = dir.path().join("copy");
-        assert_eq!(backup(dir.path(), &file).unwrap(), tables);
+        assert_eq!(backup(&at(dir.path()), &file).unwrap(), tables);
         let other = tempfile::tempdir().unwrap();
         let into = other.path().join("new");
-        assert_eq!(restore(&file, &into).unwrap(), tables);
+        assert_eq!(restore(&file, &at(&into)).unwrap(), tables);
         let (_, reopened) = Store::open(&into, Emptied::Refuse).unwrap();
         assert_eq!(reopened, tables, "the store id and revision come back too");
     }
@@ -211,8 +215,7 @@ mod tests {
         let file = dir.path().join("copy");
         let cut = &good[..good.len() - 40];
         let mut altered = good.clone();
-        let at = MAGIC.len() + 5;
-        altered[at] ^= 1;
+        altered[MAGIC.len() + 5] ^= 1;
         let cases: [(&[u8], String); 4] = [
             (
                 cut,
@@ -243,7 +246,7 @@ mod tests {
         let into = dir.path().join("new");
         for (bytes, message) in cases {
             fs::write(&file, bytes).unwrap();
-            let e = restore(&file, &into).unwrap_err();
+            let e = restore(&file, &at(&into)).unwrap_err();
             assert_eq!(e.to_string(), message);
             assert!(!into.exists(), "nothing made for {message}");
         }
@@ -265,7 +268,7 @@ mod tests {
         let file = dir.path().join("copy");
         fs::write(&file, bytes).unwrap();
         assert_eq!(
-            restore(&file, &dir.path().join("new"))
+            restore(&file, &at(&dir.path().join("new")))
                 .unwrap_err()
                 .to_string(),
             format!(
@@ -279,11 +282,11 @@ mod tests {
     fn a_restore_into_a_store_that_holds_tables_or_is_marked_for_another_changes_nothing() {
         let (dir, tables) = held();
         let file = dir.path().join("copy");
-        backup(dir.path(), &file).unwrap();
+        backup(&at(dir.path()), &file).unwrap();
         let store = dir.path().join(crate::store::STORE_FILE);
         let before = fs::read(&store).unwrap();
         assert_eq!(
-            restore(&file, dir.path()).unwrap_err().to_string(),
+            restore(&file, &at(dir.path())).unwrap_err().to_string(),
             format!(
                 "store {} is not empty (it holds store {} at revision 3): a backup is restored into an empty store; give another --data-dir, or move this one aside",
                 store.display(),
@@ -299,7 +302,7 @@ mod tests {
         let marker = other.path().join(crate::store::MARKER_FILE);
         fs::write(&marker, "5e3f\n").unwrap();
         assert_eq!(
-            restore(&file, other.path()).unwrap_err().to_string(),
+            restore(&file, &at(other.path())).unwrap_err().to_string(),
             format!(
                 "{} names store 5e3f, but the backup is of store {id}: a data dir takes back only its own store; give another --data-dir, or remove {} to put store {id} here",
                 marker.display(),

@@ -16,7 +16,7 @@ use weft_controller::enrollment::EnrollmentService;
 use weft_controller::limits::MAX_REQUEST_BYTES;
 use weft_controller::rules::TableRules;
 use weft_controller::service::ControllerService;
-use weft_controller::store::{Emptied, Store};
+use weft_controller::store::{Emptied, EtcdConfig, EtcdTls, Location, Store};
 use weft_controller::tls::{Ca, ServerIdentity};
 use weft_controller::tokens::Tokens;
 use weft_proto::v1::admin_server::AdminServer;
@@ -50,6 +50,31 @@ struct Args {
     /// refused.
     #[arg(long)]
     accept_empty_store: bool,
+    /// Where the tables are kept: redb, the embedded store in --data-dir (one controller), or
+    /// etcd (--etcd-endpoints).
+    #[arg(long, value_enum, default_value_t = StoreKind::Redb, global = true)]
+    store: StoreKind,
+    /// etcd's client URLs, comma-separated (or repeated), for --store etcd.
+    #[arg(
+        long,
+        env = "WEFT_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        value_name = "URL",
+        global = true
+    )]
+    etcd_endpoints: Vec<String>,
+    /// The prefix of every key of the store in etcd.
+    #[arg(long, default_value = "/weft/", global = true)]
+    etcd_prefix: String,
+    /// PEM file of the CA that signed etcd's server certificates, for https:// endpoints.
+    #[arg(long, value_name = "FILE", global = true)]
+    etcd_ca: Option<PathBuf>,
+    /// PEM file of the client certificate shown to an etcd that asks for one (with --etcd-key).
+    #[arg(long, value_name = "FILE", global = true, requires = "etcd_key")]
+    etcd_cert: Option<PathBuf>,
+    /// PEM file of the key of --etcd-cert.
+    #[arg(long, value_name = "FILE", global = true, requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// How many of the latest changes the store keeps for agents that reconnect: they resume
     /// with just the changes they missed; one further behind gets the whole tables.
     #[arg(long, default_value_t = weft_controller::store::DELTAS_KEPT, value_name = "CHANGES")]
@@ -92,15 +117,27 @@ struct Args {
     insecure: bool,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum StoreKind {
+    Redb,
+    Etcd,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Write a consistent copy of the store's tables to FILE (root-only), also while a
     /// controller serves them.
-    Backup { file: PathBuf },
+    Backup {
+        /// The backup file to write.
+        file: PathBuf,
+    },
     /// Put the tables of backup FILE, with their store identity and revision, into the empty
     /// store of --data-dir (a new data dir, or the one whose store was lost). No controller may
     /// be serving it.
-    Restore { file: PathBuf },
+    Restore {
+        /// A file `weft-controller backup` wrote.
+        file: PathBuf,
+    },
 }
 
 /// What `backup` and `restore` print: the store, its revision and what it holds.
@@ -116,23 +153,63 @@ fn described(tables: &weft_proto::tables::Tables) -> String {
     )
 }
 
-fn copy(command: &Command, data_dir: &std::path::Path) -> anyhow::Result<()> {
+fn copy(command: &Command, location: &Location) -> anyhow::Result<()> {
     use weft_controller::backup;
     match command {
         Command::Backup { file } => {
-            let tables = backup::backup(data_dir, file)?;
+            let tables = backup::backup(location, file)?;
             println!("backed up {} to {}", described(&tables), file.display());
         }
         Command::Restore { file } => {
-            let tables = backup::restore(file, data_dir)?;
-            println!(
-                "restored {} into {}",
-                described(&tables),
-                data_dir.join(weft_controller::store::STORE_FILE).display()
-            );
+            let tables = backup::restore(file, location)?;
+            println!("restored {} into {location}", described(&tables));
         }
     }
     Ok(())
+}
+
+/// The store the flags name.
+fn location(args: &Args) -> anyhow::Result<Location> {
+    Ok(match args.store {
+        StoreKind::Redb => Location::Redb(args.data_dir.clone()),
+        StoreKind::Etcd => {
+            if args.etcd_endpoints.is_empty() {
+                bail!("--store etcd needs --etcd-endpoints URL[,URL...] (or WEFT_ETCD_ENDPOINTS)");
+            }
+            if !args.etcd_prefix.ends_with('/') {
+                bail!(
+                    "--etcd-prefix {:?} must end with /, so that no other prefix's keys fall under it",
+                    args.etcd_prefix
+                );
+            }
+            Location::Etcd(EtcdConfig {
+                endpoints: args.etcd_endpoints.clone(),
+                prefix: args.etcd_prefix.clone(),
+                tls: etcd_tls(args)?,
+            })
+        }
+    })
+}
+
+/// The TLS files the flags name, read; none without `--etcd-ca`.
+fn etcd_tls(args: &Args) -> anyhow::Result<Option<EtcdTls>> {
+    let read = |flag: &str, file: &PathBuf| {
+        std::fs::read(file).with_context(|| format!("{flag} {}", file.display()))
+    };
+    let Some(ca) = &args.etcd_ca else {
+        if args.etcd_cert.is_some() {
+            bail!("--etcd-cert needs --etcd-ca, the CA etcd's certificates are checked against");
+        }
+        return Ok(None);
+    };
+    let identity = match (&args.etcd_cert, &args.etcd_key) {
+        (Some(cert), Some(key)) => Some((read("--etcd-cert", cert)?, read("--etcd-key", key)?)),
+        _ => None,
+    };
+    Ok(Some(EtcdTls {
+        ca: read("--etcd-ca", ca)?,
+        identity,
+    }))
 }
 
 fn parse_range(s: &str) -> Result<Ipv4Network, String> {
@@ -166,9 +243,10 @@ async fn main() -> ExitCode {
     // level only: they are worth an operator's eye.
     weft_process::init_logging_with(&["tonic::transport::server::io_stream=debug"]);
     let args = Args::parse();
-    let done = match &args.command {
-        Some(command) => copy(command, &args.data_dir),
-        None => run(args).await,
+    let done = match (&args.command, location(&args)) {
+        (_, Err(e)) => Err(e),
+        (Some(command), Ok(at)) => copy(command, &at),
+        (None, Ok(at)) => run(args, at).await,
     };
     match done {
         Ok(()) => ExitCode::SUCCESS,
@@ -240,7 +318,7 @@ fn server_names(listen: SocketAddr, extra: &[String]) -> anyhow::Result<Vec<Stri
     Ok(names)
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, location: Location) -> anyhow::Result<()> {
     if let Some(spec) = &args.failpoint {
         weft_controller::failpoint::arm(spec).map_err(anyhow::Error::msg)?;
         warn!(failpoint = %spec, "a test failpoint is armed");
@@ -252,9 +330,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Emptied::Refuse
     };
     // Before the CA is made there: a fresh data dir must not look like one that held a store.
-    let (mut store, tables) = Store::open(&args.data_dir, emptied)?;
+    let (mut store, tables) = Store::open_at(&location, emptied)?;
     store.keep_changes(args.history);
-    info!(revision = tables.revision, store_id = %tables.store_id, data_dir = %args.data_dir.display(), "store loaded");
+    info!(revision = tables.revision, store_id = %tables.store_id, store = %location, "store loaded");
     let security = security(&args)?;
     let service = ControllerService::new(store, tables, args.peer_lease)
         .context("cannot start the committing thread")?;

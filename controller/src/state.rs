@@ -61,7 +61,7 @@ pub(crate) enum Start {
 
 impl Shared {
     pub(crate) fn new(
-        store: Store,
+        mut store: Store,
         tables: Tables,
         events: broadcast::Sender<WatchEvent>,
     ) -> Shared {
@@ -279,6 +279,7 @@ fn commit_batch(
         } else {
             crate::failpoint::after_persist();
             publish(state, &shared.events, start, changed);
+            state.store.settle(&state.tables);
         }
     }
     drop(guard);

@@ -8,6 +8,7 @@
 mod bins;
 mod cmd;
 mod daemon;
+mod etcd;
 mod kernel;
 mod netns;
 mod podman;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 pub use bins::{bin_dir, locate_bin};
 pub use cmd::Output;
 pub use daemon::{Background, Paused};
+pub use etcd::Etcd;
 pub use kernel::{Link, fdb, link, links, neighbours, rx_packets, tx_dropped};
 pub use netns::{
     Netns, bridge, disable_ipv6, exec, exec_for, exec_shown, ip, listening, ping, ping_counts,

@@ -81,6 +81,13 @@ pub fn exec(ns: &str, args: &[&str]) -> Output {
     cmd::run(in_netns(ns, args[0], &args[1..]))
 }
 
+/// [`exec`] with the environment variables `env` set.
+pub fn exec_env(ns: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = in_netns(ns, args[0], &args[1..]);
+    cmd.envs(env.iter().copied());
+    cmd::run(cmd)
+}
+
 /// Whether a process in `ns` listens on TCP `port`.
 pub fn listening(ns: &str, port: u16) -> bool {
     let filter = format!("sport = :{port}");

@@ -15,6 +15,7 @@ use tempfile::TempDir;
 use crate::bins::{Bins, locate_bin};
 use crate::cmd::{self, Output};
 use crate::daemon::Daemon;
+use crate::etcd::{self, Etcd};
 use crate::netns;
 
 /// Where agents reach the controller, as passed to `weft-agent --controller` (TLS, the
@@ -110,6 +111,8 @@ pub struct World {
     security: Security,
     /// The join token each host's agent was started with (Security::Join).
     join_tokens: Vec<String>,
+    /// The etcd cluster the controller keeps its tables in (`--store etcd`), if any.
+    etcd: Option<Etcd>,
     /// Its share of LOAD (none in a heavy test, which holds it alone); dropped last.
     _load: Option<RwLockReadGuard<'static, ()>>,
 }
@@ -129,6 +132,15 @@ impl World {
 
     /// [`World::with_agent_args`] with the given security.
     pub fn with_options(hosts: usize, agent_args: &[&str], security: Security) -> World {
+        World::build(hosts, agent_args, security, 0)
+    }
+
+    /// [`World::new`], its controller keeping its tables in an etcd cluster of `members`.
+    pub fn on_etcd(hosts: usize, members: usize) -> World {
+        World::build(hosts, &[], Security::Join, members)
+    }
+
+    fn build(hosts: usize, agent_args: &[&str], security: Security, etcd_members: usize) -> World {
         netns::require_privileges_and_tools();
         assert!(hosts < 100, "a world has at most 99 hosts, not {hosts}");
         let bins = Bins::locate();
@@ -148,6 +160,15 @@ impl World {
             "--data-dir".into(),
             dir.path().join("controller").display().to_string(),
         ];
+        let etcd = (etcd_members > 0).then(|| Etcd::new(&prefix, dir.path(), etcd_members));
+        if let Some(etcd) = &etcd {
+            controller_args.extend([
+                "--store".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                etcd.endpoints(),
+            ]);
+        }
         match security {
             Security::Join => controller_args.extend([
                 "--admin-socket".into(),
@@ -173,6 +194,7 @@ impl World {
             containers: Vec::new(),
             security,
             join_tokens: Vec::new(),
+            etcd,
             _load: (!ALONE.with(|a| a.get()))
                 .then(|| LOAD.read().unwrap_or_else(|poisoned| poisoned.into_inner())),
         };
@@ -183,6 +205,15 @@ impl World {
             &["link", "add", UNDERLAY_BRIDGE, "type", "bridge"],
         );
         netns::ip(&underlay, &["link", "set", UNDERLAY_BRIDGE, "up"]);
+        let members = world.etcd.as_ref().map_or(0, Etcd::members);
+        for n in 1..=members {
+            let ns = etcd::member_ns(&world.prefix, n);
+            world.add_ns(&ns);
+            world.plug(&ns, &format!("e{n}"), &etcd::member_addr(n));
+        }
+        if let Some(etcd) = &world.etcd {
+            etcd.start();
+        }
         world.add_ns(&ctl_ns);
         world.plug(&ctl_ns, "ctl", CONTROLLER_IP);
         world.start_controller();
@@ -201,6 +232,13 @@ impl World {
             Security::Join => CONTROLLER_URL,
             Security::Insecure => CONTROLLER_URL_INSECURE,
         }
+    }
+
+    /// The etcd cluster of a world made by [`World::on_etcd`].
+    pub fn etcd(&self) -> &Etcd {
+        self.etcd
+            .as_ref()
+            .expect("this world has no etcd (World::on_etcd makes one)")
     }
 
     /// How many hosts the world has.
@@ -453,6 +491,22 @@ impl World {
         self.agent(host).log().to_path_buf()
     }
 
+    /// Runs `weft-controller ARGS...` to its end in the controller's namespace (beside the
+    /// controller, which it does not touch), e.g. `backup FILE --data-dir DIR`.
+    pub fn weft_controller(&self, args: &[&str]) -> Output {
+        let program = self.bins.controller.to_str().expect("UTF-8 path");
+        let mut argv = vec![program];
+        argv.extend_from_slice(args);
+        netns::exec_for(&self.controller_ns(), &argv, READY_TIMEOUT)
+    }
+
+    /// How many snapshots host `host`'s agent has taken from a controller, as its log says; a
+    /// resume takes none.
+    pub fn agent_snapshots(&self, host: usize) -> usize {
+        let log = std::fs::read_to_string(self.agent_log(host)).expect("the agent's log");
+        log.matches("snapshot received").count()
+    }
+
     /// The controller's log file; restarts append to it.
     pub fn controller_log(&self) -> PathBuf {
         self.controller().log().to_path_buf()
@@ -580,6 +634,9 @@ impl World {
         let mut err = io::stderr().lock();
         let _ = writeln!(err, "==== weft world {} failed; its state:", self.prefix);
         let _ = writeln!(err, "{}", self.controller().log_tail(LOG_TAIL_LINES));
+        if let Some(etcd) = &self.etcd {
+            let _ = writeln!(err, "{}", etcd.log_tails(LOG_TAIL_LINES / 2));
+        }
         for host in 1..=self.agents.len() {
             let _ = writeln!(err, "{}", self.agent(host).log_tail(LOG_TAIL_LINES));
         }
@@ -620,6 +677,9 @@ impl Drop for World {
             self.agent(host).stop();
         }
         self.controller().stop();
+        if let Some(etcd) = &self.etcd {
+            etcd.stop();
+        }
         for ns in self.namespaces.iter().rev() {
             netns::del(ns);
         }

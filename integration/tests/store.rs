@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_integration::{
-    CONTROLLER_URL, Output, VXLAN_DEV, World, assert_reaches, assert_rejected, exec, fdb,
-    locate_bin, neighbours, wait_until,
+    CONTROLLER_URL, Output, VXLAN_DEV, World, assert_reaches, assert_rejected, fdb, neighbours,
+    wait_until,
 };
 
 /// How long a stopped controller may take to exit: it should take about 2 s at most.
@@ -157,26 +157,15 @@ fn a_damaged_store_stops_the_controller_at_start_in_one_line() {
     assert_eq!(fs::read(&store).unwrap(), damaged, "left as it was");
 }
 
-/// `weft-controller COMMAND FILE --data-dir` (the world's), where the controller runs.
+/// `weft-controller COMMAND FILE --data-dir` (the world's).
 fn copy(world: &World, command: &str, file: &Path) -> Output {
-    let controller = locate_bin("weft-controller");
     let dir = world.controller_dir();
-    exec(
-        &world.controller_ns(),
-        &[
-            controller.to_str().unwrap(),
-            command,
-            file.to_str().unwrap(),
-            "--data-dir",
-            dir.to_str().unwrap(),
-        ],
-    )
-}
-
-/// How many snapshots host `host`'s agent took: resumes take none.
-fn snapshots_taken(world: &World, host: usize) -> usize {
-    let log = fs::read_to_string(world.agent_log(host)).unwrap();
-    log.matches("snapshot received").count()
+    world.weft_controller(&[
+        command,
+        file.to_str().unwrap(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ])
 }
 
 #[test]
@@ -226,7 +215,7 @@ fn a_backup_taken_while_serving_brings_a_lost_store_back_and_agents_resume_on_it
     );
 
     // The disk holding the store is lost; the data dir's other files are not.
-    let snapshots = [snapshots_taken(&world, 1), snapshots_taken(&world, 2)];
+    let snapshots = [world.agent_snapshots(1), world.agent_snapshots(2)];
     world.kill_controller();
     fs::remove_file(&store).unwrap();
     let out = copy(&world, "restore", &file);
@@ -252,7 +241,7 @@ fn a_backup_taken_while_serving_brings_a_lost_store_back_and_agents_resume_on_it
         assert!(followed, "host{host}: {}", controller_line(&world, host));
     }
     assert_eq!(
-        [snapshots_taken(&world, 1), snapshots_taken(&world, 2)],
+        [world.agent_snapshots(1), world.agent_snapshots(2)],
         snapshots,
         "the agents resumed"
     );

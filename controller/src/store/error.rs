@@ -22,15 +22,17 @@ pub enum StoreError {
         "store {path} is in use by another process (is a weft-controller running on this data dir?)"
     )]
     InUse { path: PathBuf },
-    #[error("{path} {how}: there is no store to read (is --data-dir right?)")]
+    #[error("{path} {how}: there is no store to read there")]
     NoStore { path: PathBuf, how: &'static str },
     #[error(
-        "store {path} is not empty (it holds store {held} at revision {revision}): a backup is restored into an empty store; give another --data-dir, or move this one aside"
+        "store {path} is not empty (it holds store {held} at revision {revision}): a backup is restored into an empty store; {way_out}"
     )]
     NotEmpty {
         path: PathBuf,
         held: String,
         revision: u64,
+        /// What to do instead, in the store's terms.
+        way_out: &'static str,
     },
     #[error(
         "{marker} names store {marked}, but the backup is of store {restored}: a data dir takes back only its own store; give another --data-dir, or remove {marker} to put store {restored} here"
@@ -44,6 +46,15 @@ pub enum StoreError {
         "store {path} has format {held}, newer than this weft-controller reads ({STORE_FORMAT}): run the version that wrote it"
     )]
     Newer { path: PathBuf, held: u64 },
+    #[error("store {at}: {}", reason(.cause))]
+    Etcd {
+        at: String,
+        cause: etcd_client::Error,
+    },
+    #[error("cannot reach {at} (is etcd running, and are --etcd-endpoints right?)")]
+    EtcdUnreachable { at: String },
+    #[error("store {at} is not as a weft-controller writes it: {why}")]
+    EtcdLayout { at: String, why: String },
     #[error("store {path}: corrupt record: {cause}")]
     Decode {
         path: PathBuf,
@@ -88,4 +99,23 @@ pub(super) fn file_err(
 ) -> impl FnOnce(std::io::Error) -> StoreError {
     let path = path.to_path_buf();
     move |cause| StoreError::File { doing, path, cause }
+}
+
+/// What went wrong in a request to etcd, in a line: gRPC's message and the innermost cause
+/// (say, "tcp connect error: Connection refused (os error 111)") rather than the nested debug
+/// forms of tonic's errors.
+fn reason(e: &etcd_client::Error) -> String {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return e.to_string();
+    };
+    let mut innermost: Option<&dyn std::error::Error> = None;
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        innermost = Some(cause);
+        source = cause.source();
+    }
+    match innermost {
+        Some(cause) => format!("{}: {cause}", status.message()),
+        None => status.message().to_string(),
+    }
 }

@@ -39,7 +39,7 @@ fn marker(dir: &Path) -> String {
 /// A data dir whose store holds one peer, at revision 1; and the store's id.
 fn held_store() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
-    let (mut store, tables) = Store::open(dir.path(), Emptied::Refuse).unwrap();
+    let (mut store, tables) = RedbStore::open(dir.path(), Emptied::Refuse).unwrap();
     store.commit(&[peer(1)], 1).unwrap();
     (dir, tables.store_id)
 }
@@ -49,7 +49,7 @@ fn tables_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let mut expected = Tables::default();
     {
-        let (mut store, tables) = Store::open(dir.path(), Emptied::Refuse).unwrap();
+        let (mut store, tables) = RedbStore::open(dir.path(), Emptied::Refuse).unwrap();
         expected.store_id = tables.store_id.clone();
         assert_eq!(tables, expected);
         let changes = vec![
@@ -72,7 +72,7 @@ fn tables_survive_a_reopen() {
         }
         store.commit(&changes, expected.revision).unwrap();
     }
-    let (store, reloaded) = Store::open(dir.path(), Emptied::Refuse).unwrap();
+    let (store, reloaded) = RedbStore::open(dir.path(), Emptied::Refuse).unwrap();
     assert_eq!(reloaded, expected);
     assert_eq!(reloaded.revision, 5);
     assert_eq!(reloaded.endpoints.len(), 1);
@@ -94,7 +94,7 @@ fn tables_survive_a_reopen() {
 #[test]
 fn a_store_of_a_newer_format_or_that_does_not_read_is_refused_as_it_was() {
     let dir = tempfile::tempdir().unwrap();
-    drop(Store::open(dir.path(), Emptied::Refuse).unwrap());
+    drop(RedbStore::open(dir.path(), Emptied::Refuse).unwrap());
     let path = dir.path().join(STORE_FILE);
     {
         let db = Database::create(&path).unwrap();
@@ -111,7 +111,7 @@ fn a_store_of_a_newer_format_or_that_does_not_read_is_refused_as_it_was() {
         txn.open_table(META).unwrap().insert(FORMAT, 2).unwrap();
         txn.commit().unwrap();
     }
-    let e = Store::open(dir.path(), Emptied::Refuse).err().unwrap();
+    let e = RedbStore::open(dir.path(), Emptied::Refuse).err().unwrap();
     assert_eq!(
         e.to_string(),
         format!(
@@ -126,7 +126,7 @@ fn a_store_of_a_newer_format_or_that_does_not_read_is_refused_as_it_was() {
     )
     .unwrap();
     let before = fs::read(&path).unwrap();
-    let e = Store::open(dir.path(), Emptied::Refuse).err().unwrap();
+    let e = RedbStore::open(dir.path(), Emptied::Refuse).err().unwrap();
     assert_eq!(
         e.to_string(),
         format!(
@@ -140,7 +140,7 @@ fn a_store_of_a_newer_format_or_that_does_not_read_is_refused_as_it_was() {
 #[test]
 fn a_failed_commit_that_reached_the_disk_is_found_on_reopening() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut store, _) = Store::open(dir.path(), Emptied::Refuse).unwrap();
+    let (mut store, _) = RedbStore::open(dir.path(), Emptied::Refuse).unwrap();
     store.commit(&[peer(1)], 1).unwrap();
     store.commit(&[peer(2)], 2).unwrap();
     // As if the second had been reported failed: the store holds more than the tables.
@@ -159,7 +159,7 @@ fn a_failed_commit_that_reached_the_disk_is_found_on_reopening() {
 #[test]
 fn only_the_latest_changes_are_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut store, _) = Store::open(dir.path(), Emptied::Refuse).unwrap();
+    let (mut store, _) = RedbStore::open(dir.path(), Emptied::Refuse).unwrap();
     let batch: Vec<Change> = (0..1000).map(|n| peer(n % 7)).collect();
     let batches = DELTAS_KEPT / 1000 + 2;
     for b in 1..=batches {
@@ -174,7 +174,7 @@ fn only_the_latest_changes_are_kept() {
 fn a_new_store_gets_an_identity_kept_in_the_file_and_the_marker_all_root_only() {
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("controller");
-    let (_, tables) = Store::open(&dir, Emptied::Refuse).unwrap();
+    let (_, tables) = RedbStore::open(&dir, Emptied::Refuse).unwrap();
     let id = &tables.store_id;
     assert_eq!(id.len(), 32, "{id}");
     assert!(
@@ -186,7 +186,7 @@ fn a_new_store_gets_an_identity_kept_in_the_file_and_the_marker_all_root_only() 
     assert_eq!(mode(&dir.join(STORE_FILE)), 0o600);
     assert_eq!(mode(&dir.join(MARKER_FILE)), 0o600);
     // Another store, in another dir, is another identity.
-    let (_, other) = Store::open(&parent.path().join("other"), Emptied::Refuse).unwrap();
+    let (_, other) = RedbStore::open(&parent.path().join("other"), Emptied::Refuse).unwrap();
     assert_ne!(&other.store_id, id);
 }
 
@@ -194,7 +194,7 @@ fn a_new_store_gets_an_identity_kept_in_the_file_and_the_marker_all_root_only() 
 fn a_store_keeps_its_identity_and_a_lost_marker_is_written_again() {
     let (dir, id) = held_store();
     fs::remove_file(dir.path().join(MARKER_FILE)).unwrap();
-    let (_, tables) = Store::open(dir.path(), Emptied::Refuse).unwrap();
+    let (_, tables) = RedbStore::open(dir.path(), Emptied::Refuse).unwrap();
     assert_eq!(tables.store_id, id);
     assert_eq!(tables.peers.len(), 1);
     assert_eq!(marker(dir.path()), format!("{id}\n"));
@@ -206,7 +206,7 @@ fn modes_of_an_older_data_dir_are_restricted_on_open() {
     let file = dir.path().join(STORE_FILE);
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
-    Store::open(dir.path(), Emptied::Refuse).unwrap();
+    RedbStore::open(dir.path(), Emptied::Refuse).unwrap();
     assert_eq!(mode(dir.path()), 0o700);
     assert_eq!(mode(&file), 0o600);
 }
@@ -216,7 +216,7 @@ fn an_emptied_or_removed_store_is_refused_and_left_as_it_is() {
     let (dir, id) = held_store();
     let file = dir.path().join(STORE_FILE);
     fs::File::create(&file).unwrap();
-    let Err(e) = Store::open(dir.path(), Emptied::Refuse) else {
+    let Err(e) = RedbStore::open(dir.path(), Emptied::Refuse) else {
         panic!("an emptied store is served");
     };
     assert_eq!(
@@ -233,7 +233,7 @@ fn an_emptied_or_removed_store_is_refused_and_left_as_it_is() {
     fs::remove_file(&file).unwrap();
     fs::remove_file(dir.path().join(MARKER_FILE)).unwrap();
     fs::write(dir.path().join("ca.key"), "key").unwrap();
-    let Err(e) = Store::open(dir.path(), Emptied::Refuse) else {
+    let Err(e) = RedbStore::open(dir.path(), Emptied::Refuse) else {
         panic!("a removed store is served");
     };
     assert_eq!(
@@ -250,7 +250,7 @@ fn an_emptied_or_removed_store_is_refused_and_left_as_it_is() {
 fn accepting_an_emptied_store_begins_again_as_a_new_store() {
     let (dir, id) = held_store();
     fs::File::create(dir.path().join(STORE_FILE)).unwrap();
-    let (_, tables) = Store::open(dir.path(), Emptied::BeginAgain).unwrap();
+    let (_, tables) = RedbStore::open(dir.path(), Emptied::BeginAgain).unwrap();
     assert_ne!(tables.store_id, id);
     assert_eq!(
         tables,
@@ -261,7 +261,7 @@ fn accepting_an_emptied_store_begins_again_as_a_new_store() {
     );
     assert_eq!(marker(dir.path()), format!("{}\n", tables.store_id));
     // And it is that store from then on, flag or not.
-    let (_, again) = Store::open(dir.path(), Emptied::Refuse).unwrap();
+    let (_, again) = RedbStore::open(dir.path(), Emptied::Refuse).unwrap();
     assert_eq!(again.store_id, tables.store_id);
 }
 
@@ -271,7 +271,7 @@ fn a_store_of_another_data_dir_is_refused() {
     let (other, other_id) = held_store();
     let file = dir.path().join(STORE_FILE);
     fs::copy(other.path().join(STORE_FILE), &file).unwrap();
-    let Err(e) = Store::open(dir.path(), Emptied::Refuse) else {
+    let Err(e) = RedbStore::open(dir.path(), Emptied::Refuse) else {
         panic!("a replaced store is served");
     };
     let marker = dir.path().join(MARKER_FILE);
@@ -299,11 +299,11 @@ fn a_store_from_before_identities_gets_one() {
         txn.open_table(META).unwrap().insert(REVISION, 7).unwrap();
         txn.commit().unwrap();
     }
-    let (_, tables) = Store::open(dir.path(), Emptied::Refuse).unwrap();
+    let (_, tables) = RedbStore::open(dir.path(), Emptied::Refuse).unwrap();
     assert_eq!(tables.revision, 7);
     assert_eq!(tables.store_id.len(), 32);
     assert_eq!(marker(dir.path()), format!("{}\n", tables.store_id));
-    let (_, again) = Store::open(dir.path(), Emptied::Refuse).unwrap();
+    let (_, again) = RedbStore::open(dir.path(), Emptied::Refuse).unwrap();
     assert_eq!(again.store_id, tables.store_id);
 }
 
@@ -362,7 +362,7 @@ fn a_full_disk_fails_commits_with_its_cause_until_there_is_room_again() {
             })
         }
     });
-    let (mut store, _) = Store::open_with(dir.path(), Emptied::Refuse, open_db).unwrap();
+    let (mut store, _) = RedbStore::open_with(dir.path(), Emptied::Refuse, open_db).unwrap();
     full.store(true, Ordering::SeqCst);
     // The failed commit, and the next ones while the disk is still full (each opening the
     // database again first): the real cause each time, never redb's "Previous I/O error".
@@ -382,7 +382,7 @@ fn a_full_disk_fails_commits_with_its_cause_until_there_is_room_again() {
     store.commit(&[peer(2)], 2).unwrap();
     store.commit(&[peer(3)], 3).unwrap();
     drop(store);
-    let (_, tables) = Store::open(dir.path(), Emptied::Refuse).unwrap();
+    let (_, tables) = RedbStore::open(dir.path(), Emptied::Refuse).unwrap();
     assert_eq!(tables.revision, 3);
     assert_eq!(tables.peers.len(), 3);
 }

@@ -1,0 +1,254 @@
+//! The controller on a real three-member etcd (`--store etcd`): changes are durable in etcd, the
+//! control plane rides out the loss of an etcd member and of etcd's leader, a restarted
+//! controller loads its tables from etcd and agents resume on it, the log is folded into a
+//! snapshot once it is longer than the changes kept, and backups move tables between etcd and
+//! redb.
+
+use std::collections::BTreeSet;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weft_integration::{
+    Output, World, assert_reaches, ping_counts, ping_in_background, wait_until,
+};
+
+/// Ten pings a second, so a gap of 100 ms shows.
+const PING_INTERVAL: Duration = Duration::from_millis(100);
+/// How long attaches may fail while etcd elects a new leader (its election timeout is 1 s).
+const ELECTION: Duration = Duration::from_secs(10);
+/// How soon agents must be connected to a restarted controller.
+const NOTICE: Duration = Duration::from_secs(5);
+
+/// `weftctl attach netns:CONTAINER` on `host`; returns the IP printed.
+fn attach(world: &World, host: usize, container: &str) -> String {
+    world
+        .ctl(host, &["attach", &format!("netns:{container}")])
+        .trim_end()
+        .to_owned()
+}
+
+/// Every endpoint's (container, addresses), failing on an address held twice.
+fn endpoints(tables: &Value) -> Vec<(String, String)> {
+    let mut seen = BTreeSet::new();
+    let rows: Vec<(String, String)> = tables["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .map(|ep| {
+            let cidrs = ep["cidrs"].to_string();
+            assert!(
+                seen.insert(cidrs.clone()),
+                "{cidrs} is held twice: {tables}"
+            );
+            (ep["container_id"].as_str().unwrap().to_owned(), cidrs)
+        })
+        .collect();
+    rows
+}
+
+/// Waits until both agents show the controller connected at `revision`.
+fn wait_connected(world: &World, revision: u64) {
+    for host in 1..=2 {
+        let connected = wait_until(NOTICE, || {
+            let status = world.status(host);
+            status["controller"]["connected"] == true
+                && status["controller"]["revision"] == revision
+        });
+        assert!(
+            connected,
+            "host{host}: {}",
+            world.status(host)["controller"]
+        );
+    }
+}
+
+/// `weft-controller COMMAND FILE` with the world's etcd and `flags`.
+fn copy(world: &World, command: &str, file: &str, flags: &[&str]) -> Output {
+    let endpoints = world.etcd().endpoints();
+    let mut args = vec![
+        command,
+        file,
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &endpoints,
+    ];
+    args.extend_from_slice(flags);
+    world.weft_controller(&args)
+}
+
+#[test]
+fn a_controller_on_etcd_rides_out_losing_a_member_then_the_leader_then_its_own_restart() {
+    let mut world = World::on_etcd(2, 3);
+    let (c1, c2) = (world.container(1, "c1"), world.container(2, "c2"));
+    attach(&world, 1, &c1);
+    let ip2 = attach(&world, 2, &c2);
+    assert_reaches(&c1, &ip2);
+    let keys = world.etcd().keys("/weft/");
+    assert!(
+        keys.iter().any(|k| k == "/weft/meta/revision")
+            && keys.iter().any(|k| k.starts_with("/weft/log/")),
+        "the tables are not in etcd: {keys:?}"
+    );
+    let pings = ping_in_background(&c1, &ip2, 120, PING_INTERVAL);
+
+    // A follower of etcd dies: attaches go on as before.
+    let leader = world.etcd().leader();
+    let follower = if leader == 1 { 2 } else { 1 };
+    world.etcd().kill(follower);
+    let c3 = world.container(1, "c3");
+    let ip3 = attach(&world, 1, &c3);
+    assert_reaches(&c2, &ip3);
+    world.etcd().restart(follower);
+
+    // etcd's leader dies: attaches fail, each cleanly, until a new one is elected.
+    world.etcd().kill(leader);
+    let c4 = world.container(2, "c4");
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    let ip4 = loop {
+        let out = world.weftctl(2, &["attach", &format!("netns:{c4}")]);
+        if out.success() {
+            break out.stdout.trim().to_owned();
+        }
+        failures.push(out.stderr.trim().to_owned());
+        assert!(
+            started.elapsed() < ELECTION,
+            "attaches still fail {ELECTION:?} after etcd's leader died: {failures:#?}"
+        );
+        sleep(Duration::from_millis(200));
+    };
+    println!(
+        "etcd's leader killed: {} attaches failed, one succeeded after {:?}: {failures:#?}",
+        failures.len(),
+        started.elapsed()
+    );
+    world.etcd().restart(leader);
+    assert_reaches(&c1, &ip4);
+    let tables = world.controller_tables();
+    let held: BTreeSet<String> = endpoints(&tables).into_iter().map(|(c, _)| c).collect();
+    let ours: BTreeSet<String> = [&c1, &c2, &c3, &c4]
+        .iter()
+        .map(|c| format!("netns:{c}"))
+        .collect();
+    assert_eq!(held, ours, "each container once, nothing else: {tables}");
+
+    // The controller dies and comes back: its tables come from etcd, the agents resume.
+    let snapshots = [world.agent_snapshots(1), world.agent_snapshots(2)];
+    world.kill_controller();
+    world.start_controller();
+    assert_eq!(world.controller_tables(), tables);
+    wait_connected(&world, tables["revision"].as_u64().unwrap());
+    assert_eq!(
+        [world.agent_snapshots(1), world.agent_snapshots(2)],
+        snapshots,
+        "the agents resumed"
+    );
+    let (sent, received) = ping_counts(&pings.join().expect("ping thread"));
+    assert_eq!((sent, received), (120, 120), "no ping lost");
+}
+
+#[test]
+fn the_log_folds_into_a_snapshot_and_backups_move_tables_between_etcd_and_redb() {
+    let mut world = World::on_etcd(2, 3);
+    world.kill_controller();
+    world.start_controller_with(&["--history", "4"]);
+    let mut containers = Vec::new();
+    for i in 0..6 {
+        let c = world.container(1 + i % 2, &format!("c{i}"));
+        attach(&world, 1 + i % 2, &c);
+        containers.push(c);
+    }
+    let tables = world.controller_tables();
+    let revision = tables["revision"].as_u64().unwrap();
+    let keys = world.etcd().keys("/weft/");
+    let snapshots: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.starts_with("/weft/snapshot/"))
+        .collect();
+    let log: Vec<u64> = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix("/weft/log/")?.parse().ok())
+        .collect();
+    assert!(
+        !snapshots.is_empty()
+            && snapshots
+                .iter()
+                .all(|k| !k.contains("/00000000000000000000/")),
+        "no snapshot after {revision} revisions with 4 kept: {keys:?}"
+    );
+    // What is left of the log: at most the changes kept before the snapshot, and those after.
+    assert!(
+        !log.contains(&1) && log.len() <= 2 * 4,
+        "the log before the changes kept is left: {log:?} at revision {revision}"
+    );
+    let snapshots_taken = [world.agent_snapshots(1), world.agent_snapshots(2)];
+    world.kill_controller();
+    world.start_controller_with(&["--history", "4"]);
+    assert_eq!(
+        world.controller_tables(),
+        tables,
+        "snapshot and log make the same tables"
+    );
+    wait_connected(&world, revision);
+    assert_eq!(
+        [world.agent_snapshots(1), world.agent_snapshots(2)],
+        snapshots_taken,
+        "the agents resumed from the kept changes"
+    );
+
+    // A backup of the store in etcd, taken while it serves, restores into redb and into
+    // another prefix of etcd; the controller serves either as the same store.
+    let file = world.controller_dir().with_file_name("etcd.backup");
+    let file = file.to_str().unwrap();
+    let held = format!(
+        "store {} at revision {revision} (2 peers, 1 networks, 6 endpoints, 0 DNS records)",
+        tables["store_id"].as_str().unwrap()
+    );
+    let out = copy(&world, "backup", file, &[]);
+    assert_eq!(
+        (out.code, out.stdout.trim()),
+        (Some(0), format!("backed up {held} to {file}").as_str()),
+        "{}",
+        out.stderr
+    );
+    let redb = world.controller_dir().with_file_name("restored");
+    let out = world.weft_controller(&["restore", file, "--data-dir", redb.to_str().unwrap()]);
+    assert_eq!(
+        (out.code, out.stdout.trim()),
+        (
+            Some(0),
+            format!("restored {held} into {}/weft.redb", redb.display()).as_str()
+        ),
+        "{}",
+        out.stderr
+    );
+    let etcd_at = format!("etcd {} /moved/", world.etcd().endpoints());
+    let out = copy(&world, "restore", file, &["--etcd-prefix", "/moved/"]);
+    assert_eq!(
+        (out.code, out.stdout.trim()),
+        (Some(0), format!("restored {held} into {etcd_at}").as_str()),
+        "{}",
+        out.stderr
+    );
+    let out = copy(&world, "restore", file, &["--etcd-prefix", "/moved/"]);
+    assert_eq!(
+        out.stderr.lines().last().unwrap_or_default(),
+        format!(
+            "weft-controller: store {etcd_at} is not empty (it holds {}): a backup is restored into an empty store; give another --etcd-prefix, or remove this one's keys first",
+            held.split(" (").next().unwrap()
+        ),
+    );
+    world.kill_controller();
+    world.start_controller_with(&["--etcd-prefix", "/moved/"]);
+    assert_eq!(world.controller_tables(), tables);
+    wait_connected(&world, revision);
+    let c = world.container(2, "after");
+    let ip = attach(&world, 2, &c);
+    assert_reaches(&containers[0], &ip);
+    assert!(
+        world.etcd().keys("/weft/").len() < world.etcd().keys("/").len(),
+        "the new change went under /moved/"
+    );
+}
