@@ -1,12 +1,13 @@
 //! weft-controller: the authority for peers, networks, endpoints and addresses ([`ipam`]). It
-//! keeps them in memory
-//! ([`rules`]), durable in redb ([`store`], copied by [`backup`]), and serves them to agents
-//! over gRPC ([`service`]).
+//! keeps them in memory ([`rules`]), durable in redb or etcd ([`store`], copied by [`backup`];
+//! on etcd it follows the other controllers' commits, `follow`), and serves them to agents over
+//! gRPC ([`service`]).
 
 pub mod authority;
 pub mod backup;
 pub mod enrollment;
 pub mod failpoint;
+mod follow;
 pub mod index;
 pub mod ipam;
 pub mod limits;

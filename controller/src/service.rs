@@ -95,7 +95,11 @@ impl ControllerService {
     /// `peer_lease`: how long a peer may be gone before it is shown as unreachable.
     pub fn new(store: Store, tables: Tables, peer_lease: Duration) -> std::io::Result<Self> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let watch = store.revision_watch();
         let shared = Arc::new(Shared::new(store, tables, events));
+        if let Some(watch) = watch {
+            crate::follow::start(shared.clone(), watch);
+        }
         Ok(ControllerService {
             inner: Arc::new(Inner {
                 committer: Committer::start(shared.clone())?,
@@ -117,7 +121,7 @@ impl ControllerService {
     /// [`Committer::mutate`]). Returns the plan's result and the revision after its changes.
     pub async fn mutate<T: Send + 'static>(
         &self,
-        plan: impl FnOnce(&View) -> Result<(T, Vec<RowChange>), TableError> + Send + 'static,
+        plan: impl FnMut(&View) -> Result<(T, Vec<RowChange>), TableError> + Send + 'static,
     ) -> Result<(T, u64), Status> {
         self.inner
             .committer
@@ -236,7 +240,7 @@ impl Controller for ControllerService {
         limits::peer_name(&peer.name)?;
         act_for(&request, &peer.name)?;
         info!(name = %peer.name, addr = %peer.advertise_addr, "peer registers");
-        self.mutate(move |t| Ok(((), t.register_peer(peer)?)))
+        self.mutate(move |t| Ok(((), t.register_peer(peer.clone())?)))
             .await?;
         Ok(Response::new(RegisterResponse {}))
     }
@@ -478,7 +482,10 @@ mod tests {
                 })
             })
             .collect();
-        service.mutate(move |_| Ok(((), changes))).await.unwrap();
+        service
+            .mutate(move |_| Ok(((), changes.clone())))
+            .await
+            .unwrap();
         service
     }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread;
 
 use tokio::sync::{broadcast, oneshot};
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 use weft_proto::rows::RowChange;
 use weft_proto::snapshot;
 use weft_proto::tables::Tables;
@@ -26,13 +26,15 @@ use crate::store::{Store, StoreError};
 
 /// Requests planned and persisted together at most: bounds how long the state lock is held.
 const MAX_BATCH: usize = 256;
+/// How often a batch is planned again after another controller on the store committed first.
+const MAX_REPLANS: usize = 8;
 /// The controller's exit status after a panic while committing (EX_SOFTWARE). It exits rather
 /// than serve on without a committer and with the state lock poisoned; a supervisor (systemd's
 /// Restart=on-failure) starts it again from its store, which holds every answered change.
 pub(crate) const EXIT_PANICKED: i32 = 70;
-/// The controller's exit status when its store turns out to hold a commit it reported as failed
-/// (EX_IOERR).
-const EXIT_DIVERGED: i32 = 74;
+/// The controller's exit status when its store turns out to hold a commit it reported as failed,
+/// or no longer holds the changes it needs to follow the other controllers (EX_IOERR).
+pub(crate) const EXIT_DIVERGED: i32 = 74;
 
 pub(crate) struct State {
     pub(crate) tables: Tables,
@@ -83,6 +85,16 @@ impl Shared {
             }),
             events,
         }
+    }
+
+    /// Brings the tables up to what other controllers on the store committed, publishing their
+    /// changes to this controller's watchers, if the store is past `seen` (None: look).
+    pub(crate) fn follow(&self, seen: Option<u64>) -> Result<usize, StoreError> {
+        let mut state = self.lock();
+        if seen.is_some_and(|revision| revision <= state.tables.revision) {
+            return Ok(0);
+        }
+        follow(&mut state, &self.events)
     }
 
     /// The state as of the last durable change.
@@ -158,7 +170,8 @@ pub(crate) enum MutateError {
     Stopped,
 }
 
-type Plan = Box<dyn for<'a> FnOnce(&View<'a>) -> Result<Vec<RowChange>, TableError> + Send>;
+/// Planned again if another controller commits first, so callable more than once.
+type Plan = Box<dyn for<'a> FnMut(&View<'a>) -> Result<Vec<RowChange>, TableError> + Send>;
 
 struct Job {
     plan: Plan,
@@ -202,45 +215,106 @@ impl Committer {
     /// the plan's result and the revision the tables are at after its changes.
     pub(crate) async fn mutate<T: Send + 'static>(
         &self,
-        plan: impl FnOnce(&View) -> Result<(T, Vec<RowChange>), TableError> + Send + 'static,
+        mut plan: impl FnMut(&View) -> Result<(T, Vec<RowChange>), TableError> + Send + 'static,
     ) -> Result<(T, u64), MutateError> {
-        let (out_tx, mut out_rx) = oneshot::channel();
+        // The plan's result of the run that was committed: the last.
+        let out = Arc::new(Mutex::new(None));
         let (done, result) = oneshot::channel();
-        let plan: Plan = Box::new(move |view| {
-            let (out, changes) = plan(view)?;
-            let _ = out_tx.send(out);
-            Ok(changes)
+        let plan: Plan = Box::new({
+            let out = out.clone();
+            move |view| {
+                let (value, changes) = plan(view)?;
+                *out.lock().expect("plan result lock") = Some(value);
+                Ok(changes)
+            }
         });
         self.jobs
             .send(Job { plan, done })
             .map_err(|_| MutateError::Stopped)?;
         let revision = result.await.map_err(|_| MutateError::Stopped)??;
-        // Sent before the plan returned its changes, so before `done`.
-        let out = out_rx.try_recv().map_err(|_| MutateError::Stopped)?;
-        Ok((out, revision))
+        // Set before the plan returned its changes, so before `done`.
+        let value = out.lock().expect("plan result lock").take();
+        Ok((value.ok_or(MutateError::Stopped)?, revision))
     }
 }
 
 /// Plans the batch's requests in turn, makes their changes in memory, has `persist` write them
 /// (all in one transaction, as [`Store::commit`] does), then publishes them and answers; undoes
-/// them instead if `persist` fails.
+/// them instead if `persist` fails. If another controller committed first, the batch is undone,
+/// that controller's changes are followed, and the batch is planned again.
 fn commit_batch(
     shared: &Shared,
-    batch: Vec<Job>,
-    persist: impl FnOnce(&mut Store, &[Change], u64) -> Result<(), StoreError>,
+    mut batch: Vec<Job>,
+    mut persist: impl FnMut(&mut Store, &[Change], u64) -> Result<(), StoreError>,
 ) {
     let mut guard = shared.lock();
     let state = &mut *guard;
-    let start = state.tables.revision;
+    // Its caller gave up (a gRPC deadline, a client that went away) while it queued: nobody
+    // would learn of the change, and the caller may be retrying it already.
+    batch.retain(|job| !job.done.is_closed());
+    let mut replans = 0;
+    let outcomes = loop {
+        let start = state.tables.revision;
+        let (undo, changed, mut outcomes) = plan(state, &mut batch);
+        if changed.is_empty() {
+            break outcomes;
+        }
+        let Err(e) = persist(&mut state.store, &changed, state.tables.revision) else {
+            crate::failpoint::after_persist();
+            publish(state, &shared.events, start, changed);
+            state.store.settle(&state.tables);
+            break outcomes;
+        };
+        for change in undo.into_iter().rev() {
+            state.index.apply(&state.tables, &change);
+            state.tables.apply(change);
+        }
+        state.tables.revision = start;
+        let e = match e {
+            StoreError::Moved { .. } if replans < MAX_REPLANS => {
+                replans += 1;
+                debug!(
+                    requests = batch.len(),
+                    replans, "{e}; following it, planning again"
+                );
+                match follow(state, &shared.events) {
+                    Ok(_) => continue,
+                    Err(e) => e,
+                }
+            }
+            e => e,
+        };
+        if matches!(e, StoreError::Diverged { .. } | StoreError::Outrun { .. }) {
+            // Serving on would answer from tables behind the store's: stop, and let the
+            // supervisor start the controller again from what the store holds.
+            error!("{e}");
+            std::process::exit(EXIT_DIVERGED);
+        }
+        warn!(requests = outcomes.len(), "persisting failed: {e}");
+        let e = Arc::new(e);
+        // Refusals too: one may be due to an earlier request of the batch, now undone.
+        for outcome in &mut outcomes {
+            *outcome = Err(MutateError::Persist(e.clone()));
+        }
+        break outcomes;
+    };
+    drop(guard);
+    for (job, outcome) in batch.into_iter().zip(outcomes) {
+        // A caller that gave up is no reason to stop.
+        let _ = job.done.send(outcome);
+    }
+}
+
+/// Plans each request of the batch against the tables as those before it left them, and makes
+/// its changes in memory. Returns how to undo them, their wire form, and each request's outcome.
+fn plan(
+    state: &mut State,
+    batch: &mut [Job],
+) -> (Vec<RowChange>, Vec<Change>, Vec<Result<u64, MutateError>>) {
     let mut undo = Vec::new();
     let mut changed = Vec::new();
     let mut outcomes = Vec::with_capacity(batch.len());
     for job in batch {
-        // Its caller gave up (a gRPC deadline, a client that went away) while it queued: nobody
-        // would learn of the change, and the caller may be retrying it already.
-        if job.done.is_closed() {
-            continue;
-        }
         let view = View {
             tables: &state.tables,
             index: &state.index,
@@ -255,38 +329,25 @@ fn commit_batch(
             }
             state.tables.revision
         });
-        outcomes.push((job.done, outcome.map_err(MutateError::from)));
+        outcomes.push(outcome.map_err(MutateError::from));
     }
-    if !changed.is_empty() {
-        if let Err(e) = persist(&mut state.store, &changed, state.tables.revision) {
-            if matches!(e, StoreError::Diverged { .. }) {
-                // Serving on would answer from tables behind the store's: stop, and let the
-                // supervisor start the controller again from what the store holds.
-                error!("{e}");
-                std::process::exit(EXIT_DIVERGED);
-            }
-            warn!(requests = outcomes.len(), "persisting failed: {e}");
-            let e = Arc::new(e);
-            for change in undo.into_iter().rev() {
-                state.index.apply(&state.tables, &change);
-                state.tables.apply(change);
-            }
-            state.tables.revision = start;
-            // Refusals too: one may be due to an earlier request of the batch, now undone.
-            for (_, outcome) in &mut outcomes {
-                *outcome = Err(MutateError::Persist(e.clone()));
-            }
-        } else {
-            crate::failpoint::after_persist();
-            publish(state, &shared.events, start, changed);
-            state.store.settle(&state.tables);
-        }
+    (undo, changed, outcomes)
+}
+
+/// Applies and publishes what other controllers on the store committed since this one last
+/// committed or followed. Returns how many changes that was.
+fn follow(state: &mut State, events: &broadcast::Sender<WatchEvent>) -> Result<usize, StoreError> {
+    let start = state.tables.revision;
+    let rows = state.store.catch_up()?;
+    let mut changed = Vec::with_capacity(rows.len());
+    for change in rows {
+        state.index.apply(&state.tables, &change);
+        changed.push(change.wire());
+        state.tables.apply(change);
     }
-    drop(guard);
-    for (done, outcome) in outcomes {
-        // A caller that gave up is no reason to stop.
-        let _ = done.send(outcome);
-    }
+    let n = changed.len();
+    publish(state, events, start, changed);
+    Ok(n)
 }
 
 /// Records the batch's changes, numbered from `start` + 1, as deltas for resuming agents, and
@@ -341,7 +402,7 @@ mod tests {
 
     /// A request that makes the changes `plan` returns, and where its answer comes.
     fn job(
-        plan: impl for<'a> FnOnce(&View<'a>) -> Result<Vec<RowChange>, TableError> + Send + 'static,
+        plan: impl for<'a> FnMut(&View<'a>) -> Result<Vec<RowChange>, TableError> + Send + 'static,
     ) -> (Job, Answer) {
         let (done, answer) = oneshot::channel();
         let plan: Plan = Box::new(plan);
@@ -350,7 +411,7 @@ mod tests {
 
     /// A request that registers `peer`.
     fn register(peer: Peer) -> (Job, Answer) {
-        job(move |view| view.register_peer(peer))
+        job(move |view| view.register_peer(peer.clone()))
     }
 
     /// A request that attaches `container` on host1 with `addr`.
@@ -366,7 +427,7 @@ mod tests {
     fn commit(
         shared: &Shared,
         jobs: Vec<(Job, Answer)>,
-        persist: impl FnOnce(&mut Store, &[Change], u64) -> Result<(), StoreError>,
+        persist: impl FnMut(&mut Store, &[Change], u64) -> Result<(), StoreError>,
     ) -> Vec<Result<u64, MutateError>> {
         let (batch, answers): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
         commit_batch(shared, batch, persist);
@@ -437,6 +498,73 @@ mod tests {
         let answers = commit(&shared, vec![attach("c5", "net:default")], Store::commit);
         assert_eq!(answers[0].as_ref().unwrap(), &(tables.revision + 1));
         assert_eq!(watcher.try_recv().unwrap().revision, tables.revision + 1);
+    }
+
+    #[test]
+    fn a_batch_another_controller_beat_is_planned_again_then_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        let range = "10.32.0.0/12".parse().unwrap();
+        let setup = vec![
+            job(move |view| view.ensure_default_network(range)),
+            register(peer(1)),
+        ];
+        assert!(
+            commit(&shared, setup, Store::commit)
+                .iter()
+                .all(Result::is_ok)
+        );
+        let before = shared.lock().tables.revision;
+        let moved = |held| StoreError::Moved {
+            path: dir.path().to_path_buf(),
+            held,
+            expected: before,
+        };
+        let mut watcher = shared.events.subscribe();
+
+        // Beaten once: the batch is undone, planned again from the same tables, and lands once.
+        let mut tries = 0;
+        let answers = commit(
+            &shared,
+            vec![attach("c0", "net:default")],
+            |store, changes, at| {
+                tries += 1;
+                if tries == 1 {
+                    return Err(moved(before + 1));
+                }
+                store.commit(changes, at)
+            },
+        );
+        assert_eq!(tries, 2);
+        assert_eq!(answers[0].as_ref().unwrap(), &(before + 1));
+        assert_eq!(watcher.try_recv().unwrap().revision, before + 1);
+        assert!(
+            watcher.try_recv().is_err(),
+            "the first plan is not published"
+        );
+        {
+            let state = shared.lock();
+            assert_eq!(state.tables.endpoints.len(), 1);
+            assert_eq!(state.index, Index::build(&state.tables));
+        }
+
+        // Beaten every time: the requests fail naming why, and nothing changed.
+        let tables = shared.lock().tables.clone();
+        let mut tries = 0;
+        let answers = commit(&shared, vec![attach("c1", "net:default")], |_, _, _| {
+            tries += 1;
+            Err(moved(before + 9))
+        });
+        assert_eq!(tries, MAX_REPLANS + 1);
+        let Err(e @ MutateError::Persist(_)) = &answers[0] else {
+            panic!("the request fails to persist, not {:?}", answers[0]);
+        };
+        assert!(
+            e.to_string().contains("another controller committed first"),
+            "{e}"
+        );
+        assert_eq!(shared.lock().tables, tables);
+        assert!(watcher.try_recv().is_err());
     }
 
     #[test]

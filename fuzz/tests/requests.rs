@@ -79,9 +79,15 @@ fn controllers() -> Controllers {
         .expect("setup");
     let spec: AddrSpec = "192.168.0.3/24".parse().unwrap();
     runtime
-        .block_on(
-            service.mutate(move |t| t.attach("host2", "netns:c2", &[spec], "", &mut Mac::random)),
-        )
+        .block_on(service.mutate(move |t| {
+            t.attach(
+                "host2",
+                "netns:c2",
+                std::slice::from_ref(&spec),
+                "",
+                &mut Mac::random,
+            )
+        }))
         .expect("host2's endpoint");
     put_host2_record(&service, &runtime);
     let watch = WatchRequest {

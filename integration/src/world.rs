@@ -83,8 +83,26 @@ impl Drop for Alone {
     }
 }
 
-fn controller_ns(prefix: &str) -> String {
-    format!("{prefix}-ctl")
+/// `name` for the first controller, `name` and `k` for controller `k` of several.
+fn numbered(name: &str, k: usize) -> String {
+    if k == 1 {
+        name.to_owned()
+    } else {
+        format!("{name}{k}")
+    }
+}
+
+fn controller_ns(prefix: &str, k: usize) -> String {
+    numbered(&format!("{prefix}-ctl"), k)
+}
+
+/// Controller `k`'s underlay address: [`CONTROLLER_IP`] for the first, the next ones after it.
+fn controller_ip(k: usize) -> String {
+    format!("198.18.0.{}", 99 + k)
+}
+
+fn admin_socket(dir: &Path, k: usize) -> PathBuf {
+    dir.join(format!("{}.sock", numbered("admin", k)))
 }
 
 /// Underlay address of host `host` (1-based), which its agent advertises.
@@ -99,9 +117,10 @@ pub struct World {
     bins: Bins,
     /// Every namespace made, in creation order, so drop can delete them all.
     namespaces: Vec<String>,
-    /// Behind a lock so a test can crash and restart it through `&World` while other threads
-    /// run weftctl against the same world.
-    controller: Mutex<Daemon>,
+    /// The controllers, the first the one of [`CONTROLLER_URL`]; each behind a lock so a test
+    /// can crash and restart it through `&World` while other threads run weftctl against the
+    /// same world. Several only on etcd, where they share the tables.
+    controllers: Vec<Mutex<Daemon>>,
     /// Each behind a lock for the same reason: a test crashes one while others use the world.
     agents: Vec<Mutex<Daemon>>,
     /// Flags every agent gets after the harness's own, e.g. `--mtu 1400`.
@@ -132,15 +151,31 @@ impl World {
 
     /// [`World::with_agent_args`] with the given security.
     pub fn with_options(hosts: usize, agent_args: &[&str], security: Security) -> World {
-        World::build(hosts, agent_args, security, 0)
+        World::build(hosts, agent_args, security, 0, 1)
     }
 
     /// [`World::new`], its controller keeping its tables in an etcd cluster of `members`.
     pub fn on_etcd(hosts: usize, members: usize) -> World {
-        World::build(hosts, &[], Security::Join, members)
+        World::build(hosts, &[], Security::Join, members, 1)
     }
 
-    fn build(hosts: usize, agent_args: &[&str], security: Security, etcd_members: usize) -> World {
+    /// [`World::on_etcd`] with `controllers` controllers on the one etcd prefix, each in its own
+    /// namespace with its own CA; host `h` joins controller `(h - 1) % controllers + 1`.
+    pub fn on_etcd_controllers(hosts: usize, members: usize, controllers: usize) -> World {
+        assert!(
+            (1..=9).contains(&controllers),
+            "a world has 1 to 9 controllers, not {controllers}"
+        );
+        World::build(hosts, &[], Security::Join, members, controllers)
+    }
+
+    fn build(
+        hosts: usize,
+        agent_args: &[&str],
+        security: Security,
+        etcd_members: usize,
+        controllers: usize,
+    ) -> World {
         netns::require_privileges_and_tools();
         assert!(hosts < 100, "a world has at most 99 hosts, not {hosts}");
         let bins = Bins::locate();
@@ -153,42 +188,48 @@ impl World {
             .prefix(&format!("{prefix}-"))
             .tempdir()
             .expect("creating the world's temp dir");
-        let ctl_ns = controller_ns(&prefix);
-        let mut controller_args = vec![
-            "--listen".into(),
-            format!("{CONTROLLER_IP}:{CONTROLLER_PORT}"),
-            "--data-dir".into(),
-            dir.path().join("controller").display().to_string(),
-        ];
         let etcd = (etcd_members > 0).then(|| Etcd::new(&prefix, dir.path(), etcd_members));
-        if let Some(etcd) = &etcd {
-            controller_args.extend([
-                "--store".into(),
-                "etcd".into(),
-                "--etcd-endpoints".into(),
-                etcd.endpoints(),
-            ]);
-        }
-        match security {
-            Security::Join => controller_args.extend([
-                "--admin-socket".into(),
-                dir.path().join("admin.sock").display().to_string(),
-            ]),
-            Security::Insecure => controller_args.push("--insecure".into()),
-        }
-        let controller = Daemon::new(
-            &ctl_ns,
-            bins.controller.clone(),
-            controller_args,
-            dir.path().join("controller.log"),
-        );
+        let controllers = (1..=controllers)
+            .map(|k| {
+                let mut args = vec![
+                    "--listen".into(),
+                    format!("{}:{CONTROLLER_PORT}", controller_ip(k)),
+                    "--data-dir".into(),
+                    dir.path()
+                        .join(numbered("controller", k))
+                        .display()
+                        .to_string(),
+                ];
+                if let Some(etcd) = &etcd {
+                    args.extend(["--store".into(), "etcd".into()]);
+                    args.extend(["--etcd-endpoints".into(), etcd.endpoints()]);
+                }
+                match security {
+                    Security::Join => args.extend([
+                        "--admin-socket".into(),
+                        admin_socket(dir.path(), k).display().to_string(),
+                    ]),
+                    Security::Insecure => args.push("--insecure".into()),
+                }
+                let log = dir
+                    .path()
+                    .join(format!("{}.log", numbered("controller", k)));
+                let daemon = Daemon::new(
+                    &controller_ns(&prefix, k),
+                    bins.controller.clone(),
+                    args,
+                    log,
+                );
+                Mutex::new(daemon)
+            })
+            .collect();
         // From here on a panic drops `world`, which undoes whatever was built so far.
         let mut world = World {
             prefix,
             dir,
             bins,
             namespaces: Vec::new(),
-            controller: Mutex::new(controller),
+            controllers,
             agents: Vec::new(),
             agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
             containers: Vec::new(),
@@ -214,9 +255,15 @@ impl World {
         if let Some(etcd) = &world.etcd {
             etcd.start();
         }
-        world.add_ns(&ctl_ns);
-        world.plug(&ctl_ns, "ctl", CONTROLLER_IP);
-        world.start_controller();
+        for k in 1..=world.controllers.len() {
+            let ns = controller_ns(&world.prefix, k);
+            world.add_ns(&ns);
+            world.plug(&ns, &numbered("ctl", k), &controller_ip(k));
+            if k > 1 && security == Security::Join {
+                world.share_ca(k);
+            }
+            world.start_controller_at(k, &[]);
+        }
         for host in 1..=hosts {
             world.add_host(host);
         }
@@ -248,7 +295,12 @@ impl World {
 
     /// The controller's admin socket (`weftctl token create --admin-socket`).
     pub fn admin_socket(&self) -> PathBuf {
-        self.dir.path().join("admin.sock")
+        admin_socket(self.dir.path(), 1)
+    }
+
+    /// Which controller host `host`'s agent joined and talks to (1-based).
+    pub fn controller_of(&self, host: usize) -> usize {
+        (host - 1) % self.controllers.len() + 1
     }
 
     /// The controller's data dir (its CA is there).
@@ -263,7 +315,12 @@ impl World {
 
     /// A fresh join token from the controller's admin API, valid for `ttl` (e.g. "1h").
     pub fn token(&self, ttl: &str) -> String {
-        let admin = self.admin_socket();
+        self.token_of(1, ttl)
+    }
+
+    /// [`World::token`] from controller `k`: a token is good at the controller that made it.
+    fn token_of(&self, k: usize, ttl: &str) -> String {
+        let admin = admin_socket(self.dir.path(), k);
         let admin = admin.to_str().expect("socket path is UTF-8");
         let mut cmd = Command::new(&self.bins.ctl);
         cmd.args(["token", "create", "--ttl", ttl, "--admin-socket", admin]);
@@ -286,7 +343,10 @@ impl World {
     /// weft-load's flags to reach the controller as host `host`'s agent does (its URL and, over
     /// TLS, its certificate).
     pub fn load_args(&self, host: usize) -> Vec<String> {
-        let mut args = vec!["--controller".to_string(), self.controller_url().into()];
+        let mut args = vec![
+            "--controller".to_string(),
+            self.url_of(self.controller_of(host)),
+        ];
         if self.security == Security::Join {
             let dir = self.state_dir(host);
             for (flag, file) in [
@@ -310,12 +370,17 @@ impl World {
     /// The controller's tables as the controller itself holds them, from `weft-load dump` run
     /// in host1's namespace with host1's identity.
     pub fn controller_tables(&self) -> serde_json::Value {
+        self.tables_via(1)
+    }
+
+    /// The tables as host `host`'s controller holds them, dumped with that host's identity.
+    pub fn tables_via(&self, host: usize) -> serde_json::Value {
         let load = locate_bin("weft-load");
         let mut argv = vec![load.display().to_string()];
-        argv.extend(self.load_args(1));
-        argv.extend(["dump".into(), "--peer".into(), "host1".into()]);
+        argv.extend(self.load_args(host));
+        argv.extend(["dump".into(), "--peer".into(), format!("host{host}")]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let out = netns::exec_for(&self.host_ns(1), &argv, Duration::from_secs(10));
+        let out = netns::exec_for(&self.host_ns(host), &argv, Duration::from_secs(10));
         assert!(out.success(), "weft-load dump: {}", out.stderr.trim());
         serde_json::from_str(&out.stdout)
             .unwrap_or_else(|e| panic!("weft-load dump printed no JSON ({e}):\n{}", out.stdout))
@@ -328,7 +393,7 @@ impl World {
 
     /// The controller's namespace, where [`CONTROLLER_URL`] is a local address.
     pub fn controller_ns(&self) -> String {
-        controller_ns(&self.prefix)
+        controller_ns(&self.prefix, 1)
     }
 
     /// The controller's process id while it runs.
@@ -401,7 +466,12 @@ impl World {
 
     /// SIGKILLs the controller, as a crash would.
     pub fn kill_controller(&self) {
-        self.controller().kill();
+        self.kill_controller_at(1);
+    }
+
+    /// SIGKILLs controller `k`.
+    pub fn kill_controller_at(&self, k: usize) {
+        self.controller_at(k).kill();
     }
 
     /// (Re)starts the controller and waits until it listens.
@@ -411,19 +481,25 @@ impl World {
 
     /// [`World::start_controller`] with `extra` flags, for this run only.
     pub fn start_controller_with(&self, extra: &[&str]) {
-        self.controller().start_with(extra);
-        let ctl_ns = self.controller_ns();
+        self.start_controller_at(1, extra);
+    }
+
+    /// (Re)starts controller `k` with `extra` flags and waits until it listens.
+    pub fn start_controller_at(&self, k: usize, extra: &[&str]) {
+        self.controller_at(k).start_with(extra);
+        let ctl_ns = controller_ns(&self.prefix, k);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            if let Some(status) = self.controller().exited() {
-                panic!("weft-controller exited ({status}) before listening");
+            if let Some(status) = self.controller_at(k).exited() {
+                panic!("weft-controller {k} exited ({status}) before listening");
             }
             if netns::listening(&ctl_ns, CONTROLLER_PORT) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "weft-controller not listening on {CONTROLLER_IP}:{CONTROLLER_PORT} after {READY_TIMEOUT:?}"
+                "weft-controller not listening on {}:{CONTROLLER_PORT} after {READY_TIMEOUT:?}",
+                controller_ip(k)
             );
             sleep(Duration::from_millis(100));
         }
@@ -515,9 +591,41 @@ impl World {
     /// The controller's daemon. A panic while the lock was held (a failed start) does not make
     /// it unusable: drop must still stop the process and report its log.
     fn controller(&self) -> MutexGuard<'_, Daemon> {
-        self.controller
+        self.controller_at(1)
+    }
+
+    fn controller_at(&self, k: usize) -> MutexGuard<'_, Daemon> {
+        let count = self.controllers.len();
+        assert!(
+            (1..=count).contains(&k),
+            "no controller {k}: this world has {count}"
+        );
+        self.controllers[k - 1]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Gives controller `k` the first one's CA before its first start, as the README says to:
+    /// agents of either then trust both.
+    fn share_ca(&self, k: usize) {
+        let (from, to) = (
+            self.controller_dir(),
+            self.dir.path().join(numbered("controller", k)),
+        );
+        std::fs::create_dir_all(&to).expect("controller data dir");
+        for file in ["ca.pem", "ca.key"] {
+            std::fs::copy(from.join(file), to.join(file))
+                .unwrap_or_else(|e| panic!("copying {file} to {}: {e}", to.display()));
+        }
+    }
+
+    /// The URL agents reach controller `k` at.
+    fn url_of(&self, k: usize) -> String {
+        let scheme = match self.security {
+            Security::Join => "https",
+            Security::Insecure => "http",
+        };
+        format!("{scheme}://{}:{CONTROLLER_PORT}", controller_ip(k))
     }
 
     /// Host `host`'s agent daemon; like [`World::controller`], usable after a panic under it.
@@ -576,9 +684,10 @@ impl World {
         let ns = self.host_ns(host);
         self.add_ns(&ns);
         self.plug(&ns, &format!("h{host}"), &host_addr(host));
+        let controller = self.controller_of(host);
         let mut args = vec![
             "--controller".into(),
-            self.controller_url().into(),
+            self.url_of(controller),
             "--name".into(),
             format!("host{host}"),
             "--socket".into(),
@@ -589,7 +698,7 @@ impl World {
         match self.security {
             // Used on the first start; a restarted agent finds its certificate stored.
             Security::Join => {
-                let token = self.token("10m");
+                let token = self.token_of(controller, "10m");
                 args.extend(["--join".into(), token.clone()]);
                 self.join_tokens.push(token);
             }
@@ -633,7 +742,9 @@ impl World {
     fn report(&self) {
         let mut err = io::stderr().lock();
         let _ = writeln!(err, "==== weft world {} failed; its state:", self.prefix);
-        let _ = writeln!(err, "{}", self.controller().log_tail(LOG_TAIL_LINES));
+        for k in 1..=self.controllers.len() {
+            let _ = writeln!(err, "{}", self.controller_at(k).log_tail(LOG_TAIL_LINES));
+        }
         if let Some(etcd) = &self.etcd {
             let _ = writeln!(err, "{}", etcd.log_tails(LOG_TAIL_LINES / 2));
         }
@@ -676,7 +787,9 @@ impl Drop for World {
         for host in 1..=self.agents.len() {
             self.agent(host).stop();
         }
-        self.controller().stop();
+        for k in 1..=self.controllers.len() {
+            self.controller_at(k).stop();
+        }
         if let Some(etcd) = &self.etcd {
             etcd.stop();
         }

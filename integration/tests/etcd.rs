@@ -252,3 +252,60 @@ fn the_log_folds_into_a_snapshot_and_backups_move_tables_between_etcd_and_redb()
         "the new change went under /moved/"
     );
 }
+
+#[test]
+fn two_controllers_on_one_prefix_give_each_address_once_and_serve_the_same_tables() {
+    let mut world = World::on_etcd_controllers(2, 3, 2);
+    assert_eq!((world.controller_of(1), world.controller_of(2)), (1, 2));
+    let containers: Vec<(usize, String)> = (0..12)
+        .map(|i| {
+            let host = 1 + i % 2;
+            (host, world.container(host, &format!("c{i}")))
+        })
+        .collect();
+
+    // Attaches through both controllers at once: they race for the same free addresses.
+    let ips: Vec<String> = std::thread::scope(|s| {
+        let world = &world;
+        let attaching: Vec<_> = containers
+            .iter()
+            .map(|(host, c)| s.spawn(move || attach(world, *host, c)))
+            .collect();
+        attaching.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let distinct: BTreeSet<&String> = ips.iter().collect();
+    assert_eq!(distinct.len(), ips.len(), "an address given twice: {ips:?}");
+
+    // Each controller follows the other's commits: the same tables at the same revision.
+    let same = wait_until(NOTICE, || {
+        world.tables_via(1)["revision"] == world.tables_via(2)["revision"]
+    });
+    let tables = world.tables_via(1);
+    assert!(
+        same,
+        "controller 1: {tables}\ncontroller 2: {}",
+        world.tables_via(2)
+    );
+    assert_eq!(world.tables_via(2), tables);
+    let held: BTreeSet<String> = endpoints(&tables).into_iter().map(|(c, _)| c).collect();
+    let ours: BTreeSet<String> = containers
+        .iter()
+        .map(|(_, c)| format!("netns:{c}"))
+        .collect();
+    assert_eq!(held, ours, "each container once: {tables}");
+    wait_connected(&world, tables["revision"].as_u64().unwrap());
+    // Each host learned the other's endpoints from its own controller.
+    assert_reaches(&containers[0].1, &ips[1]);
+    assert_reaches(&containers[1].1, &ips[0]);
+
+    // Controller 1 dies: host2 attaches on through controller 2, and controller 1 comes back
+    // with that change, read from etcd, and hands it to host1.
+    world.kill_controller_at(1);
+    let late = world.container(2, "late");
+    let ip = attach(&world, 2, &late);
+    world.start_controller_at(1, &[]);
+    let tables = world.tables_via(2);
+    assert_eq!(world.tables_via(1), tables);
+    wait_connected(&world, tables["revision"].as_u64().unwrap());
+    assert_reaches(&containers[0].1, &ip);
+}

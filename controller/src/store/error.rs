@@ -91,6 +91,19 @@ pub enum StoreError {
         held: u64,
         expected: u64,
     },
+    /// Another controller on the store committed first: catch up and plan again.
+    #[error(
+        "store {path} moved on to revision {held} while this controller was at {expected}: another controller committed first"
+    )]
+    Moved {
+        path: PathBuf,
+        held: u64,
+        expected: u64,
+    },
+    #[error(
+        "store {path} no longer holds the changes after revision {at} (its log starts at {starts}): this controller fell too far behind the others; it stops, to load the tables afresh once started again"
+    )]
+    Outrun { path: PathBuf, at: u64, starts: u64 },
 }
 
 pub(super) fn file_err(

@@ -7,10 +7,13 @@
 //!
 //! Numbers in keys are zero-padded to 20 digits, so keys sort as revisions do. A commit is one
 //! transaction whatever its size (etcd allows 128 operations in one): its log entry and the new
-//! revision, on condition that `meta/revision` is still what this controller last wrote. A
-//! controller that is not the only writer, or whose timed-out commit landed after all, commits
-//! nothing and stops (`Diverged`), to start again from what etcd holds. Once the log after the
-//! base is longer than the changes kept, a new snapshot is written and the older log goes.
+//! revision, on condition that `meta/revision` is still what this controller last wrote or read.
+//! That fences every controller on the prefix: one whose store moved on (another controller
+//! committed, or a commit of its own timed out and landed after all) commits nothing, reads the
+//! log entries it lacks ([`EtcdStore::catch_up`]) and plans again. Each controller also follows
+//! `meta/revision` ([`RevisionWatch`]) to apply the others' commits as they come. Once the log
+//! after the base is longer than the changes kept, a new snapshot is written and the older log
+//! goes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -72,6 +75,7 @@ impl std::fmt::Display for EtcdConfig {
 }
 
 pub struct EtcdStore {
+    client: Client,
     kv: KvClient,
     handle: Handle,
     config: EtcdConfig,
@@ -210,6 +214,7 @@ impl EtcdStore {
             }
         };
         Ok(EtcdStore {
+            client: client.clone(),
             kv: client
                 .kv_client()
                 .max_decoding_message_size(MAX_RESPONSE_BYTES),
@@ -504,7 +509,7 @@ impl EtcdStore {
             let (landed, _) = self.get_prefix(&format!("log/{}", num(first)), 0)?;
             let ours = held == revision && landed.first().is_some_and(|(_, v)| *v == entry);
             if !ours {
-                return Err(StoreError::Diverged {
+                return Err(StoreError::Moved {
                     path: self.at(),
                     held,
                     expected: self.committed,
@@ -514,6 +519,57 @@ impl EtcdStore {
         self.committed = revision;
         self.log.push_back((first, revision));
         Ok(())
+    }
+
+    /// The changes other controllers committed after this one's last commit (or catch-up), in
+    /// order, each read into a typed row: they lead on from revision `committed` + 1.
+    pub fn catch_up(&mut self) -> Result<Vec<RowChange>, StoreError> {
+        let from = self.key(&format!("log/{}", num(self.committed + 1)));
+        // Every key from there to the end of log/ ('0' follows '/').
+        let options = GetOptions::new().with_range(self.key("log0"));
+        let got = self.request(|mut kv| {
+            let (from, options) = (from.clone(), options.clone());
+            async move { kv.get(from, Some(options)).await }
+        })?;
+        let (mut committed, mut entries) = (self.committed, Vec::new());
+        let mut rows = Vec::new();
+        for kv in got.kvs() {
+            let commit = Commit::decode(kv.value()).map_err(|cause| StoreError::Decode {
+                path: self.at(),
+                cause,
+            })?;
+            if commit.first != committed + 1 {
+                return Err(StoreError::Outrun {
+                    path: self.at(),
+                    at: committed,
+                    starts: commit.first,
+                });
+            }
+            let last = commit.first + commit.changes.len() as u64 - 1;
+            for delta in commit.changes {
+                let change = delta
+                    .change
+                    .ok_or_else(|| self.err_msg("an empty change"))?;
+                rows.push(RowChange::read(change).map_err(|row| StoreError::BadRow {
+                    path: self.at(),
+                    row,
+                })?);
+            }
+            entries.push((commit.first, last));
+            committed = last;
+        }
+        self.committed = committed;
+        self.log.extend(entries);
+        Ok(rows)
+    }
+
+    /// A watch of the store's revision, for following other controllers' commits.
+    pub fn revision_watch(&self) -> RevisionWatch {
+        RevisionWatch {
+            client: self.client.clone(),
+            key: self.key("meta/revision"),
+            at: self.config.to_string(),
+        }
     }
 
     /// Writes a snapshot of `tables` once the log after the base holds more changes than are
@@ -545,7 +601,7 @@ impl EtcdStore {
                 return;
             }
         }
-        let old = std::mem::replace(&mut self.base, base);
+        self.base = base;
         let cutoff = (base + 1).saturating_sub(self.kept);
         while self.log.front().is_some_and(|&(_, last)| last < cutoff) {
             self.log.pop_front();
@@ -555,15 +611,66 @@ impl EtcdStore {
             self.key("log/"),
             self.key(&format!("log/{}", num(keep_from))),
         );
+        // Every older snapshot, also one another controller wrote.
+        let (older, ours) = (
+            self.key("snapshot/"),
+            self.key(&format!("snapshot/{}/", num(base))),
+        );
         let pruned = self
             .delete(from, DeleteOptions::new().with_range(to))
-            .and_then(|()| self.delete_prefix(&format!("snapshot/{}/", num(old))));
+            .and_then(|()| self.delete(older, DeleteOptions::new().with_range(ours)));
         match pruned {
             Ok(()) => info!(base, "wrote a snapshot of the tables to etcd"),
             Err(e) => warn!(
                 base,
                 "wrote a snapshot, but the old one or the log stays: {e}"
             ),
+        }
+    }
+}
+
+/// etcd's watch of `meta/revision`.
+pub struct RevisionWatch {
+    client: Client,
+    key: String,
+    at: String,
+}
+
+impl RevisionWatch {
+    /// Calls `moved` with each revision the store moves to, and with none each time the watch
+    /// (re)starts, since it may have moved meanwhile. Returns only if `moved` says to stop.
+    pub async fn run(self, mut moved: impl FnMut(Option<u64>) -> bool) {
+        let mut watch = self.client.watch_client();
+        loop {
+            match watch.watch(self.key.clone(), None).await {
+                Ok(mut stream) => {
+                    if !moved(None) {
+                        return;
+                    }
+                    loop {
+                        match stream.message().await {
+                            Ok(Some(response)) => {
+                                for event in response.events() {
+                                    let revision = event
+                                        .kv()
+                                        .and_then(|kv| std::str::from_utf8(kv.value()).ok())
+                                        .and_then(|v| v.parse().ok());
+                                    if revision.is_some() && !moved(revision) {
+                                        return;
+                                    }
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                warn!(store = %self.at, "watch of the store's revision ended: {e}");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => warn!(store = %self.at, "cannot watch the store's revision: {e}"),
+            }
+            tokio::time::sleep(RETRY_PAUSE * 10).await;
         }
     }
 }

@@ -17,7 +17,7 @@ use weft_proto::v1::{WatchEvent, delta::Change};
 pub use data_dir::{Emptied, open_private_db};
 pub use embedded::{MARKER_FILE, RedbStore, STORE_FILE};
 pub use error::StoreError;
-pub use etcd::{EtcdConfig, EtcdStore, EtcdTls};
+pub use etcd::{EtcdConfig, EtcdStore, EtcdTls, RevisionWatch};
 
 /// How many of the latest changes are kept unless told otherwise (`--history`): an agent
 /// further behind gets a snapshot.
@@ -109,6 +109,23 @@ impl Store {
         match self {
             Store::Redb(s) => s.commit(changes, revision),
             Store::Etcd(s) => s.commit(changes, revision),
+        }
+    }
+
+    /// The changes other controllers committed since this one's last commit or catch-up, in
+    /// order (none for redb, which has one writer).
+    pub fn catch_up(&mut self) -> Result<Vec<weft_proto::rows::RowChange>, StoreError> {
+        match self {
+            Store::Redb(_) => Ok(Vec::new()),
+            Store::Etcd(s) => s.catch_up(),
+        }
+    }
+
+    /// A watch of the revision other controllers commit at, if the store can have others.
+    pub fn revision_watch(&self) -> Option<RevisionWatch> {
+        match self {
+            Store::Redb(_) => None,
+            Store::Etcd(s) => Some(s.revision_watch()),
         }
     }
 
