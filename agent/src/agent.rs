@@ -36,7 +36,8 @@ pub struct Agent {
 
 /// The controller an agent follows: where, how, and which of its stores.
 pub struct ControllerConfig {
-    pub url: String,
+    /// Controllers of one control plane, tried in turn.
+    pub urls: Vec<String>,
     /// None: plaintext (--insecure).
     pub tls: Option<transport::ClientTlsConfig>,
     pub following: Following,
@@ -80,7 +81,7 @@ impl Agent {
     ) -> anyhow::Result<Agent> {
         let following = Arc::new(controller.following);
         let link = Arc::new(ControllerLink::new(
-            controller.url,
+            controller.urls,
             controller.tls,
             following.clone(),
         )?);

@@ -1,11 +1,13 @@
-//! The agent's link to its controller: the clients (one for requests, one for the watch), the
-//! state of the watch for `weftctl status`, and the one way a request is made.
+//! The agent's link to its controller: the controllers it may talk to (each with a client for
+//! requests and one for the watch), which of them it talks to now, the state of the watch for
+//! `weftctl status`, and the one way a request is made.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::anyhow;
+use anyhow::{anyhow, bail};
 use tonic::transport::{self, Channel};
 use tonic::{Code, Request, Response, Status};
 use weft_proto::v1::controller_client::ControllerClient;
@@ -29,11 +31,11 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_SNAPSHOT_BYTES: usize = 256 << 20;
 
 pub struct ControllerLink {
-    url: String,
-    /// For unary requests, each made through [`ControllerLink::ask`].
-    client: ControllerClient<Channel>,
-    /// For the long-lived watch stream, which must not time out.
-    watch_client: ControllerClient<Channel>,
+    /// In the order given (`--controller URL[,URL...]`): controllers of one control plane,
+    /// which serve the same tables.
+    targets: Vec<Target>,
+    /// The one requests and the watch go to; the watch loop moves on when it cannot follow it.
+    current: AtomicUsize,
     state: Mutex<LinkState>,
     /// Nothing is asked of a store the agent refuses.
     following: Arc<Following>,
@@ -52,13 +54,18 @@ pub struct LinkState {
     pub start: WatchStart,
 }
 
-impl ControllerLink {
-    /// A link to the controller at `url`; `tls` None is plaintext (--insecure). Connects lazily.
-    pub fn new(
-        url: String,
-        tls: Option<transport::ClientTlsConfig>,
-        following: Arc<Following>,
-    ) -> anyhow::Result<ControllerLink> {
+/// One controller the agent may talk to.
+struct Target {
+    url: String,
+    /// For unary requests, each made through [`ControllerLink::ask`].
+    client: ControllerClient<Channel>,
+    /// For the long-lived watch stream, which must not time out.
+    watch_client: ControllerClient<Channel>,
+}
+
+impl Target {
+    /// Clients of the controller at `url`; `tls` None is plaintext. Connects lazily.
+    fn new(url: String, tls: Option<transport::ClientTlsConfig>) -> anyhow::Result<Target> {
         // Keepalives on both channels: a connection that died in a partition is replaced as
         // soon as it is noticed, not reused after the network heals.
         let mut endpoint = transport::Endpoint::from_shared(url.clone())
@@ -73,13 +80,35 @@ impl ControllerLink {
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(true);
-        Ok(ControllerLink {
+        Ok(Target {
             client: ControllerClient::new(endpoint.clone().timeout(REQUEST_TIMEOUT).connect_lazy()),
             // A snapshot comes in parts, but its first holds every peer and network, and a
             // controller of an earlier version sends it whole.
             watch_client: ControllerClient::new(endpoint.connect_lazy())
                 .max_decoding_message_size(MAX_SNAPSHOT_BYTES),
             url,
+        })
+    }
+}
+
+impl ControllerLink {
+    /// A link to the controllers at `urls`, talking to the first; `tls` None is plaintext
+    /// (--insecure). Connects lazily.
+    pub fn new(
+        urls: Vec<String>,
+        tls: Option<transport::ClientTlsConfig>,
+        following: Arc<Following>,
+    ) -> anyhow::Result<ControllerLink> {
+        if urls.is_empty() {
+            bail!("no controller URL given");
+        }
+        let targets = urls
+            .into_iter()
+            .map(|url| Target::new(url, tls.clone()))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(ControllerLink {
+            targets,
+            current: AtomicUsize::new(0),
             state: Mutex::new(LinkState {
                 connected: false,
                 since: Instant::now(),
@@ -90,13 +119,28 @@ impl ControllerLink {
         })
     }
 
+    fn target(&self) -> &Target {
+        &self.targets[self.current.load(Ordering::Relaxed)]
+    }
+
+    /// The URL of the controller the agent talks to now.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.target().url
+    }
+
+    /// Moves on to the next controller given, if there is another; returns its URL.
+    pub fn fail_over(&self) -> Option<&str> {
+        if self.targets.len() < 2 {
+            return None;
+        }
+        let next = (self.current.load(Ordering::Relaxed) + 1) % self.targets.len();
+        self.current.store(next, Ordering::Relaxed);
+        Some(&self.targets[next].url)
     }
 
     /// The client of the watch stream, whose calls have no deadline.
     pub fn watch_client(&self) -> ControllerClient<Channel> {
-        self.watch_client.clone()
+        self.target().watch_client.clone()
     }
 
     pub fn state(&self) -> LinkState {
@@ -143,34 +187,34 @@ impl ControllerLink {
             return Err(Status::failed_precondition(format!(
                 "the agent refuses the controller at {}: {why}; weftctl accept-controller \
                  follows it",
-                self.url
+                self.url()
             )));
         }
         let mut request = Request::new(message);
         request.set_timeout(REQUEST_TIMEOUT);
-        match tokio::time::timeout(REQUEST_TIMEOUT, call(self.client.clone(), request)).await {
+        let target = self.target();
+        match tokio::time::timeout(REQUEST_TIMEOUT, call(target.client.clone(), request)).await {
             Ok(answer) => answer
                 .map(Response::into_inner)
-                .map_err(|s| self.controller_status(s)),
+                .map_err(|s| controller_status(&target.url, s)),
             Err(_) => Err(Status::unavailable(format!(
                 "controller {} is unreachable: no answer within {}s",
-                self.url,
+                target.url,
                 REQUEST_TIMEOUT.as_secs_f64()
             ))),
         }
     }
+}
 
-    /// Passes the controller's answer on, saying so when it could not be reached at all.
-    fn controller_status(&self, status: Status) -> Status {
-        match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-                Status::unavailable(format!(
-                    "controller {} is unreachable: {}",
-                    self.url,
-                    describe(&status)
-                ))
-            }
-            _ => status,
+/// Passes the answer of the controller at `url` on, saying so when it could not be reached.
+fn controller_status(url: &str, status: Status) -> Status {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            Status::unavailable(format!(
+                "controller {url} is unreachable: {}",
+                describe(&status)
+            ))
         }
+        _ => status,
     }
 }

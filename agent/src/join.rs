@@ -116,11 +116,15 @@ pub enum Auth {
     },
 }
 
-/// The agent's credentials (`None` under --insecure); checks the URL's scheme matches.
-pub async fn credentials(auth: Auth, url: &str, peer: &str) -> anyhow::Result<Option<Credentials>> {
-    let https = url.starts_with("https://");
+/// The agent's credentials (`None` under --insecure); checks the URLs' scheme matches. A join
+/// asks each controller of `urls` in turn until one answers it.
+pub async fn credentials(
+    auth: Auth,
+    urls: &[String],
+    peer: &str,
+) -> anyhow::Result<Option<Credentials>> {
     if let Auth::Insecure = auth {
-        if https {
+        if let Some(url) = urls.iter().find(|u| u.starts_with("https://")) {
             bail!("--insecure speaks plaintext: give the controller as http://, not {url}");
         }
         tracing::warn!(
@@ -128,7 +132,7 @@ pub async fn credentials(auth: Auth, url: &str, peer: &str) -> anyhow::Result<Op
         );
         return Ok(None);
     }
-    if !https {
+    if let Some(url) = urls.iter().find(|u| !u.starts_with("https://")) {
         bail!("the controller URL {url} is plaintext: use https:// (or --insecure)");
     }
     let creds = match auth {
@@ -136,7 +140,7 @@ pub async fn credentials(auth: Auth, url: &str, peer: &str) -> anyhow::Result<Op
         Auth::Files { cert, key, ca } => Credentials::from_files(&cert, &key, &ca)?,
         Auth::StateDir { dir, token } => match (Credentials::stored(&dir)?, token) {
             (Some(creds), _) => creds,
-            (None, Some(token)) => join(url, &token, peer, &dir).await?,
+            (None, Some(token)) => join_any(urls, &token, peer, &dir).await?,
             (None, None) => bail!(
                 "no certificate in {}: give --join TOKEN (from `weftctl token create` on the \
                  controller's host), or --tls-cert, --tls-key and --tls-ca, or --insecure",
@@ -145,4 +149,21 @@ pub async fn credentials(auth: Auth, url: &str, peer: &str) -> anyhow::Result<Op
         },
     };
     Ok(Some(creds))
+}
+
+/// [`join`] at the first of `urls` that takes the token; the error says why each did not.
+async fn join_any(
+    urls: &[String],
+    token: &str,
+    peer: &str,
+    dir: &Path,
+) -> anyhow::Result<Credentials> {
+    let mut failed = Vec::new();
+    for url in urls {
+        match join(url, token, peer, dir).await {
+            Ok(creds) => return Ok(creds),
+            Err(e) => failed.push(format!("{e:#}")),
+        }
+    }
+    bail!("{}", failed.join("; "))
 }

@@ -33,9 +33,17 @@ const VXLAN_OVERHEAD: u32 = 50;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The controller's gRPC URL: https://192.0.2.1:6786 (http:// with --insecure).
-    #[arg(long, env = "WEFT_CONTROLLER", required_unless_present = "reset")]
-    controller: Option<String>,
+    /// The controller's gRPC URL: https://192.0.2.1:6786 (http:// with --insecure). Several
+    /// controllers of one control plane (on etcd), comma-separated or repeated: the agent
+    /// talks to one and moves to the next when it cannot follow it.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "WEFT_CONTROLLER",
+        value_delimiter = ',',
+        required_unless_present = "reset"
+    )]
+    controller: Vec<String>,
     /// This host's peer name [default: the hostname].
     #[arg(long)]
     name: Option<String>,
@@ -150,9 +158,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let dns = dns_state(&args);
-    let controller = args
-        .controller
-        .expect("clap requires --controller without --reset");
+    let controllers = args.controller;
     let name = match args.name {
         Some(name) => name,
         None => nix::unistd::gethostname()
@@ -168,10 +174,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             token: args.join.clone(),
         },
     };
-    let creds = credentials(auth, &controller, &name).await?;
+    let creds = credentials(auth, &controllers, &name).await?;
     let advertise_addr = match args.advertise_addr {
         Some(addr) => addr,
-        None => source_addr_towards(&controller).await?,
+        None => source_addr_towards(&controllers[0]).await?,
     };
     let mtu = match args.mtu {
         Mtu::Fixed(mtu) => mtu,
@@ -190,7 +196,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         name,
         advertise_addr,
         ControllerConfig {
-            url: controller,
+            urls: controllers,
             tls: creds.map(|c| c.client_tls()),
             following: Following::load(&args.state_dir),
         },

@@ -1,5 +1,6 @@
 //! Following the controller: register, watch (a snapshot, or a resume from the revision the
-//! tables are at, then deltas), and on any failure reconnect with jittered exponential backoff.
+//! tables are at, then deltas), and on any failure reconnect, to the next controller if several
+//! were given, with jittered exponential backoff.
 //! The datapath is left alone meanwhile.
 
 use std::time::Duration;
@@ -32,6 +33,10 @@ pub async fn follow_controller(agent: &Agent) {
         agent.link().lost(why);
         if healthy {
             backoff = MIN_BACKOFF;
+        }
+        // The controllers given serve the same tables: the next may be up while this is not.
+        if let Some(next) = agent.link().fail_over() {
+            info!(controller = %next, "trying the next controller");
         }
         // Jitter spreads the reconnects of many agents after a controller restart.
         tokio::time::sleep(backoff.mul_f64(rand::random_range(0.5..1.5))).await;

@@ -1,5 +1,5 @@
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use weft_controller::enrollment::EnrollmentService;
 use weft_controller::limits::MAX_REQUEST_BYTES;
 use weft_controller::rules::TableRules;
 use weft_controller::service::ControllerService;
-use weft_controller::store::{Emptied, EtcdConfig, EtcdTls, Location, Store};
+use weft_controller::store::{Emptied, EtcdConfig, EtcdKv, EtcdTls, Location, Store};
 use weft_controller::tls::{Ca, ServerIdentity};
 use weft_controller::tokens::Tokens;
 use weft_proto::v1::admin_server::AdminServer;
@@ -41,7 +41,8 @@ struct Args {
     /// Address and port of the gRPC service agents connect to.
     #[arg(long, default_value = "0.0.0.0:6786")]
     listen: SocketAddr,
-    /// Directory of the embedded store (mode 0700), its CA and its join tokens.
+    /// Directory of the embedded store (mode 0700), its CA and its join tokens; with --store
+    /// etcd, a copy of the control plane's CA.
     #[arg(long, default_value = "/var/lib/weft/controller", global = true)]
     data_dir: PathBuf,
     /// Start even though weft.redb (or tokens.redb) is missing or empty in a data dir that held
@@ -266,7 +267,7 @@ enum Security {
     },
 }
 
-fn security(args: &Args) -> anyhow::Result<Security> {
+fn security(args: &Args, etcd: Option<&EtcdKv>) -> anyhow::Result<Security> {
     if args.insecure {
         warn!(
             "--insecure: plaintext gRPC, no client authentication; anyone who reaches the port can rewrite every host's forwarding tables"
@@ -282,7 +283,10 @@ fn security(args: &Args) -> anyhow::Result<Security> {
             Ca::given(ca)?,
         ),
         (None, None, None) => {
-            let ca = Ca::load_or_create(&args.data_dir)?;
+            let ca = match etcd {
+                None => Ca::load_or_create(&args.data_dir)?,
+                Some(kv) => control_plane_ca(kv, &args.data_dir)?,
+            };
             let names = server_names(args.listen, &args.tls_san)?;
             info!(?names, ca_pin = %ca.pin(), "server certificate made by the controller's CA");
             (ca.issue_server(&names)?, ca)
@@ -293,6 +297,38 @@ fn security(args: &Args) -> anyhow::Result<Security> {
         identity,
         ca: Arc::new(ca),
     })
+}
+
+/// The control plane's CA, from etcd; the first controller puts it there: the CA of its data
+/// dir if it has one (agents joined before keep their trust), else a new one. The data dir
+/// keeps a copy, so that tables moved to another store (`restore`) keep their agents' trust;
+/// one whose CA is not the one in etcd is refused, naming both.
+fn control_plane_ca(kv: &EtcdKv, data_dir: &Path) -> anyhow::Result<Ca> {
+    let local = Ca::local_pems(data_dir)?;
+    let seed = match &local {
+        Some(pems) => pems.clone(),
+        None => Ca::new_pems()?,
+    };
+    let (pems, seeded) = weft_controller::store::shared_ca(kv, seed)?;
+    if let Some((cert, _)) = &local
+        && *cert != pems.0
+    {
+        bail!(
+            "{} is not the CA of the control plane in {}: agents joined with it would not be \
+             trusted by the other controllers; remove ca.pem and ca.key from {} to use the \
+             control plane's",
+            data_dir.join("ca.pem").display(),
+            kv.config(),
+            data_dir.display()
+        );
+    }
+    if seeded {
+        info!(store = %kv.config(), "put this controller's CA in etcd, for every controller");
+    }
+    if local.is_none() {
+        Ca::keep_pems(data_dir, &pems)?;
+    }
+    Ok(Ca::from_pems(pems, &format!("{} ca/", kv.config()))?)
 }
 
 /// The names agents may reach the controller by: its hostname, the listen address (or, for
@@ -333,7 +369,8 @@ async fn run(args: Args, location: Location) -> anyhow::Result<()> {
     let (mut store, tables) = Store::open_at(&location, emptied)?;
     store.keep_changes(args.history);
     info!(revision = tables.revision, store_id = %tables.store_id, store = %location, "store loaded");
-    let security = security(&args)?;
+    let etcd = store.etcd();
+    let security = security(&args, etcd.as_ref())?;
     let service = ControllerService::new(store, tables, args.peer_lease)
         .context("cannot start the committing thread")?;
     let range = args.ipalloc_range;
@@ -368,7 +405,11 @@ async fn run(args: Args, location: Location) -> anyhow::Result<()> {
                 .identity(Identity::from_pem(&identity.chain_pem, &identity.key_pem))
                 .client_ca_root(Certificate::from_pem(&ca.cert_pem))
                 .client_auth_optional(true);
-            let enrollment = EnrollmentService::new(ca, Tokens::open(&args.data_dir, emptied)?);
+            let tokens = match etcd {
+                Some(kv) => Tokens::on_etcd(kv),
+                None => Tokens::open(&args.data_dir, emptied)?,
+            };
+            let enrollment = EnrollmentService::new(ca, tokens);
             let router = builder
                 .tls_config(tls)
                 .context("invalid TLS configuration")?

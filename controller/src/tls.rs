@@ -1,5 +1,6 @@
-//! The controller's PKI: its CA (made on first start in the data dir, or given by flags), the
-//! server certificate it presents, and the client certificates it signs for joining agents.
+//! The controller's PKI: its CA (made on first start in the data dir or, for controllers on
+//! etcd, in etcd; or given by flags), the server certificate it presents, and the client
+//! certificates it signs for joining agents.
 
 use std::fs;
 use std::path::Path;
@@ -52,29 +53,62 @@ pub struct ServerIdentity {
 impl Ca {
     /// The CA of `dir` (ca.pem, ca.key), made there on first start; the key is root-only.
     pub fn load_or_create(dir: &Path) -> Result<Ca, PkiError> {
+        let pems = match Ca::local_pems(dir)? {
+            Some(pems) => pems,
+            None => {
+                let pems = Ca::new_pems()?;
+                Ca::keep_pems(dir, &pems)?;
+                pems
+            }
+        };
+        Ca::from_pems(pems, &dir.join("ca.pem").display().to_string())
+    }
+
+    /// Writes a CA's certificate and key (PEM) into `dir` as ca.pem and ca.key, root-only.
+    pub fn keep_pems(dir: &Path, (cert, key): &(String, String)) -> Result<(), PkiError> {
+        let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
+        fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
+        write_private(&key_path, key).map_err(|e| file_err(&key_path, e))?;
+        fs::write(&cert_path, cert).map_err(|e| file_err(&cert_path, e))
+    }
+
+    /// The certificate and key of `dir`'s CA (ca.pem, ca.key), if it has one.
+    pub fn local_pems(dir: &Path) -> Result<Option<(String, String)>, PkiError> {
         let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
         if !key_path.exists() {
-            fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
-            let key = KeyPair::generate()?;
-            let mut params = CertificateParams::default();
-            params.distinguished_name = rcgen::DistinguishedName::new();
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "weft controller CA");
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            let now = OffsetDateTime::now_utc();
-            params.not_before = now - CLOCK_SKEW;
-            params.not_after = now + CA_LIFETIME;
-            let cert = params.self_signed(&key)?;
-            write_private(&key_path, &key.serialize_pem()).map_err(|e| file_err(&key_path, e))?;
-            fs::write(&cert_path, cert.pem()).map_err(|e| file_err(&cert_path, e))?;
+            return Ok(None);
         }
-        let cert_pem = read_pem(&cert_path, "CA certificate", true)?;
-        let key_pem = read_pem(&key_path, "CA key", false)?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| file_err(&key_path, e))?;
-        let issuer =
-            Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| file_err(&cert_path, e))?;
+        Ok(Some((
+            read_pem(&cert_path, "CA certificate", true)?,
+            read_pem(&key_path, "CA key", false)?,
+        )))
+    }
+
+    /// A new self-signed CA: its certificate and key, PEM.
+    pub fn new_pems() -> Result<(String, String), PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "weft controller CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - CLOCK_SKEW;
+        params.not_after = now + CA_LIFETIME;
+        let cert = params.self_signed(&key)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// The CA of a certificate and key (PEM) read from `whence` (for errors).
+    pub fn from_pems((cert_pem, key_pem): (String, String), whence: &str) -> Result<Ca, PkiError> {
+        let bad = |e: rcgen::Error| PkiError::File {
+            path: whence.to_string(),
+            why: e.to_string(),
+        };
+        let key = KeyPair::from_pem(&key_pem).map_err(bad)?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(bad)?;
         Ca::new(cert_pem, Some(issuer))
     }
 

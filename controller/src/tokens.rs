@@ -1,5 +1,7 @@
 //! Join tokens: made by the operator (`weftctl token create`), each good once until it expires.
-//! Kept in their own redb file in the data dir, with only a hash of each secret.
+//! Only a hash of each secret is kept: in their own redb file in the data dir, or, for
+//! controllers on etcd, under the store's prefix (`tokens/<id>`), so that a token made on one
+//! controller joins on any.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -8,13 +10,16 @@ use redb::{Database, ReadableTable, TableDefinition};
 use tracing::warn;
 use weft_tls::{JoinToken, pin_of};
 
-use crate::store::{Emptied, open_private_db};
+use crate::store::{Emptied, EtcdKv, StoreError, open_private_db};
 
 /// The token store's file in the data dir.
 pub const TOKENS_FILE: &str = "tokens.redb";
 
 /// id → (SHA-256 of the secret, expiry in seconds since the epoch, peer that used it or "").
 const TOKENS: TableDefinition<&str, (&[u8], u64, &str)> = TableDefinition::new("join_tokens");
+
+/// How long etcd keeps a token after it expired: a late join is told "expired", not "unknown".
+const ETCD_GRACE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -32,11 +37,66 @@ pub enum TokenError {
         "{path} is empty (0 bytes): the join tokens made before are lost; remove it, or start with --accept-empty-store, to begin again with no join tokens"
     )]
     Emptied { path: PathBuf },
+    #[error("join tokens: {0}")]
+    Etcd(#[from] StoreError),
 }
 
-pub struct Tokens {
-    db: Database,
-    path: PathBuf,
+pub enum Tokens {
+    Redb {
+        db: Database,
+        path: PathBuf,
+    },
+    /// Boxed: the client is large.
+    Etcd(Box<EtcdKv>),
+}
+
+/// What is kept of one token.
+struct Row {
+    /// SHA-256 of the secret, hex.
+    hash: String,
+    /// Seconds since the epoch.
+    expires: u64,
+    /// The peer that used it, or "".
+    used_by: String,
+}
+
+impl Row {
+    /// Whether `token` may be used now, by what this row says of it.
+    fn check(&self, token: &JoinToken, now: u64) -> Result<(), TokenError> {
+        let id = token.id.clone();
+        // A wrong secret tells the caller no more than an unknown id does.
+        if self.hash != pin_of(token.secret.as_bytes()) {
+            return Err(TokenError::Unknown(id));
+        }
+        if !self.used_by.is_empty() {
+            return Err(TokenError::Used {
+                id,
+                peer: self.used_by.clone(),
+            });
+        }
+        if now >= self.expires {
+            return Err(TokenError::Expired {
+                id,
+                ago: now - self.expires,
+            });
+        }
+        Ok(())
+    }
+
+    /// Its value in etcd: `HASH EXPIRES USED_BY` (peer names hold no spaces).
+    fn etcd_value(&self) -> String {
+        format!("{} {} {}", self.hash, self.expires, self.used_by)
+    }
+
+    fn from_etcd(value: &[u8]) -> Option<Row> {
+        let value = std::str::from_utf8(value).ok()?;
+        let mut parts = value.splitn(3, ' ');
+        Some(Row {
+            hash: parts.next()?.to_string(),
+            expires: parts.next()?.parse().ok()?,
+            used_by: parts.next()?.to_string(),
+        })
+    }
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -55,10 +115,6 @@ impl Tokens {
     /// silently make a new store of, is refused unless `emptied` says to begin again.
     pub fn open(dir: &Path, emptied: Emptied) -> Result<Tokens, TokenError> {
         let path = dir.join(TOKENS_FILE);
-        let store_err = |why: String| TokenError::Store {
-            path: path.clone(),
-            why,
-        };
         if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) {
             match emptied {
                 Emptied::Refuse => return Err(TokenError::Emptied { path }),
@@ -68,15 +124,16 @@ impl Tokens {
                 ),
             }
         }
-        let db = open_private_db(&path).map_err(|e| store_err(e.to_string()))?;
-        Ok(Tokens { db, path })
+        let db = open_private_db(&path).map_err(|e| TokenError::Store {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+        Ok(Tokens::Redb { db, path })
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> TokenError {
-        TokenError::Store {
-            path: self.path.clone(),
-            why: e.to_string(),
-        }
+    /// The tokens of the control plane on etcd, under its prefix.
+    pub fn on_etcd(kv: EtcdKv) -> Tokens {
+        Tokens::Etcd(Box::new(kv))
     }
 
     /// A new token valid for `ttl` from `now`, durable before it is returned; and its expiry.
@@ -91,20 +148,34 @@ impl Tokens {
             secret: random_hex(16),
             ca_pin: ca_pin.to_string(),
         };
-        let expires = unix_secs(now + ttl);
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut table = txn.open_table(TOKENS).map_err(|e| self.err(e))?;
-            let hash = pin_of(token.secret.as_bytes());
-            table
-                .insert(token.id.as_str(), (hash.as_bytes(), expires, ""))
-                .map_err(|e| self.err(e))?;
+        let row = Row {
+            hash: pin_of(token.secret.as_bytes()),
+            expires: unix_secs(now + ttl),
+            used_by: String::new(),
+        };
+        match self {
+            Tokens::Redb { db, path } => {
+                let err = |e: &dyn std::fmt::Display| redb_err(path, e);
+                let txn = db.begin_write().map_err(|e| err(&e))?;
+                {
+                    let mut table = txn.open_table(TOKENS).map_err(|e| err(&e))?;
+                    table
+                        .insert(token.id.as_str(), (row.hash.as_bytes(), row.expires, ""))
+                        .map_err(|e| err(&e))?;
+                }
+                txn.commit().map_err(|e| err(&e))?;
+            }
+            Tokens::Etcd(kv) => {
+                // A new random id: the put is the same if made twice.
+                let lease = kv.grant_lease(ttl + ETCD_GRACE)?;
+                kv.put_leased(kv.key(&token_key(&token.id)), row.etcd_value(), lease)?;
+            }
         }
-        txn.commit().map_err(|e| self.err(e))?;
-        Ok((token, expires))
+        Ok((token, row.expires))
     }
 
-    /// Uses `token` up for `peer`, durably: a second use, however close, is refused.
+    /// Uses `token` up for `peer`, durably: a second use, however close, is refused (also on
+    /// another controller of the control plane).
     pub fn redeem(
         &self,
         token: &JoinToken,
@@ -116,35 +187,71 @@ impl Tokens {
         if token.ca_pin != own_pin {
             return Err(TokenError::OtherCa { id });
         }
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut table = txn.open_table(TOKENS).map_err(|e| self.err(e))?;
-            let (hash, expires, used_by) = match table.get(id.as_str()).map_err(|e| self.err(e))? {
-                Some(row) => {
-                    let (hash, expires, used_by) = row.value();
-                    (hash.to_vec(), expires, used_by.to_string())
+        let now = unix_secs(now);
+        match self {
+            Tokens::Redb { db, path } => {
+                let err = |e: &dyn std::fmt::Display| redb_err(path, e);
+                let txn = db.begin_write().map_err(|e| err(&e))?;
+                {
+                    let mut table = txn.open_table(TOKENS).map_err(|e| err(&e))?;
+                    let row = match table.get(id.as_str()).map_err(|e| err(&e))? {
+                        Some(row) => {
+                            let (hash, expires, used_by) = row.value();
+                            Row {
+                                hash: String::from_utf8_lossy(hash).into_owned(),
+                                expires,
+                                used_by: used_by.to_string(),
+                            }
+                        }
+                        None => return Err(TokenError::Unknown(id)),
+                    };
+                    row.check(token, now)?;
+                    table
+                        .insert(id.as_str(), (row.hash.as_bytes(), row.expires, peer))
+                        .map_err(|e| err(&e))?;
                 }
-                None => return Err(TokenError::Unknown(id)),
-            };
-            // A wrong secret tells the caller no more than an unknown id does.
-            if hash != pin_of(token.secret.as_bytes()).as_bytes() {
-                return Err(TokenError::Unknown(id));
+                txn.commit().map_err(|e| err(&e))
             }
-            if !used_by.is_empty() {
-                return Err(TokenError::Used { id, peer: used_by });
+            Tokens::Etcd(kv) => {
+                let key = kv.key(&token_key(&id));
+                let Some((value, version, lease)) = kv.get_one(&key)? else {
+                    return Err(TokenError::Unknown(id));
+                };
+                let row = Row::from_etcd(&value).ok_or_else(|| TokenError::Store {
+                    path: PathBuf::from(kv.config().to_string()),
+                    why: format!("{key} does not read as a token"),
+                })?;
+                row.check(token, now)?;
+                let used = Row {
+                    used_by: peer.to_string(),
+                    ..row
+                };
+                // Only if no other controller used it since it was read.
+                if kv.put_if_version(key.clone(), used.etcd_value(), version, lease)? {
+                    return Ok(());
+                }
+                // Even if it was this request's own put, answered late and made again: one
+                // peer name used twice would look the same.
+                match kv.get_one(&key)?.and_then(|(v, ..)| Row::from_etcd(&v)) {
+                    Some(row) => Err(TokenError::Used {
+                        id,
+                        peer: row.used_by,
+                    }),
+                    None => Err(TokenError::Unknown(id)),
+                }
             }
-            let now = unix_secs(now);
-            if now >= expires {
-                return Err(TokenError::Expired {
-                    id,
-                    ago: now - expires,
-                });
-            }
-            table
-                .insert(id.as_str(), (hash.as_slice(), expires, peer))
-                .map_err(|e| self.err(e))?;
         }
-        txn.commit().map_err(|e| self.err(e))
+    }
+}
+
+fn token_key(id: &str) -> String {
+    format!("tokens/{id}")
+}
+
+fn redb_err(path: &Path, e: &dyn std::fmt::Display) -> TokenError {
+    TokenError::Store {
+        path: path.to_path_buf(),
+        why: e.to_string(),
     }
 }
 

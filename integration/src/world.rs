@@ -160,7 +160,8 @@ impl World {
     }
 
     /// [`World::on_etcd`] with `controllers` controllers on the one etcd prefix, each in its own
-    /// namespace with its own CA; host `h` joins controller `(h - 1) % controllers + 1`.
+    /// namespace; host `h` joins controller `(h - 1) % controllers + 1` (with a token of the
+    /// first), and is given the others' URLs after its own, to fail over to.
     pub fn on_etcd_controllers(hosts: usize, members: usize, controllers: usize) -> World {
         assert!(
             (1..=9).contains(&controllers),
@@ -259,9 +260,6 @@ impl World {
             let ns = controller_ns(&world.prefix, k);
             world.add_ns(&ns);
             world.plug(&ns, &numbered("ctl", k), &controller_ip(k));
-            if k > 1 && security == Security::Join {
-                world.share_ca(k);
-            }
             world.start_controller_at(k, &[]);
         }
         for host in 1..=hosts {
@@ -298,7 +296,7 @@ impl World {
         admin_socket(self.dir.path(), 1)
     }
 
-    /// Which controller host `host`'s agent joined and talks to (1-based).
+    /// Which controller host `host`'s agent joined and talks to first (1-based).
     pub fn controller_of(&self, host: usize) -> usize {
         (host - 1) % self.controllers.len() + 1
     }
@@ -313,14 +311,10 @@ impl World {
         self.dir.path().join(format!("host{host}-state"))
     }
 
-    /// A fresh join token from the controller's admin API, valid for `ttl` (e.g. "1h").
+    /// A fresh join token from the (first) controller's admin API, valid for `ttl` (e.g. "1h").
+    /// Controllers on etcd share their tokens: it joins at any of them.
     pub fn token(&self, ttl: &str) -> String {
-        self.token_of(1, ttl)
-    }
-
-    /// [`World::token`] from controller `k`: a token is good at the controller that made it.
-    fn token_of(&self, k: usize, ttl: &str) -> String {
-        let admin = admin_socket(self.dir.path(), k);
+        let admin = self.admin_socket();
         let admin = admin.to_str().expect("socket path is UTF-8");
         let mut cmd = Command::new(&self.bins.ctl);
         cmd.args(["token", "create", "--ttl", ttl, "--admin-socket", admin]);
@@ -605,22 +599,8 @@ impl World {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Gives controller `k` the first one's CA before its first start, as the README says to:
-    /// agents of either then trust both.
-    fn share_ca(&self, k: usize) {
-        let (from, to) = (
-            self.controller_dir(),
-            self.dir.path().join(numbered("controller", k)),
-        );
-        std::fs::create_dir_all(&to).expect("controller data dir");
-        for file in ["ca.pem", "ca.key"] {
-            std::fs::copy(from.join(file), to.join(file))
-                .unwrap_or_else(|e| panic!("copying {file} to {}: {e}", to.display()));
-        }
-    }
-
     /// The URL agents reach controller `k` at.
-    fn url_of(&self, k: usize) -> String {
+    pub fn url_of(&self, k: usize) -> String {
         let scheme = match self.security {
             Security::Join => "https",
             Security::Insecure => "http",
@@ -684,10 +664,14 @@ impl World {
         let ns = self.host_ns(host);
         self.add_ns(&ns);
         self.plug(&ns, &format!("h{host}"), &host_addr(host));
-        let controller = self.controller_of(host);
+        // Its own controller first, then the others, to fail over to.
+        let (controller, n) = (self.controller_of(host), self.controllers.len());
+        let urls: Vec<String> = (0..n)
+            .map(|i| self.url_of((controller - 1 + i) % n + 1))
+            .collect();
         let mut args = vec![
             "--controller".into(),
-            self.url_of(controller),
+            urls.join(","),
             "--name".into(),
             format!("host{host}"),
             "--socket".into(),
@@ -698,7 +682,7 @@ impl World {
         match self.security {
             // Used on the first start; a restarted agent finds its certificate stored.
             Security::Join => {
-                let token = self.token_of(controller, "10m");
+                let token = self.token("10m");
                 args.extend(["--join".into(), token.clone()]);
                 self.join_tokens.push(token);
             }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_integration::{
-    Output, World, assert_reaches, ping_counts, ping_in_background, wait_until,
+    Output, World, assert_reaches, exec_for, host_addr, locate_bin, ping_counts,
+    ping_in_background, wait_until,
 };
 
 /// Ten pings a second, so a gap of 100 ms shows.
@@ -47,6 +48,38 @@ fn endpoints(tables: &Value) -> Vec<(String, String)> {
     rows
 }
 
+/// The last line of a weft-agent that tries to join controller `k` with `token`, as host3 (it
+/// must fail: it keeps nothing and is not left running).
+fn join_failure(world: &World, k: usize, token: &str) -> String {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (state, socket) = (dir.path().join("state"), dir.path().join("agent.sock"));
+    let agent = locate_bin("weft-agent");
+    let url = world.url_of(k);
+    let argv = [
+        agent.to_str().expect("UTF-8 path"),
+        "--controller",
+        &url,
+        "--name",
+        "host3",
+        "--advertise-addr",
+        &host_addr(1),
+        "--socket",
+        socket.to_str().expect("UTF-8 path"),
+        "--state-dir",
+        state.to_str().expect("UTF-8 path"),
+        "--join",
+        token,
+    ];
+    let out = exec_for(&world.host_ns(1), &argv, NOTICE * 2);
+    assert_eq!(
+        out.code,
+        Some(1),
+        "weft-agent joined with {token}: {}",
+        out.stderr
+    );
+    out.stderr.lines().last().unwrap_or_default().to_string()
+}
+
 /// Waits until both agents show the controller connected at `revision`.
 fn wait_connected(world: &World, revision: u64) {
     for host in 1..=2 {
@@ -65,16 +98,16 @@ fn wait_connected(world: &World, revision: u64) {
 
 /// `weft-controller COMMAND FILE` with the world's etcd and `flags`.
 fn copy(world: &World, command: &str, file: &str, flags: &[&str]) -> Output {
-    let endpoints = world.etcd().endpoints();
-    let mut args = vec![
-        command,
-        file,
-        "--store",
-        "etcd",
-        "--etcd-endpoints",
-        &endpoints,
-    ];
+    let mut args = vec![command, file];
     args.extend_from_slice(flags);
+    on_etcd(world, &args)
+}
+
+/// `weft-controller ARGS` with the world's etcd as its store.
+fn on_etcd(world: &World, args: &[&str]) -> Output {
+    let endpoints = world.etcd().endpoints();
+    let mut args = args.to_vec();
+    args.extend(["--store", "etcd", "--etcd-endpoints", &endpoints]);
     world.weft_controller(&args)
 }
 
@@ -256,7 +289,28 @@ fn the_log_folds_into_a_snapshot_and_backups_move_tables_between_etcd_and_redb()
 #[test]
 fn two_controllers_on_one_prefix_give_each_address_once_and_serve_the_same_tables() {
     let mut world = World::on_etcd_controllers(2, 3, 2);
+    // host2 joined controller 2 with a token controller 1 made: the CA and the tokens are in
+    // etcd.
     assert_eq!((world.controller_of(1), world.controller_of(2)), (1, 2));
+    let keys = world.etcd().keys("/weft/");
+    let used: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.starts_with("/weft/tokens/"))
+        .collect();
+    assert!(
+        keys.iter().any(|k| k == "/weft/ca/key.pem") && used.len() == 2,
+        "the CA and both hosts' tokens are not in etcd: {keys:?}"
+    );
+    // Used up on one controller is used up on all.
+    let token = world.join_token(1).to_string();
+    assert_eq!(
+        join_failure(&world, 2, &token),
+        format!(
+            "weft-agent: joining {} refused: join token {} was already used (by host1)",
+            world.url_of(2),
+            token.split('.').next().unwrap()
+        )
+    );
     let containers: Vec<(usize, String)> = (0..12)
         .map(|i| {
             let host = 1 + i % 2;
@@ -298,14 +352,59 @@ fn two_controllers_on_one_prefix_give_each_address_once_and_serve_the_same_table
     assert_reaches(&containers[0].1, &ips[1]);
     assert_reaches(&containers[1].1, &ips[0]);
 
-    // Controller 1 dies: host2 attaches on through controller 2, and controller 1 comes back
-    // with that change, read from etcd, and hands it to host1.
+    // Controller 1 dies: host1's agent moves on to controller 2 and resumes there, without a
+    // snapshot; attaches on host1 go on through controller 2.
+    let snapshots = world.agent_snapshots(1);
     world.kill_controller_at(1);
-    let late = world.container(2, "late");
-    let ip = attach(&world, 2, &late);
+    let moved = wait_until(NOTICE, || {
+        let link = &world.status(1)["controller"];
+        link["connected"] == true && link["url"] == world.url_of(2)
+    });
+    assert!(moved, "host1: {}", world.status(1)["controller"]);
+    let late = world.container(1, "late");
+    let ip = attach(&world, 1, &late);
+    assert_reaches(&containers[1].1, &ip);
+    assert_eq!(world.agent_snapshots(1), snapshots, "host1 resumed");
+
+    // Controller 1 comes back with that change, read from etcd.
     world.start_controller_at(1, &[]);
     let tables = world.tables_via(2);
+    let revision = tables["revision"].as_u64().unwrap();
+    assert!(
+        wait_until(NOTICE, || world.tables_via(1)["revision"] == revision),
+        "controller 1 after its restart: {}",
+        world.tables_via(1)
+    );
     assert_eq!(world.tables_via(1), tables);
-    wait_connected(&world, tables["revision"].as_u64().unwrap());
-    assert_reaches(&containers[0].1, &ip);
+
+    // A controller whose data dir holds a CA of its own is not let into the control plane:
+    // agents it signed would not be trusted by the others.
+    let dir = world.controller_dir().with_file_name("stranger");
+    let (dir, admin) = (
+        dir.to_str().unwrap(),
+        format!("{}/admin.sock", dir.display()),
+    );
+    // Not an address of the controller's namespace: the controller stops once it made its CA.
+    let stranger = [
+        "--data-dir",
+        dir,
+        "--admin-socket",
+        &admin,
+        "--listen",
+        "198.18.0.250:6786",
+    ];
+    let out = world.weft_controller(&stranger);
+    assert!(out.stderr.contains("cannot listen on"), "{}", out.stderr);
+    let out = on_etcd(&world, &stranger);
+    assert_eq!(
+        (out.code, out.stderr.lines().last().unwrap_or_default()),
+        (
+            Some(1),
+            format!(
+                "weft-controller: {dir}/ca.pem is not the CA of the control plane in etcd {} /weft/: agents joined with it would not be trusted by the other controllers; remove ca.pem and ca.key from {dir} to use the control plane's",
+                world.etcd().endpoints()
+            )
+            .as_str()
+        )
+    );
 }

@@ -17,7 +17,7 @@ use weft_proto::v1::{WatchEvent, delta::Change};
 pub use data_dir::{Emptied, open_private_db};
 pub use embedded::{MARKER_FILE, RedbStore, STORE_FILE};
 pub use error::StoreError;
-pub use etcd::{EtcdConfig, EtcdStore, EtcdTls, RevisionWatch};
+pub use etcd::{EtcdConfig, EtcdKv, EtcdStore, EtcdTls, RevisionWatch, shared_ca};
 
 /// How many of the latest changes are kept unless told otherwise (`--history`): an agent
 /// further behind gets a snapshot.
@@ -118,6 +118,14 @@ impl Store {
         match self {
             Store::Redb(_) => Ok(Vec::new()),
             Store::Etcd(s) => s.catch_up(),
+        }
+    }
+
+    /// The connection to etcd, for a store there: the CA and join tokens are kept beside it.
+    pub fn etcd(&self) -> Option<EtcdKv> {
+        match self {
+            Store::Redb(_) => None,
+            Store::Etcd(s) => Some(s.kv().clone()),
         }
     }
 

@@ -15,70 +15,29 @@
 //! after the base is longer than the changes kept, a new snapshot is written and the older log
 //! goes.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::future::Future;
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+mod ca;
+mod kv;
+mod watch;
 
-use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
-    KvClient, TlsOptions, Txn, TxnOp, TxnResponse,
-};
+use std::collections::{BTreeMap, VecDeque};
+
+use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
 use prost::Message;
-use tokio::runtime::Handle;
 use tracing::{info, warn};
 use weft_proto::rows::RowChange;
 use weft_proto::snapshot;
 use weft_proto::tables::Tables;
 use weft_proto::v1::{Commit, Delta, Snapshot, WatchEvent, watch_event::Event};
 
+pub use ca::shared_ca;
+pub use kv::{EtcdConfig, EtcdKv, EtcdTls};
+pub use watch::RevisionWatch;
+
 use super::{DELTAS_KEPT, STORE_FORMAT, StoreError};
 use crate::tokens::random_hex;
 
-/// A key below the store's prefix and its value.
-type Pair = (String, Vec<u8>);
-
-/// How long one request to etcd may take: an etcd without a leader answers nothing.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long one try of a request may take, and the pause before the next.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-const RETRY_PAUSE: Duration = Duration::from_millis(50);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Responses hold whole snapshots (about 10 MB at 100,000 endpoints).
-const MAX_RESPONSE_BYTES: usize = 256 << 20;
-
-/// Which etcd, and where in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EtcdConfig {
-    /// Client URLs, e.g. `http://198.18.0.21:2379`.
-    pub endpoints: Vec<String>,
-    /// Every key of the store begins with it (`/weft/`).
-    pub prefix: String,
-    /// For an etcd that wants TLS (`https://` endpoints).
-    pub tls: Option<EtcdTls>,
-}
-
-/// What the controller trusts etcd by, and shows it (PEM, as read from the files named).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EtcdTls {
-    /// The CA that signed etcd's server certificates (`--etcd-ca`).
-    pub ca: Vec<u8>,
-    /// The controller's client certificate and key (`--etcd-cert`, `--etcd-key`), for an etcd
-    /// that asks for one (`--client-cert-auth`).
-    pub identity: Option<(Vec<u8>, Vec<u8>)>,
-}
-
-impl std::fmt::Display for EtcdConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "etcd {} {}", self.endpoints.join(","), self.prefix)
-    }
-}
-
 pub struct EtcdStore {
-    client: Client,
-    kv: KvClient,
-    handle: Handle,
-    config: EtcdConfig,
+    kv: EtcdKv,
     kept: u64,
     /// The revision of the last commit that succeeded (or of the tables loaded).
     committed: u64,
@@ -114,7 +73,7 @@ impl EtcdStore {
                 store.create()?;
                 store
                     .load()?
-                    .ok_or_else(|| store.err_msg("made, yet not there"))?
+                    .ok_or_else(|| store.kv.err_msg("made, yet not there"))?
             }
         };
         info!(store = %config, revision = held.tables.revision, base = held.base, "store loaded from etcd");
@@ -131,7 +90,7 @@ impl EtcdStore {
         match store.load()? {
             Some(held) => Ok(held.tables),
             None => Err(StoreError::NoStore {
-                path: store.at(),
+                path: store.kv.at(),
                 how: "holds no store",
             }),
         }
@@ -143,7 +102,7 @@ impl EtcdStore {
         let store = EtcdStore::connect(config)?;
         if let Some(held) = store.load()? {
             return Err(StoreError::NotEmpty {
-                path: store.at(),
+                path: store.kv.at(),
                 held: held.tables.store_id,
                 revision: held.tables.revision,
                 way_out: "give another --etcd-prefix, or remove this one's keys first",
@@ -159,67 +118,33 @@ impl EtcdStore {
         ];
         let puts: Vec<TxnOp> = meta
             .iter()
-            .map(|(k, v)| TxnOp::put(store.key(&format!("meta/{k}")), v.as_str(), None))
+            .map(|(k, v)| TxnOp::put(store.kv.key(&format!("meta/{k}")), v.as_str(), None))
             .collect();
         let txn = Txn::new()
             .when([Compare::create_revision(
-                store.key("meta/store_id"),
+                store.kv.key("meta/store_id"),
                 CompareOp::Equal,
                 0,
             )])
             .and_then(puts);
-        if !store.txn(txn)?.succeeded() {
+        if !store.kv.txn(txn)?.succeeded() {
             // Unless it is this restore's own, answered late and asked again.
             let ours = store.load()?.is_some_and(|held| {
                 held.tables.store_id == tables.store_id && held.tables.revision == revision
             });
             if !ours {
-                store.delete_prefix(&format!("snapshot/{}/", num(revision)))?;
-                return Err(store.err_msg("another store was put there meanwhile"));
+                store
+                    .kv
+                    .delete_prefix(&format!("snapshot/{}/", num(revision)))?;
+                return Err(store.kv.err_msg("another store was put there meanwhile"));
             }
         }
         Ok(())
     }
 
     fn connect(config: &EtcdConfig) -> Result<EtcdStore, StoreError> {
-        let handle = Handle::current();
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(CONNECT_TIMEOUT)
-            .with_timeout(ATTEMPT_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2));
-        if let Some(tls) = &config.tls {
-            let mut trust = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca));
-            if let Some((cert, key)) = &tls.identity {
-                trust = trust.identity(Identity::from_pem(cert, key));
-            }
-            options = options.with_tls(trust);
-        }
-        let endpoints = config.endpoints.clone();
-        let connected = block(&handle, async move {
-            tokio::time::timeout(
-                CONNECT_TIMEOUT * 2,
-                Client::connect(endpoints, Some(options)),
-            )
-            .await
-        });
-        let client = match connected {
-            Ok(client) => client.map_err(|cause| StoreError::Etcd {
-                at: config.to_string(),
-                cause,
-            })?,
-            Err(_) => {
-                return Err(StoreError::EtcdUnreachable {
-                    at: config.to_string(),
-                });
-            }
-        };
         Ok(EtcdStore {
-            client: client.clone(),
-            kv: client
-                .kv_client()
-                .max_decoding_message_size(MAX_RESPONSE_BYTES),
-            handle,
-            config: config.clone(),
+            kv: EtcdKv::connect(config)?,
             kept: DELTAS_KEPT,
             committed: 0,
             base: 0,
@@ -228,101 +153,9 @@ impl EtcdStore {
         })
     }
 
-    /// The store's name in messages, as a path is the redb store's.
-    fn at(&self) -> PathBuf {
-        PathBuf::from(self.config.to_string())
-    }
-
-    fn err_msg(&self, why: &str) -> StoreError {
-        StoreError::EtcdLayout {
-            at: self.config.to_string(),
-            why: why.to_string(),
-        }
-    }
-
-    fn key(&self, name: &str) -> String {
-        format!("{}{name}", self.config.prefix)
-    }
-
-    /// Runs a request to etcd from synchronous code (the committing thread, or a start), again
-    /// while etcd cannot answer (a member down, an election under way) for up to
-    /// [`REQUEST_TIMEOUT`]. Every write is conditioned on what the store holds, or the same
-    /// when made twice, so a request that landed unanswered is not made twice.
-    fn request<T, F>(&self, mut attempt: impl FnMut(KvClient) -> F) -> Result<T, StoreError>
-    where
-        F: Future<Output = Result<T, etcd_client::Error>>,
-    {
-        let deadline = Instant::now() + REQUEST_TIMEOUT;
-        loop {
-            match block(&self.handle, attempt(self.kv.clone())) {
-                Err(e) if unavailable(&e) && Instant::now() + RETRY_PAUSE < deadline => {
-                    std::thread::sleep(RETRY_PAUSE)
-                }
-                done => {
-                    return done.map_err(|cause| StoreError::Etcd {
-                        at: self.config.to_string(),
-                        cause,
-                    });
-                }
-            }
-        }
-    }
-
-    fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
-        self.request(|mut kv| {
-            let txn = txn.clone();
-            async move { kv.txn(txn).await }
-        })
-    }
-
-    fn put(&self, key: String, value: Vec<u8>) -> Result<(), StoreError> {
-        self.request(|mut kv| {
-            let (key, value) = (key.clone(), value.clone());
-            async move { kv.put(key, value, None).await }
-        })?;
-        Ok(())
-    }
-
-    fn delete(&self, key: String, options: DeleteOptions) -> Result<(), StoreError> {
-        self.request(|mut kv| {
-            let (key, options) = (key.clone(), options.clone());
-            async move { kv.delete(key, Some(options)).await }
-        })?;
-        Ok(())
-    }
-
-    /// Every key and value under `name` (a prefix below the store's), read at etcd revision
-    /// `at` (0: the latest); and the etcd revision read at.
-    fn get_prefix(&self, name: &str, at: i64) -> Result<(Vec<Pair>, i64), StoreError> {
-        let key = self.key(name);
-        let mut options = GetOptions::new().with_prefix();
-        if at > 0 {
-            options = options.with_revision(at);
-        }
-        let mut got = self.request(|mut kv| {
-            let (key, options) = (key.clone(), options.clone());
-            async move { kv.get(key, Some(options)).await }
-        })?;
-        let revision = got.header().map_or(0, |h| h.revision());
-        let prefix_len = self.config.prefix.len();
-        let kvs = got
-            .take_kvs()
-            .into_iter()
-            .map(|kv| {
-                let key = String::from_utf8_lossy(kv.key())[prefix_len..].to_string();
-                (key, kv.value().to_vec())
-            })
-            .collect();
-        Ok((kvs, revision))
-    }
-
-    fn delete_prefix(&self, name: &str) -> Result<(), StoreError> {
-        self.delete(self.key(name), DeleteOptions::new().with_prefix())
-    }
-
     /// What the store holds, read at one etcd revision; None if there is no store.
     fn load(&self) -> Result<Option<Held>, StoreError> {
-        let (meta, at) = self.get_prefix("meta/", 0)?;
+        let (meta, at) = self.kv.get_prefix("meta/", 0)?;
         let meta: BTreeMap<String, String> = meta
             .into_iter()
             .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
@@ -332,28 +165,31 @@ impl EtcdStore {
         };
         let number = |name: &str| -> Result<u64, StoreError> {
             let value = meta.get(name).map_or("0", String::as_str);
-            value
-                .parse()
-                .map_err(|_| self.err_msg(&format!("{name} is {value:?}, not a number")))
+            value.parse().map_err(|_| {
+                self.kv
+                    .err_msg(&format!("{name} is {value:?}, not a number"))
+            })
         };
         let format = number("meta/format")?;
         if format > STORE_FORMAT {
             return Err(StoreError::Newer {
-                path: self.at(),
+                path: self.kv.at(),
                 held: format,
             });
         }
         let (revision, base) = (number("meta/revision")?, number("meta/base")?);
         let bad = |row| StoreError::BadRow {
-            path: self.at(),
+            path: self.kv.at(),
             row,
         };
         let decode_err = |cause| StoreError::Decode {
-            path: self.at(),
+            path: self.kv.at(),
             cause,
         };
         let mut whole = Snapshot::default();
-        let (parts, _) = self.get_prefix(&format!("snapshot/{}/", num(base)), at)?;
+        let (parts, _) = self
+            .kv
+            .get_prefix(&format!("snapshot/{}/", num(base)), at)?;
         for (_, part) in parts {
             let part = Snapshot::decode(part.as_slice()).map_err(decode_err)?;
             whole.peers.extend(part.peers);
@@ -367,7 +203,7 @@ impl EtcdStore {
         }
         let mut log = VecDeque::new();
         let mut changes = VecDeque::new();
-        let (entries, _) = self.get_prefix("log/", at)?;
+        let (entries, _) = self.kv.get_prefix("log/", at)?;
         for (_, entry) in entries {
             let commit = Commit::decode(entry.as_slice()).map_err(decode_err)?;
             let last = commit.first + commit.changes.len() as u64 - 1;
@@ -375,7 +211,7 @@ impl EtcdStore {
                 continue; // older than the snapshot, not yet deleted
             }
             if commit.first != tables.revision + 1 {
-                return Err(self.err_msg(&format!(
+                return Err(self.kv.err_msg(&format!(
                     "the log goes from revision {} to {}",
                     tables.revision, commit.first
                 )));
@@ -385,7 +221,7 @@ impl EtcdStore {
                 let change = delta
                     .change
                     .clone()
-                    .ok_or_else(|| self.err_msg("an empty change"))?;
+                    .ok_or_else(|| self.kv.err_msg("an empty change"))?;
                 tables.apply(RowChange::read(change).map_err(bad)?);
                 tables.revision = at;
                 changes.push_back(WatchEvent {
@@ -396,7 +232,7 @@ impl EtcdStore {
             }
         }
         if tables.revision != revision {
-            return Err(self.err_msg(&format!(
+            return Err(self.kv.err_msg(&format!(
                 "meta/revision is {revision}, yet the log ends at {}",
                 tables.revision
             )));
@@ -420,17 +256,17 @@ impl EtcdStore {
         ];
         let puts: Vec<TxnOp> = meta
             .iter()
-            .map(|(k, v)| TxnOp::put(self.key(&format!("meta/{k}")), v.as_str(), None))
+            .map(|(k, v)| TxnOp::put(self.kv.key(&format!("meta/{k}")), v.as_str(), None))
             .collect();
         let txn = Txn::new()
             .when([Compare::create_revision(
-                self.key("meta/store_id"),
+                self.kv.key("meta/store_id"),
                 CompareOp::Equal,
                 0,
             )])
             .and_then(puts);
-        if self.txn(txn)?.succeeded() {
-            info!(store_id = %id, store = %self.config, "made a new store in etcd");
+        if self.kv.txn(txn)?.succeeded() {
+            info!(store_id = %id, store = %self.kv.config(), "made a new store in etcd");
         }
         Ok(())
     }
@@ -443,7 +279,8 @@ impl EtcdStore {
             let Some(Event::Snapshot(part)) = part.event else {
                 continue;
             };
-            self.put(self.key(&format!("{dir}{i:06}")), part.encode_to_vec())?;
+            self.kv
+                .put(self.kv.key(&format!("{dir}{i:06}")), part.encode_to_vec())?;
         }
         Ok(())
     }
@@ -487,30 +324,30 @@ impl EtcdStore {
         let entry = entry.encode_to_vec();
         let txn = Txn::new()
             .when([Compare::value(
-                self.key("meta/revision"),
+                self.kv.key("meta/revision"),
                 CompareOp::Equal,
                 self.committed.to_string(),
             )])
             .and_then([
                 TxnOp::put(
-                    self.key(&format!("log/{}", num(first))),
+                    self.kv.key(&format!("log/{}", num(first))),
                     entry.clone(),
                     None,
                 ),
-                TxnOp::put(self.key("meta/revision"), revision.to_string(), None),
+                TxnOp::put(self.kv.key("meta/revision"), revision.to_string(), None),
             ]);
-        if !self.txn(txn)?.succeeded() {
-            let (meta, _) = self.get_prefix("meta/revision", 0)?;
+        if !self.kv.txn(txn)?.succeeded() {
+            let (meta, _) = self.kv.get_prefix("meta/revision", 0)?;
             let held = meta
                 .first()
                 .and_then(|(_, v)| String::from_utf8_lossy(v).parse().ok())
                 .unwrap_or(0);
             // Landed unanswered the first time, and asked again: it is there as written.
-            let (landed, _) = self.get_prefix(&format!("log/{}", num(first)), 0)?;
+            let (landed, _) = self.kv.get_prefix(&format!("log/{}", num(first)), 0)?;
             let ours = held == revision && landed.first().is_some_and(|(_, v)| *v == entry);
             if !ours {
                 return Err(StoreError::Moved {
-                    path: self.at(),
+                    path: self.kv.at(),
                     held,
                     expected: self.committed,
                 });
@@ -524,10 +361,10 @@ impl EtcdStore {
     /// The changes other controllers committed after this one's last commit (or catch-up), in
     /// order, each read into a typed row: they lead on from revision `committed` + 1.
     pub fn catch_up(&mut self) -> Result<Vec<RowChange>, StoreError> {
-        let from = self.key(&format!("log/{}", num(self.committed + 1)));
+        let from = self.kv.key(&format!("log/{}", num(self.committed + 1)));
         // Every key from there to the end of log/ ('0' follows '/').
-        let options = GetOptions::new().with_range(self.key("log0"));
-        let got = self.request(|mut kv| {
+        let options = GetOptions::new().with_range(self.kv.key("log0"));
+        let got = self.kv.request(|mut kv| {
             let (from, options) = (from.clone(), options.clone());
             async move { kv.get(from, Some(options)).await }
         })?;
@@ -535,12 +372,12 @@ impl EtcdStore {
         let mut rows = Vec::new();
         for kv in got.kvs() {
             let commit = Commit::decode(kv.value()).map_err(|cause| StoreError::Decode {
-                path: self.at(),
+                path: self.kv.at(),
                 cause,
             })?;
             if commit.first != committed + 1 {
                 return Err(StoreError::Outrun {
-                    path: self.at(),
+                    path: self.kv.at(),
                     at: committed,
                     starts: commit.first,
                 });
@@ -549,9 +386,9 @@ impl EtcdStore {
             for delta in commit.changes {
                 let change = delta
                     .change
-                    .ok_or_else(|| self.err_msg("an empty change"))?;
+                    .ok_or_else(|| self.kv.err_msg("an empty change"))?;
                 rows.push(RowChange::read(change).map_err(|row| StoreError::BadRow {
-                    path: self.at(),
+                    path: self.kv.at(),
                     row,
                 })?);
             }
@@ -563,13 +400,14 @@ impl EtcdStore {
         Ok(rows)
     }
 
+    /// The store's connection, for the CA and join tokens kept beside it.
+    pub fn kv(&self) -> &EtcdKv {
+        &self.kv
+    }
+
     /// A watch of the store's revision, for following other controllers' commits.
     pub fn revision_watch(&self) -> RevisionWatch {
-        RevisionWatch {
-            client: self.client.clone(),
-            key: self.key("meta/revision"),
-            at: self.config.to_string(),
-        }
+        RevisionWatch::new(&self.kv)
     }
 
     /// Writes a snapshot of `tables` once the log after the base holds more changes than are
@@ -584,12 +422,12 @@ impl EtcdStore {
             self.put_snapshot(tables)?;
             let txn = Txn::new()
                 .when([Compare::value(
-                    self.key("meta/revision"),
+                    self.kv.key("meta/revision"),
                     CompareOp::Equal,
                     base.to_string(),
                 )])
-                .and_then([TxnOp::put(self.key("meta/base"), base.to_string(), None)]);
-            Ok(self.txn(txn)?.succeeded())
+                .and_then([TxnOp::put(self.kv.key("meta/base"), base.to_string(), None)]);
+            Ok(self.kv.txn(txn)?.succeeded())
         })();
         match moved {
             Ok(true) => {}
@@ -597,7 +435,7 @@ impl EtcdStore {
                 if let Err(e) = &moved {
                     warn!("cannot write a snapshot of the tables at revision {base}: {e}");
                 }
-                let _ = self.delete_prefix(&format!("snapshot/{}/", num(base)));
+                let _ = self.kv.delete_prefix(&format!("snapshot/{}/", num(base)));
                 return;
             }
         }
@@ -608,17 +446,18 @@ impl EtcdStore {
         }
         let keep_from = self.log.front().map_or(base + 1, |&(first, _)| first);
         let (from, to) = (
-            self.key("log/"),
-            self.key(&format!("log/{}", num(keep_from))),
+            self.kv.key("log/"),
+            self.kv.key(&format!("log/{}", num(keep_from))),
         );
         // Every older snapshot, also one another controller wrote.
         let (older, ours) = (
-            self.key("snapshot/"),
-            self.key(&format!("snapshot/{}/", num(base))),
+            self.kv.key("snapshot/"),
+            self.kv.key(&format!("snapshot/{}/", num(base))),
         );
         let pruned = self
+            .kv
             .delete(from, DeleteOptions::new().with_range(to))
-            .and_then(|()| self.delete(older, DeleteOptions::new().with_range(ours)));
+            .and_then(|()| self.kv.delete(older, DeleteOptions::new().with_range(ours)));
         match pruned {
             Ok(()) => info!(base, "wrote a snapshot of the tables to etcd"),
             Err(e) => warn!(
@@ -626,71 +465,5 @@ impl EtcdStore {
                 "wrote a snapshot, but the old one or the log stays: {e}"
             ),
         }
-    }
-}
-
-/// etcd's watch of `meta/revision`.
-pub struct RevisionWatch {
-    client: Client,
-    key: String,
-    at: String,
-}
-
-impl RevisionWatch {
-    /// Calls `moved` with each revision the store moves to, and with none each time the watch
-    /// (re)starts, since it may have moved meanwhile. Returns only if `moved` says to stop.
-    pub async fn run(self, mut moved: impl FnMut(Option<u64>) -> bool) {
-        let mut watch = self.client.watch_client();
-        loop {
-            match watch.watch(self.key.clone(), None).await {
-                Ok(mut stream) => {
-                    if !moved(None) {
-                        return;
-                    }
-                    loop {
-                        match stream.message().await {
-                            Ok(Some(response)) => {
-                                for event in response.events() {
-                                    let revision = event
-                                        .kv()
-                                        .and_then(|kv| std::str::from_utf8(kv.value()).ok())
-                                        .and_then(|v| v.parse().ok());
-                                    if revision.is_some() && !moved(revision) {
-                                        return;
-                                    }
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                warn!(store = %self.at, "watch of the store's revision ended: {e}");
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) => warn!(store = %self.at, "cannot watch the store's revision: {e}"),
-            }
-            tokio::time::sleep(RETRY_PAUSE * 10).await;
-        }
-    }
-}
-
-/// Whether etcd did not take the request at all, or could not answer it for now.
-fn unavailable(e: &etcd_client::Error) -> bool {
-    match e {
-        etcd_client::Error::GRpcStatus(status) => matches!(
-            status.code(),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-        ),
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        _ => false,
-    }
-}
-
-/// Runs `future` to its end from synchronous code, also on a thread of the runtime.
-fn block<F: Future>(handle: &Handle, future: F) -> F::Output {
-    match Handle::try_current() {
-        Ok(_) => tokio::task::block_in_place(|| handle.block_on(future)),
-        Err(_) => handle.block_on(future),
     }
 }
