@@ -15,11 +15,11 @@ use weft_proto::v1::{
     AcceptControllerRequest, AcceptControllerResponse, CreateNetworkRequest, CreateNetworkResponse,
     DeleteNetworkRequest, DeleteNetworkResponse, DnsEntry, DnsLookupRequest, DnsLookupResponse,
     DnsStatusRequest, DnsStatusResponse, ExposeRequest, ExposeResponse, HideRequest, HideResponse,
-    IpamStatusRequest, IpamStatusResponse, ListPeersRequest, ListPeersResponse, LocalAttachRequest,
-    LocalAttachResponse, LocalDetachRequest, LocalDetachResponse, LocalDnsUpdateRequest,
-    LocalDnsUpdateResponse, NetworkListRequest, NetworkListResponse, PsRequest, PsResponse,
-    RemovePeerRequest, RemovePeerResponse, ResetRequest, ResetResponse, StatusRequest,
-    StatusResponse,
+    IpamStatusRequest, IpamStatusResponse, ListControllersRequest, ListControllersResponse,
+    ListPeersRequest, ListPeersResponse, LocalAttachRequest, LocalAttachResponse,
+    LocalDetachRequest, LocalDetachResponse, LocalDnsUpdateRequest, LocalDnsUpdateResponse,
+    NetworkListRequest, NetworkListResponse, PsRequest, PsResponse, RemovePeerRequest,
+    RemovePeerResponse, ResetRequest, ResetResponse, StatusRequest, StatusResponse,
 };
 
 use crate::agent::Agent;
@@ -287,6 +287,20 @@ impl AgentApi for LocalApi {
             })
             .await?;
         Ok(Response::new(peers))
+    }
+
+    async fn list_controllers(
+        &self,
+        request: Request<ListControllersRequest>,
+    ) -> Result<Response<ListControllersResponse>, Status> {
+        let controllers = self
+            .agent
+            .link()
+            .ask(request.into_inner(), |mut c, r| async move {
+                c.list_controllers(r).await
+            })
+            .await?;
+        Ok(Response::new(controllers))
     }
 
     async fn remove_peer(

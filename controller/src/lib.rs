@@ -1,7 +1,7 @@
 //! weft-controller: the authority for peers, networks, endpoints and addresses ([`ipam`]). It
 //! keeps them in memory ([`rules`]), durable in redb or etcd ([`store`], copied by [`backup`];
-//! on etcd it follows the other controllers' commits, `follow`), and serves them to agents over
-//! gRPC ([`service`]).
+//! on etcd it follows the other controllers' commits, `follow`, and knows them and their
+//! agents, [`members`]), and serves them to agents over gRPC ([`service`]).
 
 pub mod authority;
 pub mod backup;
@@ -12,6 +12,7 @@ pub mod index;
 pub mod ipam;
 pub mod limits;
 pub mod liveness;
+pub mod members;
 pub mod rules;
 pub mod service;
 pub mod state;

@@ -20,6 +20,17 @@ pub struct PeerPresence {
     pub for_: Duration,
 }
 
+impl PeerPresence {
+    /// Never seen: not even counted from a start.
+    pub fn never() -> PeerPresence {
+        PeerPresence {
+            connected: false,
+            reachable: false,
+            for_: Duration::MAX,
+        }
+    }
+}
+
 pub struct Liveness {
     started: Instant,
     lease: Duration,
@@ -53,6 +64,18 @@ impl Liveness {
                 p.since = now;
             }
         }
+    }
+
+    /// Every peer seen since the start: its name, whether it is watching, and since when.
+    pub fn peers(&self) -> impl Iterator<Item = (&str, bool, Instant)> {
+        self.peers
+            .iter()
+            .map(|(name, p)| (name.as_str(), p.watchers > 0, p.since))
+    }
+
+    /// How long a peer may be gone before it counts as unreachable.
+    pub fn lease(&self) -> Duration {
+        self.lease
     }
 
     pub fn is_connected(&self, peer: &str) -> bool {

@@ -373,6 +373,16 @@ async fn run(args: Args, location: Location) -> anyhow::Result<()> {
     let security = security(&args, etcd.as_ref())?;
     let service = ControllerService::new(store, tables, args.peer_lease)
         .context("cannot start the committing thread")?;
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    // What the other controllers and weftctl know this one by.
+    let address = if args.listen.ip().is_unspecified() {
+        format!("{host}:{}", args.listen.port())
+    } else {
+        args.listen.to_string()
+    };
+    service.announce(etcd.clone(), address, host);
     let range = args.ipalloc_range;
     service
         .mutate(move |t| Ok(((), t.ensure_default_network(range)?)))

@@ -1,7 +1,7 @@
 //! The Controller gRPC service: hands each request that changes the tables to the committer
 //! ([`crate::state`]), and fans the changes out to every watching agent as revisioned deltas.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, watch};
@@ -16,19 +16,21 @@ use weft_proto::snapshot;
 use weft_proto::tables::Tables;
 use weft_proto::v1::controller_server::Controller;
 use weft_proto::v1::{
-    AttachRequest, AttachResponse, CreateNetworkRequest, CreateNetworkResponse,
-    DeleteNetworkRequest, DeleteNetworkResponse, DetachRequest, DetachResponse, ListPeersRequest,
-    ListPeersResponse, PeerStatus, RegisterRequest, RegisterResponse, RemovePeerRequest,
-    RemovePeerResponse, UpdateDnsRequest, UpdateDnsResponse, WatchEvent, WatchRequest,
+    AttachRequest, AttachResponse, ControllerMember, CreateNetworkRequest, CreateNetworkResponse,
+    DeleteNetworkRequest, DeleteNetworkResponse, DetachRequest, DetachResponse,
+    ListControllersRequest, ListControllersResponse, ListPeersRequest, ListPeersResponse,
+    PeerStatus, RegisterRequest, RegisterResponse, RemovePeerRequest, RemovePeerResponse,
+    UpdateDnsRequest, UpdateDnsResponse, WatchEvent, WatchRequest,
 };
 
 use crate::authority::act_for;
 use crate::ipam::IpamError;
 use crate::limits;
-use crate::liveness::Liveness;
+use crate::liveness::{Liveness, PeerPresence};
+use crate::members::{self, Members};
 use crate::rules::{TableError, TableRules, View};
 use crate::state::{Committer, MutateError, Shared, Start};
-use crate::store::Store;
+use crate::store::{EtcdKv, Store};
 
 /// Deltas kept for watchers that fall behind; one that falls further gets a new snapshot.
 const EVENT_BUFFER: usize = 4096;
@@ -42,6 +44,8 @@ struct Inner {
     /// Shared with the plans of rmpeer, which read it under the state lock: never take the state
     /// lock while holding this one.
     liveness: Arc<Mutex<Liveness>>,
+    /// This controller as a member of the control plane, once it announced itself.
+    members: OnceLock<Arc<Members>>,
     /// Set when the controller stops: every watch stream ends then, or the server's graceful
     /// shutdown would wait for them forever.
     stopping: watch::Sender<bool>,
@@ -105,9 +109,37 @@ impl ControllerService {
                 committer: Committer::start(shared.clone())?,
                 shared,
                 liveness: Arc::new(Mutex::new(Liveness::new(peer_lease, Instant::now()))),
+                members: OnceLock::new(),
                 stopping: watch::Sender::new(false),
             }),
         })
+    }
+
+    /// Makes this controller a member of the control plane, reached at `address`: on etcd
+    /// (`kv`) the others learn of it and of the peers watching it, and it of them.
+    pub fn announce(&self, kv: Option<EtcdKv>, address: String, name: String) {
+        let members = Members::start(kv, address, name, self.inner.liveness.clone());
+        let _ = self.inner.members.set(members);
+    }
+
+    /// The other members, as of their last beat (none before `announce`, or on redb).
+    async fn other_members(&self) -> Result<Vec<members::Member>, Status> {
+        let Some(members) = self.inner.members.get().cloned() else {
+            return Ok(Vec::new());
+        };
+        tokio::task::spawn_blocking(move || members.others())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| {
+                Status::unavailable(format!("cannot read the control plane's members: {e}"))
+            })
+    }
+
+    /// A peer's watch opened or ended: the other controllers are told.
+    fn presence_changed(&self) {
+        if let Some(members) = self.inner.members.get() {
+            members.changed();
+        }
     }
 
     /// Ends every watch stream, now and of watches that start later: agents see their stream
@@ -171,6 +203,7 @@ impl ControllerService {
         tx: mpsc::Sender<Result<WatchEvent, Status>>,
     ) {
         self.liveness().connect(&peer, Instant::now());
+        self.presence_changed();
         let mut stopping = self.inner.stopping.subscribe();
         tokio::select! {
             _ = self.stream_events(&peer, from, &store_id, in_parts, &tx) => {}
@@ -180,6 +213,7 @@ impl ControllerService {
             }
         }
         self.liveness().disconnect(&peer, Instant::now());
+        self.presence_changed();
         info!(%peer, "watch ended");
     }
 
@@ -375,13 +409,18 @@ impl Controller for ControllerService {
         request: Request<RemovePeerRequest>,
     ) -> Result<Response<RemovePeerResponse>, Status> {
         let name = request.into_inner().name;
+        // Watching another controller of the control plane, as of its last beat.
+        let others = self.other_members().await?;
+        let (now, lease) = (members::unix_now(), self.liveness().lease());
+        let elsewhere =
+            members::merged(PeerPresence::never(), &name, &others, now, lease).connected;
         let (released, revision) = self
             .mutate({
                 let (name, liveness) = (name.clone(), self.inner.liveness.clone());
                 move |t| {
                     // Read when the request's turn comes, not before it queued behind a batch:
                     // the peer's agent may have connected meanwhile.
-                    let connected = lock_liveness(&liveness).is_connected(&name);
+                    let connected = elsewhere || lock_liveness(&liveness).is_connected(&name);
                     t.remove_peer(&name, connected)
                 }
             })
@@ -432,12 +471,15 @@ impl Controller for ControllerService {
                 })
                 .collect()
         };
+        let others = self.other_members().await?;
         let liveness = self.liveness();
-        let now = Instant::now();
+        let (now, unix_now) = (Instant::now(), members::unix_now());
         let peers = tables
             .into_iter()
             .map(|(peer, endpoints)| {
-                let presence = liveness.presence(&peer.name, now);
+                let here = liveness.presence(&peer.name, now);
+                let presence =
+                    members::merged(here, &peer.name, &others, unix_now, liveness.lease());
                 PeerStatus {
                     peer: Some(peer),
                     connected: presence.connected,
@@ -448,6 +490,40 @@ impl Controller for ControllerService {
             })
             .collect();
         Ok(Response::new(ListPeersResponse { peers }))
+    }
+
+    async fn list_controllers(
+        &self,
+        _request: Request<ListControllersRequest>,
+    ) -> Result<Response<ListControllersResponse>, Status> {
+        let Some(members) = self.inner.members.get().cloned() else {
+            return Ok(Response::new(ListControllersResponse::default()));
+        };
+        let liveness = self.inner.liveness.clone();
+        let all = tokio::task::spawn_blocking(move || members.all(&liveness))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| {
+                Status::unavailable(format!("cannot read the control plane's members: {e}"))
+            })?;
+        let now = members::unix_now();
+        let controllers = all
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let serving = m.serving(now);
+                let since = if serving { m.started } else { m.beat };
+                ControllerMember {
+                    serving,
+                    for_secs: now.saturating_sub(since),
+                    // `all` puts this controller first.
+                    answering: i == 0,
+                    address: m.address,
+                    name: m.name,
+                }
+            })
+            .collect();
+        Ok(Response::new(ListControllersResponse { controllers }))
     }
 }
 

@@ -196,8 +196,12 @@ pub enum StatusCommand {
     Ipam,
     /// Networks with their endpoints and used and free addresses.
     Networks,
-    /// Peers: address, whether their agent is connected (or since when it is gone), endpoints.
+    /// Peers: address, whether their agent is connected to any controller (or since when it
+    /// is gone), endpoints.
     Peers,
+    /// The control plane's controllers: address, host, serving (since its start) or gone (since
+    /// its last beat); the one answering is marked.
+    Controllers,
     /// DNS: domain, TTL, upstream resolvers, and every name with its addresses.
     Dns,
 }

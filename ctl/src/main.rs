@@ -18,9 +18,9 @@ use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{
     AcceptControllerRequest, CreateNetworkRequest, CreateTokenRequest, DeleteNetworkRequest,
     DnsLookupRequest, DnsStatusRequest, ExposeRequest, HideRequest, IpamStatusRequest,
-    IpamStatusResponse, ListPeersRequest, LocalAttachRequest, LocalDetachRequest,
-    LocalDnsUpdateRequest, NetworkListRequest, PsRequest, RemovePeerRequest, ResetRequest,
-    StatusRequest,
+    IpamStatusResponse, ListControllersRequest, ListPeersRequest, LocalAttachRequest,
+    LocalDetachRequest, LocalDnsUpdateRequest, NetworkListRequest, PsRequest, RemovePeerRequest,
+    ResetRequest, StatusRequest,
 };
 
 use crate::cli::{Cli, Command, DnsRecordArgs, NetworkCommand, Shell, StatusCommand, TokenCommand};
@@ -269,6 +269,17 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .map_err(fail("status peers"))?
                 .into_inner();
             Ok(render::status_peers(&reply.peers, json))
+        }
+        Command::Status {
+            detail: Some(StatusCommand::Controllers),
+            json,
+        } => {
+            let reply = agent
+                .list_controllers(ListControllersRequest {})
+                .await
+                .map_err(fail("status controllers"))?
+                .into_inner();
+            Ok(render::status_controllers(&reply.controllers, json))
         }
         Command::Status {
             detail: Some(StatusCommand::Networks),

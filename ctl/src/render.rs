@@ -4,8 +4,8 @@
 use serde_json::{Value, json};
 use weft_proto::names::short_container_id;
 use weft_proto::v1::{
-    DnsStatusResponse, IpamStatusResponse, Network, NetworkInfo, PeerStatus, PsEntry,
-    ResetResponse, StatusResponse,
+    ControllerMember, DnsStatusResponse, IpamStatusResponse, Network, NetworkInfo, PeerStatus,
+    PsEntry, ResetResponse, StatusResponse,
 };
 
 use crate::table;
@@ -204,6 +204,40 @@ pub fn status_peers(peers: &[PeerStatus], as_json: bool) -> String {
         })
         .collect();
     table::render(&["NAME", "ADDRESS", "STATE", "ENDPOINTS"], &rows)
+}
+
+/// `weftctl status controllers`.
+pub fn status_controllers(controllers: &[ControllerMember], as_json: bool) -> String {
+    if as_json {
+        return json_line(Value::Array(
+            controllers
+                .iter()
+                .map(|c| {
+                    json!({
+                        "address": c.address, "name": c.name, "serving": c.serving,
+                        "for_secs": c.for_secs, "answering": c.answering,
+                    })
+                })
+                .collect(),
+        ));
+    }
+    let rows: Vec<Vec<String>> = controllers
+        .iter()
+        .map(|c| {
+            let state = if c.serving {
+                format!("serving for {}", human(c.for_secs))
+            } else {
+                format!("gone {}", human(c.for_secs))
+            };
+            let answering = if c.answering { " (answering)" } else { "" };
+            vec![
+                c.address.clone(),
+                c.name.clone(),
+                format!("{state}{answering}"),
+            ]
+        })
+        .collect();
+    table::render(&["ADDRESS", "NAME", "STATE"], &rows)
 }
 
 /// `weftctl accept-controller`: the store followed now.
@@ -508,6 +542,30 @@ mod tests {
     fn peers_say_whether_and_since_when() {
         golden("status-peers.txt", &status_peers(&peers(), false));
         golden("status-peers.json", &status_peers(&peers(), true));
+    }
+
+    #[test]
+    fn controllers_serving_or_gone() {
+        let member = |address: &str, name: &str, serving, for_secs, answering| ControllerMember {
+            address: address.into(),
+            name: name.into(),
+            serving,
+            for_secs,
+            answering,
+        };
+        let members = [
+            member("198.18.0.100:6786", "ctl-a", true, 754, true),
+            member("ctl-b:6786", "ctl-b", true, 30, false),
+            member("198.18.0.102:6786", "ctl-c", false, 7, false),
+        ];
+        golden(
+            "status-controllers.txt",
+            &status_controllers(&members, false),
+        );
+        golden(
+            "status-controllers.json",
+            &status_controllers(&members, true),
+        );
     }
 
     #[test]

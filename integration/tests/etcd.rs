@@ -80,6 +80,21 @@ fn join_failure(world: &World, k: usize, token: &str) -> String {
     out.stderr.lines().last().unwrap_or_default().to_string()
 }
 
+/// `weftctl status controllers --json` on `host`: (address, serving, answering) of each.
+fn controllers(world: &World, host: usize) -> Vec<(String, bool, bool)> {
+    let out = world.ctl(host, &["status", "controllers", "--json"]);
+    let members: Value = serde_json::from_str(&out).unwrap();
+    members
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|m| {
+            let address = m["address"].as_str().unwrap_or_default().to_string();
+            (address, m["serving"] == true, m["answering"] == true)
+        })
+        .collect()
+}
+
 /// Waits until both agents show the controller connected at `revision`.
 fn wait_connected(world: &World, revision: u64) {
     for host in 1..=2 {
@@ -352,6 +367,33 @@ fn two_controllers_on_one_prefix_give_each_address_once_and_serve_the_same_table
     assert_reaches(&containers[0].1, &ips[1]);
     assert_reaches(&containers[1].1, &ips[0]);
 
+    // Each controller knows the other, and where each peer's agent is connected.
+    let addresses = [world.url_of(1), world.url_of(2)].map(|u| u.replace("https://", ""));
+    let members = controllers(&world, 1);
+    assert_eq!(
+        members,
+        vec![
+            (addresses[0].clone(), true, true),
+            (addresses[1].clone(), true, false)
+        ],
+        "controllers as host1 sees them"
+    );
+    let peers = world.ctl(1, &["status", "peers", "--json"]);
+    let peers: Value = serde_json::from_str(&peers).unwrap();
+    let connected: Vec<bool> = (0..2).map(|i| peers[i]["connected"] == true).collect();
+    assert_eq!(
+        connected,
+        [true, true],
+        "host2 watches controller 2: {peers}"
+    );
+    let out = world.weftctl(1, &["rmpeer", "host2"]);
+    assert!(
+        !out.success() && out.stderr.contains("is connected"),
+        "rmpeer of a peer connected to another controller: {:?} {}",
+        out.code,
+        out.stderr
+    );
+
     // Controller 1 dies: host1's agent moves on to controller 2 and resumes there, without a
     // snapshot; attaches on host1 go on through controller 2.
     let snapshots = world.agent_snapshots(1);
@@ -365,6 +407,15 @@ fn two_controllers_on_one_prefix_give_each_address_once_and_serve_the_same_table
     let ip = attach(&world, 1, &late);
     assert_reaches(&containers[1].1, &ip);
     assert_eq!(world.agent_snapshots(1), snapshots, "host1 resumed");
+    // Controller 2 sees controller 1 gone once it missed its beats.
+    let gone = wait_until(Duration::from_secs(15), || {
+        controllers(&world, 1)
+            == vec![
+                (addresses[1].clone(), true, true),
+                (addresses[0].clone(), false, false),
+            ]
+    });
+    assert!(gone, "{:?}", controllers(&world, 1));
 
     // Controller 1 comes back with that change, read from etcd.
     world.start_controller_at(1, &[]);
