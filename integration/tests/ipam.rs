@@ -559,7 +559,33 @@ fn storm_across_a_controller_crash() {
     // Heavy: no other test of this binary runs beside it, nor its tight time bounds.
     let _alone = Alone::take();
     let started = Instant::now();
-    let mut world = World::new(STORM_HOSTS);
+    storm(World::new(STORM_HOSTS), started, |world| {
+        world.kill_controller();
+        world.start_controller();
+    });
+}
+
+/// The storm on two controllers on etcd, the first SIGKILLed in the middle: its agents move to
+/// the second, which goes on giving addresses, each once; then it comes back.
+#[test]
+fn storm_across_a_controller_crash_on_etcd() {
+    let _alone = Alone::take();
+    let started = Instant::now();
+    storm(
+        World::on_etcd_controllers(STORM_HOSTS, 3, 2),
+        started,
+        |world| {
+            world.kill_controller_at(1);
+            thread::sleep(Duration::from_secs(2));
+            world.start_controller_at(1, &[]);
+        },
+    );
+}
+
+/// STORM_PER_HOST attaches on each host of `world`, `crash` called once STORM_CRASH_AFTER
+/// succeeded; every address held once, each success's on its container, each failure leaving
+/// nothing, and the failed ones attaching on retry.
+fn storm(mut world: World, started: Instant, crash: impl FnOnce(&World)) {
     let containers: Vec<(usize, String)> = (1..=STORM_HOSTS)
         .flat_map(|host| (0..STORM_PER_HOST).map(move |i| (host, i)))
         .map(|(host, i)| (host, world.container(host, &format!("s{host}-{i}"))))
@@ -575,8 +601,7 @@ fn storm_across_a_controller_crash() {
             reached,
             "not {STORM_CRASH_AFTER} successful attaches within 60 s"
         );
-        world.kill_controller();
-        world.start_controller();
+        crash(&world);
     });
     let storm = storm.elapsed();
     let failed: Vec<&Attempt> = attempts.iter().filter(|a| a.2.is_err()).collect();
