@@ -599,6 +599,47 @@ impl World {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The last line of a third agent, in host1's namespace, that tries to join controller `k`
+    /// as `host3` with `token`: it must fail before it touches anything and write nothing in
+    /// its state dir.
+    pub fn join_failure(&self, k: usize, token: &str) -> String {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (state, socket) = (dir.path().join("state"), dir.path().join("agent.sock"));
+        let url = self.url_of(k);
+        let addr = host_addr(1);
+        let agent = self.bins.agent.to_str().expect("UTF-8 path");
+        let argv = [
+            agent,
+            "--controller",
+            &url,
+            "--name",
+            "host3",
+            "--advertise-addr",
+            &addr,
+            "--socket",
+            socket.to_str().expect("UTF-8 path"),
+            "--state-dir",
+            state.to_str().expect("UTF-8 path"),
+            "--join",
+            token,
+        ];
+        let out = netns::exec_for(&self.host_ns(1), &argv, READY_TIMEOUT);
+        assert_eq!(
+            out.code,
+            Some(1),
+            "weft-agent joined with {token}: {}",
+            out.stderr
+        );
+        let written: Vec<_> = std::fs::read_dir(&state)
+            .map(|dir| {
+                dir.map(|e| e.expect("state dir entry").file_name())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(written.is_empty(), "a refused join wrote {written:?}");
+        out.stderr.lines().last().unwrap_or_default().to_string()
+    }
+
     /// The URL agents reach controller `k` at.
     pub fn url_of(&self, k: usize) -> String {
         let scheme = match self.security {

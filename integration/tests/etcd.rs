@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_integration::{
-    Output, World, assert_reaches, exec_for, host_addr, locate_bin, ping_counts,
-    ping_in_background, wait_until,
+    Output, World, assert_reaches, ping_counts, ping_in_background, wait_until,
 };
 
 /// Ten pings a second, so a gap of 100 ms shows.
@@ -46,38 +45,6 @@ fn endpoints(tables: &Value) -> Vec<(String, String)> {
         })
         .collect();
     rows
-}
-
-/// The last line of a weft-agent that tries to join controller `k` with `token`, as host3 (it
-/// must fail: it keeps nothing and is not left running).
-fn join_failure(world: &World, k: usize, token: &str) -> String {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (state, socket) = (dir.path().join("state"), dir.path().join("agent.sock"));
-    let agent = locate_bin("weft-agent");
-    let url = world.url_of(k);
-    let argv = [
-        agent.to_str().expect("UTF-8 path"),
-        "--controller",
-        &url,
-        "--name",
-        "host3",
-        "--advertise-addr",
-        &host_addr(1),
-        "--socket",
-        socket.to_str().expect("UTF-8 path"),
-        "--state-dir",
-        state.to_str().expect("UTF-8 path"),
-        "--join",
-        token,
-    ];
-    let out = exec_for(&world.host_ns(1), &argv, NOTICE * 2);
-    assert_eq!(
-        out.code,
-        Some(1),
-        "weft-agent joined with {token}: {}",
-        out.stderr
-    );
-    out.stderr.lines().last().unwrap_or_default().to_string()
 }
 
 /// `weftctl status controllers --json` on `host`: (address, serving, answering) of each.
@@ -319,7 +286,7 @@ fn two_controllers_on_one_prefix_give_each_address_once_and_serve_the_same_table
     // Used up on one controller is used up on all.
     let token = world.join_token(1).to_string();
     assert_eq!(
-        join_failure(&world, 2, &token),
+        world.join_failure(2, &token),
         format!(
             "weft-agent: joining {} refused: join token {} was already used (by host1)",
             world.url_of(2),

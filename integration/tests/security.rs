@@ -10,9 +10,7 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use prost::Message;
-use weft_integration::{
-    CONTROLLER_URL, Output, World, assert_reaches, exec, exec_for, host_addr, locate_bin,
-};
+use weft_integration::{CONTROLLER_URL, Output, World, assert_reaches, exec, exec_for, locate_bin};
 use weft_proto::v1::AttachRequest;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
@@ -57,49 +55,11 @@ fn strings(args: &[&str]) -> Vec<String> {
 /// A third agent in host1's namespace trying to join as `host3` with `token`: it must exit
 /// before it touches anything and write nothing in its state dir. Returns why it was refused.
 fn join_refusal(world: &World, token: &str) -> String {
-    let last = join_failure(world, token);
+    let last = world.join_failure(1, token);
     let prefix = format!("weft-agent: joining {CONTROLLER_URL} refused: ");
     last.strip_prefix(&prefix)
         .unwrap_or_else(|| panic!("not a refused join: {last}"))
         .to_string()
-}
-
-/// [`join_refusal`]'s agent run: the last line it printed.
-fn join_failure(world: &World, token: &str) -> String {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let state = dir.path().join("state");
-    let socket = dir.path().join("agent.sock");
-    let agent = locate_bin("weft-agent");
-    let argv = [
-        agent.to_str().expect("UTF-8 path"),
-        "--controller",
-        CONTROLLER_URL,
-        "--name",
-        "host3",
-        "--advertise-addr",
-        &host_addr(1),
-        "--socket",
-        socket.to_str().expect("UTF-8 path"),
-        "--state-dir",
-        state.to_str().expect("UTF-8 path"),
-        "--join",
-        token,
-    ];
-    let out = exec_for(&world.host_ns(1), &argv, CALL_TIMEOUT);
-    assert_eq!(
-        out.code,
-        Some(1),
-        "weft-agent joined with {token}: {}",
-        out.stderr
-    );
-    let written: Vec<_> = std::fs::read_dir(&state)
-        .map(|dir| {
-            dir.map(|e| e.expect("state dir entry").file_name())
-                .collect()
-        })
-        .unwrap_or_default();
-    assert!(written.is_empty(), "a refused join wrote {written:?}");
-    out.stderr.lines().last().unwrap_or_default().to_string()
 }
 
 /// A CA of nobody's, and a client certificate from it naming host1, in `dir`.
@@ -401,7 +361,7 @@ fn an_agent_refuses_a_controller_its_token_does_not_pin() {
     let pin = "ab".repeat(32);
     token[2] = format!("sha256:{pin}");
     assert_eq!(
-        join_failure(&world, &token.join(".")),
+        world.join_failure(1, &token.join(".")),
         format!(
             "weft-agent: joining {CONTROLLER_URL} refused: unexpected error: the controller's CA \
              is not the one the join token pins (sha256:{pin})"
