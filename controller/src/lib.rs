@@ -1,7 +1,8 @@
 //! weft-controller: the authority for peers, networks, endpoints and addresses ([`ipam`]). It
 //! keeps them in memory ([`rules`]), durable in redb or etcd ([`store`], copied by [`backup`];
-//! on etcd it follows the other controllers' commits, `follow`, and knows them and their
-//! agents, [`members`]), and serves them to agents over gRPC ([`service`]).
+//! on etcd it follows the other controllers' commits, `follow`, knows them and their agents,
+//! [`members`], and hands its agents over when it cannot reach etcd, `reach`), and serves them
+//! to agents over gRPC ([`service`]).
 
 pub mod authority;
 pub mod backup;
@@ -13,6 +14,7 @@ pub mod ipam;
 pub mod limits;
 pub mod liveness;
 pub mod members;
+mod reach;
 pub mod rules;
 pub mod service;
 pub mod state;

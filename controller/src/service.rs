@@ -28,6 +28,7 @@ use crate::ipam::IpamError;
 use crate::limits;
 use crate::liveness::{Liveness, PeerPresence};
 use crate::members::{self, Members};
+use crate::reach::StoreReach;
 use crate::rules::{TableError, TableRules, View};
 use crate::state::{Committer, MutateError, Shared, Start};
 use crate::store::{EtcdKv, Store};
@@ -49,6 +50,8 @@ struct Inner {
     /// Set when the controller stops: every watch stream ends then, or the server's graceful
     /// shutdown would wait for them forever.
     stopping: watch::Sender<bool>,
+    /// Whether etcd answers: a controller cut off from it hands its agents over to another.
+    reach: StoreReach,
 }
 
 #[derive(Clone)]
@@ -100,6 +103,7 @@ impl ControllerService {
     pub fn new(store: Store, tables: Tables, peer_lease: Duration) -> std::io::Result<Self> {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let watch = store.revision_watch();
+        let reach = StoreReach::start(store.etcd());
         let shared = Arc::new(Shared::new(store, tables, events));
         if let Some(watch) = watch {
             crate::follow::start(shared.clone(), watch);
@@ -111,6 +115,7 @@ impl ControllerService {
                 liveness: Arc::new(Mutex::new(Liveness::new(peer_lease, Instant::now()))),
                 members: OnceLock::new(),
                 stopping: watch::Sender::new(false),
+                reach,
             }),
         })
     }
@@ -155,6 +160,10 @@ impl ControllerService {
         &self,
         plan: impl FnMut(&View) -> Result<(T, Vec<RowChange>), TableError> + Send + 'static,
     ) -> Result<(T, u64), Status> {
+        // It would fail once etcd's request timed out, and the caller has given up by then.
+        if let Some(why) = self.inner.reach.lost() {
+            return Err(Status::unavailable(why));
+        }
         self.inner
             .committer
             .mutate(plan)
@@ -210,6 +219,9 @@ impl ControllerService {
             _ = stopping.wait_for(|stopping| *stopping) => {
                 // Why the stream ends, if the watcher has room for it; it ends either way.
                 let _ = tx.try_send(Err(Status::unavailable("the controller is stopping")));
+            }
+            why = self.inner.reach.wait_lost() => {
+                let _ = tx.try_send(Err(Status::unavailable(why)));
             }
         }
         self.liveness().disconnect(&peer, Instant::now());
@@ -293,6 +305,9 @@ impl Controller for ControllerService {
             snapshot_in_parts,
             store_id,
         } = request.into_inner();
+        if let Some(why) = self.inner.reach.lost() {
+            return Err(Status::unavailable(why));
+        }
         info!(%peer, from_revision, %store_id, snapshot_in_parts, "watch starts");
         let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
         tokio::spawn(self.clone().feed_watcher(

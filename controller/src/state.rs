@@ -278,7 +278,12 @@ fn commit_batch(
                     replans, "{e}; following it, planning again"
                 );
                 match follow(state, &shared.events) {
-                    Ok(_) => continue,
+                    Ok(_) => {
+                        // A caller that gave up while the batch was beaten (the store was slow
+                        // to answer) would not learn of its change.
+                        batch.retain(|job| !job.done.is_closed());
+                        continue;
+                    }
                     Err(e) => e,
                 }
             }
@@ -437,22 +442,26 @@ mod tests {
             .collect()
     }
 
+    /// Commits the default network, host1 and an endpoint on it for each of `containers`.
+    fn set_up(shared: &Shared, containers: &[&'static str]) {
+        let range = "10.32.0.0/12".parse().unwrap();
+        let mut setup = vec![
+            job(move |view| view.ensure_default_network(range)),
+            register(peer(1)),
+        ];
+        setup.extend(containers.iter().map(|c| attach(c, "net:default")));
+        assert!(
+            commit(shared, setup, Store::commit)
+                .iter()
+                .all(Result::is_ok)
+        );
+    }
+
     #[test]
     fn a_batch_that_cannot_be_persisted_is_undone_and_fails_every_request() {
         let dir = tempfile::tempdir().unwrap();
         let shared = shared(dir.path());
-        let range = "10.32.0.0/12".parse().unwrap();
-        let setup = vec![
-            job(move |view| view.ensure_default_network(range)),
-            register(peer(1)),
-            attach("c0", "net:default"),
-            attach("c1", "net:default"),
-        ];
-        assert!(
-            commit(&shared, setup, Store::commit)
-                .iter()
-                .all(Result::is_ok)
-        );
+        set_up(&shared, &["c0", "c1"]);
         let (tables, index) = {
             let state = shared.lock();
             (state.tables.clone(), state.index.clone())
@@ -504,16 +513,7 @@ mod tests {
     fn a_batch_another_controller_beat_is_planned_again_then_given_up() {
         let dir = tempfile::tempdir().unwrap();
         let shared = shared(dir.path());
-        let range = "10.32.0.0/12".parse().unwrap();
-        let setup = vec![
-            job(move |view| view.ensure_default_network(range)),
-            register(peer(1)),
-        ];
-        assert!(
-            commit(&shared, setup, Store::commit)
-                .iter()
-                .all(Result::is_ok)
-        );
+        set_up(&shared, &[]);
         let before = shared.lock().tables.revision;
         let moved = |held| StoreError::Moved {
             path: dir.path().to_path_buf(),
@@ -565,6 +565,40 @@ mod tests {
         );
         assert_eq!(shared.lock().tables, tables);
         assert!(watcher.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_beaten_request_whose_caller_gave_up_meanwhile_is_not_planned_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = shared(dir.path());
+        set_up(&shared, &[]);
+        let before = shared.lock().tables.revision;
+        let (abandoned, mut gone) = attach("c0", "net:default");
+        let (wanted, answer) = attach("c1", "net:default");
+        let mut planned = Vec::new();
+        commit_batch(&shared, vec![abandoned, wanted], |store, changes, at| {
+            planned.push(changes.len());
+            if planned.len() == 1 {
+                // The caller's deadline passes while the store is slow to say it was beaten.
+                gone.close();
+                return Err(StoreError::Moved {
+                    path: dir.path().to_path_buf(),
+                    held: before,
+                    expected: before,
+                });
+            }
+            store.commit(changes, at)
+        });
+        assert_eq!(planned, [2, 1], "changes planned at each try");
+        assert_eq!(answer.blocking_recv().unwrap().unwrap(), before + 1);
+        let state = shared.lock();
+        let held: Vec<&str> = state
+            .tables
+            .endpoints
+            .values()
+            .map(|ep| ep.id.container.as_str())
+            .collect();
+        assert_eq!(held, ["c1"]);
     }
 
     #[test]

@@ -57,6 +57,37 @@ pub fn rx_packets(ns: &str, dev: &str) -> u64 {
     stat64(ns, dev, "rx", "packets")
 }
 
+/// Counts the ARP frames that arrive on `dev` in `ns` from now on, whatever else arrives (the
+/// kernel's bridges send IGMP reports of their own as they come up): an nftables counter on
+/// the device's ingress, which goes with the namespace. Read with [`arp_in`].
+pub fn count_arp_in(ns: &str, dev: &str) {
+    let table = arp_table(dev);
+    let rules = format!(
+        "add table netdev {table}; add chain netdev {table} arp_in {{ type filter hook ingress \
+         device \"{dev}\" priority 0; }}; add rule netdev {table} arp_in ether type arp counter"
+    );
+    cmd::check(crate::netns::in_netns(ns, "nft", &[&rules]));
+}
+
+/// How many ARP frames arrived on `dev` in `ns` since [`count_arp_in`].
+pub fn arp_in(ns: &str, dev: &str) -> u64 {
+    let table = arp_table(dev);
+    let out = cmd::check(crate::netns::in_netns(
+        ns,
+        "nft",
+        &["list", "chain", "netdev", &table, "arp_in"],
+    ))
+    .stdout;
+    out.split_once("counter packets ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no ARP counter on {dev} in {ns}: {out}"))
+}
+
+fn arp_table(dev: &str) -> String {
+    format!("weft_test_arp_{}", dev.replace('-', "_"))
+}
+
 /// How many packets interface `dev` in `ns` dropped on transmit: a packet sent before the
 /// kernel has activated the interface's queue counts here.
 pub fn tx_dropped(ns: &str, dev: &str) -> u64 {

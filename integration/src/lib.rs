@@ -23,7 +23,9 @@ pub use bins::{bin_dir, locate_bin};
 pub use cmd::Output;
 pub use daemon::{Background, Paused};
 pub use etcd::Etcd;
-pub use kernel::{Link, fdb, link, links, neighbours, rx_packets, tx_dropped};
+pub use kernel::{
+    Link, arp_in, count_arp_in, fdb, link, links, neighbours, rx_packets, tx_dropped,
+};
 pub use netns::{
     Netns, bridge, disable_ipv6, exec, exec_for, exec_shown, ip, listening, ping, ping_counts,
     ping_in_background, ping_n,

@@ -369,15 +369,20 @@ impl World {
 
     /// The tables as host `host`'s controller holds them, dumped with that host's identity.
     pub fn tables_via(&self, host: usize) -> serde_json::Value {
+        let out = self.dump_via(host);
+        assert!(out.success(), "weft-load dump: {}", out.stderr.trim());
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("weft-load dump printed no JSON ({e}):\n{}", out.stdout))
+    }
+
+    /// `weft-load dump` of host `host`'s controller's tables, as it ended.
+    pub fn dump_via(&self, host: usize) -> Output {
         let load = locate_bin("weft-load");
         let mut argv = vec![load.display().to_string()];
         argv.extend(self.load_args(host));
         argv.extend(["dump".into(), "--peer".into(), format!("host{host}")]);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let out = netns::exec_for(&self.host_ns(host), &argv, Duration::from_secs(10));
-        assert!(out.success(), "weft-load dump: {}", out.stderr.trim());
-        serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("weft-load dump printed no JSON ({e}):\n{}", out.stdout))
+        netns::exec_for(&self.host_ns(host), &argv, Duration::from_secs(10))
     }
 
     /// The prefix of every namespace name in this world, e.g. `wft1234x0`.
@@ -466,6 +471,21 @@ impl World {
     /// SIGKILLs controller `k`.
     pub fn kill_controller_at(&self, k: usize) {
         self.controller_at(k).kill();
+    }
+
+    /// Cuts controller `k` off from every etcd member, both ways, or (`cut` false) heals that:
+    /// a partition its agents are not part of. Each side's packets to the other are dropped by
+    /// a blackhole route.
+    pub fn cut_from_etcd(&self, k: usize, cut: bool) {
+        let verb = if cut { "add" } else { "del" };
+        let controller = format!("{}/32", controller_ip(k));
+        for n in 1..=self.etcd().members() {
+            let member = format!("{}/32", etcd::member_addr(n));
+            let ns = etcd::member_ns(&self.prefix, n);
+            netns::ip(&ns, &["route", verb, "blackhole", &controller]);
+            let ns = controller_ns(&self.prefix, k);
+            netns::ip(&ns, &["route", verb, "blackhole", &member]);
+        }
     }
 
     /// (Re)starts the controller and waits until it listens.

@@ -426,3 +426,105 @@ fn two_controllers_on_one_prefix_give_each_address_once_and_serve_the_same_table
         )
     );
 }
+
+#[test]
+fn a_controller_cut_off_from_etcd_commits_nothing_stale_and_hands_its_agents_over() {
+    let mut world = World::on_etcd_controllers(2, 3, 2);
+    let (a, b) = (world.container(1, "a"), world.container(2, "b"));
+    attach(&world, 1, &a);
+    let ip_b = attach(&world, 2, &b);
+    assert_reaches(&a, &ip_b);
+    let pings = ping_in_background(&a, &ip_b, 300, PING_INTERVAL);
+
+    // A short cut, healed before controller 1 gives up on etcd. An attach on host1 is planned
+    // there from tables that go stale while its commit waits for etcd: controller 2 gives the
+    // same free addresses to host2 meanwhile. Once the commit reaches etcd it is refused (the
+    // store moved on), and planned again from what etcd holds, or dropped if host1 gave up.
+    world.cut_from_etcd(1, true);
+    let stale = world.container(1, "stale");
+    let fresh: Vec<String> = (0..2)
+        .map(|i| world.container(2, &format!("f{i}")))
+        .collect();
+    let (stale_attach, fresh_ips) = std::thread::scope(|s| {
+        let world = &world;
+        let stale_attach = s.spawn(|| world.weftctl(1, &["attach", &format!("netns:{stale}")]));
+        sleep(Duration::from_millis(300));
+        let ips: Vec<String> = fresh.iter().map(|c| attach(world, 2, c)).collect();
+        world.cut_from_etcd(1, false);
+        (stale_attach.join().unwrap(), ips)
+    });
+    let stale_held = stale_attach
+        .success()
+        .then(|| stale_attach.stdout.trim().to_owned());
+    println!("the attach planned from stale tables: {stale_attach:?}");
+    if let Some(ip) = &stale_held {
+        assert!(!fresh_ips.contains(ip), "{ip} given twice: {fresh_ips:?}");
+    }
+    // Both controllers hold the same tables, each address once; the stale attach is there
+    // only if host1 was told it succeeded (else host1 releases what landed for it).
+    let mut ours: BTreeSet<String> = [&a, &b].into_iter().chain(&fresh).cloned().collect();
+    if stale_held.is_some() {
+        ours.insert(stale.clone());
+    }
+    let ours: BTreeSet<String> = ours.iter().map(|c| format!("netns:{c}")).collect();
+    let agreed = wait_until(NOTICE, || {
+        let tables = world.tables_via(1);
+        tables == world.tables_via(2)
+            && endpoints(&tables)
+                .into_iter()
+                .map(|(c, _)| c)
+                .collect::<BTreeSet<_>>()
+                == ours
+    });
+    let tables = world.tables_via(2);
+    assert!(
+        agreed,
+        "want {ours:?}\ncontroller 1: {}\ncontroller 2: {tables}",
+        world.tables_via(1)
+    );
+
+    // A long cut: controller 1 ends its watches and refuses new ones, naming etcd, and host1
+    // moves on to controller 2, where its attaches go on.
+    world.cut_from_etcd(1, true);
+    let moved = wait_until(Duration::from_secs(15), || {
+        let link = &world.status(1)["controller"];
+        link["connected"] == true && link["url"] == world.url_of(2)
+    });
+    assert!(moved, "host1: {}", world.status(1)["controller"]);
+    let refused = world.dump_via(1);
+    let why = format!(
+        "the controller cannot reach its store etcd {} /weft/",
+        world.etcd().endpoints()
+    );
+    assert!(
+        !refused.success() && refused.stderr.contains(&why),
+        "a watch of controller 1 while it is cut off: {}",
+        refused.stderr
+    );
+    let late = world.container(1, "late");
+    let ip_late = attach(&world, 1, &late);
+    assert_reaches(&b, &ip_late);
+    let address = world.url_of(1).replace("https://", "");
+    let gone = wait_until(Duration::from_secs(15), || {
+        controllers(&world, 1).contains(&(address.clone(), false, false))
+    });
+    assert!(gone, "{:?}", controllers(&world, 1));
+
+    // Healed: controller 1 follows what it missed and serves the same tables again.
+    world.cut_from_etcd(1, false);
+    let revision = world.tables_via(2)["revision"].clone();
+    let back = wait_until(Duration::from_secs(15), || {
+        let out = world.dump_via(1);
+        out.success() && serde_json::from_str::<Value>(&out.stdout).unwrap()["revision"] == revision
+    });
+    assert!(
+        back,
+        "controller 1 after the cut: {}",
+        world.dump_via(1).stderr
+    );
+    let tables = world.tables_via(2);
+    assert_eq!(world.tables_via(1), tables);
+    endpoints(&tables);
+    let (sent, received) = ping_counts(&pings.join().expect("ping thread"));
+    assert_eq!((sent, received), (300, 300), "no ping lost");
+}

@@ -4,13 +4,14 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
     KvClient, PutOptions, TlsOptions, Txn, TxnOp, TxnResponse,
 };
-use tokio::runtime::Handle;
+use tokio::runtime::{Handle, Runtime};
 
 use crate::store::StoreError;
 
@@ -59,12 +60,37 @@ pub struct EtcdKv {
     client: Client,
     kv: KvClient,
     handle: Handle,
+    _runtime: Arc<EtcdRuntime>,
     config: EtcdConfig,
+}
+
+/// The runtime that drives the connection's I/O and timers. It is not the controller's: threads
+/// wait for etcd holding the state lock, and handlers waiting for that lock hold the
+/// controller's runtime threads, which then drive nothing; etcd's requests must still end
+/// (their timeouts fire) for the lock to be let go.
+struct EtcdRuntime(Option<Runtime>);
+
+impl Drop for EtcdRuntime {
+    fn drop(&mut self) {
+        // Dropped on any thread, maybe a runtime's: shutting down waits for nothing.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl EtcdKv {
     pub fn connect(config: &EtcdConfig) -> Result<EtcdKv, StoreError> {
-        let handle = Handle::current();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("weft-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Etcd {
+                at: config.to_string(),
+                cause: etcd_client::Error::IoError(e),
+            })?;
+        let handle = runtime.handle().clone();
         let mut options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(ATTEMPT_TIMEOUT)
@@ -101,6 +127,7 @@ impl EtcdKv {
                 .max_decoding_message_size(MAX_RESPONSE_BYTES),
             client,
             handle,
+            _runtime: Arc::new(EtcdRuntime(Some(runtime))),
             config: config.clone(),
         })
     }
@@ -195,6 +222,18 @@ impl EtcdKv {
             .kvs()
             .first()
             .map(|kv| (kv.value().to_vec(), kv.version(), kv.lease())))
+    }
+
+    /// Whether etcd answers a linearizable read (one its leader serves, with a quorum behind
+    /// it) within one attempt, asynchronously; an error etcd sends is an answer.
+    pub async fn answers(&self) -> Result<(), String> {
+        let mut kv = self.kv.clone();
+        let read = kv.get(self.key("meta/revision"), None);
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, read).await {
+            Err(_) => Err(format!("no answer within {ATTEMPT_TIMEOUT:?}")),
+            Ok(Err(e)) if unavailable(&e) => Err(e.to_string()),
+            Ok(_) => Ok(()),
+        }
     }
 
     /// Puts `value` at `key` with `lease`, only if the key is still at `version`; whether it

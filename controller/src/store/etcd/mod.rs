@@ -110,24 +110,7 @@ impl EtcdStore {
         }
         let revision = tables.revision;
         store.put_snapshot(tables)?;
-        let meta = [
-            ("format", STORE_FORMAT.to_string()),
-            ("store_id", tables.store_id.clone()),
-            ("revision", revision.to_string()),
-            ("base", revision.to_string()),
-        ];
-        let puts: Vec<TxnOp> = meta
-            .iter()
-            .map(|(k, v)| TxnOp::put(store.kv.key(&format!("meta/{k}")), v.as_str(), None))
-            .collect();
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                store.kv.key("meta/store_id"),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then(puts);
-        if !store.kv.txn(txn)?.succeeded() {
+        if !store.put_meta(&tables.store_id, revision)? {
             // Unless it is this restore's own, answered late and asked again.
             let ours = store.load()?.is_some_and(|held| {
                 held.tables.store_id == tables.store_id && held.tables.revision == revision
@@ -248,11 +231,20 @@ impl EtcdStore {
     /// Makes an empty store under the prefix, unless another controller just did.
     fn create(&self) -> Result<(), StoreError> {
         let id = random_hex(16);
+        if self.put_meta(&id, 0)? {
+            info!(store_id = %id, store = %self.kv.config(), "made a new store in etcd");
+        }
+        Ok(())
+    }
+
+    /// Makes the store `id`, at `revision` with its base there, unless a store is there
+    /// already; whether it did.
+    fn put_meta(&self, id: &str, revision: u64) -> Result<bool, StoreError> {
         let meta = [
             ("format", STORE_FORMAT.to_string()),
-            ("store_id", id.clone()),
-            ("revision", "0".to_string()),
-            ("base", "0".to_string()),
+            ("store_id", id.to_string()),
+            ("revision", revision.to_string()),
+            ("base", revision.to_string()),
         ];
         let puts: Vec<TxnOp> = meta
             .iter()
@@ -265,10 +257,7 @@ impl EtcdStore {
                 0,
             )])
             .and_then(puts);
-        if self.kv.txn(txn)?.succeeded() {
-            info!(store_id = %id, store = %self.kv.config(), "made a new store in etcd");
-        }
-        Ok(())
+        Ok(self.kv.txn(txn)?.succeeded())
     }
 
     /// Writes the parts of a snapshot of `tables` at their revision (each part one put: a
