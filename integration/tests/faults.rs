@@ -1,6 +1,7 @@
 //! Faults under traffic, each with a measured outcome: a controller crash and a host cut off
 //! from the controller lose no packet of the flows already running and are caught up with
-//! within seconds; a thousand attaches and detaches across controller and agent crashes leave
+//! within seconds; a thousand attaches and detaches across controller and agent crashes (on redb, and on two
+//! controllers on etcd) leave
 //! the controller's tables, every host's kernel and every container in exact agreement.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -428,30 +429,41 @@ const DOWN: Duration = Duration::from_secs(1);
 /// How long the hosts get to agree with the controller once the operations are over.
 const SETTLE: Duration = Duration::from_secs(30);
 
-/// A crash during the operations.
+/// A crash during the operations: controller `k`, or host `h`'s agent.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
-    Controller,
+    Controller(usize),
     Agent(usize),
 }
 
 /// Each fault, after how many operations have started.
+type Faults = [(usize, Fault)];
+
+/// The one controller on redb, twice, and an agent between.
 const FAULTS: [(usize, Fault); 3] = [
-    (150, Fault::Controller),
+    (150, Fault::Controller(1)),
     (400, Fault::Agent(2)),
-    (650, Fault::Controller),
+    (650, Fault::Controller(1)),
+];
+
+/// On etcd, each of two controllers in turn while the other serves (their agents move over),
+/// and an agent between.
+const FAULTS_ON_ETCD: [(usize, Fault); 3] = [
+    (150, Fault::Controller(1)),
+    (400, Fault::Agent(2)),
+    (650, Fault::Controller(2)),
 ];
 
 impl Fault {
     /// SIGKILL, [`DOWN`], start again (and wait until it serves).
     fn strike(self, world: &World) {
         match self {
-            Fault::Controller => world.kill_controller(),
+            Fault::Controller(k) => world.kill_controller_at(k),
             Fault::Agent(host) => world.kill_agent(host),
         }
         sleep(DOWN);
         match self {
-            Fault::Controller => world.start_controller(),
+            Fault::Controller(k) => world.start_controller_at(k, &[]),
             Fault::Agent(host) => world.start_agent(host),
         }
     }
@@ -521,8 +533,8 @@ fn drive(world: &World, host: usize, share: &[String], progress: &Progress) -> V
     done
 }
 
-/// Runs every driver, and the faults meanwhile on this thread; returns every operation.
-fn operate(world: &World, pool: &[(usize, String)]) -> Vec<Operation> {
+/// Runs every driver, and `faults` meanwhile on this thread; returns every operation.
+fn operate(world: &World, pool: &[(usize, String)], faults: &Faults) -> Vec<Operation> {
     let progress = Progress::default();
     thread::scope(|s| {
         let drivers: Vec<_> = (1..=HOSTS)
@@ -539,15 +551,19 @@ fn operate(world: &World, pool: &[(usize, String)]) -> Vec<Operation> {
                 s.spawn(move || drive(world, host, &share, progress))
             })
             .collect();
-        for (at, fault) in FAULTS {
+        for &(at, fault) in faults {
             let reached = wait_until(Duration::from_secs(120), || {
                 progress.started.load(Ordering::SeqCst) >= at
             });
             assert!(reached, "not {at} operations started within 120 s");
+            let following: Vec<String> = (1..=HOSTS)
+                .map(|h| format!("host{h} -> {}", world.status(h)["controller"]["url"]))
+                .collect();
             let struck = Instant::now();
             fault.strike(world);
             println!(
-                "after {at} operations: {fault:?} killed and back in {:?}",
+                "after {at} operations ({}): {fault:?} killed and back in {:?}",
+                following.join(", "),
                 struck.elapsed()
             );
             progress.faults.fetch_add(1, Ordering::SeqCst);
@@ -560,9 +576,9 @@ fn operate(world: &World, pool: &[(usize, String)]) -> Vec<Operation> {
 }
 
 /// Prints how the operations went: successes and failures per kind and per phase between
-/// faults, and the failures grouped by reason.
-fn report(ops: &[Operation]) {
-    for phase in 0..=FAULTS.len() {
+/// `faults`, and the failures grouped by reason.
+fn report(ops: &[Operation], faults: &Faults) {
+    for phase in 0..=faults.len() {
         let of_phase: Vec<&Operation> = ops.iter().filter(|o| o.faults_before == phase).collect();
         let count = |verb: &str, ok: bool| {
             of_phase
@@ -611,17 +627,30 @@ fn expected(ops: &[Operation]) -> BTreeMap<&str, Option<String>> {
 fn a_thousand_operations_across_crashes_leave_every_view_equal() {
     // Heavy: no other test of this binary runs beside it, nor its tight time bounds.
     let _alone = Alone::take();
+    check_across(World::new(HOSTS), &FAULTS);
+}
+
+#[test]
+fn a_thousand_operations_across_controller_crashes_on_etcd_leave_every_view_equal() {
+    let _alone = Alone::take();
+    check_across(World::on_etcd_controllers(HOSTS, 3, 2), &FAULTS_ON_ETCD);
+}
+
+/// [`OPERATIONS`] attaches and detaches on every host's containers while `faults` strike;
+/// then every view agrees (each controller's tables, each host's kernel, each container), each
+/// container holds what its last successful operation says, and nothing after the last fault
+/// failed.
+fn check_across(mut world: World, faults: &Faults) {
     let started = Instant::now();
-    let mut world = World::new(HOSTS);
     let pool: Vec<(usize, String)> = (1..=HOSTS)
         .flat_map(|host| (0..POOL_PER_HOST).map(move |i| (host, i)))
         .map(|(host, i)| (host, world.container(host, &format!("p{host}-{i}"))))
         .collect();
 
     let run = Instant::now();
-    let ops = operate(&world, &pool);
+    let ops = operate(&world, &pool, faults);
     println!("{} operations in {:?}", ops.len(), run.elapsed());
-    report(&ops);
+    report(&ops, faults);
     assert_eq!(ops.len(), OPERATIONS, "operations run");
     let settle = Instant::now();
     let mut last = (Vec::new(), 0);
@@ -641,10 +670,19 @@ fn a_thousand_operations_across_crashes_leave_every_view_equal() {
         "after {SETTLE:?} the views disagree:\n{}",
         found.join("\n")
     );
+    // Every controller serves the same tables (host h asks controller (h - 1) % n + 1).
+    let tables = world.tables_via(1);
+    for host in 2..=HOSTS {
+        assert_eq!(
+            world.tables_via(host),
+            tables,
+            "tables via host{host}'s controller"
+        );
+    }
     // Once every process is back, weft works again without anything restarted by hand.
     let last_phase: Vec<&Operation> = ops
         .iter()
-        .filter(|o| o.faults_before == FAULTS.len())
+        .filter(|o| o.faults_before == faults.len())
         .collect();
     let failed: Vec<&String> = last_phase
         .iter()
