@@ -33,6 +33,14 @@ pub fn stop_on_interrupt() {
     }
 }
 
+/// Prints the verdict on one goal, with the figure it was judged on.
+pub fn goal(what: &str, met: bool, figure: String) {
+    println!(
+        "  {what}: {} ({figure})",
+        if met { "met" } else { "MISSED" }
+    );
+}
+
 /// Panics (and so cleans up) once SIGINT or SIGTERM has arrived.
 pub fn check_interrupted() {
     assert!(!INTERRUPTED.load(Ordering::SeqCst), "interrupted");

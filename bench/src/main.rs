@@ -155,6 +155,13 @@ enum Command {
         /// trusted for the controller's own. Without it the agents speak plaintext.
         #[arg(long, value_name = "DIR")]
         sign_with: Option<PathBuf>,
+        /// Another controller on the same store (repeatable): simulated agents and new agents
+        /// use --controller and these in turn.
+        #[arg(long = "spread-over", value_name = "URL")]
+        spread_over: Vec<String>,
+        /// Also write the figures the goals are judged on to FILE, as one JSON object.
+        #[arg(long, value_name = "FILE")]
+        summary: Option<PathBuf>,
     },
     /// Measure a process's resident memory and CPU use over a while (e.g. an idle agent).
     Footprint {
@@ -283,11 +290,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             changes,
             idle_secs,
             sign_with,
+            spread_over,
+            summary,
         } => {
             fleet::allow_connections(agents)?;
             let ca = sign_with.as_deref().map(AgentCa::load).transpose()?;
             let scale = Scale {
-                url: cli.controller,
+                urls: [cli.controller].into_iter().chain(spread_over).collect(),
                 ca,
                 controller_pid,
                 agents: agents.max(1),
@@ -298,6 +307,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 syncs: syncs.max(1),
                 changes: changes.max(1),
                 idle: Duration::from_secs(idle_secs),
+                summary,
             };
             scale.run().await
         }

@@ -271,13 +271,19 @@ fn commit_batch(
         }
         state.tables.revision = start;
         let e = match e {
-            StoreError::Moved { .. } if replans < MAX_REPLANS => {
+            StoreError::Moved { .. } | StoreError::Turn { waited: false, .. }
+                if replans < MAX_REPLANS =>
+            {
                 replans += 1;
                 debug!(
                     requests = batch.len(),
                     replans, "{e}; following it, planning again"
                 );
-                match follow(state, &shared.events) {
+                let followed = state
+                    .store
+                    .take_turn()
+                    .and_then(|()| follow(state, &shared.events));
+                match followed {
                     Ok(_) => {
                         // A caller that gave up while the batch was beaten (the store was slow
                         // to answer) would not learn of its change.
@@ -303,6 +309,7 @@ fn commit_batch(
         }
         break outcomes;
     };
+    state.store.end_turn();
     drop(guard);
     for (job, outcome) in batch.into_iter().zip(outcomes) {
         // A caller that gave up is no reason to stop.

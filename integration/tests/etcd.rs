@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use weft_integration::{
-    Output, World, assert_reaches, ping_counts, ping_in_background, wait_until,
+    Output, World, assert_reaches, exec_for, locate_bin, ping_counts, ping_in_background,
+    wait_until,
 };
 
 /// Ten pings a second, so a gap of 100 ms shows.
@@ -527,4 +528,59 @@ fn a_controller_cut_off_from_etcd_commits_nothing_stale_and_hands_its_agents_ove
     endpoints(&tables);
     let (sent, received) = ping_counts(&pings.join().expect("ping thread"));
     assert_eq!((sent, received), (300, 300), "no ping lost");
+}
+
+/// A fleet asking both controllers at once, as fast as it can: they collide on nearly every
+/// commit. One that loses a race commits next (it holds `meta/turn`), so no request fails
+/// however often they collide; every new agent, on either controller, gets every endpoint, and
+/// every watcher on either gets every change.
+#[test]
+fn a_fleet_attaching_through_two_controllers_at_once_loses_no_request_to_their_races() {
+    let world = World::on_etcd_controllers(0, 3, 2);
+    let load = locate_bin("weft-load");
+    let (pid, dir) = (
+        world
+            .controller_pid()
+            .expect("controller 1 runs")
+            .to_string(),
+        world.controller_dir().display().to_string(),
+    );
+    let (first, second) = (world.url_of(1), world.url_of(2));
+    let argv = [
+        load.to_str().unwrap(),
+        "--controller",
+        &first,
+        "scale",
+        "--spread-over",
+        &second,
+        "--controller-pid",
+        &pid,
+        "--sign-with",
+        &dir,
+        "--agents",
+        "40",
+        "--endpoints-per-agent",
+        "50",
+        "--concurrency",
+        "64",
+        "--syncs",
+        "2",
+        "--changes",
+        "10",
+        "--idle-secs",
+        "0",
+    ];
+    let out = exec_for(&world.controller_ns(), &argv, Duration::from_secs(120));
+    assert!(
+        out.success(),
+        "weft-load scale failed: {}\n{}",
+        out.stderr.trim(),
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("populate: 40 peers registered, 2000 endpoints attached"),
+        "{}",
+        out.stdout
+    );
 }

@@ -100,6 +100,12 @@ pub enum StoreError {
         held: u64,
         expected: u64,
     },
+    /// A controller that lost a race commits next: wait for it, catch up and plan again.
+    #[error(
+        "store {path} is another controller's to commit to first (it lost a race and holds meta/turn{})",
+        if *.waited { ", for longer than its lease" } else { "" }
+    )]
+    Turn { path: PathBuf, waited: bool },
     #[error(
         "store {path} no longer holds the changes after revision {at} (its log starts at {starts}): this controller fell too far behind the others; it stops, to load the tables afresh once started again"
     )]

@@ -121,6 +121,22 @@ impl Store {
         }
     }
 
+    /// After losing a race on etcd, waits for the turn to commit next (nothing on redb, which
+    /// has one writer).
+    pub fn take_turn(&mut self) -> Result<(), StoreError> {
+        match self {
+            Store::Redb(_) => Ok(()),
+            Store::Etcd(s) => s.take_turn(),
+        }
+    }
+
+    /// Gives up a turn that no commit used.
+    pub fn end_turn(&mut self) {
+        if let Store::Etcd(s) = self {
+            s.end_turn()
+        }
+    }
+
     /// The connection to etcd, for a store there: the CA and join tokens are kept beside it.
     pub fn etcd(&self) -> Option<EtcdKv> {
         match self {

@@ -1,6 +1,7 @@
 //! The tables in etcd (`--store etcd`). Under the prefix (`--etcd-prefix`, default `/weft/`):
 //! - `meta/format`, `meta/store_id`: as in the redb store;
 //! - `meta/revision`: the revision of the last commit;
+//! - `meta/turn`: while a controller that lost a race commits (its id, with a short lease);
 //! - `log/<first>`: one commit, a `Commit` of the changes of revisions `first` on;
 //! - `meta/base` and `snapshot/<base>/<part>`: the tables as of revision `base`, in the parts
 //!   a watch's snapshot comes in. The tables are those with the log after `base` applied.
@@ -10,7 +11,9 @@
 //! revision, on condition that `meta/revision` is still what this controller last wrote or read.
 //! That fences every controller on the prefix: one whose store moved on (another controller
 //! committed, or a commit of its own timed out and landed after all) commits nothing, reads the
-//! log entries it lacks ([`EtcdStore::catch_up`]) and plans again. Each controller also follows
+//! log entries it lacks ([`EtcdStore::catch_up`]) and plans again, holding the turn
+//! ([`EtcdStore::take_turn`]): no commit but the turn holder's lands while it is held, so a
+//! controller that loses once wins next, however busy the others. Each controller also follows
 //! `meta/revision` ([`RevisionWatch`]) to apply the others' commits as they come. Once the log
 //! after the base is longer than the changes kept, a new snapshot is written and the older log
 //! goes.
@@ -20,8 +23,9 @@ mod kv;
 mod watch;
 
 use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
 
-use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
 use prost::Message;
 use tracing::{info, warn};
 use weft_proto::rows::RowChange;
@@ -36,8 +40,19 @@ pub use watch::RevisionWatch;
 use super::{DELTAS_KEPT, STORE_FORMAT, StoreError};
 use crate::tokens::random_hex;
 
+/// How long the turn outlives a controller that dies holding it.
+const TURN_TTL: Duration = Duration::from_secs(2);
+/// How long a controller waits for another's turn: past its lease, it is a fault.
+const TURN_WAIT: Duration = Duration::from_secs(3);
+/// How often a controller that waits for the turn looks (a read; a turn lasts one commit).
+const TURN_POLL: Duration = Duration::from_millis(1);
+
 pub struct EtcdStore {
     kv: EtcdKv,
+    /// This process's id in `meta/turn`.
+    me: String,
+    /// Whether this controller holds the turn.
+    turn: bool,
     kept: u64,
     /// The revision of the last commit that succeeded (or of the tables loaded).
     committed: u64,
@@ -128,6 +143,8 @@ impl EtcdStore {
     fn connect(config: &EtcdConfig) -> Result<EtcdStore, StoreError> {
         Ok(EtcdStore {
             kv: EtcdKv::connect(config)?,
+            me: random_hex(8),
+            turn: false,
             kept: DELTAS_KEPT,
             committed: 0,
             base: 0,
@@ -311,21 +328,36 @@ impl EtcdStore {
                 .collect(),
         };
         let entry = entry.encode_to_vec();
-        let txn = Txn::new()
-            .when([Compare::value(
-                self.kv.key("meta/revision"),
+        let turn = self.kv.key("meta/turn");
+        let mut when = vec![Compare::value(
+            self.kv.key("meta/revision"),
+            CompareOp::Equal,
+            self.committed.to_string(),
+        )];
+        let mut ops = vec![
+            TxnOp::put(
+                self.kv.key(&format!("log/{}", num(first))),
+                entry.clone(),
+                None,
+            ),
+            TxnOp::put(self.kv.key("meta/revision"), revision.to_string(), None),
+        ];
+        if self.turn {
+            when.push(Compare::value(
+                turn.clone(),
                 CompareOp::Equal,
-                self.committed.to_string(),
-            )])
-            .and_then([
-                TxnOp::put(
-                    self.kv.key(&format!("log/{}", num(first))),
-                    entry.clone(),
-                    None,
-                ),
-                TxnOp::put(self.kv.key("meta/revision"), revision.to_string(), None),
-            ]);
-        if !self.kv.txn(txn)?.succeeded() {
+                self.me.clone(),
+            ));
+            ops.push(TxnOp::delete(turn, None));
+        } else {
+            // A controller that lost a race goes first.
+            when.push(Compare::create_revision(turn, CompareOp::Equal, 0));
+        }
+        if !self
+            .kv
+            .txn(Txn::new().when(when).and_then(ops))?
+            .succeeded()
+        {
             let (meta, _) = self.kv.get_prefix("meta/revision", 0)?;
             let held = meta
                 .first()
@@ -335,6 +367,16 @@ impl EtcdStore {
             let (landed, _) = self.kv.get_prefix(&format!("log/{}", num(first)), 0)?;
             let ours = held == revision && landed.first().is_some_and(|(_, v)| *v == entry);
             if !ours {
+                // Its lease may have ended meanwhile: taken afresh before the next try.
+                self.end_turn();
+            }
+            if !ours && held == self.committed {
+                return Err(StoreError::Turn {
+                    path: self.kv.at(),
+                    waited: false,
+                });
+            }
+            if !ours {
                 return Err(StoreError::Moved {
                     path: self.kv.at(),
                     held,
@@ -342,9 +384,68 @@ impl EtcdStore {
                 });
             }
         }
+        // A turn held went with the commit.
+        self.turn = false;
         self.committed = revision;
         self.log.push_back((first, revision));
         Ok(())
+    }
+
+    /// Takes the turn to commit next (`meta/turn`) once no other controller holds it: after
+    /// losing a race, so that this controller's next commit cannot be beaten by that of one that
+    /// did not lose (else the quickest controller wins every race and the others' requests fail
+    /// after all their replans). It goes with that commit, or [`EtcdStore::end_turn`]; with its
+    /// lease, TURN_TTL after a controller that died holding it.
+    pub fn take_turn(&mut self) -> Result<(), StoreError> {
+        if self.turn {
+            return Ok(());
+        }
+        let key = self.kv.key("meta/turn");
+        let lease = self.kv.grant_lease(TURN_TTL)?;
+        let deadline = Instant::now() + TURN_WAIT;
+        loop {
+            let take = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.clone(),
+                    self.me.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )]);
+            if self.kv.txn(take)?.succeeded() {
+                self.turn = true;
+                return Ok(());
+            }
+            while self.kv.get_one(&key)?.is_some() {
+                if Instant::now() >= deadline {
+                    return Err(StoreError::Turn {
+                        path: self.kv.at(),
+                        waited: true,
+                    });
+                }
+                std::thread::sleep(TURN_POLL);
+            }
+        }
+    }
+
+    /// Gives up the turn if this controller still holds it (its batch changed nothing, or its
+    /// commit failed).
+    pub fn end_turn(&mut self) {
+        if !std::mem::take(&mut self.turn) {
+            return;
+        }
+        let key = self.kv.key("meta/turn");
+        let give_up = Txn::new()
+            .when([Compare::value(
+                key.clone(),
+                CompareOp::Equal,
+                self.me.clone(),
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        if let Err(e) = self.kv.txn(give_up) {
+            warn!(
+                "cannot give up the turn to commit, it ends with its lease within {TURN_TTL:?}: {e}"
+            );
+        }
     }
 
     /// The changes other controllers committed after this one's last commit (or catch-up), in
