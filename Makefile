@@ -50,7 +50,7 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Run by hand, not in CI (about 20 minutes, needs root); method and figures in BENCHMARKS.md.
+# Run by hand, not in CI (about 35 minutes, needs root); method and figures in BENCHMARKS.md.
 # Release builds, as in production. Each benchmark has its own target; `bench` runs them all.
 BENCHES := fdb datapath converge attach controller stores failover
 RUN_BENCH = $(CARGO) run --quiet --release -p weft-bench --bin weft-bench-
