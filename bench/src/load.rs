@@ -11,6 +11,11 @@ use weft_integration::{World, exec_shown, locate_bin};
 /// agents joining; generous for larger sizes and busier machines.
 const TIMEOUT: Duration = Duration::from_secs(1800);
 
+/// The control plane's goals, judged by `weft-load scale` and by the benchmarks comparing its runs.
+pub const GOAL_SYNC_MS: f64 = 1000.0;
+pub const GOAL_FANOUT_P99_MS: f64 = 100.0;
+pub const GOAL_RSS_MB: f64 = 500.0;
+
 /// Runs `weft-load scale` against `world`'s first controller, its simulated agents also using
 /// the controllers at `spread_over`, with `args` passed on (e.g. `--agents 100`), writing its
 /// figures to `summary` if given. Panics, after weft-load has shown its error, if it fails.

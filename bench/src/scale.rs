@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use futures::{StreamExt, TryStreamExt, stream};
 use tokio::sync::mpsc;
 use weft_bench::harness;
+use weft_bench::load::{GOAL_FANOUT_P99_MS, GOAL_RSS_MB, GOAL_SYNC_MS};
 use weft_proto::v1::AttachRequest;
 
 use crate::certs::AgentCa;
@@ -19,10 +20,6 @@ use crate::fleet::{Report, SimAgent, Synced, follow};
 use crate::stats::{Spread, ms};
 use crate::usage::{Meter, Usage, mb, mib};
 
-/// The goals.
-const GOAL_SYNC_MS: f64 = 1000.0;
-const GOAL_FANOUT_P99_MS: f64 = 100.0;
-const GOAL_RSS_MB: f64 = 500.0;
 /// How long one change may take to reach every watcher before the run fails.
 const FANOUT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pause between two measured changes (and new agents), so each is measured alone.
