@@ -25,7 +25,9 @@ mod watch;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
+use etcd_client::{
+    Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse,
+};
 use prost::Message;
 use tracing::{info, warn};
 use weft_proto::rows::RowChange;
@@ -40,8 +42,11 @@ pub use watch::RevisionWatch;
 use super::{DELTAS_KEPT, STORE_FORMAT, StoreError};
 use crate::tokens::random_hex;
 
-/// How long the turn outlives a controller that dies holding it.
+/// How long the turn outlives a controller that dies holding it, at most.
 const TURN_TTL: Duration = Duration::from_secs(2);
+/// How long one lease serves for the turns a controller takes: so a turn it takes lives at
+/// least TURN_TTL less this, far longer than the one commit it is for.
+const TURN_LEASE_REUSED: Duration = Duration::from_millis(500);
 /// How long a controller waits for another's turn: past its lease, it is a fault.
 const TURN_WAIT: Duration = Duration::from_secs(3);
 /// How often a controller that waits for the turn looks (a read; a turn lasts one commit).
@@ -53,6 +58,10 @@ pub struct EtcdStore {
     me: String,
     /// Whether this controller holds the turn.
     turn: bool,
+    /// The lease of the turns it takes, and when it was granted.
+    lease: Option<(i64, Instant)>,
+    /// The log entries after revision `.0`, read as the turn was taken: what catching up reads.
+    read_ahead: Option<(u64, Vec<Vec<u8>>)>,
     kept: u64,
     /// The revision of the last commit that succeeded (or of the tables loaded).
     committed: u64,
@@ -145,6 +154,8 @@ impl EtcdStore {
             kv: EtcdKv::connect(config)?,
             me: random_hex(8),
             turn: false,
+            lease: None,
+            read_ahead: None,
             kept: DELTAS_KEPT,
             committed: 0,
             base: 0,
@@ -328,6 +339,8 @@ impl EtcdStore {
                 .collect(),
         };
         let entry = entry.encode_to_vec();
+        self.read_ahead = None;
+        let lease = self.turn_lease()?;
         let turn = self.kv.key("meta/turn");
         let mut when = vec![Compare::value(
             self.kv.key("meta/revision"),
@@ -335,11 +348,7 @@ impl EtcdStore {
             self.committed.to_string(),
         )];
         let mut ops = vec![
-            TxnOp::put(
-                self.kv.key(&format!("log/{}", num(first))),
-                entry.clone(),
-                None,
-            ),
+            TxnOp::put(self.log_key(first), entry.clone(), None),
             TxnOp::put(self.kv.key("meta/revision"), revision.to_string(), None),
         ];
         if self.turn {
@@ -348,39 +357,70 @@ impl EtcdStore {
                 CompareOp::Equal,
                 self.me.clone(),
             ));
-            ops.push(TxnOp::delete(turn, None));
+            ops.push(TxnOp::delete(turn.clone(), None));
         } else {
             // A controller that lost a race goes first.
-            when.push(Compare::create_revision(turn, CompareOp::Equal, 0));
+            when.push(Compare::create_revision(turn.clone(), CompareOp::Equal, 0));
         }
-        if !self
+        // Lost: in the same request, what the store holds now and the turn, if free (a lost
+        // race then costs one write more than a win, not four).
+        let lost = [
+            TxnOp::get(self.kv.key("meta/revision"), None),
+            TxnOp::get(self.log_key(self.committed + 1), Some(self.rest_of_log())),
+            TxnOp::txn(
+                Txn::new()
+                    .when([Compare::create_revision(turn.clone(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(
+                        turn.clone(),
+                        self.me.clone(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    )])
+                    .or_else([TxnOp::get(turn, None)]),
+            ),
+        ];
+        let answer = self
             .kv
-            .txn(Txn::new().when(when).and_then(ops))?
-            .succeeded()
-        {
-            let (meta, _) = self.kv.get_prefix("meta/revision", 0)?;
-            let held = meta
+            .txn(Txn::new().when(when).and_then(ops).or_else(lost))?;
+        if !answer.succeeded() {
+            let [
+                TxnOpResponse::Get(held),
+                TxnOpResponse::Get(log),
+                TxnOpResponse::Txn(turn),
+            ] = &answer.op_responses()[..]
+            else {
+                return Err(self.kv.err_msg("a transaction answered out of shape"));
+            };
+            let held: u64 = held
+                .kvs()
                 .first()
-                .and_then(|(_, v)| String::from_utf8_lossy(v).parse().ok())
+                .and_then(|kv| String::from_utf8_lossy(kv.value()).parse().ok())
                 .unwrap_or(0);
-            // Landed unanswered the first time, and asked again: it is there as written.
-            let (landed, _) = self.kv.get_prefix(&format!("log/{}", num(first)), 0)?;
-            let ours = held == revision && landed.first().is_some_and(|(_, v)| *v == entry);
-            if !ours {
-                // Its lease may have ended meanwhile: taken afresh before the next try.
-                self.end_turn();
-            }
-            if !ours && held == self.committed {
-                return Err(StoreError::Turn {
-                    path: self.kv.at(),
-                    waited: false,
+            self.turn = turn.succeeded()
+                || turn.op_responses().iter().any(|holder| {
+                    matches!(holder, TxnOpResponse::Get(got)
+                        if got.kvs().first().is_some_and(|kv| kv.value() == self.me.as_bytes()))
                 });
-            }
-            if !ours {
-                return Err(StoreError::Moved {
-                    path: self.kv.at(),
-                    held,
-                    expected: self.committed,
+            let log: Vec<Vec<u8>> = log.kvs().iter().map(|kv| kv.value().to_vec()).collect();
+            // Landed unanswered the first time, and asked again: it is there as written.
+            let ours = held == revision && log.first() == Some(&entry);
+            if ours {
+                self.end_turn();
+            } else {
+                if self.turn {
+                    // Nothing can land while this controller holds the turn.
+                    self.read_ahead = Some((self.committed, log));
+                }
+                return Err(if held == self.committed {
+                    StoreError::Turn {
+                        path: self.kv.at(),
+                        waited: false,
+                    }
+                } else {
+                    StoreError::Moved {
+                        path: self.kv.at(),
+                        held,
+                        expected: self.committed,
+                    }
                 });
             }
         }
@@ -389,6 +429,29 @@ impl EtcdStore {
         self.committed = revision;
         self.log.push_back((first, revision));
         Ok(())
+    }
+
+    fn log_key(&self, first: u64) -> String {
+        self.kv.key(&format!("log/{}", num(first)))
+    }
+
+    /// Every key from a log key to the end of `log/` ('0' follows '/').
+    fn rest_of_log(&self) -> GetOptions {
+        GetOptions::new().with_range(self.kv.key("log0"))
+    }
+
+    /// The lease the turn is taken with: one for all turns taken within TURN_LEASE_REUSED, so
+    /// a lost race costs no grant of its own.
+    fn turn_lease(&mut self) -> Result<i64, StoreError> {
+        if let Some((lease, granted)) = self.lease
+            && granted.elapsed() < TURN_LEASE_REUSED
+        {
+            return Ok(lease);
+        }
+        let granted = Instant::now();
+        let lease = self.kv.grant_lease(TURN_TTL)?;
+        self.lease = Some((lease, granted));
+        Ok(lease)
     }
 
     /// Takes the turn to commit next (`meta/turn`) once no other controller holds it: after
@@ -401,7 +464,7 @@ impl EtcdStore {
             return Ok(());
         }
         let key = self.kv.key("meta/turn");
-        let lease = self.kv.grant_lease(TURN_TTL)?;
+        let lease = self.turn_lease()?;
         let deadline = Instant::now() + TURN_WAIT;
         loop {
             let take = Txn::new()
@@ -430,6 +493,7 @@ impl EtcdStore {
     /// Gives up the turn if this controller still holds it (its batch changed nothing, or its
     /// commit failed).
     pub fn end_turn(&mut self) {
+        self.read_ahead = None;
         if !std::mem::take(&mut self.turn) {
             return;
         }
@@ -451,17 +515,21 @@ impl EtcdStore {
     /// The changes other controllers committed after this one's last commit (or catch-up), in
     /// order, each read into a typed row: they lead on from revision `committed` + 1.
     pub fn catch_up(&mut self) -> Result<Vec<RowChange>, StoreError> {
-        let from = self.kv.key(&format!("log/{}", num(self.committed + 1)));
-        // Every key from there to the end of log/ ('0' follows '/').
-        let options = GetOptions::new().with_range(self.kv.key("log0"));
-        let got = self.kv.request(|mut kv| {
-            let (from, options) = (from.clone(), options.clone());
-            async move { kv.get(from, Some(options)).await }
-        })?;
+        let log = match self.read_ahead.take() {
+            Some((after, log)) if after == self.committed && self.turn => log,
+            _ => {
+                let (from, options) = (self.log_key(self.committed + 1), self.rest_of_log());
+                let got = self.kv.request(|mut kv| {
+                    let (from, options) = (from.clone(), options.clone());
+                    async move { kv.get(from, Some(options)).await }
+                })?;
+                got.kvs().iter().map(|kv| kv.value().to_vec()).collect()
+            }
+        };
         let (mut committed, mut entries) = (self.committed, Vec::new());
         let mut rows = Vec::new();
-        for kv in got.kvs() {
-            let commit = Commit::decode(kv.value()).map_err(|cause| StoreError::Decode {
+        for entry in log {
+            let commit = Commit::decode(entry.as_slice()).map_err(|cause| StoreError::Decode {
                 path: self.kv.at(),
                 cause,
             })?;
@@ -535,10 +603,7 @@ impl EtcdStore {
             self.log.pop_front();
         }
         let keep_from = self.log.front().map_or(base + 1, |&(first, _)| first);
-        let (from, to) = (
-            self.kv.key("log/"),
-            self.kv.key(&format!("log/{}", num(keep_from))),
-        );
+        let (from, to) = (self.kv.key("log/"), self.log_key(keep_from));
         // Every older snapshot, also one another controller wrote.
         let (older, ours) = (
             self.kv.key("snapshot/"),
