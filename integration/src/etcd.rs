@@ -1,10 +1,15 @@
 //! A real etcd cluster (Debian's `etcd-server`) for a world's controllers: each member in a
 //! namespace of its own on the world's underlay, its data in the world's temp dir.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::Stdio;
 use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::daemon::Daemon;
 use crate::netns;
@@ -206,6 +211,65 @@ impl Etcd {
             .filter(|l| !l.is_empty())
             .map(str::to_owned)
             .collect()
+    }
+
+    /// Every key under `prefix` that was ever put, once each in the order of their first put:
+    /// etcd's history as `etcdctl watch --rev 1 -w json` replays it (nothing compacts a test's
+    /// cluster), read until the events reach the cluster's revision now.
+    pub fn keys_ever_put(&self, prefix: &str) -> Vec<String> {
+        let ns = member_ns(&self.prefix, 1);
+        let endpoints = self.endpoints();
+        let status = netns::exec_env(
+            &ns,
+            &[ETCDCTL, "--endpoints", &endpoints, "get", "x", "-w", "json"],
+            &[("ETCDCTL_API", "3")],
+        );
+        let now = serde_json::from_str::<serde_json::Value>(&status.stdout)
+            .ok()
+            .and_then(|v| v["header"]["revision"].as_i64())
+            .unwrap_or_else(|| panic!("etcdctl get: {}{}", status.stdout, status.stderr));
+        let args = [
+            "--endpoints",
+            &endpoints,
+            "watch",
+            "--rev",
+            "1",
+            "-w",
+            "json",
+            "--prefix",
+            "",
+        ];
+        let mut watch = netns::in_netns(&ns, ETCDCTL, &args)
+            .env("ETCDCTL_API", "3")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning etcdctl watch");
+        let lines = BufReader::new(watch.stdout.take().expect("piped"));
+        let (mut keys, mut seen) = (Vec::new(), std::collections::HashSet::new());
+        for line in lines.lines() {
+            let line = line.expect("reading etcdctl watch");
+            let Ok(response) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let mut last = 0;
+            for event in response["Events"].as_array().into_iter().flatten() {
+                let kv = &event["kv"];
+                last = kv["mod_revision"].as_i64().unwrap_or(last);
+                let key = kv["key"].as_str().and_then(|k| BASE64.decode(k).ok());
+                let key = String::from_utf8_lossy(&key.unwrap_or_default()).into_owned();
+                let put = event.get("type").is_none_or(|t| t.as_i64() == Some(0));
+                if put && key.starts_with(prefix) && seen.insert(key.clone()) {
+                    keys.push(key);
+                }
+            }
+            if last >= now {
+                break;
+            }
+        }
+        let _ = watch.kill();
+        let _ = watch.wait();
+        keys
     }
 
     pub(crate) fn stop(&self) {

@@ -67,6 +67,8 @@ pub struct EtcdStore {
     committed: u64,
     /// The revision of the snapshot the log starts after.
     base: u64,
+    /// The revision before which no snapshot is tried again (one failed).
+    settle_from: u64,
     /// Each log entry after the base: (first, last) revision.
     log: VecDeque<(u64, u64)>,
     /// The changes the log held when loaded, for [`EtcdStore::history`].
@@ -159,6 +161,7 @@ impl EtcdStore {
             kept: DELTAS_KEPT,
             committed: 0,
             base: 0,
+            settle_from: 0,
             log: VecDeque::new(),
             loaded: VecDeque::new(),
         })
@@ -570,29 +573,64 @@ impl EtcdStore {
 
     /// Writes a snapshot of `tables` once the log after the base holds more changes than are
     /// kept, then deletes the old snapshot and the log before the changes kept. A failure
-    /// leaves the store as it was (a longer log), logged.
+    /// leaves the store as it was (a longer log), logged; no snapshot is tried again for a
+    /// tenth of the changes kept (each try writes all the tables into etcd's history).
     pub fn settle(&mut self, tables: &Tables) {
-        if tables.revision != self.committed || self.committed - self.base <= self.kept {
+        if tables.revision != self.committed
+            || self.committed - self.base <= self.kept
+            || self.committed < self.settle_from
+        {
             return;
         }
         let base = tables.revision;
-        let moved = (|| -> Result<bool, StoreError> {
+        let key = self.kv.key("meta/base");
+        let number = |got: Option<&[u8]>| got.and_then(|v| String::from_utf8_lossy(v).parse().ok());
+        // Another controller's snapshot may be newer than the one this controller knows.
+        if let Ok(got) = self.kv.get_one(&key)
+            && let Some(held) = number(got.as_ref().map(|(v, ..)| v.as_slice()))
+            && held > self.base
+        {
+            self.base = held;
+            if self.committed - held <= self.kept {
+                return;
+            }
+        }
+        let written = (|| -> Result<u64, StoreError> {
             self.put_snapshot(tables)?;
+            // Another controller's snapshot may have come meanwhile (at a revision of its
+            // own); the base only moves on from the one this controller knows.
             let txn = Txn::new()
                 .when([Compare::value(
-                    self.kv.key("meta/revision"),
+                    key.clone(),
                     CompareOp::Equal,
-                    base.to_string(),
+                    self.base.to_string(),
                 )])
-                .and_then([TxnOp::put(self.kv.key("meta/base"), base.to_string(), None)]);
-            Ok(self.kv.txn(txn)?.succeeded())
+                .and_then([TxnOp::put(key.clone(), base.to_string(), None)])
+                .or_else([TxnOp::get(key.clone(), None)]);
+            let answer = self.kv.txn(txn)?;
+            if answer.succeeded() {
+                return Ok(base);
+            }
+            let held = answer.op_responses().into_iter().find_map(|got| match got {
+                TxnOpResponse::Get(got) => number(got.kvs().first().map(|kv| kv.value())),
+                _ => None,
+            });
+            // Landed unanswered the first time, and asked again: ours.
+            held.ok_or_else(|| self.kv.err_msg("meta/base is gone"))
         })();
-        match moved {
-            Ok(true) => {}
-            Ok(false) | Err(_) => {
-                if let Err(e) = &moved {
-                    warn!("cannot write a snapshot of the tables at revision {base}: {e}");
+        match written {
+            Ok(held) if held == base => {}
+            failed => {
+                match failed {
+                    Ok(held) => {
+                        info!(base = held, "another controller wrote a snapshot first");
+                        self.base = self.base.max(held);
+                    }
+                    Err(e) => {
+                        warn!("cannot write a snapshot of the tables at revision {base}: {e}")
+                    }
                 }
+                self.settle_from = self.committed + self.kept.div_ceil(10);
                 let _ = self.kv.delete_prefix(&format!("snapshot/{}/", num(base)));
                 return;
             }
