@@ -14,7 +14,7 @@
 //!   [`container`] resolves its CONTAINER references, Docker/Podman ones through [`docker`];
 //! - [`docker_watch`] releases the endpoints of Docker containers that stop or are removed;
 //! - [`dns`] serves containers' names to the containers of this host;
-//! - [`health`] answers `/healthz`.
+//! - [`health`] answers `/healthz` and `/metrics`, the latter from [`metrics`].
 
 pub mod agent;
 pub mod container;
@@ -29,6 +29,7 @@ pub mod following;
 pub mod health;
 pub mod join;
 pub mod local_api;
+pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod reconcile;

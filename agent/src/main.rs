@@ -54,7 +54,8 @@ struct Args {
     /// The unix socket weftctl talks to.
     #[arg(long, default_value = "/run/weft/agent.sock")]
     socket: PathBuf,
-    /// Where `GET /healthz` is served: 200 once the agent has applied a snapshot, 503 before.
+    /// Where `GET /healthz` (200 once the agent has applied a snapshot, 503 before) and `GET
+    /// /metrics` (Prometheus) are served.
     #[arg(long, default_value = "127.0.0.1:6785")]
     health_listen: SocketAddr,
     /// The Docker Engine API (Docker, or Podman's Docker-compatible service) that container

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use futures::StreamExt;
@@ -17,6 +17,7 @@ use crate::datapath::{Datapath, Desired};
 use crate::desired::host_networks;
 use crate::dns::listeners::Listeners;
 use crate::endpoints::Endpoints;
+use crate::metrics::METRICS;
 use crate::netlink::{self, LinkEvent};
 use crate::tables::TablesCopy;
 
@@ -78,7 +79,14 @@ impl Reconciler {
                 remove_stray_veths: self.endpoints.is_idle() && self.tables.is_fresh(t),
             })
         };
-        let Some(report) = self.datapath.reconcile(desired).await? else {
+        let started = Instant::now();
+        let reconciled = self.datapath.reconcile(desired).await;
+        match &reconciled {
+            Ok(None) => {}
+            Ok(Some(report)) => METRICS.reconciled(Some(report), started.elapsed()),
+            Err(_) => METRICS.reconciled(None, started.elapsed()),
+        }
+        let Some(report) = reconciled? else {
             return Ok(());
         };
         if report.changed() {

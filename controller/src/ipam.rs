@@ -88,6 +88,14 @@ impl Pool {
         self.held.len()
     }
 
+    /// How many addresses containers can still have: the free ranges' sizes, not a walk.
+    pub fn free(&self) -> u64 {
+        self.free
+            .iter()
+            .map(|(&first, &last)| u64::from(last - first) + 1)
+            .sum()
+    }
+
     /// Who holds `ip`, counting what the request under way has `taken`.
     fn holder_with<'a>(&'a self, ip: Ipv4Addr, taken: &'a Taken) -> Option<&'a Holder> {
         taken.get(&ip).or_else(|| self.held.get(&ip))

@@ -116,6 +116,10 @@ struct Args {
     /// rewrite every host's forwarding tables. For tests and trusted networks only.
     #[arg(long)]
     insecure: bool,
+    /// Where `GET /healthz` (200 while it can serve changes, 503 naming why not) and `GET
+    /// /metrics` (Prometheus) are served.
+    #[arg(long, default_value = "127.0.0.1:6788")]
+    health_listen: SocketAddr,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -397,6 +401,15 @@ async fn run(args: Args, location: Location) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let health_listener = tokio::net::TcpListener::bind(args.health_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for health checks and metrics on {} (--health-listen)",
+                args.health_listen
+            )
+        })?;
+    let health = weft_controller::health::serve(service.clone(), health_listener);
     let mut builder = tonic::transport::Server::builder()
         // Notice an agent that vanished without closing its stream (a crash, a partition).
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -464,6 +477,7 @@ async fn run(args: Args, location: Location) -> anyhow::Result<()> {
     tokio::select! {
         served = served => served.context("gRPC server failed")?,
         failed = admin => return failed,
+        failed = health => return failed,
         () = grace_over => warn!("connections still open {STOP_GRACE:?} after the stop; closing them"),
     }
     if serves_admin {

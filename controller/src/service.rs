@@ -154,6 +154,31 @@ impl ControllerService {
         self.inner.stopping.send_replace(true);
     }
 
+    /// What it holds now, for its metrics.
+    pub fn held(&self) -> crate::metrics::Held {
+        let agents = lock_liveness(&self.inner.liveness)
+            .peers()
+            .filter(|(_, watching, _)| *watching)
+            .count();
+        let state = self.inner.shared.lock();
+        crate::metrics::Held {
+            revision: state.tables.revision,
+            history: state.history_len(),
+            agents,
+            pools: state
+                .index
+                .pools
+                .values()
+                .map(|pool| (pool.network.clone(), pool.used() as u64, pool.free()))
+                .collect(),
+        }
+    }
+
+    /// Why this controller cannot serve changes now (it cannot reach etcd); None: it can.
+    pub fn unreachable(&self) -> Option<String> {
+        self.inner.reach.lost()
+    }
+
     /// Runs `plan` against the tables; persists and publishes the changes it returns (see
     /// [`Committer::mutate`]). Returns the plan's result and the revision after its changes.
     pub async fn mutate<T: Send + 'static>(
@@ -161,7 +186,7 @@ impl ControllerService {
         plan: impl FnMut(&View) -> Result<(T, Vec<RowChange>), TableError> + Send + 'static,
     ) -> Result<(T, u64), Status> {
         // It would fail once etcd's request timed out, and the caller has given up by then.
-        if let Some(why) = self.inner.reach.lost() {
+        if let Some(why) = self.unreachable() {
             return Err(Status::unavailable(why));
         }
         self.inner
@@ -305,7 +330,7 @@ impl Controller for ControllerService {
             snapshot_in_parts,
             store_id,
         } = request.into_inner();
-        if let Some(why) = self.inner.reach.lost() {
+        if let Some(why) = self.unreachable() {
             return Err(Status::unavailable(why));
         }
         info!(%peer, from_revision, %store_id, snapshot_in_parts, "watch starts");

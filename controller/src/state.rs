@@ -12,6 +12,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread;
+use std::time::Instant;
 
 use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, error, warn};
@@ -21,6 +22,7 @@ use weft_proto::tables::Tables;
 use weft_proto::v1::{Delta, Resumed, WatchEvent, delta::Change, watch_event::Event};
 
 use crate::index::Index;
+use crate::metrics::METRICS;
 use crate::rules::{TableError, View};
 use crate::store::{Store, StoreError};
 
@@ -45,6 +47,13 @@ pub(crate) struct State {
     /// The parts of the latest snapshot sent, while a watcher is still sending them: agents
     /// that start at the same revision share one copy of the tables.
     shared_snapshot: Weak<Vec<WatchEvent>>,
+}
+
+impl State {
+    /// How many changes are kept for watchers that resume.
+    pub(crate) fn history_len(&self) -> usize {
+        self.history.len()
+    }
 }
 
 /// The state and the channel its changes are published on, once durable.
@@ -259,7 +268,15 @@ fn commit_batch(
         if changed.is_empty() {
             break outcomes;
         }
-        let Err(e) = persist(&mut state.store, &changed, state.tables.revision) else {
+        let writing = Instant::now();
+        let persisted = persist(&mut state.store, &changed, state.tables.revision);
+        let result = match &persisted {
+            Ok(()) => "ok",
+            Err(StoreError::Moved { .. } | StoreError::Turn { .. }) => "beaten",
+            Err(_) => "failed",
+        };
+        METRICS.committed(result, batch.len(), writing.elapsed());
+        let Err(e) = persisted else {
             crate::failpoint::after_persist();
             publish(state, &shared.events, start, changed);
             state.store.settle(&state.tables);

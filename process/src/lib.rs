@@ -1,5 +1,8 @@
 //! What every weft binary does alike: log through `tracing` to stderr, filtered by `RUST_LOG`,
-//! and stop cleanly on SIGTERM or SIGINT; and what those holding many connections do.
+//! and stop cleanly on SIGTERM or SIGINT; serve their metrics; and what those holding many
+//! connections do.
+
+pub mod metrics;
 
 pub fn init_logging() {
     init_logging_with(&[]);

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Header, HeaderCounts, Message, Metadata, ResponseCode};
 use hickory_proto::rr::rdata::{A, PTR};
@@ -18,6 +18,7 @@ use tokio::net::UdpSocket;
 use tracing::debug;
 
 use super::records::{Records, reverse_address};
+use crate::metrics::METRICS;
 
 /// How long an upstream resolver may take before the client gets SERVFAIL.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -179,10 +180,25 @@ impl RequestHandler for DnsHandler {
         request: &Request,
         response: R,
     ) -> ResponseInfo {
+        let started = Instant::now();
+        let (info, answer) = self.answer(request, response).await;
+        METRICS.dns_query(answer, started.elapsed());
+        info
+    }
+}
+
+impl DnsHandler {
+    /// Answers `request`; returns how, as the `answer` label of the DNS metrics.
+    async fn answer<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        response: R,
+    ) -> (ResponseInfo, &'static str) {
         let Ok(info) = request.request_info() else {
-            return self
+            let info = self
                 .respond(request, response, ResponseCode::FormErr, false, [&[]; 3])
                 .await;
+            return (info, "malformed");
         };
         let owner: Name = info.query.name().clone().into();
         let qtype = info.query.query_type();
@@ -207,29 +223,42 @@ impl RequestHandler for DnsHandler {
                 Some(LocalAnswer::NoSuchName) => (ResponseCode::NXDomain, Vec::new()),
                 None => return self.forwarded(request, response).await,
             };
-        self.respond(request, response, code, true, [&answers, &[], &[]])
-            .await
+        let how = if code == ResponseCode::NXDomain {
+            "no_such_name"
+        } else {
+            "local"
+        };
+        let info = self
+            .respond(request, response, code, true, [&answers, &[], &[]])
+            .await;
+        (info, how)
     }
-}
 
-impl DnsHandler {
     /// Answers with what an upstream resolver answered, or SERVFAIL.
-    async fn forwarded<R: ResponseHandler>(&self, request: &Request, response: R) -> ResponseInfo {
+    async fn forwarded<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        response: R,
+    ) -> (ResponseInfo, &'static str) {
         match self.forward(request).await {
             Some(answer) => {
                 let code = answer.metadata.response_code;
-                self.respond(
-                    request,
-                    response,
-                    code,
-                    false,
-                    [&answer.answers, &answer.authorities, &answer.additionals],
-                )
-                .await
+                let info = self
+                    .respond(
+                        request,
+                        response,
+                        code,
+                        false,
+                        [&answer.answers, &answer.authorities, &answer.additionals],
+                    )
+                    .await;
+                (info, "forwarded")
             }
             None => {
-                self.respond(request, response, ResponseCode::ServFail, false, [&[]; 3])
-                    .await
+                let info = self
+                    .respond(request, response, ResponseCode::ServFail, false, [&[]; 3])
+                    .await;
+                (info, "failed")
             }
         }
     }

@@ -13,6 +13,7 @@ use super::{Claimed, EndpointError, Endpoints, check_addrs};
 use crate::container::Container;
 use crate::desired::Exposed;
 use crate::dns::resolv_conf;
+use crate::metrics::METRICS;
 
 /// What a front end asks of an attach.
 #[derive(Debug, Clone, Default)]
@@ -74,6 +75,12 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
     /// plug the same one), then the kernel plugs them; success only once the container holds
     /// each interface and the tables each endpoint. Returns the addresses attached.
     pub async fn attach(&self, order: AttachOrder) -> Result<Vec<String>, EndpointError> {
+        let outcome = self.do_attach(order).await;
+        METRICS.operation("attach", &outcome);
+        outcome
+    }
+
+    async fn do_attach(&self, order: AttachOrder) -> Result<Vec<String>, EndpointError> {
         check_addrs(&order.addrs)?;
         if !order.dns_name.is_empty() {
             dns_name::normalize(&order.dns_name).map_err(EndpointError::Invalid)?;

@@ -13,11 +13,22 @@ use super::seam::{Claims, Host};
 use super::{EndpointError, Endpoints, Released, check_addrs};
 use crate::container::Container;
 use crate::desired::Exposed;
+use crate::metrics::METRICS;
 
 impl<H: Host, C: Claims> Endpoints<H, C> {
     /// Detaches `addrs` of a container (none: all it has), running or gone; returns the
     /// addresses released.
     pub async fn detach(
+        &self,
+        reference: &str,
+        addrs: Vec<String>,
+    ) -> Result<Vec<String>, EndpointError> {
+        let outcome = self.do_detach(reference, addrs).await;
+        METRICS.operation("detach", &outcome);
+        outcome
+    }
+
+    async fn do_detach(
         &self,
         reference: &str,
         addrs: Vec<String>,

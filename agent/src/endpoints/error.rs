@@ -34,6 +34,22 @@ pub enum EndpointError {
     Internal(String),
 }
 
+impl EndpointError {
+    /// Its kind, as the `result` label of the agent's operation metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EndpointError::Invalid(_) => "invalid",
+            EndpointError::Container(_) => "container",
+            EndpointError::Precondition(_) => "precondition",
+            EndpointError::Controller(_) => "controller",
+            EndpointError::Kernel(_) => "kernel",
+            EndpointError::Lost(_) => "lost",
+            EndpointError::NoTables(_) => "no_tables",
+            EndpointError::Internal(_) => "internal",
+        }
+    }
+}
+
 impl From<Status> for EndpointError {
     fn from(status: Status) -> Self {
         EndpointError::Controller(status)
