@@ -1,16 +1,19 @@
 //! Prometheus metrics as a scraper sees them: the agent's and the controller's `/metrics` pass
 //! `promtool check metrics`, and their counters and gauges move as containers are attached and
-//! detached, through the agent and on another host's kernel.
+//! detached, through the agent and on another host's kernel; the Prometheus files in `deploy/`
+//! pass promtool.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use weft_integration::{World, exec, wait_until};
+use serde_json::Value;
+use weft_integration::{Background, World, exec, host_addr, wait_until};
 
 const AGENT: &str = "http://127.0.0.1:6785/metrics";
 const CONTROLLER: &str = "http://127.0.0.1:6788/metrics";
 const OPENMETRICS: &str = "application/openmetrics-text;version=1.0.0";
+const PROMETHEUS: &str = "127.0.0.1:9090";
 
 /// `curl` of `url` inside `ns`, asking for `accept`: the content type and body.
 fn scrape_as(ns: &str, url: &str, accept: &str) -> (String, String) {
@@ -148,4 +151,122 @@ fn metrics_pass_promtool_and_move_as_containers_come_and_go() {
         );
         assert!(body.ends_with("# EOF\n"), "{url}:\n{body}");
     }
+}
+
+/// `promtool ARGS` in `deploy/prometheus/`: it must pass.
+fn promtool_in_deploy(args: &[&str]) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(&dir)
+        .output()
+        .expect("promtool runs (Debian's prometheus package)");
+    assert!(
+        out.status.success(),
+        "promtool {} in {}: {}{}",
+        args.join(" "),
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The scrape config and alert rules in `deploy/prometheus/`, and the rules' unit tests (each
+/// alert fires on the series it is for, and a lag that heals does not fire).
+#[test]
+fn the_deployed_scrape_config_and_alert_rules_pass_promtool() {
+    promtool_in_deploy(&["check", "config", "prometheus.yml"]);
+    promtool_in_deploy(&["check", "rules", "weft-rules.yml"]);
+    promtool_in_deploy(&["test", "rules", "weft-rules.test.yml"]);
+}
+
+/// What the Prometheus server at PROMETHEUS in `ns` answers to the instant query `promql`: the
+/// value of each series, by its labels.
+fn query(ns: &str, promql: &str) -> Vec<(Value, f64)> {
+    let url = format!("http://{PROMETHEUS}/api/v1/query");
+    let query = format!("query={promql}");
+    let out = exec(
+        ns,
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--get",
+            "--data-urlencode",
+            &query,
+            &url,
+        ],
+    );
+    if !out.success() {
+        return Vec::new(); // not listening yet
+    }
+    let answer: Value = serde_json::from_str(&out.stdout).expect("Prometheus answers JSON");
+    answer["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| Some((r["metric"].clone(), r["value"][1].as_str()?.parse().ok()?)))
+        .collect()
+}
+
+/// A real Prometheus server (Debian's, in the controller's namespace) scraping the controller
+/// and both agents every second gets their series, as OpenMetrics, through its HTTP API.
+#[test]
+fn a_prometheus_server_scrapes_the_agents_and_the_controller() {
+    // The agents' metrics where Prometheus, in another namespace, reaches them.
+    let mut world = World::with_agent_args(2, &["--health-listen", "0.0.0.0:6785"]);
+    let ctl = world.controller_ns();
+    for host in 1..=2 {
+        let c = world.container(host, &format!("c{host}"));
+        world.ctl(host, &["attach", &format!("netns:{c}")]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agents = format!(r#"["{}:6785", "{}:6785"]"#, host_addr(1), host_addr(2));
+    let config = format!(
+        "global: {{scrape_interval: 1s}}\n\
+         scrape_configs:\n\
+         - {{job_name: weft-controller, static_configs: [{{targets: [\"127.0.0.1:6788\"]}}]}}\n\
+         - {{job_name: weft-agent, static_configs: [{{targets: {agents}}}]}}\n"
+    );
+    let config_file = dir.path().join("prometheus.yml");
+    std::fs::write(&config_file, config).unwrap();
+    let (config_flag, tsdb_flag) = (
+        format!("--config.file={}", config_file.display()),
+        format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+    );
+    let mut prometheus = Background::start(
+        &ctl,
+        "/usr/bin/prometheus",
+        &[
+            &config_flag,
+            &tsdb_flag,
+            &format!("--web.listen-address={PROMETHEUS}"),
+            "--web.console.templates=/etc/prometheus/consoles",
+            "--web.console.libraries=/etc/prometheus/console_libraries",
+        ],
+        dir.path().join("prometheus.log"),
+    );
+    let attached = r#"sum(weft_agent_operations_total{operation="attach",result="ok"})"#;
+    // Each target's first scrape comes at its own offset within the interval.
+    let up = || -> Vec<f64> { query(&ctl, "up").into_iter().map(|(_, v)| v).collect() };
+    let got = wait_until(Duration::from_secs(30), || {
+        query(&ctl, attached).first().map(|(_, v)| *v) == Some(2.0) && up().len() == 3
+    });
+    assert!(
+        got,
+        "Prometheus has no attaches: {:?}; exited {:?}\n{}",
+        query(&ctl, attached),
+        prometheus.exited(),
+        prometheus.log_tail(20)
+    );
+    assert_eq!(up(), [1.0, 1.0, 1.0], "every target scraped");
+    let connected = query(&ctl, "weft_controller_connected_agents");
+    assert_eq!(connected.len(), 1, "{connected:?}");
+    assert_eq!(connected[0].1, 2.0, "{connected:?}");
+    let used = query(
+        &ctl,
+        r#"weft_controller_ipam_used_addresses{network="default"}"#,
+    );
+    assert!(used.first().is_some_and(|(_, v)| *v >= 2.0), "{used:?}");
 }
