@@ -12,6 +12,7 @@ use weft_proto::v1::{CreateTokenRequest, CreateTokenResponse, JoinRequest, JoinR
 use weft_tls::JoinToken;
 
 use crate::limits;
+use crate::metrics::METRICS;
 use crate::tls::Ca;
 use crate::tokens::{TokenError, Tokens};
 
@@ -54,6 +55,18 @@ fn status_of(err: TokenError) -> Status {
 #[tonic::async_trait]
 impl Enrollment for EnrollmentService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let joined = self.redeem(request).await;
+        METRICS.joined(joined.is_ok());
+        joined
+    }
+}
+
+impl EnrollmentService {
+    /// Signs the joining agent's CSR once its token is redeemed.
+    async fn redeem(
+        &self,
+        request: Request<JoinRequest>,
+    ) -> Result<Response<JoinResponse>, Status> {
         let JoinRequest {
             token,
             peer,

@@ -413,7 +413,8 @@ async fn run(args: Args, location: Location) -> anyhow::Result<()> {
     let mut builder = tonic::transport::Server::builder()
         // Notice an agent that vanished without closing its stream (a crash, a partition).
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .layer(weft_controller::metrics::RpcMetrics);
     let stopper = service.clone();
     let controller = ControllerServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
     let (router, admin) = match security {

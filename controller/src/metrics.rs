@@ -2,21 +2,37 @@
 //! Commits are counted as they are made (`state.rs`); what the controller holds (its revision,
 //! the changes it keeps, the agents watching, each network's addresses) is read at each scrape.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::LazyLock;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+use tonic::Code;
+use tonic::codegen::http;
+use tower::{Layer, Service};
 
 use crate::service::ControllerService;
 
 type Network = [(&'static str, String); 1];
+type Rpc = [(&'static str, String); 2];
+type Method = [(&'static str, String); 1];
+
+/// 100 µs to about 13 s: an fsync on redb, an answer from memory, up to an etcd election.
+fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
 
 pub struct Metrics {
     registry: Registry,
+    rpcs: Family<Rpc, Counter>,
+    rpc_seconds: Family<Method, Histogram, fn() -> Histogram>,
+    joins: Family<[(&'static str, &'static str); 1], Counter>,
     commits: Family<[(&'static str, &'static str); 1], Counter>,
     commit_seconds: Histogram,
     batch_requests: Histogram,
@@ -45,9 +61,11 @@ impl Metrics {
         let mut registry = Registry::with_prefix("weft_controller");
         let metrics = Metrics {
             registry: Registry::default(),
+            rpcs: Family::default(),
+            rpc_seconds: Family::new_with_constructor(seconds),
+            joins: Family::default(),
             commits: Family::default(),
-            // 100 µs to about 13 s: an fsync on redb up to an etcd election.
-            commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            commit_seconds: seconds(),
             // 1 to 1,024 requests.
             batch_requests: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             revision: Gauge::default(),
@@ -56,6 +74,22 @@ impl Metrics {
             addresses_used: Family::default(),
             addresses_free: Family::default(),
         };
+        registry.register(
+            "rpcs",
+            "gRPC calls answered, by method and status code (a watch: once its stream starts)",
+            metrics.rpcs.clone(),
+        );
+        registry.register_with_unit(
+            "rpc_duration",
+            "How long a gRPC call took to its answer's headers, by method",
+            Unit::Seconds,
+            metrics.rpc_seconds.clone(),
+        );
+        registry.register(
+            "joins",
+            "Agents' joins with a token, by result (ok: certificate issued, refused)",
+            metrics.joins.clone(),
+        );
         registry.register(
             "commits",
             "Batches of changes written to the store, by result (ok, beaten: another controller committed first, failed)",
@@ -103,6 +137,30 @@ impl Metrics {
         }
     }
 
+    pub fn joined(&self, ok: bool) {
+        let result = if ok { "ok" } else { "refused" };
+        self.joins.get_or_create(&[("result", result)]).inc();
+    }
+
+    fn answered(&self, method: String, code: Code, took: Duration) {
+        // Methods nobody serves would add a series each.
+        let method = if code == Code::Unimplemented {
+            "other".to_string()
+        } else {
+            method
+        };
+        let code = match code {
+            Code::Ok => "OK".to_string(),
+            code => format!("{code:?}"),
+        };
+        self.rpc_seconds
+            .get_or_create(&[("method", method.clone())])
+            .observe(took.as_secs_f64());
+        self.rpcs
+            .get_or_create(&[("method", method), ("code", code)])
+            .inc();
+    }
+
     /// A batch of `requests` written (`result` ok), beaten or failed after `took`.
     pub fn committed(&self, result: &'static str, requests: usize, took: Duration) {
         self.commits.get_or_create(&[("result", result)]).inc();
@@ -131,5 +189,55 @@ impl Metrics {
             self.addresses_free.get_or_create(&labels).set(free as i64);
         }
         weft_process::metrics::exposition(&self.registry, accept)
+    }
+}
+
+/// Counts every gRPC call the controller answers (a tower layer on its server).
+#[derive(Clone, Copy, Default)]
+pub struct RpcMetrics;
+
+impl<S> Layer<S> for RpcMetrics {
+    type Service = Counted<S>;
+
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct Counted<S> {
+    inner: S,
+}
+
+impl<S, B, R> Service<http::Request<B>> for Counted<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_string();
+        let started = Instant::now();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answer = answer.await;
+            if let Ok(response) = &answer {
+                // An error comes in the headers (trailers-only); a success in the trailers.
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok()?.parse::<i32>().ok())
+                    .map_or(Code::Ok, Code::from);
+                METRICS.answered(method, code, started.elapsed());
+            }
+            answer
+        })
     }
 }

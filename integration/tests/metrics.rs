@@ -90,6 +90,8 @@ fn metrics_pass_promtool_and_move_as_containers_come_and_go() {
 
     let out = world.weftctl(1, &["attach", &format!("netns:{c}-gone")]);
     assert!(!out.success(), "a container that is not there is refused");
+    let out = world.weftctl(1, &["attach", "10.99.0.1/24", &format!("netns:{c}")]);
+    assert!(!out.success(), "an address in no network is refused");
     world.ctl(1, &["attach", &format!("netns:{c}")]);
     let after = scrape(&h1, AGENT);
     assert_eq!(value(&after, ok) - value(&agent1, ok), 1.0, "{after}");
@@ -114,6 +116,20 @@ fn metrics_pass_promtool_and_move_as_containers_come_and_go() {
         2.0,
         "{served}"
     );
+    assert_eq!(
+        value(&served, r#"weft_controller_joins_total{result="ok"}"#),
+        2.0
+    );
+    for (code, more) in [("OK", 1.0), ("InvalidArgument", 1.0)] {
+        let rpcs = format!(
+            r#"weft_controller_rpcs_total{{method="/weft.v1.Controller/Attach",code="{code}"}}"#
+        );
+        assert_eq!(
+            value(&served, &rpcs) - value(&controller, &rpcs),
+            more,
+            "{served}"
+        );
+    }
     assert_eq!(
         value(&served, "weft_controller_revision"),
         value(&after, "weft_agent_revision"),
