@@ -8,36 +8,30 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use weft_integration::{Background, World, exec, host_addr, wait_until};
+use weft_integration::{Background, Output, World, exec, host_addr, wait_until};
 
 const AGENT: &str = "http://127.0.0.1:6785/metrics";
 const CONTROLLER: &str = "http://127.0.0.1:6788/metrics";
 const OPENMETRICS: &str = "application/openmetrics-text;version=1.0.0";
 const PROMETHEUS: &str = "127.0.0.1:9090";
 
+/// `curl ARGS` inside `ns`, failing on errors and after 5 s.
+fn curl(ns: &str, args: &[&str]) -> Output {
+    let mut argv = vec!["curl", "-sS", "--max-time", "5"];
+    argv.extend_from_slice(args);
+    exec(ns, &argv)
+}
+
 /// `curl` of `url` inside `ns`, asking for `accept`: the content type and body.
 fn scrape_as(ns: &str, url: &str, accept: &str) -> (String, String) {
     let header = format!("Accept: {accept}");
-    let out = exec(
-        ns,
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "-H",
-            &header,
-            "-w",
-            "\n%{content_type}",
-            url,
-        ],
-    );
+    let out = curl(ns, &["-H", &header, "-w", "\n%{content_type}", url]);
     assert!(out.success(), "curl {url} in {ns}: {}", out.stderr.trim());
     let (body, kind) = out
         .stdout
         .rsplit_once('\n')
         .expect("curl wrote the content type");
-    (kind.to_string(), format!("{body}\n").replace("\n\n", "\n"))
+    (kind.to_string(), body.to_string())
 }
 
 fn scrape(ns: &str, url: &str) -> String {
@@ -201,19 +195,7 @@ fn the_deployed_scrape_config_and_alert_rules_pass_promtool() {
 fn query(ns: &str, promql: &str) -> Vec<(Value, f64)> {
     let url = format!("http://{PROMETHEUS}/api/v1/query");
     let query = format!("query={promql}");
-    let out = exec(
-        ns,
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "--get",
-            "--data-urlencode",
-            &query,
-            &url,
-        ],
-    );
+    let out = curl(ns, &["--get", "--data-urlencode", &query, &url]);
     if !out.success() {
         return Vec::new(); // not listening yet
     }
