@@ -343,7 +343,6 @@ impl EtcdStore {
         };
         let entry = entry.encode_to_vec();
         self.read_ahead = None;
-        let lease = self.turn_lease()?;
         let turn = self.kv.key("meta/turn");
         let mut when = vec![Compare::value(
             self.kv.key("meta/revision"),
@@ -365,31 +364,34 @@ impl EtcdStore {
             // A controller that lost a race goes first.
             when.push(Compare::create_revision(turn.clone(), CompareOp::Equal, 0));
         }
-        // Lost: in the same request, what the store holds now and the turn, if free (a lost
-        // race then costs one write more than a win, not four).
-        let lost = [
-            TxnOp::get(self.kv.key("meta/revision"), None),
-            TxnOp::get(self.log_key(self.committed + 1), Some(self.rest_of_log())),
-            TxnOp::txn(
+        // Lost: in the same request, what the store holds now and who holds the turn; and the
+        // turn, if free and a lease is at hand (a commit grants none: under contention one is,
+        // and a lost race costs one write more than a win, not four).
+        let holder = TxnOp::get(turn.clone(), None);
+        let take_turn = match self.lease_at_hand() {
+            Some(lease) => TxnOp::txn(
                 Txn::new()
                     .when([Compare::create_revision(turn.clone(), CompareOp::Equal, 0)])
                     .and_then([TxnOp::put(
-                        turn.clone(),
+                        turn,
                         self.me.clone(),
                         Some(PutOptions::new().with_lease(lease)),
                     )])
-                    .or_else([TxnOp::get(turn, None)]),
+                    .or_else([holder]),
             ),
+            None => holder,
+        };
+        let lost = [
+            TxnOp::get(self.kv.key("meta/revision"), None),
+            TxnOp::get(self.log_key(self.committed + 1), Some(self.rest_of_log())),
+            take_turn,
         ];
         let answer = self
             .kv
             .txn(Txn::new().when(when).and_then(ops).or_else(lost))?;
         if !answer.succeeded() {
-            let [
-                TxnOpResponse::Get(held),
-                TxnOpResponse::Get(log),
-                TxnOpResponse::Txn(turn),
-            ] = &answer.op_responses()[..]
+            let [TxnOpResponse::Get(held), TxnOpResponse::Get(log), turn] =
+                &answer.op_responses()[..]
             else {
                 return Err(self.kv.err_msg("a transaction answered out of shape"));
             };
@@ -398,11 +400,16 @@ impl EtcdStore {
                 .first()
                 .and_then(|kv| String::from_utf8_lossy(kv.value()).parse().ok())
                 .unwrap_or(0);
-            self.turn = turn.succeeded()
-                || turn.op_responses().iter().any(|holder| {
-                    matches!(holder, TxnOpResponse::Get(got)
-                        if got.kvs().first().is_some_and(|kv| kv.value() == self.me.as_bytes()))
-                });
+            let mine = |holder: &TxnOpResponse| {
+                matches!(holder, TxnOpResponse::Get(got)
+                    if got.kvs().first().is_some_and(|kv| kv.value() == self.me.as_bytes()))
+            };
+            self.turn = match turn {
+                TxnOpResponse::Txn(taken) => {
+                    taken.succeeded() || taken.op_responses().iter().any(mine)
+                }
+                holder => mine(holder),
+            };
             let log: Vec<Vec<u8>> = log.kvs().iter().map(|kv| kv.value().to_vec()).collect();
             // Landed unanswered the first time, and asked again: it is there as written.
             let ours = held == revision && log.first() == Some(&entry);
@@ -446,15 +453,20 @@ impl EtcdStore {
     /// The lease the turn is taken with: one for all turns taken within TURN_LEASE_REUSED, so
     /// a lost race costs no grant of its own.
     fn turn_lease(&mut self) -> Result<i64, StoreError> {
-        if let Some((lease, granted)) = self.lease
-            && granted.elapsed() < TURN_LEASE_REUSED
-        {
+        if let Some(lease) = self.lease_at_hand() {
             return Ok(lease);
         }
         let granted = Instant::now();
         let lease = self.kv.grant_lease(TURN_TTL)?;
         self.lease = Some((lease, granted));
         Ok(lease)
+    }
+
+    /// A lease granted within TURN_LEASE_REUSED.
+    fn lease_at_hand(&self) -> Option<i64> {
+        self.lease
+            .filter(|(_, granted)| granted.elapsed() < TURN_LEASE_REUSED)
+            .map(|(lease, _)| lease)
     }
 
     /// Takes the turn to commit next (`meta/turn`) once no other controller holds it: after
