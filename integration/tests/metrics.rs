@@ -195,9 +195,10 @@ fn the_deployed_scrape_config_and_alert_rules_pass_promtool() {
 fn query(ns: &str, promql: &str) -> Vec<(Value, f64)> {
     let url = format!("http://{PROMETHEUS}/api/v1/query");
     let query = format!("query={promql}");
-    let out = curl(ns, &["--get", "--data-urlencode", &query, &url]);
+    // --fail: while it starts, Prometheus answers 503 "Service Unavailable".
+    let out = curl(ns, &["--fail", "--get", "--data-urlencode", &query, &url]);
     if !out.success() {
-        return Vec::new(); // not listening yet
+        return Vec::new(); // not ready yet
     }
     let answer: Value = serde_json::from_str(&out.stdout).expect("Prometheus answers JSON");
     answer["data"]["result"]
