@@ -8,8 +8,9 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+use weft_process::metrics::seconds_histogram as seconds;
 
 use crate::agent::Agent;
 use crate::datapath::Report;
@@ -32,11 +33,6 @@ pub struct Metrics {
 
 /// One agent per process: its metrics are the process's.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
-
-/// From 100 µs to about 13 s: a DNS answer from memory up to a reconcile of 10,000 entries.
-fn seconds() -> Histogram {
-    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
-}
 
 impl Metrics {
     fn new() -> Metrics {

@@ -16,17 +16,13 @@ use prometheus_client::registry::{Registry, Unit};
 use tonic::Code;
 use tonic::codegen::http;
 use tower::{Layer, Service};
+use weft_process::metrics::seconds_histogram as seconds;
 
 use crate::service::ControllerService;
 
 type Network = [(&'static str, String); 1];
 type Rpc = [(&'static str, String); 2];
 type Method = [(&'static str, String); 1];
-
-/// 100 µs to about 13 s: an fsync on redb, an answer from memory, up to an etcd election.
-fn seconds() -> Histogram {
-    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
-}
 
 pub struct Metrics {
     registry: Registry,

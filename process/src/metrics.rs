@@ -7,10 +7,17 @@
 use std::collections::HashSet;
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A histogram of durations from 100 µs to about 13 s: a DNS answer or an fsync up to a
+/// reconcile of 10,000 entries or an etcd election.
+pub fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
 
 /// The content type and body of `registry`'s metrics for a request with `accept`.
 pub fn exposition(registry: &Registry, accept: Option<&str>) -> (&'static str, String) {
