@@ -1,7 +1,7 @@
 //! The agent, put together from its parts, each owning its state: the link to the controller
 //! ([`ControllerLink`]), the copy of its tables ([`TablesCopy`]), the datapath, the containers,
-//! DNS, the endpoint core every front end changes endpoints through ([`Endpoints`]), and its
-//! lifecycle. The loops (`watch.rs`, `reconcile.rs`, `docker_watch.rs`) each take the parts they
+//! DNS, the endpoint core every front end changes endpoints through ([`Endpoints`]), the data
+//! paths the probes see ([`Connections`]), and its lifecycle. The loops (`watch.rs`, `reconcile.rs`, `docker_watch.rs`) each take the parts they
 //! use.
 
 use std::net::Ipv4Addr;
@@ -21,6 +21,8 @@ use crate::docker::DockerApi;
 use crate::endpoints::Endpoints;
 use crate::endpoints::seam::KernelHost;
 use crate::following::Following;
+use crate::probe::Connections;
+use crate::reconcile::ReconcileLog;
 use crate::tables::TablesCopy;
 
 pub struct Agent {
@@ -32,6 +34,8 @@ pub struct Agent {
     dns: Arc<Listeners>,
     endpoints: Arc<Endpoints>,
     lifecycle: Arc<Lifecycle>,
+    connections: Arc<Connections>,
+    last_reconcile: Arc<ReconcileLog>,
 }
 
 /// The controller an agent follows: where, how, and which of its stores.
@@ -110,6 +114,8 @@ impl Agent {
             dns,
             endpoints,
             lifecycle: Arc::default(),
+            connections: Arc::default(),
+            last_reconcile: Arc::default(),
         })
     }
 
@@ -154,5 +160,15 @@ impl Agent {
 
     pub fn lifecycle(&self) -> &Arc<Lifecycle> {
         &self.lifecycle
+    }
+
+    /// The data paths to remote peers, as the probes see them.
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.connections
+    }
+
+    /// The latest reconcile pass.
+    pub fn last_reconcile(&self) -> &Arc<ReconcileLog> {
+        &self.last_reconcile
     }
 }

@@ -11,8 +11,8 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use rtnetlink::Handle;
 use tracing::{info, warn};
 use weft_proto::names::{
-    HOST_IFNAME_PREFIX, Mac, bridge_name, container_ifname, guest_tmp_ifname, vni_of_device,
-    vxlan_name,
+    HOST_IFNAME_PREFIX, Mac, PROBE_DEVICE, PROBE_PREFIX_LEN, PROBE_VNI, bridge_name,
+    container_ifname, guest_tmp_ifname, probe_addr, probe_mac, vni_of_device, vxlan_name,
 };
 use weft_proto::rows::EndpointRow;
 
@@ -41,13 +41,15 @@ pub struct Datapath {
 pub struct Desired {
     /// VNI → what the network's devices must be and hold.
     pub networks: BTreeMap<u32, NetworkState>,
+    /// What the probe device must hold (its FDB and neighbour entries).
+    pub probe: NetworkState,
     /// Whether veths no endpoint calls for may go: only when the tables are known to be
     /// newer than every veth.
     pub remove_stray_veths: bool,
 }
 
 /// How many table entries one reconcile changed.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
     pub fdb_added: usize,
     pub fdb_removed: usize,
@@ -63,12 +65,19 @@ impl Report {
     }
 }
 
+/// Whether weft made the link `name` (with VXLAN port `port`): a network's bridge or VXLAN
+/// device, the probe device, or an endpoint's veth.
+pub fn is_ours(name: &str, port: u16) -> bool {
+    vni_of_device(name, port).is_some()
+        || name == PROBE_DEVICE
+        || name.starts_with(HOST_IFNAME_PREFIX)
+}
+
 /// Removes every link weft made in this namespace: veths (their container ends go with them),
-/// VXLAN devices and bridges, and with them every FDB and neighbour entry and exposed address.
-/// Links that are not weft's are left alone. Returns the names removed.
+/// VXLAN devices (the probe device too) and bridges, and with them every FDB and neighbour entry
+/// and exposed address. Links that are not weft's are left alone. Returns the names removed.
 pub async fn remove_all(handle: &Handle, port: u16) -> anyhow::Result<Vec<String>> {
-    let ours =
-        |name: &str| vni_of_device(name, port).is_some() || name.starts_with(HOST_IFNAME_PREFIX);
+    let ours = |name: &str| is_ours(name, port);
     let mut removed = Vec::new();
     for link in netlink::links(handle).await? {
         if ours(&link.name) {
@@ -104,6 +113,15 @@ where
 }
 
 impl Datapath {
+    /// The MTU of every network's devices, and the largest frame a probe sends.
+    pub fn mtu(&self) -> u32 {
+        self.mtu
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn new(handle: Handle, port: u16, local: Ipv4Addr, mtu: u32) -> Self {
         Datapath {
             handle,
@@ -128,10 +146,31 @@ impl Datapath {
             port: self.port,
             local: self.local,
             mtu: self.mtu,
+            probe: false,
         };
-        let vxlan =
-            netlink::ensure_vxlan(&self.handle, &vxlan_name(vni, self.port), spec, &bridge).await?;
+        let name = vxlan_name(vni, self.port);
+        let vxlan = netlink::ensure_vxlan(&self.handle, &name, spec, Some(&bridge)).await?;
         Ok((bridge, vxlan))
+    }
+
+    /// Makes the probe device exist as wanted: on no bridge, with this host's probe MAC and
+    /// address (see `probe.rs`).
+    async fn ensure_probe_device(&self) -> anyhow::Result<Link> {
+        let spec = VxlanSpec {
+            vni: PROBE_VNI,
+            port: self.port,
+            local: self.local,
+            mtu: self.mtu,
+            probe: true,
+        };
+        let link = netlink::ensure_vxlan(&self.handle, PROBE_DEVICE, spec, None).await?;
+        let mac = probe_mac(self.local);
+        if link.mac != Some(mac) {
+            netlink::set_mac(&self.handle, &link, mac).await?;
+        }
+        let addr = probe_addr(self.local).into();
+        netlink::ensure_address_nodad(&self.handle, &link, addr, PROBE_PREFIX_LEN).await?;
+        Ok(link)
     }
 
     /// Makes this host's devices and their tables as `networks` (VNI → state) says, touching
@@ -167,6 +206,12 @@ impl Datapath {
                 Err(e) => failed.push(format!("network with VNI {vni}: {e:#}")),
             }
         }
+        if let Err(e) = self
+            .reconcile_probe(&desired.probe, &fdb, &neighbours, &mut report)
+            .await
+        {
+            failed.push(format!("probe device {PROBE_DEVICE}: {e:#}"));
+        }
         let links = netlink::links(&self.handle).await?;
         for (vni, bridge) in &bridges {
             // A port knocked off its bridge (say, the bridge was deleted and made anew) goes back.
@@ -199,6 +244,35 @@ impl Datapath {
         report: &mut Report,
     ) -> anyhow::Result<Link> {
         let (bridge, vxlan) = self.ensure_devices_locked(vni).await?;
+        self.settle_entries(&vxlan, state, fdb, neighbours, report)
+            .await?;
+        self.settle_exposed(&bridge, state.exposed.as_ref()).await?;
+        Ok(bridge)
+    }
+
+    /// Makes the probe device exist and hold what `state` says.
+    async fn reconcile_probe(
+        &self,
+        state: &NetworkState,
+        fdb: &[(u32, FdbEntry)],
+        neighbours: &[(u32, Neighbour)],
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        let device = self.ensure_probe_device().await?;
+        self.settle_entries(&device, state, fdb, neighbours, report)
+            .await
+    }
+
+    /// Makes a VXLAN device's FDB and neighbour entries those of `state`, from dumps of every
+    /// link's entries, touching only what differs.
+    async fn settle_entries(
+        &self,
+        vxlan: &Link,
+        state: &NetworkState,
+        fdb: &[(u32, FdbEntry)],
+        neighbours: &[(u32, Neighbour)],
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
         let (add, remove) = diff(&on_link(fdb, vxlan.index), &state.fdb);
         pipelined(&remove, |e| netlink::fdb_del(&self.handle, vxlan.index, e)).await?;
         pipelined(&add, |e| netlink::fdb_add(&self.handle, vxlan.index, e)).await?;
@@ -212,8 +286,7 @@ impl Datapath {
         pipelined(&add, |n| netlink::neigh_add(&self.handle, vxlan.index, n)).await?;
         report.neigh_added += add.len();
         report.neigh_removed += remove.len();
-        self.settle_exposed(&bridge, state.exposed.as_ref()).await?;
-        Ok(bridge)
+        Ok(())
     }
 
     /// Makes the host's place on network `vni`'s bridge as `exposed` says (none: hidden).

@@ -3,10 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::Ipv4Network;
-use weft_proto::names::{EXPOSE_ID, Mac};
+use weft_proto::names::{EXPOSE_ID, Mac, probe_addr, probe_mac};
 use weft_proto::rows::{self, EndpointRow};
 use weft_proto::tables::{DEFAULT_NETWORK, Tables};
 
@@ -23,11 +23,13 @@ impl fmt::Display for FdbEntry {
     }
 }
 
-/// An ARP answer a VXLAN device gives itself (`proxy`): `ip` is at `mac`. Answering locally
-/// spares every other host a broadcast for each container that looks up a remote one.
+/// A permanent neighbour entry on a VXLAN device: `ip` is at `mac`. On a network's device it is
+/// an ARP answer the device gives itself (`proxy`): answering locally spares every other host a
+/// broadcast for each container that looks up a remote one. On the probe device it is a peer's
+/// probe address, so a probe needs no neighbour discovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Neighbour {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub mac: Mac,
 }
 
@@ -89,7 +91,10 @@ pub fn host_networks(tables: &Tables, me: &str) -> BTreeMap<u32, NetworkState> {
             dst,
         });
         for net in ep.cidrs.iter().copied().filter_map(rows::ipv4) {
-            state.neighbours.insert(Neighbour { ip: net.ip(), mac });
+            state.neighbours.insert(Neighbour {
+                ip: net.ip().into(),
+                mac,
+            });
         }
     }
     tables
@@ -97,6 +102,33 @@ pub fn host_networks(tables: &Tables, me: &str) -> BTreeMap<u32, NetworkState> {
         .values()
         .filter_map(|net| Some((net.vni, needed.remove(net.name.as_str())?)))
         .collect()
+}
+
+/// Every remote peer with an IPv4 VTEP, by name: the peers this host probes, whether or not
+/// they share a network with it, so a path is known to work before the first container needs it.
+pub fn probe_peers(tables: &Tables, me: &str) -> BTreeMap<String, Ipv4Addr> {
+    tables
+        .peers
+        .values()
+        .filter(|p| p.name != me)
+        .filter_map(|p| Some((p.name.clone(), rows::ipv4_addr(p.addr)?)))
+        .collect()
+}
+
+/// What the probe device must hold: for every remote peer, its probe MAC at its VTEP and its
+/// probe address at that MAC. No flood entry: nothing on the probe device is multicast, so
+/// neighbour discovery, router solicitations and MLD reports go nowhere.
+pub fn probe_state(tables: &Tables, me: &str) -> NetworkState {
+    let mut state = NetworkState::default();
+    for vtep in probe_peers(tables, me).into_values() {
+        let mac = probe_mac(vtep);
+        state.fdb.insert(FdbEntry { mac, dst: vtep });
+        state.neighbours.insert(Neighbour {
+            ip: probe_addr(vtep).into(),
+            mac,
+        });
+    }
+    state
 }
 
 /// What to add and what to remove to turn `current` into `desired`; entries in both are left
@@ -212,6 +244,24 @@ mod tests {
             ["vethwepl0".to_string()].into(),
             "the local veth"
         );
+    }
+
+    #[test]
+    fn every_remote_peer_is_probed_at_its_own_probe_address() {
+        let t = tables(&[("host2", "netns:b", "02:00:00:00:00:02")]);
+        let state = probe_state(&t, "host1");
+        assert_eq!(
+            state.fdb,
+            [
+                entry("0e:77:c6:12:00:02", "198.18.0.2"),
+                entry("0e:77:c6:12:00:03", "198.18.0.3")
+            ]
+            .into(),
+            "host3 has no endpoint and is probed all the same; host1 is not its own peer"
+        );
+        let addrs: Vec<String> = state.neighbours.iter().map(|n| n.ip.to_string()).collect();
+        assert_eq!(addrs, ["fd77:6566:7400::c612:2", "fd77:6566:7400::c612:3"]);
+        assert!(state.ports.is_empty() && state.exposed.is_none());
     }
 
     #[test]

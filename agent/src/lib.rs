@@ -5,6 +5,7 @@
 //!   ([`tables`]), never to another store or back in time ([`following`]);
 //! - [`desired`] computes the kernel state the tables call for, and the diff to the current one;
 //! - [`reconcile`] runs the loop that applies it whenever something changed;
+//! - [`probe`] checks the data path to every peer through the VXLAN path itself;
 //! - [`datapath`] applies it (bridge, VXLAN, veths, FDB) through [`netlink`], entering container
 //!   namespaces with [`netns`];
 //! - [`endpoints`] is the core every front end changes endpoints through: attach, detach,
@@ -32,6 +33,7 @@ pub mod local_api;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;
+pub mod probe;
 pub mod reconcile;
 pub mod tables;
 pub mod views;

@@ -18,9 +18,11 @@ use weft_proto::v1::{
     IpamStatusRequest, IpamStatusResponse, ListControllersRequest, ListControllersResponse,
     ListPeersRequest, ListPeersResponse, LocalAttachRequest, LocalAttachResponse,
     LocalDetachRequest, LocalDetachResponse, LocalDnsUpdateRequest, LocalDnsUpdateResponse,
-    NetworkListRequest, NetworkListResponse, PsRequest, PsResponse, RemovePeerRequest,
-    RemovePeerResponse, ResetRequest, ResetResponse, StatusRequest, StatusResponse,
+    NetworkListRequest, NetworkListResponse, PsRequest, PsResponse, ReconcileReport,
+    RemovePeerRequest, RemovePeerResponse, ResetRequest, ResetResponse, StatusRequest,
+    StatusResponse,
 };
+use weft_proto::v1::{Connection, ConnectionsRequest, ConnectionsResponse};
 
 use crate::agent::Agent;
 use crate::container::ContainerError;
@@ -31,6 +33,8 @@ use crate::endpoints::attach::AttachOrder;
 use crate::endpoints::names::NameOrder;
 use crate::netlink::InterfaceExists;
 use crate::netns::NamespaceError;
+use crate::probe::path::State;
+use crate::reconcile::LastReconcile;
 use crate::tables::WatchStart;
 use crate::views;
 
@@ -92,6 +96,24 @@ fn container_status(e: ContainerError) -> Status {
     }
 }
 
+fn reconcile_report(last: &LastReconcile) -> ReconcileReport {
+    let mut wire = ReconcileReport {
+        ago_secs: last.at.elapsed().as_secs(),
+        duration_us: last.took.as_micros() as u64,
+        ..ReconcileReport::default()
+    };
+    match &last.outcome {
+        Ok(report) => {
+            wire.fdb_added = report.fdb_added as u64;
+            wire.fdb_removed = report.fdb_removed as u64;
+            wire.neigh_added = report.neigh_added as u64;
+            wire.neigh_removed = report.neigh_removed as u64;
+        }
+        Err(e) => wire.error = e.clone(),
+    }
+    wire
+}
+
 impl LocalApi {
     pub fn new(agent: Arc<Agent>) -> Self {
         LocalApi { agent }
@@ -151,6 +173,19 @@ impl AgentApi for LocalApi {
             },
             ..StatusResponse::default()
         };
+        for c in agent.connections().list() {
+            match c.state {
+                State::Ok => status.connections_ok += 1,
+                State::Failed => status.connections_failed += 1,
+                State::Pending => status.connections_pending += 1,
+            }
+        }
+        let last = agent
+            .last_reconcile()
+            .lock()
+            .expect("reconcile log poisoned");
+        status.last_reconcile = last.as_ref().map(reconcile_report);
+        drop(last);
         // Before the first snapshot there is nothing more to tell.
         agent.tables().read(|t| {
             views::tables_status(t, agent.name(), &mut status);
@@ -381,6 +416,31 @@ impl AgentApi for LocalApi {
             store_id: followed.store_id,
             revision: followed.revision,
         }))
+    }
+
+    async fn connections(
+        &self,
+        _request: Request<ConnectionsRequest>,
+    ) -> Result<Response<ConnectionsResponse>, Status> {
+        let datapath = self.agent.datapath();
+        let connections = self
+            .agent
+            .connections()
+            .list()
+            .into_iter()
+            .map(|c| Connection {
+                peer: c.peer,
+                vtep: c.vtep.to_string(),
+                port: datapath.port().into(),
+                state: c.state.name().to_string(),
+                why: c.why,
+                rtt_us: c.rtt.map_or(0, |rtt| rtt.as_micros().max(1) as u64),
+                mtu: c.mtu.unwrap_or_default(),
+                network_mtu: datapath.mtu(),
+                for_secs: c.for_.as_secs(),
+            })
+            .collect();
+        Ok(Response::new(ConnectionsResponse { connections }))
     }
 
     async fn dns_status(

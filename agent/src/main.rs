@@ -18,6 +18,7 @@ use weft_agent::following::Following;
 use weft_agent::join::{Auth, credentials};
 use weft_agent::local_api::LocalApi;
 use weft_agent::netlink;
+use weft_agent::probe::Prober;
 use weft_agent::reconcile::{Reconciler, follow_link_events};
 use weft_agent::watch::follow_controller;
 use weft_proto::tables::DEFAULT_VNI;
@@ -79,6 +80,11 @@ struct Args {
     /// minus the VXLAN overhead (50).
     #[arg(long, default_value = "auto", value_parser = parse_mtu)]
     mtu: Mtu,
+    /// How often the data path to every peer is probed through the VXLAN path (`weftctl status
+    /// connections`): seconds, or a number with s or m; 0 turns probing off. A peer that answers
+    /// no probe for three intervals shows as failed.
+    #[arg(long, default_value = "1s", value_parser = weft_process::parse_duration)]
+    probe_interval: Duration,
     /// Remove every kernel object weft made on this host, then exit. Use `weftctl reset` while
     /// the agent runs: it also gives the addresses back to the controller.
     #[arg(long)]
@@ -222,6 +228,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         served = health => served,
         _ = follow_controller(&agent) => unreachable!("the watch loop never ends"),
         _ = Reconciler::new(&agent).run() => unreachable!("the reconcile loop never ends"),
+        _ = Prober::new(&agent, args.probe_interval).run() => unreachable!("probing never ends"),
         _ = DockerFollower::new(&agent).run() => unreachable!("the Docker loop never ends"),
         _ = agent.dns().close_when_namespaces_go(Duration::from_millis(500)) => {
             unreachable!("the DNS clean-up never ends")

@@ -3,6 +3,7 @@
 //! (its revision, its link to the controller, endpoints by network) is read at each scrape.
 
 use std::sync::LazyLock;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -15,6 +16,7 @@ use weft_process::metrics::seconds_histogram as seconds;
 use crate::agent::Agent;
 use crate::datapath::Report;
 use crate::endpoints::EndpointError;
+use crate::probe::path::{Path, State};
 
 type Labels<const N: usize> = [(&'static str, &'static str); N];
 
@@ -29,7 +31,13 @@ pub struct Metrics {
     revision: Gauge,
     connected: Gauge,
     endpoints: Family<[(&'static str, String); 1], Gauge>,
+    peer_up: Family<PeerLabel, Gauge>,
+    peer_rtt: Family<PeerLabel, Gauge<f64, AtomicU64>>,
+    peer_mtu: Family<PeerLabel, Gauge>,
+    network_mtu: Gauge,
 }
+
+type PeerLabel = [(&'static str, String); 1];
 
 /// One agent per process: its metrics are the process's.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -47,6 +55,10 @@ impl Metrics {
             revision: Gauge::default(),
             connected: Gauge::default(),
             endpoints: Family::default(),
+            peer_up: Family::default(),
+            peer_rtt: Family::default(),
+            peer_mtu: Family::default(),
+            network_mtu: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -96,6 +108,29 @@ impl Metrics {
             "Endpoints in the tables, on every host, by network",
             metrics.endpoints.clone(),
         );
+        registry.register(
+            "peer_data_path_up",
+            "Whether probes through the VXLAN path to the peer come back (1) or not (0), by peer; absent until probing can tell",
+            metrics.peer_up.clone(),
+        );
+        registry.register_with_unit(
+            "peer_round_trip",
+            "Round trip of the latest small probe the peer answered, by peer",
+            Unit::Seconds,
+            metrics.peer_rtt.clone(),
+        );
+        registry.register_with_unit(
+            "peer_path_mtu",
+            "The largest IPv6 packet known to cross to the peer and back through the VXLAN path, by peer",
+            Unit::Bytes,
+            metrics.peer_mtu.clone(),
+        );
+        registry.register_with_unit(
+            "network_mtu",
+            "The MTU of this host's networks: the size a path to a peer should carry",
+            Unit::Bytes,
+            metrics.network_mtu.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -134,10 +169,35 @@ impl Metrics {
         self.dns_seconds.observe(took.as_secs_f64());
     }
 
+    /// The probes' view of the path to `peer`.
+    pub fn peer_path(&self, peer: &str, path: &Path) {
+        let label = [("peer", peer.to_string())];
+        match path.state {
+            State::Pending => {}
+            State::Ok => drop(self.peer_up.get_or_create(&label).set(1)),
+            State::Failed => drop(self.peer_up.get_or_create(&label).set(0)),
+        }
+        if let Some(rtt) = path.rtt {
+            self.peer_rtt.get_or_create(&label).set(rtt.as_secs_f64());
+        }
+        if let Some(mtu) = path.mtu {
+            self.peer_mtu.get_or_create(&label).set(mtu.into());
+        }
+    }
+
+    /// A peer gone from the tables has no path left to show.
+    pub fn forget_peer(&self, peer: &str) {
+        let label = [("peer", peer.to_string())];
+        self.peer_up.remove(&label);
+        self.peer_rtt.remove(&label);
+        self.peer_mtu.remove(&label);
+    }
+
     /// The content type and body of a scrape with `accept`, with what `agent` holds now.
     pub fn scrape(&self, agent: &Agent, accept: Option<&str>) -> (&'static str, String) {
         self.revision.set(agent.tables().revision() as i64);
         self.connected.set(agent.link().state().connected.into());
+        self.network_mtu.set(agent.datapath().mtu().into());
         let by_network = agent.tables().read(|t| {
             let mut counts = std::collections::BTreeMap::<String, i64>::new();
             for ep in t.endpoints.values() {

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use futures::StreamExt;
 use tracing::{debug, info, warn};
-use weft_proto::names::{EXPOSE_ID, HOST_IFNAME_PREFIX, vni_of_device};
+use weft_proto::names::{EXPOSE_ID, HOST_IFNAME_PREFIX};
 
 use crate::agent::{Agent, Lifecycle};
 use crate::container::Containers;
-use crate::datapath::{Datapath, Desired};
-use crate::desired::host_networks;
+use crate::datapath::{Datapath, Desired, Report, is_ours};
+use crate::desired::{host_networks, probe_state};
 use crate::dns::listeners::Listeners;
 use crate::endpoints::Endpoints;
 use crate::metrics::METRICS;
@@ -24,6 +24,16 @@ use crate::tables::TablesCopy;
 /// A full reconcile runs this often even when nothing changed, to repair what was missed.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
 
+/// What the latest reconcile pass did, as `weftctl report` shows it.
+pub struct LastReconcile {
+    pub at: Instant,
+    pub took: Duration,
+    /// The entries it changed, or why it failed.
+    pub outcome: Result<Report, String>,
+}
+
+pub type ReconcileLog = std::sync::Mutex<Option<LastReconcile>>;
+
 pub struct Reconciler {
     tables: Arc<TablesCopy>,
     datapath: Arc<Datapath>,
@@ -31,6 +41,7 @@ pub struct Reconciler {
     dns: Arc<Listeners>,
     containers: Arc<Containers>,
     lifecycle: Arc<Lifecycle>,
+    last: Arc<ReconcileLog>,
     /// Whether a pass has looked into the containers yet (the first after start does).
     checked_containers: bool,
     /// Whether DNS has been opened in the containers attached before the agent started.
@@ -46,6 +57,7 @@ impl Reconciler {
             dns: agent.dns().clone(),
             containers: agent.containers().clone(),
             lifecycle: agent.lifecycle().clone(),
+            last: agent.last_reconcile().clone(),
             checked_containers: false,
             dns_caught_up: false,
         }
@@ -76,15 +88,23 @@ impl Reconciler {
         let desired = || {
             self.tables.read(|t| Desired {
                 networks: host_networks(t, self.tables.me()),
+                probe: probe_state(t, self.tables.me()),
                 remove_stray_veths: self.endpoints.is_idle() && self.tables.is_fresh(t),
             })
         };
         let started = Instant::now();
         let reconciled = self.datapath.reconcile(desired).await;
-        match &reconciled {
-            Ok(None) => {}
-            Ok(Some(report)) => METRICS.reconciled(Some(report), started.elapsed()),
-            Err(_) => METRICS.reconciled(None, started.elapsed()),
+        let took = started.elapsed();
+        let outcome = match &reconciled {
+            Ok(None) => None,
+            Ok(Some(report)) => Some(Ok(report.clone())),
+            Err(e) => Some(Err(format!("{e:#}"))),
+        };
+        if let Some(outcome) = outcome {
+            METRICS.reconciled(outcome.as_ref().ok(), took);
+            let at = Instant::now();
+            *self.last.lock().expect("reconcile log poisoned") =
+                Some(LastReconcile { at, took, outcome });
         }
         let Some(report) = reconciled? else {
             return Ok(());
@@ -150,9 +170,9 @@ pub async fn follow_link_events(tables: &TablesCopy, port: u16) -> anyhow::Resul
     let mut events = std::pin::pin!(netlink::link_events()?);
     while let Some(event) = events.next().await {
         let (LinkEvent::Changed(link) | LinkEvent::Removed(link)) = &event;
-        let ours = vni_of_device(&link.name, port).is_some()
-            || (matches!(event, LinkEvent::Removed(_))
-                && link.name.starts_with(HOST_IFNAME_PREFIX));
+        // A veth that changes is an attach or detach under way; one that goes may be a loss.
+        let veth = link.name.starts_with(HOST_IFNAME_PREFIX);
+        let ours = is_ours(&link.name, port) && (!veth || matches!(event, LinkEvent::Removed(_)));
         if ours {
             debug!(link = %link.name, "link event");
             tables.request_reconcile();

@@ -107,6 +107,9 @@ pub enum Command {
         #[arg(long, global = true)]
         json: bool,
     },
+    /// Print everything the agent knows as one JSON document: status, connections, peers,
+    /// controllers, networks, IPAM, endpoints, DNS and the last reconcile.
+    Report,
     /// Forget a peer whose agent is gone; its addresses return to the pool.
     Rmpeer {
         #[arg(value_name = "PEER")]
@@ -204,6 +207,9 @@ pub enum StatusCommand {
     Controllers,
     /// DNS: domain, TTL, upstream resolvers, and every name with its addresses.
     Dns,
+    /// The data path to each remote peer, probed through the VXLAN path: its VTEP, ok (with the
+    /// round trip and the largest packet that crosses) or failed (and why), or pending.
+    Connections,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

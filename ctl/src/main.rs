@@ -16,11 +16,11 @@ use weft_proto::names::excerpt;
 use weft_proto::v1::admin_client::AdminClient;
 use weft_proto::v1::agent_client::AgentClient;
 use weft_proto::v1::{
-    AcceptControllerRequest, CreateNetworkRequest, CreateTokenRequest, DeleteNetworkRequest,
-    DnsLookupRequest, DnsStatusRequest, ExposeRequest, HideRequest, IpamStatusRequest,
-    IpamStatusResponse, ListControllersRequest, ListPeersRequest, LocalAttachRequest,
-    LocalDetachRequest, LocalDnsUpdateRequest, NetworkListRequest, PsRequest, RemovePeerRequest,
-    ResetRequest, StatusRequest,
+    AcceptControllerRequest, ConnectionsRequest, CreateNetworkRequest, CreateTokenRequest,
+    DeleteNetworkRequest, DnsLookupRequest, DnsStatusRequest, ExposeRequest, HideRequest,
+    IpamStatusRequest, IpamStatusResponse, ListControllersRequest, ListPeersRequest,
+    LocalAttachRequest, LocalDetachRequest, LocalDnsUpdateRequest, NetworkListRequest, PsRequest,
+    RemovePeerRequest, ResetRequest, StatusRequest,
 };
 
 use crate::cli::{Cli, Command, DnsRecordArgs, NetworkCommand, Shell, StatusCommand, TokenCommand};
@@ -323,6 +323,18 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .into_inner();
             Ok(render::status_dns(&reply, json))
         }
+        Command::Status {
+            detail: Some(StatusCommand::Connections),
+            json,
+        } => {
+            let reply = agent
+                .connections(ConnectionsRequest {})
+                .await
+                .map_err(fail("status connections"))?
+                .into_inner();
+            Ok(render::status_connections(&reply.connections, json))
+        }
+        Command::Report => report(&mut agent).await,
         Command::DnsAdd(ref a) | Command::DnsRemove(ref a) => {
             let remove = matches!(cli.command, Command::DnsRemove(_));
             let verb = if remove { "dns-remove" } else { "dns-add" };
@@ -403,6 +415,34 @@ async fn run(cli: Cli) -> Result<String, Failure> {
         Command::Completion { .. } | Command::Man => unreachable!("generated without the agent"),
         Command::Token(_) => unreachable!("asked of the controller"),
     }
+}
+
+/// `weftctl report`: what the agent holds itself must come; what the controller answers (peers,
+/// controllers, IPAM) is shown as an error while it cannot.
+async fn report(agent: &mut AgentClient<Channel>) -> Result<String, Failure> {
+    let fail = |s: tonic::Status| Failure::new("report", s.message());
+    let status = agent.status(StatusRequest {}).await.map_err(fail)?;
+    let connections = agent
+        .connections(ConnectionsRequest {})
+        .await
+        .map_err(fail)?;
+    let endpoints = agent.ps(PsRequest::default()).await.map_err(fail)?;
+    let dns = agent.dns_status(DnsStatusRequest {}).await.map_err(fail)?;
+    let said = |s: tonic::Status| s.message().to_string();
+    let peers = agent.list_peers(ListPeersRequest {}).await;
+    let controllers = agent.list_controllers(ListControllersRequest {}).await;
+    let ipam = agent.ipam_status(IpamStatusRequest {}).await;
+    Ok(render::report(&render::Report {
+        status: status.into_inner(),
+        connections: connections.into_inner().connections,
+        peers: peers.map(|r| r.into_inner().peers).map_err(said),
+        controllers: controllers
+            .map(|r| r.into_inner().controllers)
+            .map_err(said),
+        ipam: ipam.map(|r| r.into_inner()).map_err(said),
+        endpoints: endpoints.into_inner().entries,
+        dns: dns.into_inner(),
+    }))
 }
 
 /// Opens a gRPC channel over a unix socket: the agent's, or the controller's admin socket.

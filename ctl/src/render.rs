@@ -4,8 +4,8 @@
 use serde_json::{Value, json};
 use weft_proto::names::short_container_id;
 use weft_proto::v1::{
-    ControllerMember, DnsStatusResponse, IpamStatusResponse, Network, NetworkInfo, PeerStatus,
-    PsEntry, ResetResponse, StatusResponse,
+    Connection, ControllerMember, DnsStatusResponse, IpamStatusResponse, Network, NetworkInfo,
+    PeerStatus, PsEntry, ReconcileReport, ResetResponse, StatusResponse,
 };
 
 use crate::table;
@@ -22,17 +22,7 @@ fn json_line(value: Value) -> String {
 /// `weftctl ps`: as `weave ps`, one line per container: short id, MAC, every CIDR.
 pub fn ps(entries: &[PsEntry], as_json: bool) -> String {
     if as_json {
-        return json_line(Value::Array(
-            entries
-                .iter()
-                .map(|e| {
-                    json!({
-                        "container_id": e.container_id, "mac": e.mac, "cidrs": e.cidrs,
-                        "dns_name": e.dns_name,
-                    })
-                })
-                .collect(),
-        ));
+        return json_line(ps_json(entries));
     }
     entries
         .iter()
@@ -45,6 +35,20 @@ pub fn ps(entries: &[PsEntry], as_json: bool) -> String {
             )
         })
         .collect()
+}
+
+fn ps_json(entries: &[PsEntry]) -> Value {
+    Value::Array(
+        entries
+            .iter()
+            .map(|e| {
+                json!({
+                    "container_id": e.container_id, "mac": e.mac, "cidrs": e.cidrs,
+                    "dns_name": e.dns_name,
+                })
+            })
+            .collect(),
+    )
 }
 
 pub fn network_created(net: &Network) -> String {
@@ -89,16 +93,7 @@ pub fn networks(infos: &[NetworkInfo], as_json: bool) -> String {
 /// `weftctl status networks`.
 pub fn status_networks(ipam: &IpamStatusResponse, as_json: bool) -> String {
     if as_json {
-        return json_line(Value::Array(
-            networks_of(&ipam.networks)
-                .map(|(n, i)| {
-                    json!({
-                        "name": n.name, "subnet": n.subnet, "vni": n.vni,
-                        "endpoints": i.endpoints, "used": i.used, "free": free(i),
-                    })
-                })
-                .collect(),
-        ));
+        return json_line(status_networks_json(ipam));
     }
     let rows: Vec<Vec<String>> = networks_of(&ipam.networks)
         .map(|(n, i)| {
@@ -118,23 +113,23 @@ pub fn status_networks(ipam: &IpamStatusResponse, as_json: bool) -> String {
     )
 }
 
+fn status_networks_json(ipam: &IpamStatusResponse) -> Value {
+    Value::Array(
+        networks_of(&ipam.networks)
+            .map(|(n, i)| {
+                json!({
+                    "name": n.name, "subnet": n.subnet, "vni": n.vni,
+                    "endpoints": i.endpoints, "used": i.used, "free": free(i),
+                })
+            })
+            .collect(),
+    )
+}
+
 /// `weftctl status ipam`: the range, then usage per network and per peer.
 pub fn status_ipam(ipam: &IpamStatusResponse, as_json: bool) -> String {
     if as_json {
-        let networks: Vec<Value> = networks_of(&ipam.networks)
-            .map(|(n, i)| {
-                json!({
-                    "name": n.name, "subnet": n.subnet, "pool": i.pool, "used": i.used,
-                    "free": free(i),
-                })
-            })
-            .collect();
-        let peers: Vec<Value> = ipam
-            .peers
-            .iter()
-            .map(|p| json!({ "peer": p.peer, "network": p.network, "used": p.used }))
-            .collect();
-        return json_line(json!({ "range": ipam.range, "networks": networks, "peers": peers }));
+        return json_line(status_ipam_json(ipam));
     }
     let rows: Vec<Vec<String>> = networks_of(&ipam.networks)
         .map(|(n, i)| {
@@ -160,6 +155,23 @@ pub fn status_ipam(ipam: &IpamStatusResponse, as_json: bool) -> String {
     )
 }
 
+fn status_ipam_json(ipam: &IpamStatusResponse) -> Value {
+    let networks: Vec<Value> = networks_of(&ipam.networks)
+        .map(|(n, i)| {
+            json!({
+                "name": n.name, "subnet": n.subnet, "pool": i.pool, "used": i.used,
+                "free": free(i),
+            })
+        })
+        .collect();
+    let peers: Vec<Value> = ipam
+        .peers
+        .iter()
+        .map(|p| json!({ "peer": p.peer, "network": p.network, "used": p.used }))
+        .collect();
+    json!({ "range": ipam.range, "networks": networks, "peers": peers })
+}
+
 /// A duration as people say it: 42s, 5m12s, 3h4m.
 pub fn human(secs: u64) -> String {
     match secs {
@@ -179,20 +191,10 @@ fn peer_state(p: &PeerStatus) -> String {
 
 /// `weftctl status peers`.
 pub fn status_peers(peers: &[PeerStatus], as_json: bool) -> String {
-    let known = peers.iter().filter_map(|p| Some((p.peer.as_ref()?, p)));
     if as_json {
-        return json_line(Value::Array(
-            known
-                .map(|(peer, p)| {
-                    json!({
-                        "name": peer.name, "advertise_addr": peer.advertise_addr,
-                        "connected": p.connected, "reachable": p.reachable,
-                        "for_secs": p.for_secs, "endpoints": p.endpoints,
-                    })
-                })
-                .collect(),
-        ));
+        return json_line(status_peers_json(peers));
     }
+    let known = peers.iter().filter_map(|p| Some((p.peer.as_ref()?, p)));
     let rows: Vec<Vec<String>> = known
         .map(|(peer, p)| {
             vec![
@@ -206,20 +208,25 @@ pub fn status_peers(peers: &[PeerStatus], as_json: bool) -> String {
     table::render(&["NAME", "ADDRESS", "STATE", "ENDPOINTS"], &rows)
 }
 
+fn status_peers_json(peers: &[PeerStatus]) -> Value {
+    let known = peers.iter().filter_map(|p| Some((p.peer.as_ref()?, p)));
+    Value::Array(
+        known
+            .map(|(peer, p)| {
+                json!({
+                    "name": peer.name, "advertise_addr": peer.advertise_addr,
+                    "connected": p.connected, "reachable": p.reachable,
+                    "for_secs": p.for_secs, "endpoints": p.endpoints,
+                })
+            })
+            .collect(),
+    )
+}
+
 /// `weftctl status controllers`.
 pub fn status_controllers(controllers: &[ControllerMember], as_json: bool) -> String {
     if as_json {
-        return json_line(Value::Array(
-            controllers
-                .iter()
-                .map(|c| {
-                    json!({
-                        "address": c.address, "name": c.name, "serving": c.serving,
-                        "for_secs": c.for_secs, "answering": c.answering,
-                    })
-                })
-                .collect(),
-        ));
+        return json_line(status_controllers_json(controllers));
     }
     let rows: Vec<Vec<String>> = controllers
         .iter()
@@ -240,6 +247,20 @@ pub fn status_controllers(controllers: &[ControllerMember], as_json: bool) -> St
     table::render(&["ADDRESS", "NAME", "STATE"], &rows)
 }
 
+fn status_controllers_json(controllers: &[ControllerMember]) -> Value {
+    Value::Array(
+        controllers
+            .iter()
+            .map(|c| {
+                json!({
+                    "address": c.address, "name": c.name, "serving": c.serving,
+                    "for_secs": c.for_secs, "answering": c.answering,
+                })
+            })
+            .collect(),
+    )
+}
+
 /// `weftctl accept-controller`: the store followed now.
 pub fn following(store_id: &str, revision: u64) -> String {
     format!("following store {store_id} at revision {revision}\n")
@@ -249,22 +270,7 @@ pub fn following(store_id: &str, revision: u64) -> String {
 /// many peers the controller counts as reachable, when it could be asked.
 pub fn status(st: &StatusResponse, reachable: Option<usize>, as_json: bool) -> String {
     if as_json {
-        return json_line(json!({
-            "version": st.version,
-            "name": st.name,
-            "advertise_addr": st.advertise_addr,
-            "controller": {
-                "url": st.controller_url, "connected": st.connected, "for_secs": st.for_secs,
-                "last_error": st.last_error, "revision": st.revision,
-                "refused": st.refused,
-                "watch": { "start": st.watch_start, "missed": st.watch_missed },
-            },
-            "peers": { "count": st.peers, "reachable": reachable },
-            "networks": st.networks,
-            "endpoints": st.endpoints,
-            "ipam": { "range": st.ipam_range, "used": st.ipam_used, "free": st.ipam_free },
-            "dns": { "domain": st.dns_domain, "entries": st.dns_entries },
-        }));
+        return json_line(status_json(st, reachable));
     }
     let controller = if !st.refused.is_empty() {
         format!(
@@ -288,11 +294,16 @@ pub fn status(st: &StatusResponse, reachable: Option<usize>, as_json: bool) -> S
         Some(n) => format!("{} ({n} reachable)", st.peers),
         None => format!("{} (reachability unknown)", st.peers),
     };
+    let mut paths = format!("{} ok, {} failed", st.connections_ok, st.connections_failed);
+    if st.connections_pending > 0 {
+        paths.push_str(&format!(", {} pending", st.connections_pending));
+    }
     let lines = [
         ("Version", st.version.clone()),
         ("Name", format!("{} ({})", st.name, st.advertise_addr)),
         ("Controller", controller),
         ("Peers", peers),
+        ("Data path", paths),
         ("Networks", st.networks.to_string()),
         ("Endpoints", format!("{} on this host", st.endpoints)),
         (
@@ -311,6 +322,79 @@ pub fn status(st: &StatusResponse, reachable: Option<usize>, as_json: bool) -> S
         .iter()
         .map(|(k, v)| format!("{k:>10}: {}\n", wrap(v, STATUS_VALUE_WIDTH, 12)))
         .collect()
+}
+
+fn status_json(st: &StatusResponse, reachable: Option<usize>) -> Value {
+    json!({
+        "version": st.version,
+        "name": st.name,
+        "advertise_addr": st.advertise_addr,
+        "controller": {
+            "url": st.controller_url, "connected": st.connected, "for_secs": st.for_secs,
+            "last_error": st.last_error, "revision": st.revision,
+            "refused": st.refused,
+            "watch": { "start": st.watch_start, "missed": st.watch_missed },
+        },
+        "peers": { "count": st.peers, "reachable": reachable },
+        "connections": {
+            "ok": st.connections_ok, "failed": st.connections_failed,
+            "pending": st.connections_pending,
+        },
+        "networks": st.networks,
+        "endpoints": st.endpoints,
+        "ipam": { "range": st.ipam_range, "used": st.ipam_used, "free": st.ipam_free },
+        "dns": { "domain": st.dns_domain, "entries": st.dns_entries },
+    })
+}
+
+/// `weftctl status connections`: as `weave status connections`, one line per remote peer.
+pub fn status_connections(connections: &[Connection], as_json: bool) -> String {
+    if as_json {
+        return json_line(status_connections_json(connections));
+    }
+    connections
+        .iter()
+        .map(|c| {
+            let state = match c.state.as_str() {
+                "ok" => format!("ok rtt={} mtu={}", rtt_ms(c.rtt_us), mtu(c.mtu)),
+                "failed" => format!("failed: {}", c.why),
+                other => other.to_string(),
+            };
+            format!("-> {}:{} {state}\n", c.vtep, c.port)
+        })
+        .collect()
+}
+
+/// A round trip in milliseconds, to the hundredth as ping prints it ("?" before any).
+fn rtt_ms(us: u64) -> String {
+    match us {
+        0 => "?".to_string(),
+        us => format!("{:.2}ms", us as f64 / 1000.0),
+    }
+}
+
+fn mtu(mtu: u32) -> String {
+    match mtu {
+        0 => "?".to_string(),
+        mtu => mtu.to_string(),
+    }
+}
+
+fn status_connections_json(connections: &[Connection]) -> Value {
+    let known = |n: u64| (n > 0).then_some(n);
+    Value::Array(
+        connections
+            .iter()
+            .map(|c| {
+                json!({
+                    "peer": c.peer, "vtep": c.vtep, "port": c.port, "state": c.state,
+                    "why": c.why, "rtt_ms": known(c.rtt_us).map(|us| us as f64 / 1000.0),
+                    "mtu": known(c.mtu.into()), "network_mtu": c.network_mtu,
+                    "for_secs": c.for_secs,
+                })
+            })
+            .collect(),
+    )
 }
 
 /// Room for a value of the status block in an 80-column terminal, after its 12-column label.
@@ -337,14 +421,7 @@ fn wrap(value: &str, width: usize, indent: usize) -> String {
 /// `weftctl status dns`.
 pub fn status_dns(dns: &DnsStatusResponse, as_json: bool) -> String {
     if as_json {
-        let entries: Vec<Value> = dns
-            .entries
-            .iter()
-            .map(|e| json!({ "name": e.name, "ips": e.ips }))
-            .collect();
-        return json_line(json!({
-            "domain": dns.domain, "ttl": dns.ttl, "upstreams": dns.upstreams, "entries": entries,
-        }));
+        return json_line(status_dns_json(dns));
     }
     let upstreams = match dns.upstreams.as_slice() {
         [] => "none".to_string(),
@@ -362,6 +439,68 @@ pub fn status_dns(dns: &DnsStatusResponse, as_json: bool) -> String {
         wrap(&upstreams, 80 - 11, 11),
         table::render(&["NAME", "ADDRESSES"], &rows)
     )
+}
+
+fn status_dns_json(dns: &DnsStatusResponse) -> Value {
+    let entries: Vec<Value> = dns
+        .entries
+        .iter()
+        .map(|e| json!({ "name": e.name, "ips": e.ips }))
+        .collect();
+    json!({
+        "domain": dns.domain, "ttl": dns.ttl, "upstreams": dns.upstreams, "entries": entries,
+    })
+}
+
+/// The latest reconcile pass, or null before the first.
+fn reconcile_json(last: Option<&ReconcileReport>) -> Value {
+    let Some(r) = last else {
+        return Value::Null;
+    };
+    json!({
+        "ago_secs": r.ago_secs, "duration_ms": r.duration_us as f64 / 1000.0,
+        "ok": r.error.is_empty(), "error": r.error,
+        "fdb": { "added": r.fdb_added, "removed": r.fdb_removed },
+        "neighbours": { "added": r.neigh_added, "removed": r.neigh_removed },
+    })
+}
+
+/// What `weftctl report` gathers. The parts the controller answers are errors while it cannot.
+pub struct Report {
+    pub status: StatusResponse,
+    pub connections: Vec<Connection>,
+    pub peers: Result<Vec<PeerStatus>, String>,
+    pub controllers: Result<Vec<ControllerMember>, String>,
+    pub ipam: Result<IpamStatusResponse, String>,
+    pub endpoints: Vec<PsEntry>,
+    pub dns: DnsStatusResponse,
+}
+
+/// `weftctl report`: everything as one JSON document, each part as its own `--json` shows it.
+pub fn report(r: &Report) -> String {
+    fn or_error<T>(part: &Result<T, String>, json: impl Fn(&T) -> Value) -> Value {
+        match part {
+            Ok(value) => json(value),
+            Err(e) => json!({ "error": e }),
+        }
+    }
+    let reachable = r
+        .peers
+        .as_ref()
+        .ok()
+        .map(|peers| peers.iter().filter(|p| p.reachable).count());
+    let document = json!({
+        "status": status_json(&r.status, reachable),
+        "connections": status_connections_json(&r.connections),
+        "peers": or_error(&r.peers, |p| status_peers_json(p)),
+        "controllers": or_error(&r.controllers, |c| status_controllers_json(c)),
+        "networks": or_error(&r.ipam, status_networks_json),
+        "ipam": or_error(&r.ipam, status_ipam_json),
+        "endpoints": ps_json(&r.endpoints),
+        "dns": status_dns_json(&r.dns),
+        "last_reconcile": reconcile_json(r.status.last_reconcile.as_ref()),
+    });
+    format!("{document:#}\n")
 }
 
 pub fn reset(reply: &ResetResponse) -> String {
@@ -514,7 +653,98 @@ mod tests {
             refused: String::new(),
             watch_start: "resume".into(),
             watch_missed: 3,
+            connections_ok: 1,
+            connections_failed: 1,
+            connections_pending: 0,
+            last_reconcile: Some(ReconcileReport {
+                ago_secs: 12,
+                duration_us: 2_345,
+                error: String::new(),
+                fdb_added: 2,
+                fdb_removed: 0,
+                neigh_added: 1,
+                neigh_removed: 0,
+            }),
         }
+    }
+
+    fn connections() -> Vec<Connection> {
+        [
+            ("host2", "198.18.0.2", "ok", "", 112, 1450, 312),
+            (
+                "host3",
+                "198.18.0.3",
+                "failed",
+                "no reply for 3s",
+                95,
+                1450,
+                3,
+            ),
+            ("host4", "198.18.0.4", "ok", "", 2_004, 1350, 40),
+            ("host5", "198.18.0.5", "pending", "", 0, 0, 0),
+        ]
+        .into_iter()
+        .map(
+            |(peer, vtep, state, why, rtt_us, mtu, for_secs)| Connection {
+                peer: peer.into(),
+                vtep: vtep.into(),
+                port: 6784,
+                state: state.into(),
+                why: why.into(),
+                rtt_us,
+                mtu,
+                network_mtu: 1450,
+                for_secs,
+            },
+        )
+        .collect()
+    }
+
+    #[test]
+    fn connections_as_weave_status_connections() {
+        golden(
+            "status-connections.txt",
+            &status_connections(&connections(), false),
+        );
+        golden(
+            "status-connections.json",
+            &status_connections(&connections(), true),
+        );
+    }
+
+    #[test]
+    fn a_report_is_one_document_of_every_part() {
+        let r = Report {
+            status: status_response(true),
+            connections: connections(),
+            peers: Ok(peers()),
+            controllers: Err("the controller keeps no list of controllers".into()),
+            ipam: Ok(ipam()),
+            endpoints: ps_entries(),
+            dns: DnsStatusResponse::default(),
+        };
+        let text = report(&r);
+        golden("report.json", &text);
+        let doc: Value = serde_json::from_str(&text).expect("one JSON document");
+        for part in [
+            "status",
+            "connections",
+            "peers",
+            "controllers",
+            "networks",
+            "ipam",
+            "endpoints",
+            "dns",
+            "last_reconcile",
+        ] {
+            assert!(doc.get(part).is_some(), "the report lacks {part}");
+        }
+        assert_eq!(doc["status"]["peers"]["reachable"], 2);
+        assert_eq!(doc["last_reconcile"]["fdb"]["added"], 2);
+        assert_eq!(
+            doc["controllers"]["error"],
+            "the controller keeps no list of controllers"
+        );
     }
 
     #[test]

@@ -63,7 +63,8 @@ fn ip_of(container: &str) -> String {
     cidr.split('/').next().expect("IP/LEN").to_owned()
 }
 
-/// The names weft gives its links: the bridges, the VXLAN devices, the host ends of veths.
+/// The names weft gives its links: the bridges, the VXLAN devices (the probe device too), the
+/// host ends of veths.
 fn is_weft_link(name: &str) -> bool {
     let numbered = |prefix: &str| {
         name.strip_prefix(prefix)
@@ -71,6 +72,7 @@ fn is_weft_link(name: &str) -> bool {
     };
     name == BRIDGE
         || name == VXLAN_DEV
+        || name == "weft-probe"
         || numbered("weave-")
         || numbered("vx-")
         || name.starts_with("vethwepl")
@@ -653,7 +655,11 @@ fn assert_mtu(world: &mut World, mtu: u64) {
             .filter(|l| is_weft_link(&l.name))
             .map(|l| (l.name, l.mtu))
             .collect();
-        assert_eq!(ours.len(), 3, "bridge, VXLAN device, veth on host{host}");
+        assert_eq!(
+            ours.len(),
+            4,
+            "bridge, VXLAN device, probe device, veth on host{host}"
+        );
         assert!(
             ours.values().all(|m| *m == mtu),
             "MTUs on host{host}: {ours:?}"
@@ -838,10 +844,10 @@ fn reset_removes_what_weft_made_and_nothing_else() {
     let macs: Vec<&str> = host1_macs.iter().map(String::as_str).collect();
     assert_tables(&h2, &remote(1, &macs), &neighbours_of_host1(&c1, &h1));
 
-    // weave, vxlan-6784 and c1's veth; c1's address and the exposed one.
+    // weave, vxlan-6784, weft-probe and c1's veth; c1's address and the exposed one.
     assert_eq!(
         world.ctl(1, &["reset"]),
-        "removed 3 links, released 2 addresses; the agent has stopped\n"
+        "removed 4 links, released 2 addresses; the agent has stopped\n"
     );
     assert!(
         wait_until(CONVERGE, || world.agent_exited(1).is_some()),

@@ -150,6 +150,31 @@ pub fn vni_of_device(name: &str, port: u16) -> Option<u32> {
         .then_some(vni)
 }
 
+/// The VNI of the probe device, never a network's: the largest VXLAN has (24 bits).
+pub const PROBE_VNI: u32 = (1 << 24) - 1;
+
+/// Each host's VXLAN device of [`PROBE_VNI`], through which its agent checks the data path to
+/// every peer with ICMPv6 echoes between probe addresses; no container is on it.
+pub const PROBE_DEVICE: &str = "weft-probe";
+
+/// The length of the prefix the probe addresses share on the probe device.
+pub const PROBE_PREFIX_LEN: u8 = 96;
+
+/// A host's address on the probe device: a unique local IPv6 prefix of weft's
+/// (`fd77:6566:7400::/96`, "weft" in ASCII) and the host's VTEP in the last 32 bits, so every
+/// agent knows every peer's from the tables, and two VTEPs never share one.
+pub fn probe_addr(vtep: std::net::Ipv4Addr) -> std::net::Ipv6Addr {
+    let [a, b, c, d] = vtep.octets();
+    let [w, e, f, t] = *b"weft";
+    std::net::Ipv6Addr::from([0xfd, w, e, f, t, 0, 0, 0, 0, 0, 0, 0, a, b, c, d])
+}
+
+/// A host's MAC on the probe device: locally administered, unicast, `0e:77` and its VTEP.
+pub fn probe_mac(vtep: std::net::Ipv4Addr) -> Mac {
+    let [a, b, c, d] = vtep.octets();
+    Mac([0x0e, 0x77, a, b, c, d])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +224,19 @@ mod tests {
         let mac = mac_for_address("192.168.0.2".parse().unwrap());
         assert_eq!(mac.to_string(), "0a:77:c0:a8:00:02");
         assert_eq!(mac.0[0] & 0x03, 0x02, "unicast and locally administered");
+    }
+
+    #[test]
+    fn a_vtep_has_its_own_probe_address_and_mac() {
+        let vtep = "198.18.0.2".parse().unwrap();
+        assert_eq!(probe_addr(vtep).to_string(), "fd77:6566:7400::c612:2");
+        assert_eq!(probe_mac(vtep).to_string(), "0e:77:c6:12:00:02");
+        assert_eq!(
+            probe_mac(vtep).0[0] & 0x03,
+            0x02,
+            "unicast and locally administered"
+        );
+        assert_ne!(probe_addr("198.18.0.3".parse().unwrap()), probe_addr(vtep));
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use anyhow::{Context, anyhow};
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{
+    AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
+};
 use nix::errno::Errno;
 use rtnetlink::Handle;
 
@@ -28,6 +30,30 @@ pub async fn add_addresses(
             .with_context(|| format!("cannot add address {cidr}"))?;
     }
     Ok(())
+}
+
+/// Gives a link `ip/prefix` for use at once: no duplicate address detection, which would hold
+/// it back (and send a solicitation) for a second; a link that has it is left alone.
+pub async fn ensure_address_nodad(
+    handle: &Handle,
+    link: &Link,
+    ip: IpAddr,
+    prefix: u8,
+) -> anyhow::Result<()> {
+    let held = address_messages(handle, link).await?.iter().any(|msg| {
+        msg.header.prefix_len == prefix && msg.attributes.contains(&AddressAttribute::Address(ip))
+    });
+    if held {
+        return Ok(());
+    }
+    let mut request = handle.address().add(link.index, ip, prefix);
+    let msg = request.message_mut();
+    msg.header.flags |= AddressHeaderFlags::Nodad;
+    msg.attributes
+        .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    tolerate(request.execute().await, Errno::EEXIST)
+        .map_err(reason)
+        .with_context(|| format!("cannot add address {ip}/{prefix} to {}", link.name))
 }
 
 /// The IPv4 addresses a link holds, with their prefixes.

@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, anyhow};
 use futures::TryStreamExt;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, InfoVxlan};
+use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, InfoVxlan, VxlanDf};
 use netlink_packet_route::route::RouteScope;
 use nix::errno::Errno;
 use rtnetlink::{
@@ -149,6 +149,10 @@ pub struct VxlanSpec {
     pub port: u16,
     pub local: Ipv4Addr,
     pub mtu: u32,
+    /// A probe device: sets DF on the outer header, so a path that cannot carry a full frame
+    /// drops it rather than have it fragmented on the way, and answers no ARP itself (a
+    /// network's device does: `proxy`).
+    pub probe: bool,
 }
 
 impl VxlanSpec {
@@ -159,17 +163,18 @@ impl VxlanSpec {
             && has(&InfoVxlan::Port(self.port))
             && has(&InfoVxlan::Local(self.local))
             && has(&InfoVxlan::Learning(false))
-            && has(&InfoVxlan::Proxy(true))
+            && has(&InfoVxlan::Proxy(!self.probe))
+            && (!self.probe || has(&InfoVxlan::Df(VxlanDf::Set)))
     }
 }
 
-/// Makes `name` a VXLAN device as `spec` says, enslaved to `bridge` and up. One that already
-/// matches is kept as it is; one that does not (say, another local address) is replaced.
+/// Makes `name` a VXLAN device as `spec` says, enslaved to `bridge` (if any) and up. One that
+/// already matches is kept as it is; one that does not (say, another local address) is replaced.
 pub async fn ensure_vxlan(
     handle: &Handle,
     name: &str,
     spec: VxlanSpec,
-    bridge: &Link,
+    bridge: Option<&Link>,
 ) -> anyhow::Result<Link> {
     let existing = link_by_name(handle, name).await?;
     let link = match existing {
@@ -182,18 +187,19 @@ pub async fn ensure_vxlan(
                 );
                 delete_link(handle, &stale).await?;
             }
-            let msg = LinkVxlan::new(name, spec.vni)
+            let mut msg = LinkVxlan::new(name, spec.vni)
                 .port(spec.port)
                 .local(spec.local)
                 .learning(false)
                 // ARP for remote endpoints is answered from the neighbour table, not flooded.
-                .proxy(true)
-                .mtu(spec.mtu)
-                .build();
-            add_link(handle, name, msg).await?
+                .proxy(!spec.probe);
+            if spec.probe {
+                msg = msg.df(VxlanDf::Set);
+            }
+            add_link(handle, name, msg.mtu(spec.mtu).build()).await?
         }
     };
-    settle_link(handle, &link, spec.mtu, Some(bridge.index)).await?;
+    settle_link(handle, &link, spec.mtu, bridge.map(|b| b.index)).await?;
     Ok(link)
 }
 

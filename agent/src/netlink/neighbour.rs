@@ -1,5 +1,5 @@
 //! FDB entries of the VXLAN devices (which VTEP holds a MAC) and their neighbour entries (the
-//! ARP answers for remote endpoints).
+//! ARP answers for remote endpoints, and the probe device's peers).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -50,18 +50,21 @@ async fn dump_neighbours(
         .with_context(|| format!("cannot dump the {what}"))
 }
 
-/// The link-layer address and IPv4 destination of a neighbour or FDB entry, where it has them.
-fn mac_and_ipv4(msg: NeighbourMessage) -> Option<(Mac, Ipv4Addr)> {
+/// The link-layer address and IP destination of a neighbour or FDB entry, where it has them.
+fn mac_and_ip(msg: NeighbourMessage) -> Option<(Mac, IpAddr)> {
     let (mut mac, mut ip) = (None, None);
     for attr in msg.attributes {
         match attr {
             NeighbourAttribute::LinkLayerAddress(bytes) => mac = Mac::from_slice(&bytes),
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)) => ip = Some(addr),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(addr)) => ip = Some(addr.into()),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(addr)) => {
+                ip = Some(addr.into())
+            }
             // Bridge-family dumps do not say the address family of NDA_DST: go by length.
             NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
                 ip = <[u8; 4]>::try_from(bytes.as_slice())
                     .ok()
-                    .map(Ipv4Addr::from)
+                    .map(|b| Ipv4Addr::from(b).into())
             }
             _ => {}
         }
@@ -78,7 +81,9 @@ pub async fn fdb_entries(handle: &Handle) -> anyhow::Result<Vec<(u32, FdbEntry)>
         .filter(|msg| msg.header.flags.contains(NeighbourFlags::Own))
         .filter_map(|msg| {
             let index = msg.header.ifindex;
-            let (mac, dst) = mac_and_ipv4(msg)?;
+            let (mac, IpAddr::V4(dst)) = mac_and_ip(msg)? else {
+                return None;
+            };
             Some((index, FdbEntry { mac, dst }))
         })
         .collect())
@@ -113,15 +118,17 @@ pub async fn fdb_del(handle: &Handle, vxlan: u32, entry: &FdbEntry) -> anyhow::R
         .with_context(|| format!("cannot delete FDB entry {entry}"))
 }
 
-/// Every permanent IPv4 neighbour entry with its link's index: the VXLAN devices' ARP answers.
+/// Every permanent neighbour entry with its link's index: the VXLAN devices' ARP answers (IPv4)
+/// and the probe device's peers (IPv6).
 pub async fn neighbours(handle: &Handle) -> anyhow::Result<Vec<(u32, Neighbour)>> {
-    let msgs = dump_neighbours(handle, AddressFamily::Inet, "neighbour table").await?;
+    let mut msgs = dump_neighbours(handle, AddressFamily::Inet, "neighbour table").await?;
+    msgs.extend(dump_neighbours(handle, AddressFamily::Inet6, "IPv6 neighbour table").await?);
     Ok(msgs
         .into_iter()
         .filter(|msg| msg.header.state == NeighbourState::Permanent)
         .filter_map(|msg| {
             let index = msg.header.ifindex;
-            let (mac, ip) = mac_and_ipv4(msg)?;
+            let (mac, ip) = mac_and_ip(msg)?;
             Some((index, Neighbour { ip, mac }))
         })
         .collect())
@@ -131,7 +138,7 @@ pub async fn neighbours(handle: &Handle) -> anyhow::Result<Vec<(u32, Neighbour)>
 pub async fn neigh_add(handle: &Handle, index: u32, n: &Neighbour) -> anyhow::Result<()> {
     handle
         .neighbours()
-        .add(index, IpAddr::V4(n.ip))
+        .add(index, n.ip)
         .link_layer_address(&n.mac.0)
         .state(NeighbourState::Permanent)
         .replace()
@@ -143,12 +150,13 @@ pub async fn neigh_add(handle: &Handle, index: u32, n: &Neighbour) -> anyhow::Re
 
 pub async fn neigh_del(handle: &Handle, index: u32, n: &Neighbour) -> anyhow::Result<()> {
     let mut msg = NeighbourMessage::default();
-    msg.header.family = AddressFamily::Inet;
     msg.header.ifindex = index;
-    msg.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-            n.ip,
-        )));
+    let (family, dst) = match n.ip {
+        IpAddr::V4(ip) => (AddressFamily::Inet, NeighbourAddress::Inet(ip)),
+        IpAddr::V6(ip) => (AddressFamily::Inet6, NeighbourAddress::Inet6(ip)),
+    };
+    msg.header.family = family;
+    msg.attributes.push(NeighbourAttribute::Destination(dst));
     tolerate(handle.neighbours().del(msg).execute().await, Errno::ENOENT)
         .map_err(reason)
         .with_context(|| format!("cannot delete neighbour {}", n.ip))

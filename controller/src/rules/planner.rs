@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use ipnetwork::Ipv4Network;
 use weft_proto::addr::NetRef;
+use weft_proto::names::PROBE_VNI;
 use weft_proto::rows::{NetworkRow, RowChange};
 use weft_proto::subnet::canonical;
 use weft_proto::tables::{DEFAULT_NETWORK, DEFAULT_VNI};
@@ -13,8 +14,8 @@ use super::{TableError, View, check_prefix, network_subnet};
 use crate::index::Index;
 use crate::ipam::{Holder, Pool, Taken};
 
-/// Largest VNI VXLAN has (24 bits).
-const MAX_VNI: u32 = (1 << 24) - 1;
+/// Largest VNI a network may have: VXLAN has 24 bits, and the last is the probe device's.
+const MAX_VNI: u32 = PROBE_VNI - 1;
 
 /// What one request has planned so far.
 pub(super) struct Planner<'a> {
