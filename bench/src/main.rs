@@ -11,7 +11,6 @@ mod fleet;
 mod populate;
 mod scale;
 mod stats;
-mod usage;
 
 use std::fs;
 use std::io::Write;
@@ -32,7 +31,7 @@ use crate::certs::AgentCa;
 use crate::client::refused;
 use crate::populate::Population;
 use crate::scale::Scale;
-use crate::usage::Meter;
+use weft_bench::usage::{self, Meter};
 
 /// weft-load: puts load on a weft-controller through its gRPC API.
 #[derive(Parser, Debug)]

@@ -18,7 +18,7 @@ use weft_proto::v1::AttachRequest;
 use crate::certs::AgentCa;
 use crate::fleet::{Report, SimAgent, Synced, follow};
 use crate::stats::{Spread, ms};
-use crate::usage::{Meter, Usage, mb, mib};
+use weft_bench::usage::{Meter, Usage, mb, mib};
 
 /// How long one change may take to reach every watcher before the run fails.
 const FANOUT_TIMEOUT: Duration = Duration::from_secs(30);

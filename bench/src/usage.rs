@@ -5,10 +5,10 @@ use std::fmt;
 use std::fs;
 use std::time::{Duration, Instant};
 
+use crate::harness::field_kib;
 use anyhow::{Context, anyhow};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use weft_bench::harness::field_kib;
 
 /// How often a meter reads the resident memory, for its peak over the span.
 const RSS_EVERY: Duration = Duration::from_millis(100);

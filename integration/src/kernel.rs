@@ -57,6 +57,11 @@ pub fn rx_packets(ns: &str, dev: &str) -> u64 {
     stat64(ns, dev, "rx", "packets")
 }
 
+/// How many packets interface `dev` in `ns` has sent, from the kernel's 64-bit counters.
+pub fn tx_packets(ns: &str, dev: &str) -> u64 {
+    stat64(ns, dev, "tx", "packets")
+}
+
 /// Counts the ARP frames that arrive on `dev` in `ns` from now on, whatever else arrives (the
 /// kernel's bridges send IGMP reports of their own as they come up): an nftables counter on
 /// the device's ingress, which goes with the namespace. Read with [`arp_in`].

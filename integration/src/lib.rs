@@ -24,7 +24,7 @@ pub use cmd::Output;
 pub use daemon::{Background, Paused};
 pub use etcd::Etcd;
 pub use kernel::{
-    Link, arp_in, count_arp_in, fdb, link, links, neighbours, rx_packets, tx_dropped,
+    Link, arp_in, count_arp_in, fdb, link, links, neighbours, rx_packets, tx_dropped, tx_packets,
 };
 pub use netns::{
     Netns, bridge, disable_ipv6, exec, exec_for, exec_shown, ip, listening, ping, ping_counts,
@@ -33,8 +33,8 @@ pub use netns::{
 pub use podman::{CONTAINER_IMAGE, Podman};
 pub use run::exit_code_of;
 pub use world::{
-    Alone, BRIDGE, CONTROLLER_IP, CONTROLLER_URL, CONTROLLER_URL_INSECURE, Security, VXLAN_DEV,
-    World, host_addr,
+    Alone, BRIDGE, CONTROLLER_IP, CONTROLLER_URL, CONTROLLER_URL_INSECURE, MAX_HOSTS, Security,
+    VXLAN_DEV, World, host_addr,
 };
 
 /// The all-zero MAC of the FDB entries that flood broadcast, multicast and unknown unicast.

@@ -34,6 +34,8 @@ const CONTROLLER_PORT: u16 = 6786;
 /// Name of the underlay-facing veth in every namespace plugged into the underlay.
 const UNDERLAY_IF: &str = "ul0";
 const UNDERLAY_BRIDGE: &str = "br0";
+/// The most hosts a world has: the underlay's /23 holds them (see [`host_addr`]).
+pub const MAX_HOSTS: usize = 250;
 /// How long a started process gets to become usable.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const LOG_TAIL_LINES: usize = 40;
@@ -105,9 +107,13 @@ fn admin_socket(dir: &Path, k: usize) -> PathBuf {
     dir.join(format!("{}.sock", numbered("admin", k)))
 }
 
-/// Underlay address of host `host` (1-based), which its agent advertises.
+/// Underlay address of host `host` (1-based), which its agent advertises: 198.18.0.N up to 99
+/// (the controllers and etcd members have the addresses above), then 198.18.1.1, ....
 pub fn host_addr(host: usize) -> String {
-    format!("198.18.0.{host}")
+    match host {
+        ..100 => format!("198.18.0.{host}"),
+        _ => format!("198.18.1.{}", host - 99),
+    }
 }
 
 /// A running test world. Hosts are numbered from 1, as their names (`host1`, ...) are.
@@ -178,7 +184,10 @@ impl World {
         controllers: usize,
     ) -> World {
         netns::require_privileges_and_tools();
-        assert!(hosts < 100, "a world has at most 99 hosts, not {hosts}");
+        assert!(
+            hosts <= MAX_HOSTS,
+            "a world has at most {MAX_HOSTS} hosts, not {hosts}"
+        );
         let bins = Bins::locate();
         let prefix = format!(
             "wft{}x{}",
@@ -558,6 +567,17 @@ impl World {
         self.wait_agent_ready(host);
     }
 
+    /// Restarts host `host`'s agent with `extra` flags after its own, for this run only, and
+    /// waits until it is ready.
+    pub fn restart_agent_with(&self, host: usize, extra: &[&str]) {
+        {
+            let mut agent = self.agent(host);
+            agent.stop();
+            agent.start_with(extra);
+        }
+        self.wait_agent_ready(host);
+    }
+
     /// Starts host `host`'s agent and returns at once, for a caller that watches the kernel
     /// for what it does.
     pub fn spawn_agent(&self, host: usize) {
@@ -691,7 +711,7 @@ impl World {
     }
 
     /// Links namespace `ns` to the underlay bridge through a veth (`port` on the bridge side,
-    /// `ul0` inside `ns`) and gives it `addr`/24. The veth is created inside the underlay
+    /// `ul0` inside `ns`) and gives it `addr`/23. The veth is created inside the underlay
     /// namespace, so the root namespace never holds any of it.
     fn plug(&self, ns: &str, port: &str, addr: &str) {
         let underlay = format!("{}-ul", self.prefix);
@@ -717,7 +737,7 @@ impl World {
         netns::ip(ns, &["link", "set", UNDERLAY_IF, "mtu", "1500", "up"]);
         netns::ip(
             ns,
-            &["addr", "add", &format!("{addr}/24"), "dev", UNDERLAY_IF],
+            &["addr", "add", &format!("{addr}/23"), "dev", UNDERLAY_IF],
         );
     }
 

@@ -16,8 +16,9 @@ const NETWORK_MTU: u64 = 1450;
 /// How long a change of the path may take to show: the operator contract's ~5 s, with room for
 /// a loaded test machine.
 const NOTICE: Duration = Duration::from_secs(10);
-/// The search for a smaller MTU takes a few rounds of a second each.
-const MTU_FOUND: Duration = Duration::from_secs(20);
+/// A path that carries full-size frames is checked for them every 10 s, and the search for a
+/// smaller MTU takes about five rounds of a second.
+const MTU_FOUND: Duration = Duration::from_secs(30);
 
 /// Host `host`'s line about `peer` in `weftctl status connections` (empty if it has none).
 fn connection(world: &World, host: usize, peer: usize) -> String {

@@ -1,10 +1,11 @@
 //! What the probes have shown of the data path to one peer, and which probes to send next: pure
 //! functions of the probes' fates, so every rule is tested without a kernel.
 //!
-//! Each round sends a small probe (reachability and round trip) and a full-size one (the
-//! network MTU). When the full-size one is lost while smaller ones cross, the largest size that
-//! crosses is searched for: each round probes sizes spread between the largest known to cross
-//! and the smallest known not to, so the interval shrinks about sevenfold a round.
+//! Each round sends a small probe (reachability and round trip), and every tenth round, or every
+//! round while it does not cross, a full-size one (the network MTU). When the full-size one is
+//! lost while smaller ones cross, the largest size that crosses is searched for: each round
+//! probes sizes spread between the largest known to cross and the smallest known not to, so the
+//! interval shrinks about sevenfold a round.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -15,6 +16,10 @@ pub const SMALL: u32 = 64;
 
 /// Sizes a searching round probes strictly between the bounds.
 const SEARCH_POINTS: u32 = 6;
+
+/// A path that carries full-size frames is checked for them every this many rounds: each costs
+/// a full frame there and back.
+const FULL_EVERY: u64 = 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
@@ -62,6 +67,8 @@ pub struct Path {
     /// While the full-size probe is lost: the largest size that crossed in the last round and
     /// the smallest that did not.
     search: Option<(u32, u32)>,
+    /// Rounds closed so far.
+    rounds: u64,
 }
 
 impl Path {
@@ -75,6 +82,7 @@ impl Path {
             last_heard: now,
             round: BTreeMap::new(),
             search: None,
+            rounds: 0,
         }
     }
 
@@ -85,6 +93,10 @@ impl Path {
 
     /// The sizes the next round sends (each once), for a network of MTU `full`.
     pub fn sizes(&self, full: u32) -> Vec<u32> {
+        let carries_full = self.mtu == Some(full) && self.search.is_none();
+        if carries_full && !self.rounds.is_multiple_of(FULL_EVERY) {
+            return vec![SMALL];
+        }
         let mut sizes = vec![SMALL, full];
         if let Some((lo, hi)) = self.search {
             sizes.extend([lo, hi]);
@@ -125,9 +137,11 @@ impl Path {
     /// probe crossed): a single lost probe, or a search half-way, changes nothing.
     pub fn close_round(&mut self, full: u32, fail_after: Duration, now: Instant) -> Vec<Change> {
         let round = std::mem::take(&mut self.round);
+        self.rounds += 1;
         let mut changes = Vec::new();
         let crossed = round.iter().filter(|(_, a)| **a).map(|(s, _)| *s).max();
-        if let Some(lo) = crossed {
+        // Only a round that sent the full-size probe says anything of the MTU.
+        if let Some(lo) = crossed.filter(|_| round.contains_key(&full)) {
             let settled = if lo >= full {
                 self.search = None;
                 Some(full)
@@ -186,10 +200,21 @@ mod tests {
         let start = Instant::now();
         let mut path = Path::new("198.18.0.2".parse().unwrap(), start);
         assert_eq!(path.state, State::Pending);
-        assert_eq!(path.sizes(FULL), [SMALL, FULL], "two probes a round");
+        assert_eq!(
+            path.sizes(FULL),
+            [SMALL, FULL],
+            "the first round tries both"
+        );
         let changes = rounds(&mut path, FULL, 3, start);
         assert_eq!(changes[0], [Change::Mtu(None, FULL)]);
         assert!(changes[1].is_empty() && changes[2].is_empty());
+        assert_eq!(path.sizes(FULL), [SMALL], "then a small one a round");
+        rounds(&mut path, FULL, 7, start + Duration::from_secs(3));
+        assert_eq!(
+            path.sizes(FULL),
+            [SMALL, FULL],
+            "and a full one every tenth"
+        );
         assert_eq!(
             (path.state.clone(), path.mtu, path.rtt),
             (State::Ok, Some(FULL), Some(RTT))
@@ -218,7 +243,7 @@ mod tests {
         let start = Instant::now();
         let mut path = Path::new("198.18.0.2".parse().unwrap(), start);
         rounds(&mut path, FULL, 1, start);
-        let changes = rounds(&mut path, 1350, 8, start + Duration::from_secs(1));
+        let changes = rounds(&mut path, 1350, 18, start + Duration::from_secs(1));
         let all: Vec<Change> = changes.into_iter().flatten().collect();
         assert_eq!(
             all,
@@ -231,7 +256,7 @@ mod tests {
             "once found, a round checks the bounds only: {:?}",
             path.sizes(FULL)
         );
-        let healed = rounds(&mut path, FULL, 1, start + Duration::from_secs(9));
+        let healed = rounds(&mut path, FULL, 1, start + Duration::from_secs(19));
         assert_eq!(healed[0], [Change::Mtu(Some(1350), FULL)]);
         assert_eq!(path.sizes(FULL), [SMALL, FULL]);
     }
