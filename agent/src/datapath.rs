@@ -55,6 +55,9 @@ pub struct Report {
     pub fdb_removed: usize,
     pub neigh_added: usize,
     pub neigh_removed: usize,
+    /// The entries weft's VXLAN devices hold once the pass is done.
+    pub fdb_held: usize,
+    pub neigh_held: usize,
     /// From reading the kernel to the last change made.
     pub elapsed: std::time::Duration,
 }
@@ -286,6 +289,8 @@ impl Datapath {
         pipelined(&add, |n| netlink::neigh_add(&self.handle, vxlan.index, n)).await?;
         report.neigh_added += add.len();
         report.neigh_removed += remove.len();
+        report.fdb_held += state.fdb.len();
+        report.neigh_held += state.neighbours.len();
         Ok(())
     }
 

@@ -108,6 +108,8 @@ fn reconcile_report(last: &LastReconcile) -> ReconcileReport {
             wire.fdb_removed = report.fdb_removed as u64;
             wire.neigh_added = report.neigh_added as u64;
             wire.neigh_removed = report.neigh_removed as u64;
+            wire.fdb_held = report.fdb_held as u64;
+            wire.neigh_held = report.neigh_held as u64;
         }
         Err(e) => wire.error = e.clone(),
     }

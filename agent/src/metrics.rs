@@ -16,7 +16,8 @@ use weft_process::metrics::seconds_histogram as seconds;
 use crate::agent::Agent;
 use crate::datapath::Report;
 use crate::endpoints::EndpointError;
-use crate::probe::path::{Path, State};
+use crate::probe::Connection;
+use crate::probe::path::State;
 
 type Labels<const N: usize> = [(&'static str, &'static str); N];
 
@@ -35,6 +36,8 @@ pub struct Metrics {
     peer_rtt: Family<PeerLabel, Gauge<f64, AtomicU64>>,
     peer_mtu: Family<PeerLabel, Gauge>,
     network_mtu: Gauge,
+    entries_held: Family<Labels<1>, Gauge>,
+    snapshot_at: Gauge<f64, AtomicU64>,
 }
 
 type PeerLabel = [(&'static str, String); 1];
@@ -59,6 +62,8 @@ impl Metrics {
             peer_rtt: Family::default(),
             peer_mtu: Family::default(),
             network_mtu: Gauge::default(),
+            entries_held: Family::default(),
+            snapshot_at: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -131,6 +136,17 @@ impl Metrics {
             Unit::Bytes,
             metrics.network_mtu.clone(),
         );
+        registry.register(
+            "kernel_entries",
+            "Entries weft's VXLAN devices hold after the latest reconcile pass that succeeded, by table (fdb, neighbour)",
+            metrics.entries_held.clone(),
+        );
+        registry.register_with_unit(
+            "snapshot_applied_timestamp",
+            "When the agent last took a snapshot of the controller's tables (Unix time; a resumed watch takes none)",
+            Unit::Seconds,
+            metrics.snapshot_at.clone(),
+        );
         Metrics {
             registry,
             ..metrics
@@ -142,6 +158,11 @@ impl Metrics {
         self.reconciles.get_or_create(&[("result", result)]).inc();
         self.reconcile_seconds.observe(took.as_secs_f64());
         let Some(report) = report else { return };
+        for (table, n) in [("fdb", report.fdb_held), ("neighbour", report.neigh_held)] {
+            self.entries_held
+                .get_or_create(&[("table", table)])
+                .set(n as i64);
+        }
         for (table, change, n) in [
             ("fdb", "added", report.fdb_added),
             ("fdb", "removed", report.fdb_removed),
@@ -169,28 +190,31 @@ impl Metrics {
         self.dns_seconds.observe(took.as_secs_f64());
     }
 
-    /// The probes' view of the path to `peer`.
-    pub fn peer_path(&self, peer: &str, path: &Path) {
-        let label = [("peer", peer.to_string())];
-        match path.state {
-            State::Pending => {}
-            State::Ok => drop(self.peer_up.get_or_create(&label).set(1)),
-            State::Failed => drop(self.peer_up.get_or_create(&label).set(0)),
-        }
-        if let Some(rtt) = path.rtt {
-            self.peer_rtt.get_or_create(&label).set(rtt.as_secs_f64());
-        }
-        if let Some(mtu) = path.mtu {
-            self.peer_mtu.get_or_create(&label).set(mtu.into());
-        }
+    pub fn snapshot_applied(&self) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        self.snapshot_at
+            .set(now.map_or(0.0, |since| since.as_secs_f64()));
     }
 
-    /// A peer gone from the tables has no path left to show.
-    pub fn forget_peer(&self, peer: &str) {
-        let label = [("peer", peer.to_string())];
-        self.peer_up.remove(&label);
-        self.peer_rtt.remove(&label);
-        self.peer_mtu.remove(&label);
+    /// The probes' view of each peer's path; a peer gone from the tables has none to show.
+    fn peer_paths(&self, connections: &[Connection]) {
+        self.peer_up.clear();
+        self.peer_rtt.clear();
+        self.peer_mtu.clear();
+        for c in connections {
+            let label = [("peer", c.peer.clone())];
+            match c.state {
+                State::Pending => {}
+                State::Ok => drop(self.peer_up.get_or_create(&label).set(1)),
+                State::Failed => drop(self.peer_up.get_or_create(&label).set(0)),
+            }
+            if let Some(rtt) = c.rtt {
+                self.peer_rtt.get_or_create(&label).set(rtt.as_secs_f64());
+            }
+            if let Some(mtu) = c.mtu {
+                self.peer_mtu.get_or_create(&label).set(mtu.into());
+            }
+        }
     }
 
     /// The content type and body of a scrape with `accept`, with what `agent` holds now.
@@ -198,6 +222,7 @@ impl Metrics {
         self.revision.set(agent.tables().revision() as i64);
         self.connected.set(agent.link().state().connected.into());
         self.network_mtu.set(agent.datapath().mtu().into());
+        self.peer_paths(&agent.connections().list());
         let by_network = agent.tables().read(|t| {
             let mut counts = std::collections::BTreeMap::<String, i64>::new();
             for ep in t.endpoints.values() {

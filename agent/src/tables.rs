@@ -183,6 +183,7 @@ impl TablesCopy {
                     );
                 }
                 *tables = Some(read);
+                crate::metrics::METRICS.snapshot_applied();
                 Some(WatchStart::Snapshot)
             }
             Some(Event::Delta(delta)) => {

@@ -35,6 +35,8 @@ pub struct Metrics {
     revision: Gauge,
     history: Gauge,
     agents: Gauge,
+    watch_backlog: Gauge,
+    fell_behind: Counter,
     addresses_used: Family<Network, Gauge>,
     addresses_free: Family<Network, Gauge>,
 }
@@ -42,6 +44,8 @@ pub struct Metrics {
 /// What the controller holds, as a scrape shows it.
 pub struct Held {
     pub revision: u64,
+    /// The changes the slowest watcher has yet to take.
+    pub watch_backlog: usize,
     pub history: usize,
     /// Peers with a watch stream open.
     pub agents: usize,
@@ -67,6 +71,8 @@ impl Metrics {
             revision: Gauge::default(),
             history: Gauge::default(),
             agents: Gauge::default(),
+            watch_backlog: Gauge::default(),
+            fell_behind: Counter::default(),
             addresses_used: Family::default(),
             addresses_free: Family::default(),
         };
@@ -118,6 +124,16 @@ impl Metrics {
             metrics.agents.clone(),
         );
         registry.register(
+            "watch_backlog_changes",
+            "Changes published that the slowest watching agent has yet to take (a watcher more than 4,096 behind is resumed from the history)",
+            metrics.watch_backlog.clone(),
+        );
+        registry.register(
+            "watchers_fell_behind",
+            "Times a watching agent fell too far behind the live stream and was resumed from the history",
+            metrics.fell_behind.clone(),
+        );
+        registry.register(
             "ipam_used_addresses",
             "Addresses held in each network",
             metrics.addresses_used.clone(),
@@ -157,6 +173,10 @@ impl Metrics {
             .inc();
     }
 
+    pub fn watcher_fell_behind(&self) {
+        self.fell_behind.inc();
+    }
+
     /// A batch of `requests` written (`result` ok), beaten or failed after `took`.
     pub fn committed(&self, result: &'static str, requests: usize, took: Duration) {
         self.commits.get_or_create(&[("result", result)]).inc();
@@ -176,6 +196,7 @@ impl Metrics {
         self.revision.set(held.revision as i64);
         self.history.set(held.history as i64);
         self.agents.set(held.agents as i64);
+        self.watch_backlog.set(held.watch_backlog as i64);
         // A network removed has no addresses left to show.
         self.addresses_used.clear();
         self.addresses_free.clear();

@@ -160,9 +160,11 @@ impl ControllerService {
             .peers()
             .filter(|(_, watching, _)| *watching)
             .count();
+        let backlog = self.inner.shared.watch_backlog();
         let state = self.inner.shared.lock();
         crate::metrics::Held {
             revision: state.tables.revision,
+            watch_backlog: backlog,
             history: state.history_len(),
             agents,
             pools: state
@@ -284,6 +286,7 @@ impl ControllerService {
                     // Too far behind the live stream: catch up from the history (or a snapshot)
                     // as a reconnecting watcher would.
                     warn!(%peer, missed, "watcher fell behind; resuming it");
+                    crate::metrics::METRICS.watcher_fell_behind();
                     // What it has is ours by now.
                     let (start, fresh) = self.inner.shared.watch_from(sent, "");
                     events = fresh;

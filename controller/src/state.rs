@@ -165,6 +165,11 @@ impl Shared {
         // Subscribed under the lock: no change is published between the start and the stream.
         (start, self.events.subscribe())
     }
+
+    /// The changes published that the slowest watcher has yet to take.
+    pub(crate) fn watch_backlog(&self) -> usize {
+        self.events.len()
+    }
 }
 
 /// Why a change was not made.

@@ -460,8 +460,10 @@ fn reconcile_json(last: Option<&ReconcileReport>) -> Value {
     json!({
         "ago_secs": r.ago_secs, "duration_ms": r.duration_us as f64 / 1000.0,
         "ok": r.error.is_empty(), "error": r.error,
-        "fdb": { "added": r.fdb_added, "removed": r.fdb_removed },
-        "neighbours": { "added": r.neigh_added, "removed": r.neigh_removed },
+        "fdb": { "added": r.fdb_added, "removed": r.fdb_removed, "held": r.fdb_held },
+        "neighbours": {
+            "added": r.neigh_added, "removed": r.neigh_removed, "held": r.neigh_held,
+        },
     })
 }
 
@@ -664,6 +666,8 @@ mod tests {
                 fdb_removed: 0,
                 neigh_added: 1,
                 neigh_removed: 0,
+                fdb_held: 5,
+                neigh_held: 3,
             }),
         }
     }

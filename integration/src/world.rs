@@ -36,6 +36,8 @@ const UNDERLAY_IF: &str = "ul0";
 const UNDERLAY_BRIDGE: &str = "br0";
 /// The most hosts a world has: the underlay's /23 holds them (see [`host_addr`]).
 pub const MAX_HOSTS: usize = 250;
+/// The most agents a world starts at once; a larger one starts them one by one.
+const JOIN_TOGETHER: usize = 20;
 /// How long a started process gets to become usable.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const LOG_TAIL_LINES: usize = 40;
@@ -105,6 +107,14 @@ fn controller_ip(k: usize) -> String {
 
 fn admin_socket(dir: &Path, k: usize) -> PathBuf {
     dir.join(format!("{}.sock", numbered("admin", k)))
+}
+
+/// The MAC of the underlay interface holding `addr`: made from the address, so that a large
+/// world can pin every neighbour before its interface exists.
+fn underlay_mac(addr: &str) -> String {
+    let ip: std::net::Ipv4Addr = addr.parse().expect("an IPv4 underlay address");
+    let [a, b, c, d] = ip.octets();
+    format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
 /// Underlay address of host `host` (1-based), which its agent advertises: 198.18.0.N up to 99
@@ -271,8 +281,20 @@ impl World {
             world.plug(&ns, &numbered("ctl", k), &controller_ip(k));
             world.start_controller_at(k, &[]);
         }
+        let large = hosts > JOIN_TOGETHER;
+        if large {
+            for k in 1..=world.controllers.len() {
+                world.pin_neighbours(&controller_ns(&world.prefix, k), hosts);
+            }
+        }
         for host in 1..=hosts {
-            world.add_host(host);
+            world.add_host(host, large.then_some(hosts));
+            // In a large world each agent joins once the one before is in: every join wakes
+            // every agent already in, and a hundred joining at once starve two cores for longer
+            // than a join waits.
+            if large {
+                world.wait_agent_ready(host);
+            }
         }
         for host in 1..=hosts {
             world.wait_agent_ready(host);
@@ -734,17 +756,55 @@ impl World {
             &underlay,
             &["link", "set", port, "master", UNDERLAY_BRIDGE, "up"],
         );
-        netns::ip(ns, &["link", "set", UNDERLAY_IF, "mtu", "1500", "up"]);
+        let mac = underlay_mac(addr);
+        netns::ip(
+            ns,
+            &[
+                "link",
+                "set",
+                UNDERLAY_IF,
+                "address",
+                &mac,
+                "mtu",
+                "1500",
+                "up",
+            ],
+        );
         netns::ip(
             ns,
             &["addr", "add", &format!("{addr}/23"), "dev", UNDERLAY_IF],
         );
     }
 
-    fn add_host(&mut self, host: usize) {
+    /// Gives namespace `ns` permanent ARP entries for every underlay address of a world of
+    /// `hosts` hosts. All the test hosts share one kernel, whose ARP table holds 1,024 learned
+    /// entries in all namespaces together (gc_thresh3): a hundred hosts that each reach the
+    /// other ninety-nine would overflow it, where real hosts each have a table of their own.
+    /// Permanent entries do not count.
+    fn pin_neighbours(&self, ns: &str, hosts: usize) {
+        let addrs = (1..=hosts)
+            .map(host_addr)
+            .chain((1..=self.controllers.len()).map(controller_ip))
+            .chain((1..=self.etcd.as_ref().map_or(0, Etcd::members)).map(etcd::member_addr));
+        let batch: String = addrs
+            .map(|addr| {
+                let mac = underlay_mac(&addr);
+                format!("neigh replace {addr} lladdr {mac} dev {UNDERLAY_IF} nud permanent\n")
+            })
+            .collect();
+        let file = self.dir.path().join(format!("{ns}.neigh"));
+        std::fs::write(&file, batch).expect("writing the neighbour batch");
+        netns::ip(ns, &["-batch", &file.display().to_string()]);
+    }
+
+    /// `large`: the world's size, when its hosts get their neighbours pinned.
+    fn add_host(&mut self, host: usize, large: Option<usize>) {
         let ns = self.host_ns(host);
         self.add_ns(&ns);
         self.plug(&ns, &format!("h{host}"), &host_addr(host));
+        if let Some(hosts) = large {
+            self.pin_neighbours(&ns, hosts);
+        }
         // Its own controller first, then the others, to fail over to.
         let (controller, n) = (self.controller_of(host), self.controllers.len());
         let urls: Vec<String> = (0..n)

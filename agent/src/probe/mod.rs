@@ -24,7 +24,6 @@ use weft_proto::names::{PROBE_DEVICE, probe_addr};
 
 use crate::agent::Agent;
 use crate::desired::probe_peers;
-use crate::metrics::METRICS;
 use crate::tables::TablesCopy;
 use path::{Change, Path, State};
 use socket::{ProbeSocket, Reply};
@@ -164,13 +163,9 @@ impl Prober {
         let fail_after = self.interval * FAIL_ROUNDS;
         let connections = self.connections.clone();
         let mut inner = connections.lock();
-        inner.paths.retain(|peer, path| {
-            let keep = peers.get(peer) == Some(&path.vtep);
-            if !keep {
-                METRICS.forget_peer(peer);
-            }
-            keep
-        });
+        inner
+            .paths
+            .retain(|peer, path| peers.get(peer) == Some(&path.vtep));
         for (peer, vtep) in peers {
             inner
                 .paths
@@ -182,7 +177,6 @@ impl Prober {
             for change in path.close_round(self.full, fail_after, now) {
                 self.log(peer, path, &change, now);
             }
-            METRICS.peer_path(peer, path);
         }
         if self.socket.is_none() {
             match ProbeSocket::open(PROBE_DEVICE, probe_addr(self.local), self.id) {
@@ -244,7 +238,6 @@ impl Prober {
         }
         if let Some(change) = path.answered(size, now - sent, now) {
             self.log(&peer, path, &change, now);
-            METRICS.peer_path(&peer, path);
         }
     }
 

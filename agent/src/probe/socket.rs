@@ -13,6 +13,9 @@ const IPV6_HEADER: u32 = 40;
 const ECHO_HEADER: usize = 8;
 const ECHO_REQUEST: u8 = 128;
 const ECHO_REPLY: u8 = 129;
+/// ICMPV6_FILTER of linux/icmpv6.h (libc has no name for it): which ICMPv6 types a raw socket
+/// is not given, one bit per type.
+const ICMPV6_FILTER: libc::c_int = 1;
 
 pub struct ProbeSocket {
     /// A raw ICMPv6 socket. tokio's UdpSocket serves as its async wrapper: it is a datagram fd
@@ -34,16 +37,21 @@ pub struct Reply {
     pub size: u32,
 }
 
-/// Sets an IPPROTO_IPV6 option that takes an int.
-fn set_ipv6_option(fd: RawFd, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: the pointer and length describe `value`, which outlives the call.
+/// Sets a socket option that neither socket2 nor nix has a setter for.
+fn set_option<T: Copy>(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: T,
+) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `value`, a plain value that outlives the call.
     let rc = unsafe {
         libc::setsockopt(
             fd,
-            libc::IPPROTO_IPV6,
+            level,
             name,
             std::ptr::from_ref(&value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc == 0 {
@@ -64,9 +72,24 @@ impl ProbeSocket {
         let fd = socket.as_raw_fd();
         // Send at the device's MTU whatever path MTU the kernel has cached (the VXLAN device
         // caches a smaller one when its own link is smaller): each probe tests the path anew.
-        set_ipv6_option(fd, libc::IPV6_MTU_DISCOVER, libc::IPV6_PMTUDISC_PROBE)?;
+        set_option(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_PROBE,
+        )?;
         // A probe larger than the device is refused (EMSGSIZE), never fragmented.
-        set_ipv6_option(fd, libc::IPV6_DONTFRAG, 1)?;
+        set_option(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_DONTFRAG,
+            1 as libc::c_int,
+        )?;
+        // Echo replies only: the peers' echo requests, which the kernel answers itself, would
+        // wake the agent as often again.
+        let mut blocked = [u32::MAX; 8];
+        blocked[usize::from(ECHO_REPLY) / 32] &= !(1 << (ECHO_REPLY % 32));
+        set_option(fd, libc::IPPROTO_ICMPV6, ICMPV6_FILTER, blocked)?;
         let socket = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(socket))?;
         Ok(ProbeSocket {
             socket,
@@ -86,8 +109,8 @@ impl ProbeSocket {
         self.socket.try_send_to(&msg, to).map(drop)
     }
 
-    /// The next echo reply to one of this socket's probes; other ICMPv6 messages (the echo
-    /// requests of peers, which the kernel answers itself) are skipped.
+    /// The next echo reply to one of this socket's probes; another agent's (a raw socket sees
+    /// every reply that reaches the device) is skipped.
     pub async fn recv(&mut self) -> io::Result<Reply> {
         loop {
             let (len, from) = self.socket.recv_from(&mut self.buf).await?;
