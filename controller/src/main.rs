@@ -245,8 +245,11 @@ fn allow_connections() {
 #[tokio::main]
 async fn main() -> ExitCode {
     // tonic logs refused TLS handshakes (a client certificate from another CA, say) at debug
-    // level only: they are worth an operator's eye.
-    weft_process::init_logging_with(&["tonic::transport::server::io_stream=debug"]);
+    // level only: they are worth an operator's eye, and a metric.
+    weft_process::init_logging_and(
+        &[weft_controller::metrics::TLS_REFUSALS_DIRECTIVE],
+        weft_controller::metrics::TlsRefusals,
+    );
     let args = Args::parse();
     let done = match (&args.command, location(&args)) {
         (_, Err(e)) => Err(e),

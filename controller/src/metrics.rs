@@ -29,6 +29,7 @@ pub struct Metrics {
     rpcs: Family<Rpc, Counter>,
     rpc_seconds: Family<Method, Histogram, fn() -> Histogram>,
     joins: Family<[(&'static str, &'static str); 1], Counter>,
+    tls_refused: Counter,
     commits: Family<[(&'static str, &'static str); 1], Counter>,
     commit_seconds: Histogram,
     batch_requests: Histogram,
@@ -64,6 +65,7 @@ impl Metrics {
             rpcs: Family::default(),
             rpc_seconds: Family::new_with_constructor(seconds),
             joins: Family::default(),
+            tls_refused: Counter::default(),
             commits: Family::default(),
             commit_seconds: seconds(),
             // 1 to 1,024 requests.
@@ -91,6 +93,11 @@ impl Metrics {
             "joins",
             "Agents' joins with a token, by result (ok: certificate issued, refused)",
             metrics.joins.clone(),
+        );
+        registry.register(
+            "tls_handshakes_refused",
+            "TLS handshakes the controller refused (a client certificate of another CA, or expired; a client that is no TLS client)",
+            metrics.tls_refused.clone(),
         );
         registry.register(
             "commits",
@@ -206,6 +213,37 @@ impl Metrics {
             self.addresses_free.get_or_create(&labels).set(free as i64);
         }
         weft_process::metrics::exposition(&self.registry, accept)
+    }
+}
+
+/// Where tonic says it refused a TLS handshake, at debug level: the log filter lets it through.
+pub const TLS_REFUSALS_DIRECTIVE: &str = "tonic::transport::server::io_stream=debug";
+
+/// Counts the TLS handshakes tonic refuses, from its `tls accept error` event (a log layer:
+/// tonic's TLS acceptor reports them nowhere else).
+pub struct TlsRefusals;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for TlsRefusals {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != "tonic::transport::server::io_stream" {
+            return;
+        }
+        let mut message = Message(false);
+        event.record(&mut message);
+        if message.0 {
+            METRICS.tls_refused.inc();
+        }
+    }
+}
+
+/// Whether an event's message is tonic's `tls accept error`.
+struct Message(bool);
+
+impl tracing::field::Visit for Message {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}") == "tls accept error";
+        }
     }
 }
 

@@ -100,9 +100,31 @@ fn client_credentials(
     std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
 }
 
+/// The controller's count of refused TLS handshakes, from its `/metrics`.
+fn handshakes_refused(world: &World) -> u64 {
+    let series = "weft_controller_tls_handshakes_refused_total ";
+    let out = exec(
+        &world.controller_ns(),
+        &[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:6788/metrics",
+        ],
+    );
+    assert!(out.success(), "scraping the controller: {}", out.stderr);
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series}in the controller's metrics"))
+}
+
 /// A register as host1 with the certificate in `dir`, which the controller must refuse in the
-/// TLS handshake, logging `why` (rustls's reason).
+/// TLS handshake, logging `why` (rustls's reason) and counting it.
 fn assert_handshake_refused(world: &World, dir: &Path, why: &str) {
+    let refused_before = handshakes_refused(world);
     let ca = world.controller_dir().join("ca.pem").display().to_string();
     let file = |name: &str| dir.join(name).display().to_string();
     let out = load(
@@ -137,6 +159,12 @@ fn assert_handshake_refused(world: &World, dir: &Path, why: &str) {
         log.lines()
             .any(|l| l.contains("tls accept error") && l.contains(why)),
         "the controller did not log the refused certificate ({why}):\n{log}"
+    );
+    // The client may try the handshake more than once before it gives up.
+    let refused_after = handshakes_refused(world);
+    assert!(
+        refused_after > refused_before,
+        "the controller's count of refused handshakes stayed at {refused_before} ({why})"
     );
 }
 

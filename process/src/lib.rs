@@ -11,16 +11,29 @@ pub fn init_logging() {
 /// [`init_logging`] with `directives` (e.g. `target=debug`) added to the filter, whatever
 /// `RUST_LOG` says.
 pub fn init_logging_with(directives: &[&str]) {
+    init_logging_and(directives, tracing_subscriber::layer::Identity::new());
+}
+
+/// [`init_logging_with`], and `also` sees every event the filter lets through (to count some).
+pub fn init_logging_and(
+    directives: &[&str],
+    also: impl tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let mut filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     for directive in directives {
         filter = filter.add_directive(directive.parse().expect("a valid log directive"));
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colours only for a person at a terminal, not in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    tracing_subscriber::registry()
+        .with(also)
+        .with(filter)
+        .with(log)
         .init();
 }
 

@@ -16,7 +16,7 @@ use weft_integration::{World, exit_code_of, rx_packets, tx_packets, wait_until};
 const PEERS: usize = 100;
 /// The host whose agent is measured.
 const HOST: usize = 1;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const WINDOW: Duration = Duration::from_secs(20);
 /// After a restart, before measuring: the first rounds open the socket and fill the tables.
 const SETTLE: Duration = Duration::from_secs(3);
