@@ -58,6 +58,9 @@ pub struct Report {
     /// The entries weft's VXLAN devices hold once the pass is done.
     pub fdb_held: usize,
     pub neigh_held: usize,
+    /// Why the probe device could not be made as wanted (say, IPv6 is disabled on this host):
+    /// probing then fails, and the networks work all the same, so the pass does not fail.
+    pub probe_error: Option<String>,
     /// From reading the kernel to the last change made.
     pub elapsed: std::time::Duration,
 }
@@ -157,7 +160,7 @@ impl Datapath {
     }
 
     /// Makes the probe device exist as wanted: on no bridge, with this host's probe MAC and
-    /// address (see `probe.rs`).
+    /// address (see `probe/mod.rs`).
     async fn ensure_probe_device(&self) -> anyhow::Result<Link> {
         let spec = VxlanSpec {
             vni: PROBE_VNI,
@@ -213,7 +216,7 @@ impl Datapath {
             .reconcile_probe(&desired.probe, &fdb, &neighbours, &mut report)
             .await
         {
-            failed.push(format!("probe device {PROBE_DEVICE}: {e:#}"));
+            report.probe_error = Some(format!("probe device {PROBE_DEVICE}: {e:#}"));
         }
         let links = netlink::links(&self.handle).await?;
         for (vni, bridge) in &bridges {

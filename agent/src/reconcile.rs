@@ -46,6 +46,8 @@ pub struct Reconciler {
     checked_containers: bool,
     /// Whether DNS has been opened in the containers attached before the agent started.
     dns_caught_up: bool,
+    /// Why the probe device could not be made in the last pass, so it is logged once.
+    probe_error: Option<String>,
 }
 
 impl Reconciler {
@@ -60,6 +62,7 @@ impl Reconciler {
             last: agent.last_reconcile().clone(),
             checked_containers: false,
             dns_caught_up: false,
+            probe_error: None,
         }
     }
 
@@ -109,6 +112,13 @@ impl Reconciler {
         let Some(report) = reconciled? else {
             return Ok(());
         };
+        if report.probe_error != self.probe_error {
+            match &report.probe_error {
+                Some(e) => warn!("no data-path probes: {e}"),
+                None => info!("the probe device is as wanted again"),
+            }
+            self.probe_error = report.probe_error.clone();
+        }
         if report.changed() {
             info!(
                 fdb_added = report.fdb_added,

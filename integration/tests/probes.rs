@@ -3,12 +3,15 @@
 //! `failed` on both sides when an nftables rule drops the VXLAN port between two hosts, and
 //! back to `ok` once it is gone; a smaller MTU on a host's underlay link shows as a smaller
 //! largest frame. The probe device holds each peer's entries in the kernel, and comes back when
-//! deleted by hand. `weftctl report` is one JSON document of every part.
+//! deleted by hand; a host without IPv6 loses its probes (said once) and nothing else.
+//! `weftctl report` is one JSON document of every part.
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use weft_integration::{World, exec, fdb, host_addr, link, neighbours, wait_until};
+use weft_integration::{
+    World, assert_reaches, disable_ipv6, exec, fdb, host_addr, link, neighbours, wait_until,
+};
 
 const PROBE_DEVICE: &str = "weft-probe";
 /// The world's underlay links are 1500 bytes: 1450 is left inside VXLAN.
@@ -234,4 +237,36 @@ fn the_probe_device_comes_back_when_deleted_and_reset_removes_it() {
 
     world.ctl(1, &["reset"]);
     assert_eq!(link(&h1, PROBE_DEVICE), None, "reset left {PROBE_DEVICE}");
+}
+
+#[test]
+fn a_host_without_ipv6_loses_its_probes_and_nothing_else() {
+    let mut world = World::new(2);
+    let c1 = world.container(1, "c1");
+    let c2 = world.container(2, "c2");
+    world.ctl(1, &["attach", "10.32.0.11/12", &format!("netns:{c1}")]);
+    world.ctl(2, &["attach", "10.32.0.12/12", &format!("netns:{c2}")]);
+    let h1 = world.host_ns(1);
+    disable_ipv6(&h1);
+    // Made anew, the probe device gets no IPv6 address on this host.
+    assert!(exec(&h1, &["ip", "link", "del", PROBE_DEVICE]).success());
+    await_connection(&world, (1, 2), NOTICE, "failed", |line| {
+        line.contains(" failed: no reply for ") && line.contains("cannot open a probe socket")
+    });
+    let log = std::fs::read_to_string(world.agent_log(1)).unwrap();
+    let said = log
+        .lines()
+        .filter(|l| l.contains("no data-path probes: probe device weft-probe: cannot add address"))
+        .count();
+    assert_eq!(said, 1, "the reason, logged once:\n{log}");
+    assert!(
+        !log.contains("reconcile failed"),
+        "the networks' reconcile must not fail for the probes:\n{log}"
+    );
+    assert_reaches(&c1, "10.32.0.12");
+    assert!(
+        world
+            .ctl(1, &["status"])
+            .contains("Data path: 0 ok, 1 failed")
+    );
 }
