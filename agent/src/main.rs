@@ -143,7 +143,9 @@ fn parse_mtu(s: &str) -> Result<Mtu, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    weft_process::init_logging();
+    // hickory-server logs two lines at INFO for every query it answers: a host's log would grow
+    // with its containers' traffic.
+    weft_process::init_logging_quiet(&["hickory_server=warn"]);
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -99,7 +99,8 @@ impl Daemon {
                 cmd
             }
         };
-        cmd.env("RUST_LOG", "info");
+        // The binaries' own default filter, as deployed, whatever the caller's RUST_LOG says.
+        cmd.env_remove("RUST_LOG");
         cmd
     }
 

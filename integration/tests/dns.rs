@@ -191,6 +191,13 @@ fn an_unreachable_upstream_fails_fast_and_bad_queries_do_no_harm() {
     assert!(took < Duration::from_secs(3), "took {took:?}");
 
     // Garbage, an oversized datagram and a flood of queries.
+    let log_lines = || {
+        std::fs::read_to_string(world.agent_log(1))
+            .expect("the agent's log")
+            .lines()
+            .count()
+    };
+    let logged_before = log_lines();
     let sent = in_namespace(&c1, || {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
         socket.connect("127.0.0.11:53").expect("connect");
@@ -223,6 +230,12 @@ fn an_unreachable_upstream_fails_fast_and_bad_queries_do_no_harm() {
         "no answer within 15 s of the flood"
     );
     println!("answered {:?} after the flood", flooded.elapsed());
+    // A host's log does not grow with its containers' queries (at the default level).
+    let logged = log_lines() - logged_before;
+    assert!(
+        logged < 20,
+        "the agent logged {logged} lines for {sent} datagrams"
+    );
     // TCP too.
     assert_eq!(dig(&c1, &["+tcp", "bbox1"]).0, ["10.2.0.2"]);
 }
