@@ -13,6 +13,9 @@ const IPV6_HEADER: u32 = 40;
 const ECHO_HEADER: usize = 8;
 const ECHO_REQUEST: u8 = 128;
 const ECHO_REPLY: u8 = 129;
+/// Room for the replies of one round, which come back together: about 1 KiB of the socket's
+/// buffer each, so the default (208 KiB) would drop some at a few hundred peers.
+const RECEIVE_BUFFER: libc::c_int = 8 << 20;
 /// ICMPV6_FILTER of linux/icmpv6.h (libc has no name for it): which ICMPv6 types a raw socket
 /// is not given, one bit per type.
 const ICMPV6_FILTER: libc::c_int = 1;
@@ -90,6 +93,9 @@ impl ProbeSocket {
         let mut blocked = [u32::MAX; 8];
         blocked[usize::from(ECHO_REPLY) / 32] &= !(1 << (ECHO_REPLY % 32));
         set_option(fd, libc::IPPROTO_ICMPV6, ICMPV6_FILTER, blocked)?;
+        // Past net.core.rmem_max, which the agent may (CAP_NET_ADMIN); the usual limit if not.
+        set_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RECEIVE_BUFFER)
+            .or_else(|_| socket.set_recv_buffer_size(RECEIVE_BUFFER as usize))?;
         let socket = tokio::net::UdpSocket::from_std(std::net::UdpSocket::from(socket))?;
         Ok(ProbeSocket {
             socket,
