@@ -97,7 +97,7 @@ fn silence(path: &Path, now: Instant) -> String {
 pub struct Prober {
     tables: Arc<TablesCopy>,
     connections: Arc<Connections>,
-    /// This host's VTEP, the network MTU (the full-size probe) and the VXLAN port.
+    /// This host's VTEP, and the network MTU (the full-size probe).
     local: Ipv4Addr,
     full: u32,
     interval: Duration,
