@@ -51,6 +51,10 @@ fn demo() {
     weftctl(&world, 1, &["ps"]);
     weftctl(&world, 2, &["ps"]);
     weftctl(&world, 1, &["status"]);
+    note(
+        "the data path to each peer, probed through the VXLAN path itself (no container involved)",
+    );
+    weftctl(&world, 1, &["status", "connections"]);
     weftctl(&world, 1, &["network", "ls"]);
     weftctl(&world, 1, &["status", "ipam"]);
     note("192.168.0.0/24 became a network of its own, VNI 2: bridge weave-2, VXLAN device vx-2");
