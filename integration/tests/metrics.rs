@@ -87,6 +87,18 @@ fn metrics_pass_promtool_and_move_as_containers_come_and_go() {
     let out = world.weftctl(1, &["attach", "10.99.0.1/24", &format!("netns:{c}")]);
     assert!(!out.success(), "an address in no network is refused");
     world.ctl(1, &["attach", &format!("netns:{c}")]);
+    // One DNS query from the container, so the queries' family has a series to show.
+    let dig = exec(
+        &c,
+        &[
+            "dig",
+            "+time=2",
+            "+tries=1",
+            "@127.0.0.11",
+            "nosuch.weave.local",
+        ],
+    );
+    assert!(dig.success(), "dig in {c}: {}", dig.stderr);
     let after = scrape(&h1, AGENT);
     assert_eq!(value(&after, ok) - value(&agent1, ok), 1.0, "{after}");
     assert_eq!(value(&after, gone) - value(&agent1, gone), 1.0, "{after}");
@@ -161,6 +173,75 @@ fn metrics_pass_promtool_and_move_as_containers_come_and_go() {
         );
         assert!(body.ends_with("# EOF\n"), "{url}:\n{body}");
     }
+    // Once the probes' first round to the other host is over, every family the dashboard
+    // reads is served.
+    assert!(
+        wait_until(Duration::from_secs(10), || scrape(&h1, AGENT)
+            .contains("weft_agent_peer_path_mtu_bytes{")),
+        "no path MTU to host2 on host1"
+    );
+    let bodies = [scrape(&h1, AGENT), scrape(&ctl, CONTROLLER)];
+    assert_dashboard_reads(&bodies);
+}
+
+/// Every query of `deploy/grafana/weft-dashboard.json` is PromQL that promtool accepts, and every
+/// metric it names is one of `bodies` (scraped `/metrics`) serves.
+fn assert_dashboard_reads(bodies: &[String]) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/grafana/weft-dashboard.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("the dashboard"))
+            .expect("the dashboard is JSON");
+    let exprs: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().expect("targets"))
+        .map(|t| t["expr"].as_str().expect("expr"))
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let served = |name: &str| {
+        bodies.iter().any(|body| {
+            body.lines().any(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                    || l.strip_prefix("# TYPE ")
+                        .and_then(|rest| rest.strip_prefix(name))
+                        .is_some_and(|rest| rest.starts_with(' '))
+            })
+        })
+    };
+    for expr in &exprs {
+        for name in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("weft_"))
+        {
+            assert!(
+                served(name),
+                "the dashboard's {name} is served by nobody ({expr})"
+            );
+        }
+    }
+    // PromQL that promtool accepts: each query as a recording rule (JSON is YAML too).
+    let rules = serde_json::json!({ "groups": [{ "name": "dashboard", "rules": exprs
+        .iter()
+        .enumerate()
+        .map(|(i, expr)| serde_json::json!({ "record": format!("dashboard:query{i}"), "expr": expr }))
+        .collect::<Vec<_>>() }] });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-rules.yml");
+    std::fs::write(&file, rules.to_string()).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "the dashboard's queries: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `promtool ARGS` in `deploy/prometheus/`: it must pass.
