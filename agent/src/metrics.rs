@@ -31,16 +31,17 @@ pub struct Metrics {
     dns_seconds: Histogram,
     revision: Gauge,
     connected: Gauge,
-    endpoints: Family<[(&'static str, String); 1], Gauge>,
-    peer_up: Family<PeerLabel, Gauge>,
-    peer_rtt: Family<PeerLabel, Gauge<f64, AtomicU64>>,
-    peer_mtu: Family<PeerLabel, Gauge>,
+    endpoints: Family<Named, Gauge>,
+    peer_up: Family<Named, Gauge>,
+    peer_rtt: Family<Named, Gauge<f64, AtomicU64>>,
+    peer_mtu: Family<Named, Gauge>,
     network_mtu: Gauge,
     entries_held: Family<Labels<1>, Gauge>,
     snapshot_at: Gauge<f64, AtomicU64>,
 }
 
-type PeerLabel = [(&'static str, String); 1];
+/// One label whose value is a name only known at run time: a network's, a peer's.
+type Named = [(&'static str, String); 1];
 
 /// One agent per process: its metrics are the process's.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);

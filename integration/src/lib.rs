@@ -13,6 +13,7 @@ mod kernel;
 mod netns;
 mod podman;
 mod run;
+pub mod scrape;
 pub mod views;
 mod world;
 

@@ -8,41 +8,17 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use weft_integration::{Background, Output, World, exec, host_addr, wait_until};
+use weft_integration::scrape::{
+    AGENT_METRICS, CONTROLLER_METRICS, curl, scrape, scrape_as, series_value,
+};
+use weft_integration::{Background, World, exec, host_addr, wait_until};
 
-const AGENT: &str = "http://127.0.0.1:6785/metrics";
-const CONTROLLER: &str = "http://127.0.0.1:6788/metrics";
 const OPENMETRICS: &str = "application/openmetrics-text;version=1.0.0";
 const PROMETHEUS: &str = "127.0.0.1:9090";
 
-/// `curl ARGS` inside `ns`, failing on errors and after 5 s.
-fn curl(ns: &str, args: &[&str]) -> Output {
-    let mut argv = vec!["curl", "-sS", "--max-time", "5"];
-    argv.extend_from_slice(args);
-    exec(ns, &argv)
-}
-
-/// `curl` of `url` inside `ns`, asking for `accept`: the content type and body.
-fn scrape_as(ns: &str, url: &str, accept: &str) -> (String, String) {
-    let header = format!("Accept: {accept}");
-    let out = curl(ns, &["-H", &header, "-w", "\n%{content_type}", url]);
-    assert!(out.success(), "curl {url} in {ns}: {}", out.stderr.trim());
-    let (body, kind) = out
-        .stdout
-        .rsplit_once('\n')
-        .expect("curl wrote the content type");
-    (kind.to_string(), body.to_string())
-}
-
-fn scrape(ns: &str, url: &str) -> String {
-    scrape_as(ns, url, "*/*").1
-}
-
 /// The value of `series` (name and labels as written) in `body`; 0 if absent.
 fn value(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+    series_value(body, series).unwrap_or(0.0)
 }
 
 /// What `promtool check metrics` says of `body`: its exit code and output.
@@ -77,9 +53,9 @@ fn metrics_pass_promtool_and_move_as_containers_come_and_go() {
     let used = r#"weft_controller_ipam_used_addresses{network="default"}"#;
     let commits = r#"weft_controller_commits_total{result="ok"}"#;
     let (agent1, agent2, controller) = (
-        scrape(&h1, AGENT),
-        scrape(&h2, AGENT),
-        scrape(&ctl, CONTROLLER),
+        scrape(&h1, AGENT_METRICS),
+        scrape(&h2, AGENT_METRICS),
+        scrape(&ctl, CONTROLLER_METRICS),
     );
 
     let out = world.weftctl(1, &["attach", &format!("netns:{c}-gone")]);
@@ -99,7 +75,7 @@ fn metrics_pass_promtool_and_move_as_containers_come_and_go() {
         ],
     );
     assert!(dig.success(), "dig in {c}: {}", dig.stderr);
-    let after = scrape(&h1, AGENT);
+    let after = scrape(&h1, AGENT_METRICS);
     assert_eq!(value(&after, ok) - value(&agent1, ok), 1.0, "{after}");
     assert_eq!(value(&after, gone) - value(&agent1, gone), 1.0, "{after}");
     assert_eq!(
@@ -107,7 +83,7 @@ fn metrics_pass_promtool_and_move_as_containers_come_and_go() {
         1.0,
         "{after}"
     );
-    let served = scrape(&ctl, CONTROLLER);
+    let served = scrape(&ctl, CONTROLLER_METRICS);
     assert_eq!(
         value(&served, used) - value(&controller, used),
         1.0,
@@ -144,22 +120,26 @@ fn metrics_pass_promtool_and_move_as_containers_come_and_go() {
     // The other host learns of the container and programs its kernel.
     assert!(
         wait_until(Duration::from_secs(5), || {
-            value(&scrape(&h2, AGENT), fdb_added) > value(&agent2, fdb_added)
+            value(&scrape(&h2, AGENT_METRICS), fdb_added) > value(&agent2, fdb_added)
         }),
         "host2 reported no FDB entry added: {}",
-        scrape(&h2, AGENT)
+        scrape(&h2, AGENT_METRICS)
     );
 
     world.ctl(1, &["detach", &format!("netns:{c}")]);
-    let after_detach = scrape(&h1, AGENT);
+    let after_detach = scrape(&h1, AGENT_METRICS);
     assert_eq!(
         value(&after_detach, detached) - value(&agent1, detached),
         1.0
     );
-    let served = scrape(&ctl, CONTROLLER);
+    let served = scrape(&ctl, CONTROLLER_METRICS);
     assert_eq!(value(&served, used), value(&controller, used), "{served}");
 
-    for (ns, url) in [(&h1, AGENT), (&h2, AGENT), (&ctl, CONTROLLER)] {
+    for (ns, url) in [
+        (&h1, AGENT_METRICS),
+        (&h2, AGENT_METRICS),
+        (&ctl, CONTROLLER_METRICS),
+    ] {
         let (kind, body) = scrape_as(ns, url, "*/*");
         assert!(
             kind.starts_with("text/plain; version=0.0.4"),
@@ -176,11 +156,11 @@ fn metrics_pass_promtool_and_move_as_containers_come_and_go() {
     // Once the probes' first round to the other host is over, every family the dashboard
     // reads is served.
     assert!(
-        wait_until(Duration::from_secs(10), || scrape(&h1, AGENT)
+        wait_until(Duration::from_secs(10), || scrape(&h1, AGENT_METRICS)
             .contains("weft_agent_peer_path_mtu_bytes{")),
         "no path MTU to host2 on host1"
     );
-    let bodies = [scrape(&h1, AGENT), scrape(&ctl, CONTROLLER)];
+    let bodies = [scrape(&h1, AGENT_METRICS), scrape(&ctl, CONTROLLER_METRICS)];
     assert_dashboard_reads(&bodies);
 }
 

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use weft_integration::scrape::{AGENT_METRICS, scrape, series_value};
 use weft_integration::{
     World, assert_reaches, disable_ipv6, exec, fdb, host_addr, link, neighbours, wait_until,
 };
@@ -71,23 +72,9 @@ fn shown_mtu(world: &World, host: usize, peer: usize) -> u64 {
         .unwrap_or_else(|| panic!("no MTU in {line:?}"))
 }
 
-/// One line of the agent's metrics on `host`.
+/// One series of the agent's metrics on `host`.
 fn metric(world: &World, host: usize, series: &str) -> Option<f64> {
-    let out = exec(
-        &world.host_ns(host),
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "http://127.0.0.1:6785/metrics",
-        ],
-    );
-    assert!(out.success(), "scraping host{host}: {}", out.stderr);
-    out.stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.trim().parse().expect("a number"))
+    series_value(&scrape(&world.host_ns(host), AGENT_METRICS), series)
 }
 
 #[test]

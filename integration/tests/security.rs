@@ -10,6 +10,7 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use prost::Message;
+use weft_integration::scrape::{CONTROLLER_METRICS, scrape, series_value};
 use weft_integration::{CONTROLLER_URL, Output, World, assert_reaches, exec, exec_for, locate_bin};
 use weft_proto::v1::AttachRequest;
 
@@ -101,24 +102,10 @@ fn client_credentials(
 }
 
 /// The controller's count of refused TLS handshakes, from its `/metrics`.
-fn handshakes_refused(world: &World) -> u64 {
-    let series = "weft_controller_tls_handshakes_refused_total ";
-    let out = exec(
-        &world.controller_ns(),
-        &[
-            "curl",
-            "-sS",
-            "--max-time",
-            "5",
-            "http://127.0.0.1:6788/metrics",
-        ],
-    );
-    assert!(out.success(), "scraping the controller: {}", out.stderr);
-    out.stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(series))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series}in the controller's metrics"))
+fn handshakes_refused(world: &World) -> f64 {
+    let series = "weft_controller_tls_handshakes_refused_total";
+    let body = scrape(&world.controller_ns(), CONTROLLER_METRICS);
+    series_value(&body, series).unwrap_or_else(|| panic!("no {series} in:\n{body}"))
 }
 
 /// A register as host1 with the certificate in `dir`, which the controller must refuse in the
