@@ -1,10 +1,12 @@
 //! CONTAINER references as weftctl takes them: a Docker/Podman container's name, ID or unique
 //! ID prefix (through the Docker API), or `netns:NAME`, `pid:PID`, or the path of a
-//! network-namespace file. Each container has one canonical id, the key of its endpoints.
+//! network-namespace file; and `cni:ID/IFNAME`, an attachment the CNI plugin made (whose
+//! namespace only its runtime knows). Each container has one canonical id, the key of its
+//! endpoints.
 
 use std::path::{Path, PathBuf};
 
-use weft_proto::names::{MAX_CONTAINER_ID, excerpt, short_container_id};
+use weft_proto::names::{MAX_CONTAINER_ID, cni_attachment, excerpt, short_container_id};
 
 use crate::docker::{DockerApi, DockerError};
 use crate::netns::{self, NamespaceError};
@@ -48,6 +50,8 @@ pub enum ContainerError {
     },
     #[error(transparent)]
     Docker(#[from] DockerError),
+    #[error("{0} was attached by the CNI plugin: its runtime attaches it (CNI ADD)")]
+    Cni(String),
 }
 
 /// A namespace reference in its canonical form, without checking that it exists (detach must
@@ -68,6 +72,9 @@ pub fn parse_namespace(reference: &str) -> Result<Option<Container>, ContainerEr
             root: None,
         }))
     };
+    if cni_attachment(reference).is_some() {
+        return container(reference.to_string(), PathBuf::new());
+    }
     if let Some(name) = reference.strip_prefix("netns:") {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             return Err(unsupported());
@@ -117,6 +124,9 @@ impl Containers {
     /// The container, which must be there now, with its namespace to plug into.
     pub async fn resolve(&self, reference: &str) -> Result<Container, ContainerError> {
         let container = self.identify(reference).await?;
+        if cni_attachment(&container.id).is_some() {
+            return Err(ContainerError::Cni(container.id));
+        }
         if container.netns.as_os_str().is_empty() {
             let found = self.docker.find(reference).await?;
             return Err(ContainerError::NotRunning {
@@ -132,6 +142,19 @@ impl Containers {
         }
         // Checked (and opened without blocking) before anything is asked of the controller.
         netns::open(&container.netns)?;
+        Ok(container)
+    }
+
+    /// The container named by `reference` in the namespace a front end was told, which must be
+    /// a network namespace now.
+    pub async fn resolve_at(
+        &self,
+        reference: &str,
+        netns: &Path,
+    ) -> Result<Container, ContainerError> {
+        netns::open(netns)?;
+        let mut container = self.identify(reference).await?;
+        container.netns = netns.to_path_buf();
         Ok(container)
     }
 
@@ -177,6 +200,11 @@ mod tests {
         assert_eq!(pid.netns, Path::new("/proc/42/ns/net"));
         let path = parse("/tmp/ns/x").unwrap();
         assert_eq!(path.id, "/tmp/ns/x");
+        let cni = parse("cni:pod-1/eth0").unwrap();
+        assert_eq!(
+            (cni.id.as_str(), cni.netns.as_os_str()),
+            ("cni:pod-1/eth0", "".as_ref())
+        );
     }
 
     #[test]

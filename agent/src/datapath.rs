@@ -386,7 +386,12 @@ impl Datapath {
     }
 
     pub async fn link_exists(&self, name: &str) -> anyhow::Result<bool> {
-        Ok(netlink::link_by_name(&self.handle, name).await?.is_some())
+        Ok(self.link(name).await?.is_some())
+    }
+
+    /// The host's link `name`, if there is one.
+    pub async fn link(&self, name: &str) -> anyhow::Result<Option<netlink::Link>> {
+        netlink::link_by_name(&self.handle, name).await
     }
 
     /// Makes endpoint `ep` of network `vni` exist in the kernel: its veth on the network's bridge

@@ -13,11 +13,13 @@
 //! - [`local_api`] serves weftctl through the core, with what it shows of the tables in
 //!   [`views`];
 //!   [`container`] resolves its CONTAINER references, Docker/Podman ones through [`docker`];
+//! - [`cni`] is the CNI plugin's front end (ADD, DEL, CHECK, GC) on the same API and core;
 //! - [`docker_watch`] releases the endpoints of Docker containers that stop or are removed;
 //! - [`dns`] serves containers' names to the containers of this host;
 //! - [`health`] answers `/healthz` and `/metrics`, the latter from [`metrics`].
 
 pub mod agent;
+pub mod cni;
 pub mod container;
 pub mod controller_link;
 pub mod datapath;

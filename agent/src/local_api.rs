@@ -22,7 +22,11 @@ use weft_proto::v1::{
     RemovePeerRequest, RemovePeerResponse, ResetRequest, ResetResponse, StatusRequest,
     StatusResponse,
 };
-use weft_proto::v1::{Connection, ConnectionsRequest, ConnectionsResponse};
+use weft_proto::v1::{
+    CniAddRequest, CniAddResponse, CniCheckRequest, CniCheckResponse, CniDelRequest,
+    CniDelResponse, CniGcRequest, CniGcResponse, Connection, ConnectionsRequest,
+    ConnectionsResponse,
+};
 
 use crate::agent::Agent;
 use crate::container::ContainerError;
@@ -91,7 +95,9 @@ fn container_status(e: ContainerError) -> Status {
         | ContainerError::Docker(DockerError::Ambiguous { .. }) => {
             Status::invalid_argument(message)
         }
-        ContainerError::NotRunning { .. } => Status::failed_precondition(message),
+        ContainerError::NotRunning { .. } | ContainerError::Cni(_) => {
+            Status::failed_precondition(message)
+        }
         ContainerError::Docker(DockerError::Unreachable { .. }) => Status::unavailable(message),
     }
 }
@@ -243,6 +249,7 @@ impl AgentApi for LocalApi {
             addrs: req.addrs,
             dns_name: req.dns_name,
             rewrite_resolv: req.rewrite_resolv,
+            ..AttachOrder::default()
         };
         let ips = self.agent.endpoints().attach(order).await;
         Ok(Response::new(LocalAttachResponse {
@@ -258,7 +265,7 @@ impl AgentApi for LocalApi {
         let ips = self
             .agent
             .endpoints()
-            .detach(&req.container, req.addrs)
+            .detach(&req.container, None, req.addrs)
             .await;
         Ok(Response::new(LocalDetachResponse {
             ips: ips.map_err(status_of)?,
@@ -443,6 +450,45 @@ impl AgentApi for LocalApi {
             })
             .collect();
         Ok(Response::new(ConnectionsResponse { connections }))
+    }
+
+    async fn cni_add(
+        &self,
+        request: Request<CniAddRequest>,
+    ) -> Result<Response<CniAddResponse>, Status> {
+        let done = self.agent.cni_add(request.into_inner()).await;
+        Ok(Response::new(done.map_err(status_of)?))
+    }
+
+    async fn cni_del(
+        &self,
+        request: Request<CniDelRequest>,
+    ) -> Result<Response<CniDelResponse>, Status> {
+        let released = self.agent.cni_del(request.into_inner()).await;
+        Ok(Response::new(CniDelResponse {
+            released: released.map_err(status_of)?,
+        }))
+    }
+
+    async fn cni_check(
+        &self,
+        request: Request<CniCheckRequest>,
+    ) -> Result<Response<CniCheckResponse>, Status> {
+        self.agent
+            .cni_check(request.into_inner())
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(CniCheckResponse {}))
+    }
+
+    async fn cni_gc(
+        &self,
+        request: Request<CniGcRequest>,
+    ) -> Result<Response<CniGcResponse>, Status> {
+        let released = self.agent.cni_gc(request.into_inner()).await;
+        Ok(Response::new(CniGcResponse {
+            released: released.map_err(status_of)?,
+        }))
     }
 
     async fn dns_status(

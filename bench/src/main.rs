@@ -236,6 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 container_id: container,
                 addrs,
                 dns_name: String::new(),
+                ..Default::default()
             };
             let mut client = connect(&cli.controller, tls).await?;
             let reply = refused(client.attach(request).await)?;

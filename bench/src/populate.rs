@@ -38,6 +38,7 @@ impl Population {
                     container_id: format!("load-{i}"),
                     addrs: self.addrs.clone(),
                     dns_name: String::new(),
+                    ..Default::default()
                 };
                 async move {
                     let response = client

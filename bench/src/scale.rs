@@ -306,6 +306,7 @@ impl Scale {
                     container_id: format!("fanout-{k}"),
                     addrs: vec![],
                     dns_name: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .with_context(|| format!("fan-out attach {k} by {} failed", by.peer.name))?
@@ -370,6 +371,7 @@ async fn attach(agent: &SimAgent, container_id: String) -> anyhow::Result<()> {
             container_id: container_id.clone(),
             addrs: vec![],
             dns_name: String::new(),
+            ..Default::default()
         })
         .await
         .with_context(|| format!("cannot attach {container_id} on {}", agent.peer.name))?;

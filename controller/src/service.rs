@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 use weft_proto::addr::{AddrError, AddrSpec};
 use weft_proto::dns_name;
-use weft_proto::names::Mac;
+use weft_proto::names::{Mac, check_ifname};
 use weft_proto::rows::{self, EndpointRow, NetworkRow, RowChange};
 use weft_proto::snapshot;
 use weft_proto::tables::Tables;
@@ -29,7 +29,7 @@ use crate::limits;
 use crate::liveness::{Liveness, PeerPresence};
 use crate::members::{self, Members};
 use crate::reach::StoreReach;
-use crate::rules::{TableError, TableRules, View};
+use crate::rules::{Naming, TableError, TableRules, View};
 use crate::state::{Committer, MutateError, Shared, Start};
 use crate::store::{EtcdKv, Store};
 
@@ -358,9 +358,13 @@ impl Controller for ControllerService {
             container_id,
             addrs,
             dns_name,
+            container_ifname,
         } = request.into_inner();
         limits::container_id(&container_id)?;
         limits::count("addrs", addrs.len(), limits::MAX_ADDRS)?;
+        if !container_ifname.is_empty() {
+            check_ifname(&container_ifname).map_err(Status::invalid_argument)?;
+        }
         let specs = parse_addrs(&addrs)?;
         let dns_name = match dns_name.as_str() {
             "" => String::new(),
@@ -371,7 +375,11 @@ impl Controller for ControllerService {
                 let (peer, container_id) = (peer.clone(), container_id.clone());
                 move |t| {
                     crate::failpoint::planning("attach");
-                    t.attach(&peer, &container_id, &specs, &dns_name, &mut Mac::random)
+                    let naming = Naming {
+                        dns_name: &dns_name,
+                        ifname: &container_ifname,
+                    };
+                    t.attach(&peer, &container_id, &specs, naming, &mut Mac::random)
                 }
             })
             .await?;
@@ -676,6 +684,7 @@ mod tests {
                 container_id: container.into(),
                 addrs: vec![addr.into()],
                 dns_name: String::new(),
+                ..Default::default()
             };
             service.attach(insecure(request)).await.unwrap();
         }

@@ -417,7 +417,7 @@ mod tests {
     use weft_proto::names::Mac;
 
     use super::*;
-    use crate::rules::TableRules;
+    use crate::rules::{Naming, TableRules};
     use crate::store::Emptied;
 
     fn peer(n: usize) -> Peer {
@@ -452,7 +452,13 @@ mod tests {
     fn attach(container: &'static str, addr: &'static str) -> (Job, Answer) {
         job(move |view| {
             let specs = [addr.parse().unwrap()];
-            let (_, changes) = view.attach("host1", container, &specs, "", &mut Mac::random)?;
+            let (_, changes) = view.attach(
+                "host1",
+                container,
+                &specs,
+                Naming::default(),
+                &mut Mac::random,
+            )?;
             Ok(changes)
         })
     }

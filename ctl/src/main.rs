@@ -7,8 +7,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use weft_proto::addr::AddrSpec;
 use weft_proto::dns_name;
 use weft_proto::error::root_cause;
@@ -447,27 +446,16 @@ async fn report(agent: &mut AgentClient<Channel>) -> Result<String, Failure> {
 
 /// Opens a gRPC channel over a unix socket: the agent's, or the controller's admin socket.
 async fn unix_channel(socket: &Path, whom: &str) -> Result<Channel, Failure> {
-    let path = socket.to_path_buf();
-    // The URI is required by the API but unused: every connection goes to the socket.
-    let channel = Endpoint::from_static("http://weft")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await
-        .map_err(|e| {
-            let why = root_cause(&e);
-            // The socket is root-only (0600): say so rather than leave "Permission denied".
-            let why = if why.contains("Permission denied") {
-                format!("{why}: the socket is root-only; run weftctl as root (sudo)")
-            } else {
-                why
-            };
-            Failure::new(format!("cannot reach {whom} at {}", socket.display()), why)
-        })?;
+    let channel = weft_process::unix_channel(socket).await.map_err(|e| {
+        let why = root_cause(&e);
+        // The socket is root-only (0600): say so rather than leave "Permission denied".
+        let why = if why.contains("Permission denied") {
+            format!("{why}: the socket is root-only; run weftctl as root (sudo)")
+        } else {
+            why
+        };
+        Failure::new(format!("cannot reach {whom} at {}", socket.display()), why)
+    })?;
     Ok(channel)
 }
 

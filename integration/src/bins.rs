@@ -69,6 +69,7 @@ fn sources_of(name: &str) -> &'static [&'static str] {
             "tls/src",
         ],
         "weftctl" => &["ctl/src", "proto/src", "proto/proto", "process/src"],
+        "weft-cni" => &["cni/src", "proto/src", "proto/proto", "process/src"],
         "weft-load" => &[
             "bench/src",
             "integration/src",

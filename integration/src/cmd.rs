@@ -1,7 +1,7 @@
 //! Running a short-lived command to completion with a time limit, so that a hung tool fails the
 //! test instead of hanging the whole CI run.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::{self, JoinHandle, sleep};
 use std::time::{Duration, Instant};
@@ -41,10 +41,24 @@ pub fn run(cmd: Command) -> Output {
 }
 
 /// [`run`] with a time limit of the caller's, for the rare command known to take longer.
-pub fn run_for(mut cmd: Command, timeout: Duration) -> Output {
+pub fn run_for(cmd: Command, timeout: Duration) -> Output {
+    run_fed(cmd, None, timeout)
+}
+
+/// [`run`] with `input` on the command's stdin (a CNI plugin reads its configuration there).
+pub fn run_with_input(cmd: Command, input: &[u8]) -> Output {
+    run_fed(cmd, Some(input), COMMAND_TIMEOUT)
+}
+
+fn run_fed(mut cmd: Command, input: Option<&[u8]>, timeout: Duration) -> Output {
     let shown = format!("{cmd:?}");
+    let stdin = if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -52,6 +66,10 @@ pub fn run_for(mut cmd: Command, timeout: Duration) -> Output {
     // Drain both pipes concurrently so a chatty child cannot block on a full pipe.
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
+    if let (Some(input), Some(mut pipe)) = (input, child.stdin.take()) {
+        // A command that exits without reading all of it is not an error here.
+        let _ = pipe.write_all(input);
+    }
     let status = wait_within(&mut child, &shown, timeout);
     Output {
         code: status.code(),

@@ -7,6 +7,7 @@
 
 mod bins;
 mod cmd;
+pub mod cni;
 mod daemon;
 mod etcd;
 mod kernel;

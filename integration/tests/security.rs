@@ -395,6 +395,7 @@ fn attach_of_len(len: usize) -> AttachRequest {
         container_id: "netns:x".into(),
         addrs: vec!["1".repeat(4000); 65],
         dns_name: String::new(),
+        ..Default::default()
     };
     // Lengthen the last ADDR until the whole is `len` (its length prefix may grow a byte).
     while request.encoded_len() < len {

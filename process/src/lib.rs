@@ -1,6 +1,6 @@
 //! What every weft binary does alike: log through `tracing` to stderr, filtered by `RUST_LOG`,
 //! and stop cleanly on SIGTERM or SIGINT; serve their metrics; and what those holding many
-//! connections do.
+//! connections do; reach a unix socket's gRPC service.
 
 pub mod metrics;
 
@@ -82,6 +82,24 @@ pub async fn bind_private_socket(
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| at("restrict", e))?;
     Ok(listener)
+}
+
+/// A gRPC channel to a unix socket (the agent's, or the controller's admin socket): every
+/// connection goes to `path`.
+pub async fn unix_channel(
+    path: &std::path::Path,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = path.to_path_buf();
+    // The URI is required by the API but unused.
+    tonic::transport::Endpoint::from_static("http://weft")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
 }
 
 /// A duration flag: seconds, or a number with s, m or h (`90s`, `3m`, `1h`).

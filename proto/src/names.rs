@@ -1,6 +1,7 @@
 //! Names and addresses weft gives kernel objects. The controller picks them when it creates an
 //! endpoint, and the agent creates the objects, so both must agree.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -62,10 +63,33 @@ pub fn mac_for_address(ip: std::net::Ipv4Addr) -> Mac {
 }
 
 /// A container id as people read it: Docker's 64-hex-digit ids cut to 12, as `docker ps` and
-/// `weave ps` show them; namespace references (`netns:NAME`, ...) whole.
-pub fn short_container_id(id: &str) -> &str {
-    if is_docker_id(id) { &id[..12] } else { id }
+/// `weave ps` show them, also in a CNI attachment's id (`cni:3f2a9c1d7e55/eth0`); namespace
+/// references (`netns:NAME`, ...) whole.
+pub fn short_container_id(id: &str) -> Cow<'_, str> {
+    if is_docker_id(id) {
+        return Cow::Borrowed(&id[..12]);
+    }
+    match cni_attachment(id) {
+        Some((container, ifname)) if is_docker_id(container) => {
+            Cow::Owned(format!("{CNI_PREFIX}{}/{ifname}", &container[..12]))
+        }
+        _ => Cow::Borrowed(id),
+    }
 }
+
+/// The container id of an endpoint attached through the CNI plugin: one per CNI attachment
+/// (CNI_CONTAINERID and CNI_IFNAME), marked apart from Docker IDs (a pod sandbox's ID looks
+/// like one, but the Docker API does not know it).
+pub fn cni_container_id(container_id: &str, ifname: &str) -> String {
+    format!("{CNI_PREFIX}{container_id}/{ifname}")
+}
+
+/// The CNI attachment (container id, interface) of a container id, if it is one.
+pub fn cni_attachment(id: &str) -> Option<(&str, &str)> {
+    id.strip_prefix(CNI_PREFIX)?.rsplit_once('/')
+}
+
+const CNI_PREFIX: &str = "cni:";
 
 /// Whether a container id is a Docker (or Podman) ID, 64 hex digits, not a namespace reference.
 pub fn is_docker_id(id: &str) -> bool {
@@ -113,6 +137,25 @@ pub fn container_ifname(index: usize) -> String {
     match index {
         0 => "ethwe".to_string(),
         n => format!("ethwe{n}"),
+    }
+}
+
+/// Checks an interface name a caller chose for a container (CNI_IFNAME): what the kernel takes
+/// (1 to 15 bytes; no '/', ':' or white space; not "." or "..").
+pub fn check_ifname(name: &str) -> Result<(), String> {
+    let fits = (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control());
+    if fits {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid interface name \"{}\": 1 to 15 bytes, without '/', ':' or white space",
+            excerpt(name)
+        ))
     }
 }
 
@@ -216,6 +259,18 @@ mod tests {
             assert_eq!(vni_of_device(other, 6784), None, "{other}");
         }
         assert_eq!(container_ifname(0), "ethwe");
+        let sandbox = "3f2a9c1d7e55".repeat(5) + "abcd";
+        let id = cni_container_id(&sandbox, "eth0");
+        assert_eq!(cni_attachment(&id), Some((sandbox.as_str(), "eth0")));
+        assert_eq!(short_container_id(&id), "cni:3f2a9c1d7e55/eth0");
+        assert_eq!(short_container_id("cni:pod-1/net1"), "cni:pod-1/net1");
+        assert_eq!(cni_attachment("netns:x"), None);
+        for good in ["eth0", "net1", "a", "abcdefghijklmno"] {
+            assert_eq!(check_ifname(good), Ok(()), "{good}");
+        }
+        for bad in ["", ".", "..", "eth/0", "eth:0", "eth 0", "abcdefghijklmnop"] {
+            assert!(check_ifname(bad).is_err(), "{bad}");
+        }
         assert_eq!(container_ifname(2), "ethwe2");
     }
 

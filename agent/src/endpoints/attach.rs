@@ -1,7 +1,7 @@
 //! Attach (a container gets an interface per network, with addresses the controller claimed)
 //! and expose (the host gets an address on a network's bridge).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tracing::warn;
 use weft_proto::dns_name;
@@ -20,6 +20,11 @@ use crate::metrics::METRICS;
 pub struct AttachOrder {
     /// A CONTAINER reference (see `container.rs`).
     pub container: String,
+    /// The container's namespace, when the front end is told it (CNI_NETNS) rather than finding
+    /// it from the reference.
+    pub netns: Option<PathBuf>,
+    /// The interface in the container (CNI_IFNAME); empty: ethwe, ethwe1, ...
+    pub ifname: String,
     /// ADDR arguments; none: the default network.
     pub addrs: Vec<String>,
     /// Empty: the container's hostname, if it makes a DNS name.
@@ -85,11 +90,16 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         if !order.dns_name.is_empty() {
             dns_name::normalize(&order.dns_name).map_err(EndpointError::Invalid)?;
         }
-        let container = self.host.resolve(&order.container).await?;
+        let container = match &order.netns {
+            None => self.host.resolve(&order.container).await?,
+            Some(netns) => self.host.resolve_at(&order.container, netns).await?,
+        };
         let name = dns_name_for(&order.dns_name, &container)?;
         let resolv_root = resolv_root(&container, order.rewrite_resolv)?;
         let _lock = self.locks.lock(&container.id).await;
-        let mut done = self.claim(&container.id, order.addrs, &name).await?;
+        let mut done = self
+            .claim(&container.id, order.addrs, &name, &order.ifname)
+            .await?;
         let plugged = async {
             self.plug_attached(&container, &mut done).await?;
             self.caught_up(done.revision).await;
@@ -209,7 +219,7 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
     pub async fn expose(&self, addrs: Vec<String>) -> Result<Vec<String>, EndpointError> {
         check_addrs(&addrs)?;
         let _lock = self.locks.lock(EXPOSE_ID).await;
-        let done = self.claim(EXPOSE_ID, addrs, "").await?;
+        let done = self.claim(EXPOSE_ID, addrs, "", "").await?;
         // A reconcile from tables without the exposed address would take it off the bridge.
         self.caught_up(done.revision).await;
         for ep in &done.endpoints {

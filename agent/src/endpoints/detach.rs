@@ -2,6 +2,7 @@
 //! endpoints of containers that stopped or lost their veth, and of everything at a reset.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use tonic::Code;
 use tracing::{info, warn};
@@ -17,13 +18,15 @@ use crate::metrics::METRICS;
 
 impl<H: Host, C: Claims> Endpoints<H, C> {
     /// Detaches `addrs` of a container (none: all it has), running or gone; returns the
-    /// addresses released.
+    /// addresses released. `netns` is the container's namespace when the front end was told it
+    /// (CNI_NETNS), rather than finding it from the reference.
     pub async fn detach(
         &self,
         reference: &str,
+        netns: Option<&Path>,
         addrs: Vec<String>,
     ) -> Result<Vec<String>, EndpointError> {
-        let outcome = self.do_detach(reference, addrs).await;
+        let outcome = self.do_detach(reference, netns, addrs).await;
         METRICS.operation("detach", &outcome);
         outcome
     }
@@ -31,10 +34,14 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
     async fn do_detach(
         &self,
         reference: &str,
+        netns: Option<&Path>,
         addrs: Vec<String>,
     ) -> Result<Vec<String>, EndpointError> {
         check_addrs(&addrs)?;
-        let container = self.host.identify(reference).await?;
+        let mut container = self.host.identify(reference).await?;
+        if let Some(netns) = netns {
+            container.netns = netns.to_path_buf();
+        }
         let _lock = self.locks.lock(&container.id).await;
         let whole = addrs.is_empty();
         // Whether the container holds weft interfaces as the detach starts: the reconcile may

@@ -134,7 +134,8 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
     }
 
     /// Has the controller claim or allocate `addrs` for a container of this host, and record
-    /// its DNS name (empty: keep the one it has). Does not wait for the change to arrive through
+    /// its DNS name (empty: keep the one it has) and the interface name of a new endpoint
+    /// (empty: the controller's choice). Does not wait for the change to arrive through
     /// the watch: the caller plugs meanwhile (a reconcile from older tables leaves a new veth
     /// alone while the container is locked) and then calls [`Endpoints::caught_up`].
     async fn claim(
@@ -142,12 +143,14 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         container_id: &str,
         addrs: Vec<String>,
         dns_name: &str,
+        ifname: &str,
     ) -> Result<Claimed, EndpointError> {
         let request = AttachRequest {
             peer: self.tables.me().to_string(),
             container_id: container_id.to_string(),
             addrs,
             dns_name: dns_name.to_string(),
+            container_ifname: ifname.to_string(),
         };
         let done = self.claims.attach(request).await?;
         self.tables.made(done.revision);

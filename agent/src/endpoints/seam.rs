@@ -3,6 +3,7 @@
 //! fakes, so its undo paths run without a kernel or a controller.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
@@ -28,6 +29,13 @@ pub trait Host: Send + Sync {
     fn resolve(
         &self,
         reference: &str,
+    ) -> impl Future<Output = Result<Container, ContainerError>> + Send;
+    /// The container named by `reference`, in the namespace `netns` a front end was told
+    /// (which must be there now).
+    fn resolve_at(
+        &self,
+        reference: &str,
+        netns: &Path,
     ) -> impl Future<Output = Result<Container, ContainerError>> + Send;
     /// The container's canonical id, running or not.
     fn identify(
@@ -105,6 +113,10 @@ pub struct KernelHost {
 impl Host for KernelHost {
     async fn resolve(&self, reference: &str) -> Result<Container, ContainerError> {
         self.containers.resolve(reference).await
+    }
+
+    async fn resolve_at(&self, reference: &str, netns: &Path) -> Result<Container, ContainerError> {
+        self.containers.resolve_at(reference, netns).await
     }
 
     async fn identify(&self, reference: &str) -> Result<Container, ContainerError> {

@@ -1,7 +1,7 @@
 //! The core's undo paths with a fake host and a fake controller: no kernel, no processes.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use ipnetwork::IpNetwork;
@@ -64,6 +64,13 @@ fn container(reference: &str) -> Container {
 impl Host for FakeHost {
     async fn resolve(&self, reference: &str) -> Result<Container, ContainerError> {
         Ok(container(reference))
+    }
+
+    async fn resolve_at(&self, reference: &str, netns: &Path) -> Result<Container, ContainerError> {
+        Ok(Container {
+            netns: netns.to_path_buf(),
+            ..container(reference)
+        })
     }
 
     async fn identify(&self, reference: &str) -> Result<Container, ContainerError> {
@@ -342,7 +349,10 @@ async fn bad_input_is_refused_before_anything_is_asked() {
     };
     let e = core.attach(named).await.unwrap_err();
     assert!(matches!(e, EndpointError::Invalid(_)), "{e:?}");
-    let e = core.detach("c1", vec!["net:".into()]).await.unwrap_err();
+    let e = core
+        .detach("c1", None, vec!["net:".into()])
+        .await
+        .unwrap_err();
     assert!(matches!(e, EndpointError::Invalid(_)), "{e:?}");
     assert!(claims.attaches.lock().unwrap().is_empty());
     assert!(claims.detached().is_empty());
@@ -359,7 +369,7 @@ async fn a_detach_the_controller_already_made_removes_the_leftover_interfaces() 
     let claims = FakeClaims::answering(Ok(attached(&[], &[]))).then_detach(not_attached());
     let (core, _) = core_of(host, claims);
     assert_eq!(
-        core.detach("c1", Vec::new()).await.unwrap(),
+        core.detach("c1", None, Vec::new()).await.unwrap(),
         Vec::<String>::new()
     );
     assert_eq!(core.host.steps(), vec!["unplug_container"]);
@@ -367,7 +377,7 @@ async fn a_detach_the_controller_already_made_removes_the_leftover_interfaces() 
     // Nothing left either: the controller's answer stands.
     let claims = FakeClaims::answering(Ok(attached(&[], &[]))).then_detach(not_attached());
     let (core, _) = core_of(FakeHost::default(), claims);
-    let e = core.detach("c1", Vec::new()).await.unwrap_err();
+    let e = core.detach("c1", None, Vec::new()).await.unwrap_err();
     let EndpointError::Controller(status) = e else {
         panic!("{e:?}");
     };

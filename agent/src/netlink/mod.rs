@@ -1,11 +1,13 @@
 //! Every kernel request the agent makes, through rtnetlink: links (bridge, VXLAN, veth) in
-//! [`link`], addresses in [`address`], FDB and neighbour entries in [`neighbour`]. Callers get
+//! [`link`], addresses in [`address`], FDB and neighbour entries in [`neighbour`], a container's
+//! routes in [`route`]. Callers get
 //! plain values ([`Link`], [`FdbEntry`]) back; this module holds what they share: the errno of
 //! a failure and the kernel's own words for it.
 
 mod address;
 mod link;
 mod neighbour;
+mod route;
 
 use anyhow::{Context, anyhow};
 use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
@@ -20,6 +22,7 @@ use weft_proto::names::Mac;
 pub use address::*;
 pub use link::*;
 pub use neighbour::*;
+pub use route::*;
 
 /// What the agent needs to know of a kernel link.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,13 +6,13 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use weft_proto::addr::{AddrSpec, NetRef};
-use weft_proto::names::{Mac, container_ifname, host_ifname, mac_for_address};
+use weft_proto::names::{Mac, container_ifname, host_ifname, mac_for_address, short_container_id};
 use weft_proto::rows::{self, EndpointRow, RowChange};
 use weft_proto::tables::EndpointId;
 
 use super::dns::delete_dns_records;
 use super::planner::Planner;
-use super::{Attached, Detached, MAC_TRIES, TableError, View};
+use super::{Attached, Detached, MAC_TRIES, Naming, TableError, View};
 use crate::index::Index;
 
 pub(super) fn attach(
@@ -20,7 +20,7 @@ pub(super) fn attach(
     peer: &str,
     container_id: &str,
     addrs: &[AddrSpec],
-    dns_name: &str,
+    naming: Naming<'_>,
     new_mac: &mut dyn FnMut() -> Mac,
 ) -> Result<(Attached, Vec<RowChange>), TableError> {
     if !view.tables.peers.contains_key(peer) {
@@ -82,8 +82,11 @@ pub(super) fn attach(
 
     let held = view.index.endpoints_of(view.tables, peer, container_id);
     let mut names = Names::new(view, peer, &held);
+    if !naming.ifname.is_empty() {
+        check_ifname_fits(&held, &wanted, container_id, naming.ifname)?;
+    }
     // A name belongs to the container: all its endpoints carry the same one.
-    let dns_name = match dns_name {
+    let dns_name = match naming.dns_name {
         "" => held.first().map_or("", |ep| ep.dns_name.as_str()),
         name => name,
     };
@@ -99,7 +102,7 @@ pub(super) fn attach(
             }
             None => {
                 let (mac, host_ifname, container_ifname) =
-                    names.pick(new_cidrs[0].ip(), new_mac)?;
+                    names.pick(new_cidrs[0].ip(), naming.ifname, new_mac)?;
                 let mut cidrs = Vec::new();
                 add_new(&mut cidrs, &new_cidrs);
                 EndpointRow {
@@ -271,6 +274,41 @@ fn check_only_mac(
     })
 }
 
+/// An interface name the caller chose (CNI_IFNAME) names one endpoint: the attach must touch one
+/// network, and the container's other endpoints must not have that name, nor its endpoint in
+/// that network another one.
+fn check_ifname_fits(
+    held: &[&EndpointRow],
+    wanted: &BTreeMap<String, Vec<Ipv4Network>>,
+    container_id: &str,
+    ifname: &str,
+) -> Result<(), TableError> {
+    let mut networks = wanted.keys();
+    let (Some(network), None) = (networks.next(), networks.next()) else {
+        return Err(TableError::Invalid(format!(
+            "interface {ifname} can be in one network only, not in {}",
+            wanted.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    };
+    let container = short_container_id(container_id);
+    for ep in held {
+        let same_network = &ep.id.network == network;
+        if same_network && ep.container_ifname != ifname {
+            return Err(TableError::Invalid(format!(
+                "{container} is in network {network} as {}, not {ifname}",
+                ep.container_ifname
+            )));
+        }
+        if !same_network && ep.container_ifname == ifname {
+            return Err(TableError::Invalid(format!(
+                "{container} has {ifname} in network {} already",
+                ep.id.network
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The MAC and interface names of one attach's new endpoints: none that an endpoint of the
 /// tables (the index knows them) or an earlier endpoint of the same attach has.
 struct Names<'a> {
@@ -302,6 +340,7 @@ impl<'a> Names<'a> {
     fn pick(
         &mut self,
         ip: Ipv4Addr,
+        chosen: &str,
         new_mac: &mut dyn FnMut() -> Mac,
     ) -> Result<(Mac, String, String), TableError> {
         let (mac, ifname) = std::iter::once(mac_for_address(ip))
@@ -318,10 +357,13 @@ impl<'a> Names<'a> {
             .ok_or(TableError::NoFreeMac)?;
         self.new_macs.insert(mac);
         self.new_ifnames.insert(ifname.clone());
-        let cname = (0..)
-            .map(container_ifname)
-            .find(|n| !self.container_ifnames.contains(n))
-            .expect("unbounded");
+        let cname = match chosen {
+            "" => (0..)
+                .map(container_ifname)
+                .find(|n| !self.container_ifnames.contains(n))
+                .expect("unbounded"),
+            given => given.to_string(),
+        };
         self.container_ifnames.insert(cname.clone());
         Ok((mac, ifname, cname))
     }

@@ -81,6 +81,14 @@ pub struct Attached {
     pub added: Vec<String>,
 }
 
+/// The names an attach gives: the container's DNS name (empty: keep the one it has) and the
+/// interface of a new endpoint in the container (empty: ethwe, ethwe1, ...).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Naming<'a> {
+    pub dns_name: &'a str,
+    pub ifname: &'a str,
+}
+
 /// What a detach did.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Detached {
@@ -96,13 +104,14 @@ pub trait TableRules {
     /// Adds or updates a peer; nothing changes when it is already known as it is.
     fn register_peer(&self, peer: Peer) -> Result<Vec<RowChange>, TableError>;
     /// Claims or allocates `addrs` (none: one from the default network) for a container, and
-    /// names it `dns_name` (empty: keeps the name it has).
+    /// names it `dns_name` (empty: keeps the name it has). A new endpoint's interface in the
+    /// container is `ifname` (empty: ethwe, ethwe1, ...).
     fn attach(
         &self,
         peer: &str,
         container_id: &str,
         addrs: &[AddrSpec],
-        dns_name: &str,
+        names: Naming<'_>,
         new_mac: &mut dyn FnMut() -> Mac,
     ) -> Result<(Attached, Vec<RowChange>), TableError>;
     /// Releases `addrs` (none: all) of a container; with `only_mac`, only if the container still
@@ -155,10 +164,10 @@ impl TableRules for View<'_> {
         peer: &str,
         container_id: &str,
         addrs: &[AddrSpec],
-        dns_name: &str,
+        names: Naming<'_>,
         new_mac: &mut dyn FnMut() -> Mac,
     ) -> Result<(Attached, Vec<RowChange>), TableError> {
-        endpoints::attach(self, peer, container_id, addrs, dns_name, new_mac)
+        endpoints::attach(self, peer, container_id, addrs, names, new_mac)
     }
 
     fn detach(

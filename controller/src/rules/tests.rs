@@ -24,7 +24,11 @@ trait OnTables {
         dns_name: &str,
         new_mac: &mut dyn FnMut() -> Mac,
     ) -> Result<(Attached, Vec<RowChange>), TableError> {
-        self.view(|v| v.attach(peer, container_id, addrs, dns_name, new_mac))
+        let naming = Naming {
+            dns_name,
+            ifname: "",
+        };
+        self.view(|v| v.attach(peer, container_id, addrs, naming, new_mac))
     }
     fn detach(
         &self,
@@ -223,6 +227,42 @@ fn static_addresses_create_their_network_and_name_holders() {
     assert_eq!(t.networks["192.168.10.0/24"].vni, 3);
     let ep2 = &t.endpoints[&EndpointId::new("host1", "192.168.10.0/24", "c1")];
     assert_eq!(ep2.container_ifname, "ethwe1");
+}
+
+#[test]
+fn a_chosen_interface_name_names_one_endpoint() {
+    let mut t = two_hosts();
+    let attach_as = |t: &mut Tables, container: &str, addrs: &[&str], ifname: &str| {
+        let naming = Naming {
+            dns_name: "",
+            ifname,
+        };
+        let (done, changes) = t
+            .view(|v| v.attach("host1", container, &specs(addrs), naming, &mut macs()))
+            .map_err(|e| e.to_string())?;
+        apply_all(t, changes);
+        Ok::<_, String>(done)
+    };
+    let done = attach_as(&mut t, "c1", &["192.168.0.2/24"], "eth0").unwrap();
+    assert_eq!(done.endpoints[0].container_ifname, "eth0");
+    // A retry, or another address in the same network, keeps the interface.
+    attach_as(&mut t, "c1", &["192.168.0.3/24"], "eth0").unwrap();
+    assert_eq!(
+        attach_as(&mut t, "c1", &["192.168.0.4/24"], "net1"),
+        Err("c1 is in network 192.168.0.0/24 as eth0, not net1".into())
+    );
+    assert_eq!(
+        attach_as(&mut t, "c1", &["10.32.0.9/12"], "eth0"),
+        Err("c1 has eth0 in network 192.168.0.0/24 already".into())
+    );
+    assert_eq!(
+        attach_as(&mut t, "c2", &["10.32.0.9/12", "192.168.0.9/24"], "eth0"),
+        Err("interface eth0 can be in one network only, not in 192.168.0.0/24, default".into())
+    );
+    // Nothing of the refused attaches was kept.
+    let ep = &t.endpoints[&EndpointId::new("host1", "192.168.0.0/24", "c1")];
+    assert_eq!(ep.cidrs.len(), 2);
+    assert_eq!(t.endpoints.len(), 1);
 }
 
 #[test]

@@ -1,0 +1,405 @@
+//! The CNI plugin's front end: weft-cni's ADD, DEL, CHECK and GC, each one call on the local
+//! API. An attachment (CNI_CONTAINERID, CNI_IFNAME) is one endpoint keyed
+//! `cni:CONTAINERID/IFNAME`, attached and detached through the endpoint core as weftctl's are;
+//! this module turns the plugin's request into an order, adds what CNI asks beyond it (the
+//! interface named CNI_IFNAME, a default route through the host), and reads the result back
+//! from the tables.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use tonic::Code;
+use tracing::warn;
+use weft_proto::dns_name;
+use weft_proto::names::{check_ifname, cni_attachment, cni_container_id};
+use weft_proto::rows::{EndpointRow, NetworkRow};
+use weft_proto::tables::{DEFAULT_NETWORK, EndpointId};
+use weft_proto::v1::{
+    CniAddRequest, CniAddResponse, CniAttachment, CniCheckRequest, CniDelRequest, CniGcRequest,
+    CniRoute,
+};
+
+use crate::agent::Agent;
+use crate::container::Container;
+use crate::endpoints::EndpointError;
+use crate::endpoints::attach::AttachOrder;
+use crate::netlink::{self, Route};
+use crate::netns;
+
+/// Where weft's DNS answers inside every container (see `dns/listeners.rs`).
+const DNS_SERVER: &str = "127.0.0.11";
+
+/// The endpoint id of an attachment, its parts checked.
+fn attachment_id(attachment: Option<&CniAttachment>) -> Result<String, EndpointError> {
+    let a = attachment.ok_or_else(|| EndpointError::Invalid("no attachment given".into()))?;
+    if a.container_id.is_empty() {
+        return Err(EndpointError::Invalid("the container id is empty".into()));
+    }
+    check_ifname(&a.ifname).map_err(EndpointError::Invalid)?;
+    Ok(cni_container_id(&a.container_id, &a.ifname))
+}
+
+fn network_name(network: &str) -> &str {
+    match network {
+        "" => DEFAULT_NETWORK,
+        name => name,
+    }
+}
+
+/// The ADDRs of an ADD: one address allocated in the network, or the static ones given (an IP
+/// takes the network's prefix; an IP/LEN must be of the network).
+fn addrs_for(network: &NetworkRow, ips: &[String]) -> Result<Vec<String>, EndpointError> {
+    if ips.is_empty() {
+        return Ok(vec![format!("net:{}", network.name)]);
+    }
+    ips.iter()
+        .map(|given| {
+            let cidr = match given.parse::<IpAddr>() {
+                Ok(ip) => IpNetwork::new(ip, network.subnet.prefix()).ok(),
+                Err(_) => given.parse::<IpNetwork>().ok(),
+            }
+            .ok_or_else(|| {
+                EndpointError::Invalid(format!("\"{given}\" is not an IP address (IP or IP/LEN)"))
+            })?;
+            let inside = cidr.prefix() == network.subnet.prefix()
+                && network.subnet.contains(cidr.ip())
+                && cidr.ip() != network.subnet.network();
+            if !inside {
+                return Err(EndpointError::Invalid(format!(
+                    "{given} is not an address of network {} ({})",
+                    network.name, network.subnet
+                )));
+            }
+            Ok(cidr.to_string())
+        })
+        .collect()
+}
+
+impl Agent {
+    fn network(&self, name: &str) -> Result<NetworkRow, EndpointError> {
+        self.tables()
+            .read(|t| t.networks.get(name).cloned())
+            .ok_or_else(|| self.endpoints().no_tables())?
+            .ok_or_else(|| {
+                EndpointError::Invalid(format!(
+                    "unknown network {name}: create it first (weftctl network create)"
+                ))
+            })
+    }
+
+    /// A pod's DNS name, `POD.NAMESPACE.<domain>`; none if that makes no DNS name (the attach
+    /// goes on without one).
+    fn pod_dns_name(&self, pod: &str, namespace: &str) -> String {
+        if pod.is_empty() {
+            return String::new();
+        }
+        let domain = &self.dns().state().domain;
+        let name = [pod, namespace, domain.as_str()]
+            .into_iter()
+            .filter(|part| !part.is_empty())
+            .collect::<Vec<_>>()
+            .join(".");
+        dns_name::normalize(&name).unwrap_or_else(|why| {
+            warn!(pod, namespace, "the pod gets no DNS name: {why}");
+            String::new()
+        })
+    }
+
+    /// CNI ADD: plugs the attachment into the network, with a default route through this
+    /// host's own address on it if asked; a step that fails undoes the attach.
+    pub async fn cni_add(&self, req: CniAddRequest) -> Result<CniAddResponse, EndpointError> {
+        let id = attachment_id(req.attachment.as_ref())?;
+        let ifname = req
+            .attachment
+            .as_ref()
+            .map(|a| a.ifname.clone())
+            .unwrap_or_default();
+        let network = self.network(network_name(&req.network))?;
+        let order = AttachOrder {
+            container: id.clone(),
+            netns: Some(PathBuf::from(&req.netns)),
+            ifname: ifname.clone(),
+            addrs: addrs_for(&network, &req.ips)?,
+            dns_name: self.pod_dns_name(&req.pod_name, &req.pod_namespace),
+            rewrite_resolv: Some(false),
+        };
+        self.endpoints().attach(order).await?;
+        let container = Container {
+            id: id.clone(),
+            netns: PathBuf::from(&req.netns),
+            hostname: String::new(),
+            root: None,
+        };
+        match self
+            .cni_route_out(&req, &network, &container, &ifname)
+            .await
+        {
+            Ok(gateway) => self.cni_result(&network, &id, gateway).await,
+            Err(e) => {
+                let netns = Some(Path::new(&req.netns));
+                if let Err(undo) = self.endpoints().detach(&id, netns, Vec::new()).await {
+                    warn!(container = %id, "undoing a failed CNI ADD: {undo}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The way out of the network that an ADD asked for: the host's address on it (which the
+    /// host takes, as `weftctl expose`), as the container's default gateway.
+    async fn cni_route_out(
+        &self,
+        req: &CniAddRequest,
+        network: &NetworkRow,
+        container: &Container,
+        ifname: &str,
+    ) -> Result<Option<Ipv4Addr>, EndpointError> {
+        if !(req.default_route || req.ip_masq) {
+            return Ok(None);
+        }
+        let exposed = self
+            .endpoints()
+            .expose(vec![format!("net:{}", network.name)])
+            .await?;
+        let gateway = exposed
+            .first()
+            .and_then(|ip| ip.parse().ok())
+            .ok_or_else(|| {
+                EndpointError::Internal(format!("no host address on network {}", network.name))
+            })?;
+        let ifname = ifname.to_string();
+        netns::run_in(&container.netns, move |handle| async move {
+            let link = netlink::link_by_name(&handle, &ifname)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{ifname} is gone from the container"))?;
+            netlink::add_default_route(&handle, &link, gateway).await
+        })
+        .await
+        .map_err(EndpointError::Kernel)?;
+        Ok(Some(gateway))
+    }
+
+    /// The result of an ADD, from the endpoint as the tables hold it.
+    async fn cni_result(
+        &self,
+        network: &NetworkRow,
+        id: &str,
+        gateway: Option<Ipv4Addr>,
+    ) -> Result<CniAddResponse, EndpointError> {
+        let ep = self
+            .cni_endpoint(&network.name, id)?
+            .ok_or_else(|| EndpointError::Lost(format!("the controller no longer holds {id}")))?;
+        let host_mac = self
+            .datapath()
+            .link(&ep.host_ifname)
+            .await
+            .map_err(EndpointError::Kernel)?
+            .and_then(|l| l.mac)
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        let mut routes = vec![CniRoute {
+            dst: network.subnet.to_string(),
+            gw: String::new(),
+        }];
+        if let Some(gw) = gateway {
+            routes.push(CniRoute {
+                dst: "0.0.0.0/0".into(),
+                gw: gw.to_string(),
+            });
+        }
+        Ok(CniAddResponse {
+            host_ifname: ep.host_ifname.clone(),
+            host_mac,
+            container_mac: ep.mac.to_string(),
+            cidrs: ep.cidrs.iter().map(|c| c.to_string()).collect(),
+            gateway: gateway.map(|g| g.to_string()).unwrap_or_default(),
+            routes,
+            mtu: self.datapath().mtu(),
+            dns_server: DNS_SERVER.into(),
+            dns_domain: self.dns().state().domain.clone(),
+        })
+    }
+
+    fn cni_endpoint(&self, network: &str, id: &str) -> Result<Option<EndpointRow>, EndpointError> {
+        let me = self.name();
+        self.tables()
+            .read(|t| t.endpoints.get(&EndpointId::new(me, network, id)).cloned())
+            .ok_or_else(|| self.endpoints().no_tables())
+    }
+
+    /// CNI DEL: releases the attachment; what is not there (never added, deleted before, its
+    /// namespace gone) is no error.
+    pub async fn cni_del(&self, req: CniDelRequest) -> Result<Vec<String>, EndpointError> {
+        let id = attachment_id(req.attachment.as_ref())?;
+        let netns = Some(Path::new(&req.netns)).filter(|p| p.exists());
+        match self.endpoints().detach(&id, netns, Vec::new()).await {
+            Err(EndpointError::Controller(s)) if s.code() == Code::NotFound => Ok(Vec::new()),
+            done => done,
+        }
+    }
+
+    /// CNI CHECK: the attachment is as its ADD reported: the tables hold its endpoint, the
+    /// container its interface (the veth's other end, with its MAC), every address and route.
+    pub async fn cni_check(&self, req: CniCheckRequest) -> Result<(), EndpointError> {
+        let id = attachment_id(req.attachment.as_ref())?;
+        let ifname = req
+            .attachment
+            .as_ref()
+            .map(|a| a.ifname.clone())
+            .unwrap_or_default();
+        let network = network_name(&req.network);
+        let ep = self.cni_endpoint(network, &id)?.ok_or_else(|| {
+            EndpointError::Precondition(format!("{id} is not attached to network {network}"))
+        })?;
+        let container = self
+            .containers()
+            .resolve_at(&id, Path::new(&req.netns))
+            .await?;
+        let missing = |what: String| EndpointError::Precondition(format!("{id}: {what}"));
+        let held = self
+            .datapath()
+            .holds(&container, &ifname, ep.mac, &ep.host_ifname)
+            .await
+            .map_err(EndpointError::Kernel)?;
+        if !held {
+            return Err(missing(format!(
+                "the container has no interface {ifname} with MAC {} on veth {}",
+                ep.mac, ep.host_ifname
+            )));
+        }
+        let name = ifname.clone();
+        let (addresses, routes) = netns::run_in(&container.netns, move |handle| async move {
+            let link = netlink::link_by_name(&handle, &name)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("{name} is gone from the container"))?;
+            let addresses = netlink::ipv4_addresses(&handle, &link).await?;
+            let routes = netlink::ipv4_routes(&handle, &link).await?;
+            Ok((addresses, routes))
+        })
+        .await
+        .map_err(EndpointError::Kernel)?;
+        for cidr in &req.cidrs {
+            let want: Ipv4Network = cidr.parse().map_err(|_| {
+                EndpointError::Invalid(format!("prevResult address \"{cidr}\" is no IPv4 CIDR"))
+            })?;
+            if !addresses.contains(&want) {
+                return Err(missing(format!("{ifname} does not hold {want}")));
+            }
+        }
+        for r in &req.routes {
+            let bad = || EndpointError::Invalid(format!("prevResult route \"{}\" is bad", r.dst));
+            let want = Route {
+                dst: r.dst.parse().map_err(|_| bad())?,
+                gw: match r.gw.as_str() {
+                    "" => None,
+                    gw => Some(gw.parse().map_err(|_| bad())?),
+                },
+            };
+            if !routes.contains(&want) {
+                let via = want.gw.map(|g| format!(" via {g}")).unwrap_or_default();
+                return Err(missing(format!(
+                    "the container has no route to {}{via} on {ifname}",
+                    want.dst
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// CNI GC: releases this host's CNI attachments in the network that the runtime does not
+    /// list as valid; returns them.
+    pub async fn cni_gc(&self, req: CniGcRequest) -> Result<Vec<CniAttachment>, EndpointError> {
+        let network = network_name(&req.network).to_string();
+        let valid: BTreeSet<String> = req
+            .valid
+            .iter()
+            .map(|a| cni_container_id(&a.container_id, &a.ifname))
+            .collect();
+        let me = self.name();
+        let stale: Vec<String> = self
+            .tables()
+            .read(|t| {
+                t.endpoints_on(me)
+                    .filter(|ep| ep.id.network == network)
+                    .map(|ep| ep.id.container.clone())
+                    .filter(|id| cni_attachment(id).is_some() && !valid.contains(id))
+                    .collect()
+            })
+            .ok_or_else(|| self.endpoints().no_tables())?;
+        let mut released = Vec::new();
+        for id in stale {
+            match self.endpoints().detach(&id, None, Vec::new()).await {
+                Ok(ips) => warn!(container = %id, ips = ?ips, "CNI GC released a stale attachment"),
+                Err(EndpointError::Controller(s)) if s.code() == Code::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+            if let Some((container_id, ifname)) = cni_attachment(&id) {
+                released.push(CniAttachment {
+                    container_id: container_id.to_string(),
+                    ifname: ifname.to_string(),
+                });
+            }
+        }
+        Ok(released)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blue() -> NetworkRow {
+        NetworkRow {
+            name: "blue".into(),
+            subnet: "10.9.0.0/24".parse().unwrap(),
+            vni: 7,
+        }
+    }
+
+    #[test]
+    fn addresses_are_the_networks_or_named() {
+        let addrs = |ips: &[&str]| {
+            let ips: Vec<String> = ips.iter().map(|s| s.to_string()).collect();
+            addrs_for(&blue(), &ips).map_err(|e| e.to_string())
+        };
+        assert_eq!(addrs(&[]), Ok(vec!["net:blue".into()]));
+        assert_eq!(
+            addrs(&["10.9.0.5", "10.9.0.6/24"]),
+            Ok(vec!["10.9.0.5/24".into(), "10.9.0.6/24".into()])
+        );
+        for (bad, why) in [
+            (
+                "10.9.1.5",
+                "10.9.1.5 is not an address of network blue (10.9.0.0/24)",
+            ),
+            (
+                "10.9.0.5/16",
+                "10.9.0.5/16 is not an address of network blue (10.9.0.0/24)",
+            ),
+            (
+                "10.9.0.0",
+                "10.9.0.0 is not an address of network blue (10.9.0.0/24)",
+            ),
+            ("ten", "\"ten\" is not an IP address (IP or IP/LEN)"),
+        ] {
+            assert_eq!(addrs(&[bad]), Err(why.to_string()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_attachment_is_checked_and_keyed() {
+        let a = |c: &str, i: &str| CniAttachment {
+            container_id: c.into(),
+            ifname: i.into(),
+        };
+        assert_eq!(
+            attachment_id(Some(&a("abc", "eth0"))).unwrap(),
+            "cni:abc/eth0"
+        );
+        assert!(attachment_id(Some(&a("", "eth0"))).is_err());
+        assert!(attachment_id(Some(&a("abc", "eth/0"))).is_err());
+        assert!(attachment_id(None).is_err());
+    }
+}
