@@ -156,7 +156,7 @@ impl Agent {
         container: &Container,
         ifname: &str,
     ) -> Result<Option<Ipv4Addr>, EndpointError> {
-        if !(req.default_route || req.ip_masq) {
+        if !req.default_route {
             return Ok(None);
         }
         let exposed = self

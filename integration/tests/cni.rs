@@ -291,6 +291,12 @@ fn bad_input_gets_a_cni_error_naming_it_and_creates_nothing() {
             7,
             "key ipMasq".into(),
         ),
+        (
+            env.clone(),
+            weft_conf("1.0.0", json!({"ipMasq": true})),
+            2,
+            "ipMasq: weft does not masquerade yet".into(),
+        ),
     ];
     let ipam_before = world.ctl(1, &["status", "ipam"]);
     let cni = weft_integration::locate_bin("weft-cni");
