@@ -31,14 +31,17 @@ use crate::netns;
 /// Where weft's DNS answers inside every container (see `dns/listeners.rs`).
 const DNS_SERVER: &str = "127.0.0.11";
 
-/// The endpoint id of an attachment, its parts checked.
-fn attachment_id(attachment: Option<&CniAttachment>) -> Result<String, EndpointError> {
+/// The endpoint id of an attachment and its interface, checked.
+fn attachment_id(attachment: Option<&CniAttachment>) -> Result<(String, String), EndpointError> {
     let a = attachment.ok_or_else(|| EndpointError::Invalid("no attachment given".into()))?;
     if a.container_id.is_empty() {
         return Err(EndpointError::Invalid("the container id is empty".into()));
     }
     check_ifname(&a.ifname).map_err(EndpointError::Invalid)?;
-    Ok(cni_container_id(&a.container_id, &a.ifname))
+    Ok((
+        cni_container_id(&a.container_id, &a.ifname),
+        a.ifname.clone(),
+    ))
 }
 
 fn network_name(network: &str) -> &str {
@@ -110,12 +113,7 @@ impl Agent {
     /// CNI ADD: plugs the attachment into the network, with a default route through this
     /// host's own address on it if asked; a step that fails undoes the attach.
     pub async fn cni_add(&self, req: CniAddRequest) -> Result<CniAddResponse, EndpointError> {
-        let id = attachment_id(req.attachment.as_ref())?;
-        let ifname = req
-            .attachment
-            .as_ref()
-            .map(|a| a.ifname.clone())
-            .unwrap_or_default();
+        let (id, ifname) = attachment_id(req.attachment.as_ref())?;
         let network = self.network(network_name(&req.network))?;
         let order = AttachOrder {
             container: id.clone(),
@@ -232,7 +230,7 @@ impl Agent {
     /// CNI DEL: releases the attachment; what is not there (never added, deleted before, its
     /// namespace gone) is no error.
     pub async fn cni_del(&self, req: CniDelRequest) -> Result<Vec<String>, EndpointError> {
-        let id = attachment_id(req.attachment.as_ref())?;
+        let (id, _) = attachment_id(req.attachment.as_ref())?;
         let netns = Some(Path::new(&req.netns)).filter(|p| p.exists());
         match self.endpoints().detach(&id, netns, Vec::new()).await {
             Err(EndpointError::Controller(s)) if s.code() == Code::NotFound => Ok(Vec::new()),
@@ -243,12 +241,7 @@ impl Agent {
     /// CNI CHECK: the attachment is as its ADD reported: the tables hold its endpoint, the
     /// container its interface (the veth's other end, with its MAC), every address and route.
     pub async fn cni_check(&self, req: CniCheckRequest) -> Result<(), EndpointError> {
-        let id = attachment_id(req.attachment.as_ref())?;
-        let ifname = req
-            .attachment
-            .as_ref()
-            .map(|a| a.ifname.clone())
-            .unwrap_or_default();
+        let (id, ifname) = attachment_id(req.attachment.as_ref())?;
         let network = network_name(&req.network);
         let ep = self.cni_endpoint(network, &id)?.ok_or_else(|| {
             EndpointError::Precondition(format!("{id} is not attached to network {network}"))
@@ -396,7 +389,7 @@ mod tests {
         };
         assert_eq!(
             attachment_id(Some(&a("abc", "eth0"))).unwrap(),
-            "cni:abc/eth0"
+            ("cni:abc/eth0".to_string(), "eth0".to_string())
         );
         assert!(attachment_id(Some(&a("", "eth0"))).is_err());
         assert!(attachment_id(Some(&a("abc", "eth/0"))).is_err());

@@ -332,11 +332,12 @@ impl<'a> Names<'a> {
         }
     }
 
-    /// A MAC, its host interface name and the container interface name for a new endpoint whose
-    /// first address is `ip`. The MAC of an address is the same whoever holds it, so a container
-    /// that gets an address another one had is reached at once: others' ARP caches (which no
-    /// gratuitous ARP can update through proxying VXLAN devices) stay right. Random MACs from
-    /// `new_mac` are the fallback when that one is taken.
+    /// A MAC, its host interface name and the container interface name (`chosen`, else the
+    /// next free ethweN) for a new endpoint whose first address is `ip`. The MAC of an address
+    /// is the same whoever holds it, so a container that gets an address another one had is
+    /// reached at once: others' ARP caches (which no gratuitous ARP can update through proxying
+    /// VXLAN devices) stay right. Random MACs from `new_mac` are the fallback when that one is
+    /// taken.
     fn pick(
         &mut self,
         ip: Ipv4Addr,
