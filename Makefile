@@ -15,7 +15,7 @@ export PATH := $(PATH):$(HOME)/.cargo/bin
 # ip, bridge, ss; ping; Podman's API service and its runtime; the test containers' image; dig;
 # dnsmasq, a real upstream resolver for the DNS tests (the binary only, no service); etcd and
 # etcdctl for the etcd store's tests (run in namespaces); protoc, which etcd-client's build needs;
-# nft, whose counters count one protocol's frames in the tests; promtool (prometheus) and curl, which
+# nft, through which the agent masquerades and whose counters count frames in the tests; promtool (prometheus) and curl, which
 # check and scrape the metrics; the reference CNI plugins (portmap chained after weft's, and
 # Podman's CNI backend's loopback).
 DEB_PACKAGES := iproute2 iputils-ping podman runc busybox-static bind9-dnsutils dnsmasq-base \

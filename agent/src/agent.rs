@@ -1,7 +1,7 @@
 //! The agent, put together from its parts, each owning its state: the link to the controller
 //! ([`ControllerLink`]), the copy of its tables ([`TablesCopy`]), the datapath, the containers,
 //! DNS, the endpoint core every front end changes endpoints through ([`Endpoints`]), the data
-//! paths the probes see ([`Connections`]), and its lifecycle. The loops (`watch.rs`, `reconcile.rs`, `docker_watch.rs`) each take the parts they
+//! paths the probes see ([`Connections`]), the nftables table ([`Firewall`]), and its lifecycle. The loops (`watch.rs`, `reconcile.rs`, `docker_watch.rs`) each take the parts they
 //! use.
 
 use std::net::Ipv4Addr;
@@ -20,6 +20,7 @@ use crate::dns::listeners::Listeners;
 use crate::docker::DockerApi;
 use crate::endpoints::Endpoints;
 use crate::endpoints::seam::KernelHost;
+use crate::firewall::Firewall;
 use crate::following::Following;
 use crate::probe::Connections;
 use crate::reconcile::ReconcileLog;
@@ -36,6 +37,7 @@ pub struct Agent {
     lifecycle: Arc<Lifecycle>,
     connections: Arc<Connections>,
     last_reconcile: Arc<ReconcileLog>,
+    firewall: Arc<Firewall>,
 }
 
 /// The controller an agent follows: where, how, and which of its stores.
@@ -82,6 +84,7 @@ impl Agent {
         datapath: Datapath,
         docker_url: &str,
         dns: DnsState,
+        firewall: Firewall,
     ) -> anyhow::Result<Agent> {
         let following = Arc::new(controller.following);
         let link = Arc::new(ControllerLink::new(
@@ -116,6 +119,7 @@ impl Agent {
             lifecycle: Arc::default(),
             connections: Arc::default(),
             last_reconcile: Arc::default(),
+            firewall: Arc::new(firewall),
         })
     }
 
@@ -165,6 +169,11 @@ impl Agent {
     /// The data paths to remote peers, as the probes see them.
     pub fn connections(&self) -> &Arc<Connections> {
         &self.connections
+    }
+
+    /// The nftables table `weft`.
+    pub fn firewall(&self) -> &Arc<Firewall> {
+        &self.firewall
     }
 
     /// The latest reconcile pass.

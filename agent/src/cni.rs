@@ -146,7 +146,8 @@ impl Agent {
     }
 
     /// The way out of the network that an ADD asked for: the host's address on it (which the
-    /// host takes, as `weftctl expose`), as the container's default gateway.
+    /// host takes, as `weftctl expose`), as the container's default gateway; with `ipMasq`, the
+    /// network masqueraded through the host from now on.
     async fn cni_route_out(
         &self,
         req: &CniAddRequest,
@@ -154,8 +155,13 @@ impl Agent {
         container: &Container,
         ifname: &str,
     ) -> Result<Option<Ipv4Addr>, EndpointError> {
-        if !req.default_route {
+        if !(req.default_route || req.ip_masq) {
             return Ok(None);
+        }
+        if req.ip_masq {
+            self.firewall()
+                .masquerade(&network.name)
+                .map_err(EndpointError::Kernel)?;
         }
         let exposed = self
             .endpoints()
@@ -176,6 +182,11 @@ impl Agent {
         })
         .await
         .map_err(EndpointError::Kernel)?;
+        // The way out works when ADD answers, not at the next reconcile.
+        self.firewall()
+            .settle(self.tables())
+            .await
+            .map_err(EndpointError::Kernel)?;
         Ok(Some(gateway))
     }
 

@@ -7,7 +7,7 @@
 //! - [`reconcile`] runs the loop that applies it whenever something changed;
 //! - [`probe`] checks the data path to every peer through the VXLAN path itself;
 //! - [`datapath`] applies it (bridge, VXLAN, veths, FDB) through [`netlink`], entering container
-//!   namespaces with [`netns`];
+//!   namespaces with [`netns`]; [`firewall`] keeps the nftables table `weft` (masquerading);
 //! - [`endpoints`] is the core every front end changes endpoints through: attach, detach,
 //!   expose, hide, releases, DNS names, each container's turn;
 //! - [`local_api`] serves weftctl through the core, with what it shows of the tables in
@@ -28,6 +28,7 @@ pub mod dns;
 pub mod docker;
 pub mod docker_watch;
 pub mod endpoints;
+pub mod firewall;
 pub mod following;
 pub mod health;
 pub mod join;

@@ -35,6 +35,7 @@ use crate::docker::DockerError;
 use crate::endpoints::EndpointError;
 use crate::endpoints::attach::AttachOrder;
 use crate::endpoints::names::NameOrder;
+use crate::firewall::rules::TABLE;
 use crate::netlink::InterfaceExists;
 use crate::netns::NamespaceError;
 use crate::probe::path::State;
@@ -230,10 +231,17 @@ impl AgentApi for LocalApi {
         let lifecycle = self.agent.lifecycle();
         lifecycle.begin_stop();
         let (released, release_error) = self.agent.endpoints().release_all().await;
-        let removed = self.agent.datapath().reset().await;
+        let removed = async {
+            let links = self.agent.datapath().reset().await?;
+            let table = self.agent.firewall().reset().await?;
+            anyhow::Ok((links, table))
+        }
+        .await;
         lifecycle.finish_stop();
+        let (removed, table) = removed.map_err(|e| status_of(e.into()))?;
         Ok(Response::new(ResetResponse {
-            removed: removed.map_err(|e| status_of(e.into()))?,
+            removed,
+            tables: table.then(|| TABLE.to_string()).into_iter().collect(),
             released,
             release_error: release_error.map(|e| e.to_string()).unwrap_or_default(),
         }))

@@ -14,6 +14,7 @@ use weft_agent::dns::handler::DnsState;
 use weft_agent::dns::{DEFAULT_DOMAIN, upstreams_of_resolv_conf};
 use weft_agent::docker::DEFAULT_HOST;
 use weft_agent::docker_watch::DockerFollower;
+use weft_agent::firewall::Firewall;
 use weft_agent::following::Following;
 use weft_agent::join::{Auth, credentials};
 use weft_agent::local_api::LocalApi;
@@ -160,9 +161,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::spawn(connection);
     if args.reset {
         let removed = remove_all(&handle, args.port).await?;
+        let table = Firewall::load(&args.state_dir).reset().await?;
         info!(
             removed = removed.len(),
-            "reset: every link weft made on this host is gone"
+            nftables_table = table,
+            "reset: every link and table weft made on this host is gone"
         );
         return Ok(());
     }
@@ -212,6 +215,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         datapath,
         &args.docker_host,
         dns,
+        Firewall::load(&args.state_dir),
     )?);
     let listener = weft_process::bind_private_socket(&args.socket).await?;
     let api = tonic::transport::Server::builder()

@@ -17,6 +17,7 @@ use crate::datapath::{Datapath, Desired, Report, is_ours};
 use crate::desired::{host_networks, probe_state};
 use crate::dns::listeners::Listeners;
 use crate::endpoints::Endpoints;
+use crate::firewall::Firewall;
 use crate::metrics::METRICS;
 use crate::netlink::{self, LinkEvent};
 use crate::tables::TablesCopy;
@@ -40,6 +41,7 @@ pub struct Reconciler {
     endpoints: Arc<Endpoints>,
     dns: Arc<Listeners>,
     containers: Arc<Containers>,
+    firewall: Arc<Firewall>,
     lifecycle: Arc<Lifecycle>,
     last: Arc<ReconcileLog>,
     /// Whether a pass has looked into the containers yet (the first after start does).
@@ -58,6 +60,7 @@ impl Reconciler {
             endpoints: agent.endpoints().clone(),
             dns: agent.dns().clone(),
             containers: agent.containers().clone(),
+            firewall: agent.firewall().clone(),
             lifecycle: agent.lifecycle().clone(),
             last: agent.last_reconcile().clone(),
             checked_containers: false,
@@ -129,6 +132,7 @@ impl Reconciler {
                 "datapath reconciled"
             );
         }
+        self.firewall.settle(&self.tables).await?;
         // Only fresh tables can say which endpoint lost its veth.
         let local = self.tables.fresh_local_endpoints(|_| true);
         if !local.is_empty() {

@@ -5,7 +5,6 @@ use serde::Serialize;
 /// Error codes of the CNI spec (1.1.0, "Error"), and weft's own above 99.
 pub mod code {
     pub const INCOMPATIBLE_VERSION: u32 = 1;
-    pub const UNSUPPORTED_FIELD: u32 = 2;
     pub const UNKNOWN_CONTAINER: u32 = 3;
     pub const INVALID_ENVIRONMENT: u32 = 4;
     pub const IO_FAILURE: u32 = 5;

@@ -77,13 +77,6 @@ fn run(env: Env, conf: Result<NetConf, CniError>) -> Result<Option<Value>, CniEr
     }
     let conf = conf?;
     conf.check_version(env.command)?;
-    if conf.ip_masq {
-        return Err(CniError::new(
-            code::UNSUPPORTED_FIELD,
-            "ipMasq: weft does not masquerade yet; \"default_route\": true gives the pod a route \
-             through its host",
-        ));
-    }
     if matches!(env.command, Command::Add | Command::Check) {
         check_netns(&env.netns)?;
     }
@@ -118,6 +111,7 @@ async fn command(env: Env, conf: NetConf) -> Result<Option<Value>, CniError> {
                 pod_name: env.args.pod_name.clone(),
                 pod_namespace: env.args.pod_namespace.clone(),
                 default_route: conf.default_route,
+                ip_masq: conf.ip_masq,
             };
             let done = agent
                 .cni_add(request)

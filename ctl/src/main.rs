@@ -393,9 +393,9 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 return Err(Failure::new(
                     "reset",
                     format!(
-                        "removed {} links, but the addresses could not be given back ({}); \
+                        "removed {}, but the addresses could not be given back ({}); \
                          run `weftctl rmpeer` for this host from another one",
-                        reply.removed.len(),
+                        render::removed(&reply),
                         reply.release_error
                     ),
                 ));

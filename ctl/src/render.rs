@@ -507,10 +507,19 @@ pub fn report(r: &Report) -> String {
 
 pub fn reset(reply: &ResetResponse) -> String {
     format!(
-        "removed {} links, released {} addresses; the agent has stopped\n",
-        reply.removed.len(),
+        "removed {}, released {} addresses; the agent has stopped\n",
+        removed(reply),
         reply.released.len()
     )
+}
+
+/// What a reset removed: its links, and its nftables table (`weft`) if it had one.
+pub fn removed(reply: &ResetResponse) -> String {
+    let links = format!("{} links", reply.removed.len());
+    match reply.tables.as_slice() {
+        [] => links,
+        tables => format!("{links} and table {}", tables.join(", ")),
+    }
 }
 
 pub fn peer_removed(peer: &str, released: &[String]) -> String {
@@ -855,7 +864,12 @@ mod tests {
                 reset(&ResetResponse {
                     removed: vec!["weave".into(), "vxlan-6784".into()],
                     released: vec!["10.32.0.5/12".into()],
-                    release_error: String::new(),
+                    ..ResetResponse::default()
+                }),
+                reset(&ResetResponse {
+                    removed: vec!["weave".into()],
+                    tables: vec!["weft".into()],
+                    ..ResetResponse::default()
                 }),
                 peer_removed("host3", &["10.32.0.9/12".into()]),
             ]

@@ -446,6 +446,15 @@ impl World {
         self.dir.path().join(format!("host{host}.sock"))
     }
 
+    /// Makes a namespace `<prefix>-<name>` on the underlay at `addr` that is no weft host (a
+    /// machine beyond the overlay), and returns its name.
+    pub fn outsider(&mut self, name: &str, addr: &str) -> String {
+        let ns = format!("{}-{name}", self.prefix);
+        self.add_ns(&ns);
+        self.plug(&ns, &format!("o-{name}"), addr);
+        ns
+    }
+
     /// Makes an empty container namespace `<prefix>-<name>` (loopback up) to be attached on
     /// host `host`, and returns its name; weftctl refers to it as `netns:<name>`.
     pub fn container(&mut self, host: usize, name: &str) -> String {

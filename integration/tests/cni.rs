@@ -291,12 +291,6 @@ fn bad_input_gets_a_cni_error_naming_it_and_creates_nothing() {
             7,
             "key ipMasq".into(),
         ),
-        (
-            env.clone(),
-            weft_conf("1.0.0", json!({"ipMasq": true})),
-            2,
-            "ipMasq: weft does not masquerade yet".into(),
-        ),
     ];
     let ipam_before = world.ctl(1, &["status", "ipam"]);
     let cni = weft_integration::locate_bin("weft-cni");
@@ -412,4 +406,89 @@ fn a_static_address_a_default_route_and_a_chained_portmap() {
             .cni(1, &pod_env("DEL", &id, &path, ""), &conf)
             .success()
     );
+}
+
+/// The value of the counter of the rule commented `comment` in `ns`'s table `t`.
+fn counted(ns: &str, comment: &str) -> u64 {
+    let listing = exec(ns, &["nft", "list", "table", "ip", "t"]).stdout;
+    let line = listing
+        .lines()
+        .find(|l| l.contains(comment))
+        .unwrap_or_else(|| panic!("no rule {comment} in {listing}"));
+    let after = line.split("packets ").nth(1).expect("a counter");
+    after.split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn ip_masq_takes_pods_out_through_their_host_and_keeps_networks_apart() {
+    let mut world = World::new(1);
+    world.ctl(1, &["network", "create", "blue", "--subnet", "10.9.0.0/24"]);
+    world.ctl(1, &["network", "create", "red", "--subnet", "10.10.0.0/24"]);
+    let host = world.host_ns(1);
+    let (blue, red) = (world.container(1, "mblue"), world.container(1, "mred"));
+    let add = |ns: &str, id: u32, network: &str| {
+        let conf = weft_conf("1.0.0", json!({"network": network, "ipMasq": true}));
+        let path = format!("/run/netns/{ns}");
+        address_of(&added(world.cni(
+            1,
+            &pod_env("ADD", &sandbox_id(id), &path, ""),
+            &conf,
+        )))
+    };
+    let (ip_blue, ip_red) = (add(&blue, 40, "blue"), add(&red, 41, "red"));
+
+    // A machine on the underlay that is no weft host, with no route to the pods' networks: it
+    // answers only what comes from the host's own address, and counts who sent what.
+    let outside = world.outsider("outside", "198.18.0.200");
+    let host_ip = weft_integration::host_addr(1);
+    for rule in [
+        "add table ip t".to_string(),
+        "add chain ip t c { type filter hook input priority 0 ; }".into(),
+        format!(
+            "add rule ip t c ip saddr {host_ip} icmp type echo-request counter comment \"from-host\""
+        ),
+        "add rule ip t c ip saddr 10.0.0.0/8 counter comment \"from-pods\"".into(),
+    ] {
+        let out = exec(&outside, &["nft", &rule]);
+        assert!(out.success(), "nft {rule}: {}", out.stderr);
+    }
+    assert_reaches(&blue, "198.18.0.200");
+    assert!(counted(&outside, "from-host") >= 3);
+    assert_eq!(counted(&outside, "from-pods"), 0);
+    // The host reaches its pods; a pod of one network still cannot reach the other's, though
+    // both route through the host.
+    assert_reaches(&host, &ip_blue);
+    assert_reaches(&host, &ip_red);
+    assert!(!weft_integration::ping(&blue, &ip_red), "blue reached red");
+    assert!(!weft_integration::ping(&red, &ip_blue), "red reached blue");
+
+    // The kernel holds the table; a restarted agent changes nothing in it (same rule handles),
+    // one deleted by hand comes back, and reset removes it.
+    let table = || exec(&host, &["nft", "-a", "list", "table", "ip", "weft"]);
+    let before = table();
+    assert!(
+        before.success() && before.stdout.contains("masquerade"),
+        "{}",
+        before.stdout
+    );
+    world.stop_agent(1);
+    world.start_agent(1);
+    assert_eq!(table().stdout, before.stdout);
+    assert!(exec(&host, &["nft", "delete", "table", "ip", "weft"]).success());
+    // Any change to the tables makes a pass; a periodic one comes within 30 s anyway.
+    world.ctl(
+        1,
+        &["network", "create", "green", "--subnet", "10.11.0.0/24"],
+    );
+    assert!(
+        weft_integration::wait_until(std::time::Duration::from_secs(5), || table().success()),
+        "the table came back"
+    );
+    assert_reaches(&blue, "198.18.0.200");
+    let reset = world.ctl(1, &["reset"]);
+    assert!(
+        reset.contains(" links and table weft, released "),
+        "{reset}"
+    );
+    assert!(!table().success(), "reset removed the table");
 }

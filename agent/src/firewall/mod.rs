@@ -1,0 +1,143 @@
+//! The agent's nftables table `weft`: masquerading for the networks whose pods go out through
+//! their host (CNI `ipMasq`), and no forwarding between networks. Kept like the devices: the
+//! wanted rules ([`rules::wanted`]) are compared with a listing of the table and, when they
+//! differ, the table is replaced in one transaction; `weftctl reset` removes it.
+//!
+//! nftables is driven through its JSON API (`nft -j`, the `nftables` crate's types): the only
+//! pure-Rust nf_tables netlink library is GPL-licensed.
+
+pub mod rules;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::Context;
+use nftables::helper::{self, NftablesError};
+use tracing::info;
+
+use crate::tables::TablesCopy;
+use rules::Rule;
+
+/// The file in the state dir that lists the masqueraded networks, one name a line: a restarted
+/// agent keeps masquerading them.
+const FILE: &str = "masquerade";
+/// Forwarding must be on for a host to pass its pods' traffic on.
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+pub struct Firewall {
+    path: PathBuf,
+    masqueraded: Mutex<BTreeSet<String>>,
+    /// What the table held at the last look, if the agent knows (for skipping a look while
+    /// there is nothing to hold and nothing was held).
+    held: tokio::sync::Mutex<Option<BTreeSet<(String, String)>>>,
+}
+
+impl Firewall {
+    pub fn load(state_dir: &Path) -> Firewall {
+        let path = state_dir.join(FILE);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        Firewall {
+            masqueraded: Mutex::new(text.lines().map(str::to_string).collect()),
+            path,
+            held: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn masqueraded(&self) -> BTreeSet<String> {
+        self.masqueraded.lock().expect("masquerade lock").clone()
+    }
+
+    /// Masquerades `network` from now on (kept in the state dir).
+    pub fn masquerade(&self, network: &str) -> anyhow::Result<()> {
+        let mut set = self.masqueraded.lock().expect("masquerade lock");
+        if set.insert(network.to_string()) {
+            self.save(&set)?;
+        }
+        Ok(())
+    }
+
+    fn save(&self, set: &BTreeSet<String>) -> anyhow::Result<()> {
+        let mut text = String::new();
+        for name in set {
+            text.push_str(name);
+            text.push('\n');
+        }
+        let tmp = self.path.with_extension("tmp");
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+
+    /// Makes the table hold what the tables call for now; returns whether it changed.
+    pub async fn settle(&self, tables: &TablesCopy) -> anyhow::Result<bool> {
+        let masqueraded = self.masqueraded();
+        let Some(wanted) = tables.read(|t| rules::wanted(t, tables.me(), &masqueraded)) else {
+            return Ok(false);
+        };
+        self.reconcile(&wanted).await
+    }
+
+    async fn reconcile(&self, wanted: &BTreeSet<Rule>) -> anyhow::Result<bool> {
+        let mut held = self.held.lock().await;
+        let expected = rules::expected(wanted);
+        // With nothing to hold and nothing held at the last look, no `nft` is run: most hosts
+        // masquerade nothing, and may have no nft at all.
+        if expected.is_empty() && held.as_ref().is_some_and(BTreeSet::is_empty) {
+            return Ok(false);
+        }
+        let now = listing().await.or_else(|e| match e {
+            // No nft: there can be no table to remove.
+            NftablesError::NftExecution { .. } if expected.is_empty() => Ok(BTreeSet::new()),
+            e => Err(e),
+        });
+        let now =
+            now.map_err(|e| anyhow::anyhow!("cannot read nftables table {}: {e}", rules::TABLE))?;
+        if now == expected {
+            *held = Some(now);
+            return Ok(false);
+        }
+        if !wanted.is_empty() {
+            std::fs::write(IP_FORWARD, "1")
+                .with_context(|| format!("cannot write {IP_FORWARD}"))?;
+        }
+        helper::apply_ruleset_async(&rules::replace(wanted))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot set nftables table {}: {e}", rules::TABLE))?;
+        info!(rules = wanted.len(), "nftables table {} set", rules::TABLE);
+        *held = Some(expected);
+        Ok(true)
+    }
+
+    /// Removes the table and forgets the masqueraded networks (`weftctl reset`); returns
+    /// whether there was a table.
+    pub async fn reset(&self) -> anyhow::Result<bool> {
+        let had = self.reconcile(&BTreeSet::new()).await?;
+        let mut set = self.masqueraded.lock().expect("masquerade lock");
+        set.clear();
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {}", self.path.display()));
+            }
+            _ => {}
+        }
+        Ok(had)
+    }
+}
+
+/// The table as it is, as (chain, comment) pairs; none if there is no table.
+async fn listing() -> Result<BTreeSet<(String, String)>, NftablesError> {
+    let args = ["list", "table", "ip", rules::TABLE];
+    match helper::get_current_ruleset_with_args_async(helper::DEFAULT_NFT, args).await {
+        Ok(listing) => Ok(rules::held(&listing)),
+        Err(NftablesError::NftFailed { stderr, .. }) if stderr.contains("No such file") => {
+            Ok(BTreeSet::new())
+        }
+        // A table nft cannot put in its JSON schema is no table of ours: replace it.
+        Err(NftablesError::NftInvalidJson(_)) => Ok([(String::new(), String::new())].into()),
+        Err(e) => Err(e),
+    }
+}
