@@ -13,6 +13,7 @@ mod etcd;
 mod kernel;
 mod netns;
 mod podman;
+pub mod podman_cni;
 mod run;
 pub mod scrape;
 pub mod views;

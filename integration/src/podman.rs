@@ -34,7 +34,7 @@ pub const CONTAINER_IMAGE: &str = "localhost/busybox:weft";
 const BUSYBOX: &str = "/bin/busybox";
 
 /// Podman's settings for the service and every `podman` command of a guard.
-const CONTAINERS_CONF: &str = r#"[containers]
+pub(crate) const CONTAINERS_CONF: &str = r#"[containers]
 # Without this runc starts no container here: "error setting rlimit type 7: operation not
 # permitted" (Podman's default nofile limit for root).
 default_ulimits = []
@@ -286,7 +286,7 @@ impl Podman {
 }
 
 /// What `tool ARGS...` printed, once it is seen to have succeeded.
-fn succeeded(tool: &str, args: &[&str], out: Output) -> String {
+pub(crate) fn succeeded(tool: &str, args: &[&str], out: Output) -> String {
     assert!(
         out.success(),
         "{tool} {} failed ({:?}): {}",
@@ -309,7 +309,7 @@ impl Drop for Podman {
 }
 
 /// Fails loudly, naming the fix, when the machine cannot run containers.
-fn require_root_and_tools() {
+pub(crate) fn require_root_and_tools() {
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "tests with containers need root (Podman's API runs as root); run them as root"
@@ -326,7 +326,7 @@ fn require_root_and_tools() {
     );
 }
 
-fn podman_cmd(conf: &Path, args: &[&str]) -> Command {
+pub(crate) fn podman_cmd(conf: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new("podman");
     cmd.env("CONTAINERS_CONF", conf).args(args);
     cmd
@@ -334,7 +334,7 @@ fn podman_cmd(conf: &Path, args: &[&str]) -> Command {
 
 /// Imports [`CONTAINER_IMAGE`] unless it exists. Tests run in parallel, in threads and in
 /// processes: a lock file lets one of them import while the others wait and then find it.
-fn ensure_image(conf: &Path) {
+pub(crate) fn ensure_image(conf: &Path) {
     let lock_path = env::temp_dir().join("weft-busybox-image.lock");
     let lock = OpenOptions::new()
         .create(true)
@@ -376,7 +376,7 @@ fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
 
 /// The conmon processes monitoring a container whose name starts with `prefix` (conmon gets the
 /// name as `-n NAME`).
-fn conmons_of(prefix: &str) -> Vec<Pid> {
+pub(crate) fn conmons_of(prefix: &str) -> Vec<Pid> {
     let Ok(procs) = fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -4,6 +4,7 @@
 
 use serde_json::{Value, json};
 use weft_integration::cni::{CNI_PLUGIN_DIR, CniRun, run_plugin, run_plugin_raw, weft_conf};
+use weft_integration::podman_cni::PodmanCni;
 use weft_integration::{World, assert_reaches, exec, ip};
 
 /// `CNI_*` variables.
@@ -491,4 +492,51 @@ fn ip_masq_takes_pods_out_through_their_host_and_keeps_networks_apart() {
         "{reset}"
     );
     assert!(!table().success(), "reset removed the table");
+}
+
+#[test]
+fn podman_on_its_cni_backend_puts_containers_on_weft() {
+    let world = World::new(2);
+    let (p1, p2) = (PodmanCni::on(&world, 1), PodmanCni::on(&world, 2));
+    let server = "while true; do nc -l -p 80 -e echo hello from podman; done";
+    let web = p1.run("web", &["-p", "8080:80"], &["sh", "-c", server]);
+    let client = p2.run("client", &[], &["sleep", "1d"]);
+    let (ip_web, ip_client) = (p1.ip(&web), p2.ip(&client));
+    let ping = |from: &PodmanCni, c: &str, ip: &str| {
+        from.podman(&["exec", c, "ping", "-c", "1", "-W", "1", ip])
+            .success()
+    };
+    assert!(
+        weft_integration::wait_until(std::time::Duration::from_secs(5), || ping(
+            &p2, &client, &ip_web
+        )),
+        "{client} cannot reach {ip_web}"
+    );
+    assert!(ping(&p1, &web, &ip_client));
+    // weftctl knows the container by Podman's id, which was its CNI_CONTAINERID.
+    let short = format!("cni:{}/eth0", &p1.id(&web)[..12]);
+    assert!(
+        ps(&world, 1)
+            .iter()
+            .any(|l| l.starts_with(&short) && l.contains(&ip_web)),
+        "{:?}",
+        ps(&world, 1)
+    );
+    // -p 8080:80 went to portmap, chained after weft: the host's port reaches the container.
+    let reply = weft_integration::exec_for(
+        &world.controller_ns(),
+        &[
+            "busybox",
+            "nc",
+            "-w",
+            "3",
+            &weft_integration::host_addr(1),
+            "8080",
+        ],
+        std::time::Duration::from_secs(10),
+    );
+    assert!(reply.stdout.contains("hello from podman"), "{reply:?}");
+    // podman rm releases the address (the plugin's DEL).
+    p1.podman_ok(&["rm", "-f", "-t", "0", &web]);
+    assert!(!ps(&world, 1).iter().any(|l| l.contains(&ip_web)));
 }

@@ -1,15 +1,15 @@
-//! `make bench`: how long `weftctl attach` takes (a static address, and `net:default`) next to the
-//! CNI reference `bridge` plugin's ADD with `host-local` IPAM, each on fresh namespaces, measured
-//! alternately in one run.
+//! `make bench`: how long `weftctl attach` (a static address, and `net:default`) and weft's CNI
+//! plugin's ADD take next to the CNI reference `bridge` plugin's ADD with `host-local` IPAM, each
+//! on fresh namespaces, measured alternately in one run; and the two plugins' DEL.
 //!
-//! Both run through `ip netns exec` in a host namespace (weftctl in the world's host, the plugin
-//! in a host namespace of its own), and both start from a host that already has a container
-//! attached, so their bridge exists. Each attach and ADD is undone (detach, DEL) before the
-//! namespace is deleted, untimed.
+//! All run through `ip netns exec` in a host namespace (weftctl and weft-cni in the world's host,
+//! the bridge plugin in a host namespace of its own), and all start from a host that already has
+//! a container attached, so their bridge exists. Each attach is undone (detach) untimed; each
+//! ADD by a DEL, timed.
 
 use std::fs;
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use serde_json::Value;
@@ -17,13 +17,13 @@ use weft_bench::harness::{self, check_interrupted, percentile};
 use weft_integration::{Netns, Output, World, exit_code_of};
 
 const ATTACHES: usize = 100;
-const CNI_PLUGIN: &str = "/usr/lib/cni/bridge";
+const BRIDGE_PLUGIN: &str = "/usr/lib/cni/bridge";
 const CNI_PATH: &str = "/usr/lib/cni";
 const CNI_IF: &str = "eth0";
 /// host-local's subnet; the plugin hands out addresses from it in its own host namespace.
 const CNI_SUBNET: &str = "10.88.0.0/16";
-/// The goal: weft's median at most the bridge plugin's.
-const GOAL: &str = "weft p50 <= bridge plugin p50";
+/// The issues' goal: weft's median at most the bridge plugin's.
+const GOAL: &str = "weft p50 <= bridge plugin p50 (each of weft's three)";
 
 fn main() -> ExitCode {
     harness::stop_on_interrupt();
@@ -34,17 +34,31 @@ fn main() -> ExitCode {
 enum Kind {
     WeftStatic,
     WeftDefault,
-    Cni,
+    WeftCni,
+    Bridge,
+    /// The two plugins' DEL, timed after each ADD.
+    WeftCniDel,
+    BridgeDel,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::WeftStatic, Kind::WeftDefault, Kind::Cni];
+    /// What each iteration does, in rotating order.
+    const ROTATION: [Kind; 4] = [
+        Kind::WeftStatic,
+        Kind::WeftDefault,
+        Kind::WeftCni,
+        Kind::Bridge,
+    ];
+    const WEFT: [Kind; 3] = [Kind::WeftStatic, Kind::WeftDefault, Kind::WeftCni];
 
     fn label(self) -> &'static str {
         match self {
             Kind::WeftStatic => "weftctl attach IP/LEN",
             Kind::WeftDefault => "weftctl attach net:default",
-            Kind::Cni => "CNI bridge ADD (host-local)",
+            Kind::WeftCni => "weft-cni ADD (net:default)",
+            Kind::Bridge => "CNI bridge ADD (host-local)",
+            Kind::WeftCniDel => "weft-cni DEL",
+            Kind::BridgeDel => "CNI bridge DEL (host-local)",
         }
     }
 
@@ -52,21 +66,23 @@ impl Kind {
         match self {
             Kind::WeftStatic => "s",
             Kind::WeftDefault => "d",
-            Kind::Cni => "c",
+            Kind::WeftCni | Kind::WeftCniDel => "w",
+            Kind::Bridge | Kind::BridgeDel => "c",
         }
     }
 }
 
-/// The CNI side: a host namespace of its own, the network configuration, where host-local keeps
-/// its allocations.
-struct Cni {
-    host: Netns,
+/// A CNI plugin as a runtime runs it: its binary, the host namespace it runs in, its network
+/// configuration.
+struct Plugin {
+    path: PathBuf,
+    host_ns: String,
     config: String,
 }
 
-impl Cni {
-    fn new(prefix: &str, ipam_dir: &Path) -> Cni {
-        let config = serde_json::json!({
+/// The bridge plugin's configuration; host-local keeps its allocations in `ipam_dir`.
+fn bridge_config(prefix: &str, ipam_dir: &Path) -> String {
+    serde_json::json!({
             "cniVersion": "1.0.0",
             "name": format!("{prefix}-cni"),
             "type": "bridge",
@@ -78,18 +94,17 @@ impl Cni {
                 "ranges": [[{ "subnet": CNI_SUBNET }]],
                 "dataDir": ipam_dir.display().to_string(),
             },
-        });
-        Cni {
-            host: Netns::new(&format!("{prefix}-cnihost")),
-            config: config.to_string(),
-        }
-    }
+    })
+    .to_string()
+}
 
-    /// `bridge` with `CNI_COMMAND` for container namespace `ns`, run in the plugin's host
-    /// namespace, stdin not yet given.
+impl Plugin {
+    /// The plugin with `CNI_COMMAND` for container namespace `ns`, run in its host namespace,
+    /// stdin not yet given.
     fn command(&self, verb: &str, ns: &str) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.host.name(), CNI_PLUGIN])
+        cmd.args(["netns", "exec", &self.host_ns])
+            .arg(&self.path)
             .env("CNI_COMMAND", verb)
             .env("CNI_CONTAINERID", ns)
             .env("CNI_NETNS", format!("/var/run/netns/{ns}"))
@@ -104,7 +119,8 @@ impl Cni {
         let result: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
         assert!(
             out.success() && result["ips"][0]["address"].is_string(),
-            "{CNI_PLUGIN} ADD for {ns}: {:?} {}{}",
+            "{} ADD for {ns}: {:?} {}{}",
+            self.path.display(),
             out.code,
             out.stdout,
             out.stderr.trim()
@@ -112,48 +128,68 @@ impl Cni {
         ms(took)
     }
 
-    fn del(&self, ns: &str) {
-        let (_, out) = harness::timed_with_stdin(self.command("DEL", ns), &self.config);
-        checked(out, &format!("{CNI_PLUGIN} DEL for {ns}"));
+    /// DEL for `ns`, timed.
+    fn del(&self, ns: &str) -> f64 {
+        let (took, out) = harness::timed_with_stdin(self.command("DEL", ns), &self.config);
+        checked(out, &format!("{} DEL for {ns}", self.path.display()));
+        ms(took)
     }
 }
 
 fn run() {
     println!(
-        "weft-bench-attach: weftctl attach vs the CNI bridge plugin's ADD (host-local IPAM), each on {ATTACHES} fresh namespaces, alternating"
+        "weft-bench-attach: weftctl attach and weft-cni ADD vs the CNI bridge plugin's ADD (host-local IPAM), and both plugins' DEL, each on {ATTACHES} fresh namespaces, alternating"
     );
     harness::print_machine();
     println!("CNI plugins: {}", cni_version());
     let scratch = tempfile::tempdir().expect("creating a temp dir");
     let mut world = World::new(1);
-    let cni = Cni::new(world.prefix(), &scratch.path().join("cni-ipam"));
-    println!("CNI config: {}", cni.config);
-    // A container already on each side, so neither is timed creating its bridge.
+    let bridge_host = Netns::new(&format!("{}-cnihost", world.prefix()));
+    let bridge = Plugin {
+        path: BRIDGE_PLUGIN.into(),
+        host_ns: bridge_host.name().to_string(),
+        config: bridge_config(world.prefix(), &scratch.path().join("cni-ipam")),
+    };
+    let weft = Plugin {
+        path: weft_integration::locate_bin("weft-cni"),
+        host_ns: world.host_ns(1),
+        config: serde_json::json!({
+            "cniVersion": "1.0.0", "name": "weft", "type": "weft",
+            "socket": world.socket(1),
+        })
+        .to_string(),
+    };
+    println!("CNI configs: {} and {}", bridge.config, weft.config);
+    // A container already on each side, so none is timed creating its bridge.
     let base = world.container(1, "base");
     world.ctl(1, &["attach", &format!("netns:{base}")]);
-    let cni_base = Netns::new(&format!("{}-cnibase", world.prefix()));
-    cni.add(cni_base.name());
+    let bridge_base = Netns::new(&format!("{}-cnibase", world.prefix()));
+    bridge.add(bridge_base.name());
     println!(
-        "each attach: a fresh namespace; weftctl through `ip netns exec` in host1, the plugin through `ip netns exec` in its host namespace; then detach / DEL and the namespace deleted, untimed; the order of the three rotates each iteration; `ip netns exec HOST true` is timed too, the cost both share"
+        "each attach: a fresh namespace; weftctl and weft-cni through `ip netns exec` in host1, the bridge plugin through `ip netns exec` in its host namespace; weftctl's undone by a detach, untimed, the plugins' by a DEL, timed; the namespace deleted, untimed; the order of the four rotates each iteration; `ip netns exec HOST true` is timed too, the cost all share"
     );
 
     let mut samples: Vec<(Kind, f64)> = Vec::new();
     let mut floor = Vec::new();
     for i in 0..ATTACHES {
-        for k in 0..Kind::ALL.len() {
+        for k in 0..Kind::ROTATION.len() {
             check_interrupted();
-            let kind = Kind::ALL[(i + k) % Kind::ALL.len()];
+            let kind = Kind::ROTATION[(i + k) % Kind::ROTATION.len()];
             let ns = Netns::new(&format!("{}-{}{i}", world.prefix(), kind.tag()));
-            let took = match kind {
-                Kind::WeftStatic => weft_attach(&world, ns.name(), Some(static_ip(i))),
-                Kind::WeftDefault => weft_attach(&world, ns.name(), None),
-                Kind::Cni => cni.add(ns.name()),
-            };
-            samples.push((kind, took));
-            if kind == Kind::Cni {
-                cni.del(ns.name());
-            } else {
-                world.ctl(1, &["detach", &format!("netns:{}", ns.name())]);
+            match kind {
+                Kind::WeftStatic | Kind::WeftDefault => {
+                    let ip = (kind == Kind::WeftStatic).then(|| static_ip(i));
+                    samples.push((kind, weft_attach(&world, ns.name(), ip)));
+                    world.ctl(1, &["detach", &format!("netns:{}", ns.name())]);
+                }
+                Kind::WeftCni => {
+                    samples.push((kind, weft.add(ns.name())));
+                    samples.push((Kind::WeftCniDel, weft.del(ns.name())));
+                }
+                _ => {
+                    samples.push((kind, bridge.add(ns.name())));
+                    samples.push((Kind::BridgeDel, bridge.del(ns.name())));
+                }
             }
         }
         let mut cmd = Command::new("ip");
@@ -163,7 +199,7 @@ fn run() {
             println!("  {}/{ATTACHES} iterations done", i + 1);
         }
     }
-    cni.del(cni_base.name());
+    bridge.del(bridge_base.name());
     report(&samples, floor);
     harness::print_load("at end");
 }
@@ -198,7 +234,10 @@ fn report(samples: &[(Kind, f64)], floor: Vec<f64>) {
             .collect()
     };
     println!("over {ATTACHES} fresh namespaces each:");
-    for kind in Kind::ALL {
+    for kind in Kind::ROTATION
+        .into_iter()
+        .chain([Kind::WeftCniDel, Kind::BridgeDel])
+    {
         let values = of(kind);
         println!(
             "  {:<28} p50 {:6.1} ms  p99 {:6.1} ms",
@@ -212,17 +251,21 @@ fn report(samples: &[(Kind, f64)], floor: Vec<f64>) {
         "ip netns exec HOST true",
         percentile(floor, 50.0)
     );
-    let cni = percentile(of(Kind::Cni), 50.0);
+    let bridge = percentile(of(Kind::Bridge), 50.0);
     let mut met = true;
-    for kind in [Kind::WeftStatic, Kind::WeftDefault] {
+    for kind in Kind::WEFT {
         let weft = percentile(of(kind), 50.0);
-        met &= weft <= cni;
+        met &= weft <= bridge;
         println!(
             "  ratio p50 {} / bridge ADD: {:.2}",
             kind.label(),
-            weft / cni
+            weft / bridge
         );
     }
+    println!(
+        "  ratio p50 weft-cni DEL / bridge DEL: {:.2}",
+        percentile(of(Kind::WeftCniDel), 50.0) / percentile(of(Kind::BridgeDel), 50.0)
+    );
     println!("goal: {GOAL}: {}", if met { "met" } else { "missed" });
 }
 
@@ -233,8 +276,8 @@ fn cni_version() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    let probe = fs::metadata(CNI_PLUGIN).map_or("missing", |_| "present");
-    format!("{CNI_PLUGIN} {probe}, Debian containernetworking-plugins {deb}")
+    let probe = fs::metadata(BRIDGE_PLUGIN).map_or("missing", |_| "present");
+    format!("{BRIDGE_PLUGIN} {probe}, Debian containernetworking-plugins {deb}")
 }
 
 fn checked(out: Output, what: &str) {
