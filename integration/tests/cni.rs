@@ -319,7 +319,7 @@ fn bad_input_gets_a_cni_error_naming_it_and_creates_nothing() {
 }
 
 #[test]
-fn a_static_address_a_default_route_and_a_chained_portmap() {
+fn a_static_address_a_default_route_and_chained_portmap_and_tuning() {
     let mut world = World::new(1);
     world.ctl(1, &["network", "create", "blue", "--subnet", "10.9.0.0/24"]);
     let ns = world.container(1, "web");
@@ -395,6 +395,21 @@ fn a_static_address_a_default_route_and_a_chained_portmap() {
     );
     drop(server);
     assert!(reply.stdout.contains("hello from the pod"), "{:?}", reply);
+    // tuning, chained the same way, changes the interface weft's result names.
+    let tuning = json!({
+        "cniVersion": "1.0.0", "name": "weft-test", "type": "tuning", "promisc": true,
+        "prevResult": result,
+    });
+    let tuning_plugin = std::path::Path::new(CNI_PLUGIN_DIR).join("tuning");
+    let tuned = run_plugin(
+        &world.host_ns(1),
+        &tuning_plugin,
+        &pod_env("ADD", &id, &path, ""),
+        &tuning,
+    );
+    assert!(tuned.success(), "tuning: {:?}", tuned.output);
+    let link = ip(&ns, &["link", "show", "eth0"]).stdout;
+    assert!(link.contains("PROMISC"), "{link}");
     let unmapped = run_plugin(
         &world.host_ns(1),
         &plugin,
