@@ -56,7 +56,8 @@ events_logger = "file"
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const LOG_TAIL_LINES: usize = 40;
 
-/// Distinguishes the guards of one test process; the pid distinguishes test processes.
+/// Distinguishes the guards of one test process (of both kinds); the pid distinguishes test
+/// processes.
 static GUARDS: AtomicUsize = AtomicUsize::new(0);
 
 /// A running Podman API service and the containers a test made through it. Make it before the
@@ -71,16 +72,7 @@ impl Podman {
     /// Makes sure the image exists, starts the service and returns once it answers. Panics with
     /// the reason (and the service's log) otherwise.
     pub fn start() -> Podman {
-        require_root_and_tools();
-        let prefix = format!(
-            "wftc{}x{}",
-            process::id(),
-            GUARDS.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{prefix}-"))
-            .tempdir()
-            .expect("creating the Podman guard's temp dir");
+        let (prefix, dir) = guard_dir("wftc");
         let conf = dir.path().join("containers.conf");
         fs::write(&conf, CONTAINERS_CONF)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", conf.display()));
@@ -285,6 +277,22 @@ impl Podman {
     }
 }
 
+/// A new guard's name prefix (`<tag><pid>x<n>`) and temp dir, once the machine is seen to be
+/// able to run containers.
+pub(crate) fn guard_dir(tag: &str) -> (String, TempDir) {
+    require_root_and_tools();
+    let prefix = format!(
+        "{tag}{}x{}",
+        process::id(),
+        GUARDS.fetch_add(1, Ordering::Relaxed)
+    );
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("{prefix}-"))
+        .tempdir()
+        .expect("creating the Podman guard's temp dir");
+    (prefix, dir)
+}
+
 /// What `tool ARGS...` printed, once it is seen to have succeeded.
 pub(crate) fn succeeded(tool: &str, args: &[&str], out: Output) -> String {
     assert!(
@@ -309,7 +317,7 @@ impl Drop for Podman {
 }
 
 /// Fails loudly, naming the fix, when the machine cannot run containers.
-pub(crate) fn require_root_and_tools() {
+fn require_root_and_tools() {
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "tests with containers need root (Podman's API runs as root); run them as root"

@@ -11,8 +11,7 @@
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
-use std::process::{self, Command};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
 
 use nix::sys::signal::{self, Signal};
 use serde_json::json;
@@ -21,14 +20,12 @@ use tempfile::TempDir;
 use crate::cmd::{self, Output};
 use crate::cni::CNI_PLUGIN_DIR;
 use crate::podman::{
-    CONTAINER_IMAGE, CONTAINERS_CONF, conmons_of, ensure_image, require_root_and_tools, succeeded,
+    CONTAINER_IMAGE, CONTAINERS_CONF, conmons_of, ensure_image, guard_dir, succeeded,
 };
 use crate::world::World;
 
 /// The network's name, as `podman run --network` takes it.
 pub const NETWORK: &str = "weft";
-
-static GUARDS: AtomicUsize = AtomicUsize::new(0);
 
 pub struct PodmanCni {
     prefix: String,
@@ -39,16 +36,7 @@ pub struct PodmanCni {
 impl PodmanCni {
     /// A Podman for host `host` of `world`, whose containers join weft through its agent.
     pub fn on(world: &World, host: usize) -> PodmanCni {
-        require_root_and_tools();
-        let prefix = format!(
-            "wftp{}x{}",
-            process::id(),
-            GUARDS.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{prefix}-"))
-            .tempdir()
-            .expect("creating the Podman guard's temp dir");
+        let (prefix, dir) = guard_dir("wftp");
         let (bin, netd) = (dir.path().join("cnibin"), dir.path().join("net.d"));
         fs::create_dir_all(&bin)
             .and_then(|_| fs::create_dir_all(&netd))

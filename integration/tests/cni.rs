@@ -387,6 +387,12 @@ fn a_static_address_a_default_route_and_chained_portmap_and_tuning() {
         &["nc", "-l", "-p", "80", "-e", "echo", "hello from the pod"],
         log,
     );
+    assert!(
+        weft_integration::wait_until(std::time::Duration::from_secs(5), || {
+            weft_integration::listening(&ns, 80)
+        }),
+        "the server in the pod is not listening"
+    );
     let host = weft_integration::host_addr(1);
     let reply = weft_integration::exec_for(
         &world.controller_ns(),
@@ -537,20 +543,18 @@ fn podman_on_its_cni_backend_puts_containers_on_weft() {
         "{:?}",
         ps(&world, 1)
     );
-    // -p 8080:80 went to portmap, chained after weft: the host's port reaches the container.
-    let reply = weft_integration::exec_for(
-        &world.controller_ns(),
-        &[
-            "busybox",
-            "nc",
-            "-w",
-            "3",
-            &weft_integration::host_addr(1),
-            "8080",
-        ],
-        std::time::Duration::from_secs(10),
+    // -p 8080:80 went to portmap, chained after weft: the host's port reaches the container
+    // (once its server listens: the container may still be starting it).
+    let host = weft_integration::host_addr(1);
+    let ask = || {
+        let argv = ["busybox", "nc", "-w", "3", &host, "8080"];
+        let reply = exec(&world.controller_ns(), &argv);
+        reply.stdout.contains("hello from podman")
+    };
+    assert!(
+        weft_integration::wait_until(std::time::Duration::from_secs(5), ask),
+        "host1:8080 does not reach the container"
     );
-    assert!(reply.stdout.contains("hello from podman"), "{reply:?}");
     // podman rm releases the address (the plugin's DEL).
     p1.podman_ok(&["rm", "-f", "-t", "0", &web]);
     assert!(!ps(&world, 1).iter().any(|l| l.contains(&ip_web)));
