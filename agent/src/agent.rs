@@ -5,6 +5,7 @@
 //! use.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,6 +13,7 @@ use tokio::sync::Notify;
 use tonic::transport;
 use weft_proto::v1::Peer;
 
+use crate::cni_namespaces::CniNamespaces;
 use crate::container::Containers;
 use crate::controller_link::ControllerLink;
 use crate::datapath::Datapath;
@@ -84,7 +86,7 @@ impl Agent {
         datapath: Datapath,
         docker_url: &str,
         dns: DnsState,
-        firewall: Firewall,
+        state_dir: &Path,
     ) -> anyhow::Result<Agent> {
         let following = Arc::new(controller.following);
         let link = Arc::new(ControllerLink::new(
@@ -96,6 +98,7 @@ impl Agent {
         let datapath = Arc::new(datapath);
         let containers = Arc::new(Containers {
             docker: DockerApi::new(docker_url),
+            cni: CniNamespaces::load(state_dir),
         });
         let dns = Arc::new(Listeners::new(Arc::new(dns)));
         let host = KernelHost {
@@ -119,7 +122,7 @@ impl Agent {
             lifecycle: Arc::default(),
             connections: Arc::default(),
             last_reconcile: Arc::default(),
-            firewall: Arc::new(firewall),
+            firewall: Arc::new(Firewall::load(state_dir)),
         })
     }
 

@@ -22,6 +22,7 @@ use weft_proto::v1::{
 };
 
 use crate::agent::Agent;
+use crate::cni_namespaces::CniNamespaces;
 use crate::container::Container;
 use crate::endpoints::EndpointError;
 use crate::endpoints::attach::AttachOrder;
@@ -111,7 +112,8 @@ impl Agent {
     }
 
     /// CNI ADD: plugs the attachment into the network, with a default route through this
-    /// host's own address on it if asked; a step that fails undoes the attach.
+    /// host's own address on it if asked; a step that fails undoes the attach (the host keeps
+    /// an address it took on the network, as `weftctl expose` leaves it).
     pub async fn cni_add(&self, req: CniAddRequest) -> Result<CniAddResponse, EndpointError> {
         let (id, ifname) = attachment_id(req.attachment.as_ref())?;
         let network = self.network(network_name(&req.network))?;
@@ -123,23 +125,35 @@ impl Agent {
             dns_name: self.pod_dns_name(&req.pod_name, &req.pod_namespace),
             rewrite_resolv: Some(false),
         };
-        self.endpoints().attach(order).await?;
+        let netns = Path::new(&req.netns);
+        // Kept first: a restarted agent finds the pod's namespace by it (DNS, the veth's end).
+        let namespaces = &self.containers().cni;
+        namespaces
+            .insert(&id, netns)
+            .map_err(EndpointError::Kernel)?;
+        if let Err(e) = self.endpoints().attach(order).await {
+            forget_namespace(namespaces, &id);
+            return Err(e);
+        }
         let container = Container {
             id: id.clone(),
-            netns: PathBuf::from(&req.netns),
+            netns: netns.to_path_buf(),
             hostname: String::new(),
             root: None,
         };
-        match self
-            .cni_route_out(&req, &network, &container, &ifname)
-            .await
-        {
-            Ok(gateway) => self.cni_result(&network, &id, gateway).await,
+        let done = async {
+            let gateway = self
+                .cni_route_out(&req, &network, &container, &ifname)
+                .await?;
+            self.cni_result(&network, &id, gateway).await
+        };
+        match done.await {
+            Ok(done) => Ok(done),
             Err(e) => {
-                let netns = Some(Path::new(&req.netns));
-                if let Err(undo) = self.endpoints().detach(&id, netns, Vec::new()).await {
+                if let Err(undo) = self.endpoints().detach(&id, Some(netns), Vec::new()).await {
                     warn!(container = %id, "undoing a failed CNI ADD: {undo}");
                 }
+                forget_namespace(namespaces, &id);
                 Err(e)
             }
         }
@@ -157,11 +171,6 @@ impl Agent {
     ) -> Result<Option<Ipv4Addr>, EndpointError> {
         if !(req.default_route || req.ip_masq) {
             return Ok(None);
-        }
-        if req.ip_masq {
-            self.firewall()
-                .masquerade(&network.name)
-                .map_err(EndpointError::Kernel)?;
         }
         let exposed = self
             .endpoints()
@@ -182,11 +191,13 @@ impl Agent {
         })
         .await
         .map_err(EndpointError::Kernel)?;
-        // The way out works when ADD answers, not at the next reconcile.
-        self.firewall()
-            .settle(self.tables())
-            .await
-            .map_err(EndpointError::Kernel)?;
+        if req.ip_masq {
+            // The way out works when ADD answers, not at the next reconcile.
+            self.firewall()
+                .masquerade(&network.name, self.tables())
+                .await
+                .map_err(EndpointError::Kernel)?;
+        }
         Ok(Some(gateway))
     }
 
@@ -197,9 +208,12 @@ impl Agent {
         id: &str,
         gateway: Option<Ipv4Addr>,
     ) -> Result<CniAddResponse, EndpointError> {
-        let ep = self
-            .cni_endpoint(&network.name, id)?
-            .ok_or_else(|| EndpointError::Lost(format!("the controller no longer holds {id}")))?;
+        let ep = self.cni_endpoint(&network.name, id)?.ok_or_else(|| {
+            EndpointError::Lost(format!(
+                "the tables of this host do not show {id} in network {} (yet)",
+                network.name
+            ))
+        })?;
         let host_mac = self
             .datapath()
             .link(&ep.host_ifname)
@@ -243,10 +257,12 @@ impl Agent {
     pub async fn cni_del(&self, req: CniDelRequest) -> Result<Vec<String>, EndpointError> {
         let (id, _) = attachment_id(req.attachment.as_ref())?;
         let netns = Some(Path::new(&req.netns)).filter(|p| p.exists());
-        match self.endpoints().detach(&id, netns, Vec::new()).await {
-            Err(EndpointError::Controller(s)) if s.code() == Code::NotFound => Ok(Vec::new()),
-            done => done,
-        }
+        let released = match self.endpoints().detach(&id, netns, Vec::new()).await {
+            Err(EndpointError::Controller(s)) if s.code() == Code::NotFound => Vec::new(),
+            done => done?,
+        };
+        forget_namespace(&self.containers().cni, &id);
+        Ok(released)
     }
 
     /// CNI CHECK: the attachment is as its ADD reported: the tables hold its endpoint, the
@@ -339,6 +355,7 @@ impl Agent {
                 Err(EndpointError::Controller(s)) if s.code() == Code::NotFound => continue,
                 Err(e) => return Err(e),
             }
+            forget_namespace(&self.containers().cni, &id);
             if let Some((container_id, ifname)) = cni_attachment(&id) {
                 released.push(CniAttachment {
                     container_id: container_id.to_string(),
@@ -347,6 +364,13 @@ impl Agent {
             }
         }
         Ok(released)
+    }
+}
+
+/// Forgets an attachment's namespace; one that cannot be forgotten only stays on record.
+fn forget_namespace(namespaces: &CniNamespaces, id: &str) {
+    if let Err(e) = namespaces.remove(id) {
+        warn!(container = %id, "{e:#}");
     }
 }
 

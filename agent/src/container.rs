@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use weft_proto::names::{MAX_CONTAINER_ID, cni_attachment, excerpt, short_container_id};
 
+use crate::cni_namespaces::CniNamespaces;
 use crate::docker::{DockerApi, DockerError};
 use crate::netns::{self, NamespaceError};
 
@@ -118,6 +119,8 @@ fn is_docker_reference(reference: &str) -> bool {
 /// Finds containers by reference, asking the Docker API for those that are not namespaces.
 pub struct Containers {
     pub docker: DockerApi,
+    /// The namespaces of CNI attachments, which their references do not name.
+    pub cni: CniNamespaces,
 }
 
 impl Containers {
@@ -160,7 +163,10 @@ impl Containers {
 
     /// The container's canonical id, running or not; a namespace that is gone still has one.
     pub async fn identify(&self, reference: &str) -> Result<Container, ContainerError> {
-        if let Some(container) = parse_namespace(reference)? {
+        if let Some(mut container) = parse_namespace(reference)? {
+            if let Some(netns) = self.cni.get(&container.id) {
+                container.netns = netns;
+            }
             return Ok(container);
         }
         let found = self.docker.find(reference).await?;
@@ -185,6 +191,7 @@ mod tests {
     fn containers_without_docker() -> Containers {
         Containers {
             docker: DockerApi::new("unix:///nonexistent/weft-test-docker.sock"),
+            cni: CniNamespaces::load(Path::new("/nonexistent/weft-test-state")),
         }
     }
 

@@ -4,11 +4,12 @@
 //! that running containers hold. The store and revision followed are kept in the state dir, so a
 //! restarted agent keeps the rule; the operator lifts it once with `weftctl accept-controller`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use tracing::warn;
+
+use crate::state_file;
 
 /// The file in the state dir: `STORE_ID REVISION`, and on a second line why the controller's
 /// tables are refused, while they are.
@@ -185,18 +186,12 @@ impl Following {
             }
             now
         };
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = self.path.with_extension("tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        writeln!(file, "{} {}", position.store_id, position.revision)?;
+        let mut text = format!("{} {}\n", position.store_id, position.revision);
         if let Some(why) = &refused {
-            writeln!(file, "{why}")?;
+            text.push_str(&format!("{why}\n"));
         }
         // Durable before it replaces the old record: a refusal must survive a power loss.
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
+        state_file::replace(&self.path, &text)?;
         self.lock().written = Some((position, refused));
         Ok(())
     }

@@ -20,6 +20,7 @@
 
 pub mod agent;
 pub mod cni;
+pub mod cni_namespaces;
 pub mod container;
 pub mod controller_link;
 pub mod datapath;
@@ -38,6 +39,7 @@ pub mod netlink;
 pub mod netns;
 pub mod probe;
 pub mod reconcile;
+pub mod state_file;
 pub mod tables;
 pub mod views;
 pub mod watch;

@@ -215,7 +215,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         datapath,
         &args.docker_host,
         dns,
-        Firewall::load(&args.state_dir),
+        &args.state_dir,
     )?);
     let listener = weft_process::bind_private_socket(&args.socket).await?;
     let api = tonic::transport::Server::builder()

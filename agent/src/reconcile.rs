@@ -50,6 +50,8 @@ pub struct Reconciler {
     dns_caught_up: bool,
     /// Why the probe device could not be made in the last pass, so it is logged once.
     probe_error: Option<String>,
+    /// Why the nftables table could not be set in the last pass, so it is logged once.
+    firewall_error: Option<String>,
 }
 
 impl Reconciler {
@@ -66,6 +68,7 @@ impl Reconciler {
             checked_containers: false,
             dns_caught_up: false,
             probe_error: None,
+            firewall_error: None,
         }
     }
 
@@ -132,7 +135,17 @@ impl Reconciler {
                 "datapath reconciled"
             );
         }
-        self.firewall.settle(&self.tables).await?;
+        // A table that cannot be set (no nft, say) leaves the rest of the pass to be done: the
+        // networks work, only the way out through the host does not.
+        let firewall_error = self.firewall.settle(&self.tables).await.err();
+        let firewall_error = firewall_error.map(|e| format!("{e:#}"));
+        if firewall_error != self.firewall_error {
+            match &firewall_error {
+                Some(e) => warn!("no masquerading: {e}"),
+                None => info!("the nftables table is as wanted again"),
+            }
+            self.firewall_error = firewall_error;
+        }
         // Only fresh tables can say which endpoint lost its veth.
         let local = self.tables.fresh_local_endpoints(|_| true);
         if !local.is_empty() {

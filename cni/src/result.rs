@@ -8,7 +8,11 @@ use weft_proto::v1::CniAddResponse;
 /// `version`; 1.1.0 gives interfaces their MTU.
 pub fn add_result(cni_version: &str, done: &CniAddResponse, ifname: &str, netns: &str) -> Value {
     let old = cni_version.starts_with("0.");
-    let mut host = json!({"name": done.host_ifname, "mac": done.host_mac});
+    let mut host = json!({"name": done.host_ifname});
+    // The agent names no MAC for a veth it could not find just then: the key is optional.
+    if !done.host_mac.is_empty() {
+        host["mac"] = done.host_mac.clone().into();
+    }
     let mut container = json!({"name": ifname, "mac": done.container_mac, "sandbox": netns});
     if cni_version == "1.1.0" {
         host["mtu"] = done.mtu.into();

@@ -93,7 +93,7 @@ fn pods_on_two_hosts_talk_and_check_and_del_do_what_the_spec_says() {
     let lookup = world.ctl(2, &["dns-lookup", "web.shop.weave.local"]);
     assert_eq!(lookup.trim(), ip1);
 
-    // CHECK: healthy, then with the address taken away, then with the interface gone.
+    // CHECK: healthy, then with the address taken away, then with a route that is not there.
     let mut check_conf = conf.clone();
     check_conf["prevResult"] = r1.clone();
     let check = world.cni(1, &pod_env("CHECK", &id1, &path1, args1), &check_conf);
@@ -117,6 +117,7 @@ fn pods_on_two_hosts_talk_and_check_and_del_do_what_the_spec_says() {
     no_route["prevResult"]["routes"] = json!([{"dst": "192.0.2.0/24", "gw": ip2}]);
     no_route["prevResult"]["ips"] = json!([]);
     let broken = world.cni(1, &pod_env("CHECK", &id1, &path1, args1), &no_route);
+    assert_eq!(broken.error_code(), 100);
     assert!(
         broken
             .msg()
@@ -493,9 +494,21 @@ fn ip_masq_takes_pods_out_through_their_host_and_keeps_networks_apart() {
         "{}",
         before.stdout
     );
+    assert!(
+        weft_integration::listening(&blue, 53),
+        "weft's DNS in the pod"
+    );
     world.stop_agent(1);
     world.start_agent(1);
     assert_eq!(table().stdout, before.stdout);
+    // The restarted agent found the pod's namespace (only the ADD named it) and serves DNS
+    // there again.
+    assert!(
+        weft_integration::wait_until(std::time::Duration::from_secs(5), || {
+            weft_integration::listening(&blue, 53)
+        }),
+        "no DNS in the pod after the agent's restart"
+    );
     assert!(exec(&host, &["nft", "delete", "table", "ip", "weft"]).success());
     // Any change to the tables makes a pass; a periodic one comes within 30 s anyway.
     world.ctl(

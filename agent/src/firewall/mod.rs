@@ -9,7 +9,6 @@
 pub mod rules;
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -17,6 +16,7 @@ use anyhow::Context;
 use nftables::helper::{self, NftablesError};
 use tracing::info;
 
+use crate::state_file;
 use crate::tables::TablesCopy;
 use rules::Rule;
 
@@ -49,13 +49,29 @@ impl Firewall {
         self.masqueraded.lock().expect("masquerade lock").clone()
     }
 
-    /// Masquerades `network` from now on (kept in the state dir).
-    pub fn masquerade(&self, network: &str) -> anyhow::Result<()> {
-        let mut set = self.masqueraded.lock().expect("masquerade lock");
-        if set.insert(network.to_string()) {
-            self.save(&set)?;
+    /// Masquerades `network` from now on (kept in the state dir) and sets the table now; if it
+    /// cannot be set, the network is not masqueraded after all. `tables` must hold the host's
+    /// address on the network.
+    pub async fn masquerade(&self, network: &str, tables: &TablesCopy) -> anyhow::Result<()> {
+        let added = self.change(|set| set.insert(network.to_string()))?;
+        if let Err(e) = self.settle(tables).await {
+            if added {
+                self.change(|set| set.remove(network))?;
+            }
+            return Err(e);
         }
         Ok(())
+    }
+
+    /// Changes the set of masqueraded networks and keeps it in the state dir; returns what
+    /// `change` says (whether it changed).
+    fn change(&self, change: impl FnOnce(&mut BTreeSet<String>) -> bool) -> anyhow::Result<bool> {
+        let mut set = self.masqueraded.lock().expect("masquerade lock");
+        let changed = change(&mut set);
+        if changed {
+            self.save(&set)?;
+        }
+        Ok(changed)
     }
 
     fn save(&self, set: &BTreeSet<String>) -> anyhow::Result<()> {
@@ -64,58 +80,26 @@ impl Firewall {
             text.push_str(name);
             text.push('\n');
         }
-        let tmp = self.path.with_extension("tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
+        state_file::replace(&self.path, &text)
             .with_context(|| format!("cannot write {}", self.path.display()))
     }
 
     /// Makes the table hold what the tables call for now; returns whether it changed.
     pub async fn settle(&self, tables: &TablesCopy) -> anyhow::Result<bool> {
+        // What is wanted is read under the lock: a pass that read older tables must not undo
+        // what a newer one (an ADD's) set.
+        let mut held = self.held.lock().await;
         let masqueraded = self.masqueraded();
         let Some(wanted) = tables.read(|t| rules::wanted(t, tables.me(), &masqueraded)) else {
             return Ok(false);
         };
-        self.reconcile(&wanted).await
-    }
-
-    async fn reconcile(&self, wanted: &BTreeSet<Rule>) -> anyhow::Result<bool> {
-        let mut held = self.held.lock().await;
-        let expected = rules::expected(wanted);
-        // With nothing to hold and nothing held at the last look, no `nft` is run: most hosts
-        // masquerade nothing, and may have no nft at all.
-        if expected.is_empty() && held.as_ref().is_some_and(BTreeSet::is_empty) {
-            return Ok(false);
-        }
-        let now = listing().await.or_else(|e| match e {
-            // No nft: there can be no table to remove.
-            NftablesError::NftExecution { .. } if expected.is_empty() => Ok(BTreeSet::new()),
-            e => Err(e),
-        });
-        let now =
-            now.map_err(|e| anyhow::anyhow!("cannot read nftables table {}: {e}", rules::TABLE))?;
-        if now == expected {
-            *held = Some(now);
-            return Ok(false);
-        }
-        if !wanted.is_empty() {
-            std::fs::write(IP_FORWARD, "1")
-                .with_context(|| format!("cannot write {IP_FORWARD}"))?;
-        }
-        helper::apply_ruleset_async(&rules::replace(wanted))
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot set nftables table {}: {e}", rules::TABLE))?;
-        info!(rules = wanted.len(), "nftables table {} set", rules::TABLE);
-        *held = Some(expected);
-        Ok(true)
+        reconcile(&mut held, &wanted).await
     }
 
     /// Removes the table and forgets the masqueraded networks (`weftctl reset`); returns
     /// whether there was a table.
     pub async fn reset(&self) -> anyhow::Result<bool> {
-        let had = self.reconcile(&BTreeSet::new()).await?;
+        let had = reconcile(&mut *self.held.lock().await, &BTreeSet::new()).await?;
         let mut set = self.masqueraded.lock().expect("masquerade lock");
         set.clear();
         match std::fs::remove_file(&self.path) {
@@ -126,6 +110,46 @@ impl Firewall {
         }
         Ok(had)
     }
+}
+
+/// Makes the table hold `wanted`, `held` being what it held at the last look (None: unknown);
+/// returns whether it changed.
+async fn reconcile(
+    held: &mut Option<BTreeSet<(String, String)>>,
+    wanted: &BTreeSet<Rule>,
+) -> anyhow::Result<bool> {
+    let expected = rules::expected(wanted);
+    // With nothing to hold and nothing held at the last look, no `nft` is run: most hosts
+    // masquerade nothing, and may have no nft at all.
+    if expected.is_empty() && held.as_ref().is_some_and(BTreeSet::is_empty) {
+        return Ok(false);
+    }
+    if !wanted.is_empty() {
+        // Kept on while there are rules: something may have turned it off.
+        std::fs::write(IP_FORWARD, "1").with_context(|| format!("cannot write {IP_FORWARD}"))?;
+    }
+    let now = listing().await.or_else(|e| match e {
+        // No nft, or one that cannot list: nothing is wanted, and nothing of weft's can be
+        // there to remove.
+        NftablesError::NftExecution { .. } | NftablesError::NftFailed { .. }
+            if expected.is_empty() =>
+        {
+            Ok(BTreeSet::new())
+        }
+        e => Err(e),
+    });
+    let now =
+        now.map_err(|e| anyhow::anyhow!("cannot read nftables table {}: {e}", rules::TABLE))?;
+    if now == expected {
+        *held = Some(now);
+        return Ok(false);
+    }
+    helper::apply_ruleset_async(&rules::replace(wanted))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot set nftables table {}: {e}", rules::TABLE))?;
+    info!(rules = wanted.len(), "nftables table {} set", rules::TABLE);
+    *held = Some(expected);
+    Ok(true)
 }
 
 /// The table as it is, as (chain, comment) pairs; none if there is no table.
