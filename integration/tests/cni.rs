@@ -361,19 +361,21 @@ fn a_static_address_a_default_route_and_chained_portmap_and_tuning() {
     // portmap, chained after weft with weft's result, maps the host's port 8080 to the pod's 80:
     // a client on the underlay reaches a server in the pod through the host's address.
     let portmap = json!({
-        "cniVersion": "1.0.0", "name": "weft-test", "type": "portmap",
+        "type": "portmap",
         "runtimeConfig": {"portMappings": [
             {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
-        "prevResult": result,
     });
-    let plugin = std::path::Path::new(CNI_PLUGIN_DIR).join("portmap");
-    let mapped = run_plugin(
-        &world.host_ns(1),
-        &plugin,
-        &pod_env("ADD", &id, &path, ""),
-        &portmap,
-    );
-    assert!(mapped.success(), "portmap: {:?}", mapped.output);
+    let chain = |command: &str, conf: &Value| {
+        let env = pod_env(command, &id, &path, "");
+        let run = chained(&world, &env, conf, &result);
+        assert!(
+            run.success(),
+            "{} {command}: {:?}",
+            conf["type"],
+            run.output
+        );
+    };
+    chain("ADD", &portmap);
     assert!(
         exec(
             &world.host_ns(1),
@@ -403,32 +405,24 @@ fn a_static_address_a_default_route_and_chained_portmap_and_tuning() {
     drop(server);
     assert!(reply.stdout.contains("hello from the pod"), "{:?}", reply);
     // tuning, chained the same way, changes the interface weft's result names.
-    let tuning = json!({
-        "cniVersion": "1.0.0", "name": "weft-test", "type": "tuning", "promisc": true,
-        "prevResult": result,
-    });
-    let tuning_plugin = std::path::Path::new(CNI_PLUGIN_DIR).join("tuning");
-    let tuned = run_plugin(
-        &world.host_ns(1),
-        &tuning_plugin,
-        &pod_env("ADD", &id, &path, ""),
-        &tuning,
-    );
-    assert!(tuned.success(), "tuning: {:?}", tuned.output);
+    chain("ADD", &json!({"type": "tuning", "promisc": true}));
     let link = ip(&ns, &["link", "show", "eth0"]).stdout;
     assert!(link.contains("PROMISC"), "{link}");
-    let unmapped = run_plugin(
-        &world.host_ns(1),
-        &plugin,
-        &pod_env("DEL", &id, &path, ""),
-        &portmap,
-    );
-    assert!(unmapped.success(), "portmap DEL: {:?}", unmapped.output);
+    chain("DEL", &portmap);
     assert!(
         world
             .cni(1, &pod_env("DEL", &id, &path, ""), &conf)
             .success()
     );
+}
+
+/// A reference plugin (`conf` names its type and keys) chained after weft on host1, as a
+/// runtime runs it: weft's `result` as its `prevResult`.
+fn chained(world: &World, env: &[(&str, &str)], conf: &Value, result: &Value) -> CniRun {
+    let mut conf = weft_conf("1.0.0", conf.clone());
+    conf["prevResult"] = result.clone();
+    let plugin = std::path::Path::new(CNI_PLUGIN_DIR).join(conf["type"].as_str().unwrap());
+    run_plugin(&world.host_ns(1), &plugin, env, &conf)
 }
 
 /// The value of the counter of the rule commented `comment` in `ns`'s table `t`.
