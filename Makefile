@@ -18,7 +18,7 @@ export PATH := $(PATH):$(HOME)/.cargo/bin
 # nft, through which the agent masquerades and whose counters count frames in the tests; promtool (prometheus) and curl, which
 # check and scrape the metrics; the reference CNI plugins (portmap chained after weft's, and
 # Podman's CNI backend's loopback).
-DEB_PACKAGES := iproute2 iputils-ping podman runc busybox-static bind9-dnsutils dnsmasq-base \
+DEB_PACKAGES := iproute2 iputils-ping podman runc docker.io busybox-static bind9-dnsutils dnsmasq-base \
 	etcd-server etcd-client protobuf-compiler nftables prometheus curl containernetworking-plugins
 
 deps:
@@ -54,7 +54,7 @@ lint: deps
 
 # Run by hand, not in CI (about 35 minutes, needs root); method and figures in BENCHMARKS.md.
 # Release builds, as in production. Each benchmark has its own target; `bench` runs them all.
-BENCHES := fdb datapath converge attach controller stores failover probes
+BENCHES := fdb datapath converge attach controller stores failover probes docker
 RUN_BENCH = $(CARGO) run --quiet --release -p weft-bench --bin weft-bench-
 
 .PHONY: bench-deps bench-build $(addprefix bench-,$(BENCHES))

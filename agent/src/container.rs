@@ -6,7 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use weft_proto::names::{MAX_CONTAINER_ID, cni_attachment, excerpt, short_container_id};
+use weft_proto::names::{
+    MAX_CONTAINER_ID, cni_attachment, excerpt, is_docker_plugin_key, short_container_id,
+};
 
 use crate::cni_namespaces::CniNamespaces;
 use crate::docker::{DockerApi, DockerError};
@@ -53,6 +55,10 @@ pub enum ContainerError {
     Docker(#[from] DockerError),
     #[error("{0} was attached by the CNI plugin: its runtime attaches it (CNI ADD)")]
     Cni(String),
+    #[error(
+        "{} is an endpoint of Docker's network driver weft: Docker attaches and detaches it          (docker network connect/disconnect)", short_container_id(.0)
+    )]
+    DockerPlugin(String),
 }
 
 /// A namespace reference in its canonical form, without checking that it exists (detach must
@@ -75,6 +81,9 @@ pub fn parse_namespace(reference: &str) -> Result<Option<Container>, ContainerEr
     };
     if cni_attachment(reference).is_some() {
         return container(reference.to_string(), PathBuf::new());
+    }
+    if is_docker_plugin_key(reference) {
+        return Err(ContainerError::DockerPlugin(reference.to_string()));
     }
     if let Some(name) = reference.strip_prefix("netns:") {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {

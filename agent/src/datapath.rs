@@ -437,7 +437,7 @@ impl Datapath {
             &guest_name,
             mac,
             self.mtu,
-            &netns_file,
+            Some(&netns_file),
         )
         .await?;
         let inside_ready = netns::run_in(&container.netns, move |handle| async move {
@@ -471,6 +471,32 @@ impl Datapath {
         result?;
         info!(container = %container.id, veth = %ep.host_ifname, %mac, "plugged");
         Ok(())
+    }
+
+    /// Makes an endpoint's veth with both ends here, the host's on the network's bridge and
+    /// the container's (down, with the endpoint's MAC and the MTU) for Docker to move into its
+    /// sandbox and set up (Join); returns the container end's name. A veth of the endpoint's
+    /// name that is there already is made anew (a Join retried after its answer was lost).
+    pub async fn plug_unmoved(&self, ep: &EndpointRow, vni: u32) -> anyhow::Result<String> {
+        let _lock = self.lock.lock().await;
+        if let Some(old) = netlink::link_by_name(&self.handle, &ep.host_ifname).await? {
+            netlink::delete_link(&self.handle, &old).await?;
+        }
+        let (bridge, _) = self.ensure_devices_locked(vni).await?;
+        let guest_name = guest_tmp_ifname(&ep.host_ifname);
+        netlink::create_veth_into(
+            &self.handle,
+            &ep.host_ifname,
+            &bridge,
+            &guest_name,
+            ep.mac,
+            self.mtu,
+            None,
+        )
+        .await?;
+        info!(endpoint = %ep.id.container, veth = %ep.host_ifname, mac = %ep.mac,
+            "veth made for Docker to move");
+        Ok(guest_name)
     }
 
     /// Weft's interfaces in `container` (`ethwe`, `ethwe1`, ...); none if it is gone.

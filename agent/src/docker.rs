@@ -20,6 +20,7 @@ const REQUEST_TIMEOUT_SECS: u64 = 5;
 /// The events after which a container no longer needs its endpoints ("remove" is Podman's
 /// word for Docker's "destroy").
 const STOP_EVENTS: [&str; 3] = ["die", "destroy", "remove"];
+const START_EVENT: &str = "start";
 /// How often, and how far apart, a reply the client cannot decode is asked for again. Podman
 /// reports a container it is stopping or removing as `stopped`, a state the Docker API (and so
 /// bollard) does not know, until its cleanup a moment later; one such container anywhere on the
@@ -54,6 +55,14 @@ pub struct DockerContainer {
     /// Docker's word for its state: running, created, exited, paused, ...
     pub status: String,
     pub hostname: String,
+}
+
+/// What became of a container (its ID).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerEvent {
+    Started(String),
+    /// Stopped or removed.
+    Stopped(String),
 }
 
 /// A Docker Engine API endpoint, connected on first use.
@@ -145,8 +154,18 @@ impl DockerApi {
                 });
             }
         };
+        Ok(self.inspect(&id, reference).await?.0)
+    }
+
+    /// The container `id` (a `reference` to it, for errors), and the Docker endpoint IDs of its
+    /// networks.
+    pub async fn inspect(
+        &self,
+        id: &str,
+        reference: &str,
+    ) -> Result<(DockerContainer, Vec<String>), DockerError> {
         let client = self.client().await?;
-        let found = decoded(|| client.inspect_container(&id, None))
+        let found = decoded(|| client.inspect_container(id, None))
             .await
             .map_err(|e| match e {
                 // Removed between the listing and now.
@@ -160,7 +179,14 @@ impl DockerApi {
             })?;
         let state = found.state.unwrap_or_default();
         let running = state.running.unwrap_or(false);
-        Ok(DockerContainer {
+        let endpoints = found
+            .network_settings
+            .and_then(|n| n.networks)
+            .into_iter()
+            .flat_map(|networks| networks.into_values())
+            .filter_map(|n| n.endpoint_id.filter(|e| !e.is_empty()))
+            .collect();
+        let container = DockerContainer {
             name: found
                 .name
                 .map(|n| n.trim_start_matches('/').to_string())
@@ -171,8 +197,9 @@ impl DockerApi {
                 .and_then(|pid| u32::try_from(pid).ok()),
             status: state.status.map(|s| s.to_string()).unwrap_or_default(),
             hostname: found.config.and_then(|c| c.hostname).unwrap_or_default(),
-            id,
-        })
+            id: id.to_string(),
+        };
+        Ok((container, endpoints))
     }
 
     /// The IDs of the containers running now.
@@ -185,25 +212,29 @@ impl DockerApi {
             .collect())
     }
 
-    /// The IDs of containers as they stop or are removed, from `since` (seconds since the
-    /// epoch) on.
-    pub async fn stops(
+    /// Containers as they start, stop or are removed, from `since` (seconds since the epoch)
+    /// on.
+    pub async fn events(
         &self,
         since: u64,
-    ) -> Result<impl Stream<Item = Result<String, DockerError>> + '_, DockerError> {
-        let filters = HashMap::from([("type", vec!["container"]), ("event", STOP_EVENTS.to_vec())]);
+    ) -> Result<impl Stream<Item = Result<ContainerEvent, DockerError>> + '_, DockerError> {
+        let actions = [START_EVENT].into_iter().chain(STOP_EVENTS).collect();
+        let filters = HashMap::from([("type", vec!["container"]), ("event", actions)]);
         let options = EventsOptionsBuilder::new()
             .since(&since.to_string())
             .filters(&filters)
             .build();
         let events = self.client().await?.events(Some(options));
         Ok(events.filter_map(move |event| async move {
-            match event {
-                Ok(e) if STOP_EVENTS.contains(&e.action.as_deref().unwrap_or_default()) => {
-                    e.actor.and_then(|a| a.id).map(Ok)
-                }
-                Ok(_) => None,
-                Err(e) => Some(Err(self.unreachable(&e))),
+            let e = match event {
+                Ok(e) => e,
+                Err(e) => return Some(Err(self.unreachable(&e))),
+            };
+            let id = e.actor.and_then(|a| a.id)?;
+            match e.action.as_deref().unwrap_or_default() {
+                START_EVENT => Some(Ok(ContainerEvent::Started(id))),
+                action if STOP_EVENTS.contains(&action) => Some(Ok(ContainerEvent::Stopped(id))),
+                _ => None,
             }
         }))
     }

@@ -1,17 +1,27 @@
 //! Docker and Podman containers that stop or are removed give their addresses back: the agent
 //! follows the Docker API's events, and on every (re)connection releases the endpoints of
-//! containers that stopped while it was not listening.
+//! containers that stopped while it was not listening. Containers that start on a network of
+//! weft's Docker driver give their endpoints their name (for every host's DNS) and get weft's
+//! DNS inside (at [`DOCKER_FORWARD_ADDR`]): the driver's calls never say which container an
+//! endpoint is for.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::path::PathBuf;
+
 use futures::StreamExt;
-use tracing::{debug, info};
-use weft_proto::names::is_docker_id;
+use tracing::{debug, info, warn};
+use weft_proto::dns_name;
+use weft_proto::names::{
+    docker_endpoint_key, is_docker_id, is_docker_plugin_key, short_container_id,
+};
 
 use crate::agent::Agent;
-use crate::container::Containers;
-use crate::docker::DockerError;
+use crate::container::{Container, Containers};
+use crate::dns::DOCKER_FORWARD_ADDR;
+use crate::dns::listeners::Listeners;
+use crate::docker::{ContainerEvent, DockerError};
 use crate::endpoints::Endpoints;
 use crate::tables::TablesCopy;
 
@@ -23,6 +33,7 @@ pub struct DockerFollower {
     containers: Arc<Containers>,
     tables: Arc<TablesCopy>,
     endpoints: Arc<Endpoints>,
+    dns: Arc<Listeners>,
 }
 
 impl DockerFollower {
@@ -31,6 +42,7 @@ impl DockerFollower {
             containers: agent.containers().clone(),
             tables: agent.tables().clone(),
             endpoints: agent.endpoints().clone(),
+            dns: agent.dns().clone(),
         }
     }
 
@@ -63,7 +75,7 @@ impl DockerFollower {
         let since = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs().saturating_sub(1));
-        let mut stops = std::pin::pin!(docker.stops(since).await?);
+        let mut events = std::pin::pin!(docker.events(since).await?);
         self.tables.wait_for_tables().await;
         let running = docker.running().await?;
         info!(url = docker.url(), "following Docker containers");
@@ -71,13 +83,67 @@ impl DockerFollower {
             is_docker_id(&ep.id.container) && !running.contains(&ep.id.container)
         });
         self.endpoints.release_stopped(&gone).await;
-        while let Some(id) = stops.next().await {
-            let id = id?;
-            let endpoints = self
-                .tables
-                .fresh_local_endpoints(|ep| ep.id.container == id);
-            self.endpoints.release_stopped(&endpoints).await;
+        for id in &running {
+            self.name_driver_endpoints(id).await;
+        }
+        while let Some(event) = events.next().await {
+            match event? {
+                ContainerEvent::Stopped(id) => {
+                    let endpoints = self
+                        .tables
+                        .fresh_local_endpoints(|ep| ep.id.container == id);
+                    self.endpoints.release_stopped(&endpoints).await;
+                }
+                ContainerEvent::Started(id) => self.name_driver_endpoints(&id).await,
+            }
         }
         Ok(())
+    }
+
+    /// Names the endpoints weft's Docker driver made for the running container `id` after it,
+    /// and serves DNS inside it; nothing to do for a container on none of its networks.
+    async fn name_driver_endpoints(&self, id: &str) {
+        let me = self.tables.me();
+        let any = self.tables.read(|t| {
+            t.endpoints_on(me)
+                .any(|ep| is_docker_plugin_key(&ep.id.container))
+        });
+        if any != Some(true) {
+            return;
+        }
+        let (container, endpoint_ids) = match self.containers.docker.inspect(id, id).await {
+            Ok(found) => found,
+            Err(e) => return debug!(container = %short_container_id(id), "{e}"),
+        };
+        let Some(pid) = container.pid else {
+            return;
+        };
+        let name = dns_name::normalize(&container.name)
+            .inspect_err(|why| warn!(container = %container.name, "no DNS name: {why}"))
+            .ok();
+        let mut dns_served = false;
+        for key in endpoint_ids.iter().map(|e| docker_endpoint_key(e)) {
+            if !matches!(self.endpoints.local_endpoint(&key), Ok(Some(_))) {
+                continue;
+            }
+            let found = self
+                .endpoints
+                .found_container(&key, &container.id, name.as_deref());
+            if let Err(e) = found.await {
+                warn!(container = %container.name, "naming its endpoint failed: {e}");
+            }
+            if !dns_served {
+                let inside = Container {
+                    id: key.clone(),
+                    netns: PathBuf::from(format!("/proc/{pid}/ns/net")),
+                    hostname: container.name.clone(),
+                    root: None,
+                };
+                dns_served = true;
+                if let Err(e) = self.dns.ensure_at(&inside, DOCKER_FORWARD_ADDR).await {
+                    warn!(container = %container.name, "no DNS inside: {e:#}");
+                }
+            }
+        }
     }
 }

@@ -27,6 +27,7 @@ pub mod datapath;
 pub mod desired;
 pub mod dns;
 pub mod docker;
+pub mod docker_plugin;
 pub mod docker_watch;
 pub mod endpoints;
 pub mod firewall;

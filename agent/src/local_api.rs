@@ -96,9 +96,9 @@ fn container_status(e: ContainerError) -> Status {
         | ContainerError::Docker(DockerError::Ambiguous { .. }) => {
             Status::invalid_argument(message)
         }
-        ContainerError::NotRunning { .. } | ContainerError::Cni(_) => {
-            Status::failed_precondition(message)
-        }
+        ContainerError::NotRunning { .. }
+        | ContainerError::Cni(_)
+        | ContainerError::DockerPlugin(_) => Status::failed_precondition(message),
         ContainerError::Docker(DockerError::Unreachable { .. }) => Status::unavailable(message),
     }
 }
@@ -292,6 +292,12 @@ impl AgentApi for LocalApi {
             wanted.insert(container.id);
         }
         let mut entries = self.read_tables(|t| views::ps_entries(t, self.agent.name()))?;
+        // An endpoint of Docker's driver shows as its container, once that has been seen.
+        for e in &mut entries {
+            if let Some(id) = self.agent.endpoints().driver_container(&e.container_id) {
+                e.container_id = id;
+            }
+        }
         if !wanted.is_empty() {
             entries.retain(|e| wanted.contains(&e.container_id));
         }

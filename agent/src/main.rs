@@ -1,5 +1,5 @@
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +64,14 @@ struct Args {
     /// names and IDs are resolved through: unix:///PATH or tcp://HOST:PORT.
     #[arg(long, env = "DOCKER_HOST", default_value = DEFAULT_HOST)]
     docker_host: String,
+    /// Where Docker's network and IPAM driver `weft` is served (`docker network create -d weft
+    /// --ipam-driver weft`); "none" serves none.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/docker/plugins/weft.sock"
+    )]
+    docker_plugin_socket: PathBuf,
     /// The DNS domain of containers' names.
     #[arg(long, default_value = DEFAULT_DOMAIN, value_parser = parse_domain)]
     dns_domain: String,
@@ -236,14 +244,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = Reconciler::new(&agent).run() => unreachable!("the reconcile loop never ends"),
         _ = Prober::new(&agent, args.probe_interval).run() => unreachable!("probing never ends"),
         _ = DockerFollower::new(&agent).run() => unreachable!("the Docker loop never ends"),
+        served = docker_plugin(agent.clone(), plugin_socket(&args.docker_plugin_socket)) => served,
         _ = agent.dns().close_when_namespaces_go(Duration::from_millis(500)) => {
             unreachable!("the DNS clean-up never ends")
         }
         watched = follow_link_events(agent.tables(), args.port) => watched,
     };
     let _ = std::fs::remove_file(&args.socket);
+    if let Some(socket) = plugin_socket(&args.docker_plugin_socket) {
+        let _ = std::fs::remove_file(socket);
+    }
     info!("stopped; the datapath stays in place");
     served
+}
+
+/// `--docker-plugin-socket`, unless "none".
+fn plugin_socket(flag: &Path) -> Option<&Path> {
+    Some(flag).filter(|f| *f != Path::new("none"))
+}
+
+/// Serves Docker's driver, unless told not to (then it waits forever, as the other loops do).
+async fn docker_plugin(agent: Arc<Agent>, socket: Option<&Path>) -> anyhow::Result<()> {
+    let Some(socket) = socket else {
+        return std::future::pending().await;
+    };
+    weft_agent::docker_plugin::serve(agent, socket)
+        .await
+        .context("Docker's network driver failed")
 }
 
 /// DNS as the flags say; the upstreams of the host's resolv.conf unless given.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use futures::StreamExt;
 use tracing::{debug, info, warn};
-use weft_proto::names::{EXPOSE_ID, HOST_IFNAME_PREFIX};
+use weft_proto::names::{EXPOSE_ID, HOST_IFNAME_PREFIX, is_docker_plugin_key};
 
 use crate::agent::{Agent, Lifecycle};
 use crate::container::Containers;
@@ -176,6 +176,11 @@ impl Reconciler {
             return;
         };
         self.dns.retain(|id| local.contains(id));
+        // The Docker follower serves those of Docker's driver as their containers start.
+        let local: BTreeSet<String> = local
+            .into_iter()
+            .filter(|id| !is_docker_plugin_key(id))
+            .collect();
         if std::mem::replace(&mut self.dns_caught_up, true) {
             return;
         }

@@ -29,7 +29,7 @@ use crate::limits;
 use crate::liveness::{Liveness, PeerPresence};
 use crate::members::{self, Members};
 use crate::reach::StoreReach;
-use crate::rules::{Naming, TableError, TableRules, View};
+use crate::rules::{AttachOptions, TableError, TableRules, View};
 use crate::state::{Committer, MutateError, Shared, Start};
 use crate::store::{EtcdKv, Store};
 
@@ -359,8 +359,12 @@ impl Controller for ControllerService {
             addrs,
             dns_name,
             container_ifname,
+            take_from,
         } = request.into_inner();
         limits::container_id(&container_id)?;
+        if !take_from.is_empty() {
+            limits::container_id(&take_from)?;
+        }
         limits::count("addrs", addrs.len(), limits::MAX_ADDRS)?;
         if !container_ifname.is_empty() {
             check_ifname(&container_ifname).map_err(Status::invalid_argument)?;
@@ -375,9 +379,10 @@ impl Controller for ControllerService {
                 let (peer, container_id) = (peer.clone(), container_id.clone());
                 move |t| {
                     crate::failpoint::planning("attach");
-                    let naming = Naming {
+                    let naming = AttachOptions {
                         dns_name: &dns_name,
                         ifname: &container_ifname,
+                        take_from: &take_from,
                     };
                     t.attach(&peer, &container_id, &specs, naming, &mut Mac::random)
                 }

@@ -417,7 +417,7 @@ mod tests {
     use weft_proto::names::Mac;
 
     use super::*;
-    use crate::rules::{Naming, TableRules};
+    use crate::rules::{AttachOptions, TableRules};
     use crate::store::Emptied;
 
     fn peer(n: usize) -> Peer {
@@ -456,7 +456,7 @@ mod tests {
                 "host1",
                 container,
                 &specs,
-                Naming::default(),
+                AttachOptions::default(),
                 &mut Mac::random,
             )?;
             Ok(changes)

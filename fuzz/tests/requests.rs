@@ -13,7 +13,7 @@ use prost::Message;
 use tonic::{Code, Request, Status};
 use weft_controller::authority::PeerIdentity;
 use weft_controller::enrollment::EnrollmentService;
-use weft_controller::rules::{Naming, TableRules};
+use weft_controller::rules::{AttachOptions, TableRules};
 use weft_controller::service::ControllerService;
 use weft_controller::store::{Emptied, Store};
 use weft_controller::tls::Ca;
@@ -84,7 +84,7 @@ fn controllers() -> Controllers {
                 "host2",
                 "netns:c2",
                 std::slice::from_ref(&spec),
-                Naming::default(),
+                AttachOptions::default(),
                 &mut Mac::random,
             )
         }))
@@ -192,15 +192,23 @@ fn call(host2_mac: String) -> impl Strategy<Value = (u8, Vec<u8>)> {
             }
             .encode_to_vec()
         )),
-        1 => (peer(), container(), addrs(), "[a-z.]{0,10}", "[a-z0-9/: ]{0,17}").prop_map(
-            |(peer, container_id, addrs, dns_name, container_ifname)| (
+        1 => (
+            peer(),
+            container(),
+            addrs(),
+            "[a-z.]{0,10}",
+            "[a-z0-9/: ]{0,17}",
+            prop_oneof![Just(String::new()), container()]
+        ).prop_map(
+            |(peer, container_id, addrs, dns_name, container_ifname, take_from)| (
                 2,
                 AttachRequest {
                     peer,
                     container_id,
                     addrs,
                     dns_name,
-                    container_ifname
+                    container_ifname,
+                    take_from
                 }
                 .encode_to_vec()
             )

@@ -82,12 +82,14 @@ fn sources_of(name: &str) -> &'static [&'static str] {
 }
 
 /// The newest modification time of the files under `dir`, and which file has it. The harness's
-/// own programs (integration/src/bin) are left out: weft-load links the library only.
+/// own programs (integration/src/bin) and the benchmarks (bench/src/bin) are left out: weft-load
+/// links their libraries only.
 fn newest(dir: &Path) -> Option<(SystemTime, PathBuf)> {
     let mut found: Option<(SystemTime, PathBuf)> = None;
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let path = entry.path();
-        let candidate = if path.ends_with("integration/src/bin") {
+        let candidate = if path.ends_with("integration/src/bin") || path.ends_with("bench/src/bin")
+        {
             None
         } else if path.is_dir() {
             newest(&path)

@@ -9,9 +9,11 @@ mod bins;
 mod cmd;
 pub mod cni;
 mod daemon;
+pub mod dockerd;
 mod etcd;
 mod kernel;
 mod netns;
+mod outsider;
 mod podman;
 pub mod podman_cni;
 mod run;
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 pub use bins::{bin_dir, locate_bin};
 pub use cmd::Output;
 pub use daemon::{Background, Paused};
+pub use dockerd::DockerEngine;
 pub use etcd::Etcd;
 pub use kernel::{
     Link, arp_in, count_arp_in, fdb, link, links, neighbours, rx_packets, tx_dropped, tx_packets,
@@ -33,6 +36,7 @@ pub use netns::{
     Netns, bridge, disable_ipv6, exec, exec_for, exec_shown, ip, listening, ping, ping_counts,
     ping_in_background, ping_n,
 };
+pub use outsider::Outsider;
 pub use podman::{CONTAINER_IMAGE, Podman};
 pub use run::exit_code_of;
 pub use world::{

@@ -17,6 +17,7 @@ use crate::cmd::{self, Output};
 use crate::daemon::Daemon;
 use crate::etcd::{self, Etcd};
 use crate::netns;
+use crate::outsider::Outsider;
 
 /// Where agents reach the controller, as passed to `weft-agent --controller` (TLS, the
 /// default); [`Security::Insecure`] worlds use [`CONTROLLER_URL_INSECURE`].
@@ -441,18 +442,24 @@ impl World {
         format!("{}-h{host}", self.prefix)
     }
 
+    /// The directory host `host`'s agent serves Docker's driver in (as `weft.sock`): a dockerd
+    /// of that host sees it as its `/run/docker/plugins`.
+    pub fn docker_plugin_dir(&self, host: usize) -> PathBuf {
+        self.dir.path().join(format!("host{host}-plugins"))
+    }
+
     /// The agent socket of host `host`.
     pub fn socket(&self, host: usize) -> PathBuf {
         self.dir.path().join(format!("host{host}.sock"))
     }
 
     /// Makes a namespace `<prefix>-<name>` on the underlay at `addr` that is no weft host (a
-    /// machine beyond the overlay), and returns its name.
-    pub fn outsider(&mut self, name: &str, addr: &str) -> String {
+    /// machine beyond the overlay), counting what it gets from host `host` (see [`Outsider`]).
+    pub fn counting_outsider(&mut self, name: &str, addr: &str, host: usize) -> Outsider {
         let ns = format!("{}-{name}", self.prefix);
         self.add_ns(&ns);
         self.plug(&ns, &format!("o-{name}"), addr);
-        ns
+        Outsider::counting(ns, &host_addr(host))
     }
 
     /// Makes an empty container namespace `<prefix>-<name>` (loopback up) to be attached on
@@ -828,6 +835,11 @@ impl World {
             self.socket(host).display().to_string(),
             "--state-dir".into(),
             self.state_dir(host).display().to_string(),
+            "--docker-plugin-socket".into(),
+            self.docker_plugin_dir(host)
+                .join("weft.sock")
+                .display()
+                .to_string(),
         ];
         match self.security {
             // Used on the first start; a restarted agent finds its certificate stored.

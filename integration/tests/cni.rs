@@ -7,6 +7,9 @@ use weft_integration::cni::{CNI_PLUGIN_DIR, CniRun, run_plugin, run_plugin_raw, 
 use weft_integration::podman_cni::PodmanCni;
 use weft_integration::{World, assert_reaches, exec, ip};
 
+/// A machine on the underlay that is no weft host.
+const OUTSIDER: &str = "198.18.0.200";
+
 /// `CNI_*` variables.
 type Env<'a> = Vec<(&'a str, &'a str)>;
 
@@ -425,17 +428,6 @@ fn chained(world: &World, env: &[(&str, &str)], conf: &Value, result: &Value) ->
     run_plugin(&world.host_ns(1), &plugin, env, &conf)
 }
 
-/// The value of the counter of the rule commented `comment` in `ns`'s table `t`.
-fn counted(ns: &str, comment: &str) -> u64 {
-    let listing = exec(ns, &["nft", "list", "table", "ip", "t"]).stdout;
-    let line = listing
-        .lines()
-        .find(|l| l.contains(comment))
-        .unwrap_or_else(|| panic!("no rule {comment} in {listing}"));
-    let after = line.split("packets ").nth(1).expect("a counter");
-    after.split(' ').next().unwrap().parse().unwrap()
-}
-
 #[test]
 fn ip_masq_takes_pods_out_through_their_host_and_keeps_networks_apart() {
     let mut world = World::new(1);
@@ -455,23 +447,11 @@ fn ip_masq_takes_pods_out_through_their_host_and_keeps_networks_apart() {
     let (ip_blue, ip_red) = (add(&blue, 40, "blue"), add(&red, 41, "red"));
 
     // A machine on the underlay that is no weft host, with no route to the pods' networks: it
-    // answers only what comes from the host's own address, and counts who sent what.
-    let outside = world.outsider("outside", "198.18.0.200");
-    let host_ip = weft_integration::host_addr(1);
-    for rule in [
-        "add table ip t".to_string(),
-        "add chain ip t c { type filter hook input priority 0 ; }".into(),
-        format!(
-            "add rule ip t c ip saddr {host_ip} icmp type echo-request counter comment \"from-host\""
-        ),
-        "add rule ip t c ip saddr 10.0.0.0/8 counter comment \"from-pods\"".into(),
-    ] {
-        let out = exec(&outside, &["nft", &rule]);
-        assert!(out.success(), "nft {rule}: {}", out.stderr);
-    }
-    assert_reaches(&blue, "198.18.0.200");
-    assert!(counted(&outside, "from-host") >= 3);
-    assert_eq!(counted(&outside, "from-pods"), 0);
+    // answers only what comes from the host's own address.
+    let outside = world.counting_outsider("outside", OUTSIDER, 1);
+    assert_reaches(&blue, OUTSIDER);
+    assert!(outside.from_host() >= 3);
+    assert_eq!(outside.from_containers(), 0);
     // The host reaches its pods; a pod of one network still cannot reach the other's, though
     // both route through the host.
     assert_reaches(&host, &ip_blue);

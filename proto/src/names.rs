@@ -63,11 +63,18 @@ pub fn mac_for_address(ip: std::net::Ipv4Addr) -> Mac {
 }
 
 /// A container id as people read it: Docker's 64-hex-digit ids cut to 12, as `docker ps` and
-/// `weave ps` show them, also in a CNI attachment's id (`cni:3f2a9c1d7e55/eth0`); namespace
-/// references (`netns:NAME`, ...) whole.
+/// `weave ps` show them, also in a CNI attachment's id (`cni:3f2a9c1d7e55/eth0`) and a Docker
+/// plugin endpoint's (`docker-ep:1d529d030170`); namespace references (`netns:NAME`, ...)
+/// whole.
 pub fn short_container_id(id: &str) -> Cow<'_, str> {
     if is_docker_id(id) {
         return Cow::Borrowed(&id[..12]);
+    }
+    if let Some(endpoint) = id
+        .strip_prefix(DOCKER_ENDPOINT_PREFIX)
+        .filter(|e| is_docker_id(e))
+    {
+        return Cow::Owned(format!("{DOCKER_ENDPOINT_PREFIX}{}", &endpoint[..12]));
     }
     match cni_attachment(id) {
         Some((container, ifname)) if is_docker_id(container) => {
@@ -90,6 +97,31 @@ pub fn cni_attachment(id: &str) -> Option<(&str, &str)> {
 }
 
 const CNI_PREFIX: &str = "cni:";
+
+/// The container id of an endpoint Docker's network plugin made: its Docker `EndpointID`,
+/// marked apart from container ids (it looks like one, but the Docker API knows no such
+/// container, and Docker, not the agent, says when it goes).
+pub fn docker_endpoint_key(endpoint_id: &str) -> String {
+    format!("{DOCKER_ENDPOINT_PREFIX}{endpoint_id}")
+}
+
+/// The container id of an address Docker's IPAM plugin reserved (RequestAddress) before the
+/// endpoint that takes it over exists; `token` tells reservations apart.
+pub fn docker_reservation_key(token: &str) -> String {
+    format!("{DOCKER_RESERVATION_PREFIX}{token}")
+}
+
+pub fn is_docker_reservation(id: &str) -> bool {
+    id.starts_with(DOCKER_RESERVATION_PREFIX)
+}
+
+/// Whether Docker's network or IPAM plugin made the endpoint, whose life Docker governs.
+pub fn is_docker_plugin_key(id: &str) -> bool {
+    id.starts_with(DOCKER_ENDPOINT_PREFIX) || is_docker_reservation(id)
+}
+
+const DOCKER_ENDPOINT_PREFIX: &str = "docker-ep:";
+const DOCKER_RESERVATION_PREFIX: &str = "docker-ipam:";
 
 /// Whether a container id is a Docker (or Podman) ID, 64 hex digits, not a namespace reference.
 pub fn is_docker_id(id: &str) -> bool {
@@ -264,6 +296,12 @@ mod tests {
         assert_eq!(cni_attachment(&id), Some((sandbox.as_str(), "eth0")));
         assert_eq!(short_container_id(&id), "cni:3f2a9c1d7e55/eth0");
         assert_eq!(short_container_id("cni:pod-1/net1"), "cni:pod-1/net1");
+        let ep = docker_endpoint_key(&"1d529d03".repeat(8));
+        assert_eq!(short_container_id(&ep), "docker-ep:1d529d031d52");
+        assert!(is_docker_plugin_key(&ep) && !is_docker_reservation(&ep));
+        let reserved = docker_reservation_key("7f3e");
+        assert!(is_docker_plugin_key(&reserved) && is_docker_reservation(&reserved));
+        assert!(!is_docker_plugin_key(&cni_container_id("abc", "eth0")));
         assert_eq!(cni_attachment("netns:x"), None);
         for good in ["eth0", "net1", "a", "abcdefghijklmno"] {
             assert_eq!(check_ifname(good), Ok(()), "{good}");

@@ -4,6 +4,7 @@
 //! namespace and served by the agent's runtime.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -69,18 +70,23 @@ impl Listeners {
 
     /// Serves DNS inside the container, unless it is served already.
     pub async fn ensure(&self, container: &Container) -> anyhow::Result<()> {
+        self.ensure_at(container, LISTEN_ADDR).await
+    }
+
+    /// [`Listeners::ensure`] on `addr` (a loopback address: every one is the container's own).
+    pub async fn ensure_at(&self, container: &Container, addr: Ipv4Addr) -> anyhow::Result<()> {
         if self.serves(&container.id) {
             return Ok(());
         }
-        let (udp, tcp) = netns::run_in(&container.netns, |handle| async move {
+        let (udp, tcp) = netns::run_in(&container.netns, move |handle| async move {
             // The listening address is on loopback, which a container may not have up yet.
             if let Some(lo) = netlink::link_by_name(&handle, "lo").await? {
                 netlink::set_up(&handle, &lo).await?;
             }
-            let udp = std::net::UdpSocket::bind((LISTEN_ADDR, PORT))
-                .with_context(|| format!("cannot listen on udp {LISTEN_ADDR}:{PORT}"))?;
-            let tcp = std::net::TcpListener::bind((LISTEN_ADDR, PORT))
-                .with_context(|| format!("cannot listen on tcp {LISTEN_ADDR}:{PORT}"))?;
+            let udp = std::net::UdpSocket::bind((addr, PORT))
+                .with_context(|| format!("cannot listen on udp {addr}:{PORT}"))?;
+            let tcp = std::net::TcpListener::bind((addr, PORT))
+                .with_context(|| format!("cannot listen on tcp {addr}:{PORT}"))?;
             udp.set_nonblocking(true)?;
             tcp.set_nonblocking(true)?;
             Ok((udp, tcp))

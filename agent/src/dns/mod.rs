@@ -16,6 +16,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 /// Where a container finds the DNS service: loopback inside its own namespace.
 pub const LISTEN_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
+/// Where weft's DNS answers inside containers on a network of weft's Docker driver: Docker's
+/// own DNS holds 127.0.0.11:53 there (it answers the names of its host's containers and
+/// forwards the rest to the container's `--dns` servers, asking from inside the container), so
+/// weft's is the `--dns` server.
+pub const DOCKER_FORWARD_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 12);
 /// The DNS domain when `--dns-domain` does not say.
 pub const DEFAULT_DOMAIN: &str = "weave.local";
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use tonic::Code;
 use tracing::{info, warn};
-use weft_proto::names::EXPOSE_ID;
+use weft_proto::names::{EXPOSE_ID, is_docker_plugin_key};
 use weft_proto::rows::{EndpointRow, ips_of};
 use weft_proto::v1::DetachRequest;
 
@@ -188,7 +188,12 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         local: &[EndpointRow],
         first_pass: bool,
     ) -> anyhow::Result<()> {
-        for seen in local {
+        // Docker's plugin endpoints have no veth until Join, and reservations never: Docker
+        // releases them (DeleteEndpoint, ReleaseAddress).
+        for seen in local
+            .iter()
+            .filter(|ep| !is_docker_plugin_key(&ep.id.container))
+        {
             let Some(_lock) = self.locks.try_lock(&seen.id.container) else {
                 continue;
             };

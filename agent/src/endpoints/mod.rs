@@ -10,6 +10,7 @@
 
 pub mod attach;
 pub mod detach;
+pub mod docker;
 pub mod error;
 pub mod locks;
 pub mod names;
@@ -17,7 +18,8 @@ pub mod seam;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use ipnetwork::IpNetwork;
 use weft_proto::addr::AddrSpec;
@@ -38,6 +40,9 @@ pub struct Endpoints<H = KernelHost, C = ControllerLink> {
     tables: Arc<TablesCopy>,
     dns: Arc<Listeners>,
     locks: ContainerLocks,
+    /// The Docker container each endpoint of Docker's driver is for, once it has been seen
+    /// running (the driver's calls never say).
+    driver_containers: Mutex<HashMap<String, String>>,
 }
 
 /// An attach as the controller answered it, its rows typed.
@@ -117,6 +122,7 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
             tables,
             dns,
             locks: ContainerLocks::default(),
+            driver_containers: Mutex::default(),
         }
     }
 
@@ -145,12 +151,27 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         dns_name: &str,
         ifname: &str,
     ) -> Result<Claimed, EndpointError> {
+        self.claim_taking(container_id, addrs, dns_name, ifname, "")
+            .await
+    }
+
+    /// [`Endpoints::claim`], taking the static addresses among `addrs` that the container
+    /// `take_from` of this host holds over from it.
+    async fn claim_taking(
+        &self,
+        container_id: &str,
+        addrs: Vec<String>,
+        dns_name: &str,
+        ifname: &str,
+        take_from: &str,
+    ) -> Result<Claimed, EndpointError> {
         let request = AttachRequest {
             peer: self.tables.me().to_string(),
             container_id: container_id.to_string(),
             addrs,
             dns_name: dns_name.to_string(),
             container_ifname: ifname.to_string(),
+            take_from: take_from.to_string(),
         };
         let done = self.claims.attach(request).await?;
         self.tables.made(done.revision);

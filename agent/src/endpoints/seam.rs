@@ -49,6 +49,13 @@ pub trait Host: Send + Sync {
         ep: &EndpointRow,
         vni: u32,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// The endpoint's veth with both ends on this host, for Docker to move one; the name of
+    /// that one.
+    fn plug_unmoved(
+        &self,
+        ep: &EndpointRow,
+        vni: u32,
+    ) -> impl Future<Output = anyhow::Result<String>> + Send;
     fn holds(
         &self,
         container: &Container,
@@ -129,6 +136,10 @@ impl Host for KernelHost {
 
     async fn plug(&self, container: &Container, ep: &EndpointRow, vni: u32) -> anyhow::Result<()> {
         self.datapath.plug(container, ep, vni).await
+    }
+
+    async fn plug_unmoved(&self, ep: &EndpointRow, vni: u32) -> anyhow::Result<String> {
+        self.datapath.plug_unmoved(ep, vni).await
     }
 
     async fn holds(

@@ -91,6 +91,12 @@ impl Host for FakeHost {
         Ok(())
     }
 
+    async fn plug_unmoved(&self, ep: &EndpointRow, _vni: u32) -> anyhow::Result<String> {
+        self.step(format!("plug_unmoved {}", ep.host_ifname));
+        self.veths.lock().unwrap().insert(ep.host_ifname.clone());
+        Ok(format!("guest-{}", ep.host_ifname))
+    }
+
     async fn holds(&self, _: &Container, _: &str, _: Mac, host: &str) -> anyhow::Result<bool> {
         Ok(!self.loses_interface && self.veths.lock().unwrap().contains(host))
     }

@@ -204,8 +204,9 @@ pub async fn ensure_vxlan(
 }
 
 /// Creates a veth pair: `name` on `bridge`, up, here; `peer` (down, with its MAC and MTU) born
-/// in the namespace open as `netns`. Creating the peer there spares moving it afterwards, which
-/// cost 15–23 ms of a 33 ms attach (the kernel tears the device down in the old namespace).
+/// in the namespace open as `netns` (none: here, for Docker to move). Creating the peer there
+/// spares moving it afterwards, which cost 15–23 ms of a 33 ms attach (the kernel tears the
+/// device down in the old namespace).
 pub async fn create_veth_into(
     handle: &Handle,
     name: &str,
@@ -213,15 +214,17 @@ pub async fn create_veth_into(
     peer: &str,
     mac: Mac,
     mtu: u32,
-    netns: &std::fs::File,
+    netns: Option<&std::fs::File>,
 ) -> anyhow::Result<Link> {
     use std::os::fd::AsRawFd;
-    let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+    let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
         .name(peer.to_string())
         .address(mac.0.to_vec())
-        .mtu(mtu)
-        .setns_by_fd(netns.as_raw_fd())
-        .build();
+        .mtu(mtu);
+    if let Some(netns) = netns {
+        peer_msg = peer_msg.setns_by_fd(netns.as_raw_fd());
+    }
+    let peer_msg = peer_msg.build();
     let msg = LinkVeth::new(name, peer)
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
         .mtu(mtu)

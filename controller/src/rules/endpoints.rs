@@ -1,6 +1,7 @@
 //! Attach and detach: which addresses a container gets or gives back, in which networks, and the
 //! MAC and interface names of its new endpoints.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -12,7 +13,7 @@ use weft_proto::tables::EndpointId;
 
 use super::dns::delete_dns_records;
 use super::planner::Planner;
-use super::{Attached, Detached, MAC_TRIES, Naming, TableError, View};
+use super::{AttachOptions, Attached, Detached, MAC_TRIES, TableError, View};
 use crate::index::Index;
 
 pub(super) fn attach(
@@ -20,7 +21,7 @@ pub(super) fn attach(
     peer: &str,
     container_id: &str,
     addrs: &[AddrSpec],
-    naming: Naming<'_>,
+    naming: AttachOptions<'_>,
     new_mac: &mut dyn FnMut() -> Mac,
 ) -> Result<(Attached, Vec<RowChange>), TableError> {
     if !view.tables.peers.contains_key(peer) {
@@ -37,6 +38,8 @@ pub(super) fn attach(
     };
     let holder = (container_id.to_string(), peer.to_string());
     let mut plan = Planner::new(view);
+    // The endpoints of `take_from` that give addresses up, as they are left.
+    let mut given_up: BTreeMap<EndpointId, EndpointRow> = BTreeMap::new();
     // Network → the addresses this attach gives the container there, in request order.
     let mut wanted: BTreeMap<String, Vec<Ipv4Network>> = BTreeMap::new();
     let (mut cidrs, mut added) = (Vec::new(), Vec::new());
@@ -48,7 +51,13 @@ pub(super) fn attach(
                 let network = plan
                     .network_for_subnet(subnet, true)?
                     .expect("created when missing");
-                if plan.claim(&network, *cidr, &holder)? {
+                let taken_over = !naming.take_from.is_empty()
+                    && take_over(view, peer, naming.take_from, &network, *cidr, &mut given_up);
+                if taken_over {
+                    plan.hand_over(&network, cidr.ip(), &holder);
+                }
+                // An address taken over is new to the container: undoing the attach releases it.
+                if plan.claim(&network, *cidr, &holder)? || taken_over {
                     added.push(cidr.to_string());
                 }
                 (network, *cidr)
@@ -80,6 +89,14 @@ pub(super) fn attach(
         wanted.entry(network).or_default().push(cidr);
     }
 
+    // Before the endpoints that take the addresses, so the pools see them freed first.
+    for (id, ep) in given_up {
+        plan.changes.push(if ep.cidrs.is_empty() {
+            RowChange::EndpointDeleted(id)
+        } else {
+            RowChange::EndpointPut(ep)
+        });
+    }
     let held = view.index.endpoints_of(view.tables, peer, container_id);
     let mut names = Names::new(view, peer, &held);
     if !naming.ifname.is_empty() {
@@ -223,6 +240,32 @@ pub(super) fn detach(
         }));
     }
     Ok((done, changes))
+}
+
+/// Takes `cidr` off the endpoint of `from` (same peer, same network) if that holds it, keeping
+/// the endpoint as it is left in `given_up`; false if it does not (the address is then claimed
+/// as any other).
+fn take_over(
+    view: &View,
+    peer: &str,
+    from: &str,
+    network: &str,
+    cidr: Ipv4Network,
+    given_up: &mut BTreeMap<EndpointId, EndpointRow>,
+) -> bool {
+    let id = EndpointId::new(peer, network, from);
+    let ep = match given_up.entry(id) {
+        Entry::Occupied(e) => e.into_mut(),
+        Entry::Vacant(e) => match view.tables.endpoints.get(e.key()) {
+            Some(ep) => e.insert(ep.clone()),
+            None => return false,
+        },
+    };
+    let at = ep
+        .cidrs
+        .iter()
+        .position(|c| c.ip() == IpAddr::V4(cidr.ip()));
+    at.map(|at| ep.cidrs.remove(at)).is_some()
 }
 
 /// Adds the addresses of `new` that `cidrs` does not have yet, in order.

@@ -81,12 +81,14 @@ pub struct Attached {
     pub added: Vec<String>,
 }
 
-/// The names an attach gives: the container's DNS name (empty: keep the one it has) and the
-/// interface of a new endpoint in the container (empty: ethwe, ethwe1, ...).
+/// What an attach gives besides addresses: the container's DNS name (empty: keep the one it
+/// has), the interface of a new endpoint in the container (empty: ethwe, ethwe1, ...), and the
+/// container of the same peer whose static addresses it takes over (empty: none).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Naming<'a> {
+pub struct AttachOptions<'a> {
     pub dns_name: &'a str,
     pub ifname: &'a str,
+    pub take_from: &'a str,
 }
 
 /// What a detach did.
@@ -111,7 +113,7 @@ pub trait TableRules {
         peer: &str,
         container_id: &str,
         addrs: &[AddrSpec],
-        names: Naming<'_>,
+        names: AttachOptions<'_>,
         new_mac: &mut dyn FnMut() -> Mac,
     ) -> Result<(Attached, Vec<RowChange>), TableError>;
     /// Releases `addrs` (none: all) of a container; with `only_mac`, only if the container still
@@ -164,7 +166,7 @@ impl TableRules for View<'_> {
         peer: &str,
         container_id: &str,
         addrs: &[AddrSpec],
-        names: Naming<'_>,
+        names: AttachOptions<'_>,
         new_mac: &mut dyn FnMut() -> Mac,
     ) -> Result<(Attached, Vec<RowChange>), TableError> {
         endpoints::attach(self, peer, container_id, addrs, names, new_mac)

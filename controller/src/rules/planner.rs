@@ -2,6 +2,7 @@
 //! takes count at once, so two parts of one request cannot take the same thing.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use weft_proto::addr::NetRef;
@@ -127,6 +128,15 @@ impl<'a> Planner<'a> {
         let new = pool.claim(cidr.ip(), holder, taken)?;
         taken.insert(cidr.ip(), holder.clone());
         Ok(new)
+    }
+
+    /// Counts `ip` of `network` as `holder`'s from now on in this request, whoever holds it in
+    /// the tables (an address taken over from another container).
+    pub(super) fn hand_over(&mut self, network: &str, ip: Ipv4Addr, holder: &Holder) {
+        self.taken
+            .entry(network.to_string())
+            .or_default()
+            .insert(ip, holder.clone());
     }
 
     /// Takes the lowest free address of `network`, with the network's prefix.

@@ -24,9 +24,9 @@ trait OnTables {
         dns_name: &str,
         new_mac: &mut dyn FnMut() -> Mac,
     ) -> Result<(Attached, Vec<RowChange>), TableError> {
-        let naming = Naming {
+        let naming = AttachOptions {
             dns_name,
-            ifname: "",
+            ..AttachOptions::default()
         };
         self.view(|v| v.attach(peer, container_id, addrs, naming, new_mac))
     }
@@ -233,9 +233,9 @@ fn static_addresses_create_their_network_and_name_holders() {
 fn a_chosen_interface_name_names_one_endpoint() {
     let mut t = two_hosts();
     let attach_as = |t: &mut Tables, container: &str, addrs: &[&str], ifname: &str| {
-        let naming = Naming {
-            dns_name: "",
+        let naming = AttachOptions {
             ifname,
+            ..AttachOptions::default()
         };
         let (done, changes) = t
             .view(|v| v.attach("host1", container, &specs(addrs), naming, &mut macs()))
@@ -263,6 +263,68 @@ fn a_chosen_interface_name_names_one_endpoint() {
     let ep = &t.endpoints[&EndpointId::new("host1", "192.168.0.0/24", "c1")];
     assert_eq!(ep.cidrs.len(), 2);
     assert_eq!(t.endpoints.len(), 1);
+}
+
+#[test]
+fn an_attach_takes_over_what_a_reservation_holds() {
+    let mut t = two_hosts();
+    let (_, changes) = t.create_network("blue", "10.9.0.0/24").unwrap();
+    apply_all(&mut t, changes);
+    assert_eq!(
+        attach(&mut t, "host1", "r1", &["net:blue"]),
+        Ok(vec!["10.9.0.2/24".into()])
+    );
+    assert_eq!(
+        attach(&mut t, "host1", "r2", &["net:blue"]),
+        Ok(vec!["10.9.0.3/24".into()])
+    );
+    let take = |t: &mut Tables, peer: &str, container: &str, addr: &str, from: &str| {
+        let options = AttachOptions {
+            take_from: from,
+            ..AttachOptions::default()
+        };
+        let (done, changes) = t
+            .view(|v| v.attach(peer, container, &specs(&[addr]), options, &mut macs_from(t)))
+            .map_err(|e| e.to_string())?;
+        apply_all(t, changes);
+        Ok::<_, String>(done.added)
+    };
+    // Moved in one change, and counted as new to the endpoint (undoing it releases it).
+    assert_eq!(
+        take(&mut t, "host1", "e1", "10.9.0.2/24", "r1"),
+        Ok(vec!["10.9.0.2/24".into()])
+    );
+    assert!(
+        !t.endpoints
+            .contains_key(&EndpointId::new("host1", "blue", "r1"))
+    );
+    assert_eq!(
+        t.endpoints[&EndpointId::new("host1", "blue", "e1")].cidrs,
+        ["10.9.0.2/24".parse().unwrap()]
+    );
+    // The pool knows who holds it now: nobody else gets it, and the next is still free.
+    assert_eq!(
+        attach(&mut t, "host1", "c9", &["net:blue"]),
+        Ok(vec!["10.9.0.4/24".into()])
+    );
+    assert_eq!(
+        attach(&mut t, "host2", "c8", &["10.9.0.2/24"]),
+        Err("address 10.9.0.2 already in use by e1 on host1".into())
+    );
+    // Only what the reservation holds moves: another's address, or another peer's reservation,
+    // is claimed as any other address and so refused.
+    assert_eq!(
+        take(&mut t, "host1", "e2", "10.9.0.4/24", "r2"),
+        Err("address 10.9.0.4 already in use by c9 on host1".into())
+    );
+    assert_eq!(
+        take(&mut t, "host2", "e2", "10.9.0.3/24", "r2"),
+        Err("address 10.9.0.3 already in use by r2 on host1".into())
+    );
+    assert_eq!(
+        t.endpoints[&EndpointId::new("host1", "blue", "r2")].cidrs,
+        ["10.9.0.3/24".parse().unwrap()]
+    );
 }
 
 #[test]
