@@ -12,7 +12,8 @@ export PATH := $(PATH):$(HOME)/.cargo/bin
 
 .PHONY: deps build test demo lint bench fuzz
 
-# ip, bridge, ss; ping; Podman's API service and its runtime; the test containers' image; dig;
+# ip, bridge, ss; ping; Podman's API service and its runtime; dockerd (docker.io), a real Docker
+# Engine per test host for weft's network driver; the test containers' image; dig;
 # dnsmasq, a real upstream resolver for the DNS tests (the binary only, no service); etcd and
 # etcdctl for the etcd store's tests (run in namespaces); protoc, which etcd-client's build needs;
 # nft, through which the agent masquerades and whose counters count frames in the tests; promtool (prometheus) and curl, which

@@ -56,7 +56,8 @@ pub enum ContainerError {
     #[error("{0} was attached by the CNI plugin: its runtime attaches it (CNI ADD)")]
     Cni(String),
     #[error(
-        "{} is an endpoint of Docker's network driver weft: Docker attaches and detaches it          (docker network connect/disconnect)", short_container_id(.0)
+        "{} is an endpoint of Docker's network driver weft: Docker attaches and detaches it \
+         (docker network connect/disconnect)", short_container_id(.0)
     )]
     DockerPlugin(String),
 }

@@ -21,6 +21,8 @@ const REQUEST_TIMEOUT_SECS: u64 = 5;
 /// word for Docker's "destroy").
 const STOP_EVENTS: [&str; 3] = ["die", "destroy", "remove"];
 const START_EVENT: &str = "start";
+/// A network's event: a container joined it (`docker network connect`, also at its start).
+const CONNECT_EVENT: &str = "connect";
 /// How often, and how far apart, a reply the client cannot decode is asked for again. Podman
 /// reports a container it is stopping or removing as `stopped`, a state the Docker API (and so
 /// bollard) does not know, until its cleanup a moment later; one such container anywhere on the
@@ -60,6 +62,7 @@ pub struct DockerContainer {
 /// What became of a container (its ID).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContainerEvent {
+    /// Started, or connected to a network.
     Started(String),
     /// Stopped or removed.
     Stopped(String),
@@ -218,8 +221,11 @@ impl DockerApi {
         &self,
         since: u64,
     ) -> Result<impl Stream<Item = Result<ContainerEvent, DockerError>> + '_, DockerError> {
-        let actions = [START_EVENT].into_iter().chain(STOP_EVENTS).collect();
-        let filters = HashMap::from([("type", vec!["container"]), ("event", actions)]);
+        let actions = [START_EVENT, CONNECT_EVENT]
+            .into_iter()
+            .chain(STOP_EVENTS)
+            .collect();
+        let filters = HashMap::from([("type", vec!["container", "network"]), ("event", actions)]);
         let options = EventsOptionsBuilder::new()
             .since(&since.to_string())
             .filters(&filters)
@@ -230,10 +236,17 @@ impl DockerApi {
                 Ok(e) => e,
                 Err(e) => return Some(Err(self.unreachable(&e))),
             };
-            let id = e.actor.and_then(|a| a.id)?;
+            let actor = e.actor?;
             match e.action.as_deref().unwrap_or_default() {
-                START_EVENT => Some(Ok(ContainerEvent::Started(id))),
-                action if STOP_EVENTS.contains(&action) => Some(Ok(ContainerEvent::Stopped(id))),
+                // A network's event: the container is among its attributes.
+                CONNECT_EVENT => {
+                    let id = actor.attributes?.remove("container")?;
+                    Some(Ok(ContainerEvent::Started(id)))
+                }
+                START_EVENT => Some(Ok(ContainerEvent::Started(actor.id?))),
+                action if STOP_EVENTS.contains(&action) => {
+                    Some(Ok(ContainerEvent::Stopped(actor.id?)))
+                }
                 _ => None,
             }
         }))

@@ -121,8 +121,14 @@ impl DockerFollower {
         let name = dns_name::normalize(&container.name)
             .inspect_err(|why| warn!(container = %container.name, "no DNS name: {why}"))
             .ok();
-        let mut dns_served = false;
-        for key in endpoint_ids.iter().map(|e| docker_endpoint_key(e)) {
+        // One listener per container, whichever of its endpoints keys it.
+        let mut keys: Vec<String> = endpoint_ids
+            .iter()
+            .map(|e| docker_endpoint_key(e))
+            .collect();
+        keys.sort();
+        let mut dns_served = keys.iter().any(|key| self.dns.serves(key));
+        for key in keys {
             if !matches!(self.endpoints.local_endpoint(&key), Ok(Some(_))) {
                 continue;
             }

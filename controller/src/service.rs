@@ -379,12 +379,12 @@ impl Controller for ControllerService {
                 let (peer, container_id) = (peer.clone(), container_id.clone());
                 move |t| {
                     crate::failpoint::planning("attach");
-                    let naming = AttachOptions {
+                    let options = AttachOptions {
                         dns_name: &dns_name,
                         ifname: &container_ifname,
                         take_from: &take_from,
                     };
-                    t.attach(&peer, &container_id, &specs, naming, &mut Mac::random)
+                    t.attach(&peer, &container_id, &specs, options, &mut Mac::random)
                 }
             })
             .await?;

@@ -102,7 +102,7 @@ impl DockerEngine {
         engine
     }
 
-    /// The engine's API, for `docker -H` or `weft-agent --docker-url`.
+    /// The engine's API, for `docker -H` or `weft-agent --docker-host`.
     pub fn url(&self) -> String {
         format!("unix://{}", self.dir.path().join("docker.sock").display())
     }
@@ -392,7 +392,7 @@ fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
 }
 
 /// The processes whose command line names something inside `dir`.
-fn processes_naming(dir: &Path) -> Vec<Pid> {
+pub fn processes_naming(dir: &Path) -> Vec<Pid> {
     let needle = format!("{}/", dir.display());
     processes()
         .into_iter()

@@ -31,10 +31,6 @@ impl Outsider {
         Outsider { ns }
     }
 
-    pub fn ns(&self) -> &str {
-        &self.ns
-    }
-
     /// Echo requests that came from the host's address.
     pub fn from_host(&self) -> u64 {
         self.counted(FROM_HOST)

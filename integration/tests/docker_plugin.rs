@@ -115,7 +115,7 @@ fn containers_on_a_weft_network_reach_each_other_across_hosts_and_give_everythin
         );
     }
     let web1 = docker.run(1, "web1", &[]);
-    docker.run(2, "web2", &["--ip", "10.9.0.50"]);
+    let web2 = docker.run(2, "web2", &["--ip", "10.9.0.50"]);
     let ip1 = docker.setting(1, "web1", "IPAddress");
     assert_eq!(docker.setting(2, "web2", "IPAddress"), "10.9.0.50");
     assert!(ip1.starts_with("10.9.0."), "web1 got {ip1}");
@@ -166,6 +166,30 @@ fn containers_on_a_weft_network_reach_each_other_across_hosts_and_give_everythin
     let shown = wait_until(NAME_SPREADS, || docker.ps(1).contains(&line));
     assert!(shown, "{line} not in {:?}", docker.ps(1));
     assert_eq!(docker.world.ctl(1, &["ps", "web1"]), format!("{line}\n"));
+    // A running container connected to another weft network is known there too.
+    let out = docker.create_network(2, "red", &["--subnet", "10.10.0.0/24"]);
+    assert!(out.success(), "{}", out.stderr);
+    docker
+        .on(2)
+        .docker_ok(&["network", "connect", "--ip", "10.10.0.7", "red", "web2"]);
+    let red_line = |l: &String| l.starts_with(&web2[..12]) && l.ends_with(" 10.10.0.7/24");
+    let shown = wait_until(NAME_SPREADS, || docker.ps(2).iter().any(red_line));
+    assert!(shown, "web2 on red not in {:?}", docker.ps(2));
+    // A container on red alone reaches red, not blue, though both route through its host (and
+    // web2, on both, would answer it on red: without the agent's forward rules it does).
+    docker.on(2).run(
+        "red1",
+        &["--network", "red", "--stop-timeout", "1"],
+        &["sleep", "600"],
+    );
+    assert!(
+        docker.ping(2, "red1", "10.10.0.7"),
+        "red1 cannot reach web2 on red"
+    );
+    assert!(
+        !docker.ping(2, "red1", "10.9.0.50"),
+        "red1 reached web2 on blue"
+    );
 
     // Out of the overlay through the host, masqueraded to the host's address.
     let outside = docker.world.counting_outsider("outside", OUTSIDER, 1);
@@ -195,9 +219,10 @@ fn containers_on_a_weft_network_reach_each_other_across_hosts_and_give_everythin
     // Docker refuses to remove a network with endpoints.
     let refused = docker.on(2).docker(&["network", "rm", "blue"]);
     assert!(!refused.success(), "removed a network in use");
+    // web2 in blue and red, red1, web3, the host in blue and red: nothing was released.
     assert_eq!(
         docker.endpoints_on(2).len(),
-        3,
+        6,
         "{:?}",
         docker.endpoints_on(2)
     );
@@ -287,6 +312,20 @@ fn bad_requests_are_refused_by_name_and_leave_nothing() {
         assert!(!out.success(), "{args:?} was accepted");
         assert!(out.stderr.contains(why), "{args:?}: {}", out.stderr);
     }
+    let foreign = docker.on(1).docker(&[
+        "network",
+        "create",
+        "-d",
+        "weft",
+        "--subnet",
+        SUBNET,
+        "other-ipam",
+    ]);
+    assert!(
+        foreign.stderr.contains("is not weft's (address space \"LocalDefault\"): create the network with --ipam-driver weft"),
+        "{}",
+        foreign.stderr
+    );
     let published = docker.on(1).docker(&[
         "run",
         "-d",

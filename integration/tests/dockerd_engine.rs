@@ -6,6 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
+use weft_integration::dockerd::processes_naming;
 use weft_integration::{DockerEngine, World};
 
 /// `readlink /proc/PID/ns/net`: `net:[INODE]`.
@@ -31,19 +32,6 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .lines()
         .filter(|line| line.contains(&needle))
         .map(str::to_owned)
-        .collect()
-}
-
-/// The command lines of the processes that name `dir`.
-fn processes_naming(dir: &Path) -> Vec<String> {
-    let needle = format!("{}/", dir.display());
-    fs::read_dir("/proc")
-        .expect("reading /proc")
-        .filter_map(|entry| {
-            let cmdline = fs::read(entry.ok()?.path().join("cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline.contains(&needle).then_some(cmdline)
-        })
         .collect()
 }
 
@@ -90,11 +78,7 @@ fn dockerd_runs_containers_in_a_host_and_leaves_nothing_behind() {
     drop(engine);
     assert!(!dir.exists(), "{} is left", dir.display());
     assert_eq!(mounts_under(&dir), Vec::<String>::new(), "mounts left");
-    assert_eq!(
-        processes_naming(&dir),
-        Vec::<String>::new(),
-        "processes left"
-    );
+    assert_eq!(processes_naming(&dir), [], "processes left");
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists(),
         "the container's process {pid} is left"

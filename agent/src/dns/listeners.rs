@@ -1,7 +1,8 @@
 //! One DNS listener (UDP and TCP on 127.0.0.11:53) inside each local container's namespace,
 //! as Docker's embedded DNS has it: every container reaches its own host's agent whatever its
 //! networks, and the host needs no address or route on them. The sockets are opened in the
-//! namespace and served by the agent's runtime.
+//! namespace and served by the agent's runtime. In containers on a network of weft's Docker
+//! driver, where Docker's own DNS holds 127.0.0.11, it listens on 127.0.0.12 instead.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;

@@ -5,16 +5,14 @@
 
 use ipnetwork::IpNetwork;
 use serde_json::{Value, json};
-use weft_proto::names::{EXPOSE_ID, docker_endpoint_key, short_container_id};
+use weft_proto::names::{docker_endpoint_key, short_container_id};
 
-use super::wire::{CreateEndpoint, CreateNetwork, EndpointRequest, GENERIC_OPTIONS, PORT_MAP};
-use super::{Plugin, network_where};
+use super::wire::{
+    CreateEndpoint, CreateNetwork, EndpointRequest, GENERIC_OPTIONS, MASQUERADE_OPTION,
+    NETWORK_OPTION, PORT_MAP,
+};
+use super::{Plugin, host_address, ipam, network_where};
 use crate::agent::Agent;
-
-/// `-o weft.network=NAME`: the weft network the pool must be.
-const NETWORK_OPTION: &str = "weft.network";
-/// `-o weft.masquerade=false`: no masquerading of traffic that leaves the network.
-const MASQUERADE_OPTION: &str = "weft.masquerade";
 
 pub async fn create_network(plugin: &Plugin, req: CreateNetwork) -> Result<Value, String> {
     let agent = &plugin.agent;
@@ -30,6 +28,14 @@ pub async fn create_network(plugin: &Plugin, req: CreateNetwork) -> Result<Value
             req.ipv4_data.len()
         )));
     };
+    // Another IPAM driver's addresses would be handed out again on every host.
+    if data.address_space != ipam::ADDRESS_SPACE {
+        return Err(failed(format!(
+            "the pool {} is not weft's (address space \"{}\"): create the network with \
+             --ipam-driver weft",
+            data.pool, data.address_space
+        )));
+    }
     let pool: IpNetwork = data
         .pool
         .parse()
@@ -121,16 +127,12 @@ pub async fn join(agent: &Agent, req: EndpointRequest) -> Result<Value, String> 
         .plug_unmoved(&key)
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let me = agent.name();
-    let gateway = agent.tables().read(|t| {
-        t.endpoints_on(me)
-            .find(|h| h.id.container == EXPOSE_ID && h.id.network == ep.id.network)
-            .and_then(|h| h.cidrs.first())
-            .map(|c| c.ip().to_string())
-    });
     let mut answer = json!({ "InterfaceName": { "SrcName": guest, "DstPrefix": "eth" } });
-    if let Some(gateway) = gateway.flatten() {
-        answer["Gateway"] = Value::from(gateway);
+    match host_address(agent, &ep.id.network)? {
+        Some(gateway) => answer["Gateway"] = Value::from(gateway.ip().to_string()),
+        // The host gave its address up (`weftctl hide`): no way out, and none of Docker's
+        // either (it would add its gateway bridge).
+        None => answer["DisableGatewayService"] = Value::from(true),
     }
     Ok(answer)
 }

@@ -6,20 +6,18 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use serde_json::{Value, json};
-use weft_proto::names::EXPOSE_ID;
 use weft_proto::tables::DEFAULT_NETWORK;
 use weft_proto::v1::CreateNetworkRequest;
 
 use super::wire::{
-    GATEWAY_ADDRESS, REQUEST_ADDRESS_TYPE, ReleaseAddress, RequestAddress, RequestPool,
+    GATEWAY_ADDRESS, NETWORK_OPTION, REQUEST_ADDRESS_TYPE, ReleaseAddress, RequestAddress,
+    RequestPool,
 };
-use super::{Plugin, network_where};
+use super::{Plugin, host_address, network_where};
 use crate::agent::Agent;
 
 /// The one address space weft's pools are in.
 pub const ADDRESS_SPACE: &str = "weft";
-/// `--ipam-opt weft.network=NAME`: the pool of that network.
-const NETWORK_OPTION: &str = "weft.network";
 
 /// A pool id is a weft network's name, or the subnet of a network that does not exist yet
 /// (the first address asked for in it creates it, named by its subnet as `weftctl attach
@@ -177,7 +175,17 @@ pub async fn request_address(plugin: &Plugin, req: RequestAddress) -> Result<Val
     let gateway =
         req.options.get(REQUEST_ADDRESS_TYPE).map(String::as_str) == Some(GATEWAY_ADDRESS);
     let cidr = if gateway {
-        let had = host_address(agent, &pool)?;
+        let had = match network_where(agent, |n| n.subnet == pool.subnet)? {
+            Some(network) => host_address(agent, &network.name)?,
+            None => None,
+        };
+        if let (Some(had), Some(given)) = (had, given)
+            && had != given
+        {
+            return Err(failed(format!(
+                "this host's address on the network, Docker's gateway here, is {had} already"
+            )));
+        }
         let spec = given.map_or_else(|| pool.net_ref(), |c| c.to_string());
         let ips = agent
             .endpoints()
@@ -202,20 +210,6 @@ pub async fn request_address(plugin: &Plugin, req: RequestAddress) -> Result<Val
     Ok(json!({ "Address": cidr.to_string(), "Data": {} }))
 }
 
-/// The host's address on the pool's network, if it has one.
-fn host_address(agent: &Agent, pool: &Pool) -> Result<Option<IpNetwork>, String> {
-    let me = agent.name();
-    agent
-        .tables()
-        .read(|t| {
-            t.endpoints_on(me)
-                .filter(|ep| ep.id.container == EXPOSE_ID)
-                .filter(|ep| t.networks.get(&ep.id.network).map(|n| n.subnet) == Some(pool.subnet))
-                .find_map(|ep| ep.cidrs.first().copied())
-        })
-        .ok_or_else(|| agent.endpoints().no_tables().to_string())
-}
-
 /// Gives a reserved address back, or the host's own if it took it for a network Docker then
 /// failed to create (see [`Plugin`]); an endpoint's goes at DeleteEndpoint, and the host keeps
 /// its address when Docker removes a network (as after `weftctl expose`).
@@ -224,18 +218,17 @@ pub async fn release_address(plugin: &Plugin, req: ReleaseAddress) -> Result<Val
     let failed = |why: String| format!("address {}: {why}", req.address);
     let pool = Pool::find(agent, &req.pool_id).map_err(failed)?;
     let cidr = pool.cidr(&req.address).map_err(failed)?;
-    if plugin.unconfirmed().remove(&cidr) {
+    if plugin.unconfirmed().contains(&cidr) {
         agent
             .endpoints()
             .hide(vec![cidr.to_string()])
             .await
             .map_err(|e| failed(e.to_string()))?;
-        return Ok(json!({}));
-    }
-    if let Some(network) = network_where(agent, |n| n.subnet == pool.subnet)? {
+        plugin.unconfirmed().remove(&cidr);
+    } else if let Some(network) = network_where(agent, |n| n.subnet == pool.subnet)? {
         agent
             .endpoints()
-            .release_reserved(&network.name, cidr.ip())
+            .release_docker_address(&network.name, cidr.ip())
             .await
             .map_err(|e| failed(e.to_string()))?;
     }

@@ -21,7 +21,9 @@ use axum::response::{IntoResponse, Response};
 use ipnetwork::IpNetwork;
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
+use weft_proto::names::EXPOSE_ID;
 use weft_proto::rows::NetworkRow;
+use weft_proto::tables::EndpointId;
 
 use crate::agent::Agent;
 
@@ -50,6 +52,13 @@ impl Plugin {
 pub async fn serve(agent: Arc<Agent>, socket: &Path) -> anyhow::Result<()> {
     let listener = weft_process::bind_private_socket(socket).await?;
     info!(socket = %socket.display(), "serving Docker's network and IPAM driver weft");
+    let sweeping = agent.clone();
+    tokio::spawn(async move {
+        sweeping.tables().wait_for_tables().await;
+        if let Err(e) = sweeping.endpoints().release_reservations().await {
+            warn!("releasing addresses reserved for Docker before the restart: {e}");
+        }
+    });
     let plugin = Arc::new(Plugin {
         agent,
         unconfirmed: Mutex::default(),
@@ -128,7 +137,7 @@ async fn call(plugin: &Plugin, method: &str, body: &[u8]) -> Result<Value, Strin
     }
 }
 
-/// The network whose subnet is `subnet`, or that contains `ip` with its prefix.
+/// The first weft network that `pick` selects.
 fn network_where(
     agent: &Agent,
     pick: impl Fn(&NetworkRow) -> bool,
@@ -136,5 +145,18 @@ fn network_where(
     agent
         .tables()
         .read(|t| t.networks.values().find(|n| pick(n)).cloned())
+        .ok_or_else(|| agent.endpoints().no_tables().to_string())
+}
+
+/// This host's own address on network `network` (Docker's gateway there), if it has one.
+fn host_address(agent: &Agent, network: &str) -> Result<Option<IpNetwork>, String> {
+    let id = EndpointId::new(agent.name(), network, EXPOSE_ID);
+    agent
+        .tables()
+        .read(|t| {
+            t.endpoints
+                .get(&id)
+                .and_then(|ep| ep.cidrs.first().copied())
+        })
         .ok_or_else(|| agent.endpoints().no_tables().to_string())
 }

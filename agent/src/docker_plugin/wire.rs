@@ -16,6 +16,11 @@ pub const GENERIC_OPTIONS: &str = "com.docker.network.generic";
 /// The `RequestAddress` option that marks the network's gateway.
 pub const REQUEST_ADDRESS_TYPE: &str = "RequestAddressType";
 pub const GATEWAY_ADDRESS: &str = "com.docker.network.gateway";
+/// `--ipam-opt weft.network=NAME`: the pool of that weft network; `-o weft.network=NAME`: the
+/// pool must be it.
+pub const NETWORK_OPTION: &str = "weft.network";
+/// `-o weft.masquerade=false`: no masquerading of traffic that leaves the network.
+pub const MASQUERADE_OPTION: &str = "weft.masquerade";
 /// The `ProgramExternalConnectivity` option listing `-p` mappings.
 pub const PORT_MAP: &str = "com.docker.network.portmap";
 
@@ -61,6 +66,9 @@ pub struct ReleaseAddress {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct IpamData {
+    /// Which IPAM driver's pool: [`super::ipam::ADDRESS_SPACE`] for weft's.
+    #[serde(default)]
+    pub address_space: String,
     pub pool: String,
     #[serde(default)]
     pub gateway: String,

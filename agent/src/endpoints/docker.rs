@@ -5,14 +5,14 @@
 //! Docker governs these endpoints' lives: the reconcile does not release them for want of a
 //! veth (see [`Endpoints::release_unplugged`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::MutexGuard;
 
 use ipnetwork::IpNetwork;
 use tonic::Code;
-use tracing::info;
-use weft_proto::names::{docker_reservation_key, is_docker_reservation};
+use tracing::{info, warn};
+use weft_proto::names::{docker_reservation_key, is_docker_plugin_key, is_docker_reservation};
 use weft_proto::rows::{EndpointRow, cidr_strings};
 
 use super::seam::{Claims, Host};
@@ -26,7 +26,8 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         net: &str,
         addr: Option<IpNetwork>,
     ) -> Result<IpNetwork, EndpointError> {
-        let key = docker_reservation_key(&format!("{:016x}", rand::random::<u64>()));
+        let token = format!("{}-{:016x}", self.generation, rand::random::<u64>());
+        let key = docker_reservation_key(&token);
         let spec = addr.map_or_else(|| net.to_string(), |a| a.to_string());
         let _lock = self.locks.lock(&key).await;
         let done = self.claim(&key, vec![spec], "", "").await?;
@@ -39,21 +40,45 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         Ok(cidr)
     }
 
-    /// Gives back an address of `network` that a reservation still holds; false if none does
-    /// (an endpoint took it over and gives it back itself).
-    pub async fn release_reserved(&self, network: &str, ip: IpAddr) -> Result<bool, EndpointError> {
-        let Some(key) = self
-            .local_holder(network, ip)?
-            .filter(|k| is_docker_reservation(k))
-        else {
-            return Ok(false);
-        };
-        let _lock = self.locks.lock(&key).await;
-        match self.give_back(&key, Vec::new()).await {
-            Ok(_) => Ok(true),
-            Err(EndpointError::Controller(s)) if s.code() == Code::NotFound => Ok(false),
-            Err(e) => Err(e),
+    /// Gives back an address of `network` Docker is done with (ReleaseAddress): one a
+    /// reservation holds, or an endpoint of Docker's driver whose DeleteEndpoint failed; nothing
+    /// to do if neither holds it (the endpoint gave it back at DeleteEndpoint).
+    pub async fn release_docker_address(
+        &self,
+        network: &str,
+        ip: IpAddr,
+    ) -> Result<(), EndpointError> {
+        match self.local_holder(network, ip)? {
+            Some(key) if is_docker_reservation(&key) => self.release_endpoint(&key).await,
+            Some(key) if is_docker_plugin_key(&key) => {
+                warn!(endpoint = %key, %ip, "released by ReleaseAddress: its DeleteEndpoint failed");
+                self.release_endpoint(&key).await
+            }
+            _ => Ok(()),
         }
+    }
+
+    /// Gives back every address Docker's IPAM reserved on this host before this agent started
+    /// that no endpoint took over: left by a Docker or an agent that stopped between the two
+    /// calls. An endpoint created after this claims its address anew (see
+    /// [`Endpoints::take_over`]); this agent's own reservations are left alone.
+    pub async fn release_reservations(&self) -> Result<(), EndpointError> {
+        let me = self.tables.me();
+        let mine = docker_reservation_key(&format!("{}-", self.generation));
+        let reserved: BTreeSet<String> = self
+            .tables
+            .read(|t| {
+                t.endpoints_on(me)
+                    .map(|ep| ep.id.container.clone())
+                    .filter(|key| is_docker_reservation(key) && !key.starts_with(&mine))
+                    .collect()
+            })
+            .ok_or_else(|| self.no_tables())?;
+        for key in reserved {
+            info!(reservation = %key, "releasing an address reserved for Docker before a restart");
+            self.release_endpoint(&key).await?;
+        }
+        Ok(())
     }
 
     /// Gives the endpoint `key` the address `cidr` of `network`, taken over from the
@@ -106,24 +131,23 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         Ok(())
     }
 
-    /// Releases endpoint `key` and removes its veth (DeleteEndpoint); returns the addresses
-    /// released, none if it was not there.
-    pub async fn release_endpoint(&self, key: &str) -> Result<Vec<IpNetwork>, EndpointError> {
+    /// Removes the veth of endpoint `key` (Leave did, unless it failed) and releases the
+    /// endpoint (DeleteEndpoint); nothing to do for one that is not there.
+    pub async fn release_endpoint(&self, key: &str) -> Result<(), EndpointError> {
         let _lock = self.locks.lock(key).await;
-        let veth = self.local_endpoint(key)?.map(|(ep, _)| ep.host_ifname);
-        let released = match self.give_back(key, Vec::new()).await {
-            Ok(done) => done.released,
-            Err(EndpointError::Controller(s)) if s.code() == Code::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        if let Some(veth) = veth {
+        if let Some((ep, _)) = self.local_endpoint(key)? {
             self.host
-                .unplug(&veth)
+                .unplug(&ep.host_ifname)
                 .await
                 .map_err(EndpointError::Kernel)?;
         }
+        match self.give_back(key, Vec::new()).await {
+            Ok(_) => {}
+            Err(EndpointError::Controller(s)) if s.code() == Code::NotFound => {}
+            Err(e) => return Err(e),
+        }
         self.driver_containers().remove(key);
-        Ok(released)
+        Ok(())
     }
 
     /// Records that endpoint `key` is Docker container `container_id`'s (seen running), and

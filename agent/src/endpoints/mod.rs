@@ -43,6 +43,8 @@ pub struct Endpoints<H = KernelHost, C = ControllerLink> {
     /// The Docker container each endpoint of Docker's driver is for, once it has been seen
     /// running (the driver's calls never say).
     driver_containers: Mutex<HashMap<String, String>>,
+    /// Tells this agent process's reservations for Docker from those of earlier ones.
+    generation: String,
 }
 
 /// An attach as the controller answered it, its rows typed.
@@ -123,6 +125,7 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
             dns,
             locks: ContainerLocks::default(),
             driver_containers: Mutex::default(),
+            generation: format!("{:08x}", rand::random::<u32>()),
         }
     }
 

@@ -405,3 +405,125 @@ async fn a_failed_expose_gives_back_its_addresses() {
     assert_eq!(claims.detached(), vec![vec!["10.32.0.1/12".to_string()]]);
     assert_eq!(core.host.steps(), vec!["expose 1 true"]);
 }
+
+/// The core with tables holding network `blue` and, on host1, the endpoints `(key, cidr)`.
+fn docker_core(
+    claims: FakeClaims,
+    endpoints: &[(&str, &str)],
+) -> (Endpoints<FakeHost, FakeClaims>, Arc<FakeClaims>) {
+    use weft_proto::v1::watch_event::Event;
+    use weft_proto::v1::{Snapshot, WatchEvent};
+    let (core, claims) = core_of(FakeHost::default(), claims);
+    let snapshot = Snapshot {
+        networks: vec![Network {
+            name: "blue".into(),
+            subnet: "10.9.0.0/24".into(),
+            vni: 7,
+        }],
+        endpoints: endpoints
+            .iter()
+            .map(|(key, cidr)| Endpoint {
+                network: "blue".into(),
+                ..endpoint(key, &[cidr])
+            })
+            .collect(),
+        ..Snapshot::default()
+    };
+    let event = WatchEvent {
+        revision: 1,
+        event: Some(Event::Snapshot(snapshot)),
+        store_id: String::new(),
+    };
+    core.tables.apply(event).expect("the snapshot");
+    (core, claims)
+}
+
+#[tokio::test]
+async fn docker_reserves_then_its_endpoint_takes_the_address_over() {
+    let reserved = AttachResponse {
+        cidrs: vec!["10.9.0.5/24".into()],
+        ..attached(&["10.9.0.5/24"], &["10.9.0.5/24"])
+    };
+    let (core, claims) = docker_core(FakeClaims::answering(Ok(reserved)), &[]);
+    let cidr = core.reserve("net:blue", None).await.unwrap();
+    assert_eq!(cidr.to_string(), "10.9.0.5/24");
+    let asked = claims.attaches.lock().unwrap()[0].clone();
+    assert!(
+        asked
+            .container_id
+            .starts_with(&format!("docker-ipam:{}-", core.generation)),
+        "{}",
+        asked.container_id
+    );
+    assert_eq!(asked.addrs, ["net:blue"]);
+
+    // CreateEndpoint: the reservation the tables show holding the address gives it up.
+    let (core, claims) = docker_core(
+        FakeClaims::answering(Ok(attached(&["10.9.0.5/24"], &["10.9.0.5/24"]))),
+        &[("docker-ipam:0-1", "10.9.0.5/24")],
+    );
+    core.take_over("docker-ep:e1", "blue", "10.9.0.5/24".parse().unwrap())
+        .await
+        .unwrap();
+    let asked = claims.attaches.lock().unwrap()[0].clone();
+    assert_eq!(
+        (asked.container_id.as_str(), asked.take_from.as_str()),
+        ("docker-ep:e1", "docker-ipam:0-1")
+    );
+    assert_eq!(asked.addrs, ["10.9.0.5/24"]);
+}
+
+#[tokio::test]
+async fn docker_gets_a_veth_to_move_and_its_endpoint_goes_veth_first() {
+    let (core, claims) = docker_core(
+        FakeClaims::answering(Err(Status::internal("no attach expected"))),
+        &[("docker-ep:e1", "10.9.0.5/24")],
+    );
+    let (ep, guest) = core.plug_unmoved("docker-ep:e1").await.unwrap();
+    assert_eq!(
+        (ep.host_ifname.as_str(), guest),
+        (VETH, format!("guest-{VETH}"))
+    );
+    core.release_endpoint("docker-ep:e1").await.unwrap();
+    assert_eq!(
+        core.host.steps(),
+        [format!("plug_unmoved {VETH}"), format!("unplug {VETH}")]
+    );
+    let detaches = claims.detaches.lock().unwrap().clone();
+    assert_eq!(detaches.len(), 1);
+    assert_eq!(detaches[0].container_id, "docker-ep:e1");
+    // Join of an endpoint this host does not have names it.
+    let e = core.plug_unmoved("docker-ep:e2").await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "docker-ep:e2 is not an endpoint of this host"
+    );
+}
+
+#[tokio::test]
+async fn reservations_of_an_earlier_agent_are_released_and_its_own_kept() {
+    let (core, claims) = docker_core(
+        FakeClaims::answering(Err(Status::internal("no attach expected"))),
+        &[
+            ("docker-ipam:0-1", "10.9.0.5/24"),
+            ("docker-ep:e1", "10.9.0.6/24"),
+        ],
+    );
+    core.release_reservations().await.unwrap();
+    let released: Vec<String> = claims
+        .detaches
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|d| d.container_id.clone())
+        .collect();
+    assert_eq!(released, ["docker-ipam:0-1"]);
+    // ReleaseAddress of an address an endpoint still holds (its DeleteEndpoint failed).
+    core.release_docker_address("blue", "10.9.0.6".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        claims.detaches.lock().unwrap()[1].container_id,
+        "docker-ep:e1"
+    );
+}

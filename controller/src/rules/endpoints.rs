@@ -21,7 +21,7 @@ pub(super) fn attach(
     peer: &str,
     container_id: &str,
     addrs: &[AddrSpec],
-    naming: AttachOptions<'_>,
+    options: AttachOptions<'_>,
     new_mac: &mut dyn FnMut() -> Mac,
 ) -> Result<(Attached, Vec<RowChange>), TableError> {
     if !view.tables.peers.contains_key(peer) {
@@ -29,6 +29,12 @@ pub(super) fn attach(
     }
     if container_id.is_empty() {
         return Err(TableError::Invalid("container id is empty".into()));
+    }
+    if options.take_from == container_id {
+        return Err(TableError::Invalid(format!(
+            "{} cannot take addresses over from itself",
+            short_container_id(container_id)
+        )));
     }
     let default = [AddrSpec::Allocate(NetRef::Default)];
     let addrs = if addrs.is_empty() {
@@ -51,8 +57,15 @@ pub(super) fn attach(
                 let network = plan
                     .network_for_subnet(subnet, true)?
                     .expect("created when missing");
-                let taken_over = !naming.take_from.is_empty()
-                    && take_over(view, peer, naming.take_from, &network, *cidr, &mut given_up);
+                let taken_over = !options.take_from.is_empty()
+                    && take_over(
+                        view,
+                        peer,
+                        options.take_from,
+                        &network,
+                        *cidr,
+                        &mut given_up,
+                    );
                 if taken_over {
                     plan.hand_over(&network, cidr.ip(), &holder);
                 }
@@ -89,21 +102,24 @@ pub(super) fn attach(
         wanted.entry(network).or_default().push(cidr);
     }
 
-    // Before the endpoints that take the addresses, so the pools see them freed first.
+    // Before the endpoints that take the addresses, so the pools see them freed first. The MAC
+    // and interface name of one that goes are free for them (an address keeps its MAC).
+    let mut freed = Vec::new();
     for (id, ep) in given_up {
         plan.changes.push(if ep.cidrs.is_empty() {
+            freed.push(ep.mac);
             RowChange::EndpointDeleted(id)
         } else {
             RowChange::EndpointPut(ep)
         });
     }
     let held = view.index.endpoints_of(view.tables, peer, container_id);
-    let mut names = Names::new(view, peer, &held);
-    if !naming.ifname.is_empty() {
-        check_ifname_fits(&held, &wanted, container_id, naming.ifname)?;
+    let mut names = Names::new(view, peer, &held, freed);
+    if !options.ifname.is_empty() {
+        check_ifname_fits(&held, &wanted, container_id, options.ifname)?;
     }
     // A name belongs to the container: all its endpoints carry the same one.
-    let dns_name = match naming.dns_name {
+    let dns_name = match options.dns_name {
         "" => held.first().map_or("", |ep| ep.dns_name.as_str()),
         name => name,
     };
@@ -119,7 +135,7 @@ pub(super) fn attach(
             }
             None => {
                 let (mac, host_ifname, container_ifname) =
-                    names.pick(new_cidrs[0].ip(), naming.ifname, new_mac)?;
+                    names.pick(new_cidrs[0].ip(), options.ifname, new_mac)?;
                 let mut cidrs = Vec::new();
                 add_new(&mut cidrs, &new_cidrs);
                 EndpointRow {
@@ -362,16 +378,19 @@ struct Names<'a> {
     container_ifnames: BTreeSet<String>,
     new_macs: BTreeSet<Mac>,
     new_ifnames: BTreeSet<String>,
+    /// MACs (and so host interface names) of endpoints this attach removes.
+    freed: BTreeSet<Mac>,
 }
 
 impl<'a> Names<'a> {
-    fn new(view: &View<'a>, peer: &str, held: &[&EndpointRow]) -> Self {
+    fn new(view: &View<'a>, peer: &str, held: &[&EndpointRow], freed: Vec<Mac>) -> Self {
         Names {
             index: view.index,
             peer_ifnames: view.index.host_ifnames.get(peer),
             container_ifnames: held.iter().map(|ep| ep.container_ifname.clone()).collect(),
             new_macs: BTreeSet::new(),
             new_ifnames: BTreeSet::new(),
+            freed: freed.into_iter().collect(),
         }
     }
 
@@ -391,11 +410,13 @@ impl<'a> Names<'a> {
             .chain((0..MAC_TRIES).map(|_| new_mac()))
             .map(|mac| (mac, host_ifname(mac)))
             .find(|(mac, ifname)| {
-                !self.index.macs.contains(mac)
+                let freed = self.freed.contains(mac);
+                (freed || !self.index.macs.contains(mac))
                     && !self.new_macs.contains(mac)
-                    && !self
-                        .peer_ifnames
-                        .is_some_and(|names| names.contains(ifname))
+                    && (freed
+                        || !self
+                            .peer_ifnames
+                            .is_some_and(|names| names.contains(ifname)))
                     && !self.new_ifnames.contains(ifname)
             })
             .ok_or(TableError::NoFreeMac)?;

@@ -113,7 +113,7 @@ pub trait TableRules {
         peer: &str,
         container_id: &str,
         addrs: &[AddrSpec],
-        names: AttachOptions<'_>,
+        options: AttachOptions<'_>,
         new_mac: &mut dyn FnMut() -> Mac,
     ) -> Result<(Attached, Vec<RowChange>), TableError>;
     /// Releases `addrs` (none: all) of a container; with `only_mac`, only if the container still
@@ -166,10 +166,10 @@ impl TableRules for View<'_> {
         peer: &str,
         container_id: &str,
         addrs: &[AddrSpec],
-        names: AttachOptions<'_>,
+        options: AttachOptions<'_>,
         new_mac: &mut dyn FnMut() -> Mac,
     ) -> Result<(Attached, Vec<RowChange>), TableError> {
-        endpoints::attach(self, peer, container_id, addrs, names, new_mac)
+        endpoints::attach(self, peer, container_id, addrs, options, new_mac)
     }
 
     fn detach(

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use weft_proto::tables::{DEFAULT_NETWORK, DEFAULT_VNI, EndpointId};
 
 use super::*;
+use crate::index::Index;
 
 /// The rules on the tables alone, with the index built afresh for each call, as the
 /// controller has it after a restart: the index must not change any answer.
@@ -24,11 +25,11 @@ trait OnTables {
         dns_name: &str,
         new_mac: &mut dyn FnMut() -> Mac,
     ) -> Result<(Attached, Vec<RowChange>), TableError> {
-        let naming = AttachOptions {
+        let options = AttachOptions {
             dns_name,
             ..AttachOptions::default()
         };
-        self.view(|v| v.attach(peer, container_id, addrs, naming, new_mac))
+        self.view(|v| v.attach(peer, container_id, addrs, options, new_mac))
     }
     fn detach(
         &self,
@@ -233,12 +234,12 @@ fn static_addresses_create_their_network_and_name_holders() {
 fn a_chosen_interface_name_names_one_endpoint() {
     let mut t = two_hosts();
     let attach_as = |t: &mut Tables, container: &str, addrs: &[&str], ifname: &str| {
-        let naming = AttachOptions {
+        let options = AttachOptions {
             ifname,
             ..AttachOptions::default()
         };
         let (done, changes) = t
-            .view(|v| v.attach("host1", container, &specs(addrs), naming, &mut macs()))
+            .view(|v| v.attach("host1", container, &specs(addrs), options, &mut macs()))
             .map_err(|e| e.to_string())?;
         apply_all(t, changes);
         Ok::<_, String>(done)
@@ -286,9 +287,16 @@ fn an_attach_takes_over_what_a_reservation_holds() {
         let (done, changes) = t
             .view(|v| v.attach(peer, container, &specs(&[addr]), options, &mut macs_from(t)))
             .map_err(|e| e.to_string())?;
-        apply_all(t, changes);
+        // As the controller applies them: the index follows each change before the tables do.
+        let mut index = Index::build(t);
+        for change in changes {
+            index.apply(t, &change);
+            t.apply(change);
+        }
+        assert_eq!(index, Index::build(t), "the index went astray");
         Ok::<_, String>(done.added)
     };
+    let reserved = t.endpoints[&EndpointId::new("host1", "blue", "r1")].clone();
     // Moved in one change, and counted as new to the endpoint (undoing it releases it).
     assert_eq!(
         take(&mut t, "host1", "e1", "10.9.0.2/24", "r1"),
@@ -298,9 +306,20 @@ fn an_attach_takes_over_what_a_reservation_holds() {
         !t.endpoints
             .contains_key(&EndpointId::new("host1", "blue", "r1"))
     );
+    let taken = &t.endpoints[&EndpointId::new("host1", "blue", "e1")];
+    assert_eq!(taken.cidrs, ["10.9.0.2/24".parse().unwrap()]);
+    // The address keeps its MAC (and so its veth's name), as any address does.
     assert_eq!(
-        t.endpoints[&EndpointId::new("host1", "blue", "e1")].cidrs,
-        ["10.9.0.2/24".parse().unwrap()]
+        (taken.mac, &taken.host_ifname),
+        (reserved.mac, &reserved.host_ifname)
+    );
+    assert_eq!(
+        taken.mac,
+        weft_proto::names::mac_for_address("10.9.0.2".parse().unwrap())
+    );
+    assert_eq!(
+        take(&mut t, "host1", "e1", "10.9.0.2/24", "e1"),
+        Err("e1 cannot take addresses over from itself".into())
     );
     // The pool knows who holds it now: nobody else gets it, and the next is still free.
     assert_eq!(
