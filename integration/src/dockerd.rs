@@ -27,7 +27,6 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread::{self, sleep};
@@ -41,7 +40,7 @@ use tempfile::TempDir;
 use crate::cmd::{self, Output};
 use crate::daemon::Daemon;
 use crate::netns;
-use crate::podman::{guard_dir, succeeded};
+use crate::podman::{busybox_rootfs_tar, guard_dir, succeeded};
 use crate::world::World;
 
 /// The engine the tests were made with: Debian's docker.io 20.10.
@@ -49,10 +48,6 @@ pub const DOCKERD: &str = "/usr/sbin/dockerd";
 
 /// The image every engine imports: busybox, with `sh`, `sleep`, `ping`, `ip`, ... on its PATH.
 pub const DOCKER_IMAGE: &str = "weft-busybox:1";
-
-/// Where busybox-static puts its binary; a dynamically linked busybox would not run in an image
-/// that holds nothing else.
-const BUSYBOX: &str = "/bin/busybox";
 
 /// Machine-wide directories dockerd's own mount namespace gets private copies of: the world's
 /// plugin dir of the host, and `<dir>/containerd` (see the module's doc).
@@ -368,27 +363,6 @@ fn require_dockerd() {
             "`{tool}` is not in PATH; install util-linux and mount"
         );
     }
-}
-
-/// Writes `<dir>/rootfs.tar`: `/bin/busybox` and a link to it for each of its applets.
-fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
-    let rootfs = dir.join("rootfs");
-    let bin = rootfs.join("bin");
-    fs::create_dir_all(&bin).expect("creating the image's /bin");
-    fs::copy(BUSYBOX, bin.join("busybox")).unwrap_or_else(|e| panic!("cannot copy {BUSYBOX}: {e}"));
-    let mut list = Command::new(BUSYBOX);
-    list.arg("--list");
-    let applets = cmd::check(list).stdout;
-    // The list names busybox itself, which must stay the binary.
-    for applet in applets.lines().filter(|a| *a != "busybox") {
-        symlink("busybox", bin.join(applet))
-            .unwrap_or_else(|e| panic!("cannot link applet {applet}: {e}"));
-    }
-    let tarball = dir.join("rootfs.tar");
-    let mut tar = Command::new("tar");
-    tar.arg("-C").arg(&rootfs).arg("-cf").arg(&tarball).arg(".");
-    cmd::check(tar);
-    tarball
 }
 
 /// The processes whose command line names something inside `dir`.

@@ -362,7 +362,7 @@ pub(crate) fn ensure_image(conf: &Path) {
 }
 
 /// Writes `<dir>/rootfs.tar`: `/bin/busybox` and a link to it for each of its applets.
-fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
+pub(crate) fn busybox_rootfs_tar(dir: &Path) -> PathBuf {
     let rootfs = dir.join("rootfs");
     let bin = rootfs.join("bin");
     fs::create_dir_all(&bin).expect("creating the image's /bin");

@@ -122,31 +122,31 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
     /// if there is none.
     pub async fn unplug_endpoint(&self, key: &str) -> Result<(), EndpointError> {
         let _lock = self.locks.lock(key).await;
-        if let Some((ep, _)) = self.local_endpoint(key)? {
-            self.host
-                .unplug(&ep.host_ifname)
-                .await
-                .map_err(EndpointError::Kernel)?;
-        }
-        Ok(())
+        self.unplug_veth_of(key).await
     }
 
     /// Removes the veth of endpoint `key` (Leave did, unless it failed) and releases the
     /// endpoint (DeleteEndpoint); nothing to do for one that is not there.
     pub async fn release_endpoint(&self, key: &str) -> Result<(), EndpointError> {
         let _lock = self.locks.lock(key).await;
-        if let Some((ep, _)) = self.local_endpoint(key)? {
-            self.host
-                .unplug(&ep.host_ifname)
-                .await
-                .map_err(EndpointError::Kernel)?;
-        }
+        self.unplug_veth_of(key).await?;
         match self.give_back(key, Vec::new()).await {
             Ok(_) => {}
             Err(EndpointError::Controller(s)) if s.code() == Code::NotFound => {}
             Err(e) => return Err(e),
         }
         self.driver_containers().remove(key);
+        Ok(())
+    }
+
+    /// Removes the veth of endpoint `key`, if it has one; the caller holds its turn.
+    async fn unplug_veth_of(&self, key: &str) -> Result<(), EndpointError> {
+        if let Some((ep, _)) = self.local_endpoint(key)? {
+            self.host
+                .unplug(&ep.host_ifname)
+                .await
+                .map_err(EndpointError::Kernel)?;
+        }
         Ok(())
     }
 

@@ -7,13 +7,18 @@
 //! about to get with `--ip`: it exits at its first reply), then `docker run -d`; the time is from
 //! starting `docker run` to the pinger's exit, so it holds Docker's own work (creating the
 //! container on vfs, its namespace, the driver's calls) and the network's. `docker run`'s own
-//! return is timed too. Each container is removed, untimed.
+//! return is timed too. Each container is removed, untimed. The pinger's host is given the
+//! container's MAC beforehand (a permanent neighbour entry: weft's MAC of an address and
+//! Docker's bridge's are both made from the address): an ARP asked before the container
+//! existed would hold the first reply back until the host asks again, a second later.
 
+use std::net::Ipv4Addr;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use weft_bench::harness::{self, check_interrupted, median};
 use weft_integration::{DockerEngine, World, exit_code_of};
+use weft_proto::names::mac_for_address;
 
 const ROUNDS: usize = 20;
 /// weft's network, made with the same subnet on both hosts.
@@ -102,7 +107,7 @@ fn run() {
         );
     }
     println!(
-        "each round: a pinger (host2's namespace for weft, host1's for the bridge, which is its gateway there) at the address given with --ip, then `docker run -d --network NET --ip IP` on host1; timed from starting docker run to the pinger's first reply; the container removed, untimed"
+        "each round: a pinger (host2's namespace for weft, host1's for the bridge, which is its gateway there; the container's MAC given to it beforehand) at the address given with --ip, then `docker run -d --network NET --ip IP` on host1; timed from starting docker run to the pinger's first reply; the container removed, untimed"
     );
     let mut samples = Vec::new();
     for i in 0..ROUNDS {
@@ -125,23 +130,65 @@ fn round(world: &World, engine: &DockerEngine, driver: Driver, i: usize) -> Samp
         Driver::Weft => ("blue", format!("10.9.0.{}", 100 + i), 2),
         Driver::Bridge => ("br", format!("10.20.0.{}", 100 + i), 1),
     };
-    let mut pinger = ping_until_reply(&world.host_ns(pinger_host), &ip);
+    let pinger_ns = world.host_ns(pinger_host);
+    let mac = match driver {
+        Driver::Weft => mac_for_address(ip.parse().expect("an IPv4 address")).to_string(),
+        Driver::Bridge => docker_bridge_mac(&ip),
+    };
+    let dev = route_dev(&pinger_ns, &ip);
+    let neighbour = [
+        "neigh",
+        "replace",
+        &ip,
+        "lladdr",
+        &mac,
+        "dev",
+        &dev,
+        "nud",
+        "permanent",
+    ];
+    weft_integration::ip(&pinger_ns, &neighbour);
+    // Its exit is the first reply, timed where it happens (it may come before docker run
+    // returns).
+    let mut pinger = ping_until_reply(&pinger_ns, &ip);
+    let replied = std::thread::spawn(move || (pinger.wait(), Instant::now()));
     let name = format!("r{i}-{network}");
     let started = Instant::now();
     let (run, out) = harness::timed(docker_run(engine, &name, network, &ip));
     assert!(out.success(), "docker run {name}: {}", out.stderr.trim());
-    let status = pinger.wait().expect("waiting for the pinger");
-    let reply = started.elapsed();
+    let (status, at) = replied.join().expect("the pinger's waiter");
+    let status = status.expect("waiting for the pinger");
+    let reply = at.duration_since(started);
     assert!(
         status.success(),
         "no reply from {ip} ({network}) within {PING_DEADLINE} s"
     );
     engine.docker_ok(&["rm", "-f", &name]);
+    weft_integration::ip(&pinger_ns, &["neigh", "del", &ip, "dev", &dev]);
     Sample {
         driver,
         reply: ms(reply),
         run: ms(run),
     }
+}
+
+/// The MAC Docker's bridge driver gives a container: 02:42 and the four bytes of its address.
+fn docker_bridge_mac(ip: &str) -> String {
+    let ip: Ipv4Addr = ip.parse().expect("an IPv4 address");
+    let [a, b, c, d] = ip.octets();
+    format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
+/// The interface `ns` reaches `ip` through.
+fn route_dev(ns: &str, ip: &str) -> String {
+    let out = weft_integration::ip(ns, &["route", "get", ip]);
+    let dev = out
+        .stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "dev")
+        .nth(1);
+    dev.unwrap_or_else(|| panic!("no route to {ip} in {ns}: {}", out.stderr))
+        .to_string()
 }
 
 /// `ping` in `ns` that exits at its first reply from `ip`.
