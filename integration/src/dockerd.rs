@@ -28,7 +28,6 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread::{self, sleep};
 use std::time::{Duration, Instant};
 
@@ -37,10 +36,11 @@ use nix::unistd::Pid;
 use serde_json::json;
 use tempfile::TempDir;
 
-use crate::cmd::{self, Output};
+use crate::cmd::Output;
 use crate::daemon::Daemon;
+use crate::docker_cli::DockerCli;
 use crate::netns;
-use crate::podman::{busybox_rootfs_tar, guard_dir, succeeded};
+use crate::podman::{busybox_rootfs_tar, guard_dir};
 use crate::world::World;
 
 /// The engine the tests were made with: Debian's docker.io 20.10.
@@ -128,18 +128,6 @@ impl DockerEngine {
         self.daemon.pid()
     }
 
-    /// Runs the Docker CLI against this engine and reports how it ended.
-    pub fn docker(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new("docker");
-        cmd.arg("-H").arg(self.url()).args(args);
-        cmd::run(cmd)
-    }
-
-    /// [`DockerEngine::docker`] for a step that must succeed; returns what it printed.
-    pub fn docker_ok(&self, args: &[&str]) -> String {
-        succeeded("docker", args, self.docker(args))
-    }
-
     /// `docker run -d --name NAME EXTRA... IMAGE COMMAND...` (`--network` goes in `extra`);
     /// returns the container's full ID.
     pub fn run(&self, name: &str, extra: &[&str], command: &[&str]) -> String {
@@ -148,29 +136,6 @@ impl DockerEngine {
         args.push(DOCKER_IMAGE);
         args.extend_from_slice(command);
         self.docker_ok(&args).trim().to_owned()
-    }
-
-    /// `docker exec CONTAINER ARGS...`.
-    pub fn exec(&self, container: &str, args: &[&str]) -> Output {
-        let mut argv = vec!["exec", container];
-        argv.extend_from_slice(args);
-        self.docker(&argv)
-    }
-
-    /// The pid of the container's main process, as dockerd reports it; panics unless it runs.
-    pub fn pid(&self, container: &str) -> u32 {
-        let pid = self.inspect(container, "{{.State.Pid}}");
-        match pid.parse() {
-            Ok(pid) if pid > 0 => pid,
-            _ => panic!("container {container} has no running process (pid {pid:?})"),
-        }
-    }
-
-    /// `docker inspect -f FORMAT CONTAINER`, trimmed.
-    pub fn inspect(&self, container: &str, format: &str) -> String {
-        self.docker_ok(&["inspect", "-f", format, container])
-            .trim()
-            .to_owned()
     }
 
     /// Stops dockerd, as a Docker that goes down would. Without live-restore it first stops its
@@ -276,6 +241,12 @@ impl DockerEngine {
             ps.stderr,
             self.log_tail(LOG_TAIL_LINES)
         );
+    }
+}
+
+impl DockerCli for DockerEngine {
+    fn api(&self) -> String {
+        self.url()
     }
 }
 

@@ -9,6 +9,7 @@ mod bins;
 mod cmd;
 pub mod cni;
 mod daemon;
+mod docker_cli;
 pub mod dockerd;
 mod etcd;
 mod kernel;
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 pub use bins::{bin_dir, locate_bin};
 pub use cmd::Output;
 pub use daemon::{Background, Paused};
+pub use docker_cli::DockerCli;
 pub use dockerd::DockerEngine;
 pub use etcd::Etcd;
 pub use kernel::{

@@ -24,6 +24,7 @@ use tempfile::TempDir;
 
 use crate::cmd::{self, Output};
 use crate::daemon::Daemon;
+use crate::docker_cli::DockerCli;
 use crate::netns;
 
 /// The image every container runs: busybox, with `sh`, `sleep`, `ping`, `ip`, ... on its PATH.
@@ -130,18 +131,6 @@ impl Podman {
         succeeded("podman", args, self.podman(args))
     }
 
-    /// Runs the Docker CLI against this guard's service and reports how it ended.
-    pub fn docker(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new("docker");
-        cmd.env("DOCKER_HOST", self.url()).args(args);
-        cmd::run(cmd)
-    }
-
-    /// [`Podman::docker`] for a step that must succeed; returns what it printed.
-    pub fn docker_ok(&self, args: &[&str]) -> String {
-        succeeded("docker", args, self.docker(args))
-    }
-
     /// `docker run -d --network none --name <prefix>-<name> EXTRA... IMAGE sleep 1d`: a running
     /// container with only a loopback interface. Returns its full name.
     pub fn run_detached(&self, name: &str, extra_args: &[&str]) -> String {
@@ -151,22 +140,6 @@ impl Podman {
         args.extend_from_slice(&[CONTAINER_IMAGE, "sleep", "1d"]);
         self.docker_ok(&args);
         name
-    }
-
-    /// `docker exec CONTAINER ARGS...`.
-    pub fn exec(&self, container: &str, args: &[&str]) -> Output {
-        let mut argv = vec!["exec", container];
-        argv.extend_from_slice(args);
-        self.docker(&argv)
-    }
-
-    /// The pid of the container's main process, as Docker reports it; panics unless it runs.
-    pub fn pid(&self, container: &str) -> u32 {
-        let pid = self.inspect(container, "{{.State.Pid}}");
-        match pid.parse() {
-            Ok(pid) if pid > 0 => pid,
-            _ => panic!("container {container} has no running process (pid {pid:?})"),
-        }
     }
 
     /// The container's full ID (64 hex digits).
@@ -186,12 +159,6 @@ impl Podman {
     /// [`crate::assert_reaches`] from inside a container.
     pub fn assert_reaches(&self, container: &str, ip: &str) {
         crate::assert_pings(container, ip, |count| self.ping(container, ip, count));
-    }
-
-    fn inspect(&self, container: &str, format: &str) -> String {
-        self.docker_ok(&["inspect", "-f", format, container])
-            .trim()
-            .to_owned()
     }
 
     fn wait_ready(&mut self) {
@@ -303,6 +270,12 @@ pub(crate) fn succeeded(tool: &str, args: &[&str], out: Output) -> String {
         out.stderr.trim()
     );
     out.stdout
+}
+
+impl DockerCli for Podman {
+    fn api(&self) -> String {
+        self.url()
+    }
 }
 
 impl Drop for Podman {

@@ -5,7 +5,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use weft_integration::{
-    CONTAINER_IMAGE, Netns, Output, Podman, World, assert_rejected, links, wait_until,
+    CONTAINER_IMAGE, DockerCli, Netns, Output, Podman, World, assert_rejected, links, wait_until,
 };
 
 // What weftctl's error line must say, besides naming the culprit, for each reason an attach by

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use weft_integration::{DockerEngine, World, exec, wait_until};
+use weft_integration::{DockerCli, DockerEngine, World, exec, wait_until};
 
 /// The subnet every host's Docker network `blue` is made with.
 const SUBNET: &str = "10.9.0.0/24";

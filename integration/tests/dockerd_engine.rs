@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use weft_integration::dockerd::processes_naming;
-use weft_integration::{DockerEngine, World};
+use weft_integration::{DockerCli, DockerEngine, World};
 
 /// `readlink /proc/PID/ns/net`: `net:[INODE]`.
 fn netns_of(pid: u32) -> String {

@@ -17,7 +17,7 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use weft_bench::harness::{self, check_interrupted, median};
-use weft_integration::{DockerEngine, World, exit_code_of};
+use weft_integration::{DockerCli, DockerEngine, World, exit_code_of};
 use weft_proto::names::mac_for_address;
 
 const ROUNDS: usize = 20;
