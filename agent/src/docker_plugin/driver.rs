@@ -47,10 +47,10 @@ pub async fn create_network(plugin: &Plugin, req: CreateNetwork) -> Result<Value
     })?;
     let mut masquerade = true;
     let options = match req.options.get(GENERIC_OPTIONS) {
-        Some(Value::Object(options)) => options.clone(),
-        _ => Default::default(),
+        Some(Value::Object(options)) => Some(options),
+        _ => None,
     };
-    for (key, value) in &options {
+    for (key, value) in options.into_iter().flatten() {
         let value = value.as_str().unwrap_or_default();
         match key.as_str() {
             NETWORK_OPTION if value != network.name => {
