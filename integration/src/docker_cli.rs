@@ -7,13 +7,14 @@ use crate::cmd::{self, Output};
 use crate::podman::succeeded;
 
 pub trait DockerCli {
-    /// The engine's API: `unix:///PATH`.
-    fn api(&self) -> String;
+    /// The engine's API, `unix:///PATH`: for `docker -H`, `DOCKER_HOST` or `weft-agent
+    /// --docker-host`.
+    fn url(&self) -> String;
 
-    /// Runs `docker -H API ARGS...` and reports how it ended.
+    /// Runs `docker -H URL ARGS...` and reports how it ended.
     fn docker(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new("docker");
-        cmd.arg("-H").arg(self.api()).args(args);
+        cmd.arg("-H").arg(self.url()).args(args);
         cmd::run(cmd)
     }
 

@@ -97,11 +97,6 @@ impl DockerEngine {
         engine
     }
 
-    /// The engine's API, for `docker -H` or `weft-agent --docker-host`.
-    pub fn url(&self) -> String {
-        format!("unix://{}", self.dir.path().join("docker.sock").display())
-    }
-
     /// What this engine sees as `/run/docker/plugins/weft.sock`: where its host's agent serves
     /// weft's driver.
     pub fn plugin_socket(&self) -> PathBuf {
@@ -245,8 +240,8 @@ impl DockerEngine {
 }
 
 impl DockerCli for DockerEngine {
-    fn api(&self) -> String {
-        self.url()
+    fn url(&self) -> String {
+        format!("unix://{}", self.dir.path().join("docker.sock").display())
     }
 }
 

@@ -103,11 +103,6 @@ impl Podman {
         podman
     }
 
-    /// The Docker API's address, for `DOCKER_HOST` or `weft-agent --docker-host`.
-    pub fn url(&self) -> String {
-        format!("unix://{}", self.dir.path().join("podman.sock").display())
-    }
-
     /// The full name of this guard's container `name`: `<prefix>-<name>`. Drop removes every
     /// container named so, however it was made.
     pub fn name(&self, name: &str) -> String {
@@ -273,8 +268,8 @@ pub(crate) fn succeeded(tool: &str, args: &[&str], out: Output) -> String {
 }
 
 impl DockerCli for Podman {
-    fn api(&self) -> String {
-        self.url()
+    fn url(&self) -> String {
+        format!("unix://{}", self.dir.path().join("podman.sock").display())
     }
 }
 
