@@ -20,7 +20,8 @@ export PATH := $(PATH):$(HOME)/.cargo/bin
 # check and scrape the metrics; the reference CNI plugins (portmap chained after weft's, and
 # Podman's CNI backend's loopback).
 DEB_PACKAGES := iproute2 iputils-ping podman runc docker.io busybox-static bind9-dnsutils dnsmasq-base \
-	etcd-server etcd-client protobuf-compiler nftables prometheus curl containernetworking-plugins
+	etcd-server etcd-client protobuf-compiler nftables prometheus curl containernetworking-plugins \
+	wireguard-go tcpdump
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
 use tonic::transport;
+use weft_proto::rows::PeerRow;
 use weft_proto::v1::Peer;
 
 use crate::cni_namespaces::CniNamespaces;
@@ -134,11 +135,14 @@ impl Agent {
         self.advertise_addr
     }
 
+    /// This host's peer record: its name, VTEP and WireGuard.
     pub fn peer(&self) -> Peer {
-        Peer {
+        PeerRow {
             name: self.name().to_string(),
-            advertise_addr: self.advertise_addr.to_string(),
+            addr: self.advertise_addr.into(),
+            wireguard: Some(self.datapath.wireguard().peer()),
         }
+        .wire()
     }
 
     pub fn link(&self) -> &Arc<ControllerLink> {

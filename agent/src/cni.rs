@@ -383,6 +383,7 @@ mod tests {
             name: "blue".into(),
             subnet: "10.9.0.0/24".parse().unwrap(),
             vni: 7,
+            encrypted: false,
         }
     }
 

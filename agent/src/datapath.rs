@@ -2,7 +2,7 @@
 //! local endpoint, and the VXLAN FDB that sends remote MACs to their hosts.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -11,15 +11,26 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use rtnetlink::Handle;
 use tracing::{info, warn};
 use weft_proto::names::{
-    HOST_IFNAME_PREFIX, Mac, PROBE_DEVICE, PROBE_PREFIX_LEN, PROBE_VNI, bridge_name,
-    container_ifname, guest_tmp_ifname, probe_addr, probe_mac, vni_of_device, vxlan_name,
+    HOST_IFNAME_PREFIX, Mac, PROBE_DEVICE, PROBE_PREFIX_LEN, PROBE_VNI, WIREGUARD_DEVICE,
+    bridge_name, container_ifname, guest_tmp_ifname, probe_addr, probe_mac, vni_of_device,
+    vxlan_name,
 };
 use weft_proto::rows::EndpointRow;
+use weft_proto::wireguard::WgKey;
 
 use crate::container::Container;
-use crate::desired::{Exposed, FdbEntry, Neighbour, NetworkState, diff};
+use crate::desired::{Exposed, FdbEntry, Neighbour, NetworkState, Segment, diff};
 use crate::netlink::{self, Link, VxlanSpec};
 use crate::netns;
+use crate::wireguard::{PeerSpec, Wireguard};
+
+/// What an encrypted network's frames lose to WireGuard: its own header and the outer IP and
+/// UDP headers (80 on an IPv6 underlay, the larger), and VXLAN over IPv6 tunnel addresses takes
+/// 20 more than over IPv4.
+const ENCRYPTION_OVERHEAD: u32 = 80 + 20;
+
+/// VXLAN's overhead over IPv6: what the WireGuard interface carries beyond a network's frame.
+const VXLAN6_OVERHEAD: u32 = 70;
 
 /// Netlink requests kept in flight at once when programming many entries.
 const NETLINK_PIPELINE: usize = 64;
@@ -32,6 +43,7 @@ pub struct Datapath {
     port: u16,
     local: Ipv4Addr,
     mtu: u32,
+    wireguard: Wireguard,
     /// Held by every change of devices and veths: a plug never meets a half-removed bridge, and
     /// a reconcile never sees a half-plugged veth.
     lock: tokio::sync::Mutex<()>,
@@ -43,6 +55,8 @@ pub struct Desired {
     pub networks: BTreeMap<u32, NetworkState>,
     /// What the probe device must hold (its FDB and neighbour entries).
     pub probe: NetworkState,
+    /// The WireGuard interface's peers; none: no interface (no encrypted network here).
+    pub wireguard: Option<BTreeMap<WgKey, PeerSpec>>,
     /// Whether veths no endpoint calls for may go: only when the tables are known to be
     /// newer than every veth.
     pub remove_stray_veths: bool,
@@ -55,6 +69,8 @@ pub struct Report {
     pub fdb_removed: usize,
     pub neigh_added: usize,
     pub neigh_removed: usize,
+    /// WireGuard peers added, changed or removed.
+    pub wireguard_changed: usize,
     /// The entries weft's VXLAN devices hold once the pass is done.
     pub fdb_held: usize,
     pub neigh_held: usize,
@@ -72,16 +88,17 @@ impl Report {
 }
 
 /// Whether weft made the link `name` (with VXLAN port `port`): a network's bridge or VXLAN
-/// device, the probe device, or an endpoint's veth.
+/// device, the probe device, the WireGuard interface, or an endpoint's veth.
 pub fn is_ours(name: &str, port: u16) -> bool {
     vni_of_device(name, port).is_some()
         || name == PROBE_DEVICE
+        || name == WIREGUARD_DEVICE
         || name.starts_with(HOST_IFNAME_PREFIX)
 }
 
 /// Removes every link weft made in this namespace: veths (their container ends go with them),
-/// VXLAN devices (the probe device too) and bridges, and with them every FDB and neighbour entry
-/// and exposed address. Links that are not weft's are left alone. Returns the names removed.
+/// VXLAN devices (the probe device too), bridges and the WireGuard interface (its wireguard-go
+/// ends with it), and with them every FDB and neighbour entry and exposed address. Links that are not weft's are left alone. Returns the names removed.
 pub async fn remove_all(handle: &Handle, port: u16) -> anyhow::Result<Vec<String>> {
     let ours = |name: &str| is_ours(name, port);
     let mut removed = Vec::new();
@@ -119,44 +136,112 @@ where
 }
 
 impl Datapath {
-    /// The MTU of every network's devices, and the largest frame a probe sends.
+    /// The MTU of plaintext networks' devices, and the largest frame a probe sends.
     pub fn mtu(&self) -> u32 {
         self.mtu
+    }
+
+    /// The MTU of a network's devices and its containers' interfaces.
+    pub fn mtu_of(&self, net: Segment) -> u32 {
+        match net.encrypted {
+            false => self.mtu,
+            true => self.mtu - ENCRYPTION_OVERHEAD,
+        }
+    }
+
+    pub fn wireguard(&self) -> &Wireguard {
+        &self.wireguard
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    pub fn new(handle: Handle, port: u16, local: Ipv4Addr, mtu: u32) -> Self {
+    pub fn new(handle: Handle, port: u16, local: Ipv4Addr, mtu: u32, wireguard: Wireguard) -> Self {
         Datapath {
             handle,
             port,
             local,
             mtu,
+            wireguard,
             lock: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Makes the bridge and VXLAN device of network `vni` exist as wanted, keeping what is
-    /// already right.
-    pub async fn ensure_devices(&self, vni: u32) -> anyhow::Result<(Link, Link)> {
+    /// Makes the default network's devices as plaintext ones unless they exist: the bridge is
+    /// there from the start, and what an earlier run made (perhaps encrypted) is left to the
+    /// first reconcile, which knows the network.
+    pub async fn prepare_default(&self, vni: u32) -> anyhow::Result<()> {
         let _lock = self.lock.lock().await;
-        self.ensure_devices_locked(vni).await
+        if netlink::link_by_name(&self.handle, &bridge_name(vni))
+            .await?
+            .is_none()
+        {
+            let plaintext = Segment {
+                vni,
+                encrypted: false,
+            };
+            self.ensure_devices_locked(plaintext).await?;
+        }
+        Ok(())
     }
 
-    async fn ensure_devices_locked(&self, vni: u32) -> anyhow::Result<(Link, Link)> {
-        let bridge = netlink::ensure_bridge(&self.handle, &bridge_name(vni), self.mtu).await?;
+    /// Makes the bridge and VXLAN device of a network exist as wanted (for an encrypted one,
+    /// the WireGuard interface too), keeping what is already right.
+    async fn ensure_devices_locked(&self, net: Segment) -> anyhow::Result<(Link, Link)> {
+        let mtu = self.mtu_of(net);
+        let bridge = netlink::ensure_bridge(&self.handle, &bridge_name(net.vni), mtu).await?;
+        let (local, link): (IpAddr, _) = match net.encrypted {
+            false => (self.local.into(), None),
+            true => {
+                let wg = self.ensure_wireguard().await?;
+                (self.wireguard.tunnel().into(), Some(wg.index))
+            }
+        };
         let spec = VxlanSpec {
-            vni,
+            vni: net.vni,
             port: self.port,
-            local: self.local,
-            mtu: self.mtu,
+            local,
+            link,
+            mtu,
             probe: false,
         };
-        let name = vxlan_name(vni, self.port);
+        let name = vxlan_name(net.vni, self.port);
         let vxlan = netlink::ensure_vxlan(&self.handle, &name, spec, Some(&bridge)).await?;
         Ok((bridge, vxlan))
+    }
+
+    /// Makes the WireGuard interface exist as wanted.
+    async fn ensure_wireguard(&self) -> anyhow::Result<Link> {
+        let mtu = self.mtu - ENCRYPTION_OVERHEAD + VXLAN6_OVERHEAD;
+        self.wireguard
+            .ensure(&self.handle, mtu)
+            .await
+            .with_context(|| format!("WireGuard interface {WIREGUARD_DEVICE}"))
+    }
+
+    /// Makes the WireGuard interface and its peers as `wanted` says (none: no interface).
+    async fn reconcile_wireguard(
+        &self,
+        wanted: Option<&BTreeMap<WgKey, PeerSpec>>,
+        report: &mut Report,
+    ) -> anyhow::Result<()> {
+        match wanted {
+            Some(peers) => {
+                self.ensure_wireguard().await?;
+                report.wireguard_changed += self.wireguard.settle_peers(peers).await?;
+            }
+            None => {
+                if let Some(link) = netlink::link_by_name(&self.handle, WIREGUARD_DEVICE).await? {
+                    info!(
+                        link = WIREGUARD_DEVICE,
+                        "no encrypted network here any more; removing it"
+                    );
+                    netlink::delete_link(&self.handle, &link).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Makes the probe device exist as wanted: on no bridge, with this host's probe MAC and
@@ -165,7 +250,8 @@ impl Datapath {
         let spec = VxlanSpec {
             vni: PROBE_VNI,
             port: self.port,
-            local: self.local,
+            local: self.local.into(),
+            link: None,
             mtu: self.mtu,
             probe: true,
         };
@@ -201,6 +287,14 @@ impl Datapath {
         // made) leaves the others to be fixed all the same, and fails the pass at its end.
         let mut bridges = BTreeMap::new();
         let mut failed = Vec::new();
+        // Before the networks: encrypted ones send through it. Plaintext ones are fixed even if
+        // it cannot be.
+        if let Err(e) = self
+            .reconcile_wireguard(desired.wireguard.as_ref(), &mut report)
+            .await
+        {
+            failed.push(format!("{e:#}"));
+        }
         for (vni, state) in networks {
             let fixed = self
                 .reconcile_network(*vni, state, &fdb, &neighbours, &mut report)
@@ -221,11 +315,10 @@ impl Datapath {
         let links = netlink::links(&self.handle).await?;
         for (vni, bridge) in &bridges {
             // A port knocked off its bridge (say, the bridge was deleted and made anew) goes back.
-            for link in links
-                .iter()
-                .filter(|l| networks[vni].ports.contains(&l.name))
-            {
-                netlink::attach_to_bridge(&self.handle, link, bridge, self.mtu).await?;
+            let state = &networks[vni];
+            let mtu = self.mtu_of(state.segment(*vni));
+            for link in links.iter().filter(|l| state.ports.contains(&l.name)) {
+                netlink::attach_to_bridge(&self.handle, link, bridge, mtu).await?;
             }
         }
         if desired.remove_stray_veths {
@@ -249,7 +342,7 @@ impl Datapath {
         neighbours: &[(u32, Neighbour)],
         report: &mut Report,
     ) -> anyhow::Result<Link> {
-        let (bridge, vxlan) = self.ensure_devices_locked(vni).await?;
+        let (bridge, vxlan) = self.ensure_devices_locked(state.segment(vni)).await?;
         self.settle_entries(&vxlan, state, fdb, neighbours, report)
             .await?;
         self.settle_exposed(&bridge, state.exposed.as_ref()).await?;
@@ -280,8 +373,16 @@ impl Datapath {
         report: &mut Report,
     ) -> anyhow::Result<()> {
         let (add, remove) = diff(&on_link(fdb, vxlan.index), &state.fdb);
+        // Tunnel addresses are link-local: the kernel must be told the interface they are on.
+        let via = match state.encrypted {
+            true => vxlan.vxlan_link(),
+            false => None,
+        };
         pipelined(&remove, |e| netlink::fdb_del(&self.handle, vxlan.index, e)).await?;
-        pipelined(&add, |e| netlink::fdb_add(&self.handle, vxlan.index, e)).await?;
+        pipelined(&add, |e| {
+            netlink::fdb_add(&self.handle, vxlan.index, e, via)
+        })
+        .await?;
         report.fdb_added += add.len();
         report.fdb_removed += remove.len();
         let (add, remove) = diff(&on_link(neighbours, vxlan.index), &state.neighbours);
@@ -297,10 +398,10 @@ impl Datapath {
         Ok(())
     }
 
-    /// Makes the host's place on network `vni`'s bridge as `exposed` says (none: hidden).
-    pub async fn expose(&self, vni: u32, exposed: Option<&Exposed>) -> anyhow::Result<()> {
+    /// Makes the host's place on a network's bridge as `exposed` says (none: hidden).
+    pub async fn expose(&self, net: Segment, exposed: Option<&Exposed>) -> anyhow::Result<()> {
         let _lock = self.lock.lock().await;
-        let (bridge, _) = self.ensure_devices_locked(vni).await?;
+        let (bridge, _) = self.ensure_devices_locked(net).await?;
         self.settle_exposed(&bridge, exposed).await
     }
 
@@ -394,7 +495,7 @@ impl Datapath {
         netlink::link_by_name(&self.handle, name).await
     }
 
-    /// Makes endpoint `ep` of network `vni` exist in the kernel: its veth on the network's bridge
+    /// Makes endpoint `ep` of network `net` exist in the kernel: its veth on the network's bridge
     /// and its interface in the container with the endpoint's MAC, the MTU and every address.
     /// An endpoint already plugged only gets the addresses it lacks. A new veth that cannot be
     /// set up completely is removed again.
@@ -402,7 +503,7 @@ impl Datapath {
         &self,
         container: &Container,
         ep: &EndpointRow,
-        vni: u32,
+        net: Segment,
     ) -> anyhow::Result<()> {
         let _lock = self.lock.lock().await;
         let cidrs = ep.cidrs.clone();
@@ -428,7 +529,7 @@ impl Datapath {
         }
         let netns_file = netns::open(&container.netns)?;
         let mac = ep.mac;
-        let (bridge, _) = self.ensure_devices_locked(vni).await?;
+        let (bridge, _) = self.ensure_devices_locked(net).await?;
         let guest_name = guest_tmp_ifname(&ep.host_ifname);
         let host = netlink::create_veth_into(
             &self.handle,
@@ -436,7 +537,7 @@ impl Datapath {
             &bridge,
             &guest_name,
             mac,
-            self.mtu,
+            self.mtu_of(net),
             Some(&netns_file),
         )
         .await?;
@@ -477,12 +578,12 @@ impl Datapath {
     /// the container's (down, with the endpoint's MAC and the MTU) for Docker to move into its
     /// sandbox and set up (Join); returns the container end's name. A veth of the endpoint's
     /// name that is there already is made anew (a Join retried after its answer was lost).
-    pub async fn plug_unmoved(&self, ep: &EndpointRow, vni: u32) -> anyhow::Result<String> {
+    pub async fn plug_unmoved(&self, ep: &EndpointRow, net: Segment) -> anyhow::Result<String> {
         let _lock = self.lock.lock().await;
         if let Some(old) = netlink::link_by_name(&self.handle, &ep.host_ifname).await? {
             netlink::delete_link(&self.handle, &old).await?;
         }
-        let (bridge, _) = self.ensure_devices_locked(vni).await?;
+        let (bridge, _) = self.ensure_devices_locked(net).await?;
         let guest_name = guest_tmp_ifname(&ep.host_ifname);
         netlink::create_veth_into(
             &self.handle,
@@ -490,7 +591,7 @@ impl Datapath {
             &bridge,
             &guest_name,
             ep.mac,
-            self.mtu,
+            self.mtu_of(net),
             None,
         )
         .await?;

@@ -3,18 +3,39 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnetwork::Ipv4Network;
-use weft_proto::names::{EXPOSE_ID, Mac, probe_addr, probe_mac};
-use weft_proto::rows::{self, EndpointRow};
+use weft_proto::names::{EXPOSE_ID, Mac, probe_addr, probe_mac, tunnel_addr};
+use weft_proto::rows::{self, EndpointRow, NetworkRow, PeerRow};
 use weft_proto::tables::{DEFAULT_NETWORK, Tables};
+use weft_proto::wireguard::WgKey;
 
-/// A permanent entry in a VXLAN device's FDB: frames for `mac` go to the VTEP `dst`.
+use crate::wireguard::PeerSpec;
+
+/// A permanent entry in a VXLAN device's FDB: frames for `mac` go to the VTEP `dst` (a host's
+/// advertise address, or its tunnel address on an encrypted network).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FdbEntry {
     pub mac: Mac,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
+}
+
+/// A network as its devices on a host see it: its VNI, and whether its frames go through
+/// WireGuard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub vni: u32,
+    pub encrypted: bool,
+}
+
+impl Segment {
+    pub fn of(net: &NetworkRow) -> Segment {
+        Segment {
+            vni: net.vni,
+            encrypted: net.encrypted,
+        }
+    }
 }
 
 impl fmt::Display for FdbEntry {
@@ -44,6 +65,18 @@ pub struct NetworkState {
     pub ports: BTreeSet<String>,
     /// The host's own place on the bridge (`weftctl expose`): the bridge's MAC and addresses.
     pub exposed: Option<Exposed>,
+    /// Its VXLAN device sends through WireGuard, to tunnel addresses.
+    pub encrypted: bool,
+}
+
+impl NetworkState {
+    /// The network of VNI `vni` with this state.
+    pub fn segment(&self, vni: u32) -> Segment {
+        Segment {
+            vni,
+            encrypted: self.encrypted,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,13 +108,17 @@ pub fn host_networks(tables: &Tables, me: &str) -> BTreeMap<u32, NetworkState> {
             state.ports.insert(ep.host_ifname.clone());
         }
     }
+    for (name, state) in needed.iter_mut() {
+        state.encrypted = tables.networks.get(*name).is_some_and(|n| n.encrypted);
+    }
     for ep in tables.endpoints_off(me) {
         let Some(state) = needed.get_mut(ep.id.network.as_str()) else {
             continue;
         };
-        // An endpoint of a peer the tables do not hold (yet) cannot be reached.
+        // An endpoint of a peer the tables do not hold (yet) cannot be reached; nor can one
+        // on an encrypted network of a peer without WireGuard.
         let peer = tables.peers.get(&ep.id.peer);
-        let Some(dst) = peer.and_then(|p| rows::ipv4_addr(p.addr)) else {
+        let Some(dst) = peer.and_then(|p| vtep(p, state.encrypted)) else {
             continue;
         };
         let mac = ep.mac;
@@ -104,6 +141,45 @@ pub fn host_networks(tables: &Tables, me: &str) -> BTreeMap<u32, NetworkState> {
         .collect()
 }
 
+/// Where a peer's VXLAN frames go: its advertise address, or on an encrypted network its
+/// tunnel address, if it has WireGuard.
+fn vtep(peer: &PeerRow, encrypted: bool) -> Option<IpAddr> {
+    let addr = rows::ipv4_addr(peer.addr)?;
+    match encrypted {
+        false => Some(addr.into()),
+        true => peer.wireguard.map(|_| tunnel_addr(addr).into()),
+    }
+}
+
+/// The WireGuard peers this host needs, by public key: every remote host its encrypted networks
+/// send to (`networks` as [`host_networks`] made them). None when this host is on no encrypted
+/// network: it needs no WireGuard interface.
+pub fn wireguard_peers(
+    tables: &Tables,
+    networks: &BTreeMap<u32, NetworkState>,
+) -> Option<BTreeMap<WgKey, PeerSpec>> {
+    let encrypted: Vec<&NetworkState> = networks.values().filter(|n| n.encrypted).collect();
+    if encrypted.is_empty() {
+        return None;
+    }
+    let tunnels: BTreeSet<IpAddr> = encrypted
+        .iter()
+        .flat_map(|n| n.fdb.iter().map(|e| e.dst))
+        .collect();
+    let peers = tables.peers.values().filter_map(|p| {
+        let wg = p.wireguard?;
+        let tunnel = tunnel_addr(rows::ipv4_addr(p.addr)?);
+        tunnels.contains(&tunnel.into()).then_some((
+            wg.key,
+            PeerSpec {
+                endpoint: SocketAddr::new(p.addr, wg.port),
+                tunnel,
+            },
+        ))
+    });
+    Some(peers.collect())
+}
+
 /// Every remote peer with an IPv4 VTEP, by name: the peers this host probes, whether or not
 /// they share a network with it, so a path is known to work before the first container needs it.
 pub fn probe_peers(tables: &Tables, me: &str) -> BTreeMap<String, Ipv4Addr> {
@@ -122,7 +198,10 @@ pub fn probe_state(tables: &Tables, me: &str) -> NetworkState {
     let mut state = NetworkState::default();
     for vtep in probe_peers(tables, me).into_values() {
         let mac = probe_mac(vtep);
-        state.fdb.insert(FdbEntry { mac, dst: vtep });
+        state.fdb.insert(FdbEntry {
+            mac,
+            dst: vtep.into(),
+        });
         state.neighbours.insert(Neighbour {
             ip: probe_addr(vtep).into(),
             mac,
@@ -151,6 +230,7 @@ mod tests {
             name: name.into(),
             subnet: subnet.parse().unwrap(),
             vni,
+            encrypted: false,
         }
     }
 
@@ -167,6 +247,7 @@ mod tests {
                 PeerRow {
                     name: name.into(),
                     addr,
+                    wireguard: None,
                 },
             );
         }
@@ -262,6 +343,49 @@ mod tests {
         let addrs: Vec<String> = state.neighbours.iter().map(|n| n.ip.to_string()).collect();
         assert_eq!(addrs, ["fd77:6566:7400::c612:2", "fd77:6566:7400::c612:3"]);
         assert!(state.ports.is_empty() && state.exposed.is_none());
+    }
+
+    #[test]
+    fn an_encrypted_network_sends_to_the_tunnel_addresses_of_peers_with_wireguard() {
+        let mut t = tables(&[
+            ("host1", "netns:a", "02:00:00:00:00:01"),
+            ("host2", "netns:b", "02:00:00:00:00:02"),
+            ("host3", "netns:c", "02:00:00:00:00:03"),
+        ]);
+        assert_eq!(
+            wireguard_peers(&t, &host_networks(&t, "host1")),
+            None,
+            "no encrypted network, no WireGuard"
+        );
+        t.networks.get_mut(DEFAULT_NETWORK).unwrap().encrypted = true;
+        let key = WgKey([7; 32]);
+        t.peers.get_mut("host2").unwrap().wireguard = Some(rows::WgPeer { key, port: 6787 });
+        let networks = host_networks(&t, "host1");
+        let tunnel2 = tunnel_addr("198.18.0.2".parse().unwrap());
+        assert_eq!(tunnel2.to_string(), "fe80::7765:6674:c612:2");
+        let want: BTreeSet<_> = ["02:00:00:00:00:02", "00:00:00:00:00:00"]
+            .map(|mac| FdbEntry {
+                mac: mac.parse().unwrap(),
+                dst: tunnel2.into(),
+            })
+            .into();
+        assert!(networks[&1].encrypted);
+        assert_eq!(
+            networks[&1].fdb, want,
+            "host3 has no WireGuard key: its endpoint cannot be reached encrypted"
+        );
+        let peers = wireguard_peers(&t, &networks).unwrap();
+        assert_eq!(
+            peers,
+            [(
+                key,
+                PeerSpec {
+                    endpoint: "198.18.0.2:6787".parse().unwrap(),
+                    tunnel: tunnel2
+                }
+            )]
+            .into()
+        );
     }
 
     #[test]

@@ -44,3 +44,4 @@ pub mod state_file;
 pub mod tables;
 pub mod views;
 pub mod watch;
+pub mod wireguard;

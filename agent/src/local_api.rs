@@ -3,9 +3,9 @@
 //! answer. Error messages are the "why" of weftctl's `weftctl: <what failed>: <why>` line, so
 //! each names the culprit; [`status_of`] gives each kind of error its gRPC code.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tonic::{Code, Request, Response, Status};
 use weft_proto::dns_name;
@@ -27,6 +27,7 @@ use weft_proto::v1::{
     CniDelResponse, CniGcRequest, CniGcResponse, Connection, ConnectionsRequest,
     ConnectionsResponse,
 };
+use weft_proto::wireguard::WgKey;
 
 use crate::agent::Agent;
 use crate::container::ContainerError;
@@ -446,21 +447,40 @@ impl AgentApi for LocalApi {
         _request: Request<ConnectionsRequest>,
     ) -> Result<Response<ConnectionsResponse>, Status> {
         let datapath = self.agent.datapath();
+        // A peer's link is encrypted when this host's WireGuard has the peer's key.
+        let handshakes = datapath.wireguard().handshakes().await;
+        let keys: BTreeMap<String, WgKey> = self
+            .agent
+            .tables()
+            .read(|t| {
+                let keyed = t.peers.values();
+                keyed
+                    .filter_map(|p| Some((p.name.clone(), p.wireguard?.key)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let now = SystemTime::now();
         let connections = self
             .agent
             .connections()
             .list()
             .into_iter()
-            .map(|c| Connection {
-                peer: c.peer,
-                vtep: c.vtep.to_string(),
-                port: datapath.port().into(),
-                state: c.state.name().to_string(),
-                why: c.why,
-                rtt_us: c.rtt.map_or(0, |rtt| rtt.as_micros().max(1) as u64),
-                mtu: c.mtu.unwrap_or_default(),
-                network_mtu: datapath.mtu(),
-                for_secs: c.for_.as_secs(),
+            .map(|c| {
+                let handshake = keys.get(&c.peer).and_then(|k| handshakes.get(k));
+                let ago = |at: SystemTime| now.duration_since(at).unwrap_or_default().as_secs();
+                Connection {
+                    encrypted: handshake.is_some(),
+                    handshake_secs: handshake.copied().flatten().map(ago),
+                    peer: c.peer,
+                    vtep: c.vtep.to_string(),
+                    port: datapath.port().into(),
+                    state: c.state.name().to_string(),
+                    why: c.why,
+                    rtt_us: c.rtt.map_or(0, |rtt| rtt.as_micros().max(1) as u64),
+                    mtu: c.mtu.unwrap_or_default(),
+                    network_mtu: datapath.mtu(),
+                    for_secs: c.for_.as_secs(),
+                }
             })
             .collect();
         Ok(Response::new(ConnectionsResponse { connections }))

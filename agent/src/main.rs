@@ -22,6 +22,8 @@ use weft_agent::netlink;
 use weft_agent::probe::Prober;
 use weft_agent::reconcile::{Reconciler, follow_link_events};
 use weft_agent::watch::follow_controller;
+use weft_agent::wireguard::Wireguard;
+use weft_proto::names::DEFAULT_WIREGUARD_PORT;
 use weft_proto::tables::DEFAULT_VNI;
 use weft_proto::v1::agent_server::AgentServer;
 
@@ -85,6 +87,9 @@ struct Args {
     /// VXLAN UDP port.
     #[arg(long, default_value_t = 6784)]
     port: u16,
+    /// The UDP port WireGuard listens on for encrypted networks' frames.
+    #[arg(long, default_value_t = DEFAULT_WIREGUARD_PORT)]
+    wireguard_port: u16,
     /// MTU of the network: "auto" is the MTU of the interface holding the advertise address
     /// minus the VXLAN overhead (50).
     #[arg(long, default_value = "auto", value_parser = parse_mtu)]
@@ -208,8 +213,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 - VXLAN_OVERHEAD
         }
     };
-    let datapath = Datapath::new(handle, args.port, advertise_addr, mtu);
-    datapath.ensure_devices(DEFAULT_VNI).await?;
+    let wireguard = Wireguard::new(&args.state_dir, args.wireguard_port, advertise_addr)?;
+    let datapath = Datapath::new(handle, args.port, advertise_addr, mtu, wireguard);
+    datapath.prepare_default(DEFAULT_VNI).await?;
     info!(%name, %advertise_addr, mtu, "datapath ready");
 
     let agent = Arc::new(Agent::new(

@@ -14,7 +14,7 @@ use weft_proto::names::{EXPOSE_ID, HOST_IFNAME_PREFIX, is_docker_plugin_key};
 use crate::agent::{Agent, Lifecycle};
 use crate::container::Containers;
 use crate::datapath::{Datapath, Desired, Report, is_ours};
-use crate::desired::{host_networks, probe_state};
+use crate::desired::{host_networks, probe_state, wireguard_peers};
 use crate::dns::listeners::Listeners;
 use crate::endpoints::Endpoints;
 use crate::firewall::Firewall;
@@ -95,10 +95,14 @@ impl Reconciler {
         // change this agent made and no attach, detach or release is under way: otherwise a veth
         // may be newer than the tables.
         let desired = || {
-            self.tables.read(|t| Desired {
-                networks: host_networks(t, self.tables.me()),
-                probe: probe_state(t, self.tables.me()),
-                remove_stray_veths: self.endpoints.is_idle() && self.tables.is_fresh(t),
+            self.tables.read(|t| {
+                let networks = host_networks(t, self.tables.me());
+                Desired {
+                    wireguard: wireguard_peers(t, &networks),
+                    networks,
+                    probe: probe_state(t, self.tables.me()),
+                    remove_stray_veths: self.endpoints.is_idle() && self.tables.is_fresh(t),
+                }
             })
         };
         let started = Instant::now();

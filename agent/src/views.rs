@@ -129,6 +129,7 @@ mod tests {
                     name: name.into(),
                     subnet: subnet.parse().unwrap(),
                     vni,
+                    encrypted: false,
                 },
             );
         }

@@ -67,6 +67,7 @@ impl SimAgent {
             peer: Peer {
                 name,
                 advertise_addr: vtep(i).to_string(),
+                ..Default::default()
             },
             watch_client: ControllerClient::new(watch)
                 .max_decoding_message_size(MAX_SNAPSHOT_BYTES),

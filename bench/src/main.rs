@@ -202,6 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 peer: Peer {
                     name: peer,
                     advertise_addr: advertise_addr.to_string(),
+                    ..Default::default()
                 },
                 endpoints,
                 concurrency: concurrency.max(1),
@@ -221,6 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let peer = Peer {
                 name: peer,
                 advertise_addr: advertise_addr.to_string(),
+                ..Default::default()
             };
             let mut client = connect(&cli.controller, tls).await?;
             refused(client.register(RegisterRequest { peer: Some(peer) }).await)?;

@@ -171,11 +171,13 @@ mod tests {
             Change::PeerPut(Peer {
                 name: "host1".into(),
                 advertise_addr: "198.18.0.1".into(),
+                ..Default::default()
             }),
             Change::NetworkPut(Network {
                 name: "default".into(),
                 vni: 1,
                 subnet: "10.32.0.0/12".into(),
+                ..Default::default()
             }),
             Change::EndpointPut(Endpoint {
                 network: "default".into(),

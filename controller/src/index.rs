@@ -156,6 +156,7 @@ mod tests {
                 name: "blue".into(),
                 subnet: "10.9.0.0/24".into(),
                 vni: 2,
+                ..Default::default()
             }),
             Change::EndpointPut(endpoint("a", "02:00:00:00:00:01", &["10.9.0.2/24"])),
             Change::EndpointPut(endpoint("b", "02:00:00:00:00:02", &["10.9.0.3/24"])),

@@ -86,6 +86,10 @@ struct Args {
     /// Subnet of the default network (net:default).
     #[arg(long, default_value = "10.32.0.0/12", value_parser = parse_range)]
     ipalloc_range: Ipv4Network,
+    /// Encrypt the default network: its frames cross between hosts only inside WireGuard. Fixed
+    /// when the store first makes the network; a controller of that store must say the same.
+    #[arg(long)]
+    encrypt_default: bool,
     /// How long a peer's agent may be gone before the peer is shown as unreachable: seconds, or
     /// a number with s, m or h.
     #[arg(long, default_value = "3m", value_parser = weft_process::parse_duration)]
@@ -391,9 +395,9 @@ async fn run(args: Args, location: Location) -> anyhow::Result<()> {
         args.listen.to_string()
     };
     service.announce(etcd.clone(), address, host);
-    let range = args.ipalloc_range;
+    let (range, encrypted) = (args.ipalloc_range, args.encrypt_default);
     service
-        .mutate(move |t| Ok(((), t.ensure_default_network(range)?)))
+        .mutate(move |t| Ok(((), t.ensure_default_network(range, encrypted)?)))
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
 

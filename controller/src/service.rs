@@ -434,11 +434,16 @@ impl Controller for ControllerService {
         &self,
         request: Request<CreateNetworkRequest>,
     ) -> Result<Response<CreateNetworkResponse>, Status> {
-        let CreateNetworkRequest { name, subnet } = request.into_inner();
+        let CreateNetworkRequest {
+            name,
+            subnet,
+            encrypt,
+        } = request.into_inner();
         let (network, revision) = self
-            .mutate(move |t| t.create_network(&name, &subnet))
+            .mutate(move |t| t.create_network(&name, &subnet, encrypt))
             .await?;
-        info!(name = %network.name, subnet = %network.subnet, vni = network.vni, "network created");
+        info!(name = %network.name, subnet = %network.subnet, vni = network.vni,
+            encrypted = network.encrypted, "network created");
         Ok(Response::new(CreateNetworkResponse {
             network: Some(network.wire()),
             revision,
@@ -657,13 +662,14 @@ mod tests {
         let service = controller_with(dir.path(), 0).await;
         let range = "10.32.0.0/12".parse().unwrap();
         service
-            .mutate(move |t| Ok(((), t.ensure_default_network(range)?)))
+            .mutate(move |t| Ok(((), t.ensure_default_network(range, false)?)))
             .await
             .unwrap();
         service
             .create_network(Request::new(CreateNetworkRequest {
                 name: "blue".into(),
                 subnet: "10.9.0.0/24".into(),
+                encrypt: false,
             }))
             .await
             .unwrap();
@@ -679,6 +685,7 @@ mod tests {
             let peer = Peer {
                 name: format!("host{n}"),
                 advertise_addr: format!("198.18.0.{n}"),
+                ..Default::default()
             };
             let request = RegisterRequest { peer: Some(peer) };
             service.register(insecure(request)).await.unwrap();

@@ -169,8 +169,11 @@ pub enum NetworkCommand {
         name: String,
         #[arg(long, value_name = "CIDR")]
         subnet: String,
+        /// Frames of the network cross between hosts only inside WireGuard (fixed at creation).
+        #[arg(long)]
+        encrypt: bool,
     },
-    /// List networks: NAME SUBNET VNI ENDPOINTS.
+    /// List networks: NAME SUBNET VNI ENDPOINTS ENCRYPTED.
     Ls {
         #[arg(long)]
         json: bool,

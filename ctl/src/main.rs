@@ -231,10 +231,18 @@ async fn run(cli: Cli) -> Result<String, Failure> {
                 .into_inner();
             Ok(render::ps(&reply.entries, json))
         }
-        Command::Network(NetworkCommand::Create { name, subnet }) => {
+        Command::Network(NetworkCommand::Create {
+            name,
+            subnet,
+            encrypt,
+        }) => {
             let what = format!("network create {name}");
             let net = agent
-                .create_network(CreateNetworkRequest { name, subnet })
+                .create_network(CreateNetworkRequest {
+                    name,
+                    subnet,
+                    encrypt,
+                })
                 .await
                 .map_err(fail(&what))?
                 .into_inner()

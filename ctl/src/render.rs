@@ -72,6 +72,7 @@ pub fn networks(infos: &[NetworkInfo], as_json: bool) -> String {
                 .map(|(n, i)| {
                     json!({
                         "name": n.name, "subnet": n.subnet, "vni": n.vni, "endpoints": i.endpoints,
+                        "encrypted": n.encrypted,
                     })
                 })
                 .collect(),
@@ -84,10 +85,15 @@ pub fn networks(infos: &[NetworkInfo], as_json: bool) -> String {
                 n.subnet.clone(),
                 n.vni.to_string(),
                 i.endpoints.to_string(),
+                yes_no(n.encrypted).to_string(),
             ]
         })
         .collect();
-    table::render(&["NAME", "SUBNET", "VNI", "ENDPOINTS"], &rows)
+    table::render(&["NAME", "SUBNET", "VNI", "ENDPOINTS", "ENCRYPTED"], &rows)
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
 }
 
 /// `weftctl status networks`.
@@ -360,7 +366,13 @@ pub fn status_connections(connections: &[Connection], as_json: bool) -> String {
                 "failed" => format!("failed: {}", c.why),
                 other => other.to_string(),
             };
-            format!("-> {}:{} {state}\n", c.vtep, c.port)
+            // Encrypted networks reach the peer inside WireGuard: when it last shook hands.
+            let encrypted = match (c.encrypted, c.handshake_secs) {
+                (false, _) => String::new(),
+                (true, Some(secs)) => format!(" encrypted handshake={secs}s"),
+                (true, None) => " encrypted handshake=none".to_string(),
+            };
+            format!("-> {}:{} {state}{encrypted}\n", c.vtep, c.port)
         })
         .collect()
 }
@@ -390,7 +402,8 @@ fn status_connections_json(connections: &[Connection]) -> Value {
                     "peer": c.peer, "vtep": c.vtep, "port": c.port, "state": c.state,
                     "why": c.why, "rtt_ms": known(c.rtt_us).map(|us| us as f64 / 1000.0),
                     "mtu": known(c.mtu.into()), "network_mtu": c.network_mtu,
-                    "for_secs": c.for_secs,
+                    "for_secs": c.for_secs, "encrypted": c.encrypted,
+                    "handshake_secs": c.handshake_secs,
                 })
             })
             .collect(),
@@ -554,6 +567,7 @@ mod tests {
             name: name.into(),
             subnet: subnet.into(),
             vni,
+            ..Default::default()
         }
     }
 
@@ -568,7 +582,15 @@ mod tests {
             range: "10.32.0.0/12".into(),
             networks: vec![
                 info(network("default", "10.32.0.0/12", 1), 3, 1_048_573, 4),
-                info(network("192.168.0.0/24", "192.168.0.0/24", 2), 2, 253, 2),
+                info(
+                    Network {
+                        encrypted: true,
+                        ..network("192.168.0.0/24", "192.168.0.0/24", 2)
+                    },
+                    2,
+                    253,
+                    2,
+                ),
             ],
             peers: [
                 ("host1", "192.168.0.0/24", 1),
@@ -629,6 +651,7 @@ mod tests {
                 peer: Some(Peer {
                     name: name.into(),
                     advertise_addr: addr.into(),
+                    ..Default::default()
                 }),
                 connected,
                 reachable,
@@ -699,6 +722,9 @@ mod tests {
         .into_iter()
         .map(
             |(peer, vtep, state, why, rtt_us, mtu, for_secs)| Connection {
+                // host2 is reached inside WireGuard, host4 will be once it shakes hands.
+                encrypted: ["host2", "host4"].contains(&peer),
+                handshake_secs: (peer == "host2").then_some(12),
                 peer: peer.into(),
                 vtep: vtep.into(),
                 port: 6784,

@@ -67,11 +67,12 @@ fn controllers() -> Controllers {
     );
     runtime
         .block_on(service.mutate(|t| {
-            let mut changes = t.ensure_default_network("10.32.0.0/12".parse().unwrap())?;
+            let mut changes = t.ensure_default_network("10.32.0.0/12".parse().unwrap(), false)?;
             for (name, addr) in [("host1", "198.18.0.1"), ("host2", "198.18.0.2")] {
                 changes.push(RowChange::PeerPut(PeerRow {
                     name: name.into(),
                     addr: addr.parse().unwrap(),
+                    wireguard: None,
                 }));
             }
             Ok(((), changes))
@@ -187,7 +188,8 @@ fn call(host2_mac: String) -> impl Strategy<Value = (u8, Vec<u8>)> {
             RegisterRequest {
                 peer: Some(Peer {
                     name,
-                    advertise_addr
+                    advertise_addr,
+                    ..Default::default()
                 })
             }
             .encode_to_vec()
@@ -229,8 +231,15 @@ fn call(host2_mac: String) -> impl Strategy<Value = (u8, Vec<u8>)> {
                 }
                 .encode_to_vec()
             )),
-        1 => ("[a-z0-9./-]{0,12}", "[0-9./]{0,18}")
-            .prop_map(|(name, subnet)| (4, CreateNetworkRequest { name, subnet }.encode_to_vec())),
+        1 => ("[a-z0-9./-]{0,12}", "[0-9./]{0,18}", any::<bool>()).prop_map(|(name, subnet, encrypt)| (
+            4,
+            CreateNetworkRequest {
+                name,
+                subnet,
+                encrypt
+            }
+            .encode_to_vec()
+        )),
         // host2's network (in use), the default one, or any.
         1 => prop_oneof![
             Just("192.168.0.0/24".to_string()),

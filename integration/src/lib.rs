@@ -6,6 +6,7 @@
 //! from [`Podman`], named with a prefix of the same kind.
 
 mod bins;
+pub mod capture;
 mod cmd;
 pub mod cni;
 mod daemon;
@@ -36,14 +37,14 @@ pub use kernel::{
 };
 pub use netns::{
     Netns, bridge, disable_ipv6, exec, exec_for, exec_shown, ip, listening, ping, ping_counts,
-    ping_in_background, ping_n,
+    ping_in_background, ping_n, udp_socket,
 };
 pub use outsider::Outsider;
 pub use podman::{CONTAINER_IMAGE, Podman};
 pub use run::exit_code_of;
 pub use world::{
     Alone, BRIDGE, CONTROLLER_IP, CONTROLLER_URL, CONTROLLER_URL_INSECURE, MAX_HOSTS, Security,
-    VXLAN_DEV, World, host_addr,
+    UNDERLAY_IF, VXLAN_DEV, World, host_addr,
 };
 
 /// The all-zero MAC of the FDB entries that flood broadcast, multicast and unknown unicast.

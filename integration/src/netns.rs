@@ -38,10 +38,18 @@ pub fn add(name: &str) {
     ip(name, &["link", "set", "lo", "up"]);
 }
 
-/// Deletes namespace `name`, which also destroys every interface inside it. Best effort, and
-/// silent on a closed stderr: it runs during cleanup, where it must neither mask the test's own
-/// result nor panic a second time.
+/// Deletes namespace `name`, which also destroys every interface inside it, once every process
+/// left in it is killed: one that outlives its starter on purpose (the agent's wireguard-go)
+/// would keep the namespace alive. Best effort, and silent on a closed stderr: it runs during
+/// cleanup, where it must neither mask the test's own result nor panic a second time.
 pub fn del(name: &str) {
+    let pids = cmd::run(command(&["ip", "netns", "pids", name])).stdout;
+    for pid in pids.split_whitespace().filter_map(|p| p.parse().ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
     let out = cmd::run(command(&["ip", "netns", "del", name]));
     if !out.success() {
         let _ = writeln!(
@@ -146,6 +154,23 @@ pub fn in_netns(ns: &str, program: impl AsRef<Path>, args: &[&str]) -> Command {
     let mut cmd = command(&["ip", "netns", "exec", ns]);
     cmd.arg(program.as_ref()).args(args);
     cmd
+}
+
+/// A UDP socket bound to an ephemeral port in namespace `ns` (IPv6, which also sends to IPv4
+/// as mapped addresses): a test sends hand-made packets from it.
+pub fn udp_socket(ns: &str) -> std::net::UdpSocket {
+    let path = format!("/run/netns/{ns}");
+    thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("entering {ns}: {e}"));
+            // A socket stays in the namespace it was made in.
+            std::net::UdpSocket::bind("[::]:0").expect("a UDP socket")
+        })
+        .join()
+        .expect("the thread that makes the socket")
+    })
 }
 
 /// Whether one ping from `ns` to `ip` gets an answer within a second.

@@ -33,7 +33,7 @@ pub const VXLAN_DEV: &str = "vxlan-6784";
 pub const CONTROLLER_IP: &str = "198.18.0.100";
 const CONTROLLER_PORT: u16 = 6786;
 /// Name of the underlay-facing veth in every namespace plugged into the underlay.
-const UNDERLAY_IF: &str = "ul0";
+pub const UNDERLAY_IF: &str = "ul0";
 const UNDERLAY_BRIDGE: &str = "br0";
 /// The most hosts a world has: the underlay's /23 holds them (see [`host_addr`]).
 pub const MAX_HOSTS: usize = 250;

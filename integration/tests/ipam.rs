@@ -106,7 +106,7 @@ fn network_ls(world: &World) -> Value {
 
 /// One network as `weftctl network ls --json` lists it.
 fn entry(name: &str, subnet: &str, vni: u64, endpoints: u64) -> Value {
-    json!({"name": name, "subnet": subnet, "vni": vni, "endpoints": endpoints})
+    json!({"name": name, "subnet": subnet, "vni": vni, "endpoints": endpoints, "encrypted": false})
 }
 
 /// The host-side veths weft made on `host`, on whichever bridge.
@@ -239,7 +239,7 @@ fn networks() {
     let table = world.ctl(1, &["network", "ls"]);
     assert_eq!(
         table.lines().next().map(|h| h.split_whitespace().collect()),
-        Some(vec!["NAME", "SUBNET", "VNI", "ENDPOINTS"]),
+        Some(vec!["NAME", "SUBNET", "VNI", "ENDPOINTS", "ENCRYPTED"]),
         "network ls header:\n{table}"
     );
 

@@ -9,6 +9,7 @@ pub mod rows;
 pub mod snapshot;
 pub mod subnet;
 pub mod tables;
+pub mod wireguard;
 
 /// Generated from `proto/weft.proto`, package `weft.v1`.
 pub mod v1 {

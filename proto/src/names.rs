@@ -250,6 +250,25 @@ pub fn probe_mac(vtep: std::net::Ipv4Addr) -> Mac {
     Mac([0x0e, 0x77, a, b, c, d])
 }
 
+/// Each host's WireGuard interface: encrypted networks' VXLAN devices send through it.
+pub const WIREGUARD_DEVICE: &str = "weftwg";
+
+/// The UDP port WireGuard listens on unless `--wireguard-port` says otherwise.
+pub const DEFAULT_WIREGUARD_PORT: u16 = 6787;
+
+/// The length of the prefix of the tunnel addresses on the WireGuard interface.
+pub const TUNNEL_PREFIX_LEN: u8 = 64;
+
+/// A host's tunnel address: the VTEP of its encrypted networks, on its WireGuard interface.
+/// Link-local (`fe80::7765:6674:` and the VTEP), so every agent knows every peer's from the
+/// tables, and so the kernel takes a packet for it only from that interface: a VXLAN packet
+/// sent to it over the underlay is not for this host, and only WireGuard's peers get in.
+pub fn tunnel_addr(vtep: std::net::Ipv4Addr) -> std::net::Ipv6Addr {
+    let [a, b, c, d] = vtep.octets();
+    let [w, e, f, t] = *b"weft";
+    std::net::Ipv6Addr::from([0xfe, 0x80, 0, 0, 0, 0, 0, 0, w, e, f, t, a, b, c, d])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use crate::names::Mac;
 use crate::tables::EndpointId;
 use crate::v1::{DnsRecord, Endpoint, Network, Peer, delta::Change};
+use crate::wireguard::WgKey;
 
 /// A row that does not read: which one, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +26,16 @@ pub struct BadRow {
 pub struct PeerRow {
     pub name: String,
     pub addr: IpAddr,
+    /// Where its encrypted networks' frames go in WireGuard; none: it has no key (an agent
+    /// from before encryption).
+    pub wireguard: Option<WgPeer>,
+}
+
+/// A host's WireGuard: its public key, and the UDP port at its VTEP address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WgPeer {
+    pub key: WgKey,
+    pub port: u16,
 }
 
 /// A layer-2 segment: one bridge and one VXLAN device (one VNI) on every host.
@@ -33,6 +44,8 @@ pub struct NetworkRow {
     pub name: String,
     pub subnet: IpNetwork,
     pub vni: u32,
+    /// Its frames cross between hosts only inside WireGuard.
+    pub encrypted: bool,
 }
 
 /// One container's interface in one network on one host.
@@ -121,13 +134,25 @@ pub fn cidr_strings(cidrs: &[IpNetwork]) -> Vec<String> {
 
 impl PeerRow {
     pub fn read(peer: Peer) -> Result<PeerRow, BadRow> {
-        let addr = parse_ip(&peer.advertise_addr).map_err(|why| BadRow {
+        let bad = |why| BadRow {
             row: format!("peer {}", peer.name),
             why,
-        })?;
+        };
+        let addr = parse_ip(&peer.advertise_addr).map_err(bad)?;
+        let wireguard = match peer.wireguard_key.as_str() {
+            "" => None,
+            key => Some(WgPeer {
+                key: key.parse().map_err(bad)?,
+                port: u16::try_from(peer.wireguard_port)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| bad(format!("bad WireGuard port {}", peer.wireguard_port)))?,
+            }),
+        };
         Ok(PeerRow {
             name: peer.name,
             addr,
+            wireguard,
         })
     }
 
@@ -135,6 +160,11 @@ impl PeerRow {
         Peer {
             name: self.name.clone(),
             advertise_addr: self.addr.to_string(),
+            wireguard_key: self
+                .wireguard
+                .map(|w| w.key.to_string())
+                .unwrap_or_default(),
+            wireguard_port: self.wireguard.map(|w| w.port.into()).unwrap_or_default(),
         }
     }
 }
@@ -149,6 +179,7 @@ impl NetworkRow {
             name: network.name,
             subnet,
             vni: network.vni,
+            encrypted: network.encrypted,
         })
     }
 
@@ -157,6 +188,7 @@ impl NetworkRow {
             name: self.name.clone(),
             subnet: self.subnet.to_string(),
             vni: self.vni,
+            encrypted: self.encrypted,
         }
     }
 }
@@ -291,6 +323,7 @@ mod tests {
         let peer = Peer {
             name: "host2".into(),
             advertise_addr: "nowhere".into(),
+            ..Default::default()
         };
         assert_eq!(
             RowChange::read(Change::PeerPut(peer))
@@ -302,6 +335,7 @@ mod tests {
             name: "blue".into(),
             subnet: "10.9.0.300/24".into(),
             vni: 2,
+            encrypted: false,
         };
         assert_eq!(NetworkRow::read(net).unwrap_err().row, "network blue");
     }
@@ -318,11 +352,14 @@ mod tests {
             Change::PeerPut(Peer {
                 name: "host1".into(),
                 advertise_addr: "198.18.0.1".into(),
+                wireguard_key: "s5B/H7N0dCcr2n3JvU1ZvdobckrLDAU7TkHvS2B09Ug=".into(),
+                wireguard_port: 6787,
             }),
             Change::NetworkPut(Network {
                 name: "blue".into(),
                 subnet: "10.9.0.0/24".into(),
                 vni: 2,
+                encrypted: true,
             }),
             Change::DnsRecordDeleted(DnsRecord {
                 name: "db".into(),

@@ -145,11 +145,13 @@ mod tests {
         apply(Change::PeerPut(Peer {
             name: "host1".into(),
             advertise_addr: "198.18.0.1".into(),
+            ..Default::default()
         }));
         apply(Change::NetworkPut(Network {
             name: "default".into(),
             subnet: "10.32.0.0/12".into(),
             vni: 1,
+            ..Default::default()
         }));
         for i in 0..endpoints {
             apply(Change::EndpointPut(Endpoint {

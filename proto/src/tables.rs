@@ -238,6 +238,7 @@ mod tests {
         RowChange::PeerPut(PeerRow {
             name: name.into(),
             addr: addr.parse().unwrap(),
+            wireguard: None,
         })
     }
 
@@ -282,6 +283,7 @@ mod tests {
                 name: "blue".into(),
                 subnet: "10.9.0.0/24".parse().unwrap(),
                 vni: 2,
+                encrypted: false,
             }),
             ep("host1", "a", "10.32.0.3/12"),
             ep("host1", "b", "10.32.0.4/12"),
@@ -317,6 +319,7 @@ mod tests {
                 name: "blue".into(),
                 subnet: "10.9.0.300/24".into(),
                 vni: 2,
+                ..Default::default()
             }],
             ..Snapshot::default()
         };

@@ -150,6 +150,7 @@ async fn create_network(agent: &Agent, name: &str, subnet: IpNetwork) -> Result<
     let request = CreateNetworkRequest {
         name: name.to_string(),
         subnet: subnet.to_string(),
+        encrypt: false,
     };
     let done = agent
         .link()

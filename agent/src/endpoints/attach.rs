@@ -11,7 +11,7 @@ use weft_proto::rows::{EndpointRow, cidr_strings, ips_of};
 use super::seam::{Claims, Host};
 use super::{Claimed, EndpointError, Endpoints, check_addrs};
 use crate::container::Container;
-use crate::desired::Exposed;
+use crate::desired::{Exposed, Segment};
 use crate::dns::resolv_conf;
 use crate::metrics::METRICS;
 
@@ -61,12 +61,12 @@ fn resolv_root(
     }
 }
 
-/// The VNI of an endpoint's network, as the attach that made it says.
-fn attached_vni(done: &Claimed, ep: &EndpointRow) -> Result<u32, EndpointError> {
+/// An endpoint's network, as the attach that made it says.
+fn attached_segment(done: &Claimed, ep: &EndpointRow) -> Result<Segment, EndpointError> {
     done.networks
         .iter()
         .find(|n| n.name == ep.id.network)
-        .map(|n| n.vni)
+        .map(Segment::of)
         .ok_or_else(|| {
             EndpointError::Internal(format!(
                 "controller sent no network {} with the attach",
@@ -155,8 +155,8 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
                 .await?;
         }
         for ep in &done.endpoints {
-            let vni = attached_vni(done, ep)?;
-            self.host.plug(container, ep, vni).await?;
+            let net = attached_segment(done, ep)?;
+            self.host.plug(container, ep, net).await?;
         }
         Ok(())
     }
@@ -223,10 +223,10 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         // A reconcile from tables without the exposed address would take it off the bridge.
         self.caught_up(done.revision).await;
         for ep in &done.endpoints {
-            let result = match attached_vni(&done, ep) {
-                Ok(vni) => self
+            let result = match attached_segment(&done, ep) {
+                Ok(net) => self
                     .host
-                    .expose(vni, Some(&Exposed::of(ep)))
+                    .expose(net, Some(&Exposed::of(ep)))
                     .await
                     .map_err(EndpointError::Kernel),
                 Err(e) => Err(e),

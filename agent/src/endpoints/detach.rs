@@ -13,7 +13,7 @@ use weft_proto::v1::DetachRequest;
 use super::seam::{Claims, Host};
 use super::{EndpointError, Endpoints, Released, check_addrs};
 use crate::container::Container;
-use crate::desired::Exposed;
+use crate::desired::{Exposed, Segment};
 use crate::metrics::METRICS;
 
 impl<H: Host, C: Claims> Endpoints<H, C> {
@@ -102,12 +102,12 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
         let kept = done.updated.iter().map(|ep| (ep, Some(Exposed::of(ep))));
         for (ep, exposed) in left.chain(kept) {
             // A network the tables do not know yet has no bridge here to take addresses from.
-            let vni = self
+            let net = self
                 .tables
-                .read(|t| t.networks.get(&ep.id.network).map(|n| n.vni))
+                .read(|t| t.networks.get(&ep.id.network).map(Segment::of))
                 .flatten();
-            if let Some(vni) = vni {
-                self.host.expose(vni, exposed.as_ref()).await?;
+            if let Some(net) = net {
+                self.host.expose(net, exposed.as_ref()).await?;
             }
         }
         Ok(ips_of(&done.released))

@@ -17,6 +17,7 @@ use weft_proto::rows::{EndpointRow, cidr_strings};
 
 use super::seam::{Claims, Host};
 use super::{EndpointError, Endpoints};
+use crate::desired::Segment;
 
 impl<H: Host, C: Claims> Endpoints<H, C> {
     /// Reserves an address for an endpoint to come: `addr` (IP/LEN), or the lowest free one of
@@ -107,12 +108,12 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
     /// (Join); returns the endpoint and that end's name.
     pub async fn plug_unmoved(&self, key: &str) -> Result<(EndpointRow, String), EndpointError> {
         let _lock = self.locks.lock(key).await;
-        let (ep, vni) = self.local_endpoint(key)?.ok_or_else(|| {
+        let (ep, net) = self.local_endpoint(key)?.ok_or_else(|| {
             EndpointError::Precondition(format!("{key} is not an endpoint of this host"))
         })?;
         let guest = self
             .host
-            .plug_unmoved(&ep, vni)
+            .plug_unmoved(&ep, net)
             .await
             .map_err(EndpointError::Kernel)?;
         Ok((ep, guest))
@@ -184,14 +185,17 @@ impl<H: Host, C: Claims> Endpoints<H, C> {
             .expect("driver containers lock poisoned")
     }
 
-    /// This host's endpoint `key` as the tables hold it, with its network's VNI.
-    pub fn local_endpoint(&self, key: &str) -> Result<Option<(EndpointRow, u32)>, EndpointError> {
+    /// This host's endpoint `key` as the tables hold it, with its network.
+    pub fn local_endpoint(
+        &self,
+        key: &str,
+    ) -> Result<Option<(EndpointRow, Segment)>, EndpointError> {
         let me = self.tables.me();
         self.tables
             .read(|t| {
                 t.endpoints_on(me)
                     .find(|ep| ep.id.container == key)
-                    .and_then(|ep| Some((ep.clone(), t.networks.get(&ep.id.network)?.vni)))
+                    .and_then(|ep| Some((ep.clone(), Segment::of(t.networks.get(&ep.id.network)?))))
             })
             .ok_or_else(|| self.no_tables())
     }

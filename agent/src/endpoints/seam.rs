@@ -18,7 +18,7 @@ use weft_proto::v1::{
 use crate::container::{Container, ContainerError, Containers};
 use crate::controller_link::ControllerLink;
 use crate::datapath::Datapath;
-use crate::desired::Exposed;
+use crate::desired::{Exposed, Segment};
 
 type Answer<T> = Result<T, Status>;
 
@@ -47,14 +47,14 @@ pub trait Host: Send + Sync {
         &self,
         container: &Container,
         ep: &EndpointRow,
-        vni: u32,
+        net: Segment,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// The endpoint's veth with both ends on this host, for Docker to move one; the name of
     /// that one.
     fn plug_unmoved(
         &self,
         ep: &EndpointRow,
-        vni: u32,
+        net: Segment,
     ) -> impl Future<Output = anyhow::Result<String>> + Send;
     fn holds(
         &self,
@@ -92,7 +92,7 @@ pub trait Host: Send + Sync {
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
     fn expose(
         &self,
-        vni: u32,
+        net: Segment,
         exposed: Option<&Exposed>,
     ) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
@@ -134,12 +134,17 @@ impl Host for KernelHost {
         self.datapath.link_exists(name).await
     }
 
-    async fn plug(&self, container: &Container, ep: &EndpointRow, vni: u32) -> anyhow::Result<()> {
-        self.datapath.plug(container, ep, vni).await
+    async fn plug(
+        &self,
+        container: &Container,
+        ep: &EndpointRow,
+        net: Segment,
+    ) -> anyhow::Result<()> {
+        self.datapath.plug(container, ep, net).await
     }
 
-    async fn plug_unmoved(&self, ep: &EndpointRow, vni: u32) -> anyhow::Result<String> {
-        self.datapath.plug_unmoved(ep, vni).await
+    async fn plug_unmoved(&self, ep: &EndpointRow, net: Segment) -> anyhow::Result<String> {
+        self.datapath.plug_unmoved(ep, net).await
     }
 
     async fn holds(
@@ -187,8 +192,8 @@ impl Host for KernelHost {
         self.datapath.remove_addresses(container, ep, cidrs).await
     }
 
-    async fn expose(&self, vni: u32, exposed: Option<&Exposed>) -> anyhow::Result<()> {
-        self.datapath.expose(vni, exposed).await
+    async fn expose(&self, net: Segment, exposed: Option<&Exposed>) -> anyhow::Result<()> {
+        self.datapath.expose(net, exposed).await
     }
 }
 

@@ -17,7 +17,7 @@ use super::attach::AttachOrder;
 use super::seam::{Claims, Host};
 use super::{EndpointError, Endpoints};
 use crate::container::{Container, ContainerError};
-use crate::desired::Exposed;
+use crate::desired::{Exposed, Segment};
 use crate::dns::handler::DnsState;
 use crate::dns::listeners::Listeners;
 use crate::following::Following;
@@ -81,7 +81,7 @@ impl Host for FakeHost {
         Ok(self.veths.lock().unwrap().contains(name))
     }
 
-    async fn plug(&self, _: &Container, ep: &EndpointRow, _vni: u32) -> anyhow::Result<()> {
+    async fn plug(&self, _: &Container, ep: &EndpointRow, _net: Segment) -> anyhow::Result<()> {
         let cidrs = rows::cidr_strings(&ep.cidrs).join(",");
         self.step(format!("plug {} {cidrs}", ep.host_ifname));
         if let Some(why) = self.plug_fails {
@@ -91,7 +91,7 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    async fn plug_unmoved(&self, ep: &EndpointRow, _vni: u32) -> anyhow::Result<String> {
+    async fn plug_unmoved(&self, ep: &EndpointRow, _net: Segment) -> anyhow::Result<String> {
         self.step(format!("plug_unmoved {}", ep.host_ifname));
         self.veths.lock().unwrap().insert(ep.host_ifname.clone());
         Ok(format!("guest-{}", ep.host_ifname))
@@ -134,8 +134,8 @@ impl Host for FakeHost {
         Ok(())
     }
 
-    async fn expose(&self, vni: u32, exposed: Option<&Exposed>) -> anyhow::Result<()> {
-        self.step(format!("expose {vni} {}", exposed.is_some()));
+    async fn expose(&self, net: Segment, exposed: Option<&Exposed>) -> anyhow::Result<()> {
+        self.step(format!("expose {} {}", net.vni, exposed.is_some()));
         if self.fail_expose {
             anyhow::bail!("cannot add the address to weave");
         }
@@ -224,6 +224,7 @@ fn attached(cidrs: &[&str], held: &[&str]) -> AttachResponse {
             name: "default".into(),
             subnet: "10.32.0.0/12".into(),
             vni: 1,
+            ..Default::default()
         }],
         revision: 0,
     }
@@ -419,6 +420,7 @@ fn docker_core(
             name: "blue".into(),
             subnet: "10.9.0.0/24".into(),
             vni: 7,
+            ..Default::default()
         }],
         endpoints: endpoints
             .iter()

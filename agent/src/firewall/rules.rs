@@ -228,6 +228,7 @@ mod tests {
                     name: name.to_string(),
                     subnet: subnet.into(),
                     vni: *vni,
+                    encrypted: false,
                 },
             );
             let host = Ipv4Network::new(subnet.nth(1).unwrap(), subnet.prefix()).unwrap();

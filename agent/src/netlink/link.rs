@@ -1,6 +1,6 @@
 //! Links: bridges, VXLAN devices, veth pairs and the container's end of one.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context, anyhow};
 use futures::TryStreamExt;
@@ -147,7 +147,9 @@ pub async fn ensure_bridge(handle: &Handle, name: &str, mtu: u32) -> anyhow::Res
 pub struct VxlanSpec {
     pub vni: u32,
     pub port: u16,
-    pub local: Ipv4Addr,
+    pub local: IpAddr,
+    /// The link it sends through (an encrypted network's: the WireGuard interface).
+    pub link: Option<u32>,
     pub mtu: u32,
     /// A probe device: sets DF on the outer header, so a path that cannot carry a full frame
     /// drops it rather than have it fragmented on the way, and answers no ARP itself (a
@@ -158,10 +160,15 @@ pub struct VxlanSpec {
 impl VxlanSpec {
     fn matches(&self, link: &Link) -> bool {
         let has = |want: &InfoVxlan| link.vxlan.contains(want);
+        let local = match self.local {
+            IpAddr::V4(ip) => InfoVxlan::Local(ip),
+            IpAddr::V6(ip) => InfoVxlan::Local6(ip),
+        };
         link.kind == Some(InfoKind::Vxlan)
             && has(&InfoVxlan::Id(self.vni))
             && has(&InfoVxlan::Port(self.port))
-            && has(&InfoVxlan::Local(self.local))
+            && has(&local)
+            && link.vxlan_link() == self.link
             && has(&InfoVxlan::Learning(false))
             && has(&InfoVxlan::Proxy(!self.probe))
             && (!self.probe || has(&InfoVxlan::Df(VxlanDf::Set)))
@@ -187,9 +194,15 @@ pub async fn ensure_vxlan(
                 );
                 delete_link(handle, &stale).await?;
             }
-            let mut msg = LinkVxlan::new(name, spec.vni)
-                .port(spec.port)
-                .local(spec.local)
+            let mut msg = LinkVxlan::new(name, spec.vni).port(spec.port);
+            msg = match spec.local {
+                IpAddr::V4(ip) => msg.local(ip),
+                IpAddr::V6(ip) => msg.local6(ip),
+            };
+            if let Some(link) = spec.link {
+                msg = msg.dev(link);
+            }
+            msg = msg
                 .learning(false)
                 // ARP for remote endpoints is answered from the neighbour table, not flooded.
                 .proxy(!spec.probe);
@@ -232,6 +245,11 @@ pub async fn create_veth_into(
         .up()
         .build();
     add_link(handle, name, msg).await
+}
+
+/// Sets a link's MTU and brings it up.
+pub async fn set_mtu_up(handle: &Handle, link: &Link, mtu: u32) -> anyhow::Result<()> {
+    settle_link(handle, link, mtu, None).await
 }
 
 /// Enslaves a link to a bridge and brings it up.

@@ -46,6 +46,14 @@ pub struct Link {
 }
 
 impl Link {
+    /// A VXLAN device's lower link (IFLA_VXLAN_LINK), if it has one.
+    pub fn vxlan_link(&self) -> Option<u32> {
+        self.vxlan.iter().find_map(|v| match v {
+            InfoVxlan::Link(index) => Some(*index),
+            _ => None,
+        })
+    }
+
     pub(super) fn from_message(msg: netlink_packet_route::link::LinkMessage) -> Link {
         let mut link = Link {
             index: msg.header.index,

@@ -1,7 +1,7 @@
 //! FDB entries of the VXLAN devices (which VTEP holds a MAC) and their neighbour entries (the
 //! ARP answers for remote endpoints, and the probe device's peers).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context;
 use futures::TryStreamExt;
@@ -17,7 +17,7 @@ use weft_proto::names::Mac;
 use super::{acked, reason, tolerate};
 use crate::desired::{FdbEntry, Neighbour};
 
-fn fdb_message(vxlan: u32, entry: &FdbEntry) -> NeighbourMessage {
+fn fdb_message(vxlan: u32, entry: &FdbEntry, via: Option<u32>) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.family = AddressFamily::Bridge;
     msg.header.ifindex = vxlan;
@@ -27,9 +27,14 @@ fn fdb_message(vxlan: u32, entry: &FdbEntry) -> NeighbourMessage {
     msg.attributes
         .push(NeighbourAttribute::LinkLayerAddress(entry.mac.0.to_vec()));
     msg.attributes
-        .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-            entry.dst,
-        )));
+        .push(NeighbourAttribute::Destination(match entry.dst {
+            IpAddr::V4(ip) => NeighbourAddress::Inet(ip),
+            IpAddr::V6(ip) => NeighbourAddress::Inet6(ip),
+        }));
+    // The interface a link-local destination is on (`via` of `bridge fdb`).
+    if let Some(via) = via {
+        msg.attributes.push(NeighbourAttribute::IfIndex(via));
+    }
     msg
 }
 
@@ -62,9 +67,15 @@ fn mac_and_ip(msg: NeighbourMessage) -> Option<(Mac, IpAddr)> {
             }
             // Bridge-family dumps do not say the address family of NDA_DST: go by length.
             NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
-                ip = <[u8; 4]>::try_from(bytes.as_slice())
-                    .ok()
-                    .map(|b| Ipv4Addr::from(b).into())
+                ip = match bytes.len() {
+                    4 => <[u8; 4]>::try_from(bytes.as_slice())
+                        .ok()
+                        .map(|b| Ipv4Addr::from(b).into()),
+                    16 => <[u8; 16]>::try_from(bytes.as_slice())
+                        .ok()
+                        .map(|b| Ipv6Addr::from(b).into()),
+                    _ => None,
+                }
             }
             _ => {}
         }
@@ -81,9 +92,7 @@ pub async fn fdb_entries(handle: &Handle) -> anyhow::Result<Vec<(u32, FdbEntry)>
         .filter(|msg| msg.header.flags.contains(NeighbourFlags::Own))
         .filter_map(|msg| {
             let index = msg.header.ifindex;
-            let (mac, IpAddr::V4(dst)) = mac_and_ip(msg)? else {
-                return None;
-            };
+            let (mac, dst) = mac_and_ip(msg)?;
             Some((index, FdbEntry { mac, dst }))
         })
         .collect())
@@ -91,7 +100,12 @@ pub async fn fdb_entries(handle: &Handle) -> anyhow::Result<Vec<(u32, FdbEntry)>
 
 /// Adds a permanent FDB entry. Flood entries (all-zero MAC) are appended, since there is one per
 /// remote peer under the same MAC; unicast entries replace any older destination of their MAC.
-pub async fn fdb_add(handle: &Handle, vxlan: u32, entry: &FdbEntry) -> anyhow::Result<()> {
+pub async fn fdb_add(
+    handle: &Handle,
+    vxlan: u32,
+    entry: &FdbEntry,
+    via: Option<u32>,
+) -> anyhow::Result<()> {
     let how = if entry.mac.is_zero() {
         NLM_F_CREATE | NLM_F_APPEND
     } else {
@@ -99,7 +113,7 @@ pub async fn fdb_add(handle: &Handle, vxlan: u32, entry: &FdbEntry) -> anyhow::R
     };
     acked(
         handle,
-        RouteNetlinkMessage::NewNeighbour(fdb_message(vxlan, entry)),
+        RouteNetlinkMessage::NewNeighbour(fdb_message(vxlan, entry, via)),
         how,
     )
     .await
@@ -110,7 +124,7 @@ pub async fn fdb_add(handle: &Handle, vxlan: u32, entry: &FdbEntry) -> anyhow::R
 pub async fn fdb_del(handle: &Handle, vxlan: u32, entry: &FdbEntry) -> anyhow::Result<()> {
     let deleted = handle
         .neighbours()
-        .del(fdb_message(vxlan, entry))
+        .del(fdb_message(vxlan, entry, None))
         .execute()
         .await;
     tolerate(deleted, Errno::ENOENT)

@@ -101,8 +101,13 @@ pub struct Detached {
 
 /// Checks requests against the tables and plans the changes they make.
 pub trait TableRules {
-    /// Makes the default network exist with `range`; refuses to move a stored one.
-    fn ensure_default_network(&self, range: Ipv4Network) -> Result<Vec<RowChange>, TableError>;
+    /// Makes the default network exist with `range`, encrypted or not; refuses to move a stored
+    /// one or change its encryption.
+    fn ensure_default_network(
+        &self,
+        range: Ipv4Network,
+        encrypted: bool,
+    ) -> Result<Vec<RowChange>, TableError>;
     /// Adds or updates a peer; nothing changes when it is already known as it is.
     fn register_peer(&self, peer: Peer) -> Result<Vec<RowChange>, TableError>;
     /// Claims or allocates `addrs` (none: one from the default network) for a container, and
@@ -125,10 +130,13 @@ pub trait TableRules {
         addrs: &[AddrSpec],
         only_mac: &str,
     ) -> Result<(Detached, Vec<RowChange>), TableError>;
+    /// Creates network `name` on `subnet`; `encrypted`: its frames cross between hosts only
+    /// inside WireGuard.
     fn create_network(
         &self,
         name: &str,
         subnet: &str,
+        encrypted: bool,
     ) -> Result<(NetworkRow, Vec<RowChange>), TableError>;
     fn delete_network(&self, name: &str) -> Result<Vec<RowChange>, TableError>;
     /// Forgets a peer that is not `connected`, releasing its endpoints.
@@ -153,8 +161,12 @@ pub struct View<'a> {
 }
 
 impl TableRules for View<'_> {
-    fn ensure_default_network(&self, range: Ipv4Network) -> Result<Vec<RowChange>, TableError> {
-        networks::ensure_default_network(self, range)
+    fn ensure_default_network(
+        &self,
+        range: Ipv4Network,
+        encrypted: bool,
+    ) -> Result<Vec<RowChange>, TableError> {
+        networks::ensure_default_network(self, range, encrypted)
     }
 
     fn register_peer(&self, peer: Peer) -> Result<Vec<RowChange>, TableError> {
@@ -186,8 +198,9 @@ impl TableRules for View<'_> {
         &self,
         name: &str,
         subnet: &str,
+        encrypted: bool,
     ) -> Result<(NetworkRow, Vec<RowChange>), TableError> {
-        networks::create_network(self, name, subnet)
+        networks::create_network(self, name, subnet, encrypted)
     }
 
     fn delete_network(&self, name: &str) -> Result<Vec<RowChange>, TableError> {

@@ -15,19 +15,31 @@ const MAX_NETWORK_NAME: usize = 64;
 pub(super) fn ensure_default_network(
     view: &View,
     range: Ipv4Network,
+    encrypted: bool,
 ) -> Result<Vec<RowChange>, TableError> {
     check_prefix(range)?;
     let subnet = canonical(range);
     match view.tables.networks.get(DEFAULT_NETWORK) {
-        Some(net) if net.subnet == subnet.into() => Ok(vec![]),
-        Some(net) => Err(TableError::Invalid(format!(
+        Some(net) if net.subnet != subnet.into() => Err(TableError::Invalid(format!(
             "the stored default network is {} but --ipalloc-range is {subnet}",
             net.subnet
         ))),
+        // Encryption is fixed at creation: a controller started otherwise must say so.
+        Some(net) if net.encrypted != encrypted => Err(TableError::Invalid(format!(
+            "the stored default network is {} but --encrypt-default is {}given",
+            if net.encrypted {
+                "encrypted"
+            } else {
+                "not encrypted"
+            },
+            if encrypted { "" } else { "not " }
+        ))),
+        Some(_) => Ok(vec![]),
         None => Ok(vec![RowChange::NetworkPut(NetworkRow {
             name: DEFAULT_NETWORK.into(),
             subnet: subnet.into(),
             vni: DEFAULT_VNI,
+            encrypted,
         })]),
     }
 }
@@ -36,6 +48,7 @@ pub(super) fn create_network(
     view: &View,
     name: &str,
     subnet: &str,
+    encrypted: bool,
 ) -> Result<(NetworkRow, Vec<RowChange>), TableError> {
     validate_network_name(name)?;
     let parsed = parse_subnet(subnet, subnet)
@@ -53,7 +66,7 @@ pub(super) fn create_network(
             canonical(parsed)
         )));
     }
-    let net = plan.add_network(name, parsed)?;
+    let net = plan.add_network(name, parsed, encrypted)?;
     Ok((net, plan.changes))
 }
 

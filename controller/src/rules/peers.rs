@@ -13,16 +13,14 @@ pub(super) fn register_peer(view: &View, peer: Peer) -> Result<Vec<RowChange>, T
     if peer.name.is_empty() {
         return Err(TableError::Invalid("peer name is empty".into()));
     }
-    let addr = peer.advertise_addr.parse::<Ipv4Addr>().map_err(|_| {
-        TableError::Invalid(format!(
+    if peer.advertise_addr.parse::<Ipv4Addr>().is_err() {
+        return Err(TableError::Invalid(format!(
             "peer {}: advertise address \"{}\" is not an IPv4 address",
             peer.name, peer.advertise_addr
-        ))
-    })?;
-    let peer = PeerRow {
-        name: peer.name,
-        addr: addr.into(),
-    };
+        )));
+    }
+    // A new key (a host re-joined) replaces the old one: the change reaches every agent.
+    let peer = PeerRow::read(peer).map_err(|e| TableError::Invalid(e.to_string()))?;
     if view.tables.peers.get(&peer.name) == Some(&peer) {
         return Ok(vec![]);
     }

@@ -65,7 +65,7 @@ impl<'a> Planner<'a> {
         if !create {
             return Ok(None);
         }
-        self.add_network(&wanted, subnet)?;
+        self.add_network(&wanted, subnet, false)?;
         Ok(Some(wanted))
     }
 
@@ -73,6 +73,7 @@ impl<'a> Planner<'a> {
         &mut self,
         name: &str,
         subnet: Ipv4Network,
+        encrypted: bool,
     ) -> Result<NetworkRow, TableError> {
         let vni = self
             .networks
@@ -88,6 +89,7 @@ impl<'a> Planner<'a> {
             name: name.to_string(),
             subnet: canonical(subnet).into(),
             vni,
+            encrypted,
         };
         self.networks.insert(net.name.clone(), net.clone());
         self.new_pools

@@ -11,8 +11,12 @@ use crate::index::Index;
 /// controller has it after a restart: the index must not change any answer.
 trait OnTables {
     fn view<R>(&self, f: impl FnOnce(&View) -> R) -> R;
-    fn ensure_default_network(&self, range: Ipv4Network) -> Result<Vec<RowChange>, TableError> {
-        self.view(|v| v.ensure_default_network(range))
+    fn ensure_default_network(
+        &self,
+        range: Ipv4Network,
+        encrypted: bool,
+    ) -> Result<Vec<RowChange>, TableError> {
+        self.view(|v| v.ensure_default_network(range, encrypted))
     }
     fn register_peer(&self, peer: Peer) -> Result<Vec<RowChange>, TableError> {
         self.view(|v| v.register_peer(peer))
@@ -44,8 +48,9 @@ trait OnTables {
         &self,
         name: &str,
         subnet: &str,
+        encrypted: bool,
     ) -> Result<(NetworkRow, Vec<RowChange>), TableError> {
-        self.view(|v| v.create_network(name, subnet))
+        self.view(|v| v.create_network(name, subnet, encrypted))
     }
     fn delete_network(&self, name: &str) -> Result<Vec<RowChange>, TableError> {
         self.view(|v| v.delete_network(name))
@@ -81,6 +86,7 @@ fn peer(name: &str, addr: &str) -> Peer {
     Peer {
         name: name.into(),
         advertise_addr: addr.into(),
+        ..Default::default()
     }
 }
 
@@ -93,7 +99,7 @@ fn apply_all(t: &mut Tables, changes: Vec<RowChange>) {
 fn two_hosts() -> Tables {
     let mut t = Tables::default();
     let changes = t
-        .ensure_default_network("10.32.0.0/12".parse().unwrap())
+        .ensure_default_network("10.32.0.0/12".parse().unwrap(), false)
         .unwrap();
     apply_all(&mut t, changes);
     for (name, addr) in [("host1", "198.18.0.1"), ("host2", "198.18.0.2")] {
@@ -164,14 +170,66 @@ fn default_network_is_created_once_and_never_moved() {
     );
     assert_eq!(t.networks[DEFAULT_NETWORK].vni, DEFAULT_VNI);
     assert_eq!(
-        t.ensure_default_network("10.32.0.0/12".parse().unwrap()),
+        t.ensure_default_network("10.32.0.0/12".parse().unwrap(), false),
         Ok(vec![])
     );
     assert_eq!(
-        t.ensure_default_network("10.40.0.0/16".parse().unwrap())
+        t.ensure_default_network("10.40.0.0/16".parse().unwrap(), false)
             .unwrap_err()
             .to_string(),
         "the stored default network is 10.32.0.0/12 but --ipalloc-range is 10.40.0.0/16"
+    );
+    // Encryption is fixed at creation, both ways.
+    assert_eq!(
+        t.ensure_default_network("10.32.0.0/12".parse().unwrap(), true)
+            .unwrap_err()
+            .to_string(),
+        "the stored default network is not encrypted but --encrypt-default is given"
+    );
+    let mut encrypted = Tables::default();
+    let changes = encrypted
+        .ensure_default_network("10.32.0.0/12".parse().unwrap(), true)
+        .unwrap();
+    apply_all(&mut encrypted, changes);
+    assert!(encrypted.networks[DEFAULT_NETWORK].encrypted);
+    assert_eq!(
+        encrypted
+            .ensure_default_network("10.32.0.0/12".parse().unwrap(), false)
+            .unwrap_err()
+            .to_string(),
+        "the stored default network is encrypted but --encrypt-default is not given"
+    );
+}
+
+#[test]
+fn a_peer_that_comes_back_with_a_new_key_is_updated() {
+    let mut t = two_hosts();
+    let keyed = |key: &str| Peer {
+        wireguard_key: key.into(),
+        wireguard_port: 6787,
+        ..peer("host1", "198.18.0.1")
+    };
+    let first = "s5B/H7N0dCcr2n3JvU1ZvdobckrLDAU7TkHvS2B09Ug=";
+    let changes = t.register_peer(keyed(first)).unwrap();
+    assert_eq!(changes.len(), 1, "the key is new");
+    apply_all(&mut t, changes);
+    assert_eq!(t.register_peer(keyed(first)), Ok(vec![]));
+    let second = "CwEv/22CW8b4H/Qd9gyrkiGKS2J9EMPSCpy7HxeuRG0=";
+    let changes = t.register_peer(keyed(second)).unwrap();
+    apply_all(&mut t, changes);
+    let wg = t.peers["host1"].wireguard.unwrap();
+    assert_eq!((wg.key.to_string().as_str(), wg.port), (second, 6787));
+    assert_eq!(
+        t.register_peer(keyed("short")).unwrap_err().to_string(),
+        "peer host1: \"short\" is not a WireGuard key (base64)"
+    );
+    let no_port = Peer {
+        wireguard_port: 0,
+        ..keyed(first)
+    };
+    assert_eq!(
+        t.register_peer(no_port).unwrap_err().to_string(),
+        "peer host1: bad WireGuard port 0"
     );
 }
 
@@ -269,7 +327,7 @@ fn a_chosen_interface_name_names_one_endpoint() {
 #[test]
 fn an_attach_takes_over_what_a_reservation_holds() {
     let mut t = two_hosts();
-    let (_, changes) = t.create_network("blue", "10.9.0.0/24").unwrap();
+    let (_, changes) = t.create_network("blue", "10.9.0.0/24", false).unwrap();
     apply_all(&mut t, changes);
     assert_eq!(
         attach(&mut t, "host1", "r1", &["net:blue"]),
@@ -468,7 +526,7 @@ fn attach_without_addresses_allocates_from_the_default_network() {
 #[test]
 fn a_container_asking_again_gets_the_address_it_holds() {
     let mut t = two_hosts();
-    let (blue, changes) = t.create_network("blue", "10.9.0.0/24").unwrap();
+    let (blue, changes) = t.create_network("blue", "10.9.0.0/24", false).unwrap();
     apply_all(&mut t, changes);
     let first = attach(&mut t, "host1", "c1", &[]).unwrap();
     assert_eq!(first, ["10.32.0.2/12"]);
@@ -506,7 +564,7 @@ fn net_cidr_and_net_name_allocate_in_their_network() {
         attach(&mut t, "host1", "c2", &["net:10.2.0.0/30"]),
         Err("network 10.2.0.0/30 (10.2.0.0/30) has no free address: all 1 are in use".into())
     );
-    let (blue, changes) = t.create_network("blue", "10.9.0.0/24").unwrap();
+    let (blue, changes) = t.create_network("blue", "10.9.0.0/24", false).unwrap();
     apply_all(&mut t, changes);
     assert_eq!(blue.vni, 3);
     assert_eq!(
@@ -606,11 +664,11 @@ fn detach_releases_what_it_names_and_removes_empty_endpoints() {
 fn networks_are_created_checked_and_removed() {
     let mut t = two_hosts();
     let create = |t: &Tables, name: &str, subnet: &str| {
-        t.create_network(name, subnet)
+        t.create_network(name, subnet, false)
             .map(|(n, _)| n)
             .map_err(|e| e.to_string())
     };
-    let (net, changes) = t.create_network("blue", "10.9.0.0/24").unwrap();
+    let (net, changes) = t.create_network("blue", "10.9.0.0/24", false).unwrap();
     apply_all(&mut t, changes);
     assert_eq!(
         (net.name.as_str(), net.subnet.to_string(), net.vni),

@@ -25,6 +25,7 @@ fn peer(n: u32) -> Change {
     Change::PeerPut(Peer {
         name: format!("host{n}"),
         advertise_addr: format!("198.18.0.{n}"),
+        ..Default::default()
     })
 }
 
@@ -58,6 +59,7 @@ fn tables_survive_a_reopen() {
                 name: "default".into(),
                 subnet: "10.32.0.0/12".into(),
                 vni: 1,
+                ..Default::default()
             }),
             Change::EndpointPut(ep("netns:a/b")),
             Change::EndpointPut(ep("netns:c")),

@@ -1,0 +1,99 @@
+//! A packet capture with tcpdump on an interface of a namespace, read back as the frames it
+//! holds: a test asserts what really crossed a wire, not what a program says it sent.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+
+use crate::netns::in_netns;
+
+pub struct Capture {
+    child: Child,
+    file: PathBuf,
+}
+
+/// An IPv4 UDP datagram of a capture: its destination port and payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    pub dst_port: u16,
+    pub payload: Vec<u8>,
+}
+
+impl Capture {
+    /// Starts capturing every frame on `dev` in `ns` into `file`, and returns once tcpdump
+    /// listens.
+    pub fn start(ns: &str, dev: &str, file: PathBuf) -> Capture {
+        let path = file.display().to_string();
+        let mut child = in_netns(
+            ns,
+            "tcpdump",
+            &[
+                "-i",
+                dev,
+                "-n",
+                "-U",
+                "--immediate-mode",
+                "-s",
+                "0",
+                "-w",
+                &path,
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running tcpdump (install tcpdump: `make deps`)");
+        let stderr = child.stderr.take().expect("tcpdump's stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let listening = lines.any(|l| l.is_ok_and(|l| l.contains("listening on")));
+        assert!(listening, "tcpdump on {dev} in {ns} did not start");
+        Capture { child, file }
+    }
+
+    /// Stops the capture and returns the file's bytes.
+    pub fn stop(mut self) -> Vec<u8> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.child.wait();
+        std::fs::read(&self.file).expect("the capture file")
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The IPv4 UDP datagrams of a pcap file of Ethernet frames (tcpdump's `-w` format).
+pub fn udp_datagrams(pcap: &[u8]) -> Vec<Datagram> {
+    let mut found = Vec::new();
+    // The global header, then records of a 16-byte header (its captured length at 8..12) and
+    // the frame; the file's byte order is the host's.
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let len = u32::from_ne_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &pcap[(at + 16).min(pcap.len())..(at + 16 + len).min(pcap.len())];
+        at += 16 + len;
+        if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let ip = &frame[14..];
+        let header = usize::from(ip[0] & 0x0f) * 4;
+        if ip[9] != 17 || ip.len() < header + 8 {
+            continue;
+        }
+        let udp = &ip[header..];
+        found.push(Datagram {
+            dst_port: u16::from_be_bytes([udp[2], udp[3]]),
+            payload: udp[8..].to_vec(),
+        });
+    }
+    found
+}
+
+/// Whether `needle` occurs anywhere in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
