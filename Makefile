@@ -56,7 +56,7 @@ lint: deps
 
 # Run by hand, not in CI (about 35 minutes, needs root); method and figures in BENCHMARKS.md.
 # Release builds, as in production. Each benchmark has its own target; `bench` runs them all.
-BENCHES := fdb datapath converge attach controller stores failover probes docker
+BENCHES := fdb datapath converge attach controller stores failover probes docker encrypt
 RUN_BENCH = $(CARGO) run --quiet --release -p weft-bench --bin weft-bench-
 
 .PHONY: bench-deps bench-build $(addprefix bench-,$(BENCHES))

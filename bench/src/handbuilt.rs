@@ -3,6 +3,7 @@
 //! their own, so they never meet weft's, which the agents leave alone.
 
 use weft_integration::{FLOOD_MAC, World, bridge, host_addr, ip, link};
+use weft_proto::names::{WIREGUARD_DEVICE, tunnel_addr};
 
 /// The container's end of a hand-built veth.
 pub const HB_IF: &str = "eth0";
@@ -19,6 +20,10 @@ pub struct HandBuilt {
     /// `proxy` on the VXLAN device and a permanent neighbour entry for each remote container
     /// there, as weft has them.
     pub weft_options: bool,
+    /// VXLAN between the hosts' tunnel addresses through weft's WireGuard interface (which must
+    /// be up, with its peers: an encrypted network of weft's on both hosts), as weft's encrypted
+    /// networks send; else between their underlay addresses.
+    pub over_wireguard: bool,
 }
 
 impl HandBuilt {
@@ -35,6 +40,14 @@ impl HandBuilt {
         format!("{}.{n}", self.subnet)
     }
 
+    /// Where host `host`'s VXLAN device sends from and others send to it.
+    fn vtep(&self, host: usize) -> String {
+        match self.over_wireguard {
+            false => host_addr(host),
+            true => tunnel_addr(host_addr(host).parse().expect("an IPv4 underlay")).to_string(),
+        }
+    }
+
     /// Builds the overlay in host1 and host2, with `mtu` everywhere: on each a bridge and a
     /// VXLAN device without learning on the host's underlay address, a container plugged in
     /// (addresses 1 and 2), static FDB entries for the other container and for flooding (ARP).
@@ -45,7 +58,7 @@ impl HandBuilt {
         let containers = [1, 2].map(|h| world.container(h, &format!("{}{h}", self.prefix)));
         for h in 1..=2 {
             let host = world.host_ns(h);
-            let local = host_addr(h);
+            let local = self.vtep(h);
             ip(
                 &host,
                 &["link", "add", &bridge, "mtu", &mtu, "type", "bridge"],
@@ -68,6 +81,9 @@ impl HandBuilt {
             ];
             if self.weft_options {
                 add_vxlan.push("proxy");
+            }
+            if self.over_wireguard {
+                add_vxlan.extend(["dev", WIREGUARD_DEVICE]);
             }
             ip(&host, &add_vxlan);
             ip(&host, &["link", "set", &vxlan, "master", &bridge, "up"]);
@@ -142,11 +158,12 @@ impl HandBuilt {
         }
     }
 
-    /// `bridge fdb VERB MAC dev <vxlan> dst <host remote's address> self permanent` on host
-    /// `host`.
+    /// `bridge fdb VERB MAC dev <vxlan> dst <host remote's VTEP> self permanent` on host
+    /// `host` (with `via` the WireGuard interface, where the VTEP is a link-local tunnel
+    /// address).
     fn fdb_entry(&self, world: &World, host: usize, verb: &str, mac: &str, remote: usize) {
-        let (vxlan, dst) = (self.vxlan(), host_addr(remote));
-        let entry = [
+        let (vxlan, dst) = (self.vxlan(), self.vtep(remote));
+        let mut entry = vec![
             "fdb",
             verb,
             mac,
@@ -157,6 +174,9 @@ impl HandBuilt {
             "self",
             "permanent",
         ];
+        if self.over_wireguard {
+            entry.extend(["via", WIREGUARD_DEVICE]);
+        }
         bridge(&world.host_ns(host), &entry);
     }
 

@@ -59,6 +59,7 @@ const HAND_BUILT: HandBuilt = HandBuilt {
     port: "4789",
     subnet: "10.97.0",
     weft_options: true,
+    over_wireguard: false,
 };
 
 fn main() -> ExitCode {

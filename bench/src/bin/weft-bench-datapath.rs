@@ -11,16 +11,15 @@
 //! the machine's noise alone do to the ratio.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use weft_bench::harness::{self, check_interrupted, median};
+use weft_bench::traffic::{
+    AFFINITY, OMIT, SECONDS, System, check_path, iperf, iperf_server, ping_rtts, require_two_cpus,
+};
 use weft_bench::{HB_IF, HandBuilt};
 use weft_integration::{
-    Background, VXLAN_DEV, World, assert_reaches, exec, exec_for, exit_code_of, host_addr, link,
-    listening, ping_n, rx_packets,
+    Background, VXLAN_DEV, World, assert_reaches, exit_code_of, host_addr, link,
 };
 
 /// Worlds, and rounds in each, when `--worlds W` and `--rounds R` are not given; the fewest
@@ -31,9 +30,6 @@ use weft_integration::{
 const DEFAULT_WORLDS: usize = 6;
 const DEFAULT_ROUNDS: usize = 3;
 const MIN_RUNS: usize = 5;
-/// Seconds each iperf3 run measures, after [`OMIT`] seconds it leaves out (TCP slow start).
-const SECONDS: &str = "3";
-const OMIT: &str = "1";
 /// UDP's offered rate: well below what one iperf3 sender reaches on this machine through any of
 /// the three (about 0.4 Gbit/s on a busy machine), so loss shows what the path drops rather than
 /// what the sender cannot send.
@@ -46,10 +42,6 @@ const UDP_LEN: &str = "1400";
 const PINGS: usize = 20;
 const PING_BLOCKS: usize = 20;
 const PING_INTERVAL: &str = "0.002";
-const IPERF_PORT: u16 = 5201;
-/// iperf3's client on CPU 0, its server on CPU 1 (`-A`), on every system alike. Left to the
-/// scheduler, whether the two shared a CPU changed one run's throughput by up to a quarter.
-const AFFINITY: &str = "0,1";
 /// The goals: weft's throughput at least this share of the hand-built datapath's, and its
 /// round-trip time at most this many µs above it.
 const THROUGHPUT_GOAL: f64 = 0.97;
@@ -62,6 +54,7 @@ const HAND_BUILT: HandBuilt = HandBuilt {
     port: "4789",
     subnet: "10.99.0",
     weft_options: false,
+    over_wireguard: false,
 };
 /// `--control`: the hand-built overlay again, with the VXLAN options weft sets and the first
 /// lacks: weft's UDP port, `proxy`, and a permanent neighbour entry for the other container.
@@ -72,24 +65,11 @@ const CONTROL: HandBuilt = HandBuilt {
     port: "6784",
     subnet: "10.98.0",
     weft_options: true,
+    over_wireguard: false,
 };
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
-const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
-
 fn main() -> ExitCode {
     harness::stop_on_interrupt();
     exit_code_of("weft-bench-datapath", run)
-}
-
-/// One of the compared systems: two namespaces on two hosts, and the address the server side
-/// answers on.
-struct System {
-    label: &'static str,
-    client: String,
-    server: String,
-    server_ip: String,
-    /// The VXLAN device an overlay's packets cross, checked before any figure.
-    vxlan: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -131,11 +111,7 @@ struct Sample {
 
 fn run() {
     let options = options();
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    assert!(
-        cpus >= 2,
-        "iperf3's client and server are pinned to CPUs {AFFINITY}: this benchmark needs 2 CPUs, the machine has {cpus}"
-    );
+    require_two_cpus();
     println!(
         "weft-bench-datapath: container to container on two hosts, weft vs hand-built bridge + VXLAN (nolearning) + static FDB vs the underlay"
     );
@@ -288,102 +264,16 @@ fn hand_built_path(world: &mut World, hb: &HandBuilt, mtu: u64) -> System {
     }
 }
 
-/// Checks that pings get through and, for an overlay, that they cross `vxlan` on the server's
-/// host, so no figure comes from a path other than the one it is labelled with.
-fn check_path(world: &World, path: &System) {
-    let host2 = world.host_ns(2);
-    let vxlan = path.vxlan.as_deref();
-    let before = vxlan.map(|dev| rx_packets(&host2, dev));
-    let out = ping_n(&path.client, &path.server_ip, 20);
-    assert!(
-        out.success(),
-        "{}: {} cannot reach {}:\n{}",
-        path.label,
-        path.client,
-        path.server_ip,
-        out.stdout
-    );
-    if let (Some(dev), Some(before)) = (vxlan, before) {
-        let crossed = rx_packets(&host2, dev) - before;
-        assert!(
-            crossed >= 20,
-            "{}: only {crossed} packets crossed {dev} on host2 for 20 pings",
-            path.label
-        );
-    }
-}
-
-fn iperf_server(path: &System, log: &Path) -> Background {
-    let port = IPERF_PORT.to_string();
-    let mut server = Background::start(
-        &path.server,
-        "iperf3",
-        &["-s", "-B", &path.server_ip, "-p", &port],
-        log.to_path_buf(),
-    );
-    let deadline = Instant::now() + LISTEN_TIMEOUT;
-    while !listening(&path.server, IPERF_PORT) {
-        assert!(
-            server.exited().is_none() && Instant::now() < deadline,
-            "{}: iperf3 server not listening in {}:\n{}",
-            path.label,
-            path.server,
-            server.log_tail(20)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    server
-}
-
 fn measure(test: Test, path: &System) -> Sample {
-    match test {
+    let received = match test {
         Test::Tcp1 => iperf(path, &["-P", "1"]),
         Test::Tcp4 => iperf(path, &["-P", "4"]),
         Test::Udp => iperf(path, &["-u", "-b", UDP_RATE, "-l", UDP_LEN]),
         Test::Ping => unreachable!("ping runs in ping_round"),
-    }
-}
-
-/// One iperf3 run from the client to the server: the throughput the receiver saw, in Gbit/s,
-/// and for UDP the share of datagrams lost.
-fn iperf(path: &System, extra: &[&str]) -> Sample {
-    let port = IPERF_PORT.to_string();
-    let mut argv = vec![
-        "iperf3",
-        "-c",
-        &path.server_ip,
-        "-p",
-        &port,
-        "-t",
-        SECONDS,
-        "-O",
-        OMIT,
-        "-J",
-        "-A",
-        AFFINITY,
-    ];
-    argv.extend_from_slice(extra);
-    let out = exec_for(&path.client, &argv, RUN_TIMEOUT);
-    let json: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{}: iperf3 printed no JSON ({e}): {}{}",
-            path.label, out.stdout, out.stderr
-        )
-    });
-    assert!(
-        out.success() && json["error"].is_null(),
-        "{}: iperf3 {} failed: {}",
-        path.label,
-        extra.join(" "),
-        json["error"]
-    );
-    let received = &json["end"]["sum_received"];
-    let bps = received["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{}: no received throughput in iperf3's JSON", path.label));
+    };
     Sample {
-        value: bps / 1e9,
-        loss: received["lost_percent"].as_f64(),
+        value: received.gbit_per_s,
+        loss: received.lost_percent,
     }
 }
 
@@ -395,7 +285,7 @@ fn ping_round(paths: &[System], round: usize) -> Vec<Sample> {
         check_interrupted();
         for i in 0..paths.len() {
             let k = (round + block + i) % paths.len();
-            rtts[k].extend(ping_rtts(&paths[k]));
+            rtts[k].extend(ping_rtts(&paths[k], PINGS, PING_INTERVAL));
         }
     }
     let sent = (PINGS * PING_BLOCKS) as f64;
@@ -408,30 +298,6 @@ fn ping_round(paths: &[System], round: usize) -> Vec<Sample> {
                 value: median(rtts),
             }
         })
-        .collect()
-}
-
-/// The round-trip times, in µs, of [`PINGS`] pings from the client to the server.
-fn ping_rtts(path: &System) -> Vec<f64> {
-    let count = PINGS.to_string();
-    let out = exec(
-        &path.client,
-        &[
-            "ping",
-            "-n",
-            "-c",
-            &count,
-            "-i",
-            PING_INTERVAL,
-            "-W",
-            "1",
-            &path.server_ip,
-        ],
-    );
-    out.stdout
-        .lines()
-        .filter_map(|l| l.split_once(" time=")?.1.strip_suffix(" ms")?.parse().ok())
-        .map(|ms: f64| ms * 1000.0)
         .collect()
 }
 
