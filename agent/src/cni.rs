@@ -24,6 +24,7 @@ use weft_proto::v1::{
 use crate::agent::Agent;
 use crate::cni_namespaces::CniNamespaces;
 use crate::container::Container;
+use crate::desired::Segment;
 use crate::endpoints::EndpointError;
 use crate::endpoints::attach::AttachOrder;
 use crate::netlink::{self, Route};
@@ -239,7 +240,8 @@ impl Agent {
             cidrs: ep.cidrs.iter().map(|c| c.to_string()).collect(),
             gateway: gateway.map(|g| g.to_string()).unwrap_or_default(),
             routes,
-            mtu: self.datapath().mtu(),
+            // An encrypted network's is smaller: its frames also carry WireGuard's headers.
+            mtu: self.datapath().mtu_of(Segment::of(network)),
             dns_server: DNS_SERVER.into(),
             dns_domain: self.dns().state().domain.clone(),
         })
