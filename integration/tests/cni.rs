@@ -5,7 +5,7 @@
 use serde_json::{Value, json};
 use weft_integration::cni::{CNI_PLUGIN_DIR, CniRun, run_plugin, run_plugin_raw, weft_conf};
 use weft_integration::podman_cni::PodmanCni;
-use weft_integration::{World, assert_reaches, exec, ip};
+use weft_integration::{World, assert_reaches, exec, ip, link};
 
 /// A machine on the underlay that is no weft host.
 const OUTSIDER: &str = "198.18.0.200";
@@ -325,7 +325,18 @@ fn bad_input_gets_a_cni_error_naming_it_and_creates_nothing() {
 #[test]
 fn a_static_address_a_default_route_and_chained_portmap_and_tuning() {
     let mut world = World::new(1);
-    world.ctl(1, &["network", "create", "blue", "--subnet", "10.9.0.0/24"]);
+    // Encrypted: the pod's interface has its smaller MTU (WireGuard's headers).
+    world.ctl(
+        1,
+        &[
+            "network",
+            "create",
+            "blue",
+            "--subnet",
+            "10.9.0.0/24",
+            "--encrypt",
+        ],
+    );
     let ns = world.container(1, "web");
     let path = format!("/run/netns/{ns}");
     let id = sandbox_id(30);
@@ -336,6 +347,7 @@ fn a_static_address_a_default_route_and_chained_portmap_and_tuning() {
     );
     let result = added(world.cni(1, &pod_env("ADD", &id, &path, ""), &conf));
     assert_eq!(result["ips"][0]["address"], "10.9.0.5/24");
+    assert_eq!(link(&ns, "eth0").map(|l| l.mtu), Some(1350));
     // The host took its own address on the network, and the pod routes through it.
     let gateway = result["ips"][0]["gateway"]
         .as_str()
