@@ -83,7 +83,12 @@ pub struct Report {
 
 impl Report {
     pub fn changed(&self) -> bool {
-        self.fdb_added + self.fdb_removed + self.neigh_added + self.neigh_removed > 0
+        self.fdb_added
+            + self.fdb_removed
+            + self.neigh_added
+            + self.neigh_removed
+            + self.wireguard_changed
+            > 0
     }
 }
 

@@ -135,6 +135,7 @@ impl Reconciler {
                 fdb_removed = report.fdb_removed,
                 neigh_added = report.neigh_added,
                 neigh_removed = report.neigh_removed,
+                wireguard_peers_changed = report.wireguard_changed,
                 elapsed_ms = report.elapsed.as_millis() as u64,
                 "datapath reconciled"
             );

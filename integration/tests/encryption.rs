@@ -289,3 +289,19 @@ fn runs_wireguard_go(ns: &str) -> bool {
                 .is_ok_and(|comm| comm.trim() == "wireguard-go")
         })
 }
+
+#[test]
+fn a_controller_refuses_to_change_the_default_networks_encryption() {
+    let world = World::new(0);
+    world.kill_controller();
+    let out = world.run_controller(&["--encrypt-default"]);
+    assert_eq!(out.code, Some(1), "exit status; stderr:\n{}", out.stderr);
+    assert_eq!(
+        out.stderr.lines().last().unwrap_or_default(),
+        "weft-controller: the stored default network is not encrypted but --encrypt-default is given",
+        "stderr:\n{}",
+        out.stderr
+    );
+    // Started as the store was made, it serves as before.
+    world.start_controller();
+}

@@ -87,9 +87,11 @@ impl Wireguard {
     /// what is right already is left alone. An interface nobody answers for (its wireguard-go is
     /// gone) is replaced.
     pub async fn ensure(&self, handle: &Handle, mtu: u32) -> anyhow::Result<Link> {
-        let link = match netlink::link_by_name(handle, WIREGUARD_DEVICE).await? {
-            Some(link) if uapi::get(&self.socket()).await.is_ok() => link,
-            stale => {
+        let socket = self.socket();
+        let found = netlink::link_by_name(handle, WIREGUARD_DEVICE).await?;
+        let (link, device) = match (found, uapi::get(&socket).await) {
+            (Some(link), Ok(device)) => (link, device),
+            (stale, _) => {
                 if let Some(link) = stale {
                     warn!(
                         link = WIREGUARD_DEVICE,
@@ -97,11 +99,10 @@ impl Wireguard {
                     );
                     netlink::delete_link(handle, &link).await?;
                 }
-                self.start(handle).await?
+                let link = self.start(handle).await?;
+                (link, uapi::get(&socket).await?)
             }
         };
-        let socket = self.socket();
-        let device = uapi::get(&socket).await?;
         if device.private_key != Some(self.keys.private) || device.listen_port != self.port {
             let own = [
                 format!("private_key={}", self.keys.private.hex()),
