@@ -158,6 +158,11 @@ impl Datapath {
         &self.wireguard
     }
 
+    /// The WireGuard interface's peers with their latest handshake (none without one).
+    pub async fn wireguard_handshakes(&self) -> BTreeMap<WgKey, Option<std::time::SystemTime>> {
+        self.wireguard.handshakes(&self.handle).await
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -233,8 +238,8 @@ impl Datapath {
     ) -> anyhow::Result<()> {
         match wanted {
             Some(peers) => {
-                self.ensure_wireguard().await?;
-                report.wireguard_changed += self.wireguard.settle_peers(peers).await?;
+                let link = self.ensure_wireguard().await?;
+                report.wireguard_changed += self.wireguard.settle_peers(&link, peers).await?;
             }
             None => {
                 if let Some(link) = netlink::link_by_name(&self.handle, WIREGUARD_DEVICE).await? {

@@ -448,7 +448,7 @@ impl AgentApi for LocalApi {
     ) -> Result<Response<ConnectionsResponse>, Status> {
         let datapath = self.agent.datapath();
         // A peer's link is encrypted when this host's WireGuard has the peer's key.
-        let handshakes = datapath.wireguard().handshakes().await;
+        let handshakes = datapath.wireguard_handshakes().await;
         let keys: BTreeMap<String, WgKey> = self
             .agent
             .tables()

@@ -8,7 +8,8 @@ use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, InfoVxlan, VxlanD
 use netlink_packet_route::route::RouteScope;
 use nix::errno::Errno;
 use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, LinkWireguard,
+    RouteMessageBuilder,
 };
 use weft_proto::names::Mac;
 
@@ -245,6 +246,22 @@ pub async fn create_veth_into(
         .up()
         .build();
     add_link(handle, name, msg).await
+}
+
+/// Creates a kernel WireGuard interface `name`; none if the kernel has no WireGuard.
+pub async fn create_wireguard(handle: &Handle, name: &str) -> anyhow::Result<Option<Link>> {
+    let created = handle
+        .link()
+        .add(LinkWireguard::new(name).build())
+        .execute()
+        .await;
+    match created {
+        Ok(()) => Ok(link_by_name(handle, name).await?),
+        // EOPNOTSUPP: no `wireguard` link kind (`ip link`: "Unknown device type"), the module
+        // is neither built in nor loadable.
+        Err(e) if errno(&e) == Some(Errno::EOPNOTSUPP) => Ok(None),
+        Err(e) => Err(reason(e)).with_context(|| format!("cannot create link {name}")),
+    }
 }
 
 /// Sets a link's MTU and brings it up.

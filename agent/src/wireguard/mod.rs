@@ -3,13 +3,16 @@
 //! one WireGuard peer per remote host that shares an encrypted network with this one. The kernel
 //! still does all VXLAN work; only the hop between hosts is encrypted.
 //!
-//! The interface is a TUN device run by `wireguard-go`, WireGuard's own userspace
-//! implementation (Debian packages it; this kernel has no WireGuard), configured over its UAPI
-//! socket. It is a process of its own, so an agent that restarts leaves the tunnel up and finds
-//! it again, as it finds its kernel devices; deleting the interface ends it.
+//! Where the kernel has WireGuard the interface is a `wireguard` link, configured over generic
+//! netlink ([`kernel`]). Otherwise (this machine's kernel has none) it is a TUN device run by
+//! `wireguard-go`, WireGuard's own userspace implementation (Debian packages it), configured
+//! over its UAPI socket ([`uapi`]). That is a process of its own, so an agent that restarts
+//! leaves the tunnel up and finds it again, as it finds its kernel devices; deleting the
+//! interface ends it.
 
+mod kernel;
 pub mod keys;
-pub mod uapi;
+mod uapi;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -19,6 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
+use netlink_packet_route::link::InfoKind;
 use rtnetlink::Handle;
 use tracing::{info, warn};
 use weft_proto::names::{TUNNEL_PREFIX_LEN, WIREGUARD_DEVICE, tunnel_addr};
@@ -41,6 +45,54 @@ pub struct PeerSpec {
     pub endpoint: SocketAddr,
     /// Its tunnel address: the one source WireGuard takes from it, and where VXLAN sends.
     pub tunnel: Ipv6Addr,
+}
+
+/// What an interface says of itself: its own key and port, and its peers.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub private_key: Option<WgKey>,
+    pub listen_port: u16,
+    pub peers: BTreeMap<WgKey, PeerState>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PeerState {
+    pub endpoint: Option<SocketAddr>,
+    pub allowed_ips: Vec<String>,
+    /// The latest handshake; none before the first.
+    pub last_handshake: Option<SystemTime>,
+}
+
+/// One change of an interface's settings, as both ways of configuring it take it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Own {
+        private_key: WgKey,
+        port: u16,
+    },
+    RemovePeer(WgKey),
+    /// Adds the peer, or makes its endpoint and allowed IP (its tunnel address alone) these.
+    SetPeer {
+        key: WgKey,
+        spec: PeerSpec,
+    },
+}
+
+/// Who runs the interface: the kernel (generic netlink) or wireguard-go (its UAPI socket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Kernel,
+    Userspace,
+}
+
+impl Control {
+    /// A kernel WireGuard link is of kind `wireguard`; wireguard-go's is a TUN device.
+    fn of(link: &Link) -> Control {
+        match link.kind {
+            Some(InfoKind::Wireguard) => Control::Kernel,
+            _ => Control::Userspace,
+        }
+    }
 }
 
 pub struct Wireguard {
@@ -84,14 +136,14 @@ impl Wireguard {
     }
 
     /// Makes the interface exist with this host's key, port and tunnel address, up with `mtu`;
-    /// what is right already is left alone. An interface nobody answers for (its wireguard-go is
+    /// what is right already is left alone. A new one is the kernel's where the kernel has
+    /// WireGuard, else wireguard-go's; a userspace one nobody answers for (its wireguard-go is
     /// gone) is replaced.
     pub async fn ensure(&self, handle: &Handle, mtu: u32) -> anyhow::Result<Link> {
-        let socket = self.socket();
-        let found = netlink::link_by_name(handle, WIREGUARD_DEVICE).await?;
-        let (link, device) = match (found, uapi::get(&socket).await) {
-            (Some(link), Ok(device)) => (link, device),
-            (stale, _) => {
+        let link = match netlink::link_by_name(handle, WIREGUARD_DEVICE).await? {
+            Some(link) if Control::of(&link) == Control::Kernel => link,
+            Some(link) if uapi::get(&self.socket()).await.is_ok() => link,
+            stale => {
                 if let Some(link) = stale {
                     warn!(
                         link = WIREGUARD_DEVICE,
@@ -99,22 +151,40 @@ impl Wireguard {
                     );
                     netlink::delete_link(handle, &link).await?;
                 }
-                let link = self.start(handle).await?;
-                (link, uapi::get(&socket).await?)
+                match netlink::create_wireguard(handle, WIREGUARD_DEVICE).await? {
+                    Some(link) => link,
+                    None => self.start(handle).await?,
+                }
             }
         };
+        let control = Control::of(&link);
+        let device = self.get(control).await?;
         if device.private_key != Some(self.keys.private) || device.listen_port != self.port {
-            let own = [
-                format!("private_key={}", self.keys.private.hex()),
-                format!("listen_port={}", self.port),
-            ];
-            uapi::set(&socket, &own)
+            let own = Change::Own {
+                private_key: self.keys.private,
+                port: self.port,
+            };
+            self.set(control, &[own])
                 .await
                 .with_context(|| format!("cannot set {WIREGUARD_DEVICE}'s key and port"))?;
         }
         netlink::ensure_address_nodad(handle, &link, self.tunnel.into(), TUNNEL_PREFIX_LEN).await?;
         netlink::set_mtu_up(handle, &link, mtu).await?;
         Ok(link)
+    }
+
+    async fn get(&self, control: Control) -> anyhow::Result<Device> {
+        match control {
+            Control::Kernel => kernel::get(WIREGUARD_DEVICE).await,
+            Control::Userspace => uapi::get(&self.socket()).await,
+        }
+    }
+
+    async fn set(&self, control: Control, changes: &[Change]) -> anyhow::Result<()> {
+        match control {
+            Control::Kernel => kernel::set(WIREGUARD_DEVICE, changes).await,
+            Control::Userspace => uapi::set(&self.socket(), changes).await,
+        }
     }
 
     /// Runs wireguard-go for the interface and waits until both are there.
@@ -134,7 +204,7 @@ impl Wireguard {
                 info!(
                     link = WIREGUARD_DEVICE,
                     pid = child.id(),
-                    "{WIREGUARD_GO} started"
+                    "{WIREGUARD_GO} started (the kernel has no WireGuard)"
                 );
                 // Reaped where it cannot hold anything up; it outlives this agent if need be.
                 std::thread::spawn(move || {
@@ -152,45 +222,54 @@ impl Wireguard {
         }
     }
 
-    /// Makes the interface's peers exactly `wanted`, by public key: a peer that is right is not
-    /// touched, so its session goes on; a peer whose key changed (its host re-joined) is
-    /// replaced. Returns how many peers it changed.
-    pub async fn settle_peers(&self, wanted: &BTreeMap<WgKey, PeerSpec>) -> anyhow::Result<usize> {
-        let socket = self.socket();
-        let held = uapi::get(&socket).await?.peers;
-        let mut lines = Vec::new();
-        let mut changed = 0;
-        for key in held.keys().filter(|k| !wanted.contains_key(k)) {
-            lines.push(format!("public_key={}", key.hex()));
-            lines.push("remove=true".into());
-            changed += 1;
-        }
+    /// Makes the peers of the interface `link` exactly `wanted`, by public key: a peer that is
+    /// right is not touched, so its session goes on; a peer whose key changed (its host
+    /// re-joined) is replaced. Returns how many peers it changed.
+    pub async fn settle_peers(
+        &self,
+        link: &Link,
+        wanted: &BTreeMap<WgKey, PeerSpec>,
+    ) -> anyhow::Result<usize> {
+        let control = Control::of(link);
+        let held = self.get(control).await?.peers;
+        let mut changes: Vec<Change> = held
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .map(|key| Change::RemovePeer(*key))
+            .collect();
         for (key, spec) in wanted {
             let allowed = format!("{}/128", spec.tunnel);
             let right = held.get(key).is_some_and(|p| {
                 p.endpoint == Some(spec.endpoint) && p.allowed_ips == [allowed.clone()]
             });
             if !right {
-                lines.push(format!("public_key={}", key.hex()));
-                lines.push("replace_allowed_ips=true".into());
-                lines.push(format!("endpoint={}", spec.endpoint));
-                lines.push(format!("allowed_ip={allowed}"));
-                changed += 1;
+                changes.push(Change::SetPeer {
+                    key: *key,
+                    spec: *spec,
+                });
             }
         }
-        if !lines.is_empty() {
-            uapi::set(&socket, &lines)
+        if !changes.is_empty() {
+            self.set(control, &changes)
                 .await
                 .with_context(|| format!("cannot set {WIREGUARD_DEVICE}'s peers"))?;
-            info!(changed, peers = wanted.len(), "WireGuard peers set");
+            info!(
+                changed = changes.len(),
+                peers = wanted.len(),
+                "WireGuard peers set"
+            );
         }
-        Ok(changed)
+        Ok(changes.len())
     }
 
     /// The peers the interface has, by public key, with their latest handshake; none when there
     /// is no interface.
-    pub async fn handshakes(&self) -> BTreeMap<WgKey, Option<SystemTime>> {
-        match uapi::get(&self.socket()).await {
+    pub async fn handshakes(&self, handle: &Handle) -> BTreeMap<WgKey, Option<SystemTime>> {
+        let link = netlink::link_by_name(handle, WIREGUARD_DEVICE).await;
+        let Ok(Some(link)) = link else {
+            return BTreeMap::new();
+        };
+        match self.get(Control::of(&link)).await {
             Ok(device) => device
                 .peers
                 .into_iter()

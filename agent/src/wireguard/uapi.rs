@@ -2,8 +2,6 @@
 //! socket, lines of `key=value`, an empty line ending each message, `errno=N` the answer.
 //! <https://www.wireguard.com/xplatform/>
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -12,21 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use weft_proto::wireguard::WgKey;
 
-/// What a device says of itself.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Device {
-    pub private_key: Option<WgKey>,
-    pub listen_port: u16,
-    pub peers: BTreeMap<WgKey, Peer>,
-}
-
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Peer {
-    pub endpoint: Option<SocketAddr>,
-    pub allowed_ips: Vec<String>,
-    /// The latest handshake; none before the first.
-    pub last_handshake: Option<SystemTime>,
-}
+use super::{Change, Device, PeerState};
 
 /// One round trip: sends `request` (its lines, then the empty line) and returns the answer's
 /// lines, failing on an errno other than 0.
@@ -58,19 +42,43 @@ pub async fn get(socket: &Path) -> anyhow::Result<Device> {
     parse(&lines).map_err(|why| anyhow::anyhow!("WireGuard's socket {}: {why}", socket.display()))
 }
 
-/// Applies `set=1` lines (without the `set=1` itself).
-pub async fn set(socket: &Path, lines: &[String]) -> anyhow::Result<()> {
+/// Makes the changes, in one request.
+pub async fn set(socket: &Path, changes: &[Change]) -> anyhow::Result<()> {
     let mut request = String::from("set=1\n");
-    for line in lines {
-        request.push_str(line);
+    for line in lines(changes) {
+        request.push_str(&line);
         request.push('\n');
     }
     exchange(socket, &request).await.map(|_| ())
 }
 
+/// The `set=1` lines that make the changes.
+fn lines(changes: &[Change]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for change in changes {
+        match change {
+            Change::Own { private_key, port } => {
+                lines.push(format!("private_key={}", private_key.hex()));
+                lines.push(format!("listen_port={port}"));
+            }
+            Change::RemovePeer(key) => {
+                lines.push(format!("public_key={}", key.hex()));
+                lines.push("remove=true".into());
+            }
+            Change::SetPeer { key, spec } => {
+                lines.push(format!("public_key={}", key.hex()));
+                lines.push("replace_allowed_ips=true".into());
+                lines.push(format!("endpoint={}", spec.endpoint));
+                lines.push(format!("allowed_ip={}/128", spec.tunnel));
+            }
+        }
+    }
+    lines
+}
+
 fn parse(lines: &[String]) -> Result<Device, String> {
     let mut device = Device::default();
-    let mut peer: Option<(WgKey, Peer)> = None;
+    let mut peer: Option<(WgKey, PeerState)> = None;
     let mut handshake_secs = 0u64;
     for line in lines {
         let (key, value) = line
@@ -84,7 +92,7 @@ fn parse(lines: &[String]) -> Result<Device, String> {
                 if let Some((k, p)) = peer.take() {
                     device.peers.insert(k, p);
                 }
-                peer = Some((WgKey::from_hex(value)?, Peer::default()));
+                peer = Some((WgKey::from_hex(value)?, PeerState::default()));
             }
             _ => {
                 let Some((_, p)) = peer.as_mut() else {
@@ -150,5 +158,38 @@ mod tests {
         assert_eq!(p2.endpoint, Some("[2001:db8::3]:6787".parse().unwrap()));
         let e = parse(&["listen_port=x".to_string()]).unwrap_err();
         assert_eq!(e, "bad listen_port \"x\"");
+    }
+
+    #[test]
+    fn changes_are_written_as_set_lines() {
+        let spec = crate::wireguard::PeerSpec {
+            endpoint: "198.18.0.2:6787".parse().unwrap(),
+            tunnel: "fe80::7765:6674:c612:2".parse().unwrap(),
+        };
+        let changes = [
+            Change::Own {
+                private_key: WgKey([9; 32]),
+                port: 6787,
+            },
+            Change::RemovePeer(WgKey([2; 32])),
+            Change::SetPeer {
+                key: WgKey([1; 32]),
+                spec,
+            },
+        ];
+        let hex = |b: u8| WgKey([b; 32]).hex();
+        assert_eq!(
+            lines(&changes),
+            [
+                format!("private_key={}", hex(9)),
+                "listen_port=6787".into(),
+                format!("public_key={}", hex(2)),
+                "remove=true".into(),
+                format!("public_key={}", hex(1)),
+                "replace_allowed_ips=true".into(),
+                "endpoint=198.18.0.2:6787".into(),
+                "allowed_ip=fe80::7765:6674:c612:2/128".into(),
+            ]
+        );
     }
 }
