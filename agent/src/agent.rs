@@ -4,10 +4,12 @@
 //! paths the probes see ([`Connections`]), the nftables table ([`Firewall`]), and its lifecycle. The loops (`watch.rs`, `reconcile.rs`, `docker_watch.rs`) each take the parts they
 //! use.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
 
 use tokio::sync::Notify;
 use tonic::transport;
@@ -176,6 +178,20 @@ impl Agent {
     /// The data paths to remote peers, as the probes see them.
     pub fn connections(&self) -> &Arc<Connections> {
         &self.connections
+    }
+
+    /// The peers this host's encrypted networks reach inside WireGuard, by name, with their
+    /// latest handshake (none before the first): the peers whose key this host's WireGuard has.
+    pub async fn encrypted_links(&self) -> BTreeMap<String, Option<SystemTime>> {
+        let handshakes = self.datapath.wireguard_handshakes().await;
+        self.tables
+            .read(|t| {
+                t.peers
+                    .values()
+                    .filter_map(|p| Some((p.name.clone(), *handshakes.get(&p.wireguard?.key)?)))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The nftables table `weft`.

@@ -27,7 +27,8 @@ async fn healthz(State(agent): State<Arc<Agent>>) -> (StatusCode, String) {
 
 async fn metrics(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> impl IntoResponse {
     let accept = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok());
-    let (kind, body) = METRICS.scrape(&agent, accept);
+    let encrypted = agent.encrypted_links().await;
+    let (kind, body) = METRICS.scrape(&agent, &encrypted, accept);
     ([(header::CONTENT_TYPE, kind)], body)
 }
 

@@ -3,7 +3,7 @@
 //! answer. Error messages are the "why" of weftctl's `weftctl: <what failed>: <why>` line, so
 //! each names the culprit; [`status_of`] gives each kind of error its gRPC code.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -27,7 +27,6 @@ use weft_proto::v1::{
     CniDelResponse, CniGcRequest, CniGcResponse, Connection, ConnectionsRequest,
     ConnectionsResponse,
 };
-use weft_proto::wireguard::WgKey;
 
 use crate::agent::Agent;
 use crate::container::ContainerError;
@@ -447,18 +446,7 @@ impl AgentApi for LocalApi {
         _request: Request<ConnectionsRequest>,
     ) -> Result<Response<ConnectionsResponse>, Status> {
         let datapath = self.agent.datapath();
-        // A peer's link is encrypted when this host's WireGuard has the peer's key.
-        let handshakes = datapath.wireguard_handshakes().await;
-        let keys: BTreeMap<String, WgKey> = self
-            .agent
-            .tables()
-            .read(|t| {
-                let keyed = t.peers.values();
-                keyed
-                    .filter_map(|p| Some((p.name.clone(), p.wireguard?.key)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let encrypted = self.agent.encrypted_links().await;
         let now = SystemTime::now();
         let connections = self
             .agent
@@ -466,7 +454,7 @@ impl AgentApi for LocalApi {
             .list()
             .into_iter()
             .map(|c| {
-                let handshake = keys.get(&c.peer).and_then(|k| handshakes.get(k));
+                let handshake = encrypted.get(&c.peer);
                 let ago = |at: SystemTime| now.duration_since(at).unwrap_or_default().as_secs();
                 Connection {
                     encrypted: handshake.is_some(),

@@ -2,9 +2,10 @@
 //! where it happens (a reconcile pass, the endpoint core, a DNS query); what the agent holds
 //! (its revision, its link to the controller, endpoints by network) is read at each scrape.
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -35,6 +36,8 @@ pub struct Metrics {
     peer_up: Family<Named, Gauge>,
     peer_rtt: Family<Named, Gauge<f64, AtomicU64>>,
     peer_mtu: Family<Named, Gauge>,
+    peer_encrypted: Family<Named, Gauge>,
+    peer_handshake: Family<Named, Gauge<f64, AtomicU64>>,
     network_mtu: Gauge,
     entries_held: Family<Labels<1>, Gauge>,
     snapshot_at: Gauge<f64, AtomicU64>,
@@ -62,6 +65,8 @@ impl Metrics {
             peer_up: Family::default(),
             peer_rtt: Family::default(),
             peer_mtu: Family::default(),
+            peer_encrypted: Family::default(),
+            peer_handshake: Family::default(),
             network_mtu: Gauge::default(),
             entries_held: Family::default(),
             snapshot_at: Gauge::default(),
@@ -131,6 +136,17 @@ impl Metrics {
             Unit::Bytes,
             metrics.peer_mtu.clone(),
         );
+        registry.register(
+            "peer_encrypted",
+            "Whether this host's encrypted networks reach the peer inside WireGuard (1) or it shares none with it (0), by peer",
+            metrics.peer_encrypted.clone(),
+        );
+        registry.register_with_unit(
+            "peer_wireguard_handshake_timestamp",
+            "When this host's WireGuard last shook hands with the peer (Unix time), by peer; absent before the first",
+            Unit::Seconds,
+            metrics.peer_handshake.clone(),
+        );
         registry.register_with_unit(
             "network_mtu",
             "The MTU of this host's networks: the size a path to a peer should carry",
@@ -197,13 +213,33 @@ impl Metrics {
             .set(now.map_or(0.0, |since| since.as_secs_f64()));
     }
 
-    /// The probes' view of each peer's path; a peer gone from the tables has none to show.
-    fn peer_paths(&self, connections: &[Connection]) {
+    /// The probes' view of each peer's path, and whether it is encrypted (`encrypted`: the
+    /// peers reached inside WireGuard, with their latest handshake); a peer gone from the tables
+    /// has none to show.
+    fn peer_paths(
+        &self,
+        connections: &[Connection],
+        encrypted: &BTreeMap<String, Option<SystemTime>>,
+    ) {
         self.peer_up.clear();
         self.peer_rtt.clear();
         self.peer_mtu.clear();
+        self.peer_encrypted.clear();
+        self.peer_handshake.clear();
         for c in connections {
             let label = [("peer", c.peer.clone())];
+            let handshake = encrypted.get(&c.peer);
+            self.peer_encrypted
+                .get_or_create(&label)
+                .set(handshake.is_some().into());
+            if let Some(at) = handshake.copied().flatten() {
+                let unix = at
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default();
+                self.peer_handshake
+                    .get_or_create(&label)
+                    .set(unix.as_secs_f64());
+            }
             match c.state {
                 State::Pending => {}
                 State::Ok => drop(self.peer_up.get_or_create(&label).set(1)),
@@ -218,12 +254,18 @@ impl Metrics {
         }
     }
 
-    /// The content type and body of a scrape with `accept`, with what `agent` holds now.
-    pub fn scrape(&self, agent: &Agent, accept: Option<&str>) -> (&'static str, String) {
+    /// The content type and body of a scrape with `accept`, with what `agent` holds now
+    /// (`encrypted`: [`Agent::encrypted_links`]).
+    pub fn scrape(
+        &self,
+        agent: &Agent,
+        encrypted: &BTreeMap<String, Option<SystemTime>>,
+        accept: Option<&str>,
+    ) -> (&'static str, String) {
         self.revision.set(agent.tables().revision() as i64);
         self.connected.set(agent.link().state().connected.into());
         self.network_mtu.set(agent.datapath().mtu().into());
-        self.peer_paths(&agent.connections().list());
+        self.peer_paths(&agent.connections().list(), encrypted);
         let by_network = agent.tables().read(|t| {
             let mut counts = std::collections::BTreeMap::<String, i64>::new();
             for ep in t.endpoints.values() {

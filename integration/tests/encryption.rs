@@ -6,6 +6,7 @@ use std::net::{Ipv6Addr, SocketAddrV6};
 use std::time::Duration;
 
 use weft_integration::capture::{Capture, contains, udp_datagrams};
+use weft_integration::scrape::{AGENT_METRICS, scrape, series_value};
 use weft_integration::{
     UNDERLAY_IF, VXLAN_DEV, World, assert_reaches, exec, fdb, link, ping_counts,
     ping_in_background, udp_socket, wait_until,
@@ -220,6 +221,24 @@ fn an_encrypted_network_crosses_hosts_only_inside_wireguard() {
             .unwrap_or_else(|| panic!("no line for host{host}:\n{connections}"));
         assert!(line.contains(" encrypted handshake="), "{line}");
         assert!(!line.contains("handshake=none"), "{line}");
+    }
+
+    // So do the agent's metrics.
+    let metrics = scrape(&h1, AGENT_METRICS);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for host in [2, 3] {
+        let peer = format!("{{peer=\"host{host}\"}}");
+        let series = |name: &str| series_value(&metrics, &format!("weft_agent_{name}{peer}"));
+        assert_eq!(series("peer_encrypted"), Some(1.0), "{metrics}");
+        let at = series("peer_wireguard_handshake_timestamp_seconds").expect("a handshake");
+        assert!(
+            now - at < 120.0,
+            "handshake with host{host} {}s ago",
+            now - at
+        );
     }
 
     // A restarted agent changes nothing and loses no packet.
