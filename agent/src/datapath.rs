@@ -103,7 +103,8 @@ pub fn is_ours(name: &str, port: u16) -> bool {
 
 /// Removes every link weft made in this namespace: veths (their container ends go with them),
 /// VXLAN devices (the probe device too), bridges and the WireGuard interface (its wireguard-go
-/// ends with it), and with them every FDB and neighbour entry and exposed address. Links that are not weft's are left alone. Returns the names removed.
+/// ends with it), and with them every FDB and neighbour entry and exposed address. Links that
+/// are not weft's are left alone. Returns the names removed.
 pub async fn remove_all(handle: &Handle, port: u16) -> anyhow::Result<Vec<String>> {
     let ours = |name: &str| is_ours(name, port);
     let mut removed = Vec::new();
