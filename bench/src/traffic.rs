@@ -5,6 +5,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use crate::harness::check_interrupted;
 use weft_integration::{Background, World, exec, exec_for, listening, ping_n, rx_packets};
 
 /// Seconds each iperf3 run measures, after [`OMIT`] seconds it leaves out (TCP slow start).
@@ -138,7 +140,7 @@ pub fn iperf(path: &System, extra: &[&str]) -> Received {
 
 /// The round-trip times, in µs, of `count` pings `interval` seconds apart from the client to
 /// the server.
-pub fn ping_rtts(path: &System, count: usize, interval: &str) -> Vec<f64> {
+fn ping_rtts(path: &System, count: usize, interval: &str) -> Vec<f64> {
     let count = count.to_string();
     let out = exec(
         &path.client,
@@ -159,6 +161,30 @@ pub fn ping_rtts(path: &System, count: usize, interval: &str) -> Vec<f64> {
         .filter_map(|l| l.split_once(" time=")?.1.strip_suffix(" ms")?.parse().ok())
         .map(|ms: f64| ms * 1000.0)
         .collect()
+}
+
+/// The round trips, in µs, of each system's pings in one round: `blocks` blocks of `count`
+/// pings `interval` apart for each, the systems taking turns block by block in an order rotated
+/// each round, so that a change in the machine's load during the round falls on all alike.
+pub fn ping_round(
+    systems: &[System],
+    round: usize,
+    blocks: usize,
+    count: usize,
+    interval: &str,
+) -> Vec<Vec<f64>> {
+    let mut rtts: Vec<Vec<f64>> = vec![Vec::new(); systems.len()];
+    for block in 0..blocks {
+        check_interrupted();
+        for i in 0..systems.len() {
+            let k = (round + block + i) % systems.len();
+            rtts[k].extend(ping_rtts(&systems[k], count, interval));
+        }
+    }
+    for (system, rtts) in systems.iter().zip(&rtts) {
+        assert!(!rtts.is_empty(), "{}: no ping replies", system.label);
+    }
+    rtts
 }
 
 /// The machine's busy CPU time so far, in seconds (all CPUs, from /proc/stat): what a run cost

@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use weft_bench::harness::{self, check_interrupted, median};
 use weft_bench::traffic::{
-    AFFINITY, OMIT, SECONDS, System, check_path, iperf, iperf_server, ping_rtts, require_two_cpus,
+    self, AFFINITY, OMIT, SECONDS, System, check_path, iperf, iperf_server, require_two_cpus,
 };
 use weft_bench::{HB_IF, HandBuilt};
 use weft_integration::{
@@ -280,23 +280,12 @@ fn measure(test: Test, path: &System) -> Sample {
 /// Each system's median round-trip time in one round, in µs, over [`PING_BLOCKS`] blocks of
 /// [`PINGS`] pings, the systems taking turns block by block in an order rotated each round.
 fn ping_round(paths: &[System], round: usize) -> Vec<Sample> {
-    let mut rtts: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
-    for block in 0..PING_BLOCKS {
-        check_interrupted();
-        for i in 0..paths.len() {
-            let k = (round + block + i) % paths.len();
-            rtts[k].extend(ping_rtts(&paths[k], PINGS, PING_INTERVAL));
-        }
-    }
     let sent = (PINGS * PING_BLOCKS) as f64;
-    rtts.into_iter()
-        .zip(paths)
-        .map(|(rtts, path)| {
-            assert!(!rtts.is_empty(), "{}: no ping replies", path.label);
-            Sample {
-                loss: Some(100.0 * (sent - rtts.len() as f64) / sent),
-                value: median(rtts),
-            }
+    traffic::ping_round(paths, round, PING_BLOCKS, PINGS, PING_INTERVAL)
+        .into_iter()
+        .map(|rtts| Sample {
+            loss: Some(100.0 * (sent - rtts.len() as f64) / sent),
+            value: median(rtts),
         })
         .collect()
 }

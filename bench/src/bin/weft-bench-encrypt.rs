@@ -99,15 +99,8 @@ fn run() {
                 );
                 tcp.entry(system.label).or_default().push(run);
             }
-            let mut rtts: Vec<Vec<f64>> = vec![Vec::new(); systems.len()];
-            for block in 0..PING_BLOCKS {
-                for i in 0..systems.len() {
-                    let k = (round + block + i) % systems.len();
-                    rtts[k].extend(traffic::ping_rtts(&systems[k], PINGS, PING_INTERVAL));
-                }
-            }
+            let rtts = traffic::ping_round(&systems, round, PING_BLOCKS, PINGS, PING_INTERVAL);
             for (system, rtts) in systems.iter().zip(rtts) {
-                assert!(!rtts.is_empty(), "{}: no ping replies", system.label);
                 rtt.entry(system.label).or_default().push(median(rtts));
             }
         }
