@@ -5,7 +5,7 @@
 //! use.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,7 +32,7 @@ use crate::reconcile::ReconcileLog;
 use crate::tables::TablesCopy;
 
 pub struct Agent {
-    advertise_addr: Ipv4Addr,
+    advertise_addr: IpAddr,
     link: Arc<ControllerLink>,
     tables: Arc<TablesCopy>,
     datapath: Arc<Datapath>,
@@ -84,7 +84,7 @@ impl Lifecycle {
 impl Agent {
     pub fn new(
         name: String,
-        advertise_addr: Ipv4Addr,
+        advertise_addr: IpAddr,
         controller: ControllerConfig,
         datapath: Datapath,
         docker_url: &str,
@@ -133,7 +133,7 @@ impl Agent {
         self.tables.me()
     }
 
-    pub fn advertise_addr(&self) -> Ipv4Addr {
+    pub fn advertise_addr(&self) -> IpAddr {
         self.advertise_addr
     }
 
@@ -141,7 +141,7 @@ impl Agent {
     pub fn peer(&self) -> Peer {
         PeerRow {
             name: self.name().to_string(),
-            addr: self.advertise_addr.into(),
+            addr: self.advertise_addr,
             wireguard: Some(self.datapath.wireguard().peer()),
         }
         .wire()

@@ -2,7 +2,7 @@
 //! local endpoint, and the VXLAN FDB that sends remote MACs to their hosts.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -41,7 +41,7 @@ const RUNNING_WAIT: Duration = Duration::from_millis(1500);
 pub struct Datapath {
     handle: Handle,
     port: u16,
-    local: Ipv4Addr,
+    local: IpAddr,
     mtu: u32,
     wireguard: Wireguard,
     /// Held by every change of devices and veths: a plug never meets a half-removed bridge, and
@@ -168,7 +168,7 @@ impl Datapath {
         self.port
     }
 
-    pub fn new(handle: Handle, port: u16, local: Ipv4Addr, mtu: u32, wireguard: Wireguard) -> Self {
+    pub fn new(handle: Handle, port: u16, local: IpAddr, mtu: u32, wireguard: Wireguard) -> Self {
         Datapath {
             handle,
             port,
@@ -203,7 +203,7 @@ impl Datapath {
         let mtu = self.mtu_of(net);
         let bridge = netlink::ensure_bridge(&self.handle, &bridge_name(net.vni), mtu).await?;
         let (local, link): (IpAddr, _) = match net.encrypted {
-            false => (self.local.into(), None),
+            false => (self.local, None),
             true => {
                 let wg = self.ensure_wireguard().await?;
                 (self.wireguard.tunnel().into(), Some(wg.index))
@@ -261,7 +261,7 @@ impl Datapath {
         let spec = VxlanSpec {
             vni: PROBE_VNI,
             port: self.port,
-            local: self.local.into(),
+            local: self.local,
             link: None,
             mtu: self.mtu,
             probe: true,

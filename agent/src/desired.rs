@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use ipnetwork::Ipv4Network;
 use weft_proto::names::{EXPOSE_ID, Mac, probe_addr, probe_mac, tunnel_addr};
@@ -144,10 +144,9 @@ pub fn host_networks(tables: &Tables, me: &str) -> BTreeMap<u32, NetworkState> {
 /// Where a peer's VXLAN frames go: its advertise address, or on an encrypted network its
 /// tunnel address, if it has WireGuard.
 fn vtep(peer: &PeerRow, encrypted: bool) -> Option<IpAddr> {
-    let addr = rows::ipv4_addr(peer.addr)?;
     match encrypted {
-        false => Some(addr.into()),
-        true => peer.wireguard.map(|_| tunnel_addr(addr).into()),
+        false => Some(peer.addr),
+        true => peer.wireguard.map(|_| tunnel_addr(peer.addr).into()),
     }
 }
 
@@ -168,7 +167,7 @@ pub fn wireguard_peers(
         .collect();
     let peers = tables.peers.values().filter_map(|p| {
         let wg = p.wireguard?;
-        let tunnel = tunnel_addr(rows::ipv4_addr(p.addr)?);
+        let tunnel = tunnel_addr(p.addr);
         tunnels.contains(&tunnel.into()).then_some((
             wg.key,
             PeerSpec {
@@ -180,14 +179,14 @@ pub fn wireguard_peers(
     Some(peers.collect())
 }
 
-/// Every remote peer with an IPv4 VTEP, by name: the peers this host probes, whether or not
-/// they share a network with it, so a path is known to work before the first container needs it.
-pub fn probe_peers(tables: &Tables, me: &str) -> BTreeMap<String, Ipv4Addr> {
+/// Every remote peer's VTEP, by name: the peers this host probes, whether or not they share a
+/// network with it, so a path is known to work before the first container needs it.
+pub fn probe_peers(tables: &Tables, me: &str) -> BTreeMap<String, IpAddr> {
     tables
         .peers
         .values()
         .filter(|p| p.name != me)
-        .filter_map(|p| Some((p.name.clone(), rows::ipv4_addr(p.addr)?)))
+        .map(|p| (p.name.clone(), p.addr))
         .collect()
 }
 
@@ -198,10 +197,7 @@ pub fn probe_state(tables: &Tables, me: &str) -> NetworkState {
     let mut state = NetworkState::default();
     for vtep in probe_peers(tables, me).into_values() {
         let mac = probe_mac(vtep);
-        state.fdb.insert(FdbEntry {
-            mac,
-            dst: vtep.into(),
-        });
+        state.fdb.insert(FdbEntry { mac, dst: vtep });
         state.neighbours.insert(Neighbour {
             ip: probe_addr(vtep).into(),
             mac,

@@ -1,10 +1,10 @@
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
 use clap::Parser;
 use tokio_stream::wrappers::UnixListenerStream;
 use tracing::info;
@@ -27,8 +27,14 @@ use weft_proto::names::DEFAULT_WIREGUARD_PORT;
 use weft_proto::tables::DEFAULT_VNI;
 use weft_proto::v1::agent_server::AgentServer;
 
-/// VXLAN encapsulation over IPv4: outer IP (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
-const VXLAN_OVERHEAD: u32 = 50;
+/// What VXLAN encapsulation takes of the underlay's MTU: the outer IP header (20 for IPv4, 40
+/// for IPv6), UDP (8), VXLAN (8) and the inner Ethernet header (14).
+fn vxlan_overhead(underlay: IpAddr) -> u32 {
+    match underlay {
+        IpAddr::V4(_) => 50,
+        IpAddr::V6(_) => 70,
+    }
+}
 
 /// weft's per-host agent: programs this host's bridge/VXLAN datapath through netlink from the
 /// controller's tables, and serves weftctl on a unix socket.
@@ -54,7 +60,7 @@ struct Args {
     /// The address other hosts send VXLAN traffic to [default: the source address of the route
     /// to the controller].
     #[arg(long)]
-    advertise_addr: Option<Ipv4Addr>,
+    advertise_addr: Option<IpAddr>,
     /// The unix socket weftctl talks to.
     #[arg(long, default_value = "/run/weft/agent.sock")]
     socket: PathBuf,
@@ -91,7 +97,7 @@ struct Args {
     #[arg(long, default_value_t = DEFAULT_WIREGUARD_PORT)]
     wireguard_port: u16,
     /// MTU of the network: "auto" is the MTU of the interface holding the advertise address
-    /// minus the VXLAN overhead (50).
+    /// minus the VXLAN overhead (50 over IPv4, 70 over IPv6).
     #[arg(long, default_value = "auto", value_parser = parse_mtu)]
     mtu: Mtu,
     /// How often the data path to every peer is probed through the VXLAN path (`weftctl status
@@ -210,7 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             netlink::mtu_of_address_holder(&handle, advertise_addr)
                 .await
                 .context("cannot detect the MTU; give --mtu")?
-                - VXLAN_OVERHEAD
+                - vxlan_overhead(advertise_addr)
         }
     };
     let wireguard = Wireguard::new(&args.state_dir, args.wireguard_port, advertise_addr)?;
@@ -296,8 +302,9 @@ fn dns_state(args: &Args) -> DnsState {
     }
 }
 
-/// The address this host sends from towards the controller (a UDP connect sends nothing).
-async fn source_addr_towards(url: &str) -> anyhow::Result<Ipv4Addr> {
+/// The address this host sends from towards the controller (a UDP connect sends nothing), of
+/// the family the controller's URL resolves to first.
+async fn source_addr_towards(url: &str) -> anyhow::Result<IpAddr> {
     let uri: tonic::transport::Uri = url
         .parse()
         .map_err(|e| anyhow!("invalid controller URL {url}: {e}"))?;
@@ -305,19 +312,22 @@ async fn source_addr_towards(url: &str) -> anyhow::Result<Ipv4Addr> {
         .host()
         .ok_or_else(|| anyhow!("controller URL {url} has no host"))?;
     let port = uri.port_u16().unwrap_or(6786);
-    let target = tokio::net::lookup_host((host, port))
+    // An IPv6 literal keeps its brackets in a URI's host.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let target = tokio::net::lookup_host((bare, port))
         .await
         .with_context(|| format!("cannot resolve controller host {host}"))?
-        .find(SocketAddr::is_ipv4)
-        .ok_or_else(|| anyhow!("controller host {host} has no IPv4 address"))?;
-    let socket = tokio::net::UdpSocket::bind("0.0.0.0:0")
+        .next()
+        .ok_or_else(|| anyhow!("controller host {host} has no address"))?;
+    let unspecified: SocketAddr = match target {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = tokio::net::UdpSocket::bind(unspecified)
         .await
         .context("cannot open a UDP socket")?;
     socket.connect(target).await.with_context(|| {
         format!("no route to the controller at {target}; give --advertise-addr")
     })?;
-    match socket.local_addr()?.ip() {
-        std::net::IpAddr::V4(ip) => Ok(ip),
-        other => bail!("source address {other} towards the controller is not IPv4"),
-    }
+    Ok(socket.local_addr()?.ip())
 }

@@ -1,4 +1,4 @@
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -344,19 +344,25 @@ fn control_plane_ca(kv: &EtcdKv, data_dir: &Path) -> anyhow::Result<Ca> {
 }
 
 /// The names agents may reach the controller by: its hostname, the listen address (or, for
-/// 0.0.0.0, every address of the host), localhost, and --tls-san.
+/// 0.0.0.0 or [::], every address of the host), localhost, and --tls-san.
 fn server_names(listen: SocketAddr, extra: &[String]) -> anyhow::Result<Vec<String>> {
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let mut names = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
     if let Ok(host) = nix::unistd::gethostname() {
         names.push(host.to_string_lossy().into_owned());
     }
     if listen.ip().is_unspecified() {
         let addrs = nix::ifaddrs::getifaddrs().context("cannot list the host's addresses")?;
-        names.extend(
-            addrs
-                .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip().to_string()))
-                .filter(|ip| ip != "127.0.0.1"),
-        );
+        // Link-local addresses are left out: a URL cannot carry their interface.
+        names.extend(addrs.filter_map(|a| {
+            let a = a.address?;
+            let ip: IpAddr = match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+                (Some(v4), _) => v4.ip().into(),
+                (_, Some(v6)) => v6.ip().into(),
+                _ => return None,
+            };
+            let link_local = matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local());
+            (!ip.is_loopback() && !link_local).then(|| ip.to_string())
+        }));
     } else {
         names.push(listen.ip().to_string());
     }

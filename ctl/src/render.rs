@@ -372,7 +372,12 @@ pub fn status_connections(connections: &[Connection], as_json: bool) -> String {
                 (true, Some(secs)) => format!(" encrypted handshake={secs}s"),
                 (true, None) => " encrypted handshake=none".to_string(),
             };
-            format!("-> {}:{} {state}{encrypted}\n", c.vtep, c.port)
+            // An IPv6 VTEP is bracketed as in a URL: -> [2001:db8::2]:6784.
+            let vtep = match c.vtep.parse::<std::net::IpAddr>() {
+                Ok(ip) => std::net::SocketAddr::new(ip, c.port as u16).to_string(),
+                Err(_) => format!("{}:{}", c.vtep, c.port),
+            };
+            format!("-> {vtep} {state}{encrypted}\n")
         })
         .collect()
 }

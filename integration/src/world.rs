@@ -101,20 +101,63 @@ fn controller_ns(prefix: &str, k: usize) -> String {
     numbered(&format!("{prefix}-ctl"), k)
 }
 
-/// Controller `k`'s underlay address: [`CONTROLLER_IP`] for the first, the next ones after it.
-fn controller_ip(k: usize) -> String {
-    format!("198.18.0.{}", 99 + k)
+/// The family of a world's underlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Underlay {
+    /// 198.18.0.0/23: hosts at [`host_addr`], controllers at [`CONTROLLER_IP`] and after.
+    V4,
+    /// 2001:db8::/64, nothing of IPv4 on it: host N at 2001:db8::N (hex), controller K at
+    /// 2001:db8::c:K.
+    V6,
+}
+
+impl Underlay {
+    fn host(self, host: usize) -> String {
+        match self {
+            Underlay::V4 => host_addr(host),
+            Underlay::V6 => format!("2001:db8::{host:x}"),
+        }
+    }
+
+    /// Controller `k`'s underlay address: [`CONTROLLER_IP`] for the first, the next ones after.
+    fn controller(self, k: usize) -> String {
+        match self {
+            Underlay::V4 => format!("198.18.0.{}", 99 + k),
+            Underlay::V6 => format!("2001:db8::c:{k:x}"),
+        }
+    }
+
+    fn prefix_len(self) -> u8 {
+        match self {
+            Underlay::V4 => 23,
+            Underlay::V6 => 64,
+        }
+    }
+
+    /// `addr` as the host of a URL or a socket address.
+    fn bracketed(self, addr: &str) -> String {
+        match self {
+            Underlay::V4 => addr.to_owned(),
+            Underlay::V6 => format!("[{addr}]"),
+        }
+    }
 }
 
 fn admin_socket(dir: &Path, k: usize) -> PathBuf {
     dir.join(format!("{}.sock", numbered("admin", k)))
 }
 
-/// The MAC of the underlay interface holding `addr`: made from the address, so that a large
-/// world can pin every neighbour before its interface exists.
+/// The MAC of the underlay interface holding `addr`: made from the address (its last four
+/// bytes), so that a large world can pin every neighbour before its interface exists.
 fn underlay_mac(addr: &str) -> String {
-    let ip: std::net::Ipv4Addr = addr.parse().expect("an IPv4 underlay address");
-    let [a, b, c, d] = ip.octets();
+    let ip: std::net::IpAddr = addr.parse().expect("an underlay address");
+    let [a, b, c, d] = match ip {
+        std::net::IpAddr::V4(v4) => v4.octets(),
+        std::net::IpAddr::V6(v6) => {
+            let o = v6.octets();
+            [o[12], o[13], o[14], o[15]]
+        }
+    };
     format!("02:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
@@ -145,6 +188,7 @@ pub struct World {
     /// Container namespaces and the host each was made for, for failure reports.
     containers: Vec<(String, usize)>,
     security: Security,
+    underlay: Underlay,
     /// The join token each host's agent was started with (Security::Join).
     join_tokens: Vec<String>,
     /// The etcd cluster the controller keeps its tables in (`--store etcd`), if any.
@@ -168,12 +212,18 @@ impl World {
 
     /// [`World::with_agent_args`] with the given security.
     pub fn with_options(hosts: usize, agent_args: &[&str], security: Security) -> World {
-        World::build(hosts, agent_args, security, 0, 1)
+        World::build(hosts, agent_args, security, 0, 1, Underlay::V4)
+    }
+
+    /// [`World::with_agent_args`] on an IPv6-only underlay ([`Underlay::V6`]): the agents find
+    /// their IPv6 advertise address from the controller's URL, `https://[2001:db8::c:1]:6786`.
+    pub fn on_ipv6_underlay(hosts: usize, agent_args: &[&str]) -> World {
+        World::build(hosts, agent_args, Security::Join, 0, 1, Underlay::V6)
     }
 
     /// [`World::new`], its controller keeping its tables in an etcd cluster of `members`.
     pub fn on_etcd(hosts: usize, members: usize) -> World {
-        World::build(hosts, &[], Security::Join, members, 1)
+        World::build(hosts, &[], Security::Join, members, 1, Underlay::V4)
     }
 
     /// [`World::on_etcd`] with `controllers` controllers on the one etcd prefix, each in its own
@@ -184,7 +234,14 @@ impl World {
             (1..=9).contains(&controllers),
             "a world has 1 to 9 controllers, not {controllers}"
         );
-        World::build(hosts, &[], Security::Join, members, controllers)
+        World::build(
+            hosts,
+            &[],
+            Security::Join,
+            members,
+            controllers,
+            Underlay::V4,
+        )
     }
 
     fn build(
@@ -193,6 +250,7 @@ impl World {
         security: Security,
         etcd_members: usize,
         controllers: usize,
+        underlay: Underlay,
     ) -> World {
         netns::require_privileges_and_tools();
         assert!(
@@ -214,7 +272,10 @@ impl World {
             .map(|k| {
                 let mut args = vec![
                     "--listen".into(),
-                    format!("{}:{CONTROLLER_PORT}", controller_ip(k)),
+                    format!(
+                        "{}:{CONTROLLER_PORT}",
+                        underlay.bracketed(&underlay.controller(k))
+                    ),
                     "--data-dir".into(),
                     dir.path()
                         .join(numbered("controller", k))
@@ -255,6 +316,7 @@ impl World {
             agent_args: agent_args.iter().map(|a| a.to_string()).collect(),
             containers: Vec::new(),
             security,
+            underlay,
             join_tokens: Vec::new(),
             etcd,
             _load: (!ALONE.with(|a| a.get()))
@@ -279,7 +341,7 @@ impl World {
         for k in 1..=world.controllers.len() {
             let ns = controller_ns(&world.prefix, k);
             world.add_ns(&ns);
-            world.plug(&ns, &numbered("ctl", k), &controller_ip(k));
+            world.plug(&ns, &numbered("ctl", k), &world.underlay.controller(k));
             world.start_controller_at(k, &[]);
         }
         let large = hosts > JOIN_TOGETHER;
@@ -303,12 +365,9 @@ impl World {
         world
     }
 
-    /// The URL agents reach the controller at.
-    pub fn controller_url(&self) -> &'static str {
-        match self.security {
-            Security::Join => CONTROLLER_URL,
-            Security::Insecure => CONTROLLER_URL_INSECURE,
-        }
+    /// The underlay address of host `host`, which its agent advertises.
+    pub fn vtep(&self, host: usize) -> String {
+        self.underlay.host(host)
     }
 
     /// The etcd cluster of a world made by [`World::on_etcd`].
@@ -459,7 +518,7 @@ impl World {
         let ns = format!("{}-{name}", self.prefix);
         self.add_ns(&ns);
         self.plug(&ns, &format!("o-{name}"), addr);
-        Outsider::counting(ns, &host_addr(host))
+        Outsider::counting(ns, &self.vtep(host))
     }
 
     /// Makes an empty container namespace `<prefix>-<name>` (loopback up) to be attached on
@@ -525,7 +584,7 @@ impl World {
     /// a blackhole route.
     pub fn cut_from_etcd(&self, k: usize, cut: bool) {
         let verb = if cut { "add" } else { "del" };
-        let controller = format!("{}/32", controller_ip(k));
+        let controller = format!("{}/32", self.underlay.controller(k));
         for n in 1..=self.etcd().members() {
             let member = format!("{}/32", etcd::member_addr(n));
             let ns = etcd::member_ns(&self.prefix, n);
@@ -560,7 +619,7 @@ impl World {
             assert!(
                 Instant::now() < deadline,
                 "weft-controller not listening on {}:{CONTROLLER_PORT} after {READY_TIMEOUT:?}",
-                controller_ip(k)
+                self.underlay.controller(k)
             );
             sleep(Duration::from_millis(100));
         }
@@ -684,7 +743,7 @@ impl World {
         let dir = tempfile::tempdir().expect("temp dir");
         let (state, socket) = (dir.path().join("state"), dir.path().join("agent.sock"));
         let url = self.url_of(k);
-        let addr = host_addr(1);
+        let addr = self.vtep(1);
         let agent = self.bins.agent.to_str().expect("UTF-8 path");
         let argv = [
             agent,
@@ -724,7 +783,8 @@ impl World {
             Security::Join => "https",
             Security::Insecure => "http",
         };
-        format!("{scheme}://{}:{CONTROLLER_PORT}", controller_ip(k))
+        let host = self.underlay.bracketed(&self.underlay.controller(k));
+        format!("{scheme}://{host}:{CONTROLLER_PORT}")
     }
 
     /// Host `host`'s agent daemon; like [`World::controller`], usable after a panic under it.
@@ -749,8 +809,8 @@ impl World {
     }
 
     /// Links namespace `ns` to the underlay bridge through a veth (`port` on the bridge side,
-    /// `ul0` inside `ns`) and gives it `addr`/23. The veth is created inside the underlay
-    /// namespace, so the root namespace never holds any of it.
+    /// `ul0` inside `ns`) and gives it `addr` on the underlay's prefix. The veth is created
+    /// inside the underlay namespace, so the root namespace never holds any of it.
     fn plug(&self, ns: &str, port: &str, addr: &str) {
         let underlay = format!("{}-ul", self.prefix);
         netns::ip(
@@ -786,10 +846,9 @@ impl World {
                 "up",
             ],
         );
-        netns::ip(
-            ns,
-            &["addr", "add", &format!("{addr}/23"), "dev", UNDERLAY_IF],
-        );
+        // No duplicate address detection: an IPv6 address is usable at once.
+        let cidr = format!("{addr}/{}", self.underlay.prefix_len());
+        netns::ip(ns, &["addr", "add", &cidr, "dev", UNDERLAY_IF, "nodad"]);
     }
 
     /// Gives namespace `ns` permanent ARP entries for every underlay address of a world of
@@ -799,8 +858,8 @@ impl World {
     /// Permanent entries do not count.
     fn pin_neighbours(&self, ns: &str, hosts: usize) {
         let addrs = (1..=hosts)
-            .map(host_addr)
-            .chain((1..=self.controllers.len()).map(controller_ip))
+            .map(|h| self.underlay.host(h))
+            .chain((1..=self.controllers.len()).map(|k| self.underlay.controller(k)))
             .chain((1..=self.etcd.as_ref().map_or(0, Etcd::members)).map(etcd::member_addr));
         let batch: String = addrs
             .map(|addr| {
@@ -817,7 +876,7 @@ impl World {
     fn add_host(&mut self, host: usize, large: Option<usize>) {
         let ns = self.host_ns(host);
         self.add_ns(&ns);
-        self.plug(&ns, &format!("h{host}"), &host_addr(host));
+        self.plug(&ns, &format!("h{host}"), &self.vtep(host));
         if let Some(hosts) = large {
             self.pin_neighbours(&ns, hosts);
         }

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
 use std::str::FromStr;
 
 use crate::tables::DEFAULT_VNI;
@@ -235,18 +236,34 @@ pub const PROBE_DEVICE: &str = "weft-probe";
 /// The length of the prefix the probe addresses share on the probe device.
 pub const PROBE_PREFIX_LEN: u8 = 96;
 
-/// A host's address on the probe device: a unique local IPv6 prefix of weft's
-/// (`fd77:6566:7400::/96`, "weft" in ASCII) and the host's VTEP in the last 32 bits, so every
-/// agent knows every peer's from the tables, and two VTEPs never share one.
-pub fn probe_addr(vtep: std::net::Ipv4Addr) -> std::net::Ipv6Addr {
-    let [a, b, c, d] = vtep.octets();
-    let [w, e, f, t] = *b"weft";
-    std::net::Ipv6Addr::from([0xfd, w, e, f, t, 0, 0, 0, 0, 0, 0, 0, a, b, c, d])
+/// The four bytes that stand for a host in its probe address, probe MAC and tunnel address:
+/// its VTEP itself when that is IPv4; on an IPv6 underlay a 32-bit FNV-1a hash of the VTEP,
+/// which two peers share with odds of about n²/2³³ (the controller refuses the second of two
+/// that do, naming both).
+pub fn host_tag(vtep: IpAddr) -> [u8; 4] {
+    match vtep {
+        IpAddr::V4(v4) => v4.octets(),
+        IpAddr::V6(v6) => {
+            let hash = v6.octets().iter().fold(0x811c_9dc5_u32, |h, b| {
+                (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+            });
+            hash.to_be_bytes()
+        }
+    }
 }
 
-/// A host's MAC on the probe device: locally administered, unicast, `0e:77` and its VTEP.
-pub fn probe_mac(vtep: std::net::Ipv4Addr) -> Mac {
-    let [a, b, c, d] = vtep.octets();
+/// A host's address on the probe device: a unique local IPv6 prefix of weft's
+/// (`fd77:6566:7400::/96`, "weft" in ASCII) and the host's tag ([`host_tag`]) in the last 32
+/// bits, so every agent knows every peer's from the tables.
+pub fn probe_addr(vtep: IpAddr) -> Ipv6Addr {
+    let [a, b, c, d] = host_tag(vtep);
+    let [w, e, f, t] = *b"weft";
+    Ipv6Addr::from([0xfd, w, e, f, t, 0, 0, 0, 0, 0, 0, 0, a, b, c, d])
+}
+
+/// A host's MAC on the probe device: locally administered, unicast, `0e:77` and its tag.
+pub fn probe_mac(vtep: IpAddr) -> Mac {
+    let [a, b, c, d] = host_tag(vtep);
     Mac([0x0e, 0x77, a, b, c, d])
 }
 
@@ -260,13 +277,13 @@ pub const DEFAULT_WIREGUARD_PORT: u16 = 6787;
 pub const TUNNEL_PREFIX_LEN: u8 = 64;
 
 /// A host's tunnel address: the VTEP of its encrypted networks, on its WireGuard interface.
-/// Link-local (`fe80::7765:6674:` and the VTEP), so every agent knows every peer's from the
-/// tables, and so the kernel takes a packet for it only from that interface: a VXLAN packet
+/// Link-local (`fe80::7765:6674:` and the host's tag), so every agent knows every peer's from
+/// the tables, and so the kernel takes a packet for it only from that interface: a VXLAN packet
 /// sent to it over the underlay is not for this host, and only WireGuard's peers get in.
-pub fn tunnel_addr(vtep: std::net::Ipv4Addr) -> std::net::Ipv6Addr {
-    let [a, b, c, d] = vtep.octets();
+pub fn tunnel_addr(vtep: IpAddr) -> Ipv6Addr {
+    let [a, b, c, d] = host_tag(vtep);
     let [w, e, f, t] = *b"weft";
-    std::net::Ipv6Addr::from([0xfe, 0x80, 0, 0, 0, 0, 0, 0, w, e, f, t, a, b, c, d])
+    Ipv6Addr::from([0xfe, 0x80, 0, 0, 0, 0, 0, 0, w, e, f, t, a, b, c, d])
 }
 
 #[cfg(test)]
@@ -349,6 +366,22 @@ mod tests {
             "unicast and locally administered"
         );
         assert_ne!(probe_addr("198.18.0.3".parse().unwrap()), probe_addr(vtep));
+    }
+
+    #[test]
+    fn ipv6_vteps_on_one_subnet_get_tags_of_their_own() {
+        let tags: std::collections::BTreeSet<[u8; 4]> = (1..=4096u32)
+            .map(|h| host_tag(format!("2001:db8::{h:x}").parse().unwrap()))
+            .collect();
+        assert_eq!(tags.len(), 4096);
+        let vtep: IpAddr = "2001:db8::2".parse().unwrap();
+        let [a, b, c, d] = host_tag(vtep);
+        assert_eq!(
+            tunnel_addr(vtep).segments()[..6],
+            [0xfe80, 0, 0, 0, 0x7765, 0x6674]
+        );
+        assert_eq!(tunnel_addr(vtep).octets()[12..], [a, b, c, d]);
+        assert_eq!(probe_mac(vtep).0[2..], [a, b, c, d]);
     }
 
     #[test]

@@ -200,11 +200,11 @@ pub fn pinned_channel(url: &str, pin: &str) -> Result<Channel, String> {
             "joining needs an https:// controller URL, not {url}"
         ));
     }
-    let host = uri
+    // An IPv6 literal keeps its brackets in a URI and loses them as a server name.
+    let authority_host = uri
         .host()
-        .ok_or_else(|| format!("controller URL {url} has no host"))?
-        .trim_matches(['[', ']'])
-        .to_string();
+        .ok_or_else(|| format!("controller URL {url} has no host"))?;
+    let host = authority_host.trim_matches(['[', ']']).to_string();
     let port = uri.port_u16().unwrap_or(6786);
     let name = ServerName::try_from(host.clone()).map_err(|e| format!("{host}: {e}"))?;
     let provider = Arc::new(ring::default_provider());
@@ -220,8 +220,8 @@ pub fn pinned_channel(url: &str, pin: &str) -> Result<Channel, String> {
     config.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     // The connector does TLS itself: the URI tonic sees is plain http.
-    let endpoint =
-        Endpoint::from_shared(format!("http://{host}:{port}")).map_err(|e| e.to_string())?;
+    let endpoint = Endpoint::from_shared(format!("http://{authority_host}:{port}"))
+        .map_err(|e| e.to_string())?;
     Ok(
         endpoint.connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
             let (connector, name, host) = (connector.clone(), name.clone(), host.clone());

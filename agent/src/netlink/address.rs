@@ -1,6 +1,6 @@
 //! Addresses of links.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use anyhow::{Context, anyhow};
 use futures::TryStreamExt;
@@ -102,12 +102,12 @@ pub async fn del_addresses(
 }
 
 /// The MTU of the link that holds `addr`.
-pub async fn mtu_of_address_holder(handle: &Handle, addr: Ipv4Addr) -> anyhow::Result<u32> {
+pub async fn mtu_of_address_holder(handle: &Handle, addr: IpAddr) -> anyhow::Result<u32> {
     // Read the whole dump: a dump dropped half-way leaves netlink replies with nobody to take them.
     let holders: Vec<AddressMessage> = handle
         .address()
         .get()
-        .set_address_filter(IpAddr::V4(addr))
+        .set_address_filter(addr)
         .execute()
         .try_collect()
         .await

@@ -15,7 +15,7 @@ pub mod path;
 mod socket;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,7 @@ struct Inner {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Connection {
     pub peer: String,
-    pub vtep: Ipv4Addr,
+    pub vtep: IpAddr,
     pub state: State,
     /// Why it failed; empty otherwise.
     pub why: String,
@@ -98,7 +98,7 @@ pub struct Prober {
     tables: Arc<TablesCopy>,
     connections: Arc<Connections>,
     /// This host's VTEP, and the network MTU (the full-size probe).
-    local: Ipv4Addr,
+    local: IpAddr,
     full: u32,
     interval: Duration,
     /// The echo identifier of this agent's probes.

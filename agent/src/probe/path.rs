@@ -8,7 +8,7 @@
 //! interval shrinks about sevenfold a round.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// The small probe's size: an IPv6 packet of 64 bytes (40 of header, 24 of ICMPv6).
@@ -52,7 +52,7 @@ pub enum Change {
 /// The data path to one peer.
 #[derive(Debug, Clone)]
 pub struct Path {
-    pub vtep: Ipv4Addr,
+    pub vtep: IpAddr,
     pub state: State,
     /// When `state` began.
     pub since: Instant,
@@ -72,7 +72,7 @@ pub struct Path {
 }
 
 impl Path {
-    pub fn new(vtep: Ipv4Addr, now: Instant) -> Path {
+    pub fn new(vtep: IpAddr, now: Instant) -> Path {
         Path {
             vtep,
             state: State::Pending,

@@ -15,7 +15,7 @@ pub mod keys;
 mod uapi;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -108,7 +108,7 @@ pub struct Wireguard {
 impl Wireguard {
     /// This host's WireGuard with the key pair kept in `state_dir` (made on first use), on UDP
     /// `port`, with the tunnel address of `vtep`.
-    pub fn new(state_dir: &Path, port: u16, vtep: Ipv4Addr) -> anyhow::Result<Wireguard> {
+    pub fn new(state_dir: &Path, port: u16, vtep: IpAddr) -> anyhow::Result<Wireguard> {
         Ok(Wireguard {
             keys: KeyPair::load_or_create(state_dir)?,
             port,

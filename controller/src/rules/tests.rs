@@ -242,7 +242,71 @@ fn peers_register_once_and_bad_addresses_are_refused() {
         t.register_peer(peer("host1", "nope"))
             .unwrap_err()
             .to_string(),
-        "peer host1: advertise address \"nope\" is not an IPv4 address"
+        "peer host1: \"nope\" is not an IP address"
+    );
+}
+
+#[test]
+fn an_ipv6_underlay_is_taken_but_not_mixed_with_ipv4() {
+    let mut t = Tables::default();
+    for (name, addr) in [("host1", "2001:db8::1"), ("host2", "2001:db8::2")] {
+        let changes = t.register_peer(peer(name, addr)).unwrap();
+        apply_all(&mut t, changes);
+    }
+    assert_eq!(
+        t.register_peer(peer("host3", "198.18.0.3"))
+            .unwrap_err()
+            .to_string(),
+        "peer host3: advertise address 198.18.0.3: the underlay is IPv6 (peer host1 advertises \
+         2001:db8::1): weft does not mix IPv4 and IPv6 underlays in one cluster"
+    );
+    assert_eq!(
+        t.register_peer(peer("host3", "::ffff:198.18.0.3"))
+            .unwrap_err()
+            .to_string(),
+        "peer host3: advertise address ::ffff:198.18.0.3: an IPv4-mapped IPv6 address; give the \
+         IPv4 address"
+    );
+    for addr in ["fe80::3", "ff02::1", "::"] {
+        assert_eq!(
+            t.register_peer(peer("host3", addr))
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "peer host3: advertise address {addr}: not a unicast address other hosts can \
+                 send to"
+            )
+        );
+    }
+    // The only peer may move to the other family: nothing is mixed then.
+    let mut alone = Tables::default();
+    for addr in ["198.18.0.1", "2001:db8::1"] {
+        let changes = alone.register_peer(peer("host1", addr)).unwrap();
+        apply_all(&mut alone, changes);
+    }
+    assert_eq!(alone.peers["host1"].addr.to_string(), "2001:db8::1");
+}
+
+#[test]
+fn a_vtep_whose_tag_another_has_is_refused_naming_it() {
+    // Two addresses of one /64 whose tags collide, found by a search over random ones.
+    let (first, second) = (
+        "2001:db8::211e:f128:f934:cb05",
+        "2001:db8::f11:8a20:42b5:bdd7",
+    );
+    let tag = |ip: &str| weft_proto::names::host_tag(ip.parse().unwrap());
+    assert_eq!(tag(first), tag(second));
+    let mut t = Tables::default();
+    let changes = t.register_peer(peer("host1", first)).unwrap();
+    apply_all(&mut t, changes);
+    assert_eq!(
+        t.register_peer(peer("host2", second))
+            .unwrap_err()
+            .to_string(),
+        format!(
+            "peer host2: advertise address {second}: its probe and tunnel addresses would be \
+             those of peer host1 ({first}); advertise another address"
+        )
     );
 }
 
