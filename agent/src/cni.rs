@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use tonic::Code;
 use tracing::warn;
 use weft_proto::dns_name;
@@ -61,22 +61,33 @@ fn addrs_for(network: &NetworkRow, ips: &[String]) -> Result<Vec<String>, Endpoi
     }
     ips.iter()
         .map(|given| {
-            let cidr = match given.parse::<IpAddr>() {
-                Ok(ip) => IpNetwork::new(ip, network.subnet.prefix()).ok(),
-                Err(_) => given.parse::<IpNetwork>().ok(),
-            }
-            .ok_or_else(|| {
+            let not_ip = || {
                 EndpointError::Invalid(format!("\"{given}\" is not an IP address (IP or IP/LEN)"))
-            })?;
-            let inside = cidr.prefix() == network.subnet.prefix()
-                && network.subnet.contains(cidr.ip())
-                && cidr.ip() != network.subnet.network();
-            if !inside {
+            };
+            let ip = match given.split_once('/') {
+                Some((ip, _)) => ip.parse::<IpAddr>(),
+                None => given.parse::<IpAddr>(),
+            }
+            .map_err(|_| not_ip())?;
+            // The network's subnet of the address's family gives a bare IP its prefix.
+            let subnet = network.subnet_of(ip);
+            let cidr = match (given.contains('/'), subnet) {
+                (true, _) => given.parse::<IpNetwork>().ok(),
+                (false, Some(subnet)) => IpNetwork::new(ip, subnet.prefix()).ok(),
+                (false, None) => None,
+            };
+            let inside = cidr.zip(subnet).filter(|(cidr, subnet)| {
+                cidr.prefix() == subnet.prefix()
+                    && subnet.contains(cidr.ip())
+                    && cidr.ip() != subnet.network()
+            });
+            let Some((cidr, _)) = inside else {
                 return Err(EndpointError::Invalid(format!(
                     "{given} is not an address of network {} ({})",
-                    network.name, network.subnet
+                    network.name,
+                    network.subnets_text()
                 )));
-            }
+            };
             Ok(cidr.to_string())
         })
         .collect()
@@ -223,10 +234,14 @@ impl Agent {
             .and_then(|l| l.mac)
             .map(|m| m.to_string())
             .unwrap_or_default();
-        let mut routes = vec![CniRoute {
-            dst: network.subnet.to_string(),
-            gw: String::new(),
-        }];
+        let mut routes: Vec<CniRoute> = network
+            .subnets
+            .iter()
+            .map(|subnet| CniRoute {
+                dst: subnet.to_string(),
+                gw: String::new(),
+            })
+            .collect();
         if let Some(gw) = gateway {
             routes.push(CniRoute {
                 dst: "0.0.0.0/0".into(),
@@ -296,15 +311,15 @@ impl Agent {
             let link = netlink::link_by_name(&handle, &name)
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("{name} is gone from the container"))?;
-            let addresses = netlink::ipv4_addresses(&handle, &link).await?;
+            let addresses = netlink::addresses(&handle, &link).await?;
             let routes = netlink::ipv4_routes(&handle, &link).await?;
             Ok((addresses, routes))
         })
         .await
         .map_err(EndpointError::Kernel)?;
         for cidr in &req.cidrs {
-            let want: Ipv4Network = cidr.parse().map_err(|_| {
-                EndpointError::Invalid(format!("prevResult address \"{cidr}\" is no IPv4 CIDR"))
+            let want: IpNetwork = cidr.parse().map_err(|_| {
+                EndpointError::Invalid(format!("prevResult address \"{cidr}\" is no CIDR"))
             })?;
             if !addresses.contains(&want) {
                 return Err(missing(format!("{ifname} does not hold {want}")));
@@ -383,7 +398,7 @@ mod tests {
     fn blue() -> NetworkRow {
         NetworkRow {
             name: "blue".into(),
-            subnet: "10.9.0.0/24".parse().unwrap(),
+            subnets: vec!["10.9.0.0/24".parse().unwrap()],
             vni: 7,
             encrypted: false,
         }

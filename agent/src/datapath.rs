@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt, stream};
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
 use tracing::{info, warn};
 use weft_proto::names::{
@@ -422,19 +422,16 @@ impl Datapath {
         remove_all(&self.handle, self.port).await
     }
 
-    /// Gives the bridge the host's exposed MAC and exactly the exposed IPv4 addresses.
+    /// Gives the bridge the host's exposed MAC and exactly the exposed addresses.
     async fn settle_exposed(&self, bridge: &Link, exposed: Option<&Exposed>) -> anyhow::Result<()> {
-        let held = netlink::ipv4_addresses(&self.handle, bridge).await?;
-        let wanted: BTreeSet<Ipv4Network> = exposed.map(|e| e.cidrs.clone()).unwrap_or_default();
+        let held = netlink::addresses(&self.handle, bridge).await?;
+        let wanted: BTreeSet<IpNetwork> = exposed.map(|e| e.cidrs.clone()).unwrap_or_default();
         let (add, remove) = diff(&held, &wanted);
         if let Some(e) = exposed.filter(|e| bridge.mac != Some(e.mac)) {
             netlink::set_mac(&self.handle, bridge, e.mac).await?;
         }
-        let family = |cidrs: Vec<Ipv4Network>| -> Vec<IpNetwork> {
-            cidrs.into_iter().map(IpNetwork::V4).collect()
-        };
-        netlink::del_addresses(&self.handle, bridge, &family(remove)).await?;
-        netlink::add_addresses(&self.handle, bridge, &family(add)).await
+        netlink::del_addresses(&self.handle, bridge, &remove).await?;
+        netlink::add_addresses(&self.handle, bridge, &add).await
     }
 
     /// Removes veths no endpoint calls for: left by an agent that died after the controller
@@ -556,6 +553,7 @@ impl Datapath {
             let guest = netlink::link_by_name(&handle, &guest_name)
                 .await?
                 .with_context(|| format!("{guest_name} did not arrive in the container"))?;
+            netns::quiet_ipv6(&guest_name)?;
             netlink::configure_container_if(&handle, &guest, &inside, &cidrs).await?;
             netlink::wait_running(&handle, &inside, RUNNING_WAIT).await
         });

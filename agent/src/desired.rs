@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use weft_proto::names::{EXPOSE_ID, Mac, probe_addr, probe_mac, tunnel_addr};
-use weft_proto::rows::{self, EndpointRow, NetworkRow, PeerRow};
+use weft_proto::rows::{EndpointRow, NetworkRow, PeerRow};
 use weft_proto::tables::{DEFAULT_NETWORK, Tables};
 use weft_proto::wireguard::WgKey;
 
@@ -82,7 +82,7 @@ impl NetworkState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exposed {
     pub mac: Mac,
-    pub cidrs: BTreeSet<Ipv4Network>,
+    pub cidrs: BTreeSet<IpNetwork>,
 }
 
 impl Exposed {
@@ -90,7 +90,7 @@ impl Exposed {
     pub fn of(ep: &EndpointRow) -> Exposed {
         Exposed {
             mac: ep.mac,
-            cidrs: ep.cidrs.iter().copied().filter_map(rows::ipv4).collect(),
+            cidrs: ep.cidrs.iter().copied().collect(),
         }
     }
 }
@@ -127,11 +127,9 @@ pub fn host_networks(tables: &Tables, me: &str) -> BTreeMap<u32, NetworkState> {
             mac: Mac::ZERO,
             dst,
         });
-        for net in ep.cidrs.iter().copied().filter_map(rows::ipv4) {
-            state.neighbours.insert(Neighbour {
-                ip: net.ip().into(),
-                mac,
-            });
+        // Answered on this host by the VXLAN device's proxy: ARP and neighbour discovery.
+        for net in &ep.cidrs {
+            state.neighbours.insert(Neighbour { ip: net.ip(), mac });
         }
     }
     tables
@@ -224,7 +222,7 @@ mod tests {
     fn network(name: &str, subnet: &str, vni: u32) -> NetworkRow {
         NetworkRow {
             name: name.into(),
-            subnet: subnet.parse().unwrap(),
+            subnets: vec![subnet.parse().unwrap()],
             vni,
             encrypted: false,
         }
@@ -355,7 +353,8 @@ mod tests {
         );
         t.networks.get_mut(DEFAULT_NETWORK).unwrap().encrypted = true;
         let key = WgKey([7; 32]);
-        t.peers.get_mut("host2").unwrap().wireguard = Some(rows::WgPeer { key, port: 6787 });
+        t.peers.get_mut("host2").unwrap().wireguard =
+            Some(weft_proto::rows::WgPeer { key, port: 6787 });
         let networks = host_networks(&t, "host1");
         let tunnel2 = tunnel_addr("198.18.0.2".parse().unwrap());
         assert_eq!(tunnel2.to_string(), "fe80::7765:6674:c612:2");

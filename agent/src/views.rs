@@ -5,19 +5,24 @@
 use std::collections::{BTreeMap, HashMap};
 
 use weft_proto::names::EXPOSE_ID;
-use weft_proto::rows::{self, EndpointRow};
+use weft_proto::rows::{self, EndpointRow, NetworkRow};
 use weft_proto::subnet::pool_size;
 use weft_proto::tables::{DEFAULT_NETWORK, Tables};
-use weft_proto::v1::{IpamStatusResponse, NetworkInfo, PeerIpam, PsEntry, StatusResponse};
+use weft_proto::v1::{
+    IpamStatusResponse, NetworkInfo, PeerIpam, PsEntry, StatusResponse, SubnetUse,
+};
 
 /// Each network with its endpoint count, pool size and addresses in use, in VNI order (so the
 /// default network comes first).
 pub fn network_infos(t: &Tables) -> Vec<NetworkInfo> {
-    let mut counts: HashMap<&str, (u32, u64)> = HashMap::new();
+    // Per network: endpoints, and addresses held of each family (IPv4, IPv6).
+    let mut counts: HashMap<&str, (u32, [u64; 2])> = HashMap::new();
     for ep in t.endpoints.values() {
         let c = counts.entry(ep.id.network.as_str()).or_default();
         c.0 += 1;
-        c.1 += ep.cidrs.len() as u64;
+        for cidr in &ep.cidrs {
+            c.1[usize::from(cidr.is_ipv6())] += 1;
+        }
     }
     let mut nets: Vec<_> = t.networks.values().collect();
     nets.sort_by_key(|net| net.vni);
@@ -27,8 +32,14 @@ pub fn network_infos(t: &Tables) -> Vec<NetworkInfo> {
             NetworkInfo {
                 network: Some(net.wire()),
                 endpoints,
-                pool: rows::ipv4(net.subnet).map(pool_size).unwrap_or_default(),
-                used,
+                subnets: net
+                    .subnets
+                    .iter()
+                    .map(|s| SubnetUse {
+                        subnet: s.to_string(),
+                        used: used[usize::from(s.is_ipv6())],
+                    })
+                    .collect(),
             }
         })
         .collect()
@@ -85,7 +96,7 @@ pub fn ipam_status(t: &Tables) -> IpamStatusResponse {
         range: t
             .networks
             .get(DEFAULT_NETWORK)
-            .map(|n| n.subnet.to_string())
+            .map(NetworkRow::subnets_text)
             .unwrap_or_default(),
         networks: network_infos(t),
         peers: peer_usage(t),
@@ -104,10 +115,14 @@ pub fn tables_status(t: &Tables, me: &str, status: &mut StatusResponse) {
             .as_ref()
             .is_some_and(|n| n.name == DEFAULT_NETWORK)
     });
-    if let Some(default) = default {
-        status.ipam_range = default.network.map(|n| n.subnet).unwrap_or_default();
-        status.ipam_used = default.used;
-        status.ipam_free = default.pool.saturating_sub(default.used);
+    // The figures of the default network's first subnet (its IPv4 one).
+    let first = default.and_then(|d| d.subnets.into_iter().next());
+    if let Some(first) = first {
+        let pool = first.subnet.parse().map(pool_size).unwrap_or_default();
+        status.ipam_range = first.subnet;
+        status.ipam_used = first.used;
+        status.ipam_free =
+            u64::try_from(pool.saturating_sub(first.used.into())).unwrap_or(u64::MAX);
     }
 }
 
@@ -127,7 +142,7 @@ mod tests {
                 name.into(),
                 NetworkRow {
                     name: name.into(),
-                    subnet: subnet.parse().unwrap(),
+                    subnets: vec![subnet.parse().unwrap()],
                     vni,
                     encrypted: false,
                 },
@@ -180,12 +195,18 @@ mod tests {
                 (
                     i.network.as_ref().unwrap().name.as_str(),
                     i.endpoints,
-                    i.pool,
-                    i.used,
+                    i.subnets[0].subnet.as_str(),
+                    i.subnets[0].used,
                 )
             })
             .collect();
-        assert_eq!(summary, [("default", 2, 1_048_573, 3), ("blue", 1, 253, 1)]);
+        assert_eq!(
+            summary,
+            [
+                ("default", 2, "10.32.0.0/12", 3),
+                ("blue", 1, "10.9.0.0/24", 1)
+            ]
+        );
         let peers: Vec<_> = ipam
             .peers
             .into_iter()

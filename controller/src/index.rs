@@ -5,14 +5,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use weft_proto::names::Mac;
-use weft_proto::rows::{self, EndpointRow, NetworkRow, RowChange};
+use weft_proto::rows::{EndpointRow, NetworkRow, RowChange};
 use weft_proto::tables::{EndpointId, Tables};
 
 use crate::ipam::Pool;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Index {
-    pub pools: BTreeMap<String, Pool>,
+    /// Per network, a pool for each of its subnets, in their order.
+    pub pools: BTreeMap<String, Vec<Pool>>,
     pub macs: HashSet<Mac>,
     /// Per peer.
     pub host_ifnames: HashMap<String, HashSet<String>>,
@@ -60,20 +61,23 @@ impl Index {
         }
     }
 
-    /// A pool for the network's subnet; the IPAM has pools of IPv4 subnets only.
+    /// A pool for each of the network's subnets.
     fn add_network(&mut self, net: &NetworkRow) {
-        if let Some(subnet) = rows::ipv4(net.subnet) {
-            self.pools
-                .entry(net.name.clone())
-                .or_insert_with(|| Pool::new(&net.name, subnet));
-        }
+        self.pools.entry(net.name.clone()).or_insert_with(|| {
+            net.subnets
+                .iter()
+                .map(|subnet| Pool::new(&net.name, *subnet))
+                .collect()
+        });
     }
 
     fn add_endpoint(&mut self, ep: &EndpointRow) {
         let id = &ep.id;
-        if let Some(pool) = self.pools.get_mut(&id.network) {
-            for ip in ep.cidrs.iter().copied().filter_map(rows::ipv4) {
-                pool.note_held(ip.ip(), (id.container.clone(), id.peer.clone()));
+        if let Some(pools) = self.pools.get_mut(&id.network) {
+            for ip in ep.cidrs.iter().map(|c| c.ip()) {
+                if let Some(pool) = pools.iter_mut().find(|p| p.subnet.contains(ip)) {
+                    pool.note_held(ip, (id.container.clone(), id.peer.clone()));
+                }
             }
         }
         self.macs.insert(ep.mac);
@@ -92,9 +96,11 @@ impl Index {
 
     fn remove_endpoint(&mut self, ep: &EndpointRow) {
         let id = &ep.id;
-        if let Some(pool) = self.pools.get_mut(&id.network) {
-            for ip in ep.cidrs.iter().copied().filter_map(rows::ipv4) {
-                pool.release(ip.ip());
+        if let Some(pools) = self.pools.get_mut(&id.network) {
+            for ip in ep.cidrs.iter().map(|c| c.ip()) {
+                if let Some(pool) = pools.iter_mut().find(|p| p.subnet.contains(ip)) {
+                    pool.release(ip);
+                }
             }
         }
         self.macs.remove(&ep.mac);
@@ -179,7 +185,7 @@ mod tests {
             tables.apply(change.clone());
             assert_eq!(index, Index::build(&tables), "after {change:?}");
         }
-        assert_eq!(index.pools["blue"].used(), 1);
+        assert_eq!(index.pools["blue"][0].used(), 1);
         let mac = |s: &str| s.parse::<Mac>().unwrap();
         assert!(
             index.macs.contains(&mac("02:00:00:00:00:01"))

@@ -1,41 +1,44 @@
-//! IP address management within one network: which addresses are held, claiming a given one,
-//! and allocating the lowest free one. The tables are the only record of what is held, so an
-//! address is free exactly when no endpoint lists it.
+//! IP address management within one subnet of a network: which addresses are held, claiming a
+//! given one, and allocating the lowest free one. The tables are the only record of what is
+//! held, so an address is free exactly when no endpoint lists it. IPv4 and IPv6 alike: the free
+//! addresses are ranges of 128-bit numbers, so a pool of 2^64 costs what one of 2^8 does.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use weft_proto::names::{EXPOSE_ID, short_container_id};
-use weft_proto::subnet::{gateway, pool_bounds, pool_size, reserved_reason};
+use weft_proto::subnet::{
+    address, count_text, gateway, number, pool_bounds, pool_size, reserved_reason,
+};
 
 /// Who holds an address: (container id, peer).
 pub type Holder = (String, String);
 
 /// Addresses a request has taken so far, before any of it is recorded.
-pub type Taken = BTreeMap<Ipv4Addr, Holder>;
+pub type Taken = BTreeMap<IpAddr, Holder>;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IpamError {
     #[error("address {ip} is outside network {network} ({subnet})")]
     Outside {
-        ip: Ipv4Addr,
+        ip: IpAddr,
         network: String,
-        subnet: Ipv4Network,
+        subnet: IpNetwork,
     },
     #[error("address {ip} {reason} of {subnet}")]
     Reserved {
-        ip: Ipv4Addr,
+        ip: IpAddr,
         reason: &'static str,
-        subnet: Ipv4Network,
+        subnet: IpNetwork,
     },
     #[error("address {ip} already in use by {} on {}", short_container_id(&.holder.0), .holder.1)]
-    InUse { ip: Ipv4Addr, holder: Holder },
-    #[error("network {network} ({subnet}) has no free address: all {pool} are in use")]
+    InUse { ip: IpAddr, holder: Holder },
+    #[error("network {network} ({subnet}) has no free address: all {} are in use", count_text(*.pool))]
     Exhausted {
         network: String,
-        subnet: Ipv4Network,
-        pool: u64,
+        subnet: IpNetwork,
+        pool: u128,
     },
 }
 
@@ -43,15 +46,15 @@ pub enum IpamError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pool {
     pub network: String,
-    pub subnet: Ipv4Network,
-    held: BTreeMap<Ipv4Addr, Holder>,
+    pub subnet: IpNetwork,
+    held: BTreeMap<IpAddr, Holder>,
     /// The addresses containers can have that nobody holds, as disjoint ranges (first → last,
     /// inclusive), so that the lowest free one is found without walking every held address.
-    free: BTreeMap<u32, u32>,
+    free: BTreeMap<u128, u128>,
 }
 
 impl Pool {
-    pub fn new(network: &str, subnet: Ipv4Network) -> Pool {
+    pub fn new(network: &str, subnet: IpNetwork) -> Pool {
         let (first, last) = pool_bounds(subnet);
         Pool {
             network: network.to_string(),
@@ -66,9 +69,9 @@ impl Pool {
 
     /// Records an address as held, as the tables say it is (no checks: they were made when it
     /// was claimed).
-    pub fn note_held(&mut self, ip: Ipv4Addr, holder: Holder) {
+    pub fn note_held(&mut self, ip: IpAddr, holder: Holder) {
         self.held.insert(ip, holder);
-        let ip = u32::from(ip);
+        let ip = number(ip);
         let Some((&start, &end)) = self.free.range(..=ip).next_back() else {
             return;
         };
@@ -89,22 +92,22 @@ impl Pool {
     }
 
     /// How many addresses containers can still have: the free ranges' sizes, not a walk.
-    pub fn free(&self) -> u64 {
+    pub fn free(&self) -> u128 {
         self.free
             .iter()
-            .map(|(&first, &last)| u64::from(last - first) + 1)
+            .map(|(&first, &last)| last - first + 1)
             .sum()
     }
 
     /// Who holds `ip`, counting what the request under way has `taken`.
-    fn holder_with<'a>(&'a self, ip: Ipv4Addr, taken: &'a Taken) -> Option<&'a Holder> {
+    fn holder_with<'a>(&'a self, ip: IpAddr, taken: &'a Taken) -> Option<&'a Holder> {
         taken.get(&ip).or_else(|| self.held.get(&ip))
     }
 
     /// Checks that `holder` may have `ip`; true if it does not hold it yet. An address the same
     /// holder already has is fine (so a retried attach is harmless). The gateway address is a
     /// host's only. Changes nothing: the caller adds the address to `taken`.
-    pub fn claim(&self, ip: Ipv4Addr, holder: &Holder, taken: &Taken) -> Result<bool, IpamError> {
+    pub fn claim(&self, ip: IpAddr, holder: &Holder, taken: &Taken) -> Result<bool, IpamError> {
         if !self.subnet.contains(ip) {
             return Err(IpamError::Outside {
                 ip,
@@ -132,7 +135,7 @@ impl Pool {
 
     /// The lowest free address, not counting what the request under way has `taken`; a host
     /// exposing itself gets the gateway address while it is free. Changes nothing.
-    pub fn allocate(&self, holder: &Holder, taken: &Taken) -> Result<Ipv4Addr, IpamError> {
+    pub fn allocate(&self, holder: &Holder, taken: &Taken) -> Result<IpAddr, IpamError> {
         let gw = gateway(self.subnet);
         if holder.0 == EXPOSE_ID && self.holder_with(gw, taken).is_none() {
             return Ok(gw);
@@ -142,7 +145,7 @@ impl Pool {
             .free
             .iter()
             .flat_map(|(&start, &end)| start..=end)
-            .map(Ipv4Addr::from)
+            .map(|n| address(self.subnet, n))
             .find(|ip| !taken.contains_key(ip));
         if let Some(ip) = lowest {
             return Ok(ip);
@@ -154,11 +157,11 @@ impl Pool {
         })
     }
 
-    pub fn release(&mut self, ip: Ipv4Addr) {
+    pub fn release(&mut self, ip: IpAddr) {
         if self.held.remove(&ip).is_none() {
             return;
         }
-        let ip = u32::from(ip);
+        let ip = number(ip);
         let (first, last) = pool_bounds(self.subnet);
         if !(first..=last).contains(&ip) {
             return;
@@ -194,14 +197,14 @@ mod tests {
     }
 
     /// Claims and records, as a request that claims one address does.
-    fn take(p: &mut Pool, ip: Ipv4Addr, h: &Holder) -> Result<(), IpamError> {
+    fn take(p: &mut Pool, ip: IpAddr, h: &Holder) -> Result<(), IpamError> {
         p.claim(ip, h, &Taken::new())?;
         p.note_held(ip, h.clone());
         Ok(())
     }
 
     /// Allocates and records, as a request that allocates one address does.
-    fn alloc(p: &mut Pool, h: &Holder) -> Result<Ipv4Addr, IpamError> {
+    fn alloc(p: &mut Pool, h: &Holder) -> Result<IpAddr, IpamError> {
         let ip = p.allocate(h, &Taken::new())?;
         p.note_held(ip, h.clone());
         Ok(ip)
@@ -228,7 +231,7 @@ mod tests {
     #[test]
     fn claims_are_checked_and_name_the_problem() {
         let mut p = pool("192.168.0.0/24");
-        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(take(&mut p, ip("192.168.0.2"), &holder(1)), Ok(()));
         assert_eq!(
             take(&mut p, ip("192.168.0.2"), &holder(1)),
@@ -271,7 +274,7 @@ mod tests {
     fn the_gateway_address_goes_to_the_first_host_that_exposes_itself() {
         let mut p = pool("192.168.0.0/24");
         let host = |peer: &str| (EXPOSE_ID.to_string(), peer.to_string());
-        let gw: Ipv4Addr = "192.168.0.1".parse().unwrap();
+        let gw: IpAddr = "192.168.0.1".parse().unwrap();
         assert_eq!(alloc(&mut p, &host("host1")), Ok(gw));
         assert_eq!(
             alloc(&mut p, &host("host2")).unwrap().to_string(),
@@ -319,26 +322,40 @@ mod tests {
         ]
     }
 
+    /// Address `last` (32 to 63) of the model's subnet: 10.1.0.32/27, or fd00:1::20/123.
+    fn model_addr(v6: bool, last: u8) -> IpAddr {
+        match v6 {
+            false => std::net::Ipv4Addr::new(10, 1, 0, last).into(),
+            true => std::net::Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, last.into()).into(),
+        }
+    }
+
     proptest! {
-        /// Random allocate/claim/release sequences on a /27 (29 addresses): no address is ever
-        /// held twice, nothing reserved is handed out, released addresses are reusable, and
-        /// exhaustion is reported exactly when the pool is full. The oracle is written out by
-        /// hand, not taken from the subnet rules the pool uses.
+        /// Random allocate/claim/release sequences on an IPv4 /27 (29 addresses) or an IPv6
+        /// /123 (30: no broadcast): no address is ever held twice, nothing reserved is handed
+        /// out, released addresses are reusable, and exhaustion is reported exactly when the
+        /// pool is full. The oracle is written out by hand, not taken from the subnet rules the
+        /// pool uses.
         #[test]
-        fn never_twice_and_exhausted_exactly_at_pool_size(ops in prop::collection::vec(op(), 1..300)) {
-            let subnet: Ipv4Network = "10.1.0.32/27".parse().unwrap();
+        fn never_twice_and_exhausted_exactly_at_pool_size(
+            v6 in any::<bool>(),
+            ops in prop::collection::vec(op(), 1..300),
+        ) {
+            let subnet: IpNetwork = if v6 { "fd00:1::20/123" } else { "10.1.0.32/27" }.parse().unwrap();
             let mut p = Pool::new("net", subnet);
-            // 10.1.0.32 is the network, .33 the gateway, .63 the broadcast address.
-            let usable = |ip: Ipv4Addr| ip.octets()[..3] == [10, 1, 0] && (34..=62).contains(&ip.octets()[3]);
-            let pool = 29;
+            // The network address is .32 (::20), the gateway .33 (::21); IPv4's .63 is the
+            // broadcast address, IPv6's ::3f a container's.
+            let top = if v6 { 63 } else { 62 };
+            let usable = |ip: IpAddr| (34..=top).any(|last| model_addr(v6, last) == ip);
+            let pool = usize::from(top) - 33;
             // The model: which holder has which addresses.
-            let mut model: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+            let mut model: BTreeMap<IpAddr, usize> = BTreeMap::new();
             for op in ops {
                 match op {
                     Op::Allocate(h) => match alloc(&mut p, &holder(h)) {
                         Ok(ip) => {
                             prop_assert!(!model.contains_key(&ip), "{ip} handed out twice");
-                            let lowest = (34..=62).map(|d| Ipv4Addr::new(10, 1, 0, d)).find(|a| !model.contains_key(a));
+                            let lowest = (34..=top).map(|d| model_addr(v6, d)).find(|a| !model.contains_key(a));
                             prop_assert_eq!(Some(ip), lowest, "not the lowest free address");
                             prop_assert!(usable(ip), "{ip} is not to be handed out");
                             model.insert(ip, h);
@@ -350,7 +367,7 @@ mod tests {
                         Err(e) => prop_assert!(false, "unexpected {e}"),
                     },
                     Op::Claim(h, last) => {
-                        let ip = Ipv4Addr::new(10, 1, 0, last);
+                        let ip = model_addr(v6, last);
                         let result = take(&mut p, ip, &holder(h));
                         let expect_ok = usable(ip) && model.get(&ip).is_none_or(|held| *held == h);
                         prop_assert_eq!(result.is_ok(), expect_ok, "claim {} by {}: {:?}", ip, h, result);
@@ -359,7 +376,7 @@ mod tests {
                         }
                     }
                     Op::Release(h) => {
-                        let mine: Vec<Ipv4Addr> = model.iter().filter(|(_, held)| **held == h).map(|(ip, _)| *ip).collect();
+                        let mine: Vec<IpAddr> = model.iter().filter(|(_, held)| **held == h).map(|(ip, _)| *ip).collect();
                         for ip in mine {
                             p.release(ip);
                             model.remove(&ip);
@@ -376,6 +393,28 @@ mod tests {
                 prop_assert!(alloc(&mut p, &holder(n)).is_ok());
             }
             prop_assert!(alloc(&mut p, &holder(0)).is_err());
+        }
+
+        /// An IPv6 pool of any size, /48 to /120, costs what its holes cost: after any
+        /// allocations and releases it keeps at most one free range per released address plus
+        /// one, and counts its free addresses exactly, never walking them.
+        #[test]
+        fn an_ipv6_pool_grows_with_its_holes_not_its_size(
+            prefix in 48u8..=120,
+            allocated in 1usize..60,
+            released in prop::collection::btree_set(0usize..60, 0..20),
+        ) {
+            let subnet = IpNetwork::new("2001:db8:7::".parse().unwrap(), prefix).unwrap();
+            let mut p = Pool::new("net", subnet);
+            let ips: Vec<IpAddr> = (0..allocated).map(|n| alloc(&mut p, &holder(n)).unwrap()).collect();
+            let mut holes = 0;
+            for n in released.iter().filter(|n| **n < allocated) {
+                p.release(ips[*n]);
+                holes += 1;
+            }
+            prop_assert!(p.free.len() <= holes + 1, "{} free ranges for {holes} holes", p.free.len());
+            prop_assert_eq!(p.free(), pool_size(subnet) - (allocated - holes) as u128);
+            prop_assert_eq!(p.used(), allocated - holes);
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tracing::{info, warn};
@@ -86,6 +86,11 @@ struct Args {
     /// Subnet of the default network (net:default).
     #[arg(long, default_value = "10.32.0.0/12", value_parser = parse_range)]
     ipalloc_range: Ipv4Network,
+    /// IPv6 subnet of the default network, which makes it dual stack (net:default then gives
+    /// one address of each family) [default: none, IPv4 only]. Fixed when the store first makes
+    /// the network, as --ipalloc-range is.
+    #[arg(long, value_name = "CIDR", value_parser = parse_range6)]
+    ipalloc_range6: Option<Ipv6Network>,
     /// Encrypt the default network: its frames cross between hosts only inside WireGuard. Fixed
     /// when the store first makes the network; a controller of that store must say the same.
     #[arg(long)]
@@ -222,15 +227,17 @@ fn etcd_tls(args: &Args) -> anyhow::Result<Option<EtcdTls>> {
 }
 
 fn parse_range(s: &str) -> Result<Ipv4Network, String> {
-    let net: Ipv4Network = s.parse().map_err(|e| format!("not a CIDR: {e}"))?;
-    if net.ip() != net.network() {
-        return Err(format!(
-            "host bits set; the subnet is {}/{}",
-            net.network(),
-            net.prefix()
-        ));
+    match weft_proto::addr::parse_subnet(s, s).map_err(|e| e.reason)? {
+        IpNetwork::V4(net) => Ok(net),
+        IpNetwork::V6(_) => Err("an IPv6 subnet: give it as --ipalloc-range6".into()),
     }
-    Ok(net)
+}
+
+fn parse_range6(s: &str) -> Result<Ipv6Network, String> {
+    match weft_proto::addr::parse_subnet(s, s).map_err(|e| e.reason)? {
+        IpNetwork::V6(net) => Ok(net),
+        IpNetwork::V4(_) => Err("an IPv4 subnet: give it as --ipalloc-range".into()),
+    }
 }
 
 /// Raises the open-file limit as far as allowed. Each agent holds two connections, and the
@@ -401,9 +408,10 @@ async fn run(args: Args, location: Location) -> anyhow::Result<()> {
         args.listen.to_string()
     };
     service.announce(etcd.clone(), address, host);
-    let (range, encrypted) = (args.ipalloc_range, args.encrypt_default);
+    let (range, range6) = (args.ipalloc_range, args.ipalloc_range6);
+    let encrypted = args.encrypt_default;
     service
-        .mutate(move |t| Ok(((), t.ensure_default_network(range, encrypted)?)))
+        .mutate(move |t| Ok(((), t.ensure_default_network(range, range6, encrypted)?)))
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
 

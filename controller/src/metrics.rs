@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::LazyLock;
+use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,8 @@ use weft_process::metrics::seconds_histogram as seconds;
 
 use crate::service::ControllerService;
 
-type Network = [(&'static str, String); 1];
+/// A network's subnet: a dual-stack network has two.
+type Subnet = [(&'static str, String); 2];
 type Rpc = [(&'static str, String); 2];
 type Method = [(&'static str, String); 1];
 
@@ -38,8 +40,9 @@ pub struct Metrics {
     agents: Gauge,
     watch_backlog: Gauge,
     fell_behind: Counter,
-    addresses_used: Family<Network, Gauge>,
-    addresses_free: Family<Network, Gauge>,
+    addresses_used: Family<Subnet, Gauge>,
+    /// A float: an IPv6 pool holds 2^64 and more.
+    addresses_free: Family<Subnet, Gauge<f64, AtomicU64>>,
 }
 
 /// What the controller holds, as a scrape shows it.
@@ -50,8 +53,8 @@ pub struct Held {
     pub history: usize,
     /// Peers with a watch stream open.
     pub agents: usize,
-    /// Per network: addresses held, addresses left.
-    pub pools: Vec<(String, u64, u64)>,
+    /// Per network and subnet: addresses held, addresses left.
+    pub pools: Vec<(String, String, u64, u128)>,
 }
 
 /// One controller per process: its metrics are the process's.
@@ -142,12 +145,12 @@ impl Metrics {
         );
         registry.register(
             "ipam_used_addresses",
-            "Addresses held in each network",
+            "Addresses held in each subnet of each network",
             metrics.addresses_used.clone(),
         );
         registry.register(
             "ipam_free_addresses",
-            "Addresses left to give in each network",
+            "Addresses left to give in each subnet of each network",
             metrics.addresses_free.clone(),
         );
         Metrics {
@@ -207,10 +210,10 @@ impl Metrics {
         // A network removed has no addresses left to show.
         self.addresses_used.clear();
         self.addresses_free.clear();
-        for (network, used, free) in held.pools {
-            let labels = [("network", network)];
+        for (network, subnet, used, free) in held.pools {
+            let labels = [("network", network), ("subnet", subnet)];
             self.addresses_used.get_or_create(&labels).set(used as i64);
-            self.addresses_free.get_or_create(&labels).set(free as i64);
+            self.addresses_free.get_or_create(&labels).set(free as f64);
         }
         weft_process::metrics::exposition(&self.registry, accept)
     }

@@ -171,7 +171,16 @@ impl ControllerService {
                 .index
                 .pools
                 .values()
-                .map(|pool| (pool.network.clone(), pool.used() as u64, pool.free()))
+                .flatten()
+                .map(|pool| {
+                    let subnet = pool.subnet.to_string();
+                    (
+                        pool.network.clone(),
+                        subnet,
+                        pool.used() as u64,
+                        pool.free(),
+                    )
+                })
                 .collect(),
         }
     }
@@ -436,13 +445,13 @@ impl Controller for ControllerService {
     ) -> Result<Response<CreateNetworkResponse>, Status> {
         let CreateNetworkRequest {
             name,
-            subnet,
+            subnets,
             encrypt,
         } = request.into_inner();
         let (network, revision) = self
-            .mutate(move |t| t.create_network(&name, &subnet, encrypt))
+            .mutate(move |t| t.create_network(&name, &subnets, encrypt))
             .await?;
-        info!(name = %network.name, subnet = %network.subnet, vni = network.vni,
+        info!(name = %network.name, subnets = %network.subnets_text(), vni = network.vni,
             encrypted = network.encrypted, "network created");
         Ok(Response::new(CreateNetworkResponse {
             network: Some(network.wire()),
@@ -662,13 +671,13 @@ mod tests {
         let service = controller_with(dir.path(), 0).await;
         let range = "10.32.0.0/12".parse().unwrap();
         service
-            .mutate(move |t| Ok(((), t.ensure_default_network(range, false)?)))
+            .mutate(move |t| Ok(((), t.ensure_default_network(range, None, false)?)))
             .await
             .unwrap();
         service
             .create_network(Request::new(CreateNetworkRequest {
                 name: "blue".into(),
-                subnet: "10.9.0.0/24".into(),
+                subnets: vec!["10.9.0.0/24".into()],
                 encrypt: false,
             }))
             .await

@@ -482,7 +482,7 @@ mod tests {
     fn set_up(shared: &Shared, containers: &[&'static str]) {
         let range = "10.32.0.0/12".parse().unwrap();
         let mut setup = vec![
-            job(move |view| view.ensure_default_network(range, false)),
+            job(move |view| view.ensure_default_network(range, None, false)),
             register(peer(1)),
         ];
         setup.extend(containers.iter().map(|c| attach(c, "net:default")));

@@ -167,8 +167,9 @@ pub enum NetworkCommand {
     /// Create a network with its own VNI; prints NAME SUBNET vni=N.
     Create {
         name: String,
-        #[arg(long, value_name = "CIDR")]
-        subnet: String,
+        /// Its subnet; twice for dual stack (one IPv4 and one IPv6 subnet).
+        #[arg(long, value_name = "CIDR", required = true)]
+        subnet: Vec<String>,
         /// Frames of the network cross between hosts only inside WireGuard (fixed at creation).
         #[arg(long)]
         encrypt: bool,

@@ -2,7 +2,7 @@ mod cli;
 mod render;
 mod table;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -90,7 +90,7 @@ fn check_addrs(addrs: &[String], what: &str) -> Result<(), Failure> {
 fn dns_record_args(a: &DnsRecordArgs, verb: &str) -> Result<(Vec<String>, String), Failure> {
     let mut args = a.args.clone();
     let container = match args.last() {
-        Some(last) if last.parse::<Ipv4Addr>().is_err() => args.pop().unwrap_or_default(),
+        Some(last) if last.parse::<IpAddr>().is_err() => args.pop().unwrap_or_default(),
         _ => String::new(),
     };
     let what = match container.as_str() {
@@ -98,8 +98,8 @@ fn dns_record_args(a: &DnsRecordArgs, verb: &str) -> Result<(Vec<String>, String
         c => format!("{verb} {}", excerpt(c)),
     };
     for ip in &args {
-        ip.parse::<Ipv4Addr>()
-            .map_err(|_| Failure::new(&what, format!("\"{ip}\" is not an IPv4 address")))?;
+        ip.parse::<IpAddr>()
+            .map_err(|_| Failure::new(&what, format!("\"{ip}\" is not an IP address")))?;
     }
     if container.is_empty() && a.fqdn.is_none() {
         return Err(Failure::new(
@@ -240,7 +240,7 @@ async fn run(cli: Cli) -> Result<String, Failure> {
             let net = agent
                 .create_network(CreateNetworkRequest {
                     name,
-                    subnet,
+                    subnets: subnet,
                     encrypt,
                 })
                 .await
@@ -480,7 +480,7 @@ mod tests {
         assert_eq!(f.what, "detach netns:c1");
         assert_eq!(
             f.why,
-            "invalid address \"10.0.0.300/24\": \"10.0.0.300\" is not an IPv4 address"
+            "invalid address \"10.0.0.300/24\": \"10.0.0.300\" is not an IP address"
         );
     }
 

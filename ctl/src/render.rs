@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 use weft_proto::names::short_container_id;
+use weft_proto::subnet::{count_text, pool_size};
 use weft_proto::v1::{
     Connection, ControllerMember, DnsStatusResponse, IpamStatusResponse, Network, NetworkInfo,
     PeerStatus, PsEntry, ReconcileReport, ResetResponse, StatusResponse,
@@ -52,7 +53,15 @@ fn ps_json(entries: &[PsEntry]) -> Value {
 }
 
 pub fn network_created(net: &Network) -> String {
-    format!("{} {} vni={}\n", net.name, net.subnet, net.vni)
+    format!("{} {} vni={}\n", net.name, subnets_text(net), net.vni)
+}
+
+/// A network's subnets as one column: `10.9.0.0/24,fd00:9::/64`.
+fn subnets_text(net: &Network) -> String {
+    match net.subnet6.as_str() {
+        "" => net.subnet.clone(),
+        v6 => format!("{},{v6}", net.subnet),
+    }
 }
 
 /// Each network with its usage.
@@ -60,8 +69,39 @@ fn networks_of(infos: &[NetworkInfo]) -> impl Iterator<Item = (&Network, &Networ
     infos.iter().filter_map(|i| Some((i.network.as_ref()?, i)))
 }
 
-fn free(info: &NetworkInfo) -> u64 {
-    info.pool.saturating_sub(info.used)
+/// One subnet of a network as the IPAM views show it: a dual-stack network has two.
+struct SubnetRow<'a> {
+    network: &'a Network,
+    info: &'a NetworkInfo,
+    subnet: &'a str,
+    pool: u128,
+    used: u64,
+}
+
+impl SubnetRow<'_> {
+    fn free(&self) -> u128 {
+        self.pool.saturating_sub(self.used.into())
+    }
+}
+
+fn subnet_rows(infos: &[NetworkInfo]) -> impl Iterator<Item = SubnetRow<'_>> {
+    networks_of(infos).flat_map(|(network, info)| {
+        info.subnets.iter().map(move |s| SubnetRow {
+            network,
+            info,
+            subnet: &s.subnet,
+            pool: s.subnet.parse().map(pool_size).unwrap_or_default(),
+            used: s.used,
+        })
+    })
+}
+
+/// A count in JSON: a number while a JSON number holds it exactly, else its text (`2^64-2`).
+fn count_json(n: u128) -> Value {
+    match u64::try_from(n) {
+        Ok(small) if count_text(n) == small.to_string() => json!(small),
+        _ => json!(count_text(n)),
+    }
 }
 
 /// `weftctl network ls`.
@@ -72,7 +112,7 @@ pub fn networks(infos: &[NetworkInfo], as_json: bool) -> String {
                 .map(|(n, i)| {
                     json!({
                         "name": n.name, "subnet": n.subnet, "vni": n.vni, "endpoints": i.endpoints,
-                        "encrypted": n.encrypted,
+                        "encrypted": n.encrypted, "subnets": subnets_text(n).split(',').collect::<Vec<_>>(),
                     })
                 })
                 .collect(),
@@ -82,7 +122,7 @@ pub fn networks(infos: &[NetworkInfo], as_json: bool) -> String {
         .map(|(n, i)| {
             vec![
                 n.name.clone(),
-                n.subnet.clone(),
+                subnets_text(n),
                 n.vni.to_string(),
                 i.endpoints.to_string(),
                 yes_no(n.encrypted).to_string(),
@@ -101,15 +141,15 @@ pub fn status_networks(ipam: &IpamStatusResponse, as_json: bool) -> String {
     if as_json {
         return json_line(status_networks_json(ipam));
     }
-    let rows: Vec<Vec<String>> = networks_of(&ipam.networks)
-        .map(|(n, i)| {
+    let rows: Vec<Vec<String>> = subnet_rows(&ipam.networks)
+        .map(|r| {
             vec![
-                n.name.clone(),
-                n.subnet.clone(),
-                n.vni.to_string(),
-                i.endpoints.to_string(),
-                i.used.to_string(),
-                free(i).to_string(),
+                r.network.name.clone(),
+                r.subnet.to_string(),
+                r.network.vni.to_string(),
+                r.info.endpoints.to_string(),
+                r.used.to_string(),
+                count_text(r.free()),
             ]
         })
         .collect();
@@ -121,11 +161,11 @@ pub fn status_networks(ipam: &IpamStatusResponse, as_json: bool) -> String {
 
 fn status_networks_json(ipam: &IpamStatusResponse) -> Value {
     Value::Array(
-        networks_of(&ipam.networks)
-            .map(|(n, i)| {
+        subnet_rows(&ipam.networks)
+            .map(|r| {
                 json!({
-                    "name": n.name, "subnet": n.subnet, "vni": n.vni,
-                    "endpoints": i.endpoints, "used": i.used, "free": free(i),
+                    "name": r.network.name, "subnet": r.subnet, "vni": r.network.vni,
+                    "endpoints": r.info.endpoints, "used": r.used, "free": count_json(r.free()),
                 })
             })
             .collect(),
@@ -137,14 +177,14 @@ pub fn status_ipam(ipam: &IpamStatusResponse, as_json: bool) -> String {
     if as_json {
         return json_line(status_ipam_json(ipam));
     }
-    let rows: Vec<Vec<String>> = networks_of(&ipam.networks)
-        .map(|(n, i)| {
+    let rows: Vec<Vec<String>> = subnet_rows(&ipam.networks)
+        .map(|r| {
             vec![
-                n.name.clone(),
-                n.subnet.clone(),
-                i.pool.to_string(),
-                i.used.to_string(),
-                free(i).to_string(),
+                r.network.name.clone(),
+                r.subnet.to_string(),
+                count_text(r.pool),
+                r.used.to_string(),
+                count_text(r.free()),
             ]
         })
         .collect();
@@ -162,11 +202,11 @@ pub fn status_ipam(ipam: &IpamStatusResponse, as_json: bool) -> String {
 }
 
 fn status_ipam_json(ipam: &IpamStatusResponse) -> Value {
-    let networks: Vec<Value> = networks_of(&ipam.networks)
-        .map(|(n, i)| {
+    let networks: Vec<Value> = subnet_rows(&ipam.networks)
+        .map(|r| {
             json!({
-                "name": n.name, "subnet": n.subnet, "pool": i.pool, "used": i.used,
-                "free": free(i),
+                "name": r.network.name, "subnet": r.subnet, "pool": count_json(r.pool),
+                "used": r.used, "free": count_json(r.free()),
             })
         })
         .collect();
@@ -548,7 +588,7 @@ pub fn peer_removed(peer: &str, released: &[String]) -> String {
 mod tests {
     use super::*;
     use std::path::PathBuf;
-    use weft_proto::v1::{Peer, PeerIpam};
+    use weft_proto::v1::{Peer, PeerIpam, SubnetUse};
 
     /// Compares with `tests/golden/NAME`; `UPDATE_GOLDEN=1 cargo test` rewrites the files
     /// (review the diff before committing).
@@ -577,24 +617,38 @@ mod tests {
     }
 
     fn ipam() -> IpamStatusResponse {
-        let info = |net: Network, endpoints, pool, used| NetworkInfo {
+        let info = |net: Network, endpoints, used: &[u64]| NetworkInfo {
+            subnets: [&net.subnet, &net.subnet6]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .zip(used)
+                .map(|(subnet, used)| SubnetUse {
+                    subnet: subnet.clone(),
+                    used: *used,
+                })
+                .collect(),
             network: Some(net),
             endpoints,
-            pool,
-            used,
         };
         IpamStatusResponse {
             range: "10.32.0.0/12".into(),
             networks: vec![
-                info(network("default", "10.32.0.0/12", 1), 3, 1_048_573, 4),
+                info(network("default", "10.32.0.0/12", 1), 3, &[4]),
                 info(
                     Network {
                         encrypted: true,
                         ..network("192.168.0.0/24", "192.168.0.0/24", 2)
                     },
                     2,
-                    253,
-                    2,
+                    &[2],
+                ),
+                info(
+                    Network {
+                        subnet6: "fd00:9::/64".into(),
+                        ..network("blue", "10.9.0.0/24", 3)
+                    },
+                    1,
+                    &[1, 1],
                 ),
             ],
             peers: [

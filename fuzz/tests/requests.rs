@@ -67,7 +67,8 @@ fn controllers() -> Controllers {
     );
     runtime
         .block_on(service.mutate(|t| {
-            let mut changes = t.ensure_default_network("10.32.0.0/12".parse().unwrap(), false)?;
+            let mut changes =
+                t.ensure_default_network("10.32.0.0/12".parse().unwrap(), None, false)?;
             for (name, addr) in [("host1", "198.18.0.1"), ("host2", "198.18.0.2")] {
                 changes.push(RowChange::PeerPut(PeerRow {
                     name: name.into(),
@@ -231,11 +232,11 @@ fn call(host2_mac: String) -> impl Strategy<Value = (u8, Vec<u8>)> {
                 }
                 .encode_to_vec()
             )),
-        1 => ("[a-z0-9./-]{0,12}", "[0-9./]{0,18}", any::<bool>()).prop_map(|(name, subnet, encrypt)| (
+        1 => ("[a-z0-9./-]{0,12}", proptest::collection::vec("[0-9a-f:./]{0,18}", 0..3), any::<bool>()).prop_map(|(name, subnets, encrypt)| (
             4,
             CreateNetworkRequest {
                 name,
-                subnet,
+                subnets,
                 encrypt
             }
             .encode_to_vec()

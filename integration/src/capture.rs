@@ -12,7 +12,7 @@ pub struct Capture {
     file: PathBuf,
 }
 
-/// An IPv4 UDP datagram of a capture: its destination port and payload.
+/// A UDP datagram of a capture (over IPv4 or IPv6): its destination port and payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datagram {
     pub dst_port: u16,
@@ -66,7 +66,8 @@ impl Drop for Capture {
     }
 }
 
-/// The IPv4 UDP datagrams of a pcap file of Ethernet frames (tcpdump's `-w` format).
+/// The UDP datagrams of a pcap file of Ethernet frames (tcpdump's `-w` format), over IPv4 or
+/// IPv6 (without extension headers, which nothing here sends).
 pub fn udp_datagrams(pcap: &[u8]) -> Vec<Datagram> {
     let mut found = Vec::new();
     // The global header, then records of a 16-byte header (its captured length at 8..12) and
@@ -76,21 +77,37 @@ pub fn udp_datagrams(pcap: &[u8]) -> Vec<Datagram> {
         let len = u32::from_ne_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
         let frame = &pcap[(at + 16).min(pcap.len())..(at + 16 + len).min(pcap.len())];
         at += 16 + len;
-        if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] {
-            continue;
+        if let Some(udp) = udp_of(frame)
+            && udp.len() >= 8
+        {
+            found.push(Datagram {
+                dst_port: u16::from_be_bytes([udp[2], udp[3]]),
+                payload: udp[8..].to_vec(),
+            });
         }
-        let ip = &frame[14..];
-        let header = usize::from(ip[0] & 0x0f) * 4;
-        if ip[9] != 17 || ip.len() < header + 8 {
-            continue;
-        }
-        let udp = &ip[header..];
-        found.push(Datagram {
-            dst_port: u16::from_be_bytes([udp[2], udp[3]]),
-            payload: udp[8..].to_vec(),
-        });
     }
     found
+}
+
+/// The UDP header and payload of an Ethernet frame, if it carries UDP.
+fn udp_of(frame: &[u8]) -> Option<&[u8]> {
+    let ip = frame.get(14..)?;
+    match frame.get(12..14)? {
+        [0x08, 0x00] => {
+            let header = usize::from(ip.first()? & 0x0f) * 4;
+            (*ip.get(9)? == 17).then(|| ip.get(header..)).flatten()
+        }
+        [0x86, 0xdd] => (*ip.get(6)? == 17).then(|| ip.get(40..)).flatten(),
+        _ => None,
+    }
+}
+
+/// The ICMPv6 type of an Ethernet frame, if it carries ICMPv6 (135: a neighbour solicitation).
+pub fn icmpv6_type(frame: &[u8]) -> Option<u8> {
+    let ip = frame.get(14..)?;
+    (frame.get(12..14)? == [0x86, 0xdd] && *ip.get(6)? == 58)
+        .then(|| ip.get(40).copied())
+        .flatten()
 }
 
 /// Whether `needle` occurs anywhere in `haystack`.

@@ -1,9 +1,18 @@
 //! IPv6: an IPv6-only underlay (2001:db8::/64) carrying weft's VXLAN, with the kernel holding
-//! IPv6 VTEPs.
+//! IPv6 VTEPs; IPv6 and dual-stack containers, their neighbour discovery answered on their own
+//! host.
 
 use std::time::Duration;
 
-use weft_integration::{VXLAN_DEV, World, assert_reaches, exec, fdb, link, wait_until};
+use weft_integration::capture::{Capture, icmpv6_type, udp_datagrams};
+use weft_integration::{
+    VXLAN_DEV, World, assert_reaches, exec, fdb, link, neighbours, ping, wait_until,
+};
+
+/// The UDP port of weft's VXLAN devices.
+const VXLAN_PORT: u16 = 6784;
+/// ICMPv6 neighbour solicitation.
+const NEIGHBOUR_SOLICITATION: u8 = 135;
 
 const CONVERGE: Duration = Duration::from_secs(5);
 
@@ -52,5 +61,144 @@ fn containers_talk_across_hosts_over_an_ipv6_underlay() {
         ok,
         "status connections on host1: {}",
         world.ctl(1, &["status", "connections"])
+    );
+}
+
+/// The addresses of `container`'s ethwe of `family` (`-4`, `-6`), global scope, as `IP/LEN`.
+fn addrs_of(container: &str, family: &str) -> Vec<String> {
+    let out = exec(
+        container,
+        &[
+            "ip", "-o", family, "addr", "show", "dev", "ethwe", "scope", "global",
+        ],
+    );
+    out.stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3).map(String::from))
+        .collect()
+}
+
+/// How many neighbour solicitations cross `ns`'s underlay inside VXLAN while `work` runs.
+fn solicitations_on_the_underlay(world: &World, ns: &str, work: impl FnOnce()) -> (usize, usize) {
+    let file = std::env::temp_dir().join(format!("{}-nd.pcap", world.prefix()));
+    let capture = Capture::start(ns, weft_integration::UNDERLAY_IF, file.clone());
+    work();
+    let pcap = capture.stop();
+    let _ = std::fs::remove_file(&file);
+    let vxlan: Vec<_> = udp_datagrams(&pcap)
+        .into_iter()
+        .filter(|d| d.dst_port == VXLAN_PORT)
+        .collect();
+    // The VXLAN header (8 bytes), then the container's frame.
+    let solicitations = vxlan
+        .iter()
+        .filter(|d| d.payload.get(8..).and_then(icmpv6_type) == Some(NEIGHBOUR_SOLICITATION))
+        .count();
+    (vxlan.len(), solicitations)
+}
+
+#[test]
+fn ipv6_containers_ping_across_hosts_and_neighbour_discovery_stays_home() {
+    let mut world = World::on_ipv6_underlay(2, &[]);
+    let (a, b) = (world.container(1, "a"), world.container(2, "b"));
+    assert_eq!(attach(&world, 1, &["fd00:7::5/64"], &a), "fd00:7::5");
+    assert_eq!(attach(&world, 2, &["fd00:7::6/64"], &b), "fd00:7::6");
+    // Usable at once: no duplicate address detection holds the address back.
+    assert!(
+        ping(&a, "fd00:7::6"),
+        "the first ping right after attach is lost"
+    );
+    assert_reaches(&b, "fd00:7::5");
+    assert_eq!(addrs_of(&a, "-6"), ["fd00:7::5/64"]);
+
+    // The remote container's MAC at its host, and its address at its MAC, which the VXLAN
+    // device's proxy answers neighbour solicitations from.
+    let mac_b = link(&b, "ethwe").expect("ethwe in b").mac;
+    let host1 = world.host_ns(1);
+    assert!(fdb(&host1, "vx-2").contains(&(mac_b.clone(), world.vtep(2))));
+    let held = neighbours(&host1, "vx-2");
+    assert!(
+        held.contains(&("fd00:7::6".to_string(), mac_b)),
+        "host1's vx-2 has no neighbour entry for b: {held:?}"
+    );
+
+    // Solicitations for a remote container are answered on the asking host: none crosses,
+    // while the ping they resolve for does.
+    for c in [&a, &b] {
+        exec(c, &["ip", "-6", "neigh", "flush", "dev", "ethwe"]);
+    }
+    let (vxlan, solicitations) = solicitations_on_the_underlay(&world, &host1, || {
+        assert!(ping(&a, "fd00:7::6"));
+    });
+    assert!(
+        vxlan >= 2,
+        "the ping did not cross host1's underlay ({vxlan} VXLAN packets)"
+    );
+    assert_eq!(
+        solicitations, 0,
+        "neighbour solicitations crossed the underlay"
+    );
+    let resolved = exec(
+        &a,
+        &["ip", "-6", "neigh", "show", "fd00:7::6", "dev", "ethwe"],
+    );
+    assert!(
+        resolved.stdout.contains(&link(&b, "ethwe").unwrap().mac),
+        "a resolved fd00:7::6 to another MAC: {}",
+        resolved.stdout
+    );
+}
+
+#[test]
+fn dual_stack_containers_reach_each_other_on_both_families() {
+    let mut world = World::on_ipv6_underlay(2, &[]);
+    assert_eq!(
+        world.ctl(
+            1,
+            &[
+                "network",
+                "create",
+                "blue",
+                "--subnet",
+                "fd00:9::/64",
+                "--subnet",
+                "10.9.0.0/24",
+            ]
+        ),
+        "blue 10.9.0.0/24,fd00:9::/64 vni=2\n"
+    );
+    let (c, d) = (world.container(1, "c"), world.container(2, "d"));
+    assert_eq!(attach(&world, 1, &["net:blue"], &c), "10.9.0.2 fd00:9::2");
+    assert_eq!(attach(&world, 2, &["net:blue"], &d), "10.9.0.3 fd00:9::3");
+    assert_eq!(addrs_of(&d, "-4"), ["10.9.0.3/24"]);
+    assert_eq!(addrs_of(&d, "-6"), ["fd00:9::3/64"]);
+    assert_reaches(&c, "10.9.0.3");
+    assert_reaches(&c, "fd00:9::3");
+    assert_reaches(&d, "fd00:9::2");
+    let ps = world.ctl(1, &["ps"]);
+    assert!(
+        ps.contains(" 10.9.0.2/24 fd00:9::2/64"),
+        "ps on host1 does not show c's two addresses: {ps}"
+    );
+    let row = |out: &str, first: &str, second: &str| -> Vec<String> {
+        out.lines()
+            .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+            .find(|f| f.len() > 1 && f[0] == first && f[1].starts_with(second))
+            .unwrap_or_else(|| panic!("no row {first} {second} in:\n{out}"))
+    };
+    let ls = world.ctl(1, &["network", "ls"]);
+    assert_eq!(
+        row(&ls, "blue", "10.9"),
+        ["blue", "10.9.0.0/24,fd00:9::/64", "2", "2", "no"]
+    );
+    // The IPv6 pool counted, not walked: 2^64 less the network and gateway addresses.
+    let ipam = world.ctl(1, &["status", "ipam"]);
+    assert_eq!(
+        row(&ipam, "blue", "fd00"),
+        ["blue", "fd00:9::/64", "2^64-2", "2", "2^64-4"]
+    );
+    assert_eq!(
+        row(&ipam, "blue", "10.9"),
+        ["blue", "10.9.0.0/24", "253", "2", "251"]
     );
 }

@@ -50,7 +50,7 @@ fn metrics_pass_promtool_and_move_as_containers_come_and_go() {
     let gone = r#"weft_agent_operations_total{operation="attach",result="container"}"#;
     let detached = r#"weft_agent_operations_total{operation="detach",result="ok"}"#;
     let fdb_added = r#"weft_agent_kernel_entries_changed_total{table="fdb",change="added"}"#;
-    let used = r#"weft_controller_ipam_used_addresses{network="default"}"#;
+    let used = r#"weft_controller_ipam_used_addresses{network="default",subnet="10.32.0.0/12"}"#;
     let commits = r#"weft_controller_commits_total{result="ok"}"#;
     let (agent1, agent2, controller) = (
         scrape(&h1, AGENT_METRICS),

@@ -1,18 +1,20 @@
 //! The ADDR syntax of attach/detach/expose/hide, as Weave has it:
-//! `IP/LEN` or `ip:IP/LEN` (static), `net:CIDR`, `net:default` or `net:NAME` (allocate).
-//! weftctl parses it to reject bad input early; the agent and controller parse the same strings.
+//! `IP/LEN` or `ip:IP/LEN` (static), `net:CIDR`, `net:default` or `net:NAME` (allocate), with
+//! IPv4 or IPv6 addresses. weftctl parses it to reject bad input early; the agent and controller
+//! parse the same strings.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::str::FromStr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 /// One ADDR argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AddrSpec {
-    /// A fixed address with the prefix length of its subnet, e.g. 192.168.0.2/24.
-    Static(Ipv4Network),
+    /// A fixed address with the prefix length of its subnet, e.g. 192.168.0.2/24 or
+    /// fd00:9::5/64.
+    Static(IpNetwork),
     /// Any free address of a network.
     Allocate(NetRef),
 }
@@ -21,7 +23,7 @@ pub enum AddrSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetRef {
     Default,
-    Subnet(Ipv4Network),
+    Subnet(IpNetwork),
     Name(String),
 }
 
@@ -39,23 +41,34 @@ fn invalid(input: &str, reason: impl Into<String>) -> AddrError {
     }
 }
 
-/// Parses `IP/LEN`, keeping the host bits (an address within its subnet).
-pub fn parse_cidr(input: &str, whole: &str) -> Result<Ipv4Network, AddrError> {
+/// Parses `IP/LEN`, keeping the host bits (an address within its subnet). An IPv4-mapped IPv6
+/// address is refused: it is an IPv4 address in disguise, which the IPv4 form names.
+pub fn parse_cidr(input: &str, whole: &str) -> Result<IpNetwork, AddrError> {
     let Some((ip, len)) = input.split_once('/') else {
         return Err(invalid(whole, "expected IP/LEN, e.g. 192.168.0.2/24"));
     };
-    let ip: Ipv4Addr = ip
+    let ip: IpAddr = ip
         .parse()
-        .map_err(|_| invalid(whole, format!("\"{ip}\" is not an IPv4 address")))?;
+        .map_err(|_| invalid(whole, format!("\"{ip}\" is not an IP address")))?;
+    if let IpAddr::V6(v6) = ip
+        && let Some(v4) = v6.to_ipv4_mapped()
+    {
+        return Err(invalid(
+            whole,
+            format!("{v6} is an IPv4-mapped IPv6 address; write {v4}/LEN"),
+        ));
+    }
     let len: u8 = len
         .parse()
         .map_err(|_| invalid(whole, format!("\"{len}\" is not a prefix length")))?;
-    Ipv4Network::new(ip, len).map_err(|_| invalid(whole, "prefix length must be 0 to 32"))
+    let most = if ip.is_ipv4() { 32 } else { 128 };
+    IpNetwork::new(ip, len)
+        .map_err(|_| invalid(whole, format!("prefix length must be 0 to {most}")))
 }
 
 /// Parses `IP/LEN` as a subnet: the host bits must be zero. `whole` is the argument to name in
 /// the error.
-pub fn parse_subnet(input: &str, whole: &str) -> Result<Ipv4Network, AddrError> {
+pub fn parse_subnet(input: &str, whole: &str) -> Result<IpNetwork, AddrError> {
     let net = parse_cidr(input, whole)?;
     if net.ip() != net.network() {
         return Err(invalid(
@@ -106,7 +119,7 @@ impl fmt::Display for AddrSpec {
 mod tests {
     use super::*;
 
-    fn cidr(s: &str) -> Ipv4Network {
+    fn cidr(s: &str) -> IpNetwork {
         s.parse().unwrap()
     }
 
@@ -141,9 +154,63 @@ mod tests {
             "net:default",
             "net:10.2.0.0/16",
             "net:blue",
+            "fd00:9::5/64",
+            "net:fd00:9::/64",
+            "2001:db8:0:1::/126",
         ] {
             assert_eq!(s.parse::<AddrSpec>().unwrap().to_string(), s);
         }
+    }
+
+    proptest::proptest! {
+        /// Any IPv6 address and prefix length, static or as a subnet, in the form the address
+        /// prints in, is accepted and prints back as itself; text of any other shape gives an
+        /// error or a value that prints back as it parsed.
+        #[test]
+        fn ipv6_addrs_print_back_as_themselves(
+            bits in proptest::prelude::any::<u128>(),
+            len in 0u8..=128,
+            noise in "[0-9a-f:./netip]{0,24}",
+        ) {
+            let ip = std::net::Ipv6Addr::from(bits);
+            if ip.to_ipv4_mapped().is_none() {
+                let text = format!("{ip}/{len}");
+                let parsed: AddrSpec = text.parse().unwrap();
+                proptest::prop_assert_eq!(parsed.to_string(), text);
+                let net = ipnetwork::Ipv6Network::new(ip, len).unwrap().network();
+                let subnet = format!("net:{net}/{len}");
+                proptest::prop_assert_eq!(subnet.parse::<AddrSpec>().unwrap().to_string(), subnet);
+            }
+            if let Ok(spec) = noise.parse::<AddrSpec>() {
+                proptest::prop_assert_eq!(spec.to_string().parse::<AddrSpec>().unwrap(), spec);
+            }
+        }
+    }
+
+    #[test]
+    fn ipv6_forms_and_their_errors() {
+        let err = |s: &str| s.parse::<AddrSpec>().unwrap_err().to_string();
+        assert_eq!(
+            "ip:fd00:9::5/64".parse::<AddrSpec>().unwrap(),
+            AddrSpec::Static(cidr("fd00:9::5/64"))
+        );
+        assert_eq!(
+            err("fd00:9::5/129"),
+            "invalid address \"fd00:9::5/129\": prefix length must be 0 to 128"
+        );
+        assert_eq!(
+            err("net:fd00:9::1/64"),
+            "invalid address \"net:fd00:9::1/64\": host bits set; the subnet is fd00:9::/64"
+        );
+        assert_eq!(
+            err("::ffff:192.168.0.2/120"),
+            "invalid address \"::ffff:192.168.0.2/120\": ::ffff:192.168.0.2 is an IPv4-mapped \
+             IPv6 address; write 192.168.0.2/LEN"
+        );
+        assert_eq!(
+            err("fd00:9::g/64"),
+            "invalid address \"fd00:9::g/64\": \"fd00:9::g\" is not an IP address"
+        );
     }
 
     #[test]
@@ -151,7 +218,7 @@ mod tests {
         let err = |s: &str| s.parse::<AddrSpec>().unwrap_err().to_string();
         assert_eq!(
             err("192.168.0.300/24"),
-            "invalid address \"192.168.0.300/24\": \"192.168.0.300\" is not an IPv4 address"
+            "invalid address \"192.168.0.300/24\": \"192.168.0.300\" is not an IP address"
         );
         assert_eq!(
             err("192.168.0.2"),

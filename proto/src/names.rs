@@ -57,10 +57,19 @@ impl FromStr for Mac {
 }
 
 /// The MAC an endpoint gets for its first address, unless another endpoint has it already:
-/// locally administered, unicast, `0a:77` and the four bytes of the address.
-pub fn mac_for_address(ip: std::net::Ipv4Addr) -> Mac {
-    let [a, b, c, d] = ip.octets();
-    Mac([0x0a, 0x77, a, b, c, d])
+/// locally administered, unicast, `0a:77` and the four bytes of an IPv4 address, or the last
+/// four of an IPv6 one (`0a:7b`, so the two families never propose the same MAC).
+pub fn mac_for_address(ip: IpAddr) -> Mac {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            Mac([0x0a, 0x77, a, b, c, d])
+        }
+        IpAddr::V6(v6) => {
+            let [.., a, b, c, d] = v6.octets();
+            Mac([0x0a, 0x7b, a, b, c, d])
+        }
+    }
 }
 
 /// A container id as people read it: Docker's 64-hex-digit ids cut to 12, as `docker ps` and
@@ -352,6 +361,8 @@ mod tests {
     fn an_address_has_its_own_mac() {
         let mac = mac_for_address("192.168.0.2".parse().unwrap());
         assert_eq!(mac.to_string(), "0a:77:c0:a8:00:02");
+        let mac6 = mac_for_address("fd00:9::c0a8:2".parse().unwrap());
+        assert_eq!(mac6.to_string(), "0a:7b:c0:a8:00:02");
         assert_eq!(mac.0[0] & 0x03, 0x02, "unicast and locally administered");
     }
 

@@ -42,7 +42,8 @@ pub struct WgPeer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkRow {
     pub name: String,
-    pub subnet: IpNetwork,
+    /// One or two: an IPv4 subnet, an IPv6 one, or both (in that order).
+    pub subnets: Vec<IpNetwork>,
     pub vni: u32,
     /// Its frames cross between hosts only inside WireGuard.
     pub encrypted: bool,
@@ -171,13 +172,24 @@ impl PeerRow {
 
 impl NetworkRow {
     pub fn read(network: Network) -> Result<NetworkRow, BadRow> {
-        let subnet = parse_ip_cidr(&network.subnet).map_err(|why| BadRow {
+        let bad = |why| BadRow {
             row: format!("network {}", network.name),
             why,
-        })?;
+        };
+        let mut subnets = vec![parse_ip_cidr(&network.subnet).map_err(bad)?];
+        if !network.subnet6.is_empty() {
+            let subnet6 = parse_ip_cidr(&network.subnet6).map_err(bad)?;
+            if !subnets[0].is_ipv4() || !subnet6.is_ipv6() {
+                return Err(bad(format!(
+                    "subnets {} and {subnet6} are not an IPv4 and an IPv6 one",
+                    network.subnet
+                )));
+            }
+            subnets.push(subnet6);
+        }
         Ok(NetworkRow {
             name: network.name,
-            subnet,
+            subnets,
             vni: network.vni,
             encrypted: network.encrypted,
         })
@@ -186,10 +198,33 @@ impl NetworkRow {
     pub fn wire(&self) -> Network {
         Network {
             name: self.name.clone(),
-            subnet: self.subnet.to_string(),
+            subnet: self.subnets[0].to_string(),
             vni: self.vni,
             encrypted: self.encrypted,
+            subnet6: self
+                .subnets
+                .get(1)
+                .map(IpNetwork::to_string)
+                .unwrap_or_default(),
         }
+    }
+
+    /// Its subnet of `ip`'s family, if it has one.
+    pub fn subnet_of(&self, ip: IpAddr) -> Option<IpNetwork> {
+        self.subnets
+            .iter()
+            .copied()
+            .find(|s| s.is_ipv4() == ip.is_ipv4())
+    }
+
+    /// Its IPv4 subnet, if it has one.
+    pub fn subnet4(&self) -> Option<Ipv4Network> {
+        self.subnets.iter().copied().find_map(ipv4)
+    }
+
+    /// Its subnets as weftctl shows them: `10.9.0.0/24,fd00:9::/64`.
+    pub fn subnets_text(&self) -> String {
+        cidr_strings(&self.subnets).join(",")
     }
 }
 
@@ -336,8 +371,21 @@ mod tests {
             subnet: "10.9.0.300/24".into(),
             vni: 2,
             encrypted: false,
+            subnet6: String::new(),
         };
-        assert_eq!(NetworkRow::read(net).unwrap_err().row, "network blue");
+        assert_eq!(
+            NetworkRow::read(net.clone()).unwrap_err().row,
+            "network blue"
+        );
+        let swapped = Network {
+            subnet: "fd00:9::/64".into(),
+            subnet6: "10.9.0.0/24".into(),
+            ..net
+        };
+        assert_eq!(
+            NetworkRow::read(swapped).unwrap_err().why,
+            "subnets fd00:9::/64 and 10.9.0.0/24 are not an IPv4 and an IPv6 one"
+        );
     }
 
     #[test]
@@ -360,6 +408,7 @@ mod tests {
                 subnet: "10.9.0.0/24".into(),
                 vni: 2,
                 encrypted: true,
+                subnet6: "fd00:9::/64".into(),
             }),
             Change::DnsRecordDeleted(DnsRecord {
                 name: "db".into(),

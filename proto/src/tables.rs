@@ -281,7 +281,7 @@ mod tests {
             peer("host2", "198.18.0.2"),
             RowChange::NetworkPut(NetworkRow {
                 name: "blue".into(),
-                subnet: "10.9.0.0/24".parse().unwrap(),
+                subnets: vec!["10.9.0.0/24".parse().unwrap()],
                 vni: 2,
                 encrypted: false,
             }),

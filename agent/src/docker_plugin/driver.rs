@@ -40,7 +40,7 @@ pub async fn create_network(plugin: &Plugin, req: CreateNetwork) -> Result<Value
         .pool
         .parse()
         .map_err(|_| failed(format!("pool \"{}\" is not a subnet", data.pool)))?;
-    let network = network_where(agent, |n| n.subnet == pool)?.ok_or_else(|| {
+    let network = network_where(agent, |n| n.subnets.contains(&pool))?.ok_or_else(|| {
         failed(format!(
             "pool {pool} is no weft network's: create the network with --ipam-driver weft"
         ))
@@ -108,9 +108,11 @@ pub async fn create_endpoint(agent: &Agent, req: CreateEndpoint) -> Result<Value
     let cidr: IpNetwork = address
         .parse()
         .map_err(|_| failed(format!("\"{address}\" is not an IP/LEN")))?;
-    let network = network_where(agent, |n| n.subnet.contains(cidr.ip()))?
-        .filter(|n| n.subnet.prefix() == cidr.prefix())
-        .ok_or_else(|| failed(format!("{cidr} is in no weft network")))?;
+    let network = network_where(agent, |n| {
+        n.subnet_of(cidr.ip())
+            .is_some_and(|s| s.contains(cidr.ip()) && s.prefix() == cidr.prefix())
+    })?
+    .ok_or_else(|| failed(format!("{cidr} is in no weft network")))?;
     let ep = agent
         .endpoints()
         .take_over(&key, &network.name, cidr)

@@ -32,12 +32,13 @@ impl Pool {
     fn find(agent: &Agent, id: &str) -> Result<Pool, String> {
         let subnet = match id.parse::<IpNetwork>() {
             Ok(subnet) => {
-                network_where(agent, |n| n.subnet == subnet)?.map_or(subnet, |n| n.subnet)
+                // Known as it is: a network's subnet.
+                subnet
             }
             Err(_) => {
                 network_where(agent, |n| n.name == id)?
                     .ok_or_else(|| format!("no weft network is named {id}"))?
-                    .subnet
+                    .subnets[0]
             }
         };
         Ok(Pool {
@@ -105,7 +106,7 @@ pub async fn request_pool(agent: &Agent, req: RequestPool) -> Result<Value, Stri
                      {name} --subnet CIDR)"
                 ))
             })?;
-            (network.name, network.subnet)
+            (network.name, network.subnets[0])
         }
         pool => {
             let subnet: IpNetwork = pool
@@ -113,7 +114,7 @@ pub async fn request_pool(agent: &Agent, req: RequestPool) -> Result<Value, Stri
                 .ok()
                 .filter(IpNetwork::is_ipv4)
                 .ok_or_else(|| failed("not an IPv4 subnet".into()))?;
-            let same = network_where(agent, |n| n.subnet == subnet)?;
+            let same = network_where(agent, |n| n.subnets.contains(&subnet))?;
             match (same, name) {
                 (Some(network), Some(name)) if network.name != name => {
                     return Err(failed(format!(
@@ -123,12 +124,15 @@ pub async fn request_pool(agent: &Agent, req: RequestPool) -> Result<Value, Stri
                 }
                 (Some(network), _) => (network.name, subnet),
                 (None, _) => {
-                    if let Some(other) = network_where(agent, |n| {
-                        n.subnet.contains(subnet.network()) || subnet.contains(n.subnet.network())
-                    })? {
+                    let overlaps = |n: &IpNetwork| {
+                        n.is_ipv4() == subnet.is_ipv4()
+                            && (n.contains(subnet.network()) || subnet.contains(n.network()))
+                    };
+                    if let Some(other) = network_where(agent, |n| n.subnets.iter().any(overlaps))? {
                         return Err(failed(format!(
                             "overlaps weft network {} ({})",
-                            other.name, other.subnet
+                            other.name,
+                            other.subnets_text()
                         )));
                     }
                     match name {
@@ -149,7 +153,7 @@ pub async fn request_pool(agent: &Agent, req: RequestPool) -> Result<Value, Stri
 async fn create_network(agent: &Agent, name: &str, subnet: IpNetwork) -> Result<(), String> {
     let request = CreateNetworkRequest {
         name: name.to_string(),
-        subnet: subnet.to_string(),
+        subnets: vec![subnet.to_string()],
         encrypt: false,
     };
     let done = agent
@@ -176,7 +180,7 @@ pub async fn request_address(plugin: &Plugin, req: RequestAddress) -> Result<Val
     let gateway =
         req.options.get(REQUEST_ADDRESS_TYPE).map(String::as_str) == Some(GATEWAY_ADDRESS);
     let cidr = if gateway {
-        let had = match network_where(agent, |n| n.subnet == pool.subnet)? {
+        let had = match network_where(agent, |n| n.subnets.contains(&pool.subnet))? {
             Some(network) => host_address(agent, &network.name)?,
             None => None,
         };
@@ -226,7 +230,7 @@ pub async fn release_address(plugin: &Plugin, req: ReleaseAddress) -> Result<Val
             .await
             .map_err(|e| failed(e.to_string()))?;
         plugin.unconfirmed().remove(&cidr);
-    } else if let Some(network) = network_where(agent, |n| n.subnet == pool.subnet)? {
+    } else if let Some(network) = network_where(agent, |n| n.subnets.contains(&pool.subnet))? {
         agent
             .endpoints()
             .release_docker_address(&network.name, cidr.ip())

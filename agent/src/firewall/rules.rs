@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::Ipv4Network;
 use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
 use nftables::schema::{Chain, NfCmd, NfListObject, NfObject, Nftables, Rule as NftRule, Table};
 use nftables::stmt::{Match, Operator, Statement};
@@ -94,9 +94,7 @@ pub fn wanted(tables: &Tables, me: &str, masqueraded: &BTreeSet<String>) -> BTre
         .filter(|ep| ep.id.container == EXPOSE_ID)
         .filter_map(|ep| {
             let net = tables.networks.get(&ep.id.network)?;
-            let IpNetwork::V4(subnet) = net.subnet else {
-                return None;
-            };
+            let subnet = net.subnet4()?;
             Some((net.name.as_str(), subnet, bridge_name(net.vni)))
         })
         .collect();
@@ -226,7 +224,7 @@ mod tests {
                 name.to_string(),
                 NetworkRow {
                     name: name.to_string(),
-                    subnet: subnet.into(),
+                    subnets: vec![subnet.into()],
                     vni: *vni,
                     encrypted: false,
                 },

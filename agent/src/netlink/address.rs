@@ -13,27 +13,38 @@ use rtnetlink::Handle;
 
 use super::{Link, reason, tolerate};
 
-/// Adds addresses to a link; ones it already has are fine.
+/// Adds addresses to a link; ones it already has are fine. IPv6 ones skip duplicate address
+/// detection: weft's IPAM makes them unique, and detection would hold each back (and send a
+/// solicitation) for a second, losing the first packets.
 pub async fn add_addresses(
     handle: &Handle,
     link: &Link,
     cidrs: &[IpNetwork],
 ) -> anyhow::Result<()> {
     for cidr in cidrs {
-        let added = handle
-            .address()
-            .add(link.index, cidr.ip(), cidr.prefix())
-            .execute()
-            .await;
-        tolerate(added, Errno::EEXIST)
-            .map_err(reason)
-            .with_context(|| format!("cannot add address {cidr}"))?;
+        tolerate(
+            add(handle, link, cidr.ip(), cidr.prefix()).await,
+            Errno::EEXIST,
+        )
+        .map_err(reason)
+        .with_context(|| format!("cannot add address {cidr}"))?;
     }
     Ok(())
 }
 
-/// Gives a link `ip/prefix` for use at once: no duplicate address detection, which would hold
-/// it back (and send a solicitation) for a second; a link that has it is left alone.
+async fn add(handle: &Handle, link: &Link, ip: IpAddr, prefix: u8) -> Result<(), rtnetlink::Error> {
+    let mut request = handle.address().add(link.index, ip, prefix);
+    if ip.is_ipv6() {
+        let msg = request.message_mut();
+        msg.header.flags |= AddressHeaderFlags::Nodad;
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+    }
+    request.execute().await
+}
+
+/// Gives a link the IPv6 address `ip/prefix` for use at once (as [`add_addresses`]); a link
+/// that has it is left alone.
 pub async fn ensure_address_nodad(
     handle: &Handle,
     link: &Link,
@@ -46,29 +57,24 @@ pub async fn ensure_address_nodad(
     if held {
         return Ok(());
     }
-    let mut request = handle.address().add(link.index, ip, prefix);
-    let msg = request.message_mut();
-    msg.header.flags |= AddressHeaderFlags::Nodad;
-    msg.attributes
-        .push(AddressAttribute::Flags(AddressFlags::Nodad));
-    tolerate(request.execute().await, Errno::EEXIST)
+    tolerate(add(handle, link, ip, prefix).await, Errno::EEXIST)
         .map_err(reason)
         .with_context(|| format!("cannot add address {ip}/{prefix} to {}", link.name))
 }
 
-/// The IPv4 addresses a link holds, with their prefixes.
-pub async fn ipv4_addresses(
+/// The addresses a link holds, with their prefixes, but for IPv6 link-local ones: the kernel
+/// gives those itself, and weft never asks for one.
+pub async fn addresses(
     handle: &Handle,
     link: &Link,
-) -> anyhow::Result<std::collections::BTreeSet<ipnetwork::Ipv4Network>> {
+) -> anyhow::Result<std::collections::BTreeSet<IpNetwork>> {
     let held = address_messages(handle, link).await?;
     Ok(held
         .iter()
         .flat_map(|msg| {
             msg.attributes.iter().filter_map(|attr| match attr {
-                AddressAttribute::Address(IpAddr::V4(ip)) => {
-                    ipnetwork::Ipv4Network::new(*ip, msg.header.prefix_len).ok()
-                }
+                AddressAttribute::Address(IpAddr::V6(ip)) if ip.is_unicast_link_local() => None,
+                AddressAttribute::Address(ip) => IpNetwork::new(*ip, msg.header.prefix_len).ok(),
                 _ => None,
             })
         })

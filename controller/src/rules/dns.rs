@@ -1,7 +1,7 @@
 //! DNS records beside the containers' own names: added and removed by their peer, gone with
 //! their container or peer.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use weft_proto::dns_name;
 use weft_proto::rows::{RecordRow, RowChange};
@@ -22,12 +22,17 @@ pub(super) fn update_dns(
     let mut changes = Vec::new();
     for record in records {
         let name = dns_name::normalize(&record.name).map_err(TableError::Invalid)?;
-        let ip: Ipv4Addr = record.ip.parse().map_err(|_| {
-            TableError::Invalid(format!("\"{}\" is not an IPv4 address", record.ip))
-        })?;
+        let ip: IpAddr = record
+            .ip
+            .parse()
+            .ok()
+            .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some()))
+            .ok_or_else(|| {
+                TableError::Invalid(format!("\"{}\" is not an IP address", record.ip))
+            })?;
         let record = RecordRow {
             name,
-            ip: ip.into(),
+            ip,
             peer: peer.to_string(),
             container: record.container_id.clone(),
         };

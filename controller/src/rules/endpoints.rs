@@ -3,12 +3,13 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use weft_proto::addr::{AddrSpec, NetRef};
 use weft_proto::names::{Mac, container_ifname, host_ifname, mac_for_address, short_container_id};
-use weft_proto::rows::{self, EndpointRow, RowChange};
+use weft_proto::rows::{EndpointRow, RowChange};
+use weft_proto::subnet::canonical;
 use weft_proto::tables::EndpointId;
 
 use super::dns::delete_dns_records;
@@ -47,13 +48,12 @@ pub(super) fn attach(
     // The endpoints of `take_from` that give addresses up, as they are left.
     let mut given_up: BTreeMap<EndpointId, EndpointRow> = BTreeMap::new();
     // Network → the addresses this attach gives the container there, in request order.
-    let mut wanted: BTreeMap<String, Vec<Ipv4Network>> = BTreeMap::new();
+    let mut wanted: BTreeMap<String, Vec<IpNetwork>> = BTreeMap::new();
     let (mut cidrs, mut added) = (Vec::new(), Vec::new());
     for addr in addrs {
-        let (network, cidr) = match addr {
+        let (network, new) = match addr {
             AddrSpec::Static(cidr) => {
-                let subnet = Ipv4Network::new(cidr.network(), cidr.prefix())
-                    .expect("a prefix that parsed is valid");
+                let subnet = canonical(*cidr);
                 let network = plan
                     .network_for_subnet(subnet, true)?
                     .expect("created when missing");
@@ -73,33 +73,43 @@ pub(super) fn attach(
                 if plan.claim(&network, *cidr, &holder)? || taken_over {
                     added.push(cidr.to_string());
                 }
-                (network, *cidr)
+                (network, vec![*cidr])
             }
             AddrSpec::Allocate(r) => {
                 let network = plan.network_by_ref(r)?;
-                // As Weave's IPAM does, a container that holds an address in the network
-                // gets that one: a retried attach must not pile addresses up.
+                // One address of the subnet net:CIDR names, or of each of the network's
+                // subnets (dual stack: one of each family). As Weave's IPAM does, a container
+                // that holds an address in the subnet gets that one: a retried attach must not
+                // pile addresses up.
                 let taken = wanted.get(&network).map_or(&[][..], Vec::as_slice);
-                let held = view
-                    .tables
-                    .endpoints
-                    .get(&EndpointId::new(peer, &network, container_id))
-                    .into_iter()
-                    .flat_map(|ep| ep.cidrs.iter().copied().filter_map(rows::ipv4))
-                    .find(|c| !taken.contains(c));
-                let cidr = match held {
-                    Some(cidr) => cidr,
-                    None => {
-                        let cidr = plan.allocate(&network, &holder)?;
-                        added.push(cidr.to_string());
-                        cidr
-                    }
+                let held =
+                    view.tables
+                        .endpoints
+                        .get(&EndpointId::new(peer, &network, container_id));
+                let mut new = Vec::new();
+                let subnets = match r {
+                    NetRef::Subnet(subnet) => vec![canonical(*subnet)],
+                    _ => plan.networks[&network].subnets.clone(),
                 };
-                (network, cidr)
+                for subnet in subnets {
+                    let mine = held
+                        .into_iter()
+                        .flat_map(|ep| ep.cidrs.iter().copied())
+                        .find(|c| subnet.contains(c.ip()) && !taken.contains(c));
+                    new.push(match mine {
+                        Some(cidr) => cidr,
+                        None => {
+                            let cidr = plan.allocate(&network, subnet, &holder)?;
+                            added.push(cidr.to_string());
+                            cidr
+                        }
+                    });
+                }
+                (network, new)
             }
         };
-        cidrs.push(cidr.to_string());
-        wanted.entry(network).or_default().push(cidr);
+        cidrs.extend(new.iter().map(IpNetwork::to_string));
+        wanted.entry(network).or_default().extend(new);
     }
 
     // Before the endpoints that take the addresses, so the pools see them freed first. The MAC
@@ -211,10 +221,7 @@ pub(super) fn detach(
         match addr {
             AddrSpec::Static(cidr) => {
                 let held = current.values_mut().find_map(|ep| {
-                    let at = ep
-                        .cidrs
-                        .iter()
-                        .position(|c| c.ip() == IpAddr::V4(cidr.ip()))?;
+                    let at = ep.cidrs.iter().position(|c| c.ip() == cidr.ip())?;
                     Some(ep.cidrs.remove(at))
                 });
                 released.push(held.ok_or_else(|| not_held(format!("address {}", cidr.ip())))?);
@@ -266,7 +273,7 @@ fn take_over(
     peer: &str,
     from: &str,
     network: &str,
-    cidr: Ipv4Network,
+    cidr: IpNetwork,
     given_up: &mut BTreeMap<EndpointId, EndpointRow>,
 ) -> bool {
     let id = EndpointId::new(peer, network, from);
@@ -277,18 +284,15 @@ fn take_over(
             None => return false,
         },
     };
-    let at = ep
-        .cidrs
-        .iter()
-        .position(|c| c.ip() == IpAddr::V4(cidr.ip()));
+    let at = ep.cidrs.iter().position(|c| c.ip() == cidr.ip());
     at.map(|at| ep.cidrs.remove(at)).is_some()
 }
 
 /// Adds the addresses of `new` that `cidrs` does not have yet, in order.
-fn add_new(cidrs: &mut Vec<IpNetwork>, new: &[Ipv4Network]) {
-    for cidr in new.iter().map(|&c| IpNetwork::V4(c)) {
-        if !cidrs.contains(&cidr) {
-            cidrs.push(cidr);
+fn add_new(cidrs: &mut Vec<IpNetwork>, new: &[IpNetwork]) {
+    for cidr in new {
+        if !cidrs.contains(cidr) {
+            cidrs.push(*cidr);
         }
     }
 }
@@ -338,7 +342,7 @@ fn check_only_mac(
 /// that network another one.
 fn check_ifname_fits(
     held: &[&EndpointRow],
-    wanted: &BTreeMap<String, Vec<Ipv4Network>>,
+    wanted: &BTreeMap<String, Vec<IpNetwork>>,
     container_id: &str,
     ifname: &str,
 ) -> Result<(), TableError> {
@@ -402,7 +406,7 @@ impl<'a> Names<'a> {
     /// taken.
     fn pick(
         &mut self,
-        ip: Ipv4Addr,
+        ip: IpAddr,
         chosen: &str,
         new_mac: &mut dyn FnMut() -> Mac,
     ) -> Result<(Mac, String, String), TableError> {

@@ -3,11 +3,11 @@
 //! failed write changes nothing. One file per thing ruled on: [`endpoints`] (attach, detach),
 //! [`networks`], [`peers`], [`dns`]; [`planner`] holds what one request has taken so far.
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use weft_proto::addr::AddrSpec;
 use weft_proto::names::{Mac, short_container_id};
-use weft_proto::rows::{self, EndpointRow, NetworkRow, RowChange};
-use weft_proto::subnet::{PREFIX_RANGE, canonical};
+use weft_proto::rows::{EndpointRow, NetworkRow, RowChange};
+use weft_proto::subnet::{canonical, prefix_range};
 use weft_proto::tables::Tables;
 use weft_proto::v1::{DnsRecord, Peer};
 
@@ -101,11 +101,12 @@ pub struct Detached {
 
 /// Checks requests against the tables and plans the changes they make.
 pub trait TableRules {
-    /// Makes the default network exist with `range`, encrypted or not; refuses to move a stored
-    /// one or change its encryption.
+    /// Makes the default network exist with `range` (and `range6`: dual stack), encrypted or
+    /// not; refuses to move a stored one or change its encryption.
     fn ensure_default_network(
         &self,
         range: Ipv4Network,
+        range6: Option<Ipv6Network>,
         encrypted: bool,
     ) -> Result<Vec<RowChange>, TableError>;
     /// Adds or updates a peer; nothing changes when it is already known as it is.
@@ -130,12 +131,12 @@ pub trait TableRules {
         addrs: &[AddrSpec],
         only_mac: &str,
     ) -> Result<(Detached, Vec<RowChange>), TableError>;
-    /// Creates network `name` on `subnet`; `encrypted`: its frames cross between hosts only
-    /// inside WireGuard.
+    /// Creates network `name` on `subnets` (an IPv4 one, an IPv6 one, or one of each);
+    /// `encrypted`: its frames cross between hosts only inside WireGuard.
     fn create_network(
         &self,
         name: &str,
-        subnet: &str,
+        subnets: &[String],
         encrypted: bool,
     ) -> Result<(NetworkRow, Vec<RowChange>), TableError>;
     fn delete_network(&self, name: &str) -> Result<Vec<RowChange>, TableError>;
@@ -164,9 +165,10 @@ impl TableRules for View<'_> {
     fn ensure_default_network(
         &self,
         range: Ipv4Network,
+        range6: Option<Ipv6Network>,
         encrypted: bool,
     ) -> Result<Vec<RowChange>, TableError> {
-        networks::ensure_default_network(self, range, encrypted)
+        networks::ensure_default_network(self, range, range6, encrypted)
     }
 
     fn register_peer(&self, peer: Peer) -> Result<Vec<RowChange>, TableError> {
@@ -197,10 +199,10 @@ impl TableRules for View<'_> {
     fn create_network(
         &self,
         name: &str,
-        subnet: &str,
+        subnets: &[String],
         encrypted: bool,
     ) -> Result<(NetworkRow, Vec<RowChange>), TableError> {
-        networks::create_network(self, name, subnet, encrypted)
+        networks::create_network(self, name, subnets, encrypted)
     }
 
     fn delete_network(&self, name: &str) -> Result<Vec<RowChange>, TableError> {
@@ -225,25 +227,16 @@ impl TableRules for View<'_> {
     }
 }
 
-pub(super) fn check_prefix(subnet: Ipv4Network) -> Result<(), TableError> {
-    if PREFIX_RANGE.contains(&subnet.prefix()) {
+pub(super) fn check_prefix(subnet: IpNetwork) -> Result<(), TableError> {
+    let range = prefix_range(subnet);
+    if range.contains(&subnet.prefix()) {
         return Ok(());
     }
     Err(TableError::Invalid(format!(
         "prefix /{} of {} is outside /{}../{}",
         subnet.prefix(),
         canonical(subnet),
-        PREFIX_RANGE.start(),
-        PREFIX_RANGE.end()
+        range.start(),
+        range.end()
     )))
-}
-
-/// A network's subnet as the IPAM knows it: an IPv4 one.
-pub(super) fn network_subnet(net: &NetworkRow) -> Result<Ipv4Network, TableError> {
-    rows::ipv4(net.subnet).ok_or_else(|| {
-        TableError::Invalid(format!(
-            "network {} has subnet {}, which is not IPv4",
-            net.name, net.subnet
-        ))
-    })
 }

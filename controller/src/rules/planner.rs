@@ -2,16 +2,16 @@
 //! takes count at once, so two parts of one request cannot take the same thing.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use weft_proto::addr::NetRef;
 use weft_proto::names::PROBE_VNI;
 use weft_proto::rows::{NetworkRow, RowChange};
 use weft_proto::subnet::canonical;
 use weft_proto::tables::{DEFAULT_NETWORK, DEFAULT_VNI};
 
-use super::{TableError, View, check_prefix, network_subnet};
+use super::{TableError, View, check_prefix};
 use crate::index::Index;
 use crate::ipam::{Holder, Pool, Taken};
 
@@ -23,7 +23,7 @@ pub(super) struct Planner<'a> {
     pub(super) index: &'a Index,
     pub(super) networks: BTreeMap<String, NetworkRow>,
     /// Pools of the networks this request creates.
-    pub(super) new_pools: BTreeMap<String, Pool>,
+    pub(super) new_pools: BTreeMap<String, Vec<Pool>>,
     /// Addresses this request takes, per network.
     pub(super) taken: BTreeMap<String, Taken>,
     pub(super) changes: Vec<RowChange>,
@@ -40,39 +40,42 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// The network whose subnet is `subnet`. With `create`, one is made (named by the subnet)
-    /// when no network has it; a network that overlaps without being equal is an error.
+    /// The network one of whose subnets is `subnet`. With `create`, one is made (named by the
+    /// subnet) when no network has it; a network that overlaps without being equal is an error.
     pub(super) fn network_for_subnet(
         &mut self,
-        subnet: Ipv4Network,
+        subnet: IpNetwork,
         create: bool,
     ) -> Result<Option<String>, TableError> {
         check_prefix(subnet)?;
-        let wanted = canonical(subnet).to_string();
+        let subnet = canonical(subnet);
+        let wanted = subnet.to_string();
         for net in self.networks.values() {
-            let theirs = network_subnet(net)?;
-            if theirs == subnet {
-                return Ok(Some(net.name.clone()));
-            }
-            if theirs.overlaps(subnet) {
-                return Err(TableError::Overlap {
-                    subnet: wanted,
-                    other: net.name.clone(),
-                    other_subnet: net.subnet.to_string(),
-                });
+            for theirs in &net.subnets {
+                if *theirs == subnet {
+                    return Ok(Some(net.name.clone()));
+                }
+                if overlap(*theirs, subnet) {
+                    return Err(TableError::Overlap {
+                        subnet: wanted,
+                        other: net.name.clone(),
+                        other_subnet: theirs.to_string(),
+                    });
+                }
             }
         }
         if !create {
             return Ok(None);
         }
-        self.add_network(&wanted, subnet, false)?;
+        self.add_network(&wanted, vec![subnet], false)?;
         Ok(Some(wanted))
     }
 
+    /// `subnets` as [`super::networks`] checked them: one or two, IPv4 first.
     pub(super) fn add_network(
         &mut self,
         name: &str,
-        subnet: Ipv4Network,
+        subnets: Vec<IpNetwork>,
         encrypted: bool,
     ) -> Result<NetworkRow, TableError> {
         let vni = self
@@ -85,15 +88,16 @@ impl<'a> Planner<'a> {
         if vni > MAX_VNI {
             return Err(TableError::Invalid("no VNI left for a new network".into()));
         }
+        let subnets: Vec<IpNetwork> = subnets.into_iter().map(canonical).collect();
+        let pools = subnets.iter().map(|s| Pool::new(name, *s)).collect();
         let net = NetworkRow {
             name: name.to_string(),
-            subnet: canonical(subnet).into(),
+            subnets,
             vni,
             encrypted,
         };
         self.networks.insert(net.name.clone(), net.clone());
-        self.new_pools
-            .insert(net.name.clone(), Pool::new(name, subnet));
+        self.new_pools.insert(net.name.clone(), pools);
         self.changes.push(RowChange::NetworkPut(net.clone()));
         Ok(net)
     }
@@ -109,24 +113,29 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// The network's pool (recorded addresses) and what this request has taken there.
-    pub(super) fn pool(&mut self, network: &str) -> Result<(&Pool, &mut Taken), TableError> {
-        let pool = self
+    /// The network's pools (recorded addresses, one per subnet) and what this request has
+    /// taken there.
+    pub(super) fn pools(&mut self, network: &str) -> Result<(&[Pool], &mut Taken), TableError> {
+        let pools = self
             .new_pools
             .get(network)
             .or_else(|| self.index.pools.get(network))
             .ok_or_else(|| TableError::UnknownNetwork(network.to_string()))?;
-        Ok((pool, self.taken.entry(network.to_string()).or_default()))
+        Ok((pools, self.taken.entry(network.to_string()).or_default()))
     }
 
     /// Claims `cidr` in `network`; true if the holder did not have it yet.
     pub(super) fn claim(
         &mut self,
         network: &str,
-        cidr: Ipv4Network,
+        cidr: IpNetwork,
         holder: &Holder,
     ) -> Result<bool, TableError> {
-        let (pool, taken) = self.pool(network)?;
+        let (pools, taken) = self.pools(network)?;
+        let pool = pools
+            .iter()
+            .find(|p| p.subnet.is_ipv4() == cidr.is_ipv4())
+            .unwrap_or(&pools[0]);
         let new = pool.claim(cidr.ip(), holder, taken)?;
         taken.insert(cidr.ip(), holder.clone());
         Ok(new)
@@ -134,22 +143,27 @@ impl<'a> Planner<'a> {
 
     /// Counts `ip` of `network` as `holder`'s from now on in this request, whoever holds it in
     /// the tables (an address taken over from another container).
-    pub(super) fn hand_over(&mut self, network: &str, ip: Ipv4Addr, holder: &Holder) {
+    pub(super) fn hand_over(&mut self, network: &str, ip: IpAddr, holder: &Holder) {
         self.taken
             .entry(network.to_string())
             .or_default()
             .insert(ip, holder.clone());
     }
 
-    /// Takes the lowest free address of `network`, with the network's prefix.
+    /// Takes the lowest free address of `network`'s subnet `subnet`, with its prefix.
     pub(super) fn allocate(
         &mut self,
         network: &str,
+        subnet: IpNetwork,
         holder: &Holder,
-    ) -> Result<Ipv4Network, TableError> {
-        let (pool, taken) = self.pool(network)?;
+    ) -> Result<IpNetwork, TableError> {
+        let (pools, taken) = self.pools(network)?;
+        let pool = pools
+            .iter()
+            .find(|p| p.subnet == subnet)
+            .ok_or_else(|| TableError::UnknownNetwork(network.to_string()))?;
         let ip = pool.allocate(holder, taken)?;
-        let cidr = Ipv4Network::new(ip, pool.subnet.prefix()).expect("a valid prefix");
+        let cidr = IpNetwork::new(ip, pool.subnet.prefix()).expect("a valid prefix");
         taken.insert(ip, holder.clone());
         Ok(cidr)
     }
@@ -163,9 +177,14 @@ impl<'a> Planner<'a> {
             NetRef::Subnet(subnet) => self
                 .networks
                 .values()
-                .find(|n| n.subnet == canonical(*subnet).into())
+                .find(|n| n.subnets.contains(&canonical(*subnet)))
                 .map(|n| n.name.clone())
                 .ok_or_else(|| TableError::UnknownNetwork(canonical(*subnet).to_string())),
         }
     }
+}
+
+/// Whether two subnets share an address (never across families).
+fn overlap(a: IpNetwork, b: IpNetwork) -> bool {
+    a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
 }

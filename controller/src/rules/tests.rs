@@ -2,6 +2,8 @@
 
 use std::collections::BTreeSet;
 
+use ipnetwork::Ipv4Network;
+use weft_proto::rows;
 use weft_proto::tables::{DEFAULT_NETWORK, DEFAULT_VNI, EndpointId};
 
 use super::*;
@@ -16,7 +18,7 @@ trait OnTables {
         range: Ipv4Network,
         encrypted: bool,
     ) -> Result<Vec<RowChange>, TableError> {
-        self.view(|v| v.ensure_default_network(range, encrypted))
+        self.view(|v| v.ensure_default_network(range, None, encrypted))
     }
     fn register_peer(&self, peer: Peer) -> Result<Vec<RowChange>, TableError> {
         self.view(|v| v.register_peer(peer))
@@ -50,7 +52,8 @@ trait OnTables {
         subnet: &str,
         encrypted: bool,
     ) -> Result<(NetworkRow, Vec<RowChange>), TableError> {
-        self.view(|v| v.create_network(name, subnet, encrypted))
+        let subnets: Vec<String> = subnet.split(',').map(String::from).collect();
+        self.view(|v| v.create_network(name, &subnets, encrypted))
     }
     fn delete_network(&self, name: &str) -> Result<Vec<RowChange>, TableError> {
         self.view(|v| v.delete_network(name))
@@ -164,10 +167,7 @@ fn detach(
 #[test]
 fn default_network_is_created_once_and_never_moved() {
     let t = two_hosts();
-    assert_eq!(
-        t.networks[DEFAULT_NETWORK].subnet.to_string(),
-        "10.32.0.0/12"
-    );
+    assert_eq!(t.networks[DEFAULT_NETWORK].subnets_text(), "10.32.0.0/12");
     assert_eq!(t.networks[DEFAULT_NETWORK].vni, DEFAULT_VNI);
     assert_eq!(
         t.ensure_default_network("10.32.0.0/12".parse().unwrap(), false),
@@ -318,10 +318,7 @@ fn static_addresses_create_their_network_and_name_holders() {
         Ok(vec!["192.168.0.2/24".into()])
     );
     let net = &t.networks["192.168.0.0/24"];
-    assert_eq!(
-        (net.subnet.to_string(), net.vni),
-        ("192.168.0.0/24".into(), 2)
-    );
+    assert_eq!((net.subnets_text(), net.vni), ("192.168.0.0/24".into(), 2));
     let ep = &t.endpoints[&EndpointId::new("host1", "192.168.0.0/24", "c1")];
     assert_eq!(ep.mac.to_string(), "0a:77:c0:a8:00:02");
     assert_eq!(ep.host_ifname, "vethwepl0a80002");
@@ -735,7 +732,7 @@ fn networks_are_created_checked_and_removed() {
     let (net, changes) = t.create_network("blue", "10.9.0.0/24", false).unwrap();
     apply_all(&mut t, changes);
     assert_eq!(
-        (net.name.as_str(), net.subnet.to_string(), net.vni),
+        (net.name.as_str(), net.subnets_text(), net.vni),
         ("blue", "10.9.0.0/24".into(), 2)
     );
     assert_eq!(
@@ -824,4 +821,118 @@ fn a_detach_by_mac_releases_only_that_endpoint_and_never_another_peers() {
     assert_eq!(rows::cidr_strings(&done.released), ["10.32.0.2/12"]);
     apply_all(&mut t, changes);
     assert_eq!(t.endpoints.len(), 1, "c2's endpoint stays");
+}
+
+#[test]
+fn ipv6_networks_single_and_dual_stack() {
+    let mut t = two_hosts();
+    // A static IPv6 address makes its network, as an IPv4 one does.
+    assert_eq!(
+        attach(&mut t, "host1", "c1", &["fd00:7::5/64"]),
+        Ok(vec!["fd00:7::5/64".into()])
+    );
+    assert_eq!(t.networks["fd00:7::/64"].subnets_text(), "fd00:7::/64");
+    assert_eq!(
+        attach(&mut t, "host1", "c2", &["net:fd00:7::/64"]),
+        Ok(vec!["fd00:7::2/64".into()])
+    );
+    // Dual stack: net:NAME gives one address of each family, IPv4 first.
+    let (net, changes) = t
+        .create_network("blue", "fd00:9::/64,10.9.0.0/24", false)
+        .unwrap();
+    apply_all(&mut t, changes);
+    assert_eq!(net.subnets_text(), "10.9.0.0/24,fd00:9::/64");
+    assert_eq!(
+        attach(&mut t, "host1", "c3", &["net:blue"]),
+        Ok(vec!["10.9.0.2/24".into(), "fd00:9::2/64".into()])
+    );
+    // Again: the same two, not two more.
+    assert_eq!(
+        attach(&mut t, "host1", "c3", &["net:blue"]),
+        Ok(vec!["10.9.0.2/24".into(), "fd00:9::2/64".into()])
+    );
+    assert_eq!(
+        attach(&mut t, "host2", "c4", &["fd00:9::2/64"]),
+        Err("address fd00:9::2 already in use by c3 on host1".into())
+    );
+    assert_eq!(
+        attach(&mut t, "host2", "c4", &["fd00:9::1/64"]),
+        Err("address fd00:9::1 is the gateway address, kept for the host of fd00:9::/64".into())
+    );
+    assert_eq!(
+        detach(&mut t, "host1", "c3", &["fd00:9::2/64"]),
+        Ok(vec!["fd00:9::2/64".into()])
+    );
+    assert_eq!(
+        attach(&mut t, "host2", "c4", &["net:fd00:9::/64"]),
+        Ok(vec!["fd00:9::2/64".into()])
+    );
+}
+
+#[test]
+fn bad_ipv6_subnets_are_refused_naming_them() {
+    let t = two_hosts();
+    let err = |subnets: &str| {
+        t.create_network("blue", subnets, false)
+            .unwrap_err()
+            .to_string()
+    };
+    assert_eq!(
+        err("fd00:9::/64,fd00:8::/64"),
+        "a second IPv6 subnet fd00:8::/64: a network has at most one IPv4 and one IPv6 subnet, \
+         and fd00:9::/64 is given already"
+    );
+    assert_eq!(
+        err("fd00::/47"),
+        "prefix /47 of fd00::/47 is outside /48../126"
+    );
+    assert_eq!(
+        err("fd00:9::/127"),
+        "prefix /127 of fd00:9::/127 is outside /48../126"
+    );
+    assert_eq!(
+        err("::ffff:10.9.0.0/120"),
+        "invalid subnet \"::ffff:10.9.0.0/120\": ::ffff:10.9.0.0 is an IPv4-mapped IPv6 \
+         address; write 10.9.0.0/LEN"
+    );
+    assert_eq!(
+        err("10.9.0.0/24,10.32.1.0/24"),
+        "a second IPv4 subnet 10.32.1.0/24: a network has at most one IPv4 and one IPv6 subnet, \
+         and 10.9.0.0/24 is given already"
+    );
+    assert!(!t.networks.contains_key("blue"), "nothing was made");
+}
+
+#[test]
+fn the_default_network_is_dual_stack_with_range6() {
+    let mut t = Tables::default();
+    let (range, range6) = (
+        "10.32.0.0/12".parse().unwrap(),
+        Some("fd00:32::/64".parse().unwrap()),
+    );
+    let changes = t
+        .view(|v| v.ensure_default_network(range, range6, false))
+        .unwrap();
+    apply_all(&mut t, changes);
+    assert_eq!(
+        t.networks[DEFAULT_NETWORK].subnets_text(),
+        "10.32.0.0/12,fd00:32::/64"
+    );
+    let changes = t.register_peer(peer("host1", "198.18.0.1")).unwrap();
+    apply_all(&mut t, changes);
+    assert_eq!(
+        attach(&mut t, "host1", "c1", &[]),
+        Ok(vec!["10.32.0.2/12".into(), "fd00:32::2/64".into()])
+    );
+    assert_eq!(
+        t.view(|v| v.ensure_default_network(range, None, false))
+            .unwrap_err()
+            .to_string(),
+        "the stored default network is 10.32.0.0/12,fd00:32::/64 but --ipalloc-range6 is not \
+         given"
+    );
+    assert_eq!(
+        t.view(|v| v.ensure_default_network(range, range6, false)),
+        Ok(vec![])
+    );
 }
