@@ -2,7 +2,7 @@
 //! reference the benchmarks measure weft against. Its devices have names, a VNI and a UDP port of
 //! their own, so they never meet weft's, which the agents leave alone.
 
-use weft_integration::{FLOOD_MAC, World, bridge, host_addr, ip, link};
+use weft_integration::{FLOOD_MAC, World, bridge, ip, link};
 use weft_proto::names::{WIREGUARD_DEVICE, tunnel_addr};
 
 /// The container's end of a hand-built veth.
@@ -40,11 +40,13 @@ impl HandBuilt {
         format!("{}.{n}", self.subnet)
     }
 
-    /// Where host `host`'s VXLAN device sends from and others send to it.
-    fn vtep(&self, host: usize) -> String {
+    /// Where host `host`'s VXLAN device sends from and others send to it: its underlay
+    /// address (IPv4 or IPv6, as the world's underlay is), or its tunnel address.
+    fn vtep(&self, world: &World, host: usize) -> String {
+        let underlay = world.vtep(host);
         match self.over_wireguard {
-            false => host_addr(host),
-            true => tunnel_addr(host_addr(host).parse().expect("an IPv4 underlay")).to_string(),
+            false => underlay,
+            true => tunnel_addr(underlay.parse().expect("an underlay address")).to_string(),
         }
     }
 
@@ -58,7 +60,7 @@ impl HandBuilt {
         let containers = [1, 2].map(|h| world.container(h, &format!("{}{h}", self.prefix)));
         for h in 1..=2 {
             let host = world.host_ns(h);
-            let local = self.vtep(h);
+            let local = self.vtep(world, h);
             ip(
                 &host,
                 &["link", "add", &bridge, "mtu", &mtu, "type", "bridge"],
@@ -162,7 +164,7 @@ impl HandBuilt {
     /// `host` (with `via` the WireGuard interface, where the VTEP is a link-local tunnel
     /// address).
     fn fdb_entry(&self, world: &World, host: usize, verb: &str, mac: &str, remote: usize) {
-        let (vxlan, dst) = (self.vxlan(), self.vtep(remote));
+        let (vxlan, dst) = (self.vxlan(), self.vtep(world, remote));
         let mut entry = vec![
             "fdb",
             verb,

@@ -14,7 +14,7 @@ mod stats;
 
 use std::fs;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -63,7 +63,7 @@ enum Command {
         peer: String,
         /// The peer's VTEP address; nothing needs to answer there.
         #[arg(long)]
-        advertise_addr: Ipv4Addr,
+        advertise_addr: IpAddr,
         /// How many containers to attach.
         #[arg(long, default_value_t = 10_000)]
         endpoints: usize,
@@ -89,7 +89,7 @@ enum Command {
         #[arg(long)]
         peer: String,
         #[arg(long)]
-        advertise_addr: Ipv4Addr,
+        advertise_addr: IpAddr,
     },
     /// One Attach, as an agent would send it.
     Attach {
@@ -116,7 +116,7 @@ enum Command {
         #[arg(long)]
         name: String,
         #[arg(long)]
-        ip: Ipv4Addr,
+        ip: IpAddr,
         /// Remove the record instead of adding it.
         #[arg(long)]
         remove: bool,

@@ -23,7 +23,8 @@ pub fn add_result(cni_version: &str, done: &CniAddResponse, ifname: &str, netns:
         .iter()
         .map(|cidr| {
             let mut ip = json!({"address": cidr, "interface": 1});
-            if !done.gateway.is_empty() {
+            // The gateway (IPv4) belongs to the addresses of its family only.
+            if !done.gateway.is_empty() && cidr.contains(':') == done.gateway.contains(':') {
                 ip["gateway"] = done.gateway.clone().into();
             }
             if old {
@@ -101,5 +102,18 @@ mod tests {
         let r = add_result("1.1.0", &done, "eth0", "/run/netns/p1");
         assert_eq!(r["interfaces"][1]["mtu"], 1450);
         assert!(r["ips"][0].get("version").is_none());
+        // Dual stack: both addresses, the IPv4 gateway on the IPv4 one only.
+        let dual = CniAddResponse {
+            cidrs: vec!["10.9.0.5/24".into(), "fd00:9::5/64".into()],
+            ..done
+        };
+        let r = add_result("0.4.0", &dual, "eth0", "/run/netns/p1");
+        assert_eq!(
+            r["ips"],
+            json!([
+                {"address": "10.9.0.5/24", "gateway": "10.9.0.1", "interface": 1, "version": "4"},
+                {"address": "fd00:9::5/64", "interface": 1, "version": "6"}
+            ])
+        );
     }
 }

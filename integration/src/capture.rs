@@ -114,3 +114,20 @@ pub fn icmpv6_type(frame: &[u8]) -> Option<u8> {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// How many frames of a pcap file of Ethernet frames come from the MAC `src` (`aa:bb:...`).
+pub fn frames_from(pcap: &[u8], src: &str) -> usize {
+    let src: Vec<u8> = src
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("a MAC"))
+        .collect();
+    let mut count = 0;
+    let mut at = 24;
+    while at + 16 <= pcap.len() {
+        let len = u32::from_ne_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
+        let frame = &pcap[(at + 16).min(pcap.len())..(at + 16 + len).min(pcap.len())];
+        at += 16 + len;
+        count += usize::from(frame.get(6..12) == Some(&src[..]));
+    }
+    count
+}

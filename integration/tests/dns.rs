@@ -323,3 +323,70 @@ fn an_answering_upstream_is_forwarded_to_and_answers_carry_the_ttl_in_varying_or
         "30 answers came in one order only: {orders:?}"
     );
 }
+
+#[test]
+fn ipv6_addresses_answer_aaaa_and_ip6_arpa() {
+    let mut world = World::with_agent_args(2, &["--dns-upstream", SILENT_UPSTREAM]);
+    world.ctl(
+        1,
+        &[
+            "network",
+            "create",
+            "blue",
+            "--subnet",
+            "10.9.0.0/24",
+            "--subnet",
+            "fd00:9::/64",
+        ],
+    );
+    let (c1, c2) = (world.container(1, "c1"), world.container(2, "c2"));
+    world.ctl(
+        1,
+        &[
+            "attach",
+            "--name",
+            "one",
+            "net:blue",
+            &format!("netns:{c1}"),
+        ],
+    );
+    world.ctl(
+        2,
+        &[
+            "attach",
+            "--name",
+            "two",
+            "net:blue",
+            &format!("netns:{c2}"),
+        ],
+    );
+    let aaaa = || dig(&c1, &["two", "AAAA"]);
+    assert!(
+        wait_until(Duration::from_secs(2), || aaaa().0 == ["fd00:9::3"]),
+        "two.weave.local AAAA on host1: {:?}",
+        aaaa()
+    );
+    assert_eq!(aaaa().1, "NOERROR");
+    assert_eq!(dig(&c1, &["two"]).0, ["10.9.0.3"]);
+    assert_eq!(
+        dig(&c2, &["-x", "fd00:9::2"]),
+        (vec!["one.weave.local.".into()], "NOERROR".into())
+    );
+    assert_eq!(world.ctl(1, &["dns-lookup", "two"]), "10.9.0.3 fd00:9::3\n");
+    // A record of an IPv6 address alone: AAAA, and no A (the name exists: NOERROR, empty).
+    world.ctl(1, &["dns-add", "fd00:9::99", "-h", "printer6"]);
+    assert_eq!(
+        dig(&c1, &["printer6", "AAAA"]),
+        (vec!["fd00:9::99".into()], "NOERROR".into())
+    );
+    assert_eq!(dig(&c1, &["printer6", "A"]), (vec![], "NOERROR".into()));
+    let mapped = world.weftctl(1, &["dns-add", "::ffff:10.9.0.7", "-h", "bad"]);
+    assert_eq!(mapped.code, Some(1), "{}", mapped.stderr);
+    assert!(
+        mapped
+            .stderr
+            .contains("\"::ffff:10.9.0.7\" is not an IP address"),
+        "{}",
+        mapped.stderr
+    );
+}

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use weft_integration::capture::{Capture, icmpv6_type, udp_datagrams};
+use weft_integration::capture::{Capture, frames_from, icmpv6_type, udp_datagrams};
 use weft_integration::{
     VXLAN_DEV, World, assert_reaches, exec, fdb, link, neighbours, ping, wait_until,
 };
@@ -200,5 +200,101 @@ fn dual_stack_containers_reach_each_other_on_both_families() {
     assert_eq!(
         row(&ipam, "blue", "10.9"),
         ["blue", "10.9.0.0/24", "253", "2", "251"]
+    );
+    // The host on the network: the gateway of each subnet on its bridge, reachable from a
+    // container across hosts on both families.
+    assert_eq!(
+        world.ctl(1, &["expose", "net:blue"]),
+        "10.9.0.1 fd00:9::1\n"
+    );
+    assert_reaches(&d, "fd00:9::1");
+    assert_reaches(&d, "10.9.0.1");
+}
+
+#[test]
+fn two_ipv6_networks_are_separate_segments_on_one_host_and_across() {
+    let mut world = World::on_ipv6_underlay(2, &[]);
+    let (a1, b1) = (world.container(1, "a1"), world.container(1, "b1"));
+    let (a2, b2) = (world.container(2, "a2"), world.container(2, "b2"));
+    attach(&world, 1, &["fd00:a::2/64"], &a1);
+    attach(&world, 1, &["fd00:b::2/64"], &b1);
+    attach(&world, 2, &["fd00:a::3/64"], &a2);
+    attach(&world, 2, &["fd00:b::3/64"], &b2);
+    assert_reaches(&a1, "fd00:a::3");
+    assert_reaches(&b1, "fd00:b::3");
+
+    // a1 is made to believe B's containers are its neighbours: an address of B's subnet on
+    // ethwe, and their MACs pinned. Frames addressed to them go out; only the separation of
+    // the networks stops them.
+    let mac = |ns: &str| link(ns, "ethwe").expect("ethwe").mac;
+    let (mac_a1, mac_b1, mac_b2) = (mac(&a1), mac(&b1), mac(&b2));
+    exec(
+        &a1,
+        &[
+            "ip",
+            "addr",
+            "add",
+            "fd00:b::99/64",
+            "dev",
+            "ethwe",
+            "nodad",
+        ],
+    );
+    for (ip, mac) in [("fd00:b::2", &mac_b1), ("fd00:b::3", &mac_b2)] {
+        let pinned = exec(
+            &a1,
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                ip,
+                "lladdr",
+                mac,
+                "dev",
+                "ethwe",
+                "nud",
+                "permanent",
+            ],
+        );
+        assert!(pinned.success(), "{}", pinned.stderr);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let watch = |ns: &str| Capture::start(ns, "ethwe", dir.path().join(format!("{ns}.pcap")));
+    let (on_b1, on_b2, on_a2) = (watch(&b1), watch(&b2), watch(&a2));
+    for target in ["fd00:b::2", "fd00:b::3"] {
+        assert!(
+            !ping(&a1, target),
+            "a1 (network A) reaches {target} of network B"
+        );
+    }
+    // The control: a1's frames do reach its own network, multicast included.
+    assert!(ping(&a1, "fd00:a::3"));
+    exec(
+        &a1,
+        &[
+            "ping",
+            "-n",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "ff02::1%ethwe",
+        ],
+    );
+    let (b1_saw, b2_saw) = (
+        frames_from(&on_b1.stop(), &mac_a1),
+        frames_from(&on_b2.stop(), &mac_a1),
+    );
+    let a2_saw = frames_from(&on_a2.stop(), &mac_a1);
+    assert!(
+        a2_saw >= 3,
+        "a2 saw {a2_saw} frames of a1: the capture proves nothing"
+    );
+    assert_eq!(
+        (b1_saw, b2_saw),
+        (0, 0),
+        "frames of a1 (network A) reached B's containers on its host and across"
     );
 }

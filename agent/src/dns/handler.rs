@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Header, HeaderCounts, Message, Metadata, ResponseCode};
-use hickory_proto::rr::rdata::{A, PTR};
+use hickory_proto::rr::rdata::{A, AAAA, PTR};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::net::runtime::Time;
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -58,7 +58,7 @@ impl DnsState {
 /// The answer to a query weft knows the answer to, or `None` to forward it.
 #[derive(Debug, PartialEq)]
 pub enum LocalAnswer {
-    Addresses(Vec<Ipv4Addr>),
+    Addresses(Vec<IpAddr>),
     Names(Vec<String>),
     /// The name exists but has no record of the type asked for.
     NoData,
@@ -81,15 +81,19 @@ pub fn answer_locally(
                 LocalAnswer::NoSuchName
             });
         };
-        return Some(match qtype {
-            RecordType::A | RecordType::ANY => {
-                let mut addresses: Vec<Ipv4Addr> = addresses.iter().copied().collect();
-                // Several containers under one name share the load: random order, as Weave.
-                addresses.shuffle(&mut rand::rng());
-                LocalAnswer::Addresses(addresses)
-            }
-            _ => LocalAnswer::NoData,
-        });
+        let family: fn(&IpAddr) -> bool = match qtype {
+            RecordType::A => IpAddr::is_ipv4,
+            RecordType::AAAA => IpAddr::is_ipv6,
+            RecordType::ANY => |_| true,
+            _ => |_| false,
+        };
+        let mut addresses: Vec<IpAddr> = addresses.iter().copied().filter(family).collect();
+        if addresses.is_empty() {
+            return Some(LocalAnswer::NoData);
+        }
+        // Several containers under one name share the load: random order, as Weave.
+        addresses.shuffle(&mut rand::rng());
+        return Some(LocalAnswer::Addresses(addresses));
     }
     let names = records.names.get(&reverse_address(query)?)?;
     Some(match qtype {
@@ -209,7 +213,12 @@ impl DnsHandler {
             match answer_locally(&self.state, &records, &owner.to_string(), qtype) {
                 Some(LocalAnswer::Addresses(ips)) => (
                     ResponseCode::NoError,
-                    ips.into_iter().map(|ip| record(RData::A(A(ip)))).collect(),
+                    ips.into_iter()
+                        .map(|ip| match ip {
+                            IpAddr::V4(v4) => record(RData::A(A(v4))),
+                            IpAddr::V6(v6) => record(RData::AAAA(AAAA(v6))),
+                        })
+                        .collect(),
                 ),
                 Some(LocalAnswer::Names(names)) => (
                     ResponseCode::NoError,
@@ -280,9 +289,10 @@ mod tests {
     fn records() -> Records {
         let mut t = weft_proto::tables::Tables::default();
         for (i, (name, ip)) in [
-            ("web", "10.32.0.2"),
-            ("web", "10.32.0.3"),
-            ("db", "10.32.0.4"),
+            ("web", "10.32.0.2/12"),
+            ("web", "10.32.0.3/12"),
+            ("db", "10.32.0.4/12"),
+            ("db", "fd00:9::4/64"),
         ]
         .into_iter()
         .enumerate()
@@ -290,7 +300,7 @@ mod tests {
             let ep = weft_proto::rows::EndpointRow {
                 id: weft_proto::tables::EndpointId::new("host1", "default", &format!("c{i}")),
                 mac: weft_proto::names::Mac::ZERO,
-                cidrs: vec![format!("{ip}/12").parse().unwrap()],
+                cidrs: vec![ip.parse().unwrap()],
                 host_ifname: String::new(),
                 container_ifname: String::new(),
                 dns_name: name.into(),
@@ -326,7 +336,19 @@ mod tests {
             Some(LocalAnswer::NoSuchName)
         );
         assert_eq!(
-            answer_locally(&s, &r, "db.weave.local.", RecordType::AAAA),
+            ips(answer_locally(&s, &r, "db.weave.local.", RecordType::AAAA)),
+            ["fd00:9::4"]
+        );
+        assert_eq!(
+            ips(answer_locally(&s, &r, "db.weave.local.", RecordType::ANY)),
+            ["10.32.0.4", "fd00:9::4"]
+        );
+        assert_eq!(
+            answer_locally(&s, &r, "web.weave.local.", RecordType::AAAA),
+            Some(LocalAnswer::NoData)
+        );
+        assert_eq!(
+            answer_locally(&s, &r, "db.weave.local.", RecordType::MX),
             Some(LocalAnswer::NoData)
         );
         assert_eq!(answer_locally(&s, &r, "example.com.", RecordType::A), None);
@@ -343,12 +365,17 @@ mod tests {
             answer_locally(&s, &r, "9.0.32.10.in-addr.arpa.", RecordType::PTR),
             None
         );
+        let six = "4.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.9.0.0.0.0.0.d.f.ip6.arpa.";
+        assert_eq!(
+            answer_locally(&s, &r, six, RecordType::PTR),
+            Some(LocalAnswer::Names(vec!["db.weave.local".into()]))
+        );
     }
 
     #[test]
     fn several_containers_come_in_random_order() {
         let (s, r) = (state(), records());
-        let orders: std::collections::BTreeSet<Vec<Ipv4Addr>> = (0..64)
+        let orders: std::collections::BTreeSet<Vec<IpAddr>> = (0..64)
             .filter_map(|_| match answer_locally(&s, &r, "web.", RecordType::A) {
                 Some(LocalAnswer::Addresses(ips)) => Some(ips),
                 _ => None,

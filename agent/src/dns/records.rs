@@ -1,18 +1,18 @@
 //! The names weft serves, from the tables: each container's DNS name (from `attach --name`, or
-//! its hostname) in the DNS domain, with every address of the container, the records added
-//! with `weftctl dns-add`, and the reverse.
+//! its hostname) in the DNS domain, with every address of the container (IPv4 and IPv6), the
+//! records added with `weftctl dns-add`, and the reverse.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use weft_proto::rows;
+use hickory_proto::rr::Name;
 use weft_proto::tables::Tables;
 
 /// Names and addresses, both ways. Names are lower case, without the final dot.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Records {
-    pub addresses: BTreeMap<String, BTreeSet<Ipv4Addr>>,
-    pub names: BTreeMap<Ipv4Addr, BTreeSet<String>>,
+    pub addresses: BTreeMap<String, BTreeSet<IpAddr>>,
+    pub names: BTreeMap<IpAddr, BTreeSet<String>>,
 }
 
 /// The name a container's DNS name is served under: a single label gets the domain appended,
@@ -35,22 +35,19 @@ impl Records {
             let Some(name) = name_in_domain(&ep.dns_name, domain) else {
                 continue;
             };
-            for net in ep.cidrs.iter().copied().filter_map(rows::ipv4) {
+            for net in &ep.cidrs {
                 records.add(&name, net.ip());
             }
         }
         for record in tables.dns_records.values() {
-            if let (Some(name), Some(ip)) = (
-                name_in_domain(&record.name, domain),
-                rows::ipv4_addr(record.ip),
-            ) {
-                records.add(&name, ip);
+            if let Some(name) = name_in_domain(&record.name, domain) {
+                records.add(&name, record.ip);
             }
         }
         records
     }
 
-    fn add(&mut self, name: &str, ip: Ipv4Addr) {
+    fn add(&mut self, name: &str, ip: IpAddr) {
         self.addresses
             .entry(name.to_string())
             .or_default()
@@ -68,19 +65,13 @@ impl Records {
     }
 }
 
-/// The address a reverse name (`2.0.168.192.in-addr.arpa`) stands for.
-pub fn reverse_address(name: &str) -> Option<Ipv4Addr> {
-    let rest = name
-        .trim_end_matches('.')
-        .to_ascii_lowercase()
-        .strip_suffix(".in-addr.arpa")?
-        .to_string();
-    let octets: Vec<u8> = rest
-        .split('.')
-        .map(|o| o.parse().ok())
-        .collect::<Option<_>>()?;
-    let [d, c, b, a] = <[u8; 4]>::try_from(octets).ok()?;
-    Some(Ipv4Addr::new(a, b, c, d))
+/// The address a reverse name (`2.0.168.192.in-addr.arpa`, or 32 nibbles and `ip6.arpa`)
+/// stands for; a name of a whole network (fewer labels) stands for none.
+pub fn reverse_address(name: &str) -> Option<IpAddr> {
+    let fqdn = format!("{}.", name.trim_end_matches('.'));
+    let net = Name::from_ascii(fqdn).ok()?.parse_arpa_name().ok()?;
+    let whole = if net.addr().is_ipv4() { 32 } else { 128 };
+    (net.prefix_len() == whole).then(|| net.addr())
 }
 
 #[cfg(test)]
@@ -145,7 +136,7 @@ mod tests {
         assert_eq!(web, ["10.32.0.2", "10.32.0.3", "10.32.0.9", "192.168.0.3"]);
         assert_eq!(r.addresses.len(), 1);
         assert_eq!(r.len(), 4);
-        let ip: Ipv4Addr = "192.168.0.3".parse().unwrap();
+        let ip: IpAddr = "192.168.0.3".parse().unwrap();
         assert_eq!(r.names[&ip].iter().collect::<Vec<_>>(), ["web.weave.local"]);
     }
 
@@ -155,10 +146,14 @@ mod tests {
             reverse_address("2.0.168.192.in-addr.arpa."),
             Some("192.168.0.2".parse().unwrap())
         );
+        let six = "5.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.9.0.0.0.0.0.d.f.ip6.arpa.";
+        assert_eq!(reverse_address(six), Some("fd00:9::5".parse().unwrap()));
         for bad in [
             "0.168.192.in-addr.arpa",
             "x.0.168.192.in-addr.arpa",
             "example.com",
+            "9.0.0.0.0.0.d.f.ip6.arpa",
+            "g.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.9.0.0.0.0.0.d.f.ip6.arpa",
         ] {
             assert_eq!(reverse_address(bad), None, "{bad}");
         }

@@ -1,6 +1,8 @@
 //! `make bench`: throughput and latency between containers on two hosts through weft, next to
 //! the underlay between the two hosts and to the same kind of datapath built by hand (bridge,
-//! VXLAN device without learning, static FDB), measured alternately in one run.
+//! VXLAN device without learning, static FDB), measured alternately in one run. With
+//! `--ipv6-underlay` the hosts reach each other over IPv6 only (2001:db8::/64), and both
+//! overlays send VXLAN over IPv6.
 //!
 //! Each world of two hosts (several, built one after the other, as one world can favour one
 //! system for all its rounds) carries all the systems, so they share the underlay: weft's
@@ -18,9 +20,7 @@ use weft_bench::traffic::{
     self, AFFINITY, OMIT, SECONDS, System, check_path, iperf, iperf_server, require_two_cpus,
 };
 use weft_bench::{HB_IF, HandBuilt};
-use weft_integration::{
-    Background, VXLAN_DEV, World, assert_reaches, exit_code_of, host_addr, link,
-};
+use weft_integration::{Background, VXLAN_DEV, World, assert_reaches, exit_code_of, link};
 
 /// Worlds, and rounds in each, when `--worlds W` and `--rounds R` are not given; the fewest
 /// rounds in all a median is taken over. One system's throughput moves by up to a third from run
@@ -100,6 +100,7 @@ struct Options {
     /// In each world.
     rounds: usize,
     control: bool,
+    ipv6_underlay: bool,
 }
 
 /// One run's figure: throughput in Gbit/s (with UDP's loss in %) or the median RTT in µs.
@@ -120,6 +121,9 @@ fn run() {
         "iperf3: {}",
         harness::tool_version(&["iperf3", "--version"])
     );
+    if options.ipv6_underlay {
+        println!("underlay: IPv6 only (2001:db8::/64); VXLAN over IPv6 for weft and hand-built");
+    }
     if options.control {
         println!(
             "control: hand-built again with weft's VXLAN options (dstport {}, proxy, a permanent neighbour entry)",
@@ -136,7 +140,10 @@ fn run() {
     let total = options.worlds * options.rounds;
     for w in 0..options.worlds {
         let scratch = tempfile::tempdir().expect("creating a temp dir");
-        let mut world = World::new(2);
+        let mut world = match options.ipv6_underlay {
+            false => World::new(2),
+            true => World::on_ipv6_underlay(2, &[]),
+        };
         let paths = build_paths(&mut world, options.control);
         let _servers: Vec<Background> = paths
             .iter()
@@ -186,7 +193,7 @@ fn build_paths(world: &mut World, control: bool) -> Vec<System> {
         label: "underlay",
         client: world.host_ns(1),
         server: world.host_ns(2),
-        server_ip: host_addr(2),
+        server_ip: world.vtep(2),
         vxlan: None,
     });
     if control {
@@ -195,17 +202,23 @@ fn build_paths(world: &mut World, control: bool) -> Vec<System> {
     for path in &paths {
         check_path(world, path);
     }
-    println!("world ready: MTU {mtu} on weft's ethwe and the hand-built {HB_IF}, underlay 1500");
+    println!(
+        "world ready: MTU {mtu} on weft's ethwe and the hand-built {HB_IF}, underlay 1500 ({})",
+        world.vtep(1)
+    );
     paths
 }
 
-/// `--worlds W`, `--rounds R` (together at least [`MIN_RUNS`] rounds) and `--control`.
+/// `--worlds W`, `--rounds R` (together at least [`MIN_RUNS`] rounds), `--control` and
+/// `--ipv6-underlay`.
 fn options() -> Options {
-    const USAGE: &str = "usage: weft-bench-datapath [--worlds W] [--rounds R] [--control]";
+    const USAGE: &str =
+        "usage: weft-bench-datapath [--worlds W] [--rounds R] [--control] [--ipv6-underlay]";
     let mut options = Options {
         worlds: DEFAULT_WORLDS,
         rounds: DEFAULT_ROUNDS,
         control: false,
+        ipv6_underlay: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -218,6 +231,7 @@ fn options() -> Options {
         };
         match arg.as_str() {
             "--control" => options.control = true,
+            "--ipv6-underlay" => options.ipv6_underlay = true,
             "--worlds" => options.worlds = count(&mut args),
             "--rounds" => options.rounds = count(&mut args),
             _ => panic!("{USAGE}"),

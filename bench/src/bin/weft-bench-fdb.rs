@@ -7,7 +7,8 @@
 //! from its spawn until the kernel holds every entry (seen from outside, by a netlink dump of its tables);
 //! baseline, a fresh namespace gets the same bridge and VXLAN device by hand, and
 //! `bridge -batch` and `ip -batch` write the same FDB and neighbour entries, timed by their wall
-//! time. Both sides are checked against the kernel afterwards. Last, the agent programs them once
+//! time. With `--ipv6` the endpoints have IPv6 addresses (one /64), so the neighbour entries are
+//! IPv6 ones. Both sides are checked against the kernel afterwards. Last, the agent programs them once
 //! more and is left idle while weft-load reads its memory and CPU use from /proc.
 
 use std::collections::BTreeSet;
@@ -37,6 +38,8 @@ const LOAD_HOST: usize = 1;
 const LOAD_ADDR: &str = "198.18.0.50";
 /// The host whose agent is measured.
 const HOST: usize = 2;
+/// What each endpoint asks for with `--ipv6`: an address of one IPv6 /64.
+const IPV6_ADDR: &str = "net:fd00:77::/64";
 /// Generous: 10,000 attaches took 1.5 to 2 minutes on two cores before the controller grouped
 /// its commits and found free addresses without walking the held ones; now a few seconds.
 const POPULATE_TIMEOUT: Duration = Duration::from_secs(240);
@@ -89,7 +92,15 @@ fn run() {
     // idle agent's periodic resync would compete with the one being measured.
     world.stop_agent(LOAD_HOST);
     world.stop_agent(HOST);
-    let entries = populate(&world, &scratch.path().join("endpoints.txt"));
+    let ipv6 = match std::env::args().nth(1).as_deref() {
+        None => false,
+        Some("--ipv6") => true,
+        Some(other) => panic!("usage: weft-bench-fdb [--ipv6], not {other:?}"),
+    };
+    if ipv6 {
+        println!("endpoints: IPv6 ({IPV6_ADDR}), so {ENDPOINTS} IPv6 neighbour entries");
+    }
+    let entries = populate(&world, &scratch.path().join("endpoints.txt"), ipv6);
     let fdb_batch = scratch.path().join("fdb.batch");
     let neigh_batch = scratch.path().join("neigh.batch");
     write_batches(&entries, &fdb_batch, &neigh_batch);
@@ -125,7 +136,7 @@ fn run() {
 
 /// Fills the controller through weft-load, run in host1's namespace with host1's certificate,
 /// and returns the entries the endpoints it made call for.
-fn populate(world: &World, list: &Path) -> Entries {
+fn populate(world: &World, list: &Path, ipv6: bool) -> Entries {
     let load = locate_bin("weft-load");
     let mut argv = vec![load.display().to_string()];
     argv.extend(world.load_args(LOAD_HOST));
@@ -143,6 +154,9 @@ fn populate(world: &World, list: &Path) -> Entries {
         ]
         .map(String::from),
     );
+    if ipv6 {
+        argv.extend(["--addr".to_string(), IPV6_ADDR.to_string()]);
+    }
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     println!(
         "filling the controller with weft-load (once; each round restarts only host{HOST}'s agent):"
