@@ -553,7 +553,7 @@ impl Datapath {
             let guest = netlink::link_by_name(&handle, &guest_name)
                 .await?
                 .with_context(|| format!("{guest_name} did not arrive in the container"))?;
-            netns::quiet_ipv6(&guest_name)?;
+            netlink::quiet_ipv6(&guest_name);
             netlink::configure_container_if(&handle, &guest, &inside, &cidrs).await?;
             netlink::wait_running(&handle, &inside, RUNNING_WAIT).await
         });

@@ -130,22 +130,6 @@ where
     })
 }
 
-/// Makes a new interface of a container's (still down) quiet and quick on IPv6: no duplicate
-/// address detection (weft's addresses are unique, and detection holds each back for a second)
-/// and no router solicitations (weft's networks have no router; each would flood every host of
-/// the network). Called on the thread that entered the namespace: `/proc/sys/net` is that of
-/// the calling thread's namespace. A kernel without IPv6 has no such files, and needs nothing.
-pub fn quiet_ipv6(ifname: &str) -> anyhow::Result<()> {
-    for knob in ["accept_dad", "accept_ra"] {
-        let path = format!("/proc/sys/net/ipv6/conf/{ifname}/{knob}");
-        match std::fs::write(&path, "0") {
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
-            done => done.with_context(|| format!("cannot write {path}"))?,
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

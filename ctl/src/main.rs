@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 use tonic::transport::Channel;
-use weft_proto::addr::AddrSpec;
+use weft_proto::addr::{AddrSpec, parse_ip};
 use weft_proto::dns_name;
 use weft_proto::error::root_cause;
 use weft_proto::names::excerpt;
@@ -98,8 +98,7 @@ fn dns_record_args(a: &DnsRecordArgs, verb: &str) -> Result<(Vec<String>, String
         c => format!("{verb} {}", excerpt(c)),
     };
     for ip in &args {
-        ip.parse::<IpAddr>()
-            .map_err(|_| Failure::new(&what, format!("\"{ip}\" is not an IP address")))?;
+        parse_ip(ip).map_err(|why| Failure::new(&what, why))?;
     }
     if container.is_empty() && a.fqdn.is_none() {
         return Err(Failure::new(
@@ -480,7 +479,7 @@ mod tests {
         assert_eq!(f.what, "detach netns:c1");
         assert_eq!(
             f.why,
-            "invalid address \"10.0.0.300/24\": \"10.0.0.300\" is not an IP address"
+            "invalid address \"10.0.0.300/24\": \"10.0.0.300\" is not an IPv4 address"
         );
     }
 

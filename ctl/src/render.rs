@@ -110,10 +110,15 @@ pub fn networks(infos: &[NetworkInfo], as_json: bool) -> String {
         return json_line(Value::Array(
             networks_of(infos)
                 .map(|(n, i)| {
-                    json!({
+                    let mut net = json!({
                         "name": n.name, "subnet": n.subnet, "vni": n.vni, "endpoints": i.endpoints,
-                        "encrypted": n.encrypted, "subnets": subnets_text(n).split(',').collect::<Vec<_>>(),
-                    })
+                        "encrypted": n.encrypted,
+                    });
+                    // A dual-stack network's IPv6 subnet; the others read as they always did.
+                    if !n.subnet6.is_empty() {
+                        net["subnet6"] = n.subnet6.clone().into();
+                    }
+                    net
                 })
                 .collect(),
         ));

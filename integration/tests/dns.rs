@@ -385,7 +385,7 @@ fn ipv6_addresses_answer_aaaa_and_ip6_arpa() {
     assert!(
         mapped
             .stderr
-            .contains("\"::ffff:10.9.0.7\" is not an IP address"),
+            .contains("::ffff:10.9.0.7 is an IPv4-mapped IPv6 address; write 10.9.0.7"),
         "{}",
         mapped.stderr
     );

@@ -2,6 +2,7 @@
 //! IPv6 VTEPs; IPv6 and dual-stack containers, their neighbour discovery answered on their own
 //! host.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use weft_integration::capture::{Capture, frames_from, icmpv6_type, udp_datagrams};
@@ -11,7 +12,8 @@ use weft_integration::{
 
 /// The UDP port of weft's VXLAN devices.
 const VXLAN_PORT: u16 = 6784;
-/// ICMPv6 neighbour solicitation.
+/// ICMPv6 router and neighbour solicitations.
+const ROUTER_SOLICITATION: u8 = 133;
 const NEIGHBOUR_SOLICITATION: u8 = 135;
 
 const CONVERGE: Duration = Duration::from_secs(5);
@@ -78,8 +80,13 @@ fn addrs_of(container: &str, family: &str) -> Vec<String> {
         .collect()
 }
 
-/// How many neighbour solicitations cross `ns`'s underlay inside VXLAN while `work` runs.
-fn solicitations_on_the_underlay(world: &World, ns: &str, work: impl FnOnce()) -> (usize, usize) {
+/// The VXLAN packets that cross `ns`'s underlay while `work` runs: how many, and how many of
+/// them carry each ICMPv6 type.
+fn icmpv6_on_the_underlay(
+    world: &World,
+    ns: &str,
+    work: impl FnOnce(),
+) -> (usize, BTreeMap<u8, usize>) {
     let file = std::env::temp_dir().join(format!("{}-nd.pcap", world.prefix()));
     let capture = Capture::start(ns, weft_integration::UNDERLAY_IF, file.clone());
     work();
@@ -90,11 +97,14 @@ fn solicitations_on_the_underlay(world: &World, ns: &str, work: impl FnOnce()) -
         .filter(|d| d.dst_port == VXLAN_PORT)
         .collect();
     // The VXLAN header (8 bytes), then the container's frame.
-    let solicitations = vxlan
+    let mut types = BTreeMap::new();
+    for icmp in vxlan
         .iter()
-        .filter(|d| d.payload.get(8..).and_then(icmpv6_type) == Some(NEIGHBOUR_SOLICITATION))
-        .count();
-    (vxlan.len(), solicitations)
+        .filter_map(|d| d.payload.get(8..).and_then(icmpv6_type))
+    {
+        *types.entry(icmp).or_default() += 1;
+    }
+    (vxlan.len(), types)
 }
 
 #[test]
@@ -127,7 +137,7 @@ fn ipv6_containers_ping_across_hosts_and_neighbour_discovery_stays_home() {
     for c in [&a, &b] {
         exec(c, &["ip", "-6", "neigh", "flush", "dev", "ethwe"]);
     }
-    let (vxlan, solicitations) = solicitations_on_the_underlay(&world, &host1, || {
+    let (vxlan, types) = icmpv6_on_the_underlay(&world, &host1, || {
         assert!(ping(&a, "fd00:7::6"));
     });
     assert!(
@@ -135,9 +145,30 @@ fn ipv6_containers_ping_across_hosts_and_neighbour_discovery_stays_home() {
         "the ping did not cross host1's underlay ({vxlan} VXLAN packets)"
     );
     assert_eq!(
-        solicitations, 0,
+        types.get(&NEIGHBOUR_SOLICITATION),
+        None,
         "neighbour solicitations crossed the underlay"
     );
+    // A container coming up sends no router solicitation and no duplicate address detection
+    // across (what it does send, MLD reports, floods as IPv4's IGMP does).
+    let e = world.container(1, "e");
+    let (_, types) = icmpv6_on_the_underlay(&world, &host1, || {
+        attach(&world, 1, &["fd00:7::7/64"], &e);
+        // Long enough for a kernel left to itself: a second of DAD on the link-local address,
+        // then a router solicitation within a second.
+        std::thread::sleep(Duration::from_secs(3));
+    });
+    for (icmp, what) in [
+        (ROUTER_SOLICITATION, "router"),
+        (NEIGHBOUR_SOLICITATION, "neighbour"),
+    ] {
+        assert_eq!(
+            types.get(&icmp),
+            None,
+            "{what} solicitations of a new container crossed"
+        );
+    }
+    assert_reaches(&e, "fd00:7::6");
     let resolved = exec(
         &a,
         &["ip", "-6", "neigh", "show", "fd00:7::6", "dev", "ethwe"],

@@ -41,23 +41,32 @@ fn invalid(input: &str, reason: impl Into<String>) -> AddrError {
     }
 }
 
-/// Parses `IP/LEN`, keeping the host bits (an address within its subnet). An IPv4-mapped IPv6
-/// address is refused: it is an IPv4 address in disguise, which the IPv4 form names.
+/// Parses an address a person typed, naming the family it evidently meant when it does not read
+/// (`"192.168.0.300" is not an IPv4 address`). An IPv4-mapped IPv6 address is refused: it is an
+/// IPv4 address in disguise, which the IPv4 form names.
+pub fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = s.parse().map_err(|_| {
+        let family = match (s.contains(':'), s.contains('.')) {
+            (true, _) => "an IPv6 address",
+            (false, true) => "an IPv4 address",
+            (false, false) => "an IP address",
+        };
+        format!("\"{s}\" is not {family}")
+    })?;
+    match ip {
+        IpAddr::V6(v6) if let Some(v4) = v6.to_ipv4_mapped() => {
+            Err(format!("{v6} is an IPv4-mapped IPv6 address; write {v4}"))
+        }
+        _ => Ok(ip),
+    }
+}
+
+/// Parses `IP/LEN`, keeping the host bits (an address within its subnet).
 pub fn parse_cidr(input: &str, whole: &str) -> Result<IpNetwork, AddrError> {
     let Some((ip, len)) = input.split_once('/') else {
         return Err(invalid(whole, "expected IP/LEN, e.g. 192.168.0.2/24"));
     };
-    let ip: IpAddr = ip
-        .parse()
-        .map_err(|_| invalid(whole, format!("\"{ip}\" is not an IP address")))?;
-    if let IpAddr::V6(v6) = ip
-        && let Some(v4) = v6.to_ipv4_mapped()
-    {
-        return Err(invalid(
-            whole,
-            format!("{v6} is an IPv4-mapped IPv6 address; write {v4}/LEN"),
-        ));
-    }
+    let ip = parse_ip(ip).map_err(|why| invalid(whole, why))?;
     let len: u8 = len
         .parse()
         .map_err(|_| invalid(whole, format!("\"{len}\" is not a prefix length")))?;
@@ -205,11 +214,11 @@ mod tests {
         assert_eq!(
             err("::ffff:192.168.0.2/120"),
             "invalid address \"::ffff:192.168.0.2/120\": ::ffff:192.168.0.2 is an IPv4-mapped \
-             IPv6 address; write 192.168.0.2/LEN"
+             IPv6 address; write 192.168.0.2"
         );
         assert_eq!(
             err("fd00:9::g/64"),
-            "invalid address \"fd00:9::g/64\": \"fd00:9::g\" is not an IP address"
+            "invalid address \"fd00:9::g/64\": \"fd00:9::g\" is not an IPv6 address"
         );
     }
 
@@ -218,7 +227,7 @@ mod tests {
         let err = |s: &str| s.parse::<AddrSpec>().unwrap_err().to_string();
         assert_eq!(
             err("192.168.0.300/24"),
-            "invalid address \"192.168.0.300/24\": \"192.168.0.300\" is not an IP address"
+            "invalid address \"192.168.0.300/24\": \"192.168.0.300\" is not an IPv4 address"
         );
         assert_eq!(
             err("192.168.0.2"),

@@ -4,10 +4,11 @@
 //! back into wire rows only to send or store them. Addresses are family-generic (`IpAddr`,
 //! `IpNetwork`); the parts of weft that speak IPv4 only take the IPv4 ones with [`ipv4`].
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 
+use crate::addr::parse_ip;
 use crate::names::Mac;
 use crate::tables::EndpointId;
 use crate::v1::{DnsRecord, Endpoint, Network, Peer, delta::Change};
@@ -86,20 +87,12 @@ pub enum RowChange {
     RecordDeleted(RecordRow),
 }
 
-/// The IPv4 network of an address, if it is one: for the parts that speak IPv4 only until
-/// weft carries IPv6 everywhere.
+/// The IPv4 network of an address, if it is one: for the parts that speak IPv4 only
+/// (masquerading).
 pub fn ipv4(net: IpNetwork) -> Option<Ipv4Network> {
     match net {
         IpNetwork::V4(net) => Some(net),
         IpNetwork::V6(_) => None,
-    }
-}
-
-/// An address, if it is an IPv4 one (as [`ipv4`]).
-pub fn ipv4_addr(ip: IpAddr) -> Option<Ipv4Addr> {
-    match ip {
-        IpAddr::V4(ip) => Some(ip),
-        IpAddr::V6(_) => None,
     }
 }
 
@@ -116,11 +109,6 @@ pub fn parse_ip_cidr(s: &str) -> Result<IpNetwork, String> {
         .parse()
         .map_err(|_| format!("\"{len}\" is not a prefix length"))?;
     IpNetwork::new(ip, len).map_err(|_| format!("\"{s}\": prefix length out of range"))
-}
-
-fn parse_ip(s: &str) -> Result<IpAddr, String> {
-    s.parse()
-        .map_err(|_| format!("\"{s}\" is not an IP address"))
 }
 
 /// The addresses of CIDRs, without their prefix length: what the commands report.

@@ -348,7 +348,7 @@ async fn bad_input_is_refused_before_anything_is_asked() {
     assert!(matches!(e, EndpointError::Invalid(_)), "{e:?}");
     assert_eq!(
         e.to_string(),
-        "invalid address \"192.168.0.300/24\": \"192.168.0.300\" is not an IP address"
+        "invalid address \"192.168.0.300/24\": \"192.168.0.300\" is not an IPv4 address"
     );
     let named = AttachOrder {
         dns_name: "a..b".into(),

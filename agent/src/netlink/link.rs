@@ -42,6 +42,7 @@ pub async fn links(handle: &Handle) -> anyhow::Result<Vec<Link>> {
         .context("cannot list links")
 }
 
+/// Creates a link (down) and quiets its IPv6 ([`quiet_ipv6`]) before anything brings it up.
 async fn add_link(
     handle: &Handle,
     name: &str,
@@ -54,9 +55,30 @@ async fn add_link(
         .await
         .map_err(reason)
         .with_context(|| format!("cannot create link {name}"))?;
+    quiet_ipv6(name);
     link_by_name(handle, name)
         .await?
         .ok_or_else(|| anyhow!("link {name} vanished right after it was created"))
+}
+
+/// Makes a new (still down) interface quiet and quick on IPv6: no duplicate address detection
+/// (weft's addresses are unique, and detection holds each back for a second) and no router
+/// solicitations (weft's networks have no router). Bridges, VXLAN devices and veths send into a
+/// network whatever their own IPv6 sends, and each such frame would flood every host of it.
+/// `/proc/sys/net` is that of the calling thread's namespace; a kernel without IPv6 has no such
+/// files and needs nothing. A read-only `/proc/sys` costs the quiet, not the link: logged.
+pub fn quiet_ipv6(ifname: &str) {
+    for knob in ["accept_dad", "accept_ra"] {
+        let path = format!("/proc/sys/net/ipv6/conf/{ifname}/{knob}");
+        match std::fs::write(&path, "0") {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!(link = ifname, "cannot write {path}: {e}");
+                return;
+            }
+        }
+    }
 }
 
 /// Sets MTU, controller (bridge) and up on a link, sending nothing when all are as wanted.
@@ -217,10 +239,10 @@ pub async fn ensure_vxlan(
     Ok(link)
 }
 
-/// Creates a veth pair: `name` on `bridge`, up, here; `peer` (down, with its MAC and MTU) born
-/// in the namespace open as `netns` (none: here, for Docker to move). Creating the peer there
-/// spares moving it afterwards, which cost 15–23 ms of a 33 ms attach (the kernel tears the
-/// device down in the old namespace).
+/// Creates a veth pair: `name` on `bridge`, up (once quiet, see [`add_link`]), here; `peer`
+/// (down, with its MAC and MTU) born in the namespace open as `netns` (none: here, for Docker to
+/// move). Creating the peer there spares moving it afterwards, which cost 15–23 ms of a 33 ms
+/// attach (the kernel tears the device down in the old namespace).
 pub async fn create_veth_into(
     handle: &Handle,
     name: &str,
@@ -243,9 +265,10 @@ pub async fn create_veth_into(
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
         .mtu(mtu)
         .controller(bridge.index)
-        .up()
         .build();
-    add_link(handle, name, msg).await
+    let link = add_link(handle, name, msg).await?;
+    set_up(handle, &link).await?;
+    Ok(Link { up: true, ..link })
 }
 
 /// Creates a kernel WireGuard interface `name`; none if the kernel has no WireGuard.

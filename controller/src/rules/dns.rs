@@ -1,8 +1,7 @@
 //! DNS records beside the containers' own names: added and removed by their peer, gone with
 //! their container or peer.
 
-use std::net::IpAddr;
-
+use weft_proto::addr::parse_ip;
 use weft_proto::dns_name;
 use weft_proto::rows::{RecordRow, RowChange};
 use weft_proto::tables::Tables;
@@ -22,14 +21,7 @@ pub(super) fn update_dns(
     let mut changes = Vec::new();
     for record in records {
         let name = dns_name::normalize(&record.name).map_err(TableError::Invalid)?;
-        let ip: IpAddr = record
-            .ip
-            .parse()
-            .ok()
-            .filter(|ip| !matches!(ip, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some()))
-            .ok_or_else(|| {
-                TableError::Invalid(format!("\"{}\" is not an IP address", record.ip))
-            })?;
+        let ip = parse_ip(&record.ip).map_err(TableError::Invalid)?;
         let record = RecordRow {
             name,
             ip,

@@ -34,12 +34,7 @@ pub(super) fn register_peer(view: &View, peer: Peer) -> Result<Vec<RowChange>, T
 fn check_underlay(view: &View, peer: &PeerRow) -> Result<(), String> {
     let unusable = match peer.addr {
         IpAddr::V4(ip) => ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast(),
-        IpAddr::V6(ip) => {
-            if ip.to_ipv4_mapped().is_some() {
-                return Err("an IPv4-mapped IPv6 address; give the IPv4 address".into());
-            }
-            ip.is_unspecified() || ip.is_multicast() || ip.is_unicast_link_local()
-        }
+        IpAddr::V6(ip) => ip.is_unspecified() || ip.is_multicast() || ip.is_unicast_link_local(),
     };
     if unusable {
         return Err("not a unicast address other hosts can send to".into());
