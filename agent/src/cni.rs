@@ -6,12 +6,13 @@
 //! from the tables.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
 use tonic::Code;
 use tracing::warn;
+use weft_proto::addr::parse_ip;
 use weft_proto::dns_name;
 use weft_proto::names::{check_ifname, cni_attachment, cni_container_id};
 use weft_proto::rows::{EndpointRow, NetworkRow};
@@ -61,14 +62,8 @@ fn addrs_for(network: &NetworkRow, ips: &[String]) -> Result<Vec<String>, Endpoi
     }
     ips.iter()
         .map(|given| {
-            let not_ip = || {
-                EndpointError::Invalid(format!("\"{given}\" is not an IP address (IP or IP/LEN)"))
-            };
-            let ip = match given.split_once('/') {
-                Some((ip, _)) => ip.parse::<IpAddr>(),
-                None => given.parse::<IpAddr>(),
-            }
-            .map_err(|_| not_ip())?;
+            let ip = parse_ip(given.split('/').next().unwrap_or_default())
+                .map_err(|why| EndpointError::Invalid(format!("{why} (IP or IP/LEN)")))?;
             // The network's subnet of the address's family gives a bare IP its prefix.
             let subnet = network.subnet_of(ip);
             let cidr = match (given.contains('/'), subnet) {
@@ -184,13 +179,19 @@ impl Agent {
         if !(req.default_route || req.ip_masq) {
             return Ok(None);
         }
+        let Some(subnet) = network.subnet4() else {
+            return Err(EndpointError::Invalid(format!(
+                "network {} has no IPv4 subnet: the way out (defaultRoute, ipMasq) is IPv4 only",
+                network.name
+            )));
+        };
         let exposed = self
             .endpoints()
-            .expose(vec![format!("net:{}", network.name)])
+            .expose(vec![format!("net:{subnet}")])
             .await?;
         let gateway = exposed
-            .first()
-            .and_then(|ip| ip.parse().ok())
+            .iter()
+            .find_map(|ip| ip.parse().ok())
             .ok_or_else(|| {
                 EndpointError::Internal(format!("no host address on network {}", network.name))
             })?;
@@ -312,7 +313,7 @@ impl Agent {
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("{name} is gone from the container"))?;
             let addresses = netlink::addresses(&handle, &link).await?;
-            let routes = netlink::ipv4_routes(&handle, &link).await?;
+            let routes = netlink::routes(&handle, &link).await?;
             Ok((addresses, routes))
         })
         .await
@@ -429,6 +430,10 @@ mod tests {
                 "10.9.0.0 is not an address of network blue (10.9.0.0/24)",
             ),
             ("ten", "\"ten\" is not an IP address (IP or IP/LEN)"),
+            (
+                "::ffff:10.9.0.5",
+                "::ffff:10.9.0.5 is an IPv4-mapped IPv6 address; write 10.9.0.5 (IP or IP/LEN)",
+            ),
         ] {
             assert_eq!(addrs(&[bad]), Err(why.to_string()), "{bad}");
         }

@@ -302,8 +302,7 @@ fn dns_state(args: &Args) -> DnsState {
     }
 }
 
-/// The address this host sends from towards the controller (a UDP connect sends nothing), of
-/// the family the controller's URL resolves to first.
+/// The address this host sends from towards the controller (a UDP connect sends nothing).
 async fn source_addr_towards(url: &str) -> anyhow::Result<IpAddr> {
     let uri: tonic::transport::Uri = url
         .parse()
@@ -314,10 +313,17 @@ async fn source_addr_towards(url: &str) -> anyhow::Result<IpAddr> {
     let port = uri.port_u16().unwrap_or(6786);
     // An IPv6 literal keeps its brackets in a URI's host.
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let target = tokio::net::lookup_host((bare, port))
+    // A name with both families is reached over IPv4, as weft's clusters mostly are; an IPv6
+    // literal (or a name with IPv6 only) over IPv6.
+    let found: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
         .await
         .with_context(|| format!("cannot resolve controller host {host}"))?
-        .next()
+        .collect();
+    let target = found
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(found.first())
+        .copied()
         .ok_or_else(|| anyhow!("controller host {host} has no address"))?;
     let unspecified: SocketAddr = match target {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),

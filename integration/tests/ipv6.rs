@@ -329,3 +329,64 @@ fn two_ipv6_networks_are_separate_segments_on_one_host_and_across() {
         "frames of a1 (network A) reached B's containers on its host and across"
     );
 }
+
+#[test]
+fn a_cni_pod_on_a_dual_stack_network_gets_both_families_and_checks_healthy() {
+    let mut world = World::on_ipv6_underlay(1, &[]);
+    world.ctl(
+        1,
+        &[
+            "network",
+            "create",
+            "dual",
+            "--subnet",
+            "10.9.0.0/24",
+            "--subnet",
+            "fd00:9::/64",
+        ],
+    );
+    let ns = world.container(1, "pod");
+    let path = format!("/run/netns/{ns}");
+    let id = "0123456789abcdef".repeat(4);
+    let env = |command| {
+        vec![
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", id.as_str()),
+            ("CNI_NETNS", path.as_str()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", ""),
+        ]
+    };
+    let conf = weft_integration::cni::weft_conf("1.0.0", serde_json::json!({"network": "dual"}));
+    let add = world.cni(1, &env("ADD"), &conf);
+    assert!(add.success(), "ADD: {:?}", add.output);
+    assert_eq!(
+        add.json["ips"],
+        serde_json::json!([
+            {"address": "10.9.0.2/24", "interface": 1},
+            {"address": "fd00:9::2/64", "interface": 1}
+        ])
+    );
+    assert_eq!(
+        add.json["routes"],
+        serde_json::json!([{"dst": "10.9.0.0/24"}, {"dst": "fd00:9::/64"}])
+    );
+    // CHECK finds both addresses and both routes in the pod, the IPv6 ones too.
+    let mut check_conf = conf.clone();
+    check_conf["prevResult"] = add.json.clone();
+    let check = world.cni(1, &env("CHECK"), &check_conf);
+    assert!(check.success(), "CHECK: {:?}", check.output);
+    assert!(
+        exec(
+            &ns,
+            &["ip", "-6", "route", "del", "fd00:9::/64", "dev", "eth0"]
+        )
+        .success()
+    );
+    let broken = world.cni(1, &env("CHECK"), &check_conf);
+    assert!(
+        broken.msg().contains("no route to fd00:9::/64 on eth0"),
+        "{}",
+        broken.msg()
+    );
+}

@@ -57,19 +57,13 @@ impl FromStr for Mac {
 }
 
 /// The MAC an endpoint gets for its first address, unless another endpoint has it already:
-/// locally administered, unicast, `0a:77` and the four bytes of an IPv4 address, or the last
-/// four of an IPv6 one (`0a:7b`, so the two families never propose the same MAC).
+/// locally administered, unicast, `0a:77` and the four bytes of an IPv4 address, or `0a:7b`
+/// and the [`host_tag`] hash of an IPv6 one (all its bits: every IPv6 network hands out `::2`
+/// first, and the families never propose the same MAC).
 pub fn mac_for_address(ip: IpAddr) -> Mac {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            Mac([0x0a, 0x77, a, b, c, d])
-        }
-        IpAddr::V6(v6) => {
-            let [.., a, b, c, d] = v6.octets();
-            Mac([0x0a, 0x7b, a, b, c, d])
-        }
-    }
+    let [a, b, c, d] = host_tag(ip);
+    let family = if ip.is_ipv4() { 0x77 } else { 0x7b };
+    Mac([0x0a, family, a, b, c, d])
 }
 
 /// A container id as people read it: Docker's 64-hex-digit ids cut to 12, as `docker ps` and
@@ -245,12 +239,12 @@ pub const PROBE_DEVICE: &str = "weft-probe";
 /// The length of the prefix the probe addresses share on the probe device.
 pub const PROBE_PREFIX_LEN: u8 = 96;
 
-/// The four bytes that stand for a host in its probe address, probe MAC and tunnel address:
-/// its VTEP itself when that is IPv4; on an IPv6 underlay a 32-bit FNV-1a hash of the VTEP,
-/// which two peers share with odds of about n²/2³³ (the controller refuses the second of two
-/// that do, naming both).
-pub fn host_tag(vtep: IpAddr) -> [u8; 4] {
-    match vtep {
+/// The four bytes that stand for an address in weft's derived names: a host's VTEP in its
+/// probe address, probe MAC and tunnel address, an endpoint's address in its MAC. The address
+/// itself when it is IPv4; a 32-bit FNV-1a hash of an IPv6 one, which two VTEPs share with odds
+/// of about n²/2³³ (the controller refuses the second of two that do, naming both).
+pub fn host_tag(ip: IpAddr) -> [u8; 4] {
+    match ip {
         IpAddr::V4(v4) => v4.octets(),
         IpAddr::V6(v6) => {
             let hash = v6.octets().iter().fold(0x811c_9dc5_u32, |h, b| {
@@ -361,8 +355,9 @@ mod tests {
     fn an_address_has_its_own_mac() {
         let mac = mac_for_address("192.168.0.2".parse().unwrap());
         assert_eq!(mac.to_string(), "0a:77:c0:a8:00:02");
-        let mac6 = mac_for_address("fd00:9::c0a8:2".parse().unwrap());
-        assert_eq!(mac6.to_string(), "0a:7b:c0:a8:00:02");
+        let mac6 = mac_for_address("fd00:9::2".parse().unwrap());
+        assert_eq!(mac6.0[..2], [0x0a, 0x7b]);
+        assert_ne!(mac6, mac_for_address("fd00:8::2".parse().unwrap()));
         assert_eq!(mac.0[0] & 0x03, 0x02, "unicast and locally administered");
     }
 

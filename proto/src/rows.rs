@@ -96,19 +96,10 @@ pub fn ipv4(net: IpNetwork) -> Option<Ipv4Network> {
     }
 }
 
-/// Reads `IP/LEN`, keeping the host bits (an address within its subnet); the one parser of the
-/// rows' addresses.
+/// Reads `IP/LEN`, keeping the host bits (an address within its subnet), as the ADDR syntax
+/// does; the one parser of the rows' addresses.
 pub fn parse_ip_cidr(s: &str) -> Result<IpNetwork, String> {
-    let (ip, len) = s
-        .split_once('/')
-        .ok_or_else(|| format!("\"{s}\" is not IP/LEN"))?;
-    let ip: IpAddr = ip
-        .parse()
-        .map_err(|_| format!("\"{ip}\" is not an IP address"))?;
-    let len: u8 = len
-        .parse()
-        .map_err(|_| format!("\"{len}\" is not a prefix length"))?;
-    IpNetwork::new(ip, len).map_err(|_| format!("\"{s}\": prefix length out of range"))
+    crate::addr::parse_cidr(s, s).map_err(|e| e.reason)
 }
 
 /// The addresses of CIDRs, without their prefix length: what the commands report.
@@ -338,11 +329,11 @@ mod tests {
             "endpoint of c1 in network default on host1: \"02:00\" is not a MAC address"
         );
         let e = EndpointRow::read(ep("02:00:0a:20:00:05", &["10.32.0.300/12"])).unwrap_err();
-        assert_eq!(e.why, "\"10.32.0.300\" is not an IP address");
+        assert_eq!(e.why, "\"10.32.0.300\" is not an IPv4 address");
         let e = EndpointRow::read(ep("02:00:0a:20:00:05", &["10.32.0.3/33"])).unwrap_err();
-        assert_eq!(e.why, "\"10.32.0.3/33\": prefix length out of range");
+        assert_eq!(e.why, "prefix length must be 0 to 32");
         let e = EndpointRow::read(ep("02:00:0a:20:00:05", &["10.32.0.3"])).unwrap_err();
-        assert_eq!(e.why, "\"10.32.0.3\" is not IP/LEN");
+        assert_eq!(e.why, "expected IP/LEN, e.g. 192.168.0.2/24");
         let peer = Peer {
             name: "host2".into(),
             advertise_addr: "nowhere".into(),

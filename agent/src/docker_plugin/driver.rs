@@ -19,7 +19,7 @@ pub async fn create_network(plugin: &Plugin, req: CreateNetwork) -> Result<Value
     let failed = |why: String| format!("network {}: {why}", short_container_id(&req.network_id));
     if !req.ipv6_data.is_empty() {
         return Err(failed(
-            "weft networks are IPv4 only: leave out --ipv6".into(),
+            "weft's Docker driver is IPv4 only: leave out --ipv6".into(),
         ));
     }
     let [data] = req.ipv4_data.as_slice() else {
@@ -100,7 +100,7 @@ pub async fn create_endpoint(agent: &Agent, req: CreateEndpoint) -> Result<Value
         ));
     }
     if given(|i| &i.address_ipv6).is_some() {
-        return Err(failed("weft networks are IPv4 only".into()));
+        return Err(failed("weft's Docker driver is IPv4 only".into()));
     }
     let address = given(|i| &i.address).ok_or_else(|| {
         failed("Docker gave no address: create the network with --ipam-driver weft".into())

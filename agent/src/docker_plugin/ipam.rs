@@ -2,10 +2,10 @@
 //! host's own address on it (the host exposes itself, as `weftctl expose` does); its addresses
 //! are reserved at the controller until the endpoint that gets one takes it over.
 
-use std::net::IpAddr;
-
 use ipnetwork::IpNetwork;
 use serde_json::{Value, json};
+use weft_proto::addr::parse_ip;
+use weft_proto::rows::NetworkRow;
 use weft_proto::tables::DEFAULT_NETWORK;
 use weft_proto::v1::CreateNetworkRequest;
 
@@ -23,7 +23,6 @@ pub const ADDRESS_SPACE: &str = "weft";
 /// (the first address asked for in it creates it, named by its subnet as `weftctl attach
 /// net:CIDR` does).
 struct Pool {
-    id: String,
     subnet: IpNetwork,
 }
 
@@ -31,40 +30,41 @@ impl Pool {
     /// The pool `id` names now.
     fn find(agent: &Agent, id: &str) -> Result<Pool, String> {
         let subnet = match id.parse::<IpNetwork>() {
-            Ok(subnet) => {
-                // Known as it is: a network's subnet.
-                subnet
-            }
+            Ok(subnet) => subnet,
             Err(_) => {
-                network_where(agent, |n| n.name == id)?
-                    .ok_or_else(|| format!("no weft network is named {id}"))?
-                    .subnets[0]
+                let network = network_where(agent, |n| n.name == id)?
+                    .ok_or_else(|| format!("no weft network is named {id}"))?;
+                ipv4_subnet(&network)?.into()
             }
         };
-        Ok(Pool {
-            id: id.to_string(),
-            subnet,
-        })
+        Ok(Pool { subnet })
     }
 
     /// An address Docker gave (`--ip`, `--gateway`), with the pool's prefix.
     fn cidr(&self, given: &str) -> Result<IpNetwork, String> {
-        let ip: IpAddr = given
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .parse()
-            .map_err(|_| format!("\"{given}\" is not an IP address"))?;
+        let ip = parse_ip(given.split('/').next().unwrap_or_default())?;
         IpNetwork::new(ip, self.subnet.prefix())
             .ok()
             .filter(|c| self.subnet.contains(ip) && c.is_ipv4())
             .ok_or_else(|| format!("{given} is not an address of pool {}", self.subnet))
     }
 
-    /// The `net:` reference of the pool's network.
+    /// The `net:` reference of the pool: its subnet, so a dual-stack network gives the IPv4
+    /// address Docker asks for and no IPv6 one beside it.
     fn net_ref(&self) -> String {
-        format!("net:{}", self.id)
+        format!("net:{}", self.subnet)
     }
+}
+
+/// A network's IPv4 subnet, which Docker's pools are: weft's Docker driver is IPv4 only.
+fn ipv4_subnet(network: &NetworkRow) -> Result<ipnetwork::Ipv4Network, String> {
+    network.subnet4().ok_or_else(|| {
+        format!(
+            "weft network {} has no IPv4 subnet ({}): weft's Docker driver is IPv4 only",
+            network.name,
+            network.subnets_text()
+        )
+    })
 }
 
 pub async fn request_pool(agent: &Agent, req: RequestPool) -> Result<Value, String> {
@@ -75,7 +75,7 @@ pub async fn request_pool(agent: &Agent, req: RequestPool) -> Result<Value, Stri
     let failed = |why: String| format!("{what}: {why}");
     if req.v6 {
         return Err(failed(
-            "weft networks are IPv4 only: leave out --ipv6".into(),
+            "weft's Docker driver is IPv4 only: leave out --ipv6".into(),
         ));
     }
     if !req.sub_pool.is_empty() {
@@ -106,7 +106,8 @@ pub async fn request_pool(agent: &Agent, req: RequestPool) -> Result<Value, Stri
                      {name} --subnet CIDR)"
                 ))
             })?;
-            (network.name, network.subnets[0])
+            let subnet = ipv4_subnet(&network).map_err(failed)?.into();
+            (network.name, subnet)
         }
         pool => {
             let subnet: IpNetwork = pool

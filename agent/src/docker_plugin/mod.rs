@@ -156,7 +156,7 @@ fn host_address(agent: &Agent, network: &str) -> Result<Option<IpNetwork>, Strin
         .read(|t| {
             t.endpoints
                 .get(&id)
-                .and_then(|ep| ep.cidrs.first().copied())
+                .and_then(|ep| ep.cidrs.iter().copied().find(IpNetwork::is_ipv4))
         })
         .ok_or_else(|| agent.endpoints().no_tables().to_string())
 }

@@ -11,7 +11,7 @@ use netlink_packet_route::address::{
 use nix::errno::Errno;
 use rtnetlink::Handle;
 
-use super::{Link, reason, tolerate};
+use super::{Link, errno, reason, tolerate};
 
 /// Adds addresses to a link; ones it already has are fine. IPv6 ones skip duplicate address
 /// detection: weft's IPAM makes them unique, and detection would hold each back (and send a
@@ -22,12 +22,18 @@ pub async fn add_addresses(
     cidrs: &[IpNetwork],
 ) -> anyhow::Result<()> {
     for cidr in cidrs {
-        tolerate(
-            add(handle, link, cidr.ip(), cidr.prefix()).await,
-            Errno::EEXIST,
-        )
-        .map_err(reason)
-        .with_context(|| format!("cannot add address {cidr}"))?;
+        let added = add(handle, link, cidr.ip(), cidr.prefix()).await;
+        // EACCES: the interface has IPv6 turned off (a container started so, say).
+        if cidr.is_ipv6() && added.as_ref().err().and_then(errno) == Some(Errno::EACCES) {
+            anyhow::bail!(
+                "cannot add address {cidr}: IPv6 is disabled on {} (net.ipv6.conf.{}.disable_ipv6)",
+                link.name,
+                link.name
+            );
+        }
+        tolerate(added, Errno::EEXIST)
+            .map_err(reason)
+            .with_context(|| format!("cannot add address {cidr}"))?;
     }
     Ok(())
 }

@@ -73,10 +73,7 @@ pub fn quiet_ipv6(ifname: &str) {
         match std::fs::write(&path, "0") {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(e) => {
-                tracing::warn!(link = ifname, "cannot write {path}: {e}");
-                return;
-            }
+            Err(e) => tracing::warn!(link = ifname, "cannot write {path}: {e}"),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! FDB entries of the VXLAN devices (which VTEP holds a MAC) and their neighbour entries (the
-//! ARP answers for remote endpoints, and the probe device's peers).
+//! ARP and neighbour discovery answers for remote endpoints, and the probe device's peers).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -132,8 +132,8 @@ pub async fn fdb_del(handle: &Handle, vxlan: u32, entry: &FdbEntry) -> anyhow::R
         .with_context(|| format!("cannot delete FDB entry {entry}"))
 }
 
-/// Every permanent neighbour entry with its link's index: the VXLAN devices' ARP answers (IPv4)
-/// and the probe device's peers (IPv6).
+/// Every permanent neighbour entry with its link's index: the VXLAN devices' answers to ARP
+/// (IPv4) and neighbour discovery (IPv6), and the probe device's peers (IPv6).
 pub async fn neighbours(handle: &Handle) -> anyhow::Result<Vec<(u32, Neighbour)>> {
     let mut msgs = dump_neighbours(handle, AddressFamily::Inet, "neighbour table").await?;
     msgs.extend(dump_neighbours(handle, AddressFamily::Inet6, "IPv6 neighbour table").await?);

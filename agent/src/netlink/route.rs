@@ -1,22 +1,22 @@
 //! Routes in a container's namespace: the default route through the host that a CNI attachment
 //! may ask for, and what CHECK compares with the result of its ADD.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context;
 use futures::TryStreamExt;
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use nix::errno::Errno;
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 use super::{Link, reason, tolerate};
 
-/// An IPv4 route of the main table: where to, and through which gateway (none: on-link).
+/// A route of the main table: where to, and through which gateway (none: on-link).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Route {
-    pub dst: Ipv4Network,
-    pub gw: Option<Ipv4Addr>,
+    pub dst: IpNetwork,
+    pub gw: Option<IpAddr>,
 }
 
 /// Adds `default via gw dev link`. EEXIST (a default route is there) is success only if it is
@@ -30,11 +30,11 @@ pub async fn add_default_route(handle: &Handle, link: &Link, gw: Ipv4Addr) -> an
     added
         .map_err(reason)
         .with_context(|| format!("cannot add the default route via {gw} on {}", link.name))?;
-    let default = Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("valid");
-    let held = ipv4_routes(handle, link).await?;
+    let default = IpNetwork::new(Ipv4Addr::UNSPECIFIED.into(), 0).expect("valid");
+    let held = routes(handle, link).await?;
     if !held.contains(&Route {
         dst: default,
-        gw: Some(gw),
+        gw: Some(gw.into()),
     }) {
         anyhow::bail!(
             "cannot add the default route via {gw} on {}: the namespace has another default route",
@@ -44,25 +44,36 @@ pub async fn add_default_route(handle: &Handle, link: &Link, gw: Ipv4Addr) -> an
     Ok(())
 }
 
-/// The IPv4 routes of the main table that leave through `link`.
-pub async fn ipv4_routes(handle: &Handle, link: &Link) -> anyhow::Result<Vec<Route>> {
-    let dump = RouteMessageBuilder::<Ipv4Addr>::new().build();
-    let messages: Vec<_> = handle
-        .route()
-        .get(dump)
-        .execute()
-        .try_collect()
-        .await
-        .map_err(reason)
-        .context("cannot list routes")?;
+/// The routes of the main table, IPv4 and IPv6, that leave through `link`.
+pub async fn routes(handle: &Handle, link: &Link) -> anyhow::Result<Vec<Route>> {
+    let mut messages = Vec::new();
+    for dump in [
+        RouteMessageBuilder::<Ipv4Addr>::new().build(),
+        RouteMessageBuilder::<Ipv6Addr>::new().build(),
+    ] {
+        let family: Vec<_> = handle
+            .route()
+            .get(dump)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(reason)
+            .context("cannot list routes")?;
+        messages.extend(family);
+    }
+    let address = |a: &RouteAddress| match a {
+        RouteAddress::Inet(ip) => Some(IpAddr::from(*ip)),
+        RouteAddress::Inet6(ip) => Some(IpAddr::from(*ip)),
+        _ => None,
+    };
     let mut routes = Vec::new();
     for msg in messages {
-        let (mut dst, mut gw, mut oif) = (Ipv4Addr::UNSPECIFIED, None, None);
+        let (mut dst, mut gw, mut oif) = (None, None, None);
         let mut table = u32::from(msg.header.table);
         for attr in &msg.attributes {
             match attr {
-                RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
-                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gw = Some(*ip),
+                RouteAttribute::Destination(a) => dst = address(a),
+                RouteAttribute::Gateway(a) => gw = address(a),
                 RouteAttribute::Oif(index) => oif = Some(*index),
                 RouteAttribute::Table(t) => table = *t,
                 _ => {}
@@ -72,7 +83,13 @@ pub async fn ipv4_routes(handle: &Handle, link: &Link) -> anyhow::Result<Vec<Rou
         if table != 254 || oif != Some(link.index) {
             continue;
         }
-        if let Ok(dst) = Ipv4Network::new(dst, msg.header.destination_prefix_length) {
+        // A default route has no destination attribute.
+        let unspecified = match msg.header.address_family {
+            netlink_packet_route::AddressFamily::Inet6 => Ipv6Addr::UNSPECIFIED.into(),
+            _ => Ipv4Addr::UNSPECIFIED.into(),
+        };
+        let dst = dst.unwrap_or(unspecified);
+        if let Ok(dst) = IpNetwork::new(dst, msg.header.destination_prefix_length) {
             routes.push(Route { dst, gw });
         }
     }

@@ -87,9 +87,10 @@ pub(super) fn attach(
                         .endpoints
                         .get(&EndpointId::new(peer, &network, container_id));
                 let mut new = Vec::new();
-                let subnets = match r {
-                    NetRef::Subnet(subnet) => vec![canonical(*subnet)],
-                    _ => plan.networks[&network].subnets.clone(),
+                let subnets = match (r, plan.networks.get(&network)) {
+                    (NetRef::Subnet(subnet), _) => vec![canonical(*subnet)],
+                    (_, Some(net)) => net.subnets.clone(),
+                    (_, None) => return Err(TableError::UnknownNetwork(network)),
                 };
                 for subnet in subnets {
                     let mine = held
@@ -228,11 +229,19 @@ pub(super) fn detach(
             }
             AddrSpec::Allocate(r) => {
                 let network = plan.existing_network(r)?;
+                // net:CIDR gives back the addresses of that subnet only (a dual-stack
+                // network's other family stays), as it took them.
+                let inside = |c: &IpNetwork| match r {
+                    NetRef::Subnet(subnet) => canonical(*subnet).contains(c.ip()),
+                    _ => true,
+                };
                 let ep = current
                     .get_mut(&network)
-                    .filter(|ep| !ep.cidrs.is_empty())
+                    .filter(|ep| ep.cidrs.iter().any(inside))
                     .ok_or_else(|| not_held(format!("an address in network {network}")))?;
-                released.append(&mut ep.cidrs);
+                let (gone, kept) = ep.cidrs.drain(..).partition(inside);
+                ep.cidrs = kept;
+                released.extend::<Vec<IpNetwork>>(gone);
             }
         }
     }

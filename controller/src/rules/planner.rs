@@ -135,7 +135,7 @@ impl<'a> Planner<'a> {
         let pool = pools
             .iter()
             .find(|p| p.subnet.is_ipv4() == cidr.is_ipv4())
-            .unwrap_or(&pools[0]);
+            .ok_or_else(|| TableError::UnknownNetwork(canonical(cidr).to_string()))?;
         let new = pool.claim(cidr.ip(), holder, taken)?;
         taken.insert(cidr.ip(), holder.clone());
         Ok(new)
