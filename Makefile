@@ -75,4 +75,4 @@ bench: bench-build
 
 # ARGS go to the one benchmark run, e.g. `make bench-datapath ARGS=--control`.
 $(addprefix bench-,$(BENCHES)): bench-%: bench-build
-	$(RUN_BENCH)$* $(ARGS)
+	$(RUN_BENCH)$* -- $(ARGS)

@@ -14,8 +14,8 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use nix::sched::{CloneFlags, setns};
 
-/// How many permanent IPv4 neighbour entries device `dev` holds in namespace `ns`; `None` while
-/// `ns` has no such device.
+/// How many permanent neighbour entries (IPv4 and IPv6) device `dev` holds in namespace `ns`;
+/// `None` while `ns` has no such device.
 pub fn permanent_neighbours(ns: &str, dev: &str) -> Option<usize> {
     let path = format!("/var/run/netns/{ns}");
     let netns = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
@@ -38,7 +38,8 @@ fn dump_count(index: u32) -> usize {
         .connect(&SocketAddr::new(0, 0))
         .expect("connecting the netlink socket");
     let mut msg = NeighbourMessage::default();
-    msg.header.family = AddressFamily::Inet;
+    // Both families, as `ip neigh show` asks.
+    msg.header.family = AddressFamily::Unspec;
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     header.sequence_number = 1;

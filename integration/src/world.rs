@@ -212,18 +212,32 @@ impl World {
 
     /// [`World::with_agent_args`] with the given security.
     pub fn with_options(hosts: usize, agent_args: &[&str], security: Security) -> World {
-        World::build(hosts, agent_args, security, 0, 1, Underlay::V4)
+        World::build(hosts, agent_args, security, 0, 1, Underlay::V4, &[])
+    }
+
+    /// [`World::new`] with `controller_args` added to the controller's command line from its
+    /// first start, e.g. `--ipalloc-range6 fd00:77::/64` (fixed when its store is made).
+    pub fn with_controller_args(hosts: usize, controller_args: &[&str]) -> World {
+        World::build(
+            hosts,
+            &[],
+            Security::Join,
+            0,
+            1,
+            Underlay::V4,
+            controller_args,
+        )
     }
 
     /// [`World::with_agent_args`] on an IPv6-only underlay ([`Underlay::V6`]): the agents find
     /// their IPv6 advertise address from the controller's URL, `https://[2001:db8::c:1]:6786`.
     pub fn on_ipv6_underlay(hosts: usize, agent_args: &[&str]) -> World {
-        World::build(hosts, agent_args, Security::Join, 0, 1, Underlay::V6)
+        World::build(hosts, agent_args, Security::Join, 0, 1, Underlay::V6, &[])
     }
 
     /// [`World::new`], its controller keeping its tables in an etcd cluster of `members`.
     pub fn on_etcd(hosts: usize, members: usize) -> World {
-        World::build(hosts, &[], Security::Join, members, 1, Underlay::V4)
+        World::build(hosts, &[], Security::Join, members, 1, Underlay::V4, &[])
     }
 
     /// [`World::on_etcd`] with `controllers` controllers on the one etcd prefix, each in its own
@@ -241,6 +255,7 @@ impl World {
             members,
             controllers,
             Underlay::V4,
+            &[],
         )
     }
 
@@ -251,6 +266,7 @@ impl World {
         etcd_members: usize,
         controllers: usize,
         underlay: Underlay,
+        controller_args: &[&str],
     ) -> World {
         netns::require_privileges_and_tools();
         assert!(
@@ -286,6 +302,7 @@ impl World {
                     args.extend(["--store".into(), "etcd".into()]);
                     args.extend(["--etcd-endpoints".into(), etcd.endpoints()]);
                 }
+                args.extend(controller_args.iter().map(|a| a.to_string()));
                 match security {
                     Security::Join => args.extend([
                         "--admin-socket".into(),

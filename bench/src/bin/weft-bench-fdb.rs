@@ -38,8 +38,8 @@ const LOAD_HOST: usize = 1;
 const LOAD_ADDR: &str = "198.18.0.50";
 /// The host whose agent is measured.
 const HOST: usize = 2;
-/// What each endpoint asks for with `--ipv6`: an address of one IPv6 /64.
-const IPV6_ADDR: &str = "net:fd00:77::/64";
+/// With `--ipv6`: the default network's IPv6 subnet, where each endpoint takes its address.
+const IPV6_RANGE: &str = "fd00:77::/64";
 /// Generous: 10,000 attaches took 1.5 to 2 minutes on two cores before the controller grouped
 /// its commits and found free addresses without walking the held ones; now a few seconds.
 const POPULATE_TIMEOUT: Duration = Duration::from_secs(240);
@@ -87,18 +87,25 @@ fn run() {
     );
     harness::print_machine();
     let scratch = tempfile::tempdir().expect("creating a temp dir");
-    let mut world = World::new(2);
-    // Both agents stay down while the controller fills, and host1's for good: on two cores, an
-    // idle agent's periodic resync would compete with the one being measured.
-    world.stop_agent(LOAD_HOST);
-    world.stop_agent(HOST);
     let ipv6 = match std::env::args().nth(1).as_deref() {
         None => false,
         Some("--ipv6") => true,
         Some(other) => panic!("usage: weft-bench-fdb [--ipv6], not {other:?}"),
     };
+    // The endpoints are in the default network, which every host programs: with --ipv6 it is
+    // dual stack, and each endpoint takes an address of its IPv6 subnet only.
+    let mut world = match ipv6 {
+        false => World::new(2),
+        true => World::with_controller_args(2, &["--ipalloc-range6", IPV6_RANGE]),
+    };
+    // Both agents stay down while the controller fills, and host1's for good: on two cores, an
+    // idle agent's periodic resync would compete with the one being measured.
+    world.stop_agent(LOAD_HOST);
+    world.stop_agent(HOST);
     if ipv6 {
-        println!("endpoints: IPv6 ({IPV6_ADDR}), so {ENDPOINTS} IPv6 neighbour entries");
+        println!(
+            "endpoints: IPv6 (net:{IPV6_RANGE}, the default network's IPv6 subnet), so {ENDPOINTS} IPv6 neighbour entries"
+        );
     }
     let entries = populate(&world, &scratch.path().join("endpoints.txt"), ipv6);
     let fdb_batch = scratch.path().join("fdb.batch");
@@ -155,7 +162,7 @@ fn populate(world: &World, list: &Path, ipv6: bool) -> Entries {
         .map(String::from),
     );
     if ipv6 {
-        argv.extend(["--addr".to_string(), IPV6_ADDR.to_string()]);
+        argv.extend(["--addr".to_string(), format!("net:{IPV6_RANGE}")]);
     }
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     println!(
