@@ -45,6 +45,21 @@ impl CniRun {
     }
 }
 
+/// The environment of one plugin run, as the runtime sets it.
+pub type Env<'a> = Vec<(&'a str, &'a str)>;
+
+/// The environment of an ADD, DEL or CHECK (`command`) of sandbox `id` whose namespace is the
+/// file `netns`, its interface `eth0`, with `CNI_ARGS` `args`.
+pub fn pod_env<'a>(command: &'a str, id: &'a str, netns: &'a str, args: &'a str) -> Env<'a> {
+    vec![
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_ARGS", args),
+    ]
+}
+
 /// A network configuration for weft in `version`, with `extra` keys merged in.
 pub fn weft_conf(version: &str, extra: Value) -> Value {
     let mut conf = json!({"cniVersion": version, "name": "weft-test", "type": "weft"});

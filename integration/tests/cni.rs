@@ -3,30 +3,18 @@
 //! VERSION, chained `portmap`, and every kind of bad input, which must create nothing.
 
 use serde_json::{Value, json};
-use weft_integration::cni::{CNI_PLUGIN_DIR, CniRun, run_plugin, run_plugin_raw, weft_conf};
+use weft_integration::cni::{
+    CNI_PLUGIN_DIR, CniRun, Env, pod_env, run_plugin, run_plugin_raw, weft_conf,
+};
 use weft_integration::podman_cni::PodmanCni;
 use weft_integration::{World, assert_reaches, exec, ip, link};
 
 /// A machine on the underlay that is no weft host.
 const OUTSIDER: &str = "198.18.0.200";
 
-/// `CNI_*` variables.
-type Env<'a> = Vec<(&'a str, &'a str)>;
-
 /// A 64-hex-digit sandbox id, as runtimes make them, different per `n`.
 fn sandbox_id(n: u32) -> String {
     format!("{n:08x}").repeat(8)
-}
-
-/// The environment of an ADD, DEL or CHECK of pod `pod` in namespace `ns`.
-fn pod_env<'a>(command: &'a str, id: &'a str, netns: &'a str, args: &'a str) -> Env<'a> {
-    vec![
-        ("CNI_COMMAND", command),
-        ("CNI_CONTAINERID", id),
-        ("CNI_NETNS", netns),
-        ("CNI_IFNAME", "eth0"),
-        ("CNI_ARGS", args),
-    ]
 }
 
 /// `weftctl ps` of host `host`, one line per entry.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use weft_integration::capture::{Capture, frames_from, icmpv6_type, udp_datagrams};
+use weft_integration::cni::{pod_env, weft_conf};
 use weft_integration::{
     VXLAN_DEV, World, assert_reaches, exec, fdb, link, neighbours, ping, wait_until,
 };
@@ -348,16 +349,8 @@ fn a_cni_pod_on_a_dual_stack_network_gets_both_families_and_checks_healthy() {
     let ns = world.container(1, "pod");
     let path = format!("/run/netns/{ns}");
     let id = "0123456789abcdef".repeat(4);
-    let env = |command| {
-        vec![
-            ("CNI_COMMAND", command),
-            ("CNI_CONTAINERID", id.as_str()),
-            ("CNI_NETNS", path.as_str()),
-            ("CNI_IFNAME", "eth0"),
-            ("CNI_ARGS", ""),
-        ]
-    };
-    let conf = weft_integration::cni::weft_conf("1.0.0", serde_json::json!({"network": "dual"}));
+    let env = |command| pod_env(command, &id, &path, "");
+    let conf = weft_conf("1.0.0", serde_json::json!({"network": "dual"}));
     let add = world.cni(1, &env("ADD"), &conf);
     assert!(add.success(), "ADD: {:?}", add.output);
     assert_eq!(
