@@ -69,24 +69,29 @@ impl Drop for Capture {
 /// The UDP datagrams of a pcap file of Ethernet frames (tcpdump's `-w` format), over IPv4 or
 /// IPv6 (without extension headers, which nothing here sends).
 pub fn udp_datagrams(pcap: &[u8]) -> Vec<Datagram> {
-    let mut found = Vec::new();
-    // The global header, then records of a 16-byte header (its captured length at 8..12) and
-    // the frame; the file's byte order is the host's.
+    frames(pcap)
+        .filter_map(udp_of)
+        .filter(|udp| udp.len() >= 8)
+        .map(|udp| Datagram {
+            dst_port: u16::from_be_bytes([udp[2], udp[3]]),
+            payload: udp[8..].to_vec(),
+        })
+        .collect()
+}
+
+/// The frames of a pcap file: the global header, then records of a 16-byte header (its captured
+/// length at 8..12) and the frame; the file's byte order is the host's.
+fn frames(pcap: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut at = 24;
-    while at + 16 <= pcap.len() {
+    std::iter::from_fn(move || {
+        if at + 16 > pcap.len() {
+            return None;
+        }
         let len = u32::from_ne_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
         let frame = &pcap[(at + 16).min(pcap.len())..(at + 16 + len).min(pcap.len())];
         at += 16 + len;
-        if let Some(udp) = udp_of(frame)
-            && udp.len() >= 8
-        {
-            found.push(Datagram {
-                dst_port: u16::from_be_bytes([udp[2], udp[3]]),
-                payload: udp[8..].to_vec(),
-            });
-        }
-    }
-    found
+        Some(frame)
+    })
 }
 
 /// The UDP header and payload of an Ethernet frame, if it carries UDP.
@@ -121,13 +126,7 @@ pub fn frames_from(pcap: &[u8], src: &str) -> usize {
         .split(':')
         .map(|b| u8::from_str_radix(b, 16).expect("a MAC"))
         .collect();
-    let mut count = 0;
-    let mut at = 24;
-    while at + 16 <= pcap.len() {
-        let len = u32::from_ne_bytes(pcap[at + 8..at + 12].try_into().unwrap()) as usize;
-        let frame = &pcap[(at + 16).min(pcap.len())..(at + 16 + len).min(pcap.len())];
-        at += 16 + len;
-        count += usize::from(frame.get(6..12) == Some(&src[..]));
-    }
-    count
+    frames(pcap)
+        .filter(|frame| frame.get(6..12) == Some(&src[..]))
+        .count()
 }

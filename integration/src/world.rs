@@ -566,6 +566,16 @@ impl World {
         out.stdout
     }
 
+    /// `weftctl attach ADDRS... netns:CONTAINER` on `host` (no ADDR: the default network), which
+    /// must succeed; returns the IPs it printed, unterminated.
+    pub fn attach(&self, host: usize, addrs: &[&str], container: &str) -> String {
+        let target = format!("netns:{container}");
+        let mut args = vec!["attach"];
+        args.extend_from_slice(addrs);
+        args.push(&target);
+        self.ctl(host, &args).trim_end().to_owned()
+    }
+
     /// Runs weftctl in host `host`'s namespace against an arbitrary agent socket.
     pub fn weftctl_at(&self, host: usize, socket: &Path, args: &[&str]) -> Output {
         cmd::run(self.weftctl_command_at(host, socket, args))

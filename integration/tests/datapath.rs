@@ -29,16 +29,6 @@ const ICMP_OVERHEAD: u64 = 28;
 /// What the agent logs whenever a reconcile changed the kernel's tables.
 const RECONCILED: &str = "datapath reconciled";
 
-/// `weftctl attach ADDRS... netns:CONTAINER` on `host` (no ADDR: the default network); returns
-/// the IP it printed.
-fn attach(world: &World, host: usize, addrs: &[&str], container: &str) -> String {
-    let target = format!("netns:{container}");
-    let mut args = vec!["attach"];
-    args.extend_from_slice(addrs);
-    args.push(&target);
-    world.ctl(host, &args).trim_end().to_owned()
-}
-
 /// Runs a command inside `ns` that must succeed: the test's own setup.
 fn run_in(ns: &str, argv: &[&str]) {
     let out = exec(ns, argv);
@@ -273,8 +263,8 @@ fn a_restarted_agent_changes_nothing_and_no_packet_is_lost() {
     for ns in [world.host_ns(1), world.host_ns(2), c1.clone(), c2.clone()] {
         disable_ipv6(&ns);
     }
-    let ip1 = attach(&world, 1, &[], &c1);
-    let ip2 = attach(&world, 2, &[], &c2);
+    let ip1 = world.attach(1, &[], &c1);
+    let ip2 = world.attach(2, &[], &c2);
     assert_reaches(&c1, &ip2);
     let (mac1, h2) = (mac_of(&c1), world.host_ns(2));
     assert_tables(
@@ -328,9 +318,9 @@ fn a_restarted_agent_removes_what_left_while_it_was_down() {
     let c1 = world.container(1, "c1");
     let c2 = world.container(2, "c2");
     let c3 = world.container(3, "c3");
-    let ip1 = attach(&world, 1, &[], &c1);
-    let ip2 = attach(&world, 2, &[], &c2);
-    attach(&world, 3, &[], &c3);
+    let ip1 = world.attach(1, &[], &c1);
+    let ip2 = world.attach(2, &[], &c2);
+    world.attach(3, &[], &c3);
     let (mac1, mac2) = (mac_of(&c1), mac_of(&c2));
     let (h2, h3) = (world.host_ns(2), world.host_ns(3));
     let with_c1: BTreeSet<_> = remote(1, &[&mac1])
@@ -382,8 +372,8 @@ fn devices_deleted_by_hand_come_back() {
     let mut world = World::new(2);
     let c1 = world.container(1, "c1");
     let c2 = world.container(2, "c2");
-    attach(&world, 1, &[], &c1);
-    let ip2 = attach(&world, 2, &[], &c2);
+    world.attach(1, &[], &c1);
+    let ip2 = world.attach(2, &[], &c2);
     let mac2 = mac_of(&c2);
     assert_reaches(&c1, &ip2);
     let h1 = world.host_ns(1);
@@ -448,8 +438,8 @@ fn a_network_that_cannot_be_fixed_leaves_the_others_fixed() {
     ] {
         let here = world.container(1, &format!("n{}", nets.len()));
         let there = world.container(2, &format!("m{}", nets.len()));
-        attach(&world, 1, &[ip1], &here);
-        attach(&world, 2, &[&format!("{ip2}/24")], &there);
+        world.attach(1, &[ip1], &here);
+        world.attach(2, &[&format!("{ip2}/24")], &there);
         let bridge = bridge_of(&world, subnet);
         let vni: u32 = bridge["weave-".len()..].parse().expect("weave-VNI");
         nets.push((vni, bridge, here, ip2));
@@ -575,9 +565,9 @@ fn broadcast_and_multicast_reach_every_host_once() {
     let c1 = world.container(1, "c1");
     let c2 = world.container(2, "c2");
     let c3 = world.container(3, "c3");
-    attach(&world, 1, &[], &c1);
-    let ip2 = attach(&world, 2, &[], &c2);
-    let ip3 = attach(&world, 3, &[], &c3);
+    world.attach(1, &[], &c1);
+    let ip2 = world.attach(2, &[], &c2);
+    let ip3 = world.attach(3, &[], &c3);
     for c in [&c2, &c3] {
         answer_broadcast_pings(c);
     }
@@ -595,9 +585,9 @@ fn arp_is_answered_on_the_asking_host() {
     let c1 = world.container(1, "c1");
     let c2 = world.container(2, "c2");
     let c3 = world.container(3, "c3");
-    attach(&world, 1, &[], &c1);
-    let ip2 = attach(&world, 2, &[], &c2);
-    let ip3 = attach(&world, 3, &[], &c3);
+    world.attach(1, &[], &c1);
+    let ip2 = world.attach(2, &[], &c2);
+    let ip3 = world.attach(3, &[], &c3);
     let h1 = world.host_ns(1);
     let h3 = world.host_ns(3);
     assert_tables(
@@ -645,8 +635,8 @@ fn arp_is_answered_on_the_asking_host() {
 fn assert_mtu(world: &mut World, mtu: u64) {
     let c1 = world.container(1, "c1");
     let c2 = world.container(2, "c2");
-    attach(world, 1, &[], &c1);
-    let ip2 = attach(world, 2, &[], &c2);
+    world.attach(1, &[], &c1);
+    let ip2 = world.attach(2, &[], &c2);
     assert_reaches(&c1, &ip2);
     for host in 1..=2 {
         let ns = world.host_ns(host);
@@ -741,8 +731,8 @@ fn expose_and_hide_put_the_host_on_a_network_and_take_it_off() {
     let mut world = World::new(2);
     let c1 = world.container(1, "c1");
     let c2 = world.container(2, "c2");
-    attach(&world, 1, &["192.168.0.2/24"], &c1);
-    attach(&world, 2, &["192.168.0.3/24"], &c2);
+    world.attach(1, &["192.168.0.2/24"], &c1);
+    world.attach(2, &["192.168.0.3/24"], &c2);
     assert_reaches(&c1, "192.168.0.3");
     let h1 = world.host_ns(1);
     let bridge = bridge_of(&world, "192.168.0.0/24");
@@ -777,7 +767,7 @@ fn expose_and_hide_put_the_host_on_a_network_and_take_it_off() {
 fn expose_without_an_address_takes_the_default_gateway() {
     let mut world = World::new(2);
     let c2 = world.container(2, "c2");
-    let ip2 = attach(&world, 2, &[], &c2);
+    let ip2 = world.attach(2, &[], &c2);
     assert_eq!(world.ctl(1, &["expose"]), "10.32.0.1\n");
     let h1 = world.host_ns(1);
     let addrs = link(&h1, BRIDGE).expect("the default bridge").addrs;
@@ -837,8 +827,8 @@ fn reset_removes_what_weft_made_and_nothing_else() {
     add_lookalikes(&h2);
     let c1 = world.container(1, "c1");
     let c2 = world.container(2, "c2");
-    attach(&world, 1, &[], &c1);
-    attach(&world, 2, &[], &c2);
+    world.attach(1, &[], &c1);
+    world.attach(2, &[], &c2);
     assert_eq!(world.ctl(1, &["expose"]), "10.32.0.1\n");
     let host1_macs = [mac_of(&c1), link(&h1, BRIDGE).expect("bridge").mac];
     let macs: Vec<&str> = host1_macs.iter().map(String::as_str).collect();
@@ -888,8 +878,8 @@ fn a_stopped_agent_leaves_the_datapath_in_place() {
     let mut world = World::new(2);
     let c1 = world.container(1, "c1");
     let c2 = world.container(2, "c2");
-    let ip1 = attach(&world, 1, &[], &c1);
-    let ip2 = attach(&world, 2, &[], &c2);
+    let ip1 = world.attach(1, &[], &c1);
+    let ip2 = world.attach(2, &[], &c2);
     assert_reaches(&c1, &ip2);
     let h1 = world.host_ns(1);
     let mac2 = mac_of(&c2);

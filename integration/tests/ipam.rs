@@ -17,17 +17,6 @@ const RANGE: &str = "10.32.0.0/12";
 const RANGE_POOL: u64 = (1 << 20) - 3;
 const CONVERGE: Duration = Duration::from_secs(5);
 
-/// `weftctl attach ADDRS... netns:CONTAINER` on `host`; returns the printed IPs, unterminated.
-fn attach(world: &World, host: usize, addrs: &[&str], container: &str) -> String {
-    let target = format!("netns:{container}");
-    let args: Vec<&str> = ["attach"]
-        .into_iter()
-        .chain(addrs.iter().copied())
-        .chain([target.as_str()])
-        .collect();
-    world.ctl(host, &args).trim_end().to_owned()
-}
-
 /// The rows under the header whose first column is `first_column`, up to the next blank line,
 /// each split into its cells (weftctl's cells hold no spaces).
 fn table(text: &str, first_column: &str) -> Vec<Vec<String>> {
@@ -132,8 +121,8 @@ fn allocation_and_release() {
     let [c1, c2, c3, c4, c5] = ["c1", "c2", "c3", "c4", "c5"].map(|c| world.container(1, c));
 
     // The first host address (10.32.0.1) is the gateway's: allocation starts after it.
-    assert_eq!(attach(&world, 1, &[], &c1), "10.32.0.2");
-    assert_eq!(attach(&world, 1, &["net:default"], &c2), "10.32.0.3");
+    assert_eq!(world.attach(1, &[], &c1), "10.32.0.2");
+    assert_eq!(world.attach(1, &["net:default"], &c2), "10.32.0.3");
     assert_eq!(
         link(&c1, "ethwe").map(|l| l.addrs),
         Some(vec!["10.32.0.2/12".to_owned()])
@@ -143,14 +132,10 @@ fn allocation_and_release() {
         "10.32.0.2"
     );
     assert_eq!(link(&c1, "ethwe"), None, "ethwe left in c1 after detach");
-    assert_eq!(
-        attach(&world, 1, &[], &c3),
-        "10.32.0.2",
-        "the freed address"
-    );
+    assert_eq!(world.attach(1, &[], &c3), "10.32.0.2", "the freed address");
 
     // A /30 holds one address besides network, gateway and broadcast.
-    assert_eq!(attach(&world, 1, &["net:10.2.0.0/30"], &c4), "10.2.0.2");
+    assert_eq!(world.attach(1, &["net:10.2.0.0/30"], &c4), "10.2.0.2");
     assert_eq!(
         link(&c4, "ethwe").map(|l| l.addrs),
         Some(vec!["10.2.0.2/30".to_owned()])
@@ -243,7 +228,7 @@ fn networks() {
         "network ls header:\n{table}"
     );
 
-    assert_eq!(attach(&world, 1, &["net:blue"], &c1), "10.9.0.2");
+    assert_eq!(world.attach(1, &["net:blue"], &c1), "10.9.0.2");
     assert_eq!(
         network_ls(&world),
         json!([
@@ -289,12 +274,7 @@ fn several_addresses() {
     let mut world = World::new(1);
     let c1 = world.container(1, "c1");
     assert_eq!(
-        attach(
-            &world,
-            1,
-            &["192.168.0.2/24", "192.168.0.3/24", "net:default"],
-            &c1
-        ),
+        world.attach(1, &["192.168.0.2/24", "192.168.0.3/24", "net:default"], &c1),
         "192.168.0.2 192.168.0.3 10.32.0.2"
     );
 
@@ -356,7 +336,7 @@ fn rmpeer() {
     let mut world = World::new(2);
     let c1 = world.container(1, "c1");
     let c2 = world.container(2, "c2");
-    assert_eq!(attach(&world, 2, &[], &c2), "10.32.0.2");
+    assert_eq!(world.attach(2, &[], &c2), "10.32.0.2");
 
     let out = world.weftctl(1, &["rmpeer", "host2"]);
     assert_rejected(&out, "is connected");
@@ -383,7 +363,7 @@ fn rmpeer() {
     );
     assert_eq!(out.stdout, "host2: 1 address(es) released\n");
 
-    assert_eq!(attach(&world, 1, &["10.32.0.2/12"], &c1), "10.32.0.2");
+    assert_eq!(world.attach(1, &["10.32.0.2/12"], &c1), "10.32.0.2");
     let (_, _, peers) = status_ipam(&world, 1);
     assert_eq!(
         peers,

@@ -19,21 +19,12 @@ const NEIGHBOUR_SOLICITATION: u8 = 135;
 
 const CONVERGE: Duration = Duration::from_secs(5);
 
-/// `weftctl attach ADDRS... netns:CONTAINER` on `host`; returns what it printed (the IPs).
-fn attach(world: &World, host: usize, addrs: &[&str], container: &str) -> String {
-    let target = format!("netns:{container}");
-    let mut args = vec!["attach"];
-    args.extend_from_slice(addrs);
-    args.push(&target);
-    world.ctl(host, &args).trim_end().to_owned()
-}
-
 #[test]
 fn containers_talk_across_hosts_over_an_ipv6_underlay() {
     let mut world = World::on_ipv6_underlay(2, &[]);
     let (a, b) = (world.container(1, "a"), world.container(2, "b"));
-    let ip_a = attach(&world, 1, &[], &a);
-    let ip_b = attach(&world, 2, &[], &b);
+    let ip_a = world.attach(1, &[], &a);
+    let ip_b = world.attach(2, &[], &b);
     assert_reaches(&a, &ip_b);
     assert_reaches(&b, &ip_a);
 
@@ -112,8 +103,8 @@ fn icmpv6_on_the_underlay(
 fn ipv6_containers_ping_across_hosts_and_neighbour_discovery_stays_home() {
     let mut world = World::on_ipv6_underlay(2, &[]);
     let (a, b) = (world.container(1, "a"), world.container(2, "b"));
-    assert_eq!(attach(&world, 1, &["fd00:7::5/64"], &a), "fd00:7::5");
-    assert_eq!(attach(&world, 2, &["fd00:7::6/64"], &b), "fd00:7::6");
+    assert_eq!(world.attach(1, &["fd00:7::5/64"], &a), "fd00:7::5");
+    assert_eq!(world.attach(2, &["fd00:7::6/64"], &b), "fd00:7::6");
     // Usable at once: no duplicate address detection holds the address back.
     assert!(
         ping(&a, "fd00:7::6"),
@@ -154,7 +145,7 @@ fn ipv6_containers_ping_across_hosts_and_neighbour_discovery_stays_home() {
     // across (what it does send, MLD reports, floods as IPv4's IGMP does).
     let e = world.container(1, "e");
     let (_, types) = icmpv6_on_the_underlay(&world, &host1, || {
-        attach(&world, 1, &["fd00:7::7/64"], &e);
+        world.attach(1, &["fd00:7::7/64"], &e);
         // Long enough for a kernel left to itself: a second of DAD on the link-local address,
         // then a router solicitation within a second.
         std::thread::sleep(Duration::from_secs(3));
@@ -200,8 +191,8 @@ fn dual_stack_containers_reach_each_other_on_both_families() {
         "blue 10.9.0.0/24,fd00:9::/64 vni=2\n"
     );
     let (c, d) = (world.container(1, "c"), world.container(2, "d"));
-    assert_eq!(attach(&world, 1, &["net:blue"], &c), "10.9.0.2 fd00:9::2");
-    assert_eq!(attach(&world, 2, &["net:blue"], &d), "10.9.0.3 fd00:9::3");
+    assert_eq!(world.attach(1, &["net:blue"], &c), "10.9.0.2 fd00:9::2");
+    assert_eq!(world.attach(2, &["net:blue"], &d), "10.9.0.3 fd00:9::3");
     assert_eq!(addrs_of(&d, "-4"), ["10.9.0.3/24"]);
     assert_eq!(addrs_of(&d, "-6"), ["fd00:9::3/64"]);
     assert_reaches(&c, "10.9.0.3");
@@ -248,10 +239,10 @@ fn two_ipv6_networks_are_separate_segments_on_one_host_and_across() {
     let mut world = World::on_ipv6_underlay(2, &[]);
     let (a1, b1) = (world.container(1, "a1"), world.container(1, "b1"));
     let (a2, b2) = (world.container(2, "a2"), world.container(2, "b2"));
-    attach(&world, 1, &["fd00:a::2/64"], &a1);
-    attach(&world, 1, &["fd00:b::2/64"], &b1);
-    attach(&world, 2, &["fd00:a::3/64"], &a2);
-    attach(&world, 2, &["fd00:b::3/64"], &b2);
+    world.attach(1, &["fd00:a::2/64"], &a1);
+    world.attach(1, &["fd00:b::2/64"], &b1);
+    world.attach(2, &["fd00:a::3/64"], &a2);
+    world.attach(2, &["fd00:b::3/64"], &b2);
     assert_reaches(&a1, "fd00:a::3");
     assert_reaches(&b1, "fd00:b::3");
 
