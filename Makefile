@@ -54,17 +54,18 @@ lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Run by hand, not in CI (about 35 minutes, needs root); method and figures in BENCHMARKS.md.
+# Run by hand, not in CI (over 40 minutes, needs root); method and figures in BENCHMARKS.md.
 # Release builds, as in production. Each benchmark has its own target; `bench` runs them all.
-BENCHES := fdb datapath converge attach controller stores failover probes docker encrypt
+BENCHES := fdb datapath converge attach controller stores failover probes docker encrypt dns
 RUN_BENCH = $(CARGO) run --quiet --release -p weft-bench --bin weft-bench-
 
 .PHONY: bench-deps bench-build $(addprefix bench-,$(BENCHES))
 
-# iperf3 drives the datapath benchmark; the CNI reference plugins are the attach baseline.
+# iperf3 drives the datapath benchmark; the CNI reference plugins are the attach baseline;
+# dnsperf queries weft's DNS and dnsmasq (installed by deps) side by side.
 bench-deps: deps
-	@if ! command -v iperf3 >/dev/null || [ ! -x /usr/lib/cni/bridge ] || [ ! -x /usr/lib/cni/host-local ]; then \
-		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y iperf3 containernetworking-plugins; \
+	@if ! command -v iperf3 >/dev/null || ! command -v dnsperf >/dev/null || [ ! -x /usr/lib/cni/bridge ] || [ ! -x /usr/lib/cni/host-local ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y iperf3 dnsperf containernetworking-plugins; \
 	fi
 
 bench-build: bench-deps

@@ -163,9 +163,7 @@ fn parse_mtu(s: &str) -> Result<Mtu, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // hickory-server logs two lines at INFO for every query it answers: a host's log would grow
-    // with its containers' traffic.
-    weft_process::init_logging_quiet(&["hickory_server=warn"]);
+    weft_process::init_logging();
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

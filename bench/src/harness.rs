@@ -80,13 +80,18 @@ pub fn print_load(when: &str) {
     println!("load average {when}: {}", averages.join(" "));
 }
 
-/// The first line a tool prints about its version, e.g. `ip -V`, or why there is none.
+/// What a tool prints about its version, e.g. `ip -V`: its first line that says "version"
+/// (dnsperf's help names the tool first), else its first line; or why there is none.
 pub fn tool_version(argv: &[&str]) -> String {
     match Command::new(argv[0]).args(&argv[1..]).output() {
         Ok(out) => {
             let text = [out.stdout, out.stderr].concat();
             let text = String::from_utf8_lossy(&text);
-            text.lines().next().unwrap_or("").trim().to_owned()
+            let line = text
+                .lines()
+                .find(|l| l.to_ascii_lowercase().contains("version"))
+                .or_else(|| text.lines().next());
+            line.unwrap_or("").trim().to_owned()
         }
         Err(e) => format!("cannot run {}: {e}", argv[0]),
     }

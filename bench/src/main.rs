@@ -76,6 +76,9 @@ enum Command {
         /// Write every endpoint made to FILE, one `MAC IP/LEN` line per address.
         #[arg(long, value_name = "FILE")]
         list: Option<PathBuf>,
+        /// Give container load-N the DNS name load-N (served as load-N.<DNS domain>).
+        #[arg(long)]
+        dns_names: bool,
     },
     /// Print the controller's tables (revision, peers, networks, endpoints, DNS records) as one
     /// JSON object, from the snapshot a Watch starts with (prints the status on refusal).
@@ -197,6 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             concurrency,
             addrs,
             list,
+            dns_names,
         } => {
             let population = Population {
                 peer: Peer {
@@ -207,6 +211,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 endpoints,
                 concurrency: concurrency.max(1),
                 addrs,
+                dns_names,
             };
             populate(&cli.controller, tls, population, list).await
         }

@@ -1,5 +1,5 @@
 //! Filling the controller's tables with the endpoints of one peer, through the same Register
-//! and Attach requests an agent sends.
+//! and Attach requests an agent sends, with DNS names if asked.
 
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt, stream};
@@ -16,6 +16,8 @@ pub struct Population {
     pub concurrency: usize,
     /// ADDR strings every container asks for; empty means net:default.
     pub addrs: Vec<String>,
+    /// Whether container `load-N` gets the DNS name `load-N` (served in the DNS domain).
+    pub dns_names: bool,
 }
 
 impl Population {
@@ -37,7 +39,11 @@ impl Population {
                     peer: name.clone(),
                     container_id: format!("load-{i}"),
                     addrs: self.addrs.clone(),
-                    dns_name: String::new(),
+                    dns_name: if self.dns_names {
+                        format!("load-{i}")
+                    } else {
+                        String::new()
+                    },
                     ..Default::default()
                 };
                 async move {

@@ -258,7 +258,6 @@ async fn main() -> ExitCode {
     // tonic logs refused TLS handshakes (a client certificate from another CA, say) at debug
     // level only: they are worth an operator's eye, and a metric.
     weft_process::init_logging_and(
-        &[],
         &[weft_controller::metrics::TLS_REFUSALS_DIRECTIVE],
         weft_controller::metrics::TlsRefusals,
     );

@@ -197,6 +197,11 @@ impl Background {
         self.daemon.exited()
     }
 
+    /// The process id while it runs (for reading its /proc entries).
+    pub fn pid(&mut self) -> Option<u32> {
+        self.daemon.pid()
+    }
+
     /// The last `n` lines of its output, headed by its command line.
     pub fn log_tail(&self, n: usize) -> String {
         self.daemon.log_tail(n)

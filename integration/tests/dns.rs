@@ -1,7 +1,7 @@
 //! weft's DNS as containers use it: `dig` against 127.0.0.11 inside a container resolves names
 //! of containers on other hosts, several containers under one name, reverse names, and forgets
-//! a detached container's name within a second; `ping NAME` works by short name; bad packets
-//! and floods do not stop it from answering.
+//! a detached container's name within a second; a container attached again at once is served
+//! again; `ping NAME` works by short name; bad packets and floods do not stop it from answering.
 
 use std::fs::File;
 use std::net::UdpSocket;
@@ -389,4 +389,23 @@ fn ipv6_addresses_answer_aaaa_and_ip6_arpa() {
         "{}",
         mapped.stderr
     );
+}
+
+#[test]
+fn a_container_attached_again_at_once_is_served_again() {
+    let mut world = World::with_agent_args(1, &["--dns-upstream", SILENT_UPSTREAM]);
+    let c1 = world.container(1, "c1");
+    let target = format!("netns:{c1}");
+    world.ctl(1, &["attach", "--name", "bbox1", "10.2.0.2/24", &target]);
+    assert_eq!(dig(&c1, &["bbox1"]).0, ["10.2.0.2"]);
+    // Detached: its listener goes once the agent sees the detach; the next attach must find
+    // 127.0.0.11:53 free again, over UDP and TCP.
+    world.ctl(1, &["detach", &target]);
+    assert!(
+        wait_until(Duration::from_secs(5), || !listening(&c1, 53)),
+        "the listener of a detached container stays open"
+    );
+    world.ctl(1, &["attach", "--name", "bbox1", "10.2.0.3/24", &target]);
+    assert_eq!(dig(&c1, &["bbox1"]).0, ["10.2.0.3"]);
+    assert_eq!(dig(&c1, &["+tcp", "bbox1"]).0, ["10.2.0.3"]);
 }

@@ -11,28 +11,19 @@ pub fn init_logging() {
 /// [`init_logging`] with `directives` (e.g. `target=debug`) added to the filter, whatever
 /// `RUST_LOG` says.
 pub fn init_logging_with(directives: &[&str]) {
-    init_logging_and(&[], directives, tracing_subscriber::layer::Identity::new());
+    init_logging_and(directives, tracing_subscriber::layer::Identity::new());
 }
 
-/// [`init_logging`] with `quiet` (e.g. `chatty_crate=warn`) added to the default filter; a
-/// `RUST_LOG` replaces them, so an operator can still ask for what they hold back.
-pub fn init_logging_quiet(quiet: &[&str]) {
-    init_logging_and(quiet, &[], tracing_subscriber::layer::Identity::new());
-}
-
-/// Logging with `quiet` added to the default filter (as [`init_logging_quiet`]), `directives`
-/// to any filter (as [`init_logging_with`]), and `also` seeing every event the filter lets
-/// through (to count some).
+/// Logging with `directives` added to any filter (as [`init_logging_with`]), and `also` seeing
+/// every event the filter lets through (to count some).
 pub fn init_logging_and(
-    quiet: &[&str],
     directives: &[&str],
     also: impl tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
 ) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let default = std::iter::once("info").chain(quiet.iter().copied());
-    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| default.collect::<Vec<_>>().join(",").into());
+    let mut filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     for directive in directives {
         filter = filter.add_directive(directive.parse().expect("a valid log directive"));
     }

@@ -1,29 +1,26 @@
-//! Answering one DNS query (hickory-server's `RequestHandler`): names in weft's domain and the
-//! reverse names of their addresses from the records; single labels as names in the domain;
-//! everything else forwarded to the host's upstream resolvers, with SERVFAIL when none answers
-//! in time.
+//! Answering one DNS message, whatever carried it: names in weft's domain and the reverse
+//! names of their addresses from the records; single labels as names in the domain; everything
+//! else forwarded to the host's upstream resolvers, with SERVFAIL when none answers in time.
+//! hickory-proto reads and writes the messages.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use hickory_proto::op::{Header, HeaderCounts, Message, Metadata, ResponseCode};
+use hickory_proto::op::{Edns, Header, Message, MessageType, Metadata, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, PTR};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use hickory_server::net::runtime::Time;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 use rand::seq::SliceRandom;
 use tokio::net::UdpSocket;
 use tracing::debug;
 
 use super::records::{Records, reverse_address};
-use crate::metrics::METRICS;
 
 /// How long an upstream resolver may take before the client gets SERVFAIL.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
-/// The largest UDP answer taken from an upstream resolver (EDNS allows up to this).
-const MAX_UDP_ANSWER: usize = 4096;
+/// The largest UDP answer taken from an upstream resolver, and offered to clients over EDNS.
+pub const MAX_UDP_ANSWER: usize = 4096;
 
 /// What every listener of this agent shares: the domain, the TTL, the upstreams and the
 /// records, which the reconciler replaces when the tables change.
@@ -102,175 +99,190 @@ pub fn answer_locally(
     })
 }
 
-pub struct DnsHandler {
-    pub state: Arc<DnsState>,
+/// What to do with one message a client sent.
+pub enum Handled {
+    /// Send these bytes back; the `answer` label of the DNS metrics.
+    Answer(Vec<u8>, &'static str),
+    /// Not ours to answer: ask the upstream resolvers ([`forward`]) with this query.
+    Forward(Message),
+    /// Nothing to send: not a query, or too short to have come from a resolver.
+    Ignore,
 }
 
-/// The header of an answer that could not be sent, for hickory's bookkeeping.
-fn failed(request: &Request) -> ResponseInfo {
-    let mut metadata = Metadata::response_from_request(&request.metadata);
-    metadata.response_code = ResponseCode::ServFail;
-    ResponseInfo::from(Header {
-        metadata,
-        counts: HeaderCounts::default(),
-    })
+/// What carried a query: how long its answer may be.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Transport {
+    Udp,
+    Tcp,
 }
 
-impl DnsHandler {
-    async fn respond<R: ResponseHandler>(
-        &self,
-        request: &Request,
-        mut response: R,
-        code: ResponseCode,
-        authoritative: bool,
-        sections: [&[Record]; 3],
-    ) -> ResponseInfo {
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.response_code = code;
-        metadata.authoritative = authoritative;
-        metadata.recursion_available = true;
-        let [answers, authorities, additionals] = sections;
-        let message = MessageResponseBuilder::from_message_request(request).build(
-            metadata,
-            answers.iter(),
-            authorities.iter(),
-            [].iter(),
-            additionals.iter(),
-        );
-        match response.send_response(message).await {
-            Ok(info) => info,
-            Err(e) => {
-                debug!("cannot send a DNS answer to {}: {e}", request.src());
-                failed(request)
-            }
+impl Transport {
+    /// The most an answer to `query` may hold: over UDP, what the client's EDNS says it takes,
+    /// at least 512 bytes (RFC 6891), or 512 without EDNS (RFC 1035); TCP takes any answer.
+    pub fn limit(self, query: &Message) -> usize {
+        match self {
+            Transport::Udp => query
+                .edns
+                .as_ref()
+                .map_or(512, |edns| usize::from(edns.max_payload().max(512))),
+            Transport::Tcp => usize::from(u16::MAX),
         }
     }
+}
 
-    /// Sends the query as the client sent it to each upstream in turn; the first answer wins.
-    async fn forward(&self, request: &Request) -> Option<Message> {
-        for upstream in &self.state.upstreams {
-            let bind: SocketAddr = match upstream.ip() {
-                IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-                IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+/// Answers `bytes`, a message a client sent, when weft knows the answer or the message is
+/// not a query it can answer; an answer longer than the transport takes is sent truncated
+/// (the client asks again over TCP).
+pub fn handle(state: &DnsState, bytes: &[u8], transport: Transport) -> Handled {
+    let query = match Message::from_vec(bytes) {
+        Ok(query) => query,
+        // A header but nothing sensible after it: FORMERR, as far as the header goes.
+        Err(_) => {
+            let Ok(header) = Header::read(&mut BinDecoder::new(bytes)) else {
+                return Handled::Ignore;
             };
-            let exchange = async {
-                let socket = UdpSocket::bind(bind).await.ok()?;
-                socket.connect(upstream).await.ok()?;
-                socket.send(request.as_slice()).await.ok()?;
-                let mut buf = vec![0u8; MAX_UDP_ANSWER];
-                loop {
-                    let n = socket.recv(&mut buf).await.ok()?;
-                    // Only the answer to this query (a stray datagram is not one).
-                    match Message::from_vec(&buf[..n]) {
-                        Ok(m) if m.metadata.id == request.metadata.id => return Some(m),
-                        _ => continue,
-                    }
+            if header.metadata.message_type == MessageType::Response {
+                return Handled::Ignore;
+            }
+            let mut metadata = Metadata::response_from_request(&header.metadata);
+            metadata.response_code = ResponseCode::FormErr;
+            let mut answer = Message::response(metadata.id, metadata.op_code);
+            answer.metadata = metadata;
+            return Handled::Answer(encode(&answer, 512), "malformed");
+        }
+    };
+    let limit = transport.limit(&query);
+    // Never answer an answer: that is how reflection loops start.
+    if query.metadata.message_type == MessageType::Response {
+        return Handled::Ignore;
+    }
+    if query.metadata.op_code != OpCode::Query {
+        let answer = response(&query, ResponseCode::NotImp, false);
+        return Handled::Answer(encode(&answer, limit), "malformed");
+    }
+    let [question] = query.queries.as_slice() else {
+        let answer = response(&query, ResponseCode::FormErr, false);
+        return Handled::Answer(encode(&answer, limit), "malformed");
+    };
+    let owner = question.name().clone();
+    let qtype = question.query_type();
+    let records = state.records();
+    let record = |rdata| Record::from_rdata(owner.clone(), state.ttl, rdata);
+    let (code, answers): (ResponseCode, Vec<Record>) =
+        match answer_locally(state, &records, &owner.to_ascii(), qtype) {
+            Some(LocalAnswer::Addresses(ips)) => (
+                ResponseCode::NoError,
+                ips.into_iter()
+                    .map(|ip| match ip {
+                        IpAddr::V4(v4) => record(RData::A(A(v4))),
+                        IpAddr::V6(v6) => record(RData::AAAA(AAAA(v6))),
+                    })
+                    .collect(),
+            ),
+            Some(LocalAnswer::Names(names)) => (
+                ResponseCode::NoError,
+                names
+                    .iter()
+                    .filter_map(|n| Name::from_ascii(format!("{n}.")).ok())
+                    .map(|n| record(RData::PTR(PTR(n))))
+                    .collect(),
+            ),
+            Some(LocalAnswer::NoData) => (ResponseCode::NoError, Vec::new()),
+            Some(LocalAnswer::NoSuchName) => (ResponseCode::NXDomain, Vec::new()),
+            None => return Handled::Forward(query),
+        };
+    let how = if code == ResponseCode::NXDomain {
+        "no_such_name"
+    } else {
+        "local"
+    };
+    let mut answer = response(&query, code, true);
+    answer.answers = answers;
+    Handled::Answer(encode(&answer, limit), how)
+}
+
+/// The answer to a query [`handle`] left to the upstream resolvers: theirs, under our header,
+/// or SERVFAIL when none answered in time; with the `answer` label of the DNS metrics.
+pub async fn forward(
+    state: &DnsState,
+    query: &Message,
+    bytes: &[u8],
+    transport: Transport,
+) -> (Vec<u8>, &'static str) {
+    let Some(upstream) = ask_upstreams(&state.upstreams, query.metadata.id, bytes).await else {
+        return failed(query, transport);
+    };
+    let mut answer = response(query, upstream.metadata.response_code, false);
+    answer.answers = upstream.answers;
+    answer.authorities = upstream.authorities;
+    answer.additionals = upstream.additionals;
+    (encode(&answer, transport.limit(query)), "forwarded")
+}
+
+/// SERVFAIL: no upstream answered, or too many queries wait for one.
+pub fn failed(query: &Message, transport: Transport) -> (Vec<u8>, &'static str) {
+    let answer = response(query, ResponseCode::ServFail, false);
+    (encode(&answer, transport.limit(query)), "failed")
+}
+
+/// An answer to `query`, with its question, and an OPT record if the query had one (RFC 6891).
+fn response(query: &Message, code: ResponseCode, authoritative: bool) -> Message {
+    let mut metadata = Metadata::response_from_request(&query.metadata);
+    metadata.response_code = code;
+    metadata.authoritative = authoritative;
+    metadata.recursion_available = true;
+    let mut answer = Message::response(metadata.id, metadata.op_code);
+    answer.metadata = metadata;
+    answer.queries = query.queries.clone();
+    if query.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(MAX_UDP_ANSWER as u16);
+        answer.set_edns(edns);
+    }
+    answer
+}
+
+/// The wire form of `answer`, truncated to its question (TC set) when longer than `limit`.
+fn encode(answer: &Message, limit: usize) -> Vec<u8> {
+    let encoded = answer.to_vec();
+    match encoded {
+        Ok(bytes) if bytes.len() <= limit => bytes,
+        // Too long, or records that cannot be written (then the client gets no partial answer
+        // either way).
+        _ => answer
+            .truncate()
+            .to_vec()
+            .expect("a header and one question encode"),
+    }
+}
+
+/// Sends the query as the client sent it to each upstream in turn; the first answer wins.
+async fn ask_upstreams(upstreams: &[SocketAddr], id: u16, bytes: &[u8]) -> Option<Message> {
+    for upstream in upstreams {
+        let bind: SocketAddr = match upstream.ip() {
+            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let exchange = async {
+            let socket = UdpSocket::bind(bind).await.ok()?;
+            socket.connect(upstream).await.ok()?;
+            socket.send(bytes).await.ok()?;
+            let mut buf = vec![0u8; MAX_UDP_ANSWER];
+            loop {
+                let n = socket.recv(&mut buf).await.ok()?;
+                // Only the answer to this query (a stray datagram is not one).
+                match Message::from_vec(&buf[..n]) {
+                    Ok(m) if m.metadata.id == id => return Some(m),
+                    _ => continue,
                 }
-            };
-            match tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await {
-                Ok(Some(answer)) => return Some(answer),
-                _ => debug!(%upstream, "upstream resolver did not answer"),
             }
-        }
-        None
-    }
-}
-
-// hickory's trait is declared with async_trait; tonic re-exports the same macro.
-#[tonic::async_trait]
-impl RequestHandler for DnsHandler {
-    async fn handle_request<R: ResponseHandler, T: Time>(
-        &self,
-        request: &Request,
-        response: R,
-    ) -> ResponseInfo {
-        let started = Instant::now();
-        let (info, answer) = self.answer(request, response).await;
-        METRICS.dns_query(answer, started.elapsed());
-        info
-    }
-}
-
-impl DnsHandler {
-    /// Answers `request`; returns how, as the `answer` label of the DNS metrics.
-    async fn answer<R: ResponseHandler>(
-        &self,
-        request: &Request,
-        response: R,
-    ) -> (ResponseInfo, &'static str) {
-        let Ok(info) = request.request_info() else {
-            let info = self
-                .respond(request, response, ResponseCode::FormErr, false, [&[]; 3])
-                .await;
-            return (info, "malformed");
         };
-        let owner: Name = info.query.name().clone().into();
-        let qtype = info.query.query_type();
-        let records = self.state.records();
-        let ttl = self.state.ttl;
-        let record = |rdata| Record::from_rdata(owner.clone(), ttl, rdata);
-        let (code, answers): (ResponseCode, Vec<Record>) =
-            match answer_locally(&self.state, &records, &owner.to_string(), qtype) {
-                Some(LocalAnswer::Addresses(ips)) => (
-                    ResponseCode::NoError,
-                    ips.into_iter()
-                        .map(|ip| match ip {
-                            IpAddr::V4(v4) => record(RData::A(A(v4))),
-                            IpAddr::V6(v6) => record(RData::AAAA(AAAA(v6))),
-                        })
-                        .collect(),
-                ),
-                Some(LocalAnswer::Names(names)) => (
-                    ResponseCode::NoError,
-                    names
-                        .iter()
-                        .filter_map(|n| Name::from_ascii(format!("{n}.")).ok())
-                        .map(|n| record(RData::PTR(PTR(n))))
-                        .collect(),
-                ),
-                Some(LocalAnswer::NoData) => (ResponseCode::NoError, Vec::new()),
-                Some(LocalAnswer::NoSuchName) => (ResponseCode::NXDomain, Vec::new()),
-                None => return self.forwarded(request, response).await,
-            };
-        let how = if code == ResponseCode::NXDomain {
-            "no_such_name"
-        } else {
-            "local"
-        };
-        let info = self
-            .respond(request, response, code, true, [&answers, &[], &[]])
-            .await;
-        (info, how)
-    }
-
-    /// Answers with what an upstream resolver answered, or SERVFAIL.
-    async fn forwarded<R: ResponseHandler>(
-        &self,
-        request: &Request,
-        response: R,
-    ) -> (ResponseInfo, &'static str) {
-        match self.forward(request).await {
-            Some(answer) => {
-                let code = answer.metadata.response_code;
-                let info = self
-                    .respond(
-                        request,
-                        response,
-                        code,
-                        false,
-                        [&answer.answers, &answer.authorities, &answer.additionals],
-                    )
-                    .await;
-                (info, "forwarded")
-            }
-            None => {
-                let info = self
-                    .respond(request, response, ResponseCode::ServFail, false, [&[]; 3])
-                    .await;
-                (info, "failed")
-            }
+        match tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await {
+            Ok(Some(answer)) => return Some(answer),
+            _ => debug!(%upstream, "upstream resolver did not answer"),
         }
     }
+    None
 }
 
 #[cfg(test)]
@@ -370,6 +382,125 @@ mod tests {
             answer_locally(&s, &r, six, RecordType::PTR),
             Some(LocalAnswer::Names(vec!["db.weave.local".into()]))
         );
+    }
+
+    /// A query for `name` of `qtype` as a resolver sends it, with EDNS if `edns` says so.
+    fn query_bytes(name: &str, qtype: RecordType, edns: Option<u16>) -> Vec<u8> {
+        let mut query = Message::new(0x1234, MessageType::Query, OpCode::Query);
+        query.metadata.recursion_desired = true;
+        query.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii(name).unwrap(),
+            qtype,
+        ));
+        if let Some(payload) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(payload);
+            query.set_edns(e);
+        }
+        query.to_vec().unwrap()
+    }
+
+    fn answered(handled: Handled) -> (Message, &'static str) {
+        match handled {
+            Handled::Answer(bytes, how) => (Message::from_vec(&bytes).unwrap(), how),
+            Handled::Forward(_) => panic!("forwarded"),
+            Handled::Ignore => panic!("ignored"),
+        }
+    }
+
+    #[test]
+    fn answers_carry_the_question_the_flags_and_edns() {
+        let s = state();
+        s.set_records(records());
+        let bytes = query_bytes("Web.weave.local.", RecordType::A, Some(1232));
+        let (answer, how) = answered(handle(&s, &bytes, Transport::Udp));
+        assert_eq!(how, "local");
+        assert_eq!(answer.metadata.id, 0x1234);
+        assert_eq!(answer.metadata.message_type, MessageType::Response);
+        assert!(answer.metadata.authoritative && answer.metadata.recursion_available);
+        assert!(answer.metadata.recursion_desired, "RD is copied");
+        assert_eq!(answer.queries[0].name().to_ascii(), "Web.weave.local.");
+        let mut ips: Vec<String> = answer.answers.iter().map(|r| r.data.to_string()).collect();
+        ips.sort();
+        assert_eq!(ips, ["10.32.0.2", "10.32.0.3"]);
+        assert!(answer.answers.iter().all(|r| r.ttl == 1));
+        assert!(answer.edns.is_some(), "an OPT record answers one");
+        let bytes = query_bytes("nobody.weave.local.", RecordType::A, None);
+        let (answer, how) = answered(handle(&s, &bytes, Transport::Udp));
+        assert_eq!(
+            (answer.metadata.response_code, how),
+            (ResponseCode::NXDomain, "no_such_name")
+        );
+        assert!(answer.edns.is_none());
+        let bytes = query_bytes("example.com.", RecordType::A, None);
+        assert!(matches!(
+            handle(&s, &bytes, Transport::Udp),
+            Handled::Forward(_)
+        ));
+    }
+
+    #[test]
+    fn bad_messages_get_formerr_or_nothing() {
+        let s = state();
+        assert!(matches!(
+            handle(&s, &[1, 2, 3], Transport::Udp),
+            Handled::Ignore
+        ));
+        // A header claiming one question, and none after it.
+        let (answer, how) = answered(handle(
+            &s,
+            &[0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0],
+            Transport::Udp,
+        ));
+        assert_eq!(
+            (answer.metadata.response_code, how),
+            (ResponseCode::FormErr, "malformed")
+        );
+        assert_eq!(answer.metadata.id, 0xabcd);
+        // An answer is never answered.
+        let mut response = Message::from_vec(&query_bytes("web.", RecordType::A, None)).unwrap();
+        response.metadata.message_type = MessageType::Response;
+        let bytes = response.to_vec().unwrap();
+        assert!(matches!(
+            handle(&s, &bytes, Transport::Udp),
+            Handled::Ignore
+        ));
+        // Not a query: NOTIMP.
+        let mut notify = Message::from_vec(&query_bytes("web.", RecordType::A, None)).unwrap();
+        notify.metadata.op_code = OpCode::Notify;
+        let bytes = notify.to_vec().unwrap();
+        let (answer, _) = answered(handle(&s, &bytes, Transport::Udp));
+        assert_eq!(answer.metadata.response_code, ResponseCode::NotImp);
+    }
+
+    #[test]
+    fn long_answers_are_truncated_over_udp_only() {
+        let s = state();
+        let mut t = weft_proto::tables::Tables::default();
+        for i in 0..60 {
+            let ep = weft_proto::rows::EndpointRow {
+                id: weft_proto::tables::EndpointId::new("host1", "default", &format!("c{i}")),
+                mac: weft_proto::names::Mac::ZERO,
+                cidrs: vec![format!("10.32.1.{i}/12").parse().unwrap()],
+                host_ifname: String::new(),
+                container_ifname: String::new(),
+                dns_name: "many".into(),
+            };
+            t.endpoints.insert(ep.id.clone(), ep);
+        }
+        s.set_records(Records::from_tables(&t, "weave.local"));
+        // 60 A records take 12 + 21 + 60 * 16 bytes: over 512, within 1232.
+        let plain = query_bytes("many.weave.local.", RecordType::A, None);
+        let (answer, _) = answered(handle(&s, &plain, Transport::Udp));
+        assert!(answer.metadata.truncation && answer.answers.is_empty());
+        assert_eq!(answer.queries.len(), 1);
+        let (answer, _) = answered(handle(&s, &plain, Transport::Tcp));
+        assert!(!answer.metadata.truncation);
+        assert_eq!(answer.answers.len(), 60);
+        let edns = query_bytes("many.weave.local.", RecordType::A, Some(1232));
+        let (answer, _) = answered(handle(&s, &edns, Transport::Udp));
+        assert!(!answer.metadata.truncation);
+        assert_eq!(answer.answers.len(), 60);
     }
 
     #[test]

@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use hickory_server::Server;
 use tracing::debug;
 
 use super::LISTEN_ADDR;
-use super::handler::{DnsHandler, DnsState};
+use super::handler::DnsState;
 use super::records::Records;
+use super::serve::Serving;
 use crate::container::Container;
 use crate::netlink;
 use crate::netns;
@@ -30,15 +30,11 @@ fn inode_of(netns: &Path) -> Option<u64> {
 
 /// The DNS port inside containers.
 const PORT: u16 = 53;
-/// A TCP client that sends nothing for this long is dropped.
-const TCP_IDLE: Duration = Duration::from_secs(5);
-/// Answers queued per TCP connection.
-const TCP_RESPONSE_BUFFER: usize = 32;
 
 /// A container's listener and the namespace it serves.
 struct Served {
     /// Dropping it stops its tasks and closes its sockets.
-    _server: Server<DnsHandler>,
+    _serving: Serving,
     /// The namespace file and its inode when the listener was opened.
     netns: PathBuf,
     inode: u64,
@@ -94,18 +90,10 @@ impl Listeners {
         })
         .await
         .with_context(|| format!("DNS for container {}", container.id))?;
-        let mut server = Server::new(DnsHandler {
-            state: self.state.clone(),
-        });
-        server.register_socket(tokio::net::UdpSocket::from_std(udp)?);
-        server.register_listener(
-            tokio::net::TcpListener::from_std(tcp)?,
-            TCP_IDLE,
-            TCP_RESPONSE_BUFFER,
-        );
+        let serving = Serving::start(self.state.clone(), udp, tcp)?;
         debug!(container = %container.id, "serving DNS");
         let served = Served {
-            _server: server,
+            _serving: serving,
             netns: container.netns.clone(),
             inode: inode_of(&container.netns).unwrap_or_default(),
         };

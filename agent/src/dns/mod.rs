@@ -4,13 +4,15 @@
 //!
 //! - [`records`] turns the tables into names and addresses, both ways;
 //! - [`handler`] answers one query;
-//! - [`listeners`] serves each local container inside its own namespace;
+//! - [`serve`] serves one listener's UDP and TCP sockets;
+//! - [`listeners`] opens one inside each local container's namespace;
 //! - [`resolv_conf`] points a container's resolver at it.
 
 pub mod handler;
 pub mod listeners;
 pub mod records;
 pub mod resolv_conf;
+pub mod serve;
 
 use std::net::{Ipv4Addr, SocketAddr};
 
