@@ -499,8 +499,7 @@ fn a_controller_cut_off_from_etcd_commits_nothing_stale_and_hands_its_agents_ove
     );
     assert!(
         !refused.success() && refused.stderr.contains(&why),
-        "a watch of controller 1 while it is cut off: {}",
-        refused.stderr
+        "a watch of controller 1 while it is cut off: {refused:?}"
     );
     let late = world.container(1, "late");
     let ip_late = attach(&world, 1, &late);
