@@ -1,11 +1,75 @@
-//! `weft-load scale` in a harness world: run in the first controller's namespace (its thousands
-//! of connections go over the underlay to real controller processes), reading that controller's
+//! weft-load in a harness world: `populate`, run in a host's namespace with that host's
+//! certificate; and `scale`, run in the first controller's namespace (its thousands of
+//! connections go over the underlay to real controller processes), reading that controller's
 //! /proc entries, each simulated agent with a client certificate from the control plane's CA.
 
+use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use weft_integration::{World, exec_shown, locate_bin};
+use weft_integration::{World, exec_for, exec_shown, locate_bin};
+
+use crate::harness::check_interrupted;
+
+/// Generous: 10,000 attaches take a few seconds; 1.5 to 2 minutes before the controller grouped
+/// its commits and found free addresses without walking the held ones.
+const POPULATE_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// `weft-load populate` as host `host` (its certificate, in its namespace): registers the peer
+/// `host<host>` anew at `advertise_addr` and attaches `endpoints` containers `load-0`, ...,
+/// with `extra` flags (e.g. `--dns-names`). Prints what weft-load printed; returns each
+/// endpoint's `(MAC, IP)`, in container order. Panics, naming weft-load's error, if it fails.
+pub fn populate(
+    world: &World,
+    host: usize,
+    advertise_addr: &str,
+    endpoints: usize,
+    extra: &[String],
+) -> Vec<(String, String)> {
+    let scratch = tempfile::tempdir().expect("creating a temp dir");
+    let list = scratch.path().join("endpoints.txt");
+    let load = locate_bin("weft-load");
+    let mut argv = vec![load.display().to_string()];
+    argv.extend(world.load_args(host));
+    argv.extend(
+        [
+            "populate",
+            "--peer",
+            &format!("host{host}"),
+            "--advertise-addr",
+            advertise_addr,
+            "--endpoints",
+            &endpoints.to_string(),
+            "--list",
+            &list.display().to_string(),
+        ]
+        .map(String::from),
+    );
+    argv.extend(extra.iter().cloned());
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = exec_for(&world.host_ns(host), &argv, POPULATE_TIMEOUT);
+    // Ctrl-C reaches weft-load too; say so rather than report its silent death.
+    check_interrupted();
+    assert!(out.success(), "weft-load failed: {}", out.stderr.trim());
+    print!("  {}", out.stdout);
+    let text = fs::read_to_string(&list).expect("reading weft-load's list");
+    let made: Vec<(String, String)> = text
+        .lines()
+        .map(|line| {
+            let (mac, cidr) = line
+                .split_once(' ')
+                .expect("weft-load lines are `MAC IP/LEN`");
+            let ip = cidr.split_once('/').map_or(cidr, |(ip, _)| ip);
+            (mac.to_owned(), ip.to_owned())
+        })
+        .collect();
+    assert_eq!(
+        made.len(),
+        endpoints,
+        "weft-load made a different number of endpoints"
+    );
+    made
+}
 
 /// One run: about 3 minutes at the defaults (1,000 agents, 100 endpoints each), most of it the
 /// agents joining; generous for larger sizes and busier machines.

@@ -18,8 +18,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use weft_bench::harness::{self, check_interrupted, median, percentile};
+use weft_bench::load;
 use weft_bench::usage::Meter;
-use weft_integration::{Background, World, exec, exec_for, exit_code_of, locate_bin, wait_until};
+use weft_integration::{Background, World, exec, exec_for, exit_code_of, wait_until};
 
 const NAMES: usize = 10_000;
 const ROUNDS: usize = 5;
@@ -38,7 +39,6 @@ const LOAD_SECS: u64 = 10;
 /// the latency is answering, not queueing.
 const RATE: u32 = 2_000;
 const LATENCY_SECS: u64 = 5;
-const POPULATE_TIMEOUT: Duration = Duration::from_secs(240);
 /// Until the agent serves the last name.
 const SERVED_TIMEOUT: Duration = Duration::from_secs(60);
 const DNSPERF_TIMEOUT: Duration = Duration::from_secs(60);
@@ -105,7 +105,7 @@ fn run() {
     let scratch = tempfile::tempdir().expect("creating a temp dir");
     let mut world = World::new(2);
     world.stop_agent(LOAD_HOST);
-    let addresses = populate(&world, &scratch.path().join("endpoints.txt"));
+    let addresses = populate(&world);
     let hosts = scratch.path().join("hosts");
     let queries = scratch.path().join("queries");
     write_files(&addresses, &hosts, &queries);
@@ -194,45 +194,10 @@ fn run() {
 }
 
 /// Fills the controller with the named containers; returns their addresses, in name order.
-fn populate(world: &World, list: &Path) -> Vec<String> {
-    let load = locate_bin("weft-load");
-    let mut argv = vec![load.display().to_string()];
-    argv.extend(world.load_args(LOAD_HOST));
-    argv.extend(
-        [
-            "populate",
-            "--peer",
-            &format!("host{LOAD_HOST}"),
-            "--advertise-addr",
-            LOAD_ADDR,
-            "--endpoints",
-            &NAMES.to_string(),
-            "--dns-names",
-            "--list",
-            &list.display().to_string(),
-        ]
-        .map(String::from),
-    );
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+fn populate(world: &World) -> Vec<String> {
     println!("filling the controller with weft-load:");
-    let out = exec_for(&world.host_ns(LOAD_HOST), &argv, POPULATE_TIMEOUT);
-    check_interrupted();
-    assert!(out.success(), "weft-load failed: {}", out.stderr.trim());
-    print!("  {}", out.stdout);
-    // One `MAC IP/LEN` line per container, in container order.
-    let text = fs::read_to_string(list).expect("reading weft-load's list");
-    let addresses: Vec<String> = text
-        .lines()
-        .map(|line| {
-            let cidr = line
-                .split_whitespace()
-                .nth(1)
-                .expect("a MAC and an address");
-            cidr.split('/').next().expect("an address").to_owned()
-        })
-        .collect();
-    assert_eq!(addresses.len(), NAMES, "weft-load listed another count");
-    addresses
+    let made = load::populate(world, LOAD_HOST, LOAD_ADDR, NAMES, &["--dns-names".into()]);
+    made.into_iter().map(|(_, ip)| ip).collect()
 }
 
 /// dnsmasq's hosts file and dnsperf's query file: every name, once.

@@ -20,7 +20,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use weft_bench::harness::{self, check_interrupted, median};
-use weft_bench::permanent_neighbours;
+use weft_bench::{load, permanent_neighbours};
 use weft_integration::{
     BRIDGE, FLOOD_MAC, Netns, VXLAN_DEV, World, exec, exec_for, exit_code_of, fdb, host_addr, ip,
     locate_bin, neighbours, wait_until,
@@ -40,9 +40,6 @@ const LOAD_ADDR: &str = "198.18.0.50";
 const HOST: usize = 2;
 /// With `--ipv6`: the default network's IPv6 subnet, where each endpoint takes its address.
 const IPV6_RANGE: &str = "fd00:77::/64";
-/// Generous: 10,000 attaches took 1.5 to 2 minutes on two cores before the controller grouped
-/// its commits and found free addresses without walking the held ones; now a few seconds.
-const POPULATE_TIMEOUT: Duration = Duration::from_secs(240);
 const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause before each timed step: the kernel frees the previous round's 20,000 entries (and, for
 /// a deleted namespace, its devices) in the background, which would otherwise eat into the next
@@ -107,7 +104,7 @@ fn run() {
             "endpoints: IPv6 (net:{IPV6_RANGE}, the default network's IPv6 subnet), so {ENDPOINTS} IPv6 neighbour entries"
         );
     }
-    let entries = populate(&world, &scratch.path().join("endpoints.txt"), ipv6);
+    let entries = populate(&world, ipv6);
     let fdb_batch = scratch.path().join("fdb.batch");
     let neigh_batch = scratch.path().join("neigh.batch");
     write_batches(&entries, &fdb_batch, &neigh_batch);
@@ -143,54 +140,23 @@ fn run() {
 
 /// Fills the controller through weft-load, run in host1's namespace with host1's certificate,
 /// and returns the entries the endpoints it made call for.
-fn populate(world: &World, list: &Path, ipv6: bool) -> Entries {
-    let load = locate_bin("weft-load");
-    let mut argv = vec![load.display().to_string()];
-    argv.extend(world.load_args(LOAD_HOST));
-    argv.extend(
-        [
-            "populate",
-            "--peer",
-            &format!("host{LOAD_HOST}"),
-            "--advertise-addr",
-            LOAD_ADDR,
-            "--endpoints",
-            &ENDPOINTS.to_string(),
-            "--list",
-            &list.display().to_string(),
-        ]
-        .map(String::from),
-    );
-    if ipv6 {
-        argv.extend(["--addr".to_string(), format!("net:{IPV6_RANGE}")]);
-    }
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+fn populate(world: &World, ipv6: bool) -> Entries {
+    let extra = match ipv6 {
+        true => vec!["--addr".to_string(), format!("net:{IPV6_RANGE}")],
+        false => Vec::new(),
+    };
     println!(
         "filling the controller with weft-load (once; each round restarts only host{HOST}'s agent):"
     );
-    let out = exec_for(&world.host_ns(LOAD_HOST), &argv, POPULATE_TIMEOUT);
-    // Ctrl-C reaches weft-load too; say so rather than report its silent death.
-    check_interrupted();
-    assert!(out.success(), "weft-load failed: {}", out.stderr.trim());
-    print!("  {}", out.stdout);
-    let text = fs::read_to_string(list).expect("reading weft-load's list");
+    let made = load::populate(world, LOAD_HOST, LOAD_ADDR, ENDPOINTS, &extra);
     let mut entries = Entries {
         fdb: BTreeSet::from([(FLOOD_MAC.to_owned(), LOAD_ADDR.to_owned())]),
         neighbours: BTreeSet::new(),
     };
-    for line in text.lines() {
-        let (mac, cidr) = line
-            .split_once(' ')
-            .expect("weft-load lines are `MAC IP/LEN`");
-        let ip = cidr.split_once('/').map_or(cidr, |(ip, _)| ip);
-        entries.fdb.insert((mac.to_owned(), LOAD_ADDR.to_owned()));
-        entries.neighbours.insert((ip.to_owned(), mac.to_owned()));
+    for (mac, ip) in made {
+        entries.fdb.insert((mac.clone(), LOAD_ADDR.to_owned()));
+        entries.neighbours.insert((ip, mac));
     }
-    assert_eq!(
-        entries.neighbours.len(),
-        ENDPOINTS,
-        "weft-load made a different number of endpoints"
-    );
     entries
 }
 
