@@ -20,7 +20,7 @@ use super::records::{Records, reverse_address};
 /// How long an upstream resolver may take before the client gets SERVFAIL.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest UDP answer taken from an upstream resolver, and offered to clients over EDNS.
-pub const MAX_UDP_ANSWER: usize = 4096;
+const MAX_UDP_ANSWER: usize = 4096;
 
 /// What every listener of this agent shares: the domain, the TTL, the upstreams and the
 /// records, which the reconciler replaces when the tables change.
