@@ -84,7 +84,7 @@ impl Listeners {
                 .with_context(|| format!("cannot listen on udp {addr}:{PORT}"))?;
             let tcp = std::net::TcpListener::bind((addr, PORT))
                 .with_context(|| format!("cannot listen on tcp {addr}:{PORT}"))?;
-            udp.set_nonblocking(true)?;
+            // The UDP socket is served blocking, by a thread of its own (`serve`).
             tcp.set_nonblocking(true)?;
             Ok((udp, tcp))
         })

@@ -50,15 +50,14 @@ pub struct Serving {
 }
 
 impl Serving {
-    /// Serves `udp` on a thread of its own and `tcp` (non-blocking) on the current runtime,
-    /// where forwarded queries go too.
+    /// Serves `udp` (blocking) on a thread of its own and `tcp` (non-blocking) on the current
+    /// runtime, where forwarded queries go too.
     pub fn start(
         state: Arc<DnsState>,
         udp: UdpSocket,
         tcp: std::net::TcpListener,
     ) -> std::io::Result<Serving> {
         let runtime = Handle::current();
-        udp.set_nonblocking(false)?;
         udp.set_read_timeout(Some(RECEIVE_TIMEOUT))?;
         let udp = Arc::new(udp);
         let stop = Arc::new(AtomicBool::new(false));

@@ -288,8 +288,8 @@ fn latency(container: &str, server: Server, queries: &Path) -> (Vec<f64>, u64) {
         .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
         .map(|s| s * 1000.0)
         .collect();
-    let sent = summary_count(&out, "Queries sent:");
-    (latencies.clone(), sent - latencies.len() as u64)
+    let unanswered = summary_count(&out, "Queries sent:") - latencies.len() as u64;
+    (latencies, unanswered)
 }
 
 /// The number after `label` in dnsperf's statistics (`  Queries sent:         123`).
