@@ -1,7 +1,7 @@
 //! This host's datapath: per network a bridge and a VXLAN device enslaved to it, one veth pair per
 //! local endpoint, and the VXLAN FDB that sends remote MACs to their hosts.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -19,7 +19,8 @@ use weft_proto::rows::EndpointRow;
 use weft_proto::wireguard::WgKey;
 
 use crate::container::Container;
-use crate::desired::{Exposed, FdbEntry, Neighbour, NetworkState, Segment, diff};
+use crate::desired::{Exposed, NetworkState, Segment, Touched, diff};
+use crate::held::{Changes, Entries, Held};
 use crate::netlink::{self, Link, VxlanSpec};
 use crate::netns;
 use crate::wireguard::{PeerSpec, Wireguard};
@@ -47,12 +48,17 @@ pub struct Datapath {
     /// Held by every change of devices and veths: a plug never meets a half-removed bridge, and
     /// a reconcile never sees a half-plugged veth.
     lock: tokio::sync::Mutex<()>,
+    /// What the VXLAN devices hold, so a reconcile need not read it from the kernel.
+    held: Held,
 }
 
 /// What a reconcile is to bring about.
-pub struct Desired {
+pub struct Desired<'a> {
     /// VNI → what the network's devices must be and hold.
-    pub networks: BTreeMap<u32, NetworkState>,
+    pub networks: &'a BTreeMap<u32, NetworkState>,
+    /// VNI → the entries whose presence changed since the last pass (none for a network: none
+    /// did); none: every entry is to be looked at.
+    pub touched: Option<BTreeMap<u32, Touched>>,
     /// What the probe device must hold (its FDB and neighbour entries).
     pub probe: NetworkState,
     /// The WireGuard interface's peers; none: no interface (no encrypted network here).
@@ -118,15 +124,6 @@ pub async fn remove_all(handle: &Handle, port: u16) -> anyhow::Result<Vec<String
     Ok(removed)
 }
 
-/// The entries of one link out of a dump of all links' entries.
-fn on_link<T: Copy + Ord>(entries: &[(u32, T)], index: u32) -> BTreeSet<T> {
-    entries
-        .iter()
-        .filter(|(i, _)| *i == index)
-        .map(|(_, e)| *e)
-        .collect()
-}
-
 /// Runs `request` for every item with many in flight at once: one round trip at a time would
 /// make a host joining a large network wait for thousands of them in turn.
 async fn pipelined<'a, T, F, Fut>(items: &'a [T], request: F) -> anyhow::Result<()>
@@ -176,7 +173,13 @@ impl Datapath {
             mtu,
             wireguard,
             lock: tokio::sync::Mutex::new(()),
+            held: Held::default(),
         }
+    }
+
+    /// What the VXLAN devices hold, which the kernel's notifications are checked against.
+    pub fn held(&self) -> &Held {
+        &self.held
     }
 
     /// Makes the default network's devices as plaintext ones unless they exist: the bridge is
@@ -281,19 +284,22 @@ impl Datapath {
     ///
     /// `desired` is read only once the datapath is this reconcile's alone: an expose or attach
     /// that finished while it waited is then in the tables it reads, and is not undone.
-    pub async fn reconcile(
+    pub async fn reconcile<'a>(
         &self,
-        desired: impl FnOnce() -> Option<Desired>,
+        desired: impl FnOnce() -> Option<Desired<'a>>,
     ) -> anyhow::Result<Option<Report>> {
         let _lock = self.lock.lock().await;
         let Some(desired) = desired() else {
             return Ok(None);
         };
-        let networks = &desired.networks;
+        let networks = desired.networks;
+        let nothing = Touched::default();
+        let touched = |vni| {
+            let touched = desired.touched.as_ref();
+            touched.map(|t: &BTreeMap<u32, Touched>| t.get(&vni).unwrap_or(&nothing))
+        };
         let started = std::time::Instant::now();
         let mut report = Report::default();
-        let fdb = netlink::fdb_entries(&self.handle).await?;
-        let neighbours = netlink::neighbours(&self.handle).await?;
         // Each network on its own: one that cannot be fixed (say, its VXLAN device cannot be
         // made) leaves the others to be fixed all the same, and fails the pass at its end.
         let mut bridges = BTreeMap::new();
@@ -308,7 +314,7 @@ impl Datapath {
         }
         for (vni, state) in networks {
             let fixed = self
-                .reconcile_network(*vni, state, &fdb, &neighbours, &mut report)
+                .reconcile_network(*vni, state, touched(*vni), &mut report)
                 .await;
             match fixed {
                 Ok(bridge) => {
@@ -317,10 +323,7 @@ impl Datapath {
                 Err(e) => failed.push(format!("network with VNI {vni}: {e:#}")),
             }
         }
-        if let Err(e) = self
-            .reconcile_probe(&desired.probe, &fdb, &neighbours, &mut report)
-            .await
-        {
+        if let Err(e) = self.reconcile_probe(&desired.probe, &mut report).await {
             report.probe_error = Some(format!("probe device {PROBE_DEVICE}: {e:#}"));
         }
         let links = netlink::links(&self.handle).await?;
@@ -343,19 +346,17 @@ impl Datapath {
         Ok(Some(report))
     }
 
-    /// Makes one network's devices exist and its VXLAN device hold what `state` says, from
-    /// dumps of every link's entries; returns its bridge.
+    /// Makes one network's devices exist and its VXLAN device hold what `state` says; returns
+    /// its bridge.
     async fn reconcile_network(
         &self,
         vni: u32,
         state: &NetworkState,
-        fdb: &[(u32, FdbEntry)],
-        neighbours: &[(u32, Neighbour)],
+        touched: Option<&Touched>,
         report: &mut Report,
     ) -> anyhow::Result<Link> {
         let (bridge, vxlan) = self.ensure_devices_locked(state.segment(vni)).await?;
-        self.settle_entries(&vxlan, state, fdb, neighbours, report)
-            .await?;
+        self.settle_entries(&vxlan, state, touched, report).await?;
         self.settle_exposed(&bridge, state.exposed.as_ref()).await?;
         Ok(bridge)
     }
@@ -364,49 +365,94 @@ impl Datapath {
     async fn reconcile_probe(
         &self,
         state: &NetworkState,
-        fdb: &[(u32, FdbEntry)],
-        neighbours: &[(u32, Neighbour)],
         report: &mut Report,
     ) -> anyhow::Result<()> {
         let device = self.ensure_probe_device().await?;
-        self.settle_entries(&device, state, fdb, neighbours, report)
-            .await
+        self.settle_entries(&device, state, None, report).await
     }
 
-    /// Makes a VXLAN device's FDB and neighbour entries those of `state`, from dumps of every
-    /// link's entries, touching only what differs.
+    /// Makes a VXLAN device's FDB and neighbour entries those of `state`, touching only what
+    /// differs from what it holds: among the `touched` entries alone, if given.
     async fn settle_entries(
         &self,
         vxlan: &Link,
         state: &NetworkState,
-        fdb: &[(u32, FdbEntry)],
-        neighbours: &[(u32, Neighbour)],
+        touched: Option<&Touched>,
         report: &mut Report,
     ) -> anyhow::Result<()> {
-        let (add, remove) = diff(&on_link(fdb, vxlan.index), &state.fdb);
+        let mut touched = touched;
+        if self.held.must_dump() {
+            self.read_entries().await?;
+            touched = None;
+        }
+        let changes = self.held.settle(vxlan.index, state, touched);
+        if let Err(e) = self.write_entries(vxlan, state, &changes).await {
+            self.held.forget();
+            return Err(e);
+        }
+        report.fdb_added += changes.fdb_add.len();
+        report.fdb_removed += changes.fdb_remove.len();
+        report.neigh_added += changes.neigh_add.len();
+        report.neigh_removed += changes.neigh_remove.len();
+        report.fdb_held += state.fdb.len();
+        report.neigh_held += state.neighbours.len();
+        Ok(())
+    }
+
+    /// Reads every device's FDB and neighbour entries from the kernel into what is held.
+    async fn read_entries(&self) -> anyhow::Result<()> {
+        self.held.dumping();
+        let dumped = async {
+            let fdb = netlink::fdb_entries(&self.handle).await?;
+            let neighbours = netlink::neighbours(&self.handle).await?;
+            anyhow::Ok((fdb, neighbours))
+        };
+        let (fdb, neighbours) = match dumped.await {
+            Ok(dumped) => dumped,
+            Err(e) => {
+                self.held.forget();
+                return Err(e);
+            }
+        };
+        let mut by_device: HashMap<u32, Entries> = HashMap::new();
+        for (index, entry) in fdb {
+            by_device.entry(index).or_default().fdb.insert(entry);
+        }
+        for (index, n) in neighbours {
+            by_device.entry(index).or_default().neighbours.insert(n);
+        }
+        self.held.load(by_device);
+        Ok(())
+    }
+
+    async fn write_entries(
+        &self,
+        vxlan: &Link,
+        state: &NetworkState,
+        changes: &Changes,
+    ) -> anyhow::Result<()> {
         // Tunnel addresses are link-local: the kernel must be told the interface they are on.
         let via = match state.encrypted {
             true => vxlan.vxlan_link(),
             false => None,
         };
-        pipelined(&remove, |e| netlink::fdb_del(&self.handle, vxlan.index, e)).await?;
-        pipelined(&add, |e| {
-            netlink::fdb_add(&self.handle, vxlan.index, e, via)
+        let index = vxlan.index;
+        pipelined(&changes.fdb_remove, |e| {
+            netlink::fdb_del(&self.handle, index, e)
         })
         .await?;
-        report.fdb_added += add.len();
-        report.fdb_removed += remove.len();
-        let (add, remove) = diff(&on_link(neighbours, vxlan.index), &state.neighbours);
-        pipelined(&remove, |n| {
-            netlink::neigh_del(&self.handle, vxlan.index, n)
+        pipelined(&changes.fdb_add, |e| {
+            netlink::fdb_add(&self.handle, index, e, via)
         })
         .await?;
-        pipelined(&add, |n| netlink::neigh_add(&self.handle, vxlan.index, n)).await?;
-        report.neigh_added += add.len();
-        report.neigh_removed += remove.len();
-        report.fdb_held += state.fdb.len();
-        report.neigh_held += state.neighbours.len();
-        Ok(())
+        pipelined(&changes.neigh_remove, |n| {
+            netlink::neigh_del(&self.handle, index, n)
+        })
+        .await?;
+        pipelined(&changes.neigh_add, |n| {
+            netlink::neigh_add(&self.handle, index, n)
+        })
+        .await
     }
 
     /// Makes the host's place on a network's bridge as `exposed` says (none: hidden).
@@ -419,6 +465,7 @@ impl Datapath {
     /// Removes every kernel object weft made on this host; returns their names.
     pub async fn reset(&self) -> anyhow::Result<Vec<String>> {
         let _lock = self.lock.lock().await;
+        self.held.forget();
         remove_all(&self.handle, self.port).await
     }
 
@@ -489,6 +536,7 @@ impl Datapath {
             for dev in devices {
                 info!(link = %dev.name, "removing the device of a network this host left");
                 netlink::delete_link(&self.handle, dev).await?;
+                self.held.removed(dev.index);
             }
         }
         Ok(())

@@ -7,7 +7,8 @@
 //! - [`reconcile`] runs the loop that applies it whenever something changed;
 //! - [`probe`] checks the data path to every peer through the VXLAN path itself;
 //! - [`datapath`] applies it (bridge, VXLAN, veths, FDB) through [`netlink`], entering container
-//!   namespaces with [`netns`]; [`firewall`] keeps the nftables table `weft` (masquerading);
+//!   namespaces with [`netns`], diffing FDB and neighbour entries against [`held`] (kept true by
+//!   the kernel's notifications); [`firewall`] keeps the nftables table `weft` (masquerading);
 //! - [`endpoints`] is the core every front end changes endpoints through: attach, detach,
 //!   expose, hide, releases, DNS names, each container's turn;
 //! - [`local_api`] serves weftctl through the core, with what it shows of the tables in
@@ -33,6 +34,7 @@ pub mod endpoints;
 pub mod firewall;
 pub mod following;
 pub mod health;
+pub mod held;
 pub mod join;
 pub mod local_api;
 pub mod metrics;

@@ -20,7 +20,7 @@ use weft_agent::join::{Auth, credentials};
 use weft_agent::local_api::LocalApi;
 use weft_agent::netlink;
 use weft_agent::probe::Prober;
-use weft_agent::reconcile::{Reconciler, follow_link_events};
+use weft_agent::reconcile::{Reconciler, follow_entry_events, follow_link_events};
 use weft_agent::watch::follow_controller;
 use weft_agent::wireguard::Wireguard;
 use weft_proto::names::DEFAULT_WIREGUARD_PORT;
@@ -259,6 +259,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             unreachable!("the DNS clean-up never ends")
         }
         watched = follow_link_events(agent.tables(), args.port) => watched,
+        watched = follow_entry_events(agent.tables(), agent.datapath().held()) => watched,
     };
     let _ = std::fs::remove_file(&args.socket);
     if let Some(socket) = plugin_socket(&args.docker_plugin_socket) {

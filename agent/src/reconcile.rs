@@ -2,7 +2,7 @@
 //! devices changed, or a while has passed, bring the kernel in line with the tables (dump, diff,
 //! fix: see `Datapath::reconcile`), and give back addresses of endpoints that lost their veth.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,17 +10,19 @@ use anyhow::bail;
 use futures::StreamExt;
 use tracing::{debug, info, warn};
 use weft_proto::names::{EXPOSE_ID, HOST_IFNAME_PREFIX, is_docker_plugin_key};
+use weft_proto::tables::Tables;
 
 use crate::agent::{Agent, Lifecycle};
 use crate::container::Containers;
 use crate::datapath::{Datapath, Desired, Report, is_ours};
-use crate::desired::{host_networks, probe_state, wireguard_peers};
+use crate::desired::{HostNetworks, Touched, probe_state, wireguard_peers};
 use crate::dns::listeners::Listeners;
 use crate::endpoints::Endpoints;
 use crate::firewall::Firewall;
+use crate::held::Held;
 use crate::metrics::METRICS;
 use crate::netlink::{self, LinkEvent};
-use crate::tables::TablesCopy;
+use crate::tables::{Journal, TablesCopy};
 
 /// A full reconcile runs this often even when nothing changed, to repair what was missed.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
@@ -52,6 +54,11 @@ pub struct Reconciler {
     probe_error: Option<String>,
     /// Why the nftables table could not be set in the last pass, so it is logged once.
     firewall_error: Option<String>,
+    /// The networks as the last pass derived them, brought up to date change by change.
+    derived: Option<HostNetworks>,
+    /// The next pass derives everything again and looks at every entry: it is the periodic
+    /// one, or the last pass failed (and may have left touched entries unwritten).
+    full_next: bool,
 }
 
 impl Reconciler {
@@ -69,6 +76,8 @@ impl Reconciler {
             dns_caught_up: false,
             probe_error: None,
             firewall_error: None,
+            derived: None,
+            full_next: true,
         }
     }
 
@@ -77,9 +86,10 @@ impl Reconciler {
         loop {
             tokio::select! {
                 _ = self.tables.reconcile_requested() => {}
-                _ = tokio::time::sleep(RESYNC_EVERY) => {}
+                _ = tokio::time::sleep(RESYNC_EVERY) => self.full_next = true,
             }
             if let Err(e) = self.reconcile().await {
+                self.full_next = true;
                 warn!("reconcile failed, retrying: {e:#}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 self.tables.request_reconcile();
@@ -94,14 +104,19 @@ impl Reconciler {
         // Stray veths (no endpoint calls for them) are removed only when the tables hold every
         // change this agent made and no attach, detach or release is under way: otherwise a veth
         // may be newer than the tables.
-        let desired = || {
-            self.tables.read(|t| {
-                let networks = host_networks(t, self.tables.me());
+        let full = std::mem::take(&mut self.full_next);
+        let (tables, endpoints, derived) = (&self.tables, &self.endpoints, &mut self.derived);
+        let desired = move || {
+            tables.read_changes(move |t, journal| {
+                let touched = derive(derived, t, tables.me(), journal, full);
+                let derived: &Option<HostNetworks> = derived;
+                let networks = &derived.as_ref().expect("derived above").networks;
                 Desired {
-                    wireguard: wireguard_peers(t, &networks),
+                    wireguard: wireguard_peers(t, networks),
                     networks,
-                    probe: probe_state(t, self.tables.me()),
-                    remove_stray_veths: self.endpoints.is_idle() && self.tables.is_fresh(t),
+                    touched,
+                    probe: probe_state(t, tables.me()),
+                    remove_stray_veths: endpoints.is_idle() && tables.is_fresh(t),
                 }
             })
         };
@@ -199,6 +214,60 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// Brings `derived` up to date with `tables`, one endpoint change of `journal` at a time where
+/// it can; returns the entries that changed, by VNI, or none when everything was derived again
+/// (then every entry is to be looked at). A `full` pass derives everything again in any case,
+/// and says so if the changes taken one by one led somewhere else.
+fn derive(
+    derived: &mut Option<HostNetworks>,
+    tables: &Tables,
+    me: &str,
+    journal: Journal,
+    full: bool,
+) -> Option<BTreeMap<u32, Touched>> {
+    let updated = derived
+        .as_mut()
+        .filter(|_| !journal.everything)
+        .and_then(|networks| {
+            let mut touched = BTreeMap::new();
+            let taken_in = journal.endpoints.iter().all(|(before, after)| {
+                networks.update(tables, me, before.as_ref(), after.as_ref(), &mut touched)
+            });
+            taken_in.then_some(touched)
+        });
+    if updated.is_some() && !full {
+        return updated;
+    }
+    let again = HostNetworks::of(tables, me);
+    if updated.is_some()
+        && derived
+            .as_ref()
+            .is_some_and(|d| d.networks != again.networks)
+    {
+        warn!("the networks derived change by change differ from the tables': derived again");
+    }
+    *derived = Some(again);
+    None
+}
+
+/// Checks the kernel's FDB and neighbour notifications against what weft's devices hold, and
+/// asks for a reconcile (which reads the kernel again) as soon as one disagrees: an entry
+/// changed behind weft's back (say, `bridge fdb del`) or notifications were lost.
+pub async fn follow_entry_events(tables: &TablesCopy, held: &Held) -> anyhow::Result<()> {
+    let mut events = std::pin::pin!(netlink::entry_events()?);
+    held.following();
+    while let Some(event) = events.next().await {
+        if !held.observe(&event) {
+            debug!(
+                ?event,
+                "the kernel's entries changed: they are to be read again"
+            );
+            tables.request_reconcile();
+        }
+    }
+    bail!("neighbour notifications ended")
 }
 
 /// Asks for a reconcile as soon as one of weft's devices changes or goes away behind its back

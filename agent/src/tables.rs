@@ -3,8 +3,8 @@
 //! say what is stale (it holds every change this agent made).
 
 use std::sync::Arc;
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::bail;
@@ -20,6 +20,69 @@ use crate::following::{Following, Position};
 /// How long a local command waits for its own change to come back through the watch.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Endpoint changes the journal keeps one by one; past that, deriving everything again is as
+/// quick.
+const JOURNAL_LIMIT: usize = 1000;
+
+/// What changed in the tables since the reconciler last took it: enough to update what it
+/// derived from them one endpoint change at a time.
+#[derive(Debug, Default)]
+pub struct Journal {
+    /// Each endpoint change in order: the row before it and after it.
+    pub endpoints: Vec<(Option<EndpointRow>, Option<EndpointRow>)>,
+    /// Something else changed that the datapath depends on (a snapshot, a peer, a network), or
+    /// too many endpoints did: everything is to be derived again.
+    pub everything: bool,
+}
+
+/// Whether `change`, about to be applied to `tables`, may change the names DNS serves.
+fn changes_names(tables: &Tables, change: &RowChange) -> bool {
+    let named = |id| {
+        tables
+            .endpoints
+            .get(id)
+            .is_some_and(|ep: &EndpointRow| !ep.dns_name.is_empty())
+    };
+    match change {
+        RowChange::RecordPut(_) | RowChange::RecordDeleted(_) => true,
+        RowChange::EndpointPut(ep) => !ep.dns_name.is_empty() || named(&ep.id),
+        RowChange::EndpointDeleted(id) => named(id),
+        RowChange::PeerPut(_)
+        | RowChange::PeerDeleted(_)
+        | RowChange::NetworkPut(_)
+        | RowChange::NetworkDeleted(_) => false,
+    }
+}
+
+impl Journal {
+    /// Notes `change`, about to be applied to `tables`.
+    fn note(&mut self, tables: &Tables, change: &RowChange) {
+        let (id, after) = match change {
+            RowChange::EndpointPut(ep) => (&ep.id, Some(ep.clone())),
+            RowChange::EndpointDeleted(id) => (id, None),
+            // DNS records are not in the datapath.
+            RowChange::RecordPut(_) | RowChange::RecordDeleted(_) => return,
+            RowChange::PeerPut(_)
+            | RowChange::PeerDeleted(_)
+            | RowChange::NetworkPut(_)
+            | RowChange::NetworkDeleted(_) => return self.everything(),
+        };
+        if self.everything {
+            return;
+        }
+        if self.endpoints.len() >= JOURNAL_LIMIT {
+            return self.everything();
+        }
+        self.endpoints
+            .push((tables.endpoints.get(id).cloned(), after));
+    }
+
+    fn everything(&mut self) {
+        self.everything = true;
+        self.endpoints.clear();
+    }
+}
+
 pub struct TablesCopy {
     /// This host's peer name: "local" endpoints are those of this peer.
     me: String,
@@ -33,6 +96,10 @@ pub struct TablesCopy {
     own_revision: AtomicU64,
     /// The controller store the tables come from, and the rule against following another.
     following: Arc<Following>,
+    /// Changed with `tables`, under its write lock.
+    journal: Mutex<Journal>,
+    /// The names DNS serves may have changed since [`TablesCopy::take_names_changed`].
+    names_changed: AtomicBool,
 }
 
 /// How a watch started: with the whole tables, or from the agent's own revision.
@@ -56,6 +123,11 @@ impl TablesCopy {
             changed: Notify::new(),
             own_revision: AtomicU64::new(0),
             following,
+            journal: Mutex::new(Journal {
+                everything: true,
+                ..Journal::default()
+            }),
+            names_changed: AtomicBool::new(true),
         }
     }
 
@@ -85,6 +157,20 @@ impl TablesCopy {
             .expect("tables lock poisoned")
             .as_ref()
             .map(read)
+    }
+
+    /// Reads the tables with what changed in them since the last call (the first: everything);
+    /// `None` until the first snapshot has arrived.
+    pub fn read_changes<T>(&self, read: impl FnOnce(&Tables, Journal) -> T) -> Option<T> {
+        let tables = self.tables.read().expect("tables lock poisoned");
+        let tables = tables.as_ref()?;
+        let journal = std::mem::take(&mut *self.journal.lock().expect("journal lock poisoned"));
+        Some(read(tables, journal))
+    }
+
+    /// Whether the names DNS serves may have changed since the last call (the first: yes).
+    pub fn take_names_changed(&self) -> bool {
+        self.names_changed.swap(false, Ordering::SeqCst)
     }
 
     /// Whether `tables` (read from this copy) hold every change this agent made: only then can
@@ -183,6 +269,10 @@ impl TablesCopy {
                     );
                 }
                 *tables = Some(read);
+                self.journal
+                    .lock()
+                    .expect("journal lock poisoned")
+                    .everything();
                 crate::metrics::METRICS.snapshot_applied();
                 Some(WatchStart::Snapshot)
             }
@@ -205,7 +295,14 @@ impl TablesCopy {
                 };
                 debug!(revision = event.revision, ?change, "delta");
                 match RowChange::read(change) {
-                    Ok(change) => current.apply(change),
+                    Ok(change) => {
+                        let mut journal = self.journal.lock().expect("journal lock poisoned");
+                        journal.note(current, &change);
+                        if changes_names(current, &change) {
+                            self.names_changed.store(true, Ordering::SeqCst);
+                        }
+                        current.apply(change);
+                    }
                     // The tables keep what they had; the revision counts all the same.
                     Err(bad) => {
                         warn!(revision = event.revision, "refused a row of a delta: {bad}");

@@ -11,4 +11,4 @@ pub mod traffic;
 pub mod usage;
 
 pub use handbuilt::{HB_IF, HandBuilt};
-pub use neighcount::permanent_neighbours;
+pub use neighcount::{has_permanent_neighbour, permanent_neighbours};

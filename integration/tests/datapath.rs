@@ -1,8 +1,9 @@
 //! The kernel datapath as the agent keeps it: restarts that change nothing that is right and
 //! drop no packet, stale entries removed once the agent is back, devices deleted by hand made
-//! again, a network that cannot be fixed leaving the others fixed, broadcast and multicast to
-//! every host once, ARP answered on the asking host, the MTU of the VXLAN overhead, exposing the
-//! host on a network, reset, and a stopped agent that leaves containers talking.
+//! again, FDB and neighbour entries changed by hand put right, a network that cannot be fixed
+//! leaving the others fixed, broadcast and multicast to every host once, ARP answered on the
+//! asking host, the MTU of the VXLAN overhead, exposing the host on a network, reset, and a
+//! stopped agent that leaves containers talking.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -423,6 +424,88 @@ fn devices_deleted_by_hand_come_back() {
         "{BRIDGE} not back with {VXLAN_DEV} and c1's veth on it within {REPAIR:?}: {:?}",
         Datapath::of(&h1)
     );
+    assert_reaches(&c1, &ip2);
+}
+
+/// Entries changed by hand on one of weft's VXLAN devices: the agent learns of it from the
+/// kernel's notifications and puts them right within [`REPAIR`], not at its periodic pass.
+#[test]
+fn entries_changed_by_hand_are_put_right() {
+    const STRAY_MAC: &str = "02:00:00:00:00:98";
+    let mut world = World::new(2);
+    let c1 = world.container(1, "c1");
+    let c2 = world.container(2, "c2");
+    world.attach(1, &[], &c1);
+    let ip2 = world.attach(2, &[], &c2);
+    let mac2 = mac_of(&c2);
+    let h1 = world.host_ns(1);
+    let (fdb_want, neigh_want) = (
+        remote(2, &[&mac2]),
+        [(ip2.clone(), mac2.clone())].into_iter().collect(),
+    );
+    assert_tables(&h1, &fdb_want, &neigh_want);
+
+    let dst2 = host_addr(2);
+    let changes: [&[&str]; 5] = [
+        &[
+            "bridge", "fdb", "del", &mac2, "dev", VXLAN_DEV, "dst", &dst2, "self",
+        ],
+        &["ip", "neigh", "del", &ip2, "dev", VXLAN_DEV],
+        &[
+            "bridge",
+            "fdb",
+            "replace",
+            &mac2,
+            "dev",
+            VXLAN_DEV,
+            "dst",
+            "192.0.2.99",
+            "self",
+            "permanent",
+        ],
+        &[
+            "ip",
+            "neigh",
+            "replace",
+            &ip2,
+            "lladdr",
+            STRAY_MAC,
+            "dev",
+            VXLAN_DEV,
+            "nud",
+            "permanent",
+        ],
+        &[
+            "bridge",
+            "fdb",
+            "append",
+            STRAY_MAC,
+            "dev",
+            VXLAN_DEV,
+            "dst",
+            "192.0.2.98",
+            "self",
+            "permanent",
+        ],
+    ];
+    for change in changes {
+        run_in(&h1, change);
+        let changed = Instant::now();
+        let repaired = wait_until(REPAIR, || {
+            fdb(&h1, VXLAN_DEV) == fdb_want && neighbours(&h1, VXLAN_DEV) == neigh_want
+        });
+        println!(
+            "after `{}`: put right in {:?}",
+            change.join(" "),
+            changed.elapsed()
+        );
+        assert!(
+            repaired,
+            "`{}` not put right within {REPAIR:?}: {:?}",
+            change.join(" "),
+            Datapath::of(&h1)
+        );
+    }
     assert_reaches(&c1, &ip2);
 }
 

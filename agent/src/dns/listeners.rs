@@ -123,8 +123,11 @@ impl Listeners {
         }
     }
 
-    /// Gives the DNS server the names the tables hold now.
+    /// Gives the DNS server the names the tables hold now, unless they are those it has.
     pub fn serve_names(&self, tables: &TablesCopy) {
+        if !tables.take_names_changed() {
+            return;
+        }
         if let Some(records) = tables.read(|t| Records::from_tables(t, &self.state.domain)) {
             self.state.set_records(records);
         }

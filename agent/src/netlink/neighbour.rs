@@ -5,13 +5,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Context;
 use futures::TryStreamExt;
-use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE};
+use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_REPLACE, NetlinkPayload};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use nix::errno::Errno;
+use nix::sys::socket::{setsockopt, sockopt};
 use rtnetlink::Handle;
+use rtnetlink::sys::AsyncSocket;
 use weft_proto::names::Mac;
 
 use super::{acked, reason, tolerate};
@@ -56,7 +58,7 @@ async fn dump_neighbours(
 }
 
 /// The link-layer address and IP destination of a neighbour or FDB entry, where it has them.
-fn mac_and_ip(msg: NeighbourMessage) -> Option<(Mac, IpAddr)> {
+fn mac_and_ip(msg: NeighbourMessage) -> (Option<Mac>, Option<IpAddr>) {
     let (mut mac, mut ip) = (None, None);
     for attr in msg.attributes {
         match attr {
@@ -80,22 +82,27 @@ fn mac_and_ip(msg: NeighbourMessage) -> Option<(Mac, IpAddr)> {
             _ => {}
         }
     }
-    Some((mac?, ip?))
+    (mac, ip)
+}
+
+/// A device's own FDB entry with a destination VTEP (a VXLAN device's), with the device's
+/// index.
+fn own_fdb_entry(msg: NeighbourMessage) -> Option<(u32, FdbEntry)> {
+    if !msg.header.flags.contains(NeighbourFlags::Own) {
+        return None;
+    }
+    let index = msg.header.ifindex;
+    let (Some(mac), Some(dst)) = mac_and_ip(msg) else {
+        return None;
+    };
+    Some((index, FdbEntry { mac, dst }))
 }
 
 /// Every device's own FDB entries that have a destination VTEP (VXLAN devices'), with the
 /// device's index: one dump serves every network.
 pub async fn fdb_entries(handle: &Handle) -> anyhow::Result<Vec<(u32, FdbEntry)>> {
     let msgs = dump_neighbours(handle, AddressFamily::Bridge, "FDB").await?;
-    Ok(msgs
-        .into_iter()
-        .filter(|msg| msg.header.flags.contains(NeighbourFlags::Own))
-        .filter_map(|msg| {
-            let index = msg.header.ifindex;
-            let (mac, dst) = mac_and_ip(msg)?;
-            Some((index, FdbEntry { mac, dst }))
-        })
-        .collect())
+    Ok(msgs.into_iter().filter_map(own_fdb_entry).collect())
 }
 
 /// Adds a permanent FDB entry. Flood entries (all-zero MAC) are appended, since there is one per
@@ -142,10 +149,85 @@ pub async fn neighbours(handle: &Handle) -> anyhow::Result<Vec<(u32, Neighbour)>
         .filter(|msg| msg.header.state == NeighbourState::Permanent)
         .filter_map(|msg| {
             let index = msg.header.ifindex;
-            let (mac, ip) = mac_and_ip(msg)?;
+            let (Some(mac), Some(ip)) = mac_and_ip(msg) else {
+                return None;
+            };
             Some((index, Neighbour { ip, mac }))
         })
         .collect())
+}
+
+/// A change to an FDB or neighbour entry, as the kernel's notifications tell it.
+#[derive(Debug)]
+pub enum EntryEvent {
+    /// A device's own FDB entry with a destination came (`present`) or went.
+    Fdb {
+        index: u32,
+        entry: FdbEntry,
+        present: bool,
+    },
+    /// The permanent neighbour entry of `ip` now has `mac`; none: `ip` has no permanent entry
+    /// any more (deleted, or replaced by one the kernel manages).
+    Neighbour {
+        index: u32,
+        ip: IpAddr,
+        mac: Option<Mac>,
+    },
+    /// Notifications were lost: the socket's buffer overflowed.
+    Overrun,
+}
+
+/// What an FDB or neighbour notification says, if it is about an entry weft could hold.
+fn entry_event(msg: NeighbourMessage, present: bool) -> Option<EntryEvent> {
+    if msg.header.family == AddressFamily::Bridge {
+        let (index, entry) = own_fdb_entry(msg)?;
+        return Some(EntryEvent::Fdb {
+            index,
+            entry,
+            present,
+        });
+    }
+    let index = msg.header.ifindex;
+    let permanent = present && msg.header.state == NeighbourState::Permanent;
+    let (mac, ip) = mac_and_ip(msg);
+    Some(EntryEvent::Neighbour {
+        index,
+        ip: ip?,
+        mac: mac.filter(|_| permanent),
+    })
+}
+
+/// How much the kernel may queue for the notification socket before it drops them: room for a
+/// few thousand, so that programming a large network rarely overflows it.
+const EVENTS_BUFFER: usize = 4 << 20;
+
+/// The kernel's FDB and neighbour notifications (what `ip monitor neigh` shows), on their own
+/// socket.
+pub fn entry_events() -> anyhow::Result<impl futures::Stream<Item = EntryEvent>> {
+    let (mut connection, _, messages) =
+        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Neigh])
+            .context("cannot subscribe to neighbour notifications")?;
+    // Root may pass the system's limit (net.core.rmem_max); others get what it allows.
+    let socket = connection.socket_mut().socket_mut();
+    if setsockopt(&*socket, sockopt::RcvBufForce, &EVENTS_BUFFER).is_err() {
+        let _ = socket.set_rx_buf_sz(EVENTS_BUFFER);
+    }
+    tokio::spawn(connection);
+    Ok(futures::StreamExt::filter_map(
+        messages,
+        |(msg, _)| async move {
+            match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(msg)) => {
+                    entry_event(msg, true)
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(msg)) => {
+                    entry_event(msg, false)
+                }
+                NetlinkPayload::Overrun(_) => Some(EntryEvent::Overrun),
+                _ => None,
+            }
+        },
+    ))
 }
 
 /// Adds (or corrects) a permanent neighbour entry.

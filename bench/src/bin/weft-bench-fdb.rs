@@ -5,28 +5,30 @@
 //! Mutual TLS, as deployed. The controller is filled once, by weft-load with host1's
 //! certificate, with the endpoints of host1, whose agent stays down. Then, each round: weft,
 //! host2's agent is started on a host without weft's devices and the figure is the wall time
-//! from its spawn until the kernel holds every entry (seen from outside, by a netlink dump of its tables);
+//! from its spawn until the kernel holds every entry (seen from outside, by netlink requests);
 //! baseline, a fresh namespace gets the same bridge and VXLAN device by hand, and
 //! `bridge -batch` and `ip -batch` write the same FDB and neighbour entries, timed by their wall
 //! time. With `--ipv6` the endpoints have IPv6 addresses (one /64), so the neighbour entries are
-//! IPv6 ones. Both sides are checked against the kernel afterwards. Last, the agent programs them once
-//! more and is left idle while weft-load reads its memory and CPU use from /proc.
+//! IPv6 ones. Both sides are checked against the kernel afterwards. Then the agent programs them
+//! once more and is left idle while weft-load reads its memory and CPU use from /proc; last,
+//! single endpoints are attached one at a time and timed until the agent's kernel holds them.
 
 use std::collections::BTreeSet;
 
 use clap::Parser;
 use std::fs;
+use std::net::IpAddr;
 
 use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use weft_bench::harness::{self, check_interrupted, median};
-use weft_bench::{load, permanent_neighbours};
+use weft_bench::{has_permanent_neighbour, load, permanent_neighbours};
 use weft_integration::{
-    BRIDGE, FLOOD_MAC, Netns, VXLAN_DEV, World, exec, exec_for, exit_code_of, fdb, host_addr, ip,
-    locate_bin, neighbours, wait_until,
+    BRIDGE, Background, FLOOD_MAC, Netns, VXLAN_DEV, World, exec, exec_for, exit_code_of, fdb,
+    host_addr, ip, locate_bin, neighbours, wait_until,
 };
 
 const ROUNDS: usize = 5;
@@ -66,6 +68,9 @@ struct Goals {
     ratio: f64,
     /// An idle agent with the endpoints programmed, in MB (10^6 bytes).
     agent_rss_mb: f64,
+    /// One endpoint's change from the controller's answer to the kernel, p99.
+    change_ms: f64,
+    endpoints: usize,
 }
 
 impl Goals {
@@ -74,10 +79,14 @@ impl Goals {
             true => Goals {
                 ratio: 1.0,
                 agent_rss_mb: 100.0,
+                change_ms: 5.0,
+                endpoints,
             },
             false => Goals {
                 ratio: 1.5,
                 agent_rss_mb: 30.0,
+                change_ms: 5.0,
+                endpoints,
             },
         }
     }
@@ -109,6 +118,8 @@ struct Entries {
     fdb: BTreeSet<(String, String)>,
     /// `(ip, mac)`: one per endpoint.
     neighbours: BTreeSet<(String, String)>,
+    /// The highest address among them.
+    last_neighbour: IpAddr,
 }
 
 fn run() {
@@ -139,7 +150,7 @@ fn run() {
     let neigh_batch = scratch.path().join("neigh.batch");
     write_batches(&entries, &fdb_batch, &neigh_batch);
     println!(
-        "each round: weft-agent = wall time from spawning host{HOST}'s agent (mutual TLS) on a host without weft's devices until its kernel holds every entry (polled from outside with a netlink dump of the neighbour table; the FDB is written before it); iproute2 = wall time of bridge -batch + ip -batch of the same entries into the same devices, made by hand in a fresh namespace"
+        "each round: weft-agent = wall time from spawning host{HOST}'s agent (mutual TLS) on a host without weft's devices until its kernel holds every entry (polled from outside: a netlink request for the last neighbour entry the agent writes, then dumps of both tables to see every entry there); iproute2 = wall time of bridge -batch + ip -batch of the same entries into the same devices, made by hand in a fresh namespace"
     );
 
     let mut weft = Vec::new();
@@ -165,6 +176,8 @@ fn run() {
     }
     report(&weft, &baseline, &goals);
     idle_footprint(&mut world, &entries, &goals);
+    single_changes(&world, &goals);
+    world.stop_agent(HOST);
     harness::print_load("at end");
 }
 
@@ -179,9 +192,15 @@ fn populate(world: &World, endpoints: usize, ipv6: bool) -> Entries {
         "filling the controller with weft-load (once; each round restarts only host{HOST}'s agent):"
     );
     let made = load::populate(world, LOAD_HOST, LOAD_ADDR, endpoints, &extra);
+    let last_neighbour = made
+        .iter()
+        .map(|(_, ip)| ip.parse::<IpAddr>().expect("weft-load lists addresses"))
+        .max()
+        .expect("weft-load made endpoints");
     let mut entries = Entries {
         fdb: BTreeSet::from([(FLOOD_MAC.to_owned(), LOAD_ADDR.to_owned())]),
         neighbours: BTreeSet::new(),
+        last_neighbour,
     };
     for (mac, ip) in made {
         entries.fdb.insert((mac.clone(), LOAD_ADDR.to_owned()));
@@ -229,19 +248,35 @@ fn program(world: &mut World, entries: &Entries) -> f64 {
     sleep(SETTLE);
     let spawned = Instant::now();
     world.spawn_agent(HOST);
-    let mut held = None;
-    // The agent writes the FDB entries before the neighbours: the last neighbour ends the work
-    // (the FDB is counted too, once they are all there). A look is one netlink dump (a few ms);
-    // the time is taken when the look that found them all returns, so it errs against weft.
+    // The agent writes the FDB entries, then the neighbours in address order, all on one
+    // socket: the entry of the highest address comes last. The kernel is asked for that entry
+    // alone (a dump of 100,000 would take the kernel tens of milliseconds from the agent at
+    // each look); once it is there, one look at the whole tables (dumps) must find them all,
+    // or the looks go on until one does. The time is taken when the look that found them
+    // returns, so it errs against weft.
+    let last = entries.last_neighbour;
+    let (mut found, mut looked_after, mut held) = (None, false, None);
     let programmed = wait_until(RECONCILE_TIMEOUT, || {
         check_interrupted();
-        if permanent_neighbours(&ns, VXLAN_DEV).unwrap_or(0) < entries.neighbours.len() {
-            sleep(POLL);
-            return false;
+        if found.is_none() {
+            if has_permanent_neighbour(&ns, VXLAN_DEV, last) != Some(true) {
+                sleep(POLL);
+                return false;
+            }
+            found = Some(Instant::now());
         }
-        let at = Instant::now();
-        held = (fdb(&ns, VXLAN_DEV).len() >= entries.fdb.len()).then_some(at);
-        held.is_some()
+        let complete = permanent_neighbours(&ns, VXLAN_DEV).unwrap_or(0)
+            >= entries.neighbours.len()
+            && fdb(&ns, VXLAN_DEV).len() >= entries.fdb.len();
+        if complete {
+            held = if looked_after {
+                Some(Instant::now())
+            } else {
+                found
+            };
+        }
+        looked_after = true;
+        complete
     });
     assert!(
         programmed,
@@ -291,7 +326,147 @@ fn idle_footprint(world: &mut World, entries: &Entries, goals: &Goals) {
     for line in out.stdout.lines() {
         println!("  weft-agent {line}");
     }
-    world.stop_agent(HOST);
+}
+
+/// Single attaches measured on the agent that holds the endpoints.
+const CHANGES: usize = 100;
+/// How long one attach may take to reach host2's kernel.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// With host2's agent holding the endpoints: one endpoint attached at a time on the load host
+/// (by weft-load, as an agent asks), and the time from the controller's answer reaching
+/// weft-load to host2's kernel holding the endpoint's neighbour entry (the last entry the agent
+/// writes), as `ip -ts monitor neigh` in host2 stamps the kernel's notification. The answer
+/// comes once the change is durable, when the controller also sends it to its watchers, so a
+/// change may be in the kernel before its answer arrives: that counts as 0.
+fn single_changes(world: &World, goals: &Goals) {
+    let ns = world.host_ns(HOST);
+    let dir = tempfile::tempdir().expect("a temp dir for the monitor's output");
+    let log = dir.path().join("monitor.log");
+    // Line-buffered, in UTC: its stamps are read while it runs and compared with this clock.
+    let _monitor = Background::start(
+        &ns,
+        "env",
+        &["TZ=UTC", "stdbuf", "-oL", "ip", "-ts", "monitor", "neigh"],
+        log.clone(),
+    );
+    println!(
+        "single changes: {CHANGES} endpoints attached one at a time on host{LOAD_HOST} by weft-load while host{HOST}'s agent holds the {} endpoints; time from the controller's answer to host{HOST}'s kernel notification of the endpoint's neighbour entry (ip -ts monitor neigh):",
+        goals.endpoints
+    );
+    // The first shows the monitor listening; it is not counted.
+    let mut after_answer = Vec::new();
+    for i in 0..=CHANGES {
+        check_interrupted();
+        let (applied, answered) = attach_one(world, &log, &format!("change-{i}"));
+        if i > 0 {
+            after_answer.push(ms_between(answered, applied).max(0.0));
+        }
+    }
+    let p50 = harness::percentile(after_answer.clone(), 50.0);
+    let p99 = harness::percentile(after_answer.clone(), 99.0);
+    let max = harness::percentile(after_answer, 100.0);
+    println!(
+        "  answer to kernel  p50 {p50:.2} ms  p99 {p99:.2} ms  max {max:.2} ms  (n={CHANGES})"
+    );
+    println!(
+        "target p99 < {} ms: {}",
+        goals.change_ms,
+        if p99 < goals.change_ms {
+            "met"
+        } else {
+            "missed"
+        }
+    );
+}
+
+/// Attaches `container` on the load host; returns when host2's kernel notified its neighbour
+/// entry and when the controller's answer came, as times of day.
+fn attach_one(world: &World, log: &Path, container: &str) -> (f64, f64) {
+    let load = locate_bin("weft-load");
+    let mut argv = vec![load.display().to_string()];
+    argv.extend(world.load_args(LOAD_HOST));
+    argv.extend(
+        [
+            "attach",
+            "--peer",
+            &format!("host{LOAD_HOST}"),
+            "--container",
+            container,
+        ]
+        .map(String::from),
+    );
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = exec_for(&world.host_ns(LOAD_HOST), &argv, CHANGE_TIMEOUT);
+    let answered = time_of_day(SystemTime::now());
+    assert!(
+        out.success(),
+        "weft-load attach failed: {}",
+        out.stderr.trim()
+    );
+    let cidr = out
+        .stdout
+        .split_whitespace()
+        .next()
+        .expect("weft-load prints the address");
+    let ip = cidr.split_once('/').map_or(cidr, |(ip, _)| ip);
+    let entry = format!("] {ip} dev {VXLAN_DEV} lladdr ");
+    let mut applied = None;
+    let seen = wait_until(CHANGE_TIMEOUT, || {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        applied = text
+            .lines()
+            .find(|l| l.contains(&entry) && l.trim_end().ends_with("PERMANENT"))
+            .map(monitor_stamp);
+        applied.is_some()
+    });
+    assert!(
+        seen,
+        "host{HOST}'s kernel had no neighbour entry for {container} ({ip}) within {CHANGE_TIMEOUT:?}; its agent's log: {}",
+        world.agent_log(HOST).display()
+    );
+    (applied.expect("found above"), answered)
+}
+
+/// Seconds into the UTC day: how `ip -ts` stamps are compared with this clock.
+const DAY: f64 = 86_400.0;
+
+/// The time of day `ip -ts monitor` (in UTC) put at the head of `line`
+/// (`[YYYY-MM-DDTHH:MM:SS.uuuuuu]`), in seconds.
+fn monitor_stamp(line: &str) -> f64 {
+    let time = line
+        .strip_prefix('[')
+        .and_then(|l| l.split_once(']'))
+        .and_then(|(stamp, _)| stamp.split_once('T'))
+        .map(|(_, time)| time)
+        .unwrap_or_else(|| panic!("no timestamp on the monitor's line {line:?}"));
+    let parts: Vec<f64> = time
+        .split(':')
+        .map(|p| {
+            p.parse()
+                .unwrap_or_else(|e| panic!("the monitor's time {time:?}: {e}"))
+        })
+        .collect();
+    let [h, m, s] = parts[..] else {
+        panic!("the monitor's time {time:?} is not HH:MM:SS.uuuuuu");
+    };
+    h * 3600.0 + m * 60.0 + s
+}
+
+/// The time of day of `at` in UTC, in seconds.
+fn time_of_day(at: SystemTime) -> f64 {
+    let since_epoch = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("the clock is past 1970");
+    since_epoch.as_secs_f64() % DAY
+}
+
+/// `later - earlier` in ms, for times of day less than half a day apart (midnight between
+/// them included).
+fn ms_between(earlier: f64, later: f64) -> f64 {
+    let diff = (later - earlier).rem_euclid(DAY);
+    let diff = if diff >= DAY / 2.0 { diff - DAY } else { diff };
+    diff * 1000.0
 }
 
 /// Builds weft's two devices by hand in a fresh namespace and times iproute2 filling them.

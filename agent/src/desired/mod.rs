@@ -6,12 +6,16 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnetwork::IpNetwork;
-use weft_proto::names::{EXPOSE_ID, Mac, probe_addr, probe_mac, tunnel_addr};
+use weft_proto::names::{Mac, probe_addr, probe_mac, tunnel_addr};
 use weft_proto::rows::{EndpointRow, NetworkRow, PeerRow};
-use weft_proto::tables::{DEFAULT_NETWORK, Tables};
+use weft_proto::tables::Tables;
 use weft_proto::wireguard::WgKey;
 
 use crate::wireguard::PeerSpec;
+
+mod networks;
+
+pub use networks::{HostNetworks, Touched};
 
 /// A permanent entry in a VXLAN device's FDB: frames for `mac` go to the VTEP `dst` (a host's
 /// advertise address, or its tunnel address on an encrypted network).
@@ -95,53 +99,9 @@ impl Exposed {
     }
 }
 
-/// The networks this host needs a bridge and VXLAN device for, by VNI, with what each VXLAN
-/// device must hold: the default network always, others while something local is in them.
-pub fn host_networks(tables: &Tables, me: &str) -> BTreeMap<u32, NetworkState> {
-    let mut needed: BTreeMap<&str, NetworkState> = BTreeMap::new();
-    needed.insert(DEFAULT_NETWORK, NetworkState::default());
-    for ep in tables.endpoints_on(me) {
-        let state = needed.entry(&ep.id.network).or_default();
-        if ep.id.container == EXPOSE_ID {
-            state.exposed = Some(Exposed::of(ep));
-        } else {
-            state.ports.insert(ep.host_ifname.clone());
-        }
-    }
-    for (name, state) in needed.iter_mut() {
-        state.encrypted = tables.networks.get(*name).is_some_and(|n| n.encrypted);
-    }
-    for ep in tables.endpoints_off(me) {
-        let Some(state) = needed.get_mut(ep.id.network.as_str()) else {
-            continue;
-        };
-        // An endpoint of a peer the tables do not hold (yet) cannot be reached; nor can one
-        // on an encrypted network of a peer without WireGuard.
-        let peer = tables.peers.get(&ep.id.peer);
-        let Some(dst) = peer.and_then(|p| vtep(p, state.encrypted)) else {
-            continue;
-        };
-        let mac = ep.mac;
-        state.fdb.insert(FdbEntry { mac, dst });
-        state.fdb.insert(FdbEntry {
-            mac: Mac::ZERO,
-            dst,
-        });
-        // Answered on this host by the VXLAN device's proxy: ARP and neighbour discovery.
-        for net in &ep.cidrs {
-            state.neighbours.insert(Neighbour { ip: net.ip(), mac });
-        }
-    }
-    tables
-        .networks
-        .values()
-        .filter_map(|net| Some((net.vni, needed.remove(net.name.as_str())?)))
-        .collect()
-}
-
 /// Where a peer's VXLAN frames go: its advertise address, or on an encrypted network its
 /// tunnel address, if it has WireGuard.
-fn vtep(peer: &PeerRow, encrypted: bool) -> Option<IpAddr> {
+pub(crate) fn vtep(peer: &PeerRow, encrypted: bool) -> Option<IpAddr> {
     match encrypted {
         false => Some(peer.addr),
         true => peer.wireguard.map(|_| tunnel_addr(peer.addr).into()),
@@ -212,12 +172,34 @@ pub fn diff<T: Ord + Clone>(current: &BTreeSet<T>, desired: &BTreeSet<T>) -> (Ve
     (add, remove)
 }
 
+/// What to add and what to remove, among `keys` alone, to turn `current` into `desired`: when
+/// only those can differ.
+pub fn diff_among<T: Ord + Clone>(
+    current: &BTreeSet<T>,
+    desired: &BTreeSet<T>,
+    keys: &BTreeSet<T>,
+) -> (Vec<T>, Vec<T>) {
+    let (mut add, mut remove) = (Vec::new(), Vec::new());
+    for key in keys {
+        match (desired.contains(key), current.contains(key)) {
+            (true, false) => add.push(key.clone()),
+            (false, true) => remove.push(key.clone()),
+            _ => {}
+        }
+    }
+    (add, remove)
+}
+
 #[cfg(test)]
 mod tests {
     use weft_proto::rows::{NetworkRow, PeerRow};
-    use weft_proto::tables::EndpointId;
+    use weft_proto::tables::{DEFAULT_NETWORK, EndpointId};
 
     use super::*;
+
+    fn host_networks(tables: &Tables, me: &str) -> BTreeMap<u32, NetworkState> {
+        HostNetworks::of(tables, me).networks
+    }
 
     fn network(name: &str, subnet: &str, vni: u32) -> NetworkRow {
         NetworkRow {
