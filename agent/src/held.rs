@@ -61,6 +61,20 @@ struct Inner {
 #[derive(Default)]
 pub struct Held(Mutex<Inner>);
 
+/// Adds `add` (in order, without repeats, as a diff gives them) to `set` and takes `remove`
+/// away. An empty set is built in one go: its nodes are then full, where inserting in order
+/// would leave them half full.
+fn apply<T: Ord + Copy>(set: &mut BTreeSet<T>, add: &[T], remove: &[T]) {
+    if set.is_empty() {
+        *set = add.iter().copied().collect();
+        return;
+    }
+    for entry in remove {
+        set.remove(entry);
+    }
+    set.extend(add);
+}
+
 impl Held {
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.0.lock().expect("held entries poisoned")
@@ -135,14 +149,8 @@ impl Held {
                     diff(&held.neighbours, &state.neighbours),
                 ),
             };
-        for entry in &fdb_remove {
-            held.fdb.remove(entry);
-        }
-        held.fdb.extend(&fdb_add);
-        for n in &neigh_remove {
-            held.neighbours.remove(n);
-        }
-        held.neighbours.extend(&neigh_add);
+        apply(&mut held.fdb, &fdb_add, &fdb_remove);
+        apply(&mut held.neighbours, &neigh_add, &neigh_remove);
         let replaced: BTreeSet<IpAddr> = neigh_add.iter().map(|n| n.ip).collect();
         let neigh_remove = neigh_remove
             .into_iter()

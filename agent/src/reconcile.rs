@@ -106,9 +106,12 @@ impl Reconciler {
         // may be newer than the tables.
         let full = std::mem::take(&mut self.full_next);
         let (tables, endpoints, derived) = (&self.tables, &self.endpoints, &mut self.derived);
+        let mut derived_in_full = false;
+        let in_full = &mut derived_in_full;
         let desired = move || {
             tables.read_changes(move |t, journal| {
                 let touched = derive(derived, t, tables.me(), journal, full);
+                *in_full = touched.is_none();
                 let derived: &Option<HostNetworks> = derived;
                 let networks = &derived.as_ref().expect("derived above").networks;
                 Desired {
@@ -133,6 +136,9 @@ impl Reconciler {
             let at = Instant::now();
             *self.last.lock().expect("reconcile log poisoned") =
                 Some(LastReconcile { at, took, outcome });
+        }
+        if derived_in_full {
+            give_back_freed_memory();
         }
         let Some(report) = reconciled? else {
             return Ok(());
@@ -213,6 +219,17 @@ impl Reconciler {
                 warn!(container = %id, "no DNS for this container: {e:#}");
             }
         }
+    }
+}
+
+/// Hands the heap's free pages back to the system. A pass that derived everything again (after
+/// a snapshot, say) freed as much as it holds, on top of a snapshot's decoding and a dump of the
+/// kernel's tables: glibc keeps such memory from the system, scattered among what is still held
+/// (at 100,000 endpoints, about 10 MB).
+fn give_back_freed_memory() {
+    // SAFETY: malloc_trim only walks glibc's own heap, under its own locks.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -220,10 +220,14 @@ impl EndpointRow {
             why,
         };
         let mac = ep.mac.parse().map_err(bad)?;
-        let cidrs: Result<_, _> = ep.cidrs.iter().map(|c| parse_ip_cidr(c)).collect();
+        let cidrs: Result<Vec<_>, _> = ep.cidrs.iter().map(|c| parse_ip_cidr(c)).collect();
+        let mut cidrs = cidrs.map_err(bad)?;
+        // Collected without knowing how many, it has room for four; a copy of the tables holds
+        // each row for long.
+        cidrs.shrink_to_fit();
         Ok(EndpointRow {
             mac,
-            cidrs: cidrs.map_err(bad)?,
+            cidrs,
             host_ifname: ep.host_ifname,
             container_ifname: ep.container_ifname,
             dns_name: ep.dns_name,

@@ -103,6 +103,12 @@ impl HostNetworks {
         for ep in tables.endpoints_off(me) {
             derived.change(tables, ep, Op::Add, None);
         }
+        // Built again in one go, in order, the sets' nodes are full: inserted in the order of
+        // the endpoints they are a third empty.
+        for state in derived.networks.values_mut() {
+            state.fdb = std::mem::take(&mut state.fdb).into_iter().collect();
+            state.neighbours = std::mem::take(&mut state.neighbours).into_iter().collect();
+        }
         derived
     }
 
