@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::{StreamExt, TryStreamExt, stream};
 use ipnetwork::IpNetwork;
 use rtnetlink::Handle;
 use tracing::{info, warn};
@@ -20,6 +19,7 @@ use weft_proto::wireguard::WgKey;
 
 use crate::container::Container;
 use crate::desired::{Exposed, NetworkState, Segment, Touched, diff};
+use crate::heap;
 use crate::held::{Changes, Entries, Held};
 use crate::netlink::{self, Link, VxlanSpec};
 use crate::netns;
@@ -32,9 +32,6 @@ const ENCRYPTION_OVERHEAD: u32 = 80 + 20;
 
 /// VXLAN's overhead over IPv6: what the WireGuard interface carries beyond a network's frame.
 const VXLAN6_OVERHEAD: u32 = 70;
-
-/// Netlink requests kept in flight at once when programming many entries.
-const NETLINK_PIPELINE: usize = 64;
 
 /// How long plugging waits for a new veth's ends to pass frames.
 const RUNNING_WAIT: Duration = Duration::from_millis(1500);
@@ -122,20 +119,6 @@ pub async fn remove_all(handle: &Handle, port: u16) -> anyhow::Result<Vec<String
         }
     }
     Ok(removed)
-}
-
-/// Runs `request` for every item with many in flight at once: one round trip at a time would
-/// make a host joining a large network wait for thousands of them in turn.
-async fn pipelined<'a, T, F, Fut>(items: &'a [T], request: F) -> anyhow::Result<()>
-where
-    F: Fn(&'a T) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<()>>,
-{
-    stream::iter(items)
-        .map(request)
-        .buffer_unordered(NETLINK_PIPELINE)
-        .try_collect()
-        .await
 }
 
 impl Datapath {
@@ -422,6 +405,8 @@ impl Datapath {
             by_device.entry(index).or_default().neighbours.insert(n);
         }
         self.held.load(by_device);
+        // The dump's messages are freed by now.
+        heap::give_back_freed();
         Ok(())
     }
 
@@ -437,22 +422,10 @@ impl Datapath {
             false => None,
         };
         let index = vxlan.index;
-        pipelined(&changes.fdb_remove, |e| {
-            netlink::fdb_del(&self.handle, index, e)
-        })
-        .await?;
-        pipelined(&changes.fdb_add, |e| {
-            netlink::fdb_add(&self.handle, index, e, via)
-        })
-        .await?;
-        pipelined(&changes.neigh_remove, |n| {
-            netlink::neigh_del(&self.handle, index, n)
-        })
-        .await?;
-        pipelined(&changes.neigh_add, |n| {
-            netlink::neigh_add(&self.handle, index, n)
-        })
-        .await
+        netlink::fdb_del_all(index, changes.fdb_remove.clone()).await?;
+        netlink::fdb_add_all(index, changes.fdb_add.clone(), via).await?;
+        netlink::neigh_del_all(index, changes.neigh_remove.clone()).await?;
+        netlink::neigh_add_all(index, changes.neigh_add.clone()).await
     }
 
     /// Makes the host's place on a network's bridge as `exposed` says (none: hidden).

@@ -34,6 +34,7 @@ pub mod endpoints;
 pub mod firewall;
 pub mod following;
 pub mod health;
+pub mod heap;
 pub mod held;
 pub mod join;
 pub mod local_api;

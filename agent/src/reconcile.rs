@@ -19,6 +19,7 @@ use crate::desired::{HostNetworks, Touched, probe_state, wireguard_peers};
 use crate::dns::listeners::Listeners;
 use crate::endpoints::Endpoints;
 use crate::firewall::Firewall;
+use crate::heap;
 use crate::held::Held;
 use crate::metrics::METRICS;
 use crate::netlink::{self, LinkEvent};
@@ -138,7 +139,7 @@ impl Reconciler {
                 Some(LastReconcile { at, took, outcome });
         }
         if derived_in_full {
-            give_back_freed_memory();
+            heap::give_back_freed();
         }
         let Some(report) = reconciled? else {
             return Ok(());
@@ -219,17 +220,6 @@ impl Reconciler {
                 warn!(container = %id, "no DNS for this container: {e:#}");
             }
         }
-    }
-}
-
-/// Hands the heap's free pages back to the system. A pass that derived everything again (after
-/// a snapshot, say) freed as much as it holds, on top of a snapshot's decoding and a dump of the
-/// kernel's tables: glibc keeps such memory from the system, scattered among what is still held
-/// (at 100,000 endpoints, about 10 MB).
-fn give_back_freed_memory() {
-    // SAFETY: malloc_trim only walks glibc's own heap, under its own locks.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 

@@ -1,22 +1,22 @@
 //! Every kernel request the agent makes, through rtnetlink: links (bridge, VXLAN, veth) in
-//! [`link`], addresses in [`address`], FDB and neighbour entries in [`neighbour`], a container's
-//! routes in [`route`]. Callers get
+//! [`link`], addresses in [`address`], FDB and neighbour entries in [`neighbour`] (written many
+//! to a system call by [`batch`]), a container's routes in [`route`]. Callers get
 //! plain values ([`Link`], [`FdbEntry`]) back; this module holds what they share: the errno of
 //! a failure and the kernel's own words for it.
 
 mod address;
+mod batch;
 mod link;
 mod neighbour;
 mod route;
 
 use anyhow::{Context, anyhow};
-use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, State,
 };
 use nix::errno::Errno;
-use rtnetlink::Handle;
 use weft_proto::names::Mac;
 
 pub use address::*;
@@ -124,23 +124,6 @@ pub(super) fn reason(err: rtnetlink::Error) -> anyhow::Error {
         rtnetlink::Error::NetlinkError(msg) => anyhow!("{}", msg.to_io()),
         _ => anyhow!("{err}"),
     }
-}
-
-/// Sends one request that the kernel answers with an ACK.
-pub(super) async fn acked(
-    handle: &Handle,
-    msg: RouteNetlinkMessage,
-    flags: u16,
-) -> Result<(), rtnetlink::Error> {
-    let mut req = NetlinkMessage::from(msg);
-    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-    let mut response = handle.clone().request(req)?;
-    while let Some(msg) = futures::StreamExt::next(&mut response).await {
-        if let NetlinkPayload::Error(err) = msg.payload {
-            return Err(rtnetlink::Error::NetlinkError(err));
-        }
-    }
-    Ok(())
 }
 
 /// A link appeared, changed or went away.

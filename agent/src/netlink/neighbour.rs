@@ -16,7 +16,8 @@ use rtnetlink::Handle;
 use rtnetlink::sys::AsyncSocket;
 use weft_proto::names::Mac;
 
-use super::{acked, reason, tolerate};
+use super::batch::{self, Request};
+use super::reason;
 use crate::desired::{FdbEntry, Neighbour};
 
 fn fdb_message(vxlan: u32, entry: &FdbEntry, via: Option<u32>) -> NeighbourMessage {
@@ -40,17 +41,20 @@ fn fdb_message(vxlan: u32, entry: &FdbEntry, via: Option<u32>) -> NeighbourMessa
     msg
 }
 
-/// A neighbour-table dump of one address family.
-async fn dump_neighbours(
+/// A neighbour-table dump of one address family, each entry read by `read` as it arrives: at
+/// 100,000 entries, holding the messages themselves would take tens of MB.
+async fn dump_neighbours<T>(
     handle: &Handle,
     family: AddressFamily,
     what: &str,
-) -> anyhow::Result<Vec<NeighbourMessage>> {
+    read: impl Fn(NeighbourMessage) -> Option<T>,
+) -> anyhow::Result<Vec<T>> {
     handle
         .neighbours()
         .get()
         .set_address_family(family)
         .execute()
+        .try_filter_map(|msg| futures::future::ready(Ok(read(msg))))
         .try_collect()
         .await
         .map_err(reason)
@@ -101,60 +105,86 @@ fn own_fdb_entry(msg: NeighbourMessage) -> Option<(u32, FdbEntry)> {
 /// Every device's own FDB entries that have a destination VTEP (VXLAN devices'), with the
 /// device's index: one dump serves every network.
 pub async fn fdb_entries(handle: &Handle) -> anyhow::Result<Vec<(u32, FdbEntry)>> {
-    let msgs = dump_neighbours(handle, AddressFamily::Bridge, "FDB").await?;
-    Ok(msgs.into_iter().filter_map(own_fdb_entry).collect())
+    dump_neighbours(handle, AddressFamily::Bridge, "FDB", own_fdb_entry).await
 }
 
-/// Adds a permanent FDB entry. Flood entries (all-zero MAC) are appended, since there is one per
-/// remote peer under the same MAC; unicast entries replace any older destination of their MAC.
-pub async fn fdb_add(
-    handle: &Handle,
+/// Runs a batch on the blocking pool: the kernel does the work within the system calls.
+async fn in_batch(
+    send: impl FnOnce() -> anyhow::Result<()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(send)
+        .await
+        .context("a batch of netlink requests did not finish")?
+}
+
+/// Adds permanent FDB entries to VXLAN device `vxlan` (see [`batch`]). Flood entries (all-zero
+/// MAC) are appended, since there is one per remote peer under the same MAC; unicast entries
+/// replace any older destination of their MAC.
+pub async fn fdb_add_all(
     vxlan: u32,
-    entry: &FdbEntry,
+    entries: Vec<FdbEntry>,
     via: Option<u32>,
 ) -> anyhow::Result<()> {
-    let how = if entry.mac.is_zero() {
-        NLM_F_CREATE | NLM_F_APPEND
-    } else {
-        NLM_F_CREATE | NLM_F_REPLACE
-    };
-    acked(
-        handle,
-        RouteNetlinkMessage::NewNeighbour(fdb_message(vxlan, entry, via)),
-        how,
-    )
+    in_batch(move || {
+        batch::send_all(
+            &entries,
+            |entry| Request {
+                message: RouteNetlinkMessage::NewNeighbour(fdb_message(vxlan, entry, via)),
+                flags: match entry.mac.is_zero() {
+                    true => NLM_F_CREATE | NLM_F_APPEND,
+                    false => NLM_F_CREATE | NLM_F_REPLACE,
+                },
+            },
+            None,
+            |entry| format!("cannot add FDB entry {entry}"),
+        )
+    })
     .await
-    .map_err(reason)
-    .with_context(|| format!("cannot add FDB entry {entry}"))
 }
 
-pub async fn fdb_del(handle: &Handle, vxlan: u32, entry: &FdbEntry) -> anyhow::Result<()> {
-    let deleted = handle
-        .neighbours()
-        .del(fdb_message(vxlan, entry, None))
-        .execute()
-        .await;
-    tolerate(deleted, Errno::ENOENT)
-        .map_err(reason)
-        .with_context(|| format!("cannot delete FDB entry {entry}"))
+/// Deletes FDB entries of VXLAN device `vxlan`; those already gone are no failure.
+pub async fn fdb_del_all(vxlan: u32, entries: Vec<FdbEntry>) -> anyhow::Result<()> {
+    in_batch(move || {
+        batch::send_all(
+            &entries,
+            |entry| Request {
+                message: RouteNetlinkMessage::DelNeighbour(fdb_message(vxlan, entry, None)),
+                flags: 0,
+            },
+            Some(Errno::ENOENT),
+            |entry| format!("cannot delete FDB entry {entry}"),
+        )
+    })
+    .await
 }
 
 /// Every permanent neighbour entry with its link's index: the VXLAN devices' answers to ARP
 /// (IPv4) and neighbour discovery (IPv6), and the probe device's peers (IPv6).
 pub async fn neighbours(handle: &Handle) -> anyhow::Result<Vec<(u32, Neighbour)>> {
-    let mut msgs = dump_neighbours(handle, AddressFamily::Inet, "neighbour table").await?;
-    msgs.extend(dump_neighbours(handle, AddressFamily::Inet6, "IPv6 neighbour table").await?);
-    Ok(msgs
-        .into_iter()
-        .filter(|msg| msg.header.state == NeighbourState::Permanent)
-        .filter_map(|msg| {
-            let index = msg.header.ifindex;
-            let (Some(mac), Some(ip)) = mac_and_ip(msg) else {
-                return None;
-            };
-            Some((index, Neighbour { ip, mac }))
-        })
-        .collect())
+    let mut held =
+        dump_neighbours(handle, AddressFamily::Inet, "neighbour table", permanent).await?;
+    held.extend(
+        dump_neighbours(
+            handle,
+            AddressFamily::Inet6,
+            "IPv6 neighbour table",
+            permanent,
+        )
+        .await?,
+    );
+    Ok(held)
+}
+
+/// A permanent neighbour entry, with its link's index.
+fn permanent(msg: NeighbourMessage) -> Option<(u32, Neighbour)> {
+    if msg.header.state != NeighbourState::Permanent {
+        return None;
+    }
+    let index = msg.header.ifindex;
+    let (Some(mac), Some(ip)) = mac_and_ip(msg) else {
+        return None;
+    };
+    Some((index, Neighbour { ip, mac }))
 }
 
 /// A change to an FDB or neighbour entry, as the kernel's notifications tell it.
@@ -230,21 +260,8 @@ pub fn entry_events() -> anyhow::Result<impl futures::Stream<Item = EntryEvent>>
     ))
 }
 
-/// Adds (or corrects) a permanent neighbour entry.
-pub async fn neigh_add(handle: &Handle, index: u32, n: &Neighbour) -> anyhow::Result<()> {
-    handle
-        .neighbours()
-        .add(index, n.ip)
-        .link_layer_address(&n.mac.0)
-        .state(NeighbourState::Permanent)
-        .replace()
-        .execute()
-        .await
-        .map_err(reason)
-        .with_context(|| format!("cannot add neighbour {} lladdr {}", n.ip, n.mac))
-}
-
-pub async fn neigh_del(handle: &Handle, index: u32, n: &Neighbour) -> anyhow::Result<()> {
+/// A neighbour message for `n` on link `index`: its address, and its MAC if `with_mac`.
+fn neighbour_message(index: u32, n: &Neighbour, with_mac: bool) -> NeighbourMessage {
     let mut msg = NeighbourMessage::default();
     msg.header.ifindex = index;
     let (family, dst) = match n.ip {
@@ -253,7 +270,42 @@ pub async fn neigh_del(handle: &Handle, index: u32, n: &Neighbour) -> anyhow::Re
     };
     msg.header.family = family;
     msg.attributes.push(NeighbourAttribute::Destination(dst));
-    tolerate(handle.neighbours().del(msg).execute().await, Errno::ENOENT)
-        .map_err(reason)
-        .with_context(|| format!("cannot delete neighbour {}", n.ip))
+    if with_mac {
+        msg.header.state = NeighbourState::Permanent;
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(n.mac.0.to_vec()));
+    }
+    msg
+}
+
+/// Adds (or corrects) permanent neighbour entries on link `index` (see [`batch`]).
+pub async fn neigh_add_all(index: u32, neighbours: Vec<Neighbour>) -> anyhow::Result<()> {
+    in_batch(move || {
+        batch::send_all(
+            &neighbours,
+            |n| Request {
+                message: RouteNetlinkMessage::NewNeighbour(neighbour_message(index, n, true)),
+                flags: NLM_F_CREATE | NLM_F_REPLACE,
+            },
+            None,
+            |n| format!("cannot add neighbour {} lladdr {}", n.ip, n.mac),
+        )
+    })
+    .await
+}
+
+/// Deletes neighbour entries of link `index`; those already gone are no failure.
+pub async fn neigh_del_all(index: u32, neighbours: Vec<Neighbour>) -> anyhow::Result<()> {
+    in_batch(move || {
+        batch::send_all(
+            &neighbours,
+            |n| Request {
+                message: RouteNetlinkMessage::DelNeighbour(neighbour_message(index, n, false)),
+                flags: 0,
+            },
+            Some(Errno::ENOENT),
+            |n| format!("cannot delete neighbour {}", n.ip),
+        )
+    })
+    .await
 }
