@@ -397,14 +397,22 @@ impl Datapath {
                 return Err(e);
             }
         };
-        let mut by_device: HashMap<u32, Entries> = HashMap::new();
+        let mut by_device: HashMap<u32, (Vec<_>, Vec<_>)> = HashMap::new();
         for (index, entry) in fdb {
-            by_device.entry(index).or_default().fdb.insert(entry);
+            by_device.entry(index).or_default().0.push(entry);
         }
         for (index, n) in neighbours {
-            by_device.entry(index).or_default().neighbours.insert(n);
+            by_device.entry(index).or_default().1.push(n);
         }
-        self.held.load(by_device);
+        // Collected in one go, the sets' nodes are full.
+        let by_device = by_device.into_iter().map(|(index, (fdb, neighbours))| {
+            let entries = Entries {
+                fdb: fdb.into_iter().collect(),
+                neighbours: neighbours.into_iter().collect(),
+            };
+            (index, entries)
+        });
+        self.held.load(by_device.collect());
         // The dump's messages are freed by now.
         heap::give_back_freed();
         Ok(())

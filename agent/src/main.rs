@@ -161,8 +161,20 @@ fn parse_mtu(s: &str) -> Result<Mtu, String> {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before the runtime's threads exist, so none gets an arena of its own.
+    weft_agent::heap::one_arena();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("weft-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(agent_main())
+}
+
+async fn agent_main() -> ExitCode {
     weft_process::init_logging();
     match run(Args::parse()).await {
         Ok(()) => ExitCode::SUCCESS,

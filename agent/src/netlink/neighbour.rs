@@ -108,13 +108,10 @@ pub async fn fdb_entries(handle: &Handle) -> anyhow::Result<Vec<(u32, FdbEntry)>
     dump_neighbours(handle, AddressFamily::Bridge, "FDB", own_fdb_entry).await
 }
 
-/// Runs a batch on the blocking pool: the kernel does the work within the system calls.
-async fn in_batch(
-    send: impl FnOnce() -> anyhow::Result<()> + Send + 'static,
-) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(send)
-        .await
-        .context("a batch of netlink requests did not finish")?
+/// Runs a batch where the caller is (the kernel does the work within the system calls), while
+/// the runtime moves this worker's other tasks elsewhere.
+async fn in_batch(send: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    tokio::task::block_in_place(send)
 }
 
 /// Adds permanent FDB entries to VXLAN device `vxlan` (see [`batch`]). Flood entries (all-zero
