@@ -15,6 +15,13 @@ use crate::harness::check_interrupted;
 /// its commits and found free addresses without walking the held ones.
 const POPULATE_TIMEOUT: Duration = Duration::from_secs(240);
 
+/// The start of a weft-load command line as host `host`: its controller, its certificate.
+pub fn as_host(world: &World, host: usize) -> Vec<String> {
+    let mut argv = vec![locate_bin("weft-load").display().to_string()];
+    argv.extend(world.load_args(host));
+    argv
+}
+
 /// `weft-load populate` as host `host` (its certificate, in its namespace): registers the peer
 /// `host<host>` anew at `advertise_addr` and attaches `endpoints` containers `load-0`, ...,
 /// with `extra` flags (e.g. `--dns-names`). Prints what weft-load printed; returns each
@@ -28,9 +35,7 @@ pub fn populate(
 ) -> Vec<(String, String)> {
     let scratch = tempfile::tempdir().expect("creating a temp dir");
     let list = scratch.path().join("endpoints.txt");
-    let load = locate_bin("weft-load");
-    let mut argv = vec![load.display().to_string()];
-    argv.extend(world.load_args(host));
+    let mut argv = as_host(world, host);
     argv.extend(
         [
             "populate",

@@ -368,21 +368,53 @@ fn a_restarted_agent_removes_what_left_while_it_was_down() {
     );
 }
 
+/// Two hosts with a container attached on each, once host1's VXLAN device holds host2's.
+struct Pair {
+    world: World,
+    c1: String,
+    ip2: String,
+    mac2: String,
+    h1: String,
+    fdb_want: BTreeSet<(String, String)>,
+    neigh_want: BTreeSet<(String, String)>,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let mut world = World::new(2);
+        let c1 = world.container(1, "c1");
+        let c2 = world.container(2, "c2");
+        world.attach(1, &[], &c1);
+        let ip2 = world.attach(2, &[], &c2);
+        let mac2 = mac_of(&c2);
+        let h1 = world.host_ns(1);
+        let fdb_want = remote(2, &[&mac2]);
+        let neigh_want = [(ip2.clone(), mac2.clone())].into_iter().collect();
+        assert_tables(&h1, &fdb_want, &neigh_want);
+        Pair {
+            world,
+            c1,
+            ip2,
+            mac2,
+            h1,
+            fdb_want,
+            neigh_want,
+        }
+    }
+}
+
 #[test]
 fn devices_deleted_by_hand_come_back() {
-    let mut world = World::new(2);
-    let c1 = world.container(1, "c1");
-    let c2 = world.container(2, "c2");
-    world.attach(1, &[], &c1);
-    let ip2 = world.attach(2, &[], &c2);
-    let mac2 = mac_of(&c2);
+    let Pair {
+        world: _world,
+        c1,
+        ip2,
+        h1,
+        fdb_want,
+        neigh_want,
+        ..
+    } = Pair::new();
     assert_reaches(&c1, &ip2);
-    let h1 = world.host_ns(1);
-    let (fdb_want, neigh_want) = (
-        remote(2, &[&mac2]),
-        [(ip2.clone(), mac2.clone())].into_iter().collect(),
-    );
-    assert_tables(&h1, &fdb_want, &neigh_want);
 
     let old = link(&h1, VXLAN_DEV).expect("the VXLAN device").index;
     run_in(&h1, &["ip", "link", "del", VXLAN_DEV]);
@@ -432,18 +464,15 @@ fn devices_deleted_by_hand_come_back() {
 #[test]
 fn entries_changed_by_hand_are_put_right() {
     const STRAY_MAC: &str = "02:00:00:00:00:98";
-    let mut world = World::new(2);
-    let c1 = world.container(1, "c1");
-    let c2 = world.container(2, "c2");
-    world.attach(1, &[], &c1);
-    let ip2 = world.attach(2, &[], &c2);
-    let mac2 = mac_of(&c2);
-    let h1 = world.host_ns(1);
-    let (fdb_want, neigh_want) = (
-        remote(2, &[&mac2]),
-        [(ip2.clone(), mac2.clone())].into_iter().collect(),
-    );
-    assert_tables(&h1, &fdb_want, &neigh_want);
+    let Pair {
+        world: _world,
+        c1,
+        ip2,
+        mac2,
+        h1,
+        fdb_want,
+        neigh_want,
+    } = Pair::new();
 
     let dst2 = host_addr(2);
     let changes: [&[&str]; 5] = [

@@ -383,9 +383,7 @@ fn single_changes(world: &World, goals: &Goals) {
 /// Attaches `container` on the load host; returns when host2's kernel notified its neighbour
 /// entry and when the controller's answer came, as times of day.
 fn attach_one(world: &World, log: &Path, container: &str) -> (f64, f64) {
-    let load = locate_bin("weft-load");
-    let mut argv = vec![load.display().to_string()];
-    argv.extend(world.load_args(LOAD_HOST));
+    let mut argv = load::as_host(world, LOAD_HOST);
     argv.extend(
         [
             "attach",
