@@ -8,7 +8,7 @@
 //! Trust is lost when a notification disagrees with what is held (someone else changed an
 //! entry, or one of weft's own changes was undone by a later one before its notification was
 //! read), when notifications were lost (the socket overflowed), when a write failed, and after
-//! [`DUMP_EVERY`] in any case.
+//! ten minutes (`DUMP_EVERY`) in any case.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;

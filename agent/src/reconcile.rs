@@ -1,6 +1,6 @@
 //! The reconcile loop: whenever the tables change, a kernel notification says one of weft's
-//! devices changed, or a while has passed, bring the kernel in line with the tables (dump, diff,
-//! fix: see `Datapath::reconcile`), and give back addresses of endpoints that lost their veth.
+//! devices changed, or a while has passed, bring the kernel in line with the tables (diff, fix:
+//! see `Datapath::reconcile`), and give back addresses of endpoints that lost their veth.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

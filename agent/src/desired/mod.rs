@@ -109,7 +109,7 @@ pub(crate) fn vtep(peer: &PeerRow, encrypted: bool) -> Option<IpAddr> {
 }
 
 /// The WireGuard peers this host needs, by public key: every remote host its encrypted networks
-/// send to (`networks` as [`host_networks`] made them). None when this host is on no encrypted
+/// send to (`networks` as [`HostNetworks`] derives them). None when this host is on no encrypted
 /// network: it needs no WireGuard interface.
 pub fn wireguard_peers(
     tables: &Tables,
