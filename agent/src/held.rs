@@ -169,7 +169,11 @@ impl Held {
     pub fn observe(&self, event: &EntryEvent) -> bool {
         let mut inner = self.inner();
         let agrees = match event {
-            EntryEvent::Overrun => false,
+            // A dump under way may miss what was lost, too.
+            EntryEvent::Overrun => {
+                inner.tainted = true;
+                false
+            }
             EntryEvent::Fdb { index, .. } | EntryEvent::Neighbour { index, .. }
                 if !inner.devices.contains_key(index) =>
             {
@@ -387,6 +391,15 @@ mod tests {
         held.dumping();
         assert!(held.observe(&fdb_event(fdb(1), true)));
         held.load(HashMap::from([(DEV, entries(&[fdb(1)], &[]))]));
+        assert!(held.must_dump());
+    }
+
+    #[test]
+    fn notifications_lost_during_a_dump_taint_it() {
+        let held = trusted(Entries::default());
+        held.dumping();
+        assert!(!held.observe(&EntryEvent::Overrun));
+        held.load(HashMap::new());
         assert!(held.must_dump());
     }
 }
