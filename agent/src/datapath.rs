@@ -430,10 +430,10 @@ impl Datapath {
             false => None,
         };
         let index = vxlan.index;
-        netlink::fdb_del_all(index, changes.fdb_remove.clone()).await?;
-        netlink::fdb_add_all(index, changes.fdb_add.clone(), via).await?;
-        netlink::neigh_del_all(index, changes.neigh_remove.clone()).await?;
-        netlink::neigh_add_all(index, changes.neigh_add.clone()).await
+        netlink::fdb_del_all(index, &changes.fdb_remove).await?;
+        netlink::fdb_add_all(index, &changes.fdb_add, via).await?;
+        netlink::neigh_del_all(index, &changes.neigh_remove).await?;
+        netlink::neigh_add_all(index, &changes.neigh_add).await
     }
 
     /// Makes the host's place on a network's bridge as `exposed` says (none: hidden).

@@ -117,14 +117,10 @@ async fn in_batch(send: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<(
 /// Adds permanent FDB entries to VXLAN device `vxlan` (see [`batch`]). Flood entries (all-zero
 /// MAC) are appended, since there is one per remote peer under the same MAC; unicast entries
 /// replace any older destination of their MAC.
-pub async fn fdb_add_all(
-    vxlan: u32,
-    entries: Vec<FdbEntry>,
-    via: Option<u32>,
-) -> anyhow::Result<()> {
-    in_batch(move || {
+pub async fn fdb_add_all(vxlan: u32, entries: &[FdbEntry], via: Option<u32>) -> anyhow::Result<()> {
+    in_batch(|| {
         batch::send_all(
-            &entries,
+            entries,
             |entry| Request {
                 message: RouteNetlinkMessage::NewNeighbour(fdb_message(vxlan, entry, via)),
                 flags: match entry.mac.is_zero() {
@@ -140,10 +136,10 @@ pub async fn fdb_add_all(
 }
 
 /// Deletes FDB entries of VXLAN device `vxlan`; those already gone are no failure.
-pub async fn fdb_del_all(vxlan: u32, entries: Vec<FdbEntry>) -> anyhow::Result<()> {
-    in_batch(move || {
+pub async fn fdb_del_all(vxlan: u32, entries: &[FdbEntry]) -> anyhow::Result<()> {
+    in_batch(|| {
         batch::send_all(
-            &entries,
+            entries,
             |entry| Request {
                 message: RouteNetlinkMessage::DelNeighbour(fdb_message(vxlan, entry, None)),
                 flags: 0,
@@ -276,10 +272,10 @@ fn neighbour_message(index: u32, n: &Neighbour, with_mac: bool) -> NeighbourMess
 }
 
 /// Adds (or corrects) permanent neighbour entries on link `index` (see [`batch`]).
-pub async fn neigh_add_all(index: u32, neighbours: Vec<Neighbour>) -> anyhow::Result<()> {
-    in_batch(move || {
+pub async fn neigh_add_all(index: u32, neighbours: &[Neighbour]) -> anyhow::Result<()> {
+    in_batch(|| {
         batch::send_all(
-            &neighbours,
+            neighbours,
             |n| Request {
                 message: RouteNetlinkMessage::NewNeighbour(neighbour_message(index, n, true)),
                 flags: NLM_F_CREATE | NLM_F_REPLACE,
@@ -292,10 +288,10 @@ pub async fn neigh_add_all(index: u32, neighbours: Vec<Neighbour>) -> anyhow::Re
 }
 
 /// Deletes neighbour entries of link `index`; those already gone are no failure.
-pub async fn neigh_del_all(index: u32, neighbours: Vec<Neighbour>) -> anyhow::Result<()> {
-    in_batch(move || {
+pub async fn neigh_del_all(index: u32, neighbours: &[Neighbour]) -> anyhow::Result<()> {
+    in_batch(|| {
         batch::send_all(
-            &neighbours,
+            neighbours,
             |n| Request {
                 message: RouteNetlinkMessage::DelNeighbour(neighbour_message(index, n, false)),
                 flags: 0,
